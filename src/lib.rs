@@ -1,0 +1,15 @@
+//! `resnet`: the "Dive into Deep Learning" ResNet chapter in Rust, from scratch.
+//!
+//! Layering (nothing imports upward): [`kernels`] (pure numeric functions on slices) → [`nn`] (layers with
+//! parameters, forward and backward side by side, and the chapter's model builders) → [`optim`] →
+//! [`data`] → [`train`]. [`checkpoint`] moves weights to and from PyTorch's safetensors files.
+
+pub mod error;
+pub mod tensor;
+pub mod kernels;
+pub mod nn;
+pub mod optim;
+pub mod data;
+
+pub use error::{Error, Result};
+pub use tensor::{ParamMut, Shape4};

@@ -1,0 +1,101 @@
+//! Shapes and the one view of a parameter that optimizers see.
+//!
+//! Activations are plain `Vec<f32>` buffers owned by the layers; their layout is NHWC (channels last)
+//! inside the engine and NCHW / OIHW only at the edges (loading, saving, printing), see DESIGN.md.
+
+use std::fmt;
+
+/// The shape of a 4-d activation batch, in PyTorch's order of naming: `n` images, `c` channels,
+/// `h` × `w` pixels. The buffer it describes is laid out NHWC (index `((n*h + y)*w + x)*c + ch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Shape4 {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+}
+
+impl Shape4 {
+    pub const fn new(n: usize, c: usize, h: usize, w: usize) -> Self {
+        Shape4 { n, c, h, w }
+    }
+    /// Number of elements, `n·c·h·w`.
+    pub const fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Rows of the NHWC matrix view: `n·h·w` (each row holds `c` channels).
+    pub const fn rows(&self) -> usize {
+        self.n * self.h * self.w
+    }
+    /// PyTorch's printed order, `[n, c, h, w]`.
+    pub const fn dims(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+}
+
+impl fmt::Display for Shape4 {
+    /// Prints like `torch.Size`: `[1, 64, 112, 122]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}, {}, {}, {}]", self.n, self.c, self.h, self.w)
+    }
+}
+
+/// One trainable tensor as an optimizer sees it: its PyTorch state-dict name, its values and the gradient
+/// the last backward pass left for it (same length). The model hands these out in a fixed order — the
+/// order of `state_dict()` in PyTorch, skipping buffers — so optimizer state can be matched by index.
+pub struct ParamMut<'a> {
+    pub name: String,
+    pub value: &'a mut [f32],
+    pub grad: &'a [f32],
+}
+
+/// Converts an NCHW buffer (PyTorch's layout) to NHWC. `src.len() == s.len()`.
+pub fn nchw_to_nhwc(src: &[f32], s: Shape4) -> Vec<f32> {
+    assert_eq!(src.len(), s.len());
+    let mut dst = vec![0.0; s.len()];
+    let plane = s.h * s.w;
+    for n in 0..s.n {
+        for c in 0..s.c {
+            let from = &src[(n * s.c + c) * plane..][..plane];
+            for (p, &v) in from.iter().enumerate() {
+                dst[(n * plane + p) * s.c + c] = v;
+            }
+        }
+    }
+    dst
+}
+
+/// Converts an NHWC buffer to NCHW (PyTorch's layout). `src.len() == s.len()`.
+pub fn nhwc_to_nchw(src: &[f32], s: Shape4) -> Vec<f32> {
+    assert_eq!(src.len(), s.len());
+    let mut dst = vec![0.0; s.len()];
+    let plane = s.h * s.w;
+    for n in 0..s.n {
+        for p in 0..plane {
+            let from = &src[(n * plane + p) * s.c..][..s.c];
+            for (c, &v) in from.iter().enumerate() {
+                dst[(n * s.c + c) * plane + p] = v;
+            }
+        }
+    }
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trip() {
+        let s = Shape4::new(2, 3, 4, 5);
+        let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
+        let nhwc = nchw_to_nhwc(&x, s);
+        // element (n=1, c=2, y=3, x=4) in both layouts
+        assert_eq!(x[((1 * 3 + 2) * 4 + 3) * 5 + 4], nhwc[((1 * 4 + 3) * 5 + 4) * 3 + 2]);
+        assert_eq!(nhwc_to_nchw(&nhwc, s), x);
+        assert_eq!(format!("{s}"), "[2, 3, 4, 5]");
+    }
+}
