@@ -4,12 +4,13 @@
 //! parameters, forward and backward side by side, and the chapter's model builders) → [`optim`] →
 //! [`data`] → [`train`]. [`checkpoint`] moves weights to and from PyTorch's safetensors files.
 
+pub mod checkpoint;
+pub mod data;
 pub mod error;
-pub mod tensor;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
-pub mod data;
+pub mod tensor;
 
 pub use error::{Error, Result};
 pub use tensor::{ParamMut, Shape4};

@@ -94,7 +94,10 @@ mod tests {
         let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();
         let nhwc = nchw_to_nhwc(&x, s);
         // element (n=1, c=2, y=3, x=4) in both layouts
-        assert_eq!(x[((1 * 3 + 2) * 4 + 3) * 5 + 4], nhwc[((1 * 4 + 3) * 5 + 4) * 3 + 2]);
+        assert_eq!(
+            x[((1 * 3 + 2) * 4 + 3) * 5 + 4],
+            nhwc[((1 * 4 + 3) * 5 + 4) * 3 + 2]
+        );
         assert_eq!(nhwc_to_nchw(&nhwc, s), x);
         assert_eq!(format!("{s}"), "[2, 3, 4, 5]");
     }

@@ -1,1 +1,56 @@
-//! (being written)
+//! Layers: parameters, their gradients, and what backward needs, with `forward` and `backward` side by side.
+//! The chapter's model is built in [`resnet`] from [`Residual`] blocks.
+//!
+//! Every layer owns its output and input-gradient buffers and reuses them while the batch shape stays the
+//! same, so a steady-state training step allocates no activation memory.
+
+pub mod batch_norm;
+pub mod conv2d;
+pub mod linear;
+pub mod residual;
+pub mod resnet;
+pub mod state;
+
+pub use batch_norm::BatchNorm2d;
+pub use conv2d::Conv2d;
+pub use linear::Linear;
+pub use residual::Residual;
+pub use resnet::{resnet18, resnet_block, ResNet, ResNetConfig};
+pub use state::{StateDict, StateTensor};
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// Scratch memory shared by all convolutions of a model (im2col columns); grows to the largest request.
+#[derive(Default)]
+pub struct Workspace {
+    buf: Vec<f32>,
+}
+
+impl Workspace {
+    /// A slice of at least `len` floats (contents unspecified).
+    pub fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.buf.len() < len {
+            self.buf.resize(len, 0.0);
+        }
+        &mut self.buf[..len]
+    }
+}
+
+/// Sets `buf` to exactly `len` elements, reusing its allocation when it is large enough.
+pub(crate) fn ensure_len<T: Clone + Default>(buf: &mut Vec<T>, len: usize) {
+    if buf.len() != len {
+        buf.resize(len, T::default());
+    }
+}
+
+/// The random source used for initialization (ChaCha8, reproducible across platforms for a seed).
+pub type InitRng = ChaCha8Rng;
+pub use rand::SeedableRng;
+
+/// PyTorch's default init for Conv2d and Linear: weight and bias ~ U(−1/√fan_in, 1/√fan_in)
+/// (kaiming_uniform with a = √5 reduces to this bound).
+pub(crate) fn uniform_init(rng: &mut InitRng, len: usize, fan_in: usize) -> Vec<f32> {
+    let bound = 1.0 / (fan_in as f32).sqrt();
+    (0..len).map(|_| rng.random_range(-bound..bound)).collect()
+}

@@ -1,0 +1,254 @@
+//! Weights in and out as safetensors, with PyTorch's key names and layouts: a file written by
+//! `safetensors.torch.save_file(net.state_dict(), path)` loads here, and ours loads into PyTorch with
+//! `load_state_dict(..., strict=True)`. Writes are atomic (temporary file, fsync, rename).
+
+use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
+use crate::{bail, Error, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+/// Metadata key holding the network's configuration (`in_channels,num_classes;w0,w1,..;r0,r1,..`).
+pub const META_ARCH: &str = "resnet.arch";
+/// Metadata key holding the input size (height = width after resizing) the weights were trained at.
+pub const META_INPUT_SIZE: &str = "resnet.input_size";
+
+/// Files larger than this are refused before reading: the chapter's network is 45 MB, so 4 GiB leaves room for
+/// far wider networks while keeping a lying or wrong file from exhausting memory.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
+
+fn bytes_f32(data: &[f32]) -> Vec<u8> {
+    data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn bytes_i64(data: &[i64]) -> Vec<u8> {
+    data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Serializes a state dict (and string metadata) to safetensors bytes.
+pub fn serialize(sd: &StateDict, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = sd
+        .iter()
+        .map(|(k, t)| match t {
+            StateTensor::F32 { shape, data } => {
+                (k.clone(), Dtype::F32, shape.clone(), bytes_f32(data))
+            }
+            StateTensor::I64 { shape, data } => {
+                (k.clone(), Dtype::I64, shape.clone(), bytes_i64(data))
+            }
+        })
+        .collect();
+    let mut views = Vec::with_capacity(buffers.len());
+    for (k, dtype, shape, bytes) in &buffers {
+        let view = TensorView::new(*dtype, shape.clone(), bytes)
+            .map_err(|e| Error::new(format!("tensor `{k}`: {e}")))?;
+        views.push((k.as_str(), view));
+    }
+    let meta: HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::new(format!("serializing safetensors: {e}")))
+}
+
+/// Parses safetensors bytes into a state dict (F32 and I64 tensors; anything else is an error naming the key)
+/// and its metadata. `origin` names the file in errors.
+pub fn deserialize(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::new(format!("{origin}: not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::new(format!("{origin}: not a valid safetensors file: {e}")))?;
+    let metadata: BTreeMap<String, String> = header
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    // Keep the file's own order (safetensors stores keys sorted; order does not matter for loading).
+    let mut sd = StateDict::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        let t = match view.dtype() {
+            Dtype::F32 => StateTensor::F32 {
+                shape,
+                data: data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            },
+            Dtype::I64 => StateTensor::I64 {
+                shape,
+                data: data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            },
+            other => bail!("{origin}: tensor `{name}` has dtype {other:?}; only F32 (and I64 for num_batches_tracked) are supported"),
+        };
+        sd.push((name, t));
+    }
+    sd.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((sd, metadata))
+}
+
+/// Reads a whole file, refusing files over [`MAX_FILE_BYTES`].
+pub fn read_file_limited(path: &Path) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    if meta.len() > MAX_FILE_BYTES {
+        bail!(
+            "{}: {} bytes is larger than the {} byte limit for a checkpoint",
+            path.display(),
+            meta.len(),
+            MAX_FILE_BYTES
+        );
+    }
+    fs::read(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, fsync of the
+/// directory. A crash leaves either the old file or the new one, never a torn one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(format!("{}: not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let io = |e: std::io::Error| Error::new(format!("{}: {e}", path.display()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// The arch string stored in [`META_ARCH`].
+pub fn arch_string(c: &ResNetConfig) -> String {
+    let join = |v: &[usize]| {
+        v.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!(
+        "{},{};{};{}",
+        c.in_channels,
+        c.num_classes,
+        join(&c.widths),
+        join(&c.residuals)
+    )
+}
+
+/// Parses [`arch_string`]'s format.
+pub fn parse_arch(s: &str) -> Result<ResNetConfig> {
+    let bad = || Error::new(format!("bad `{META_ARCH}` metadata `{s}`"));
+    let parts: Vec<&str> = s.split(';').collect();
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let nums = |p: &str| -> Result<Vec<usize>> {
+        p.split(',')
+            .map(|x| x.trim().parse().map_err(|_| bad()))
+            .collect()
+    };
+    let head = nums(parts[0])?;
+    if head.len() != 2 {
+        return Err(bad());
+    }
+    Ok(ResNetConfig {
+        in_channels: head[0],
+        num_classes: head[1],
+        widths: nums(parts[1])?,
+        residuals: nums(parts[2])?,
+    })
+}
+
+/// Infers the network configuration from a state dict's keys and shapes (for files written by PyTorch, which
+/// carry no metadata).
+pub fn infer_config(sd: &StateDict) -> Result<ResNetConfig> {
+    let shape = |key: &str| -> Result<Vec<usize>> {
+        sd.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, t)| t.shape().to_vec())
+            .ok_or_else(|| Error::new(format!("missing key `{key}`: not the chapter's ResNet")))
+    };
+    let stem = shape("0.weight")?;
+    let fc = shape("fc.1.weight")?;
+    if stem.len() != 4 || fc.len() != 2 {
+        bail!("keys `0.weight` / `fc.1.weight` have shapes {stem:?} / {fc:?}: not the chapter's ResNet");
+    }
+    let mut widths = Vec::new();
+    let mut residuals = Vec::new();
+    for k in 1.. {
+        let w = match shape(&format!("resnet_block{k}.0.conv1.weight")) {
+            Ok(s) if s.len() == 4 => s[0],
+            Ok(s) => bail!("key `resnet_block{k}.0.conv1.weight` has shape {s:?}"),
+            Err(_) => break,
+        };
+        let count = (0..)
+            .take_while(|i| {
+                sd.iter()
+                    .any(|(key, _)| key == &format!("resnet_block{k}.{i}.conv1.weight"))
+            })
+            .count();
+        widths.push(w);
+        residuals.push(count);
+    }
+    if widths.is_empty() {
+        bail!("no `resnet_block1.*` keys: not the chapter's ResNet");
+    }
+    Ok(ResNetConfig {
+        in_channels: stem[1],
+        num_classes: fc[0],
+        widths,
+        residuals,
+    })
+}
+
+/// Saves the model's full state (PyTorch keys and layouts) plus metadata to `path`, atomically.
+pub fn save_model(path: &Path, net: &ResNet, extra: &BTreeMap<String, String>) -> Result<()> {
+    let mut meta = extra.clone();
+    meta.insert("format".into(), "pt".into());
+    meta.insert(META_ARCH.into(), arch_string(&net.config));
+    let bytes = serialize(&net.state_dict(), &meta)?;
+    write_atomic(path, &bytes)
+}
+
+/// Loads a model file: builds the network its metadata (or, for PyTorch files, its keys) describes and loads
+/// the weights strictly. Returns the network and the file's metadata.
+pub fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
+    let origin = path.display().to_string();
+    let bytes = read_file_limited(path)?;
+    let (sd, meta) = deserialize(&bytes, &origin)?;
+    let config = match meta.get(META_ARCH) {
+        Some(a) => parse_arch(a).map_err(|e| Error::new(format!("{origin}: {e}")))?,
+        None => infer_config(&sd).map_err(|e| Error::new(format!("{origin}: {e}")))?,
+    };
+    let mut net = ResNet::new(config, 0).map_err(|e| Error::new(format!("{origin}: {e}")))?;
+    net.load_state_dict(&sd)
+        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+    Ok((net, meta))
+}
+
+/// Loads a model file into an existing network of a given architecture (strict), e.g. to check that a file
+/// matches what a command expects.
+pub fn load_into(path: &Path, net: &mut ResNet) -> Result<BTreeMap<String, String>> {
+    let origin = path.display().to_string();
+    let bytes = read_file_limited(path)?;
+    let (sd, meta) = deserialize(&bytes, &origin)?;
+    net.load_state_dict(&sd)
+        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+    Ok(meta)
+}

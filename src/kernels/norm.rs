@@ -1,0 +1,147 @@
+//! Batch normalization over NHWC matrices `x [rows, c]` (statistics per channel over all `rows = n·h·w`),
+//! with the following ReLU optionally fused into the same pass, forward and backward.
+
+use super::piece_len;
+use rayon::prelude::*;
+
+/// Per-channel sums over rows of `f(row, channel) -> (a, b)`, reduced in f64: returns `[Σa (c), Σb (c)]`.
+fn channel_sums2<F>(rows: usize, c: usize, f: F) -> Vec<f64>
+where
+    F: Fn(usize, usize) -> (f32, f32) + Sync,
+{
+    let piece = piece_len(rows, 32);
+    (0..rows.div_ceil(piece))
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = vec![0.0f64; 2 * c];
+            let (s1, s2) = acc.split_at_mut(c);
+            // Accumulate each row in f32 lanes in blocks, then fold into f64: vectorizes, keeps precision.
+            let mut blk1 = vec![0.0f32; c];
+            let mut blk2 = vec![0.0f32; c];
+            let end = ((p + 1) * piece).min(rows);
+            let mut r = p * piece;
+            while r < end {
+                let stop = (r + 16).min(end);
+                blk1.fill(0.0);
+                blk2.fill(0.0);
+                for row in r..stop {
+                    for ch in 0..c {
+                        let (a, b) = f(row, ch);
+                        blk1[ch] += a;
+                        blk2[ch] += b;
+                    }
+                }
+                for ch in 0..c {
+                    s1[ch] += blk1[ch] as f64;
+                    s2[ch] += blk2[ch] as f64;
+                }
+                r = stop;
+            }
+            acc
+        })
+        .reduce(
+            || vec![0.0f64; 2 * c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Training-mode statistics of `x [rows, c]`: writes `mean [c]` and the biased variance `var [c]`
+/// (the one PyTorch normalizes with). Two passes (mean, then squared deviations) for accuracy.
+pub fn batch_stats(x: &[f32], c: usize, mean: &mut [f32], var: &mut [f32]) {
+    let rows = x.len() / c;
+    let sums = channel_sums2(rows, c, |r, ch| (x[r * c + ch], 0.0));
+    for ch in 0..c {
+        mean[ch] = (sums[ch] / rows as f64) as f32;
+    }
+    let sq = channel_sums2(rows, c, |r, ch| {
+        let d = x[r * c + ch] - mean[ch];
+        (d * d, 0.0)
+    });
+    for ch in 0..c {
+        var[ch] = (sq[ch] / rows as f64) as f32;
+    }
+}
+
+/// `y = gamma·(x − mean)·invstd + beta` per channel, then `max(·, 0)` when `relu`.
+/// `x`, `y`: `[rows, c]`; `mean`, `invstd`, `gamma`, `beta`: `[c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_apply(
+    x: &[f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    relu: bool,
+    y: &mut [f32],
+) {
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let rows = x.len() / c;
+    let piece = piece_len(rows, 64) * c;
+    super::par_pieces(y, piece, |i, out| {
+        let xin = &x[i * piece..][..out.len()];
+        for (o_row, x_row) in out.chunks_exact_mut(c).zip(xin.chunks_exact(c)) {
+            for ch in 0..c {
+                let v = x_row[ch] * scale[ch] + shift[ch];
+                o_row[ch] = if relu { v.max(0.0) } else { v };
+            }
+        }
+    });
+}
+
+/// Backward of [`batch_norm_apply`] with training-mode statistics (the batch's own mean and invstd).
+/// When `relu`, `y` is the forward output and the gradient is first masked by `y > 0`.
+/// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    relu: bool,
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let rows = x.len() / c;
+    let masked = |i: usize| if !relu || y[i] > 0.0 { dy[i] } else { 0.0 };
+    let sums = channel_sums2(rows, c, |r, ch| {
+        let i = r * c + ch;
+        let g = masked(i);
+        (g, g * (x[i] - mean[ch]))
+    });
+    let m = rows as f64;
+    // dx = gamma·invstd·(g − Σg/M − (x−mean)·invstd²·Σ(g·(x−mean))/M), as  g·a + (x−mean)·b + k  per channel.
+    let mut a = vec![0.0f32; c];
+    let mut b = vec![0.0f32; c];
+    let mut k = vec![0.0f32; c];
+    for ch in 0..c {
+        let (s1, s2) = (sums[ch], sums[c + ch]);
+        let is = invstd[ch] as f64;
+        let gi = gamma[ch] as f64 * is;
+        dbeta[ch] = s1 as f32;
+        dgamma[ch] = (s2 * is) as f32;
+        let bb = -gi * is * is * s2 / m;
+        a[ch] = gi as f32;
+        b[ch] = bb as f32;
+        k[ch] = (-gi * s1 / m) as f32;
+    }
+    let piece = piece_len(rows, 64) * c;
+    super::par_pieces(dx, piece, |i, out| {
+        let base = i * piece;
+        for (r, o_row) in out.chunks_exact_mut(c).enumerate() {
+            let row = base + r * c;
+            for ch in 0..c {
+                let idx = row + ch;
+                o_row[ch] = masked(idx) * a[ch] + (x[idx] - mean[ch]) * b[ch] + k[ch];
+            }
+        }
+    });
+}

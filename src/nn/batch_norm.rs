@@ -1,0 +1,118 @@
+//! `BatchNorm2d`, optionally fused with the ReLU that follows it in the chapter's network.
+
+use super::ensure_len;
+use crate::kernels::norm::{batch_norm_apply, batch_norm_backward, batch_stats};
+use crate::Shape4;
+
+/// PyTorch's `nn.BatchNorm2d(c)` (eps 1e-5, momentum 0.1, affine, tracking running statistics).
+/// With `relu` set, the output is `max(bn(x), 0)` and backward masks by it: the chapter's `BN → ReLU` pairs
+/// run as one memory pass.
+pub struct BatchNorm2d {
+    pub num_features: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub relu: bool,
+    /// `[c]`, init 1.
+    pub weight: Vec<f32>,
+    /// `[c]`, init 0.
+    pub bias: Vec<f32>,
+    pub grad_weight: Vec<f32>,
+    pub grad_bias: Vec<f32>,
+    /// `[c]`, init 0; updated in training with the batch mean.
+    pub running_mean: Vec<f32>,
+    /// `[c]`, init 1; updated in training with the *unbiased* batch variance.
+    pub running_var: Vec<f32>,
+    pub num_batches_tracked: i64,
+    /// Output of the last forward, NHWC.
+    pub out: Vec<f32>,
+    /// Gradient w.r.t. the input from the last backward, NHWC.
+    pub grad_input: Vec<f32>,
+    /// The statistics the last training forward normalized with, `[c]` each.
+    save_mean: Vec<f32>,
+    save_invstd: Vec<f32>,
+    batch_var: Vec<f32>,
+}
+
+impl BatchNorm2d {
+    pub fn new(num_features: usize, relu: bool) -> Self {
+        let c = num_features;
+        BatchNorm2d {
+            num_features,
+            eps: 1e-5,
+            momentum: 0.1,
+            relu,
+            weight: vec![1.0; c],
+            bias: vec![0.0; c],
+            grad_weight: vec![0.0; c],
+            grad_bias: vec![0.0; c],
+            running_mean: vec![0.0; c],
+            running_var: vec![1.0; c],
+            num_batches_tracked: 0,
+            out: Vec::new(),
+            grad_input: Vec::new(),
+            save_mean: vec![0.0; c],
+            save_invstd: vec![0.0; c],
+            batch_var: vec![0.0; c],
+        }
+    }
+
+    /// Normalizes `x` (NHWC, shape `xs`, `xs.c == num_features`). In training, with the batch's statistics
+    /// (which needs more than one value per channel: `xs.rows() > 1`, checked by the model) and updating the
+    /// running statistics; in eval, with the running statistics.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool) {
+        let c = self.num_features;
+        ensure_len(&mut self.out, xs.len());
+        if train {
+            batch_stats(x, c, &mut self.save_mean, &mut self.batch_var);
+            let m = xs.rows() as f32;
+            let unbias = m / (m - 1.0).max(1.0);
+            for ch in 0..c {
+                self.save_invstd[ch] = 1.0 / (self.batch_var[ch] + self.eps).sqrt();
+                self.running_mean[ch] = (1.0 - self.momentum) * self.running_mean[ch]
+                    + self.momentum * self.save_mean[ch];
+                self.running_var[ch] = (1.0 - self.momentum) * self.running_var[ch]
+                    + self.momentum * self.batch_var[ch] * unbias;
+            }
+            self.num_batches_tracked += 1;
+        } else {
+            for ch in 0..c {
+                self.save_mean[ch] = self.running_mean[ch];
+                self.save_invstd[ch] = 1.0 / (self.running_var[ch] + self.eps).sqrt();
+            }
+        }
+        batch_norm_apply(
+            x,
+            c,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            &self.bias,
+            self.relu,
+            &mut self.out,
+        );
+    }
+
+    /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients
+    /// and [`BatchNorm2d::grad_input`].
+    pub fn backward(&mut self, x: &[f32], dy: &[f32]) {
+        ensure_len(&mut self.grad_input, x.len());
+        batch_norm_backward(
+            x,
+            &self.out,
+            dy,
+            self.num_features,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            self.relu,
+            &mut self.grad_input,
+            &mut self.grad_weight,
+            &mut self.grad_bias,
+        );
+    }
+
+    /// Number of trainable values (weight and bias).
+    pub fn num_params(&self) -> usize {
+        2 * self.num_features
+    }
+}

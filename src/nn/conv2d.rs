@@ -1,0 +1,183 @@
+//! `Conv2d` with bias (every conv of the chapter has one): forward and backward over NHWC batches.
+
+use super::{ensure_len, uniform_init, InitRng, Workspace};
+use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
+use crate::Shape4;
+
+/// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
+/// PyTorch's OIHW only at the edges ([`Conv2d::weight_oihw`]).
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// `[k, k, in, out]`.
+    pub weight: Vec<f32>,
+    /// `[out]`.
+    pub bias: Vec<f32>,
+    pub grad_weight: Vec<f32>,
+    pub grad_bias: Vec<f32>,
+    /// Output of the last forward, NHWC `[n, oh, ow, out]`.
+    pub out: Vec<f32>,
+    pub out_shape: Shape4,
+    /// Gradient w.r.t. the input from the last backward, NHWC like the input.
+    pub grad_input: Vec<f32>,
+    in_shape: Shape4,
+}
+
+impl Conv2d {
+    /// PyTorch's `nn.Conv2d(in, out, kernel_size=k, stride, padding)` with its default initialization.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        rng: &mut InitRng,
+    ) -> Self {
+        let fan_in = in_channels * kernel * kernel;
+        let len = fan_in * out_channels;
+        // Drawn in PyTorch's OIHW order, then laid out HWIO, so a seed means the same filters in either layout.
+        let oihw = uniform_init(rng, len, fan_in);
+        let bias = uniform_init(rng, out_channels, fan_in);
+        let mut conv = Conv2d {
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            weight: vec![0.0; len],
+            bias,
+            grad_weight: vec![0.0; len],
+            grad_bias: vec![0.0; out_channels],
+            out: Vec::new(),
+            out_shape: Shape4::default(),
+            grad_input: Vec::new(),
+            in_shape: Shape4::default(),
+        };
+        conv.set_weight_oihw(&oihw);
+        conv
+    }
+
+    /// Geometry for input shape `xs`, or `None` if the kernel does not fit or the channels differ.
+    pub fn geom(&self, xs: Shape4) -> Option<ConvGeom> {
+        if xs.c != self.in_channels {
+            return None;
+        }
+        ConvGeom::new(
+            self.in_channels,
+            self.out_channels,
+            self.kernel,
+            self.stride,
+            self.padding,
+            xs.h,
+            xs.w,
+        )
+    }
+
+    /// Output shape for input `xs` (`None` as for [`Conv2d::geom`]).
+    pub fn output_shape(&self, xs: Shape4) -> Option<Shape4> {
+        self.geom(xs)
+            .map(|g| Shape4::new(xs.n, self.out_channels, g.oh, g.ow))
+    }
+
+    /// `out = conv(x) + bias` for `x` NHWC of shape `xs`. The caller has checked the shape with [`Conv2d::geom`].
+    pub fn forward(&mut self, x: &[f32], xs: Shape4, ws: &mut Workspace) -> Shape4 {
+        let g = self
+            .geom(xs)
+            .expect("conv2d: input shape checked by the model");
+        self.in_shape = xs;
+        self.out_shape = Shape4::new(xs.n, self.out_channels, g.oh, g.ow);
+        ensure_len(&mut self.out, self.out_shape.len());
+        let workspace = ws.get(g.workspace_len(xs.n));
+        conv2d_forward(
+            &g,
+            xs.n,
+            x,
+            &self.weight,
+            &self.bias,
+            &mut self.out,
+            workspace,
+        );
+        self.out_shape
+    }
+
+    /// Given `dy` (NHWC, shape of the last output) and the last forward's input `x`, writes the parameter
+    /// gradients and, when `need_grad_input`, [`Conv2d::grad_input`].
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], need_grad_input: bool, ws: &mut Workspace) {
+        let xs = self.in_shape;
+        let g = self.geom(xs).expect("conv2d: backward after forward");
+        let grad_input = if need_grad_input {
+            ensure_len(&mut self.grad_input, xs.len());
+            Some(&mut self.grad_input[..])
+        } else {
+            None
+        };
+        let workspace = ws.get(g.workspace_len(xs.n));
+        conv2d_backward(
+            &g,
+            xs.n,
+            x,
+            &self.weight,
+            dy,
+            &mut self.grad_weight,
+            &mut self.grad_bias,
+            grad_input,
+            workspace,
+        );
+    }
+
+    /// Number of trainable values (weight and bias).
+    pub fn num_params(&self) -> usize {
+        self.weight.len() + self.bias.len()
+    }
+
+    /// PyTorch's OIHW `[out, in, k, k]` shape of the weight.
+    pub fn weight_shape_oihw(&self) -> Vec<usize> {
+        vec![
+            self.out_channels,
+            self.in_channels,
+            self.kernel,
+            self.kernel,
+        ]
+    }
+
+    /// A HWIO `[k, k, in, out]` buffer (weight or its gradient) in PyTorch's OIHW order.
+    pub fn hwio_to_oihw(&self, hwio: &[f32]) -> Vec<f32> {
+        let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
+        let mut oihw = vec![0.0; hwio.len()];
+        for ky in 0..k {
+            for kx in 0..k {
+                for ci in 0..i {
+                    for co in 0..o {
+                        oihw[((co * i + ci) * k + ky) * k + kx] =
+                            hwio[((ky * k + kx) * i + ci) * o + co];
+                    }
+                }
+            }
+        }
+        oihw
+    }
+
+    /// The weight in PyTorch's OIHW order.
+    pub fn weight_oihw(&self) -> Vec<f32> {
+        self.hwio_to_oihw(&self.weight)
+    }
+
+    /// Sets the weight from PyTorch's OIHW order (`oihw.len()` must equal the weight's length).
+    pub fn set_weight_oihw(&mut self, oihw: &[f32]) {
+        let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
+        assert_eq!(oihw.len(), o * i * k * k);
+        for ky in 0..k {
+            for kx in 0..k {
+                for ci in 0..i {
+                    for co in 0..o {
+                        self.weight[((ky * k + kx) * i + ci) * o + co] =
+                            oihw[((co * i + ci) * k + ky) * k + kx];
+                    }
+                }
+            }
+        }
+    }
+}
