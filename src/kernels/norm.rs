@@ -39,13 +39,14 @@ where
             }
             acc
         })
-        .reduce(
-            || vec![0.0f64; 2 * c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+        .collect::<Vec<_>>()
+        // Summed in piece order, not as the threads finish: the result is the same bits on every run, which
+        // is what lets a resumed training run end exactly where an uninterrupted one does.
+        .into_iter()
+        .fold(vec![0.0f64; 2 * c], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
 }
 
 /// Training-mode statistics of `x [rows, c]`: writes `mean [c]` and the biased variance `var [c]`

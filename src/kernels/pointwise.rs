@@ -18,13 +18,12 @@ pub fn column_sums(x: &[f32], c: usize, sums: &mut [f32]) {
             }
             acc
         })
-        .reduce(
-            || vec![0.0f64; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
+        .collect::<Vec<_>>()
+        .into_iter() // summed in piece order: deterministic bits whatever the thread timing
+        .fold(vec![0.0f64; c], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        });
     for (s, t) in sums.iter_mut().zip(&total) {
         *s = *t as f32;
     }
