@@ -5,7 +5,10 @@ use resnet::Shape4;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
     let size = args.first().copied().unwrap_or(28);
     let batch = args.get(1).copied().unwrap_or(256);
     let iters = args.get(2).copied().unwrap_or(5);
@@ -20,6 +23,11 @@ fn main() {
         net.loss(&labels).unwrap();
         net.backward(&x, false);
         let dt = t.elapsed().as_secs_f64();
-        println!("iter {i}: fwd {:.3}s total {:.3}s  {:.1} images/s", t_fwd.as_secs_f64(), dt, batch as f64 / dt);
+        println!(
+            "iter {i}: fwd {:.3}s total {:.3}s  {:.1} images/s",
+            t_fwd.as_secs_f64(),
+            dt,
+            batch as f64 / dt
+        );
     }
 }

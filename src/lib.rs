@@ -4,6 +4,7 @@
 //! parameters, forward and backward side by side, and the chapter's model builders) → [`optim`] →
 //! [`data`] → [`train`]. [`checkpoint`] moves weights to and from PyTorch's safetensors files.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{ParamMut, Shape4};

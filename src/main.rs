@@ -1,36 +1,139 @@
-//! The `resnet` command line: summary (the chapter's shape walk), and more as the library grows.
+//! The `resnet` command line: train, eval, predict, summary, bench.
 
-use clap::{Parser, Subcommand};
-use resnet::nn::{resnet18, ResNet, ResNetConfig};
+use clap::{Args, Parser, Subcommand};
+use resnet::checkpoint::{self, META_INPUT_SIZE};
+use resnet::data::{
+    find_data_dir, image_file, Dataset, Loader, Split, TransformConfig, CLASS_NAMES,
+};
+use resnet::nn::{ResNet, ResNetConfig};
+use resnet::train::{evaluate, Data, ProgressMode, Run, TrainConfig};
 use resnet::{bail, Error, Result, Shape4};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
     name = "resnet",
     version,
-    about = "ResNet-18 from the d2l chapter, in Rust: summary, training, evaluation, prediction"
+    about = "The d2l chapter's ResNet-18 in Rust: train on Fashion-MNIST, evaluate, predict, inspect, benchmark"
 )]
 struct Cli {
+    /// Worker threads (default: the number of physical cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train on Fashion-MNIST; the defaults reproduce the chapter (resize 96, batch 256, Adam lr 0.001, 5 epochs).
+    Train(TrainArgs),
+    /// Evaluate saved weights on the Fashion-MNIST test set: accuracy, per-class accuracy, confusion matrix.
+    Eval {
+        /// A model file (ours, or `safetensors.torch.save_file(net.state_dict(), …)` from the chapter's code).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
+        #[arg(long)]
+        resize: Option<usize>,
+        /// Evaluate only the first N test images.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
+    /// Classify PNG/JPEG images: top-3 Fashion-MNIST classes with probabilities.
+    ///
+    /// Images of any size are converted to grayscale and resized as in training. Fashion-MNIST items are light
+    /// objects on a dark (black) background: a photo of a dark item on white should be inverted first.
+    Predict {
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image files (PNG or JPEG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Input size (shorter side); default: the size stored in the weights (required for PyTorch files).
+        #[arg(long)]
+        resize: Option<usize>,
+        /// Print, per image, the 10 logits, the probabilities and the predicted class as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the chapter's layer-by-layer shape walk and the parameter count.
     Summary {
         /// Input shape as NxCxHxW (the chapter uses 1x1x224x244).
         #[arg(long, default_value = "1x1x224x244")]
         input: String,
-        /// Number of classes.
         #[arg(long, default_value_t = 10)]
         classes: usize,
     },
+    /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
+    Bench(resnet::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0.001)]
+    lr: f32,
+    /// adam, adamw or sgd.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// SGD momentum.
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    nesterov: bool,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// constant, step, cosine or onecycle.
+    #[arg(long, default_value = "constant")]
+    schedule: String,
+    /// Resize images (shorter side) to N; 28 keeps Fashion-MNIST's size.
+    #[arg(long, default_value_t = 96)]
+    resize: usize,
+    /// Random crop with padding and horizontal flip.
+    #[arg(long)]
+    augment: bool,
+    /// Normalize with Fashion-MNIST's mean and std (0.2860, 0.3530) after ToTensor.
+    #[arg(long)]
+    normalize: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory for checkpoints, metrics and the training curve (default: runs/run-<unix time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Continue the run in RUN_DIR from its last checkpoint (its stored settings are used; --epochs may extend it).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Stage widths, for smaller networks than the chapter's (e.g. 16,32,64,128).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    widths: Vec<usize>,
+    /// No progress output (the per-epoch lines are still printed).
+    #[arg(long)]
+    quiet: bool,
 }
 
 /// Parses `NxCxHxW` (e.g. `1x1x224x244`) into a shape; every dimension positive and the total bounded.
-pub fn parse_shape(s: &str) -> Result<Shape4> {
+fn parse_shape(s: &str) -> Result<Shape4> {
     let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
     if parts.len() != 4 {
         bail!("--input `{s}`: expected four dimensions NxCxHxW, e.g. 1x1x224x244");
@@ -45,35 +148,29 @@ pub fn parse_shape(s: &str) -> Result<Shape4> {
             bail!("--input `{s}`: dimensions must be positive");
         }
     }
-    let total = d.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x));
-    match total {
-        Some(t) if t <= 1 << 30 => Ok(Shape4::new(d[0], d[1], d[2], d[3])),
-        _ => bail!(
-            "--input `{s}`: {} values is more than the 2^30 this command allows",
-            parts.join("×")
-        ),
+    match d.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) {
+        Some(t) if t <= 1 << 28 => Ok(Shape4::new(d[0], d[1], d[2], d[3])),
+        _ => bail!("--input `{s}`: more than 2^28 values is beyond what this command runs"),
     }
 }
 
 fn summary(input: &str, classes: usize) -> Result<()> {
     let xs = parse_shape(input)?;
+    if classes == 0 {
+        bail!("--classes must be at least 1");
+    }
     let mut net = ResNet::new(ResNetConfig::chapter(xs.c, classes), 0)?;
     let walk = net.shape_walk(xs)?;
-    // Run the network for real (eval mode, like printing shapes in the chapter without training) so the walk
-    // is what the engine computes, not only what the formulas say.
+    // Run the network for real (eval mode) so the printed walk is what the engine computes.
     net.set_train(false);
-    let x: Vec<f32> = (0..xs.len())
-        .map(|i| ((i * 2654435761) % 1000) as f32 / 1000.0)
-        .collect();
-    let x = resnet::tensor::nchw_to_nhwc(&x, xs);
-    let logits = net.forward(&x, xs)?;
-    assert_eq!(logits.len(), xs.n * classes);
+    let x: Vec<f32> = (0..xs.len()).map(|i| (i % 251) as f32 / 251.0).collect();
+    let logits_len = net.forward(&x, xs)?.len();
+    debug_assert_eq!(logits_len, xs.n * classes);
     for (name, dims) in &walk {
         let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
         println!("{name}  output shape:\t torch.Size([{}])", dims.join(", "));
     }
     println!("parameters: {}", group_thousands(net.num_params()));
-    let _ = resnet18; // the chapter's builder, same network for 1 channel and 10 classes
     Ok(())
 }
 
@@ -81,7 +178,7 @@ fn group_thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -89,12 +186,218 @@ fn group_thousands(n: usize) -> String {
     out
 }
 
+fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    PathBuf::from("runs").join(format!("run-{secs}"))
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let data_dir = find_data_dir(a.data.as_deref())?;
+    let verify =
+        a.data.is_none() && std::env::var_os(resnet::data::fashion_mnist::ENV_VAR).is_none();
+    let mut run = match &a.resume {
+        Some(dir) => {
+            let epochs = (a.epochs != 5).then_some(a.epochs);
+            let run = Run::resume(dir, epochs)?;
+            println!(
+                "resuming {} after epoch {} of {}",
+                dir.display(),
+                run.progress.epochs_done,
+                run.config.epochs
+            );
+            run
+        }
+        None => {
+            let config = TrainConfig {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                optimizer: a.optimizer.clone(),
+                momentum: a.momentum,
+                nesterov: a.nesterov,
+                weight_decay: a.weight_decay,
+                schedule: a.schedule.clone(),
+                resize: (a.resize != 28).then_some(a.resize),
+                normalize: a.normalize.then_some((0.2860, 0.3530)),
+                augment: a.augment,
+                seed: a.seed,
+                limit_train: a.limit_train,
+                limit_test: a.limit_test,
+                residuals: vec![2; a.widths.len()],
+                widths: a.widths.clone(),
+            };
+            config.validate()?;
+            Run::create(&a.out.clone().unwrap_or_else(default_run_dir), config)?
+        }
+    };
+    let data = Data::load(&data_dir, verify, &run.config)?;
+    println!(
+        "training on cpu ({} threads), {} training and {} test images from {}, run directory {}",
+        rayon::current_num_threads(),
+        data.train.len(),
+        data.test.len(),
+        data_dir.display(),
+        run.dir.display()
+    );
+    let mode = if a.quiet {
+        ProgressMode::Quiet
+    } else {
+        ProgressMode::Auto
+    };
+    run.train(&data, mode, |m| println!("{}", m.line()))?;
+    println!("saved {}", run.dir.join("model.safetensors").display());
+    Ok(())
+}
+
+/// Loads weights and the input size to use: `--resize`, else the size stored in the file.
+fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
+    let (net, meta) = checkpoint::load_model(path)?;
+    if net.config.in_channels != 1 || net.config.num_classes != CLASS_NAMES.len() {
+        bail!(
+            "{}: a network for {} channels and {} classes, not Fashion-MNIST's 1 and 10",
+            path.display(),
+            net.config.in_channels,
+            net.config.num_classes
+        );
+    }
+    let size = match (resize, meta.get(META_INPUT_SIZE)) {
+        (Some(r), _) => r,
+        (None, Some(s)) => s.parse().map_err(|_| Error::new(format!("{}: bad `{META_INPUT_SIZE}` metadata `{s}`", path.display())))?,
+        (None, None) => bail!("{}: the file does not say what input size it was trained at (PyTorch files don't): pass --resize N (the chapter trains at 96)", path.display()),
+    };
+    if !(8..=1024).contains(&size) {
+        bail!("--resize must be between 8 and 1024, got {size}");
+    }
+    Ok((net, size))
+}
+
+fn eval(
+    weights: &Path,
+    data: Option<&Path>,
+    resize: Option<usize>,
+    limit: Option<usize>,
+    batch_size: usize,
+) -> Result<()> {
+    let (mut net, size) = load_weights(weights, resize)?;
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let dir = find_data_dir(data)?;
+    let mut test = Dataset::load(&dir, Split::Test, data.is_none())?;
+    if let Some(n) = limit {
+        if n == 0 {
+            bail!("--limit must be at least 1");
+        }
+        test = test.take(n);
+    }
+    let transform = TransformConfig {
+        resize: (size != 28).then_some(size),
+        normalize: None,
+        augment: false,
+    };
+    let loader = Loader::new(Arc::new(test), batch_size, false, 0, transform)?;
+    let ev = evaluate(&mut net, &loader)?;
+    println!(
+        "test acc {:.4} ({} images, input {size}×{size})",
+        ev.accuracy, ev.count
+    );
+    println!("\nper-class accuracy:");
+    for (name, acc) in CLASS_NAMES.iter().zip(ev.per_class()) {
+        println!("  {name:<12} {acc:.3}");
+    }
+    println!("\nconfusion matrix (rows: true class, columns: predicted):");
+    print!("{:<12}", "");
+    for i in 0..CLASS_NAMES.len() {
+        print!("{i:>6}");
+    }
+    println!();
+    for (i, row) in ev.confusion.iter().enumerate() {
+        print!("{:<12}", format!("{i} {}", CLASS_NAMES[i]));
+        for v in row {
+            print!("{v:>6}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn softmax(logits: &[f32]) -> Vec<f64> {
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+fn predict(weights: &Path, images: &[PathBuf], resize: Option<usize>, json: bool) -> Result<()> {
+    let (mut net, size) = load_weights(weights, resize)?;
+    net.set_train(false);
+    for path in images {
+        let (x, h, w) = image_file::load_for_model(path, size)?;
+        let logits = net
+            .forward(&x, Shape4::new(1, 1, h, w))
+            .map_err(|e| Error::new(format!("{}: {e}", path.display())))?
+            .to_vec();
+        let probs = softmax(&logits);
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        if json {
+            let v = serde_json::json!({
+                "image": path.display().to_string(),
+                "logits": logits,
+                "probabilities": probs,
+                "predicted": order[0],
+                "class": CLASS_NAMES[order[0]],
+            });
+            println!("{v}");
+        } else {
+            let top: Vec<String> = order
+                .iter()
+                .take(3)
+                .map(|&c| format!("{} {:.3}", CLASS_NAMES[c], probs[c]))
+                .collect();
+            println!("{}: {}", path.display(), top.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let threads = match cli.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => num_cpus::get_physical().max(1),
+    };
+    // One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| Error::new(format!("thread pool: {e}")))?;
+    match cli.command {
+        Command::Train(a) => train(a),
+        Command::Eval {
+            weights,
+            data,
+            resize,
+            limit,
+            batch_size,
+        } => eval(&weights, data.as_deref(), resize, limit, batch_size),
+        Command::Predict {
+            weights,
+            images,
+            resize,
+            json,
+        } => predict(&weights, &images, resize, json),
+        Command::Summary { input, classes } => summary(&input, classes),
+        Command::Bench(args) => resnet::bench::run(&args),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Summary { input, classes } => summary(&input, classes),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

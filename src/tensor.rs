@@ -89,6 +89,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::identity_op)] // the index arithmetic spells out (n, c, y, x)
     fn layout_round_trip() {
         let s = Shape4::new(2, 3, 4, 5);
         let x: Vec<f32> = (0..s.len()).map(|i| i as f32).collect();

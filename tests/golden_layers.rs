@@ -8,11 +8,11 @@
 
 mod common;
 use common::{assert_close, Golden};
-use resnet::kernels::{loss, pool, pointwise};
+use rand::SeedableRng;
+use resnet::kernels::{loss, pointwise, pool};
 use resnet::nn::{BatchNorm2d, Conv2d, InitRng, Linear, Workspace};
 use resnet::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use resnet::Shape4;
-use rand::SeedableRng;
 
 const TOL: f32 = 1e-5;
 
@@ -37,12 +37,32 @@ fn conv2d_forward_and_backward_match_pytorch() {
         let x = nchw_to_nhwc(&g.f32(&format!("{p}.x")), xs);
         let out = conv.forward(&x, xs, &mut ws);
         assert_eq!(out, ys);
-        assert_close(&format!("{p}.y"), &nhwc_to_nchw(&conv.out, ys), &g.f32(&format!("{p}.y")), TOL);
+        assert_close(
+            &format!("{p}.y"),
+            &nhwc_to_nchw(&conv.out, ys),
+            &g.f32(&format!("{p}.y")),
+            TOL,
+        );
         let dy = nchw_to_nhwc(&g.f32(&format!("{p}.dy")), ys);
         conv.backward(&x, &dy, true, &mut ws);
-        assert_close(&format!("{p}.dx"), &nhwc_to_nchw(&conv.grad_input, xs), &g.f32(&format!("{p}.dx")), TOL);
-        assert_close(&format!("{p}.dweight"), &conv.hwio_to_oihw(&conv.grad_weight), &g.f32(&format!("{p}.dweight")), TOL);
-        assert_close(&format!("{p}.dbias"), &conv.grad_bias, &g.f32(&format!("{p}.dbias")), TOL);
+        assert_close(
+            &format!("{p}.dx"),
+            &nhwc_to_nchw(&conv.grad_input, xs),
+            &g.f32(&format!("{p}.dx")),
+            TOL,
+        );
+        assert_close(
+            &format!("{p}.dweight"),
+            &conv.hwio_to_oihw(&conv.grad_weight),
+            &g.f32(&format!("{p}.dweight")),
+            TOL,
+        );
+        assert_close(
+            &format!("{p}.dbias"),
+            &conv.grad_bias,
+            &g.f32(&format!("{p}.dbias")),
+            TOL,
+        );
     }
 }
 
@@ -55,17 +75,42 @@ fn batch_norm_train_eval_and_backward_match_pytorch() {
     bn.bias = g.f32("bn.bias");
     let x = nchw_to_nhwc(&g.f32("bn.x"), xs);
     bn.forward(&x, xs, true);
-    assert_close("bn.y_train", &nhwc_to_nchw(&bn.out, xs), &g.f32("bn.y_train"), TOL);
-    assert_close("bn.running_mean", &bn.running_mean, &g.f32("bn.running_mean"), TOL);
-    assert_close("bn.running_var", &bn.running_var, &g.f32("bn.running_var"), TOL);
+    assert_close(
+        "bn.y_train",
+        &nhwc_to_nchw(&bn.out, xs),
+        &g.f32("bn.y_train"),
+        TOL,
+    );
+    assert_close(
+        "bn.running_mean",
+        &bn.running_mean,
+        &g.f32("bn.running_mean"),
+        TOL,
+    );
+    assert_close(
+        "bn.running_var",
+        &bn.running_var,
+        &g.f32("bn.running_var"),
+        TOL,
+    );
     assert_eq!(bn.num_batches_tracked, 1);
     let dy = nchw_to_nhwc(&g.f32("bn.dy"), xs);
     bn.backward(&x, &dy);
-    assert_close("bn.dx", &nhwc_to_nchw(&bn.grad_input, xs), &g.f32("bn.dx"), TOL);
+    assert_close(
+        "bn.dx",
+        &nhwc_to_nchw(&bn.grad_input, xs),
+        &g.f32("bn.dx"),
+        TOL,
+    );
     assert_close("bn.dweight", &bn.grad_weight, &g.f32("bn.dweight"), TOL);
     assert_close("bn.dbias", &bn.grad_bias, &g.f32("bn.dbias"), TOL);
     bn.forward(&x, xs, false);
-    assert_close("bn.y_eval", &nhwc_to_nchw(&bn.out, xs), &g.f32("bn.y_eval"), TOL);
+    assert_close(
+        "bn.y_eval",
+        &nhwc_to_nchw(&bn.out, xs),
+        &g.f32("bn.y_eval"),
+        TOL,
+    );
 }
 
 #[test]
@@ -80,11 +125,21 @@ fn max_pool_matches_pytorch_including_all_negative_padding() {
         let mut y = vec![0.0; ys.len()];
         let mut arg = vec![0u32; ys.len()];
         pool::max_pool_forward(&geom, xs.n, &x, &mut y, &mut arg);
-        assert_close(&format!("{p}.y"), &nhwc_to_nchw(&y, ys), &g.f32(&format!("{p}.y")), 0.0);
+        assert_close(
+            &format!("{p}.y"),
+            &nhwc_to_nchw(&y, ys),
+            &g.f32(&format!("{p}.y")),
+            0.0,
+        );
         let dy = nchw_to_nhwc(&g.f32(&format!("{p}.dy")), ys);
         let mut dx = vec![f32::NAN; xs.len()];
         pool::max_pool_backward(&geom, xs.n, &dy, &arg, &mut dx);
-        assert_close(&format!("{p}.dx"), &nhwc_to_nchw(&dx, xs), &g.f32(&format!("{p}.dx")), TOL);
+        assert_close(
+            &format!("{p}.dx"),
+            &nhwc_to_nchw(&dx, xs),
+            &g.f32(&format!("{p}.dx")),
+            TOL,
+        );
     }
 }
 
@@ -98,7 +153,12 @@ fn global_avg_pool_relu_linear_and_cross_entropy_match_pytorch() {
     assert_close("avgpool.y", &y, &g.f32("avgpool.y"), TOL);
     let mut dx = vec![0.0; xs.len()];
     pool::global_avg_pool_backward(xs.n, xs.h * xs.w, xs.c, &g.f32("avgpool.dy"), &mut dx);
-    assert_close("avgpool.dx", &nhwc_to_nchw(&dx, xs), &g.f32("avgpool.dx"), TOL);
+    assert_close(
+        "avgpool.dx",
+        &nhwc_to_nchw(&dx, xs),
+        &g.f32("avgpool.dx"),
+        TOL,
+    );
 
     let x = g.f32("relu.x");
     let mut y = vec![0.0; x.len()];
@@ -119,7 +179,12 @@ fn global_avg_pool_relu_linear_and_cross_entropy_match_pytorch() {
     assert_close("linear.y", &fc.out, &g.f32("linear.y"), TOL);
     fc.backward(&x, &g.f32("linear.dy"));
     assert_close("linear.dx", &fc.grad_input, &g.f32("linear.dx"), TOL);
-    assert_close("linear.dweight", &fc.grad_weight, &g.f32("linear.dweight"), TOL);
+    assert_close(
+        "linear.dweight",
+        &fc.grad_weight,
+        &g.f32("linear.dweight"),
+        TOL,
+    );
     assert_close("linear.dbias", &fc.grad_bias, &g.f32("linear.dbias"), TOL);
 
     let logits = g.f32("ce.logits");

@@ -40,12 +40,19 @@ fn hwio_to_oihw(hwio: &[f32], oihw_shape: &[usize]) -> Vec<f32> {
 }
 
 fn small_config() -> ResNetConfig {
-    ResNetConfig { in_channels: 1, num_classes: 10, widths: vec![4, 8, 8, 16], residuals: vec![2, 2, 2, 2] }
+    ResNetConfig {
+        in_channels: 1,
+        num_classes: 10,
+        widths: vec![4, 8, 8, 16],
+        residuals: vec![2, 2, 2, 2],
+    }
 }
 
 /// A conv bias that feeds a batch norm (its gradient is zero up to rounding).
 fn bias_before_bn(name: &str) -> bool {
-    name == "0.bias" || ((name.ends_with("conv1.bias") || name.ends_with("conv2.bias")) && name.contains("resnet_block"))
+    name == "0.bias"
+        || ((name.ends_with("conv1.bias") || name.ends_with("conv2.bias"))
+            && name.contains("resnet_block"))
 }
 
 #[test]
@@ -57,18 +64,36 @@ fn small_network_train_step_matches_pytorch() {
     let x = g.f32("input"); // one channel: NCHW is NHWC
     let labels: Vec<usize> = g.i64("labels").iter().map(|&l| l as usize).collect();
     let logits = net.forward(&x, xs).unwrap().to_vec();
-    assert_close("small_net.logits_train", &logits, &g.f32("logits_train"), 1e-4);
+    assert_close(
+        "small_net.logits_train",
+        &logits,
+        &g.f32("logits_train"),
+        1e-4,
+    );
     let (loss, _) = net.loss(&labels).unwrap();
     assert_close("small_net.loss", &[loss], &g.f32("loss"), 1e-5);
     net.backward(&x, true);
-    assert_close("small_net.grad.input", net.grad_input(), &g.f32("grad.input"), 3e-3);
+    assert_close(
+        "small_net.grad.input",
+        net.grad_input(),
+        &g.f32("grad.input"),
+        3e-3,
+    );
     let mut worst = (0.0f32, String::new());
     for p in net.params_mut() {
         let want = g.f32(&format!("grad.{}", p.name));
         let shape = g.shape(&format!("grad.{}", p.name));
         // Conv weights live HWIO inside the engine; PyTorch's gradient is OIHW.
-        let got = if shape.len() == 4 { hwio_to_oihw(p.grad, &shape) } else { p.grad.to_vec() };
-        let p = resnet::ParamMut { name: p.name, value: p.value, grad: &got };
+        let got = if shape.len() == 4 {
+            hwio_to_oihw(p.grad, &shape)
+        } else {
+            p.grad.to_vec()
+        };
+        let p = resnet::ParamMut {
+            name: p.name,
+            value: p.value,
+            grad: &got,
+        };
         if bias_before_bn(&p.name) {
             assert_abs(&format!("small_net.grad.{}", p.name), p.grad, &want, 1e-3);
         } else {
@@ -79,21 +104,30 @@ fn small_network_train_step_matches_pytorch() {
             assert_close(&format!("small_net.grad.{}", p.name), p.grad, &want, 3e-3);
         }
     }
-    println!("worst parameter gradient: {} at {:.3e} of scale", worst.1, worst.0);
+    println!(
+        "worst parameter gradient: {} at {:.3e} of scale",
+        worst.1, worst.0
+    );
     let after = g.with_prefix("after.");
     let sd = net.state_dict();
     for (k, want) in &after {
         let got = &sd.iter().find(|(key, _)| key == k).unwrap().1;
         match (got, want) {
-            (resnet::nn::StateTensor::F32 { data: a, .. }, resnet::nn::StateTensor::F32 { data: b, .. }) => {
-                assert_close(&format!("small_net.after.{k}"), a, b, 1e-4)
-            }
+            (
+                resnet::nn::StateTensor::F32 { data: a, .. },
+                resnet::nn::StateTensor::F32 { data: b, .. },
+            ) => assert_close(&format!("small_net.after.{k}"), a, b, 1e-4),
             (a, b) => assert_eq!(a, b, "{k}"),
         }
     }
     net.set_train(false);
     let logits = net.forward(&x, xs).unwrap().to_vec();
-    assert_close("small_net.logits_eval", &logits, &g.f32("logits_eval"), 1e-4);
+    assert_close(
+        "small_net.logits_eval",
+        &logits,
+        &g.f32("logits_eval"),
+        1e-4,
+    );
 }
 
 #[test]
@@ -110,12 +144,22 @@ fn small_network_layer_by_layer_activations_match_pytorch() {
     }
     // `2` is ReLU(BN) — fused in the engine, so compare the stem's output there.
     let s = shape4(&g.shape("act.2"));
-    assert_close("small_net.act.2", &nhwc_to_nchw(&net.stem_bn.out, s), &g.f32("act.2"), 1e-4);
+    assert_close(
+        "small_net.act.2",
+        &nhwc_to_nchw(&net.stem_bn.out, s),
+        &g.f32("act.2"),
+        1e-4,
+    );
     for (k, stage) in net.stages.iter().enumerate() {
         let name = format!("resnet_block{}", k + 1);
         let s = shape4(&g.shape(&format!("act.{name}")));
         let out = &stage.last().unwrap().out;
-        assert_close(&format!("small_net.act.{name}"), &nhwc_to_nchw(out, s), &g.f32(&format!("act.{name}")), 1e-4);
+        assert_close(
+            &format!("small_net.act.{name}"),
+            &nhwc_to_nchw(out, s),
+            &g.f32(&format!("act.{name}")),
+            1e-4,
+        );
     }
     assert_close("small_net.act.fc", net.logits(), &g.f32("act.fc"), 1e-4);
 
@@ -123,7 +167,12 @@ fn small_network_layer_by_layer_activations_match_pytorch() {
     fresh.load_state_dict(&g.with_prefix("param.")).unwrap();
     let xs28 = shape4(&g.shape("input28"));
     let logits = fresh.forward(&g.f32("input28"), xs28).unwrap().to_vec();
-    assert_close("small_net.logits_train28", &logits, &g.f32("logits_train28"), 1e-4);
+    assert_close(
+        "small_net.logits_train28",
+        &logits,
+        &g.f32("logits_train28"),
+        1e-4,
+    );
 }
 
 #[test]
@@ -138,29 +187,81 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
     let x = nchw_to_nhwc(&g.f32("input"), xs);
     let mut ws = Workspace::default();
     blk.forward(&x, xs, true, &mut ws);
-    assert_close("residual_full.output", &nhwc_to_nchw(&blk.out, ys), &g.f32("output"), 1e-4);
+    assert_close(
+        "residual_full.output",
+        &nhwc_to_nchw(&blk.out, ys),
+        &g.f32("output"),
+        1e-4,
+    );
     let dy = nchw_to_nhwc(&g.f32("dy"), ys);
     blk.backward(&x, &dy, true, &mut ws);
-    assert_close("residual_full.grad.input", &nhwc_to_nchw(blk.grad_input(), xs), &g.f32("grad.input"), 1e-4);
-    let convs = [("conv1", &blk.conv1), ("conv2", &blk.conv2), ("conv3", blk.conv3.as_ref().unwrap())];
+    assert_close(
+        "residual_full.grad.input",
+        &nhwc_to_nchw(blk.grad_input(), xs),
+        &g.f32("grad.input"),
+        1e-4,
+    );
+    let convs = [
+        ("conv1", &blk.conv1),
+        ("conv2", &blk.conv2),
+        ("conv3", blk.conv3.as_ref().unwrap()),
+    ];
     for (name, c) in convs {
-        assert_close(&format!("residual_full.grad.{name}.weight"), &c.hwio_to_oihw(&c.grad_weight), &g.f32(&format!("grad.{name}.weight")), 1e-4);
+        assert_close(
+            &format!("residual_full.grad.{name}.weight"),
+            &c.hwio_to_oihw(&c.grad_weight),
+            &g.f32(&format!("grad.{name}.weight")),
+            1e-4,
+        );
         let want = g.f32(&format!("grad.{name}.bias"));
         if name == "conv3" {
             assert_close("residual_full.grad.conv3.bias", &c.grad_bias, &want, 1e-4);
         } else {
-            assert_abs(&format!("residual_full.grad.{name}.bias"), &c.grad_bias, &want, 1e-3);
+            assert_abs(
+                &format!("residual_full.grad.{name}.bias"),
+                &c.grad_bias,
+                &want,
+                1e-3,
+            );
         }
     }
     for (name, bn) in [("bn1", &blk.bn1), ("bn2", &blk.bn2)] {
-        assert_close(&format!("residual_full.grad.{name}.weight"), &bn.grad_weight, &g.f32(&format!("grad.{name}.weight")), 1e-4);
-        assert_close(&format!("residual_full.grad.{name}.bias"), &bn.grad_bias, &g.f32(&format!("grad.{name}.bias")), 1e-4);
-        assert_close(&format!("residual_full.after.{name}.running_mean"), &bn.running_mean, &g.f32(&format!("after.{name}.running_mean")), 1e-4);
-        assert_close(&format!("residual_full.after.{name}.running_var"), &bn.running_var, &g.f32(&format!("after.{name}.running_var")), 1e-4);
-        assert_eq!(bn.num_batches_tracked, g.i64(&format!("after.{name}.num_batches_tracked"))[0]);
+        assert_close(
+            &format!("residual_full.grad.{name}.weight"),
+            &bn.grad_weight,
+            &g.f32(&format!("grad.{name}.weight")),
+            1e-4,
+        );
+        assert_close(
+            &format!("residual_full.grad.{name}.bias"),
+            &bn.grad_bias,
+            &g.f32(&format!("grad.{name}.bias")),
+            1e-4,
+        );
+        assert_close(
+            &format!("residual_full.after.{name}.running_mean"),
+            &bn.running_mean,
+            &g.f32(&format!("after.{name}.running_mean")),
+            1e-4,
+        );
+        assert_close(
+            &format!("residual_full.after.{name}.running_var"),
+            &bn.running_var,
+            &g.f32(&format!("after.{name}.running_var")),
+            1e-4,
+        );
+        assert_eq!(
+            bn.num_batches_tracked,
+            g.i64(&format!("after.{name}.num_batches_tracked"))[0]
+        );
     }
     blk.forward(&x, xs, false, &mut ws);
-    assert_close("residual_full.output_eval", &nhwc_to_nchw(&blk.out, ys), &g.f32("output_eval"), 1e-4);
+    assert_close(
+        "residual_full.output_eval",
+        &nhwc_to_nchw(&blk.out, ys),
+        &g.f32("output_eval"),
+        1e-4,
+    );
 }
 
 #[test]
@@ -189,10 +290,18 @@ fn chapter_block_examples_have_the_chapters_shapes_and_values() {
 fn pytorch_saved_state_dict_loads_and_infers_the_architecture() {
     let path = golden_path("small_net_state_pytorch.safetensors");
     let (mut net, meta) = load_model(&path).unwrap();
-    assert!(!meta.contains_key(resnet::checkpoint::META_ARCH), "a PyTorch file carries no arch metadata");
+    assert!(
+        !meta.contains_key(resnet::checkpoint::META_ARCH),
+        "a PyTorch file carries no arch metadata"
+    );
     assert_eq!(net.config, small_config());
     let g = Golden::load("small_net.safetensors");
     let xs = shape4(&g.shape("input"));
     let logits = net.forward(&g.f32("input"), xs).unwrap().to_vec();
-    assert_close("pytorch_file.logits_train", &logits, &g.f32("logits_train"), 1e-4);
+    assert_close(
+        "pytorch_file.logits_train",
+        &logits,
+        &g.f32("logits_train"),
+        1e-4,
+    );
 }

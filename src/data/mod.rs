@@ -6,6 +6,7 @@
 
 pub mod fashion_mnist;
 pub mod idx;
+pub mod image_file;
 pub mod loader;
 pub mod transforms;
 

@@ -7,7 +7,9 @@ use resnet::nn::{StateDict, StateTensor};
 use std::path::PathBuf;
 
 pub fn golden_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
 }
 
 /// A golden file as written by tools/make_golden.py.
@@ -19,12 +21,21 @@ pub struct Golden {
 impl Golden {
     pub fn load(name: &str) -> Golden {
         let path = golden_path(name);
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run tools/make_golden.py)", path.display()));
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run tools/make_golden.py)", path.display()));
         let (sd, _) = deserialize(&bytes, name).unwrap();
-        Golden { file: name.to_string(), sd }
+        Golden {
+            file: name.to_string(),
+            sd,
+        }
     }
     pub fn get(&self, key: &str) -> &StateTensor {
-        &self.sd.iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("{}: no key {key}", self.file)).1
+        &self
+            .sd
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{}: no key {key}", self.file))
+            .1
     }
     pub fn f32(&self, key: &str) -> Vec<f32> {
         match self.get(key) {
@@ -43,7 +54,10 @@ impl Golden {
     }
     /// All entries whose key starts with `prefix`, with the prefix stripped.
     pub fn with_prefix(&self, prefix: &str) -> StateDict {
-        self.sd.iter().filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.clone()))).collect()
+        self.sd
+            .iter()
+            .filter_map(|(k, t)| k.strip_prefix(prefix).map(|s| (s.to_string(), t.clone())))
+            .collect()
     }
 }
 
@@ -67,7 +81,10 @@ pub fn scaled_max_diff(got: &[f32], want: &[f32], floor: f32) -> (f32, f32) {
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let (rel, abs) = scaled_max_diff(got, want, 1e-3);
     println!("golden {what:<48} max|Δ| {abs:.3e}  relative {rel:.3e}  (tol {tol:.0e})");
-    assert!(rel <= tol, "{what}: max |Δ| {abs:e} = {rel:e} of the tensor's scale > {tol:e}");
+    assert!(
+        rel <= tol,
+        "{what}: max |Δ| {abs:e} = {rel:e} of the tensor's scale > {tol:e}"
+    );
 }
 
 /// Asserts `max |got − want| ≤ tol` in absolute terms (for gradients that are zero up to rounding).

@@ -1,0 +1,195 @@
+//! `resnet bench`: the chapter's ResNet-18 timed the way `tools/bench_pytorch.py` times PyTorch — training step
+//! (forward, loss, backward, Adam) and eval-mode inference in images/s, batch-1 latency, peak memory.
+
+use crate::nn::{resnet18, ResNet};
+use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
+use crate::train::param_lens;
+use crate::{bail, Result, Shape4};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Options of `resnet bench`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Timed iterations per configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Untimed warm-up iterations per configuration.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Batch size of the training and inference configurations.
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Comma-separated subset of: train28, train96, infer28, infer96, latency224 (default: all).
+    #[arg(long, default_value = "all")]
+    pub only: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured configuration.
+#[derive(Serialize, Debug, Clone)]
+pub struct BenchResult {
+    pub name: String,
+    pub batch: usize,
+    pub size: usize,
+    pub iters: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub max_s: f64,
+    pub images_per_s: f64,
+    /// Multiply-accumulates of one forward pass over the batch.
+    pub forward_macs: u64,
+    /// Achieved: training counts 6 × forward MACs (forward 2, backward 4 FLOPs per MAC), inference 2 ×.
+    pub gflops: f64,
+    /// Peak resident memory of the process so far, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Multiply-accumulates of one forward pass of `net` on input `xs` (convolutions and the final Linear).
+pub fn forward_macs(net: &ResNet, xs: Shape4) -> Result<u64> {
+    net.shape_walk(xs)?;
+    let conv = |c: &crate::nn::Conv2d, s: Shape4| -> (u64, Shape4) {
+        let o = c.output_shape(s).expect("checked by shape_walk");
+        (
+            (o.rows() * o.c * c.kernel * c.kernel * c.in_channels) as u64,
+            o,
+        )
+    };
+    let (mut macs, s) = conv(&net.stem_conv, xs);
+    let mut s = Shape4::new(s.n, s.c, (s.h - 1) / 2 + 1, (s.w - 1) / 2 + 1); // max pool 3/2/1
+    for b in net.stages.iter().flatten() {
+        let (m1, s1) = conv(&b.conv1, s);
+        let (m2, s2) = conv(&b.conv2, s1);
+        macs += m1 + m2;
+        if let Some(c3) = &b.conv3 {
+            macs += conv(c3, s).0;
+        }
+        s = s2;
+    }
+    Ok(macs + (xs.n * net.fc.in_features * net.fc.out_features) as u64)
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn input(xs: Shape4) -> Vec<f32> {
+    (0..xs.len())
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect()
+}
+
+/// Times `f` after `warmup` calls: `(median, min, max)` seconds over `iters` calls.
+fn time_it(
+    warmup: usize,
+    iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], t[0], t[t.len() - 1]))
+}
+
+/// Measures one configuration: `train` (forward, loss, backward, Adam step) or inference, at `batch`×1×`size`².
+pub fn bench_one(
+    name: &str,
+    train: bool,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<BenchResult> {
+    let mut net = resnet18(1, 10, 0);
+    let xs = Shape4::new(batch, 1, size, size);
+    let x = input(xs);
+    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+    let macs = forward_macs(&net, xs)?;
+    let (median, min, max) = if train {
+        let mut opt: Box<dyn Optimizer> =
+            OptimizerKind::Adam.build(&OptimizerOptions::default(), &param_lens(&net))?;
+        net.set_train(true);
+        time_it(warmup, iters, || {
+            net.forward(&x, xs)?;
+            net.loss(&labels)?;
+            net.backward(&x, false);
+            opt.step(&mut net.params_mut(), 1e-3);
+            Ok(())
+        })?
+    } else {
+        net.set_train(false);
+        time_it(warmup, iters, || net.forward(&x, xs).map(|_| ()))?
+    };
+    let flops_per_mac = if train { 6.0 } else { 2.0 };
+    Ok(BenchResult {
+        name: name.to_string(),
+        batch,
+        size,
+        iters,
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        images_per_s: batch as f64 / median,
+        forward_macs: macs,
+        gflops: flops_per_mac * macs as f64 / median / 1e9,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
+/// Runs the selected configurations and prints a table (or JSON).
+pub fn run(args: &BenchArgs) -> Result<()> {
+    const ALL: [&str; 5] = ["train28", "train96", "infer28", "infer96", "latency224"];
+    let selected: Vec<&str> = if args.only == "all" {
+        ALL.to_vec()
+    } else {
+        args.only.split(',').map(str::trim).collect()
+    };
+    if let Some(bad) = selected.iter().find(|s| !ALL.contains(s)) {
+        bail!(
+            "--only: unknown configuration `{bad}`; choose from {}",
+            ALL.join(", ")
+        );
+    }
+    if args.iters == 0 || args.batch < 2 {
+        bail!("--iters must be at least 1 and --batch at least 2");
+    }
+    let mut results = Vec::new();
+    for name in selected {
+        let r = match name {
+            "train28" => bench_one(name, true, args.batch, 28, args.warmup, args.iters)?,
+            "train96" => bench_one(name, true, args.batch, 96, args.warmup, args.iters)?,
+            "infer28" => bench_one(name, false, args.batch, 28, args.warmup, args.iters)?,
+            "infer96" => bench_one(name, false, args.batch, 96, args.warmup, args.iters)?,
+            _ => bench_one(name, false, 1, 224, args.warmup.max(3), args.iters.max(20))?,
+        };
+        if !args.json {
+            println!(
+                "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GFLOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",
+                r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
+            );
+        }
+        results.push(r);
+    }
+    if args.json {
+        let v = serde_json::json!({ "threads": rayon::current_num_threads(), "results": results });
+        println!("{v}");
+    }
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! The training loop: epochs over a seeded loader, the chapter's per-epoch line, evaluation with BN running
+//! statistics, metrics, a training-curve plot, and atomic checkpoints that a run resumes from exactly.
+//!
+//! A run directory holds:
+//! - `model.safetensors`: the model alone, PyTorch's keys and layouts (loads with `load_state_dict(strict=True)`);
+//! - `checkpoint.safetensors`: model + optimizer state + progress, the one file `--resume` reads (written
+//!   atomically, so a crash leaves the previous epoch's checkpoint);
+//! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
+
+use crate::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
+use crate::data::{Dataset, Loader, TransformConfig, NUM_CLASSES};
+use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
+use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions, OptimizerState, Schedule};
+use crate::{bail, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Everything that determines a training run (stored in the checkpoint, so `--resume` continues the same run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    /// `adam`, `adamw` or `sgd`.
+    pub optimizer: String,
+    pub momentum: Option<f64>,
+    pub nesterov: bool,
+    pub weight_decay: Option<f64>,
+    /// `constant`, `step`, `cosine` or `onecycle`.
+    pub schedule: String,
+    /// Images are resized (shorter side) to this size; `None` keeps 28×28.
+    pub resize: Option<usize>,
+    pub normalize: Option<(f32, f32)>,
+    pub augment: bool,
+    pub seed: u64,
+    pub limit_train: Option<usize>,
+    pub limit_test: Option<usize>,
+    /// Network stage widths and residual counts (the chapter's: 64,128,256,512 and 2,2,2,2).
+    pub widths: Vec<usize>,
+    pub residuals: Vec<usize>,
+}
+
+impl Default for TrainConfig {
+    /// The chapter's run: resize 96, batch 256, Adam lr 0.001, 5 epochs, seed 0.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 5,
+            batch_size: 256,
+            lr: 0.001,
+            optimizer: "adam".into(),
+            momentum: None,
+            nesterov: false,
+            weight_decay: None,
+            schedule: "constant".into(),
+            resize: Some(96),
+            normalize: None,
+            augment: false,
+            seed: 0,
+            limit_train: None,
+            limit_test: None,
+            widths: vec![64, 128, 256, 512],
+            residuals: vec![2, 2, 2, 2],
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn arch(&self) -> ResNetConfig {
+        ResNetConfig {
+            in_channels: 1,
+            num_classes: NUM_CLASSES,
+            widths: self.widths.clone(),
+            residuals: self.residuals.clone(),
+        }
+    }
+    pub fn optimizer_kind(&self) -> Result<OptimizerKind> {
+        self.optimizer.parse()
+    }
+    pub fn schedule(&self) -> Result<Schedule> {
+        self.schedule.parse()
+    }
+    fn transform(&self, augment: bool) -> TransformConfig {
+        TransformConfig {
+            resize: self.resize,
+            normalize: self.normalize,
+            augment,
+        }
+    }
+    /// Checks every value before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if self.batch_size < 2 {
+            bail!("--batch-size must be at least 2 (batch norm needs more than one value per channel)");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if let Some(r) = self.resize {
+            if !(8..=1024).contains(&r) {
+                bail!("--resize must be between 8 and 1024, got {r}");
+            }
+        }
+        if self.limit_train == Some(0) || self.limit_test == Some(0) {
+            bail!("--limit-train / --limit-test must be at least 1");
+        }
+        self.optimizer_kind()?;
+        self.schedule()?;
+        Ok(())
+    }
+    fn optimizer_options(&self) -> OptimizerOptions {
+        OptimizerOptions {
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            ..Default::default()
+        }
+    }
+}
+
+/// One epoch's results, as printed and logged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    /// Mean cross-entropy over the epoch's batches.
+    pub loss: f64,
+    pub train_acc: f64,
+    pub test_acc: f64,
+    /// Seconds for the epoch's training and its test evaluation.
+    pub time_sec: f64,
+    pub images_per_sec: f64,
+    pub lr: f64,
+}
+
+impl EpochMetrics {
+    /// The chapter's line: `epoch 1, loss 0.3812, train acc 0.853, test acc 0.885, time 310.0 sec`.
+    pub fn line(&self) -> String {
+        format!(
+            "epoch {}, loss {:.4}, train acc {:.3}, test acc {:.3}, time {:.1} sec",
+            self.epoch, self.loss, self.train_acc, self.test_acc, self.time_sec
+        )
+    }
+}
+
+/// Progress stored in the checkpoint: finished epochs and their metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub epochs_done: usize,
+    pub history: Vec<EpochMetrics>,
+}
+
+const META_CONFIG: &str = "resnet.train_config";
+const META_PROGRESS: &str = "resnet.progress";
+const META_OPTIMIZER: &str = "resnet.optimizer";
+const OPT_PREFIX: &str = "optimizer.";
+
+/// The training and test data, already loaded (and sliced by the limits).
+pub struct Data {
+    pub train: Arc<Dataset>,
+    pub test: Arc<Dataset>,
+}
+
+impl Data {
+    /// Loads both splits from `dir` (checksums verified when `verify`), applying the config's limits.
+    pub fn load(dir: &Path, verify: bool, config: &TrainConfig) -> Result<Data> {
+        use crate::data::Split;
+        let mut train = Dataset::load(dir, Split::Train, verify)?;
+        let mut test = Dataset::load(dir, Split::Test, verify)?;
+        if let Some(n) = config.limit_train {
+            train = train.take(n);
+        }
+        if let Some(n) = config.limit_test {
+            test = test.take(n);
+        }
+        Ok(Data {
+            train: Arc::new(train),
+            test: Arc::new(test),
+        })
+    }
+}
+
+/// How a run reports progress: an interactive bar on a terminal, periodic plain lines otherwise, or nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    Auto,
+    Quiet,
+}
+
+/// Accuracy and confusion matrix of `net` (eval mode, BN running statistics) on a dataset.
+pub struct Evaluation {
+    pub accuracy: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+    pub count: usize,
+}
+
+impl Evaluation {
+    /// Accuracy of each true class (NaN-free: classes with no examples get 0).
+    pub fn per_class(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let n: usize = row.iter().sum();
+                if n == 0 {
+                    0.0
+                } else {
+                    row[c] as f64 / n as f64
+                }
+            })
+            .collect()
+    }
+}
+
+/// Evaluates `net` in eval mode on `loader`'s data (in order, epoch 0). Restores the previous mode.
+pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
+    let was_train = net.is_train();
+    net.set_train(false);
+    let k = net.config.num_classes;
+    let mut confusion = vec![vec![0usize; k]; k];
+    let mut correct = 0usize;
+    let mut count = 0usize;
+    for batch in loader.epoch(0) {
+        let logits = net.forward(&batch.images, batch.shape)?;
+        for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
+            let pred = argmax(row);
+            confusion[label][pred] += 1;
+            correct += (pred == label) as usize;
+            count += 1;
+        }
+    }
+    net.set_train(was_train);
+    Ok(Evaluation {
+        accuracy: correct as f64 / count.max(1) as f64,
+        confusion,
+        count,
+    })
+}
+
+/// Index of the largest value (first one on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// A training run in a run directory: the model, its optimizer, and what has been done so far.
+pub struct Run {
+    pub dir: PathBuf,
+    pub config: TrainConfig,
+    pub net: ResNet,
+    pub optimizer: Box<dyn Optimizer>,
+    pub progress: Progress,
+}
+
+impl Run {
+    /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
+    /// so a finished run is never overwritten by accident (use `--resume`).
+    pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::new(format!(
+                "{}: cannot create run directory: {e}",
+                dir.display()
+            ))
+        })?;
+        if dir.join("checkpoint.safetensors").exists() {
+            bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());
+        }
+        let net = ResNet::new(config.arch(), config.seed)?;
+        let optimizer = build_optimizer(&config, &net)?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            net,
+            optimizer,
+            progress: Progress::default(),
+        })
+    }
+
+    /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
+    pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
+        let path = dir.join("checkpoint.safetensors");
+        let origin = path.display().to_string();
+        let bytes = checkpoint::read_file_limited(&path)?;
+        let (sd, meta) = checkpoint::deserialize(&bytes, &origin)?;
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                Error::new(format!(
+                    "{origin}: no `{k}` metadata: not a resnet training checkpoint"
+                ))
+            })
+        };
+        let mut config: TrainConfig = serde_json::from_str(get(META_CONFIG)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_CONFIG}`: {e}")))?;
+        let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_PROGRESS}`: {e}")))?;
+        if let Some(e) = epochs {
+            config.epochs = e;
+        }
+        config
+            .validate()
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        let mut net = ResNet::new(config.arch(), config.seed)?;
+        let (model_sd, opt_sd): (StateDict, StateDict) = sd
+            .into_iter()
+            .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
+        net.load_state_dict(&model_sd)
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        let mut optimizer = build_optimizer(&config, &net)?;
+        let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_OPTIMIZER}`: {e}")))?;
+        let tensors = opt_sd
+            .into_iter()
+            .map(|(k, t)| match t {
+                StateTensor::F32 { data, .. } => Ok((k[OPT_PREFIX.len()..].to_string(), data)),
+                _ => Err(Error::new(format!(
+                    "{origin}: optimizer tensor `{k}` is not F32"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        optimizer
+            .load_state(OptimizerState {
+                kind: opt_meta.kind,
+                step: opt_meta.step,
+                tensors,
+            })
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            net,
+            optimizer,
+            progress,
+        })
+    }
+
+    /// Trains the remaining epochs, printing the chapter's line after each and checkpointing atomically.
+    /// `on_epoch` sees each epoch's metrics (after its checkpoint is safely on disk).
+    pub fn train(
+        &mut self,
+        data: &Data,
+        mode: ProgressMode,
+        mut on_epoch: impl FnMut(&EpochMetrics),
+    ) -> Result<()> {
+        let cfg = self.config.clone();
+        let schedule = cfg.schedule()?;
+        let train_loader = Loader::new(
+            data.train.clone(),
+            cfg.batch_size,
+            true,
+            cfg.seed,
+            cfg.transform(cfg.augment),
+        )?;
+        let test_loader = Loader::new(
+            data.test.clone(),
+            cfg.batch_size,
+            false,
+            cfg.seed,
+            cfg.transform(false),
+        )?;
+        let steps = train_loader.num_batches();
+        for epoch in self.progress.epochs_done..cfg.epochs {
+            let start = Instant::now();
+            self.net.set_train(true);
+            let bar = Bar::new(mode, steps, epoch + 1, cfg.epochs);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let mut lr = cfg.lr;
+            for (b, batch) in train_loader.epoch(epoch).enumerate() {
+                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
+                self.net.forward(&batch.images, batch.shape)?;
+                let (loss, ok) = self.net.loss(&batch.labels)?;
+                if !loss.is_finite() {
+                    bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); the last good checkpoint in {} is kept", epoch + 1, b + 1, cfg.lr, self.dir.display());
+                }
+                self.net.backward(&batch.images, false);
+                let mut params = self.net.params_mut();
+                if let Some(p) = params
+                    .iter()
+                    .find(|p| p.grad.iter().any(|g| !g.is_finite()))
+                {
+                    bail!("training diverged: gradient of `{}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); the last good checkpoint in {} is kept", p.name, epoch + 1, b + 1, cfg.lr, self.dir.display());
+                }
+                self.optimizer.step(&mut params, lr);
+                loss_sum += loss as f64;
+                correct += ok;
+                seen += batch.labels.len();
+                bar.update(
+                    b + 1,
+                    loss_sum / (b + 1) as f64,
+                    correct as f64 / seen as f64,
+                    seen,
+                    start,
+                );
+            }
+            bar.finish();
+            let train_secs = start.elapsed().as_secs_f64();
+            let eval = evaluate(&mut self.net, &test_loader)?;
+            let metrics = EpochMetrics {
+                epoch: epoch + 1,
+                loss: loss_sum / steps as f64,
+                train_acc: correct as f64 / seen as f64,
+                test_acc: eval.accuracy,
+                time_sec: start.elapsed().as_secs_f64(),
+                images_per_sec: seen as f64 / train_secs,
+                lr: lr as f64,
+            };
+            self.progress.epochs_done = epoch + 1;
+            self.progress.history.push(metrics.clone());
+            self.save()?;
+            on_epoch(&metrics);
+        }
+        Ok(())
+    }
+
+    /// Writes `model.safetensors`, then `checkpoint.safetensors`, `metrics.jsonl` and `curve.svg`, each atomically.
+    pub fn save(&self) -> Result<()> {
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            META_INPUT_SIZE.to_string(),
+            self.config.resize.unwrap_or(28).to_string(),
+        );
+        checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta)?;
+
+        let mut sd = self.net.state_dict();
+        let state = self.optimizer.state();
+        for (k, data) in state.tensors {
+            let shape = vec![data.len()];
+            sd.push((format!("{OPT_PREFIX}{k}"), StateTensor::F32 { shape, data }));
+        }
+        meta.insert("format".into(), "pt".into());
+        meta.insert(META_ARCH.into(), checkpoint::arch_string(&self.net.config));
+        meta.insert(META_CONFIG.into(), json(&self.config));
+        meta.insert(META_PROGRESS.into(), json(&self.progress));
+        meta.insert(
+            META_OPTIMIZER.into(),
+            json(&OptimizerMeta {
+                kind: state.kind,
+                step: state.step,
+            }),
+        );
+        let bytes = checkpoint::serialize(&sd, &meta)?;
+        checkpoint::write_atomic(&self.dir.join("checkpoint.safetensors"), &bytes)?;
+
+        let lines: String = self
+            .progress
+            .history
+            .iter()
+            .map(|m| json(m) + "\n")
+            .collect();
+        checkpoint::write_atomic(&self.dir.join("metrics.jsonl"), lines.as_bytes())?;
+        checkpoint::write_atomic(
+            &self.dir.join("curve.svg"),
+            curve_svg(&self.progress.history).as_bytes(),
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OptimizerMeta {
+    kind: String,
+    step: u64,
+}
+
+/// One of the run's records as a single JSON line.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain records serialize")
+}
+
+fn build_optimizer(config: &TrainConfig, net: &ResNet) -> Result<Box<dyn Optimizer>> {
+    let lens = param_lens(net);
+    config
+        .optimizer_kind()?
+        .build(&config.optimizer_options(), &lens)
+}
+
+/// Lengths of the trainable tensors in `params_mut` order.
+pub fn param_lens(net: &ResNet) -> Vec<usize> {
+    let mut lens = Vec::new();
+    let conv = |lens: &mut Vec<usize>, c: &crate::nn::Conv2d| {
+        lens.push(c.weight.len());
+        lens.push(c.bias.len());
+    };
+    conv(&mut lens, &net.stem_conv);
+    lens.extend([net.stem_bn.num_features; 2]);
+    for b in net.stages.iter().flatten() {
+        conv(&mut lens, &b.conv1);
+        conv(&mut lens, &b.conv2);
+        if let Some(c3) = &b.conv3 {
+            conv(&mut lens, c3);
+        }
+        lens.extend([b.bn1.num_features; 2]);
+        lens.extend([b.bn2.num_features; 2]);
+    }
+    lens.push(net.fc.weight.len());
+    lens.push(net.fc.bias.len());
+    lens
+}
+
+/// The per-epoch progress display: an indicatif bar on a terminal, a plain line every ~10% otherwise.
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    total: usize,
+    epoch: usize,
+    epochs: usize,
+}
+
+impl Bar {
+    fn new(mode: ProgressMode, total: usize, epoch: usize, epochs: usize) -> Bar {
+        let interactive = mode == ProgressMode::Auto && std::io::stderr().is_terminal();
+        let bar = interactive.then(|| {
+            let pb = indicatif::ProgressBar::new(total as u64);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            pb.set_prefix(format!("{epoch}/{epochs}"));
+            pb
+        });
+        Bar {
+            bar,
+            plain: mode == ProgressMode::Auto && !interactive,
+            total,
+            epoch,
+            epochs,
+        }
+    }
+
+    fn update(&self, done: usize, loss: f64, acc: f64, seen: usize, start: Instant) {
+        let rate = seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        let msg = format!("loss {loss:.4} acc {acc:.3} {rate:.0} img/s");
+        if let Some(pb) = &self.bar {
+            pb.set_position(done as u64);
+            pb.set_message(msg);
+        } else if self.plain {
+            let step = (self.total / 10).max(1);
+            if done.is_multiple_of(step) || done == self.total {
+                eprintln!(
+                    "epoch {}/{} batch {done}/{} {msg}",
+                    self.epoch, self.epochs, self.total
+                );
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = &self.bar {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+/// A small self-contained SVG of loss, train accuracy and test accuracy per epoch.
+pub fn curve_svg(history: &[EpochMetrics]) -> String {
+    let (w, h, pad) = (640.0f64, 400.0f64, 50.0f64);
+    let n = history.len().max(1);
+    let x = |e: usize| {
+        pad + if n == 1 {
+            (w - 2.0 * pad) / 2.0
+        } else {
+            (e - 1) as f64 * (w - 2.0 * pad) / (n - 1) as f64
+        }
+    };
+    let ymax = history.iter().map(|m| m.loss).fold(1.0f64, f64::max);
+    let y = |v: f64| h - pad - v / ymax * (h - 2.0 * pad);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n<line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"black\"/>\n",
+        b = h - pad,
+        r = w - pad
+    );
+    for i in 0..=4 {
+        let v = ymax * i as f64 / 4.0;
+        s += &format!(
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n",
+            pad - 4.0,
+            y(v) + 4.0
+        );
+    }
+    for m in history {
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+            x(m.epoch),
+            h - pad + 16.0,
+            m.epoch
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">epoch</text>\n",
+        w / 2.0,
+        h - 10.0
+    );
+    type Series = (&'static str, &'static str, fn(&EpochMetrics) -> f64);
+    let series: [Series; 3] = [
+        ("train loss", "#1f77b4", |m| m.loss),
+        ("train acc", "#ff7f0e", |m| m.train_acc),
+        ("test acc", "#2ca02c", |m| m.test_acc),
+    ];
+    for (i, (name, color, f)) in series.iter().enumerate() {
+        let pts: Vec<String> = history
+            .iter()
+            .map(|m| format!("{:.1},{:.1}", x(m.epoch), y(f(m))))
+            .collect();
+        s += &format!(
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+        for m in history {
+            s += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>\n",
+                x(m.epoch),
+                y(f(m))
+            );
+        }
+        let ly = pad + 16.0 * i as f64;
+        s += &format!("<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"3\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n", w - pad - 110.0, ly - 4.0, w - pad - 94.0, ly);
+    }
+    s + "</svg>\n"
+}
