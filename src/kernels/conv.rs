@@ -2,7 +2,14 @@
 //!
 //! Shapes: input `x [n, h, w, cin]`, weight `w [kh, kw, cin, cout]` (HWIO, i.e. a row-major
 //! `[kh·kw·cin, cout]` matrix), bias `[cout]`, output `y [n, oh, ow, cout]`.
-//! A 1×1 stride-1 unpadded convolution needs no im2col: `x` already is the `[n·h·w, cin]` column matrix.
+//!
+//! Three things keep the GEMMs large and the memory traffic small:
+//! - a 1×1 stride-1 unpadded convolution needs no im2col: `x` already is the `[n·h·w, cin]` column matrix;
+//! - kernel taps that fall in the padding for *every* output position are left out of the column matrix and
+//!   of the weight (at a 1×1 plane, a 3×3 padded conv has 8 of 9 taps dead: the GEMM shrinks ninefold);
+//! - the input gradient of a stride-1 conv is itself a stride-1 conv of `dy` with the kernel rotated by 180°
+//!   and its channel axes swapped, so it runs as im2col + a GEMM with the full `k·k·cout` depth instead of a
+//!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
 use super::gemm::{matmul, MatRef};
 use rayon::prelude::*;
@@ -20,15 +27,39 @@ pub struct ConvGeom {
     pub w: usize,
     pub oh: usize,
     pub ow: usize,
+    /// Bit `ky` set when kernel row `ky` reads the input for at least one output row.
+    live_rows: u32,
+    /// Bit `kx` set when kernel column `kx` reads the input for at least one output column.
+    live_cols: u32,
 }
 
-/// The im2col matrix of a chunk of images is kept under this many floats (64 MiB), so a conv over a large batch
-/// runs as a few large GEMMs instead of needing a workspace as big as the whole batch's columns.
-const MAX_CHUNK_FLOATS: usize = 16 << 20;
+/// The im2col matrix of a chunk of images is kept under this many floats (8 MiB), so it stays in the last-level
+/// cache between being written and being read by the GEMM, and the workspace stays small for any batch.
+const MAX_CHUNK_FLOATS: usize = 2 << 20;
+
+/// Largest kernel side supported (the tap masks are `u32`).
+pub const MAX_KERNEL: usize = 32;
+
+fn live_mask(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> u32 {
+    let mut mask = 0;
+    for t in 0..k {
+        if (0..out).any(|o| {
+            let i = (o * stride + t) as isize - pad as isize;
+            i >= 0 && i < size as isize
+        }) {
+            mask |= 1 << t;
+        }
+    }
+    mask
+}
+
+fn bits(mask: u32) -> impl Iterator<Item = usize> + Clone {
+    (0..32).filter(move |b| mask & (1 << b) != 0)
+}
 
 impl ConvGeom {
     /// Output size `(h + 2·pad − k) / stride + 1`, as PyTorch computes it. Returns `None` when the kernel does
-    /// not fit the padded input.
+    /// not fit the padded input (or is larger than [`MAX_KERNEL`]).
     pub fn new(
         cin: usize,
         cout: usize,
@@ -38,11 +69,13 @@ impl ConvGeom {
         h: usize,
         w: usize,
     ) -> Option<Self> {
-        if stride == 0 || h + 2 * pad < k || w + 2 * pad < k {
+        if stride == 0 || k == 0 || k > MAX_KERNEL || h + 2 * pad < k || w + 2 * pad < k {
             return None;
         }
         let oh = (h + 2 * pad - k) / stride + 1;
         let ow = (w + 2 * pad - k) / stride + 1;
+        let live_rows = live_mask(k, stride, pad, h, oh);
+        let live_cols = live_mask(k, stride, pad, w, ow);
         Some(ConvGeom {
             cin,
             cout,
@@ -54,11 +87,24 @@ impl ConvGeom {
             w,
             oh,
             ow,
+            live_rows,
+            live_cols,
         })
     }
-    /// Rows of the column matrix: `k = kh·kw·cin`.
+    /// Rows of the full weight matrix: `kh·kw·cin`.
     pub fn patch_len(&self) -> usize {
         self.kh * self.kw * self.cin
+    }
+    /// Kernel taps that read the input somewhere.
+    pub fn live_taps(&self) -> usize {
+        (self.live_rows.count_ones() * self.live_cols.count_ones()) as usize
+    }
+    /// Columns of the im2col matrix: `live_taps·cin`.
+    pub fn live_patch_len(&self) -> usize {
+        self.live_taps() * self.cin
+    }
+    fn all_taps_live(&self) -> bool {
+        self.live_taps() == self.kh * self.kw
     }
     /// True when `x` is its own column matrix (1×1 kernel, stride 1, no padding).
     pub fn is_pointwise(&self) -> bool {
@@ -66,25 +112,60 @@ impl ConvGeom {
     }
     /// Images per GEMM chunk for a batch of `n`.
     pub fn chunk_images(&self, n: usize) -> usize {
-        let per_image = self.oh * self.ow * self.patch_len();
+        let per_image = self.oh * self.ow * self.live_patch_len();
         (MAX_CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1))
     }
-    /// Floats of workspace [`conv2d_forward`] and [`conv2d_backward`] need for a batch of `n`.
-    pub fn workspace_len(&self, n: usize) -> usize {
+    fn cols_len(&self, n: usize) -> usize {
         if self.is_pointwise() {
             0
         } else {
-            self.chunk_images(n) * self.oh * self.ow * self.patch_len()
+            self.chunk_images(n) * self.oh * self.ow * self.live_patch_len()
         }
+    }
+    /// The convolution that computes this one's input gradient when the stride is 1: `dy` convolved with the
+    /// rotated, channel-swapped kernel, padded by `k − 1 − pad` (same-size output = this conv's input).
+    fn transposed(&self) -> Option<ConvGeom> {
+        if self.stride != 1 || self.pad >= self.kh || !self.all_taps_live() {
+            return None;
+        }
+        let g = ConvGeom::new(
+            self.cout,
+            self.cin,
+            self.kh,
+            1,
+            self.kh - 1 - self.pad,
+            self.oh,
+            self.ow,
+        )?;
+        (g.oh == self.h && g.ow == self.w && g.all_taps_live()).then_some(g)
+    }
+    /// Floats of workspace [`conv2d_forward`] and [`conv2d_backward`] need for a batch of `n`.
+    pub fn workspace_len(&self, n: usize) -> usize {
+        let weights = if self.all_taps_live() {
+            0
+        } else {
+            2 * self.live_patch_len() * self.cout
+        };
+        let cols = self
+            .cols_len(n)
+            .max(self.transposed().map_or(0, |t| t.cols_len(n)));
+        let flipped = if self.transposed().is_some() {
+            self.patch_len() * self.cout
+        } else {
+            0
+        };
+        cols + weights.max(flipped)
     }
 }
 
 /// Writes the column matrix of `images` consecutive images starting at `x` (`[images, h, w, cin]`) into
-/// `cols [images·oh·ow, kh·kw·cin]`; taps that fall in the padding are zero.
+/// `cols [images·oh·ow, live_taps·cin]` (taps in row-major order, dead taps left out); positions that fall in
+/// the padding are zero.
 pub fn im2col(g: &ConvGeom, images: usize, x: &[f32], cols: &mut [f32]) {
-    let k = g.patch_len();
+    let k = g.live_patch_len();
     let rows = images * g.oh * g.ow;
     let cols = &mut cols[..rows * k];
+    let live_cols = g.live_cols.count_ones() as usize;
     let rows_per_task = (4096 / k).max(1).min(rows.max(1));
     cols.par_chunks_mut(rows_per_task * k)
         .enumerate()
@@ -96,17 +177,17 @@ pub fn im2col(g: &ConvGeom, images: usize, x: &[f32], cols: &mut [f32]) {
                 let oy = (row / g.ow) % g.oh;
                 let ox = row % g.ow;
                 let image = &x[img * g.h * g.w * g.cin..][..g.h * g.w * g.cin];
-                for ky in 0..g.kh {
+                for (ti, ky) in bits(g.live_rows).enumerate() {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    let tap_row = &mut col[ky * g.kw * g.cin..][..g.kw * g.cin];
+                    let tap_row = &mut col[ti * live_cols * g.cin..][..live_cols * g.cin];
                     if iy < 0 || iy >= g.h as isize {
                         tap_row.fill(0.0);
                         continue;
                     }
                     let line = &image[iy as usize * g.w * g.cin..][..g.w * g.cin];
-                    for kx in 0..g.kw {
+                    for (tj, kx) in bits(g.live_cols).enumerate() {
                         let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        let dst = &mut tap_row[kx * g.cin..][..g.cin];
+                        let dst = &mut tap_row[tj * g.cin..][..g.cin];
                         if ix < 0 || ix >= g.w as isize {
                             dst.fill(0.0);
                         } else {
@@ -118,12 +199,13 @@ pub fn im2col(g: &ConvGeom, images: usize, x: &[f32], cols: &mut [f32]) {
         });
 }
 
-/// Adds the column-matrix gradient `dcols [images·oh·ow, kh·kw·cin]` back onto the input positions it was
+/// Adds the column-matrix gradient `dcols [images·oh·ow, live_taps·cin]` back onto the input positions it was
 /// gathered from: `dx [images, h, w, cin] += col2im(dcols)`. The inverse of [`im2col`]'s gather.
 pub fn col2im_add(g: &ConvGeom, images: usize, dcols: &[f32], dx: &mut [f32]) {
-    let k = g.patch_len();
+    let k = g.live_patch_len();
     let plane_in = g.h * g.w * g.cin;
     let rows_per_image = g.oh * g.ow;
+    let live_cols = g.live_cols.count_ones() as usize;
     // One task per image: the images' input regions are disjoint, so the scatter needs no synchronization.
     dx[..images * plane_in]
         .par_chunks_mut(plane_in)
@@ -133,17 +215,17 @@ pub fn col2im_add(g: &ConvGeom, images: usize, dcols: &[f32], dx: &mut [f32]) {
             for (r, col) in dcols.chunks_exact(k).enumerate() {
                 let oy = r / g.ow;
                 let ox = r % g.ow;
-                for ky in 0..g.kh {
+                for (ti, ky) in bits(g.live_rows).enumerate() {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {
                         continue;
                     }
-                    for kx in 0..g.kw {
+                    for (tj, kx) in bits(g.live_cols).enumerate() {
                         let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         if ix < 0 || ix >= g.w as isize {
                             continue;
                         }
-                        let src = &col[(ky * g.kw + kx) * g.cin..][..g.cin];
+                        let src = &col[(ti * live_cols + tj) * g.cin..][..g.cin];
                         let dst = &mut image[(iy as usize * g.w + ix as usize) * g.cin..][..g.cin];
                         for (d, s) in dst.iter_mut().zip(src) {
                             *d += s;
@@ -152,6 +234,77 @@ pub fn col2im_add(g: &ConvGeom, images: usize, dcols: &[f32], dx: &mut [f32]) {
                 }
             }
         });
+}
+
+/// Copies the weight rows of the live taps, `[live_taps·cin, cout]`, into `out`.
+fn gather_live_weights(g: &ConvGeom, w: &[f32], out: &mut [f32]) {
+    let row = g.cin * g.cout;
+    let mut t = 0;
+    for ky in bits(g.live_rows) {
+        for kx in bits(g.live_cols) {
+            out[t * row..][..row].copy_from_slice(&w[(ky * g.kw + kx) * row..][..row]);
+            t += 1;
+        }
+    }
+}
+
+/// Writes `compact [live_taps·cin, cout]` into the live rows of `dw [kh·kw·cin, cout]`, zeros elsewhere.
+fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
+    let row = g.cin * g.cout;
+    dw[..g.patch_len() * g.cout].fill(0.0);
+    let mut t = 0;
+    for ky in bits(g.live_rows) {
+        for kx in bits(g.live_cols) {
+            dw[(ky * g.kw + kx) * row..][..row].copy_from_slice(&compact[t * row..][..row]);
+            t += 1;
+        }
+    }
+}
+
+/// `y [rows, cout] (+)= im2col(x) × w` over chunks of images. `w` is the live-tap weight matrix.
+fn conv_gemm(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+    cols: &mut [f32],
+) {
+    let k = g.live_patch_len();
+    let wmat = MatRef::row_major(w, g.cout);
+    if g.is_pointwise() {
+        matmul(
+            n * g.h * g.w,
+            g.cout,
+            k,
+            y,
+            accumulate,
+            MatRef::row_major(x, k),
+            wmat,
+        );
+        return;
+    }
+    let chunk = g.chunk_images(n);
+    let rows_per_image = g.oh * g.ow;
+    let plane_in = g.h * g.w * g.cin;
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let rows = images * rows_per_image;
+        im2col(g, images, &x[first * plane_in..], cols);
+        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
+        matmul(
+            rows,
+            g.cout,
+            k,
+            y_chunk,
+            accumulate,
+            MatRef::row_major(&cols[..rows * k], k),
+            wmat,
+        );
+        first += images;
+    }
 }
 
 /// Forward convolution: `y [n, oh, ow, cout] = conv(x [n, h, w, cin], w [kh·kw·cin, cout]) + bias [cout]`.
@@ -165,7 +318,6 @@ pub fn conv2d_forward(
     y: &mut [f32],
     workspace: &mut [f32],
 ) {
-    let k = g.patch_len();
     let out_rows = n * g.oh * g.ow;
     let y = &mut y[..out_rows * g.cout];
     // Start from the broadcast bias and let the GEMM accumulate onto it: one write pass instead of a second
@@ -176,30 +328,12 @@ pub fn conv2d_forward(
             row.copy_from_slice(bias);
         }
     });
-    let wmat = MatRef::row_major(w, g.cout);
-    if g.is_pointwise() {
-        matmul(out_rows, g.cout, k, y, true, MatRef::row_major(x, k), wmat);
-        return;
-    }
-    let chunk = g.chunk_images(n);
-    let rows_per_image = g.oh * g.ow;
-    let plane_in = g.h * g.w * g.cin;
-    let mut first = 0;
-    while first < n {
-        let images = chunk.min(n - first);
-        let rows = images * rows_per_image;
-        im2col(g, images, &x[first * plane_in..], workspace);
-        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
-        matmul(
-            rows,
-            g.cout,
-            k,
-            y_chunk,
-            true,
-            MatRef::row_major(&workspace[..rows * k], k),
-            wmat,
-        );
-        first += images;
+    if g.all_taps_live() {
+        conv_gemm(g, n, x, w, y, true, workspace);
+    } else {
+        let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
+        gather_live_weights(g, w, wl);
+        conv_gemm(g, n, x, wl, y, true, cols);
     }
 }
 
@@ -218,12 +352,12 @@ pub fn conv2d_backward(
     dx: Option<&mut [f32]>,
     workspace: &mut [f32],
 ) {
-    let k = g.patch_len();
     let rows_per_image = g.oh * g.ow;
     let out_rows = n * rows_per_image;
     let dy = &dy[..out_rows * g.cout];
     super::pointwise::column_sums(dy, g.cout, dbias);
-    let wt = MatRef::transposed(w, g.cout); // [cout, k]
+    let k = g.live_patch_len();
+    let dyt = MatRef::row_major(dy, g.cout);
     if g.is_pointwise() {
         matmul(
             k,
@@ -232,7 +366,7 @@ pub fn conv2d_backward(
             dw,
             false,
             MatRef::transposed(x, k),
-            MatRef::row_major(dy, g.cout),
+            dyt,
         );
         if let Some(dx) = dx {
             matmul(
@@ -241,46 +375,102 @@ pub fn conv2d_backward(
                 g.cout,
                 dx,
                 false,
-                MatRef::row_major(dy, g.cout),
-                wt,
+                dyt,
+                MatRef::transposed(w, g.cout),
             );
         }
         return;
     }
+    // Weight and weight-gradient matrices restricted to the live taps.
+    let compact = !g.all_taps_live();
+    let (wbuf, cols) = workspace.split_at_mut(if compact { 2 * k * g.cout } else { 0 });
+    let (w_live, dw_live) = wbuf.split_at_mut(if compact { k * g.cout } else { 0 });
+    if compact {
+        gather_live_weights(g, w, w_live);
+    }
+    let w_live: &[f32] = if compact { w_live } else { w };
+
+    // dw = Σ_chunks im2col(x)ᵀ · dy
     let chunk = g.chunk_images(n);
     let plane_in = g.h * g.w * g.cin;
-    let mut dx = dx;
-    if let Some(dx) = dx.as_deref_mut() {
-        dx[..n * plane_in].fill(0.0);
-    }
     let mut first = 0;
     while first < n {
         let images = chunk.min(n - first);
         let rows = images * rows_per_image;
         let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
-        im2col(g, images, &x[first * plane_in..], workspace);
+        im2col(g, images, &x[first * plane_in..], cols);
+        let dw_target: &mut [f32] = if compact { dw_live } else { dw };
         matmul(
             k,
             g.cout,
             rows,
-            dw,
+            dw_target,
             first > 0,
-            MatRef::transposed(&workspace[..rows * k], k),
+            MatRef::transposed(&cols[..rows * k], k),
             MatRef::row_major(dy_chunk, g.cout),
         );
-        if let Some(dx) = dx.as_deref_mut() {
-            let dcols = &mut workspace[..rows * k];
-            matmul(
-                rows,
-                k,
-                g.cout,
-                dcols,
-                false,
-                MatRef::row_major(dy_chunk, g.cout),
-                wt,
-            );
-            col2im_add(g, images, dcols, &mut dx[first * plane_in..]);
-        }
         first += images;
+    }
+    if compact {
+        scatter_live_weights(g, dw_live, dw);
+    }
+    let Some(dx) = dx else { return };
+
+    if let Some(t) = g.transposed() {
+        // dx = conv(dy, rot180(w) with in/out swapped), stride 1.
+        let (flipped, cols) = cols.split_at_mut(g.patch_len() * g.cout);
+        let kk = g.kh * g.kw;
+        for tap in 0..kk {
+            let src_tap = kk - 1 - tap;
+            for co in 0..g.cout {
+                for ci in 0..g.cin {
+                    flipped[(tap * g.cout + co) * g.cin + ci] =
+                        w[(src_tap * g.cin + ci) * g.cout + co];
+                }
+            }
+        }
+        conv_gemm(&t, n, dy, flipped, dx, false, cols);
+        return;
+    }
+
+    // General case: dcols = dy · wᵀ per chunk, scattered back with col2im.
+    dx[..n * plane_in].fill(0.0);
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let rows = images * rows_per_image;
+        let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
+        let dcols = &mut cols[..rows * k];
+        matmul(
+            rows,
+            k,
+            g.cout,
+            dcols,
+            false,
+            MatRef::row_major(dy_chunk, g.cout),
+            MatRef::transposed(w_live, g.cout),
+        );
+        col2im_add(g, images, dcols, &mut dx[first * plane_in..]);
+        first += images;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_taps_are_found() {
+        // 3×3 pad 1 on a 1×1 plane: only the centre tap reads the input.
+        let g = ConvGeom::new(4, 4, 3, 1, 1, 1, 1).unwrap();
+        assert_eq!(g.live_taps(), 1);
+        // 3×3 stride 2 pad 1 from 2×2 to 1×1: rows/cols 1 and 2 are live.
+        let g = ConvGeom::new(4, 4, 3, 2, 1, 2, 2).unwrap();
+        assert_eq!((g.oh, g.live_taps()), (1, 4));
+        // 7×7 stride 2 pad 3 on 28×28: every tap is live somewhere.
+        assert_eq!(
+            ConvGeom::new(1, 8, 7, 2, 3, 28, 28).unwrap().live_taps(),
+            49
+        );
     }
 }
