@@ -67,7 +67,7 @@ enum Command {
     /// Print the chapter's layer-by-layer shape walk and the parameter count.
     Summary {
         /// Input shape as NxCxHxW (the chapter uses 1x1x224x244).
-        #[arg(long, default_value = "1x1x224x244")]
+        #[arg(long, default_value = "1x1x224x244", allow_hyphen_values = true)]
         input: String,
         #[arg(long, default_value_t = 10)]
         classes: usize,
@@ -78,22 +78,23 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    #[arg(long, default_value_t = 5)]
-    epochs: usize,
+    /// Epochs to train [default: 5]; with --resume, the total the run is extended to.
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
     lr: f32,
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
     optimizer: String,
     /// SGD momentum.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
     /// SGD Nesterov momentum.
     #[arg(long)]
     nesterov: bool,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// constant, step, cosine or onecycle.
     #[arg(long, default_value = "constant")]
@@ -198,21 +199,21 @@ fn train(a: TrainArgs) -> Result<()> {
     let data_dir = find_data_dir(a.data.as_deref())?;
     let verify =
         a.data.is_none() && std::env::var_os(resnet::data::fashion_mnist::ENV_VAR).is_none();
-    let mut run = match &a.resume {
+    let (mut run, data) = match &a.resume {
         Some(dir) => {
-            let epochs = (a.epochs != 5).then_some(a.epochs);
-            let run = Run::resume(dir, epochs)?;
+            let run = Run::resume(dir, a.epochs)?;
             println!(
                 "resuming {} after epoch {} of {}",
                 dir.display(),
                 run.progress.epochs_done,
                 run.config.epochs
             );
-            run
+            let data = Data::load(&data_dir, verify, &run.config)?;
+            (run, data)
         }
         None => {
             let config = TrainConfig {
-                epochs: a.epochs,
+                epochs: a.epochs.unwrap_or(5),
                 batch_size: a.batch_size,
                 lr: a.lr,
                 optimizer: a.optimizer.clone(),
@@ -230,10 +231,12 @@ fn train(a: TrainArgs) -> Result<()> {
                 widths: a.widths.clone(),
             };
             config.validate()?;
-            Run::create(&a.out.clone().unwrap_or_else(default_run_dir), config)?
+            // Load (and check) the data before the run directory is created, so bad data leaves nothing behind.
+            let data = Data::load(&data_dir, verify, &config)?;
+            let run = Run::create(&a.out.clone().unwrap_or_else(default_run_dir), config)?;
+            (run, data)
         }
     };
-    let data = Data::load(&data_dir, verify, &run.config)?;
     println!(
         "training on cpu ({} threads), {} training and {} test images from {}, run directory {}",
         rayon::current_num_threads(),
@@ -264,13 +267,18 @@ fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
         );
     }
     let size = match (resize, meta.get(META_INPUT_SIZE)) {
-        (Some(r), _) => r,
-        (None, Some(s)) => s.parse().map_err(|_| Error::new(format!("{}: bad `{META_INPUT_SIZE}` metadata `{s}`", path.display())))?,
+        (Some(r), _) => {
+            if !(8..=1024).contains(&r) {
+                bail!("--resize must be between 8 and 1024, got {r}");
+            }
+            r
+        }
+        (None, Some(s)) => match s.parse() {
+            Ok(r) if (8..=1024).contains(&r) => r,
+            _ => bail!("{}: bad `{META_INPUT_SIZE}` metadata `{s}` (expected a size between 8 and 1024); pass --resize N to override it", path.display()),
+        },
         (None, None) => bail!("{}: the file does not say what input size it was trained at (PyTorch files don't): pass --resize N (the chapter trains at 96)", path.display()),
     };
-    if !(8..=1024).contains(&size) {
-        bail!("--resize must be between 8 and 1024, got {size}");
-    }
     Ok((net, size))
 }
 

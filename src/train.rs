@@ -267,6 +267,9 @@ impl Run {
     /// so a finished run is never overwritten by accident (use `--resume`).
     pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
         config.validate()?;
+        // Build everything that can fail on a bad config before touching the file system.
+        let net = ResNet::new(config.arch(), config.seed)?;
+        let optimizer = build_optimizer(&config, &net)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(format!(
                 "{}: cannot create run directory: {e}",
@@ -276,8 +279,6 @@ impl Run {
         if dir.join("checkpoint.safetensors").exists() {
             bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());
         }
-        let net = ResNet::new(config.arch(), config.seed)?;
-        let optimizer = build_optimizer(&config, &net)?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
@@ -370,6 +371,16 @@ impl Run {
         )?;
         let steps = train_loader.num_batches();
         for epoch in self.progress.epochs_done..cfg.epochs {
+            let kept = match self.progress.epochs_done {
+                0 => format!(
+                    "no epoch finished, so {} holds no checkpoint",
+                    self.dir.display()
+                ),
+                n => format!(
+                    "the checkpoint of epoch {n} in {} is kept",
+                    self.dir.display()
+                ),
+            };
             let start = Instant::now();
             self.net.set_train(true);
             let bar = Bar::new(mode, steps, epoch + 1, cfg.epochs);
@@ -380,7 +391,7 @@ impl Run {
                 self.net.forward(&batch.images, batch.shape)?;
                 let (loss, ok) = self.net.loss(&batch.labels)?;
                 if !loss.is_finite() {
-                    bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); the last good checkpoint in {} is kept", epoch + 1, b + 1, cfg.lr, self.dir.display());
+                    bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
                 }
                 self.net.backward(&batch.images, false);
                 let mut params = self.net.params_mut();
@@ -388,7 +399,7 @@ impl Run {
                     .iter()
                     .find(|p| p.grad.iter().any(|g| !g.is_finite()))
                 {
-                    bail!("training diverged: gradient of `{}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); the last good checkpoint in {} is kept", p.name, epoch + 1, b + 1, cfg.lr, self.dir.display());
+                    bail!("training diverged: gradient of `{}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", p.name, epoch + 1, b + 1, cfg.lr);
                 }
                 self.optimizer.step(&mut params, lr);
                 loss_sum += loss as f64;
@@ -414,6 +425,16 @@ impl Run {
                 images_per_sec: seen as f64 / train_secs,
                 lr: lr as f64,
             };
+            // A last step can overflow the weights (or BN statistics) without a non-finite loss or gradient:
+            // never checkpoint such a model over the last good one.
+            let sd = self.net.state_dict();
+            let bad = sd.iter().find(|(_, t)| {
+                matches!(t, StateTensor::F32 { data, .. } if data.iter().any(|v| !v.is_finite()))
+            });
+            if let Some((name, _)) = bad {
+                bail!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr);
+            }
+            drop(sd);
             self.progress.epochs_done = epoch + 1;
             self.progress.history.push(metrics.clone());
             self.save()?;

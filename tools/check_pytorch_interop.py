@@ -16,10 +16,16 @@ Write a PyTorch checkpoint for the Rust side to load:
 
     python3 tools/check_pytorch_interop.py --write torch_model.safetensors [--widths ...] [--seed 0]
 
-  Builds a seeded chapter net, runs one train-mode forward (no grad) on a seeded random batch so the BatchNorm running
-  statistics and num_batches_tracked are not the trivial 0 / 1 / 0 (a swapped running_mean / running_var would otherwise go
-  unnoticed), then writes save_file(net.state_dict(), PATH) exactly as a user would, plus PATH.logits.safetensors holding
-  `input` (the fixed 2x1x96x96 input above) and `logits` (the eval-mode logits on it).
+  Builds a seeded chapter net, gives every BatchNorm a random affine weight in [0.5, 1.5) and bias in [-0.5, 0.5), runs
+  one train-mode forward (no grad) on a seeded random batch so the BatchNorm running statistics and num_batches_tracked
+  are not the trivial 0 / 1 / 0 (a swapped weight / bias or running_mean / running_var would otherwise go unnoticed, and
+  the logits would hardly depend on the input), then writes save_file(net.state_dict(), PATH) exactly as a user would, plus PATH.logits.safetensors holding
+  `input` (the fixed 2x1x96x96 input above) and `logits` (the eval-mode logits on it). The Rust test
+  tests/interop.rs loads both when RESNET_PYTORCH_FILE=PATH is set.
+
+Write the chapter net's state-dict layout (key, dtype, shape, in PyTorch's order) as text, for tests/interop.rs:
+
+    python3 tools/check_pytorch_interop.py --write-keys tests/golden/pytorch_chapter_keys.txt
 """
 import argparse
 import os
@@ -122,6 +128,11 @@ def load_and_run(args):
 def write(args):
     torch.manual_seed(args.seed)
     net = build(args)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
     net.train()
     with torch.no_grad():
         net(torch.rand(4, args.in_channels, args.size, args.size))  # non-trivial running statistics
@@ -137,10 +148,29 @@ def write(args):
     return 0
 
 
+DTYPE_NAMES = {torch.float32: 'F32', torch.int64: 'I64'}
+
+
+def write_keys(args):
+    net = build(args)
+    lines = [
+        '# state_dict() of the chapter\'s nn.Sequential ResNet-18 (tools/chapter_model.py), in PyTorch\'s order:',
+        f'# key dtype shape; in_channels {args.in_channels}, num_classes {args.num_classes}, widths {list(args.widths)}.',
+        '# Written by: python3 tools/check_pytorch_interop.py --write-keys tests/golden/pytorch_chapter_keys.txt',
+    ]
+    for k, v in net.state_dict().items():
+        lines.append(f'{k} {DTYPE_NAMES[v.dtype]} [{",".join(str(d) for d in v.shape)}]')
+    with open(args.write_keys, 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print(f'wrote {args.write_keys} ({len(net.state_dict())} keys)')
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('path', nargs='?', help='safetensors file written by the Rust code, to load into PyTorch')
     ap.add_argument('--write', metavar='PATH2', help='instead write a seeded PyTorch checkpoint and PATH2.logits.safetensors')
+    ap.add_argument('--write-keys', metavar='TXT', help='instead write the state dict\'s keys, dtypes and shapes as text')
     ap.add_argument('--widths', type=parse_widths, default=(64, 128, 256, 512))
     ap.add_argument('--in-channels', type=int, default=1)
     ap.add_argument('--num-classes', type=int, default=10)
@@ -152,10 +182,12 @@ def main(argv=None):
     ap.add_argument('--lenient', action='store_true',
                     help='accept dtype differences and shape [1] for 0-d tensors (as load_state_dict itself would)')
     args = ap.parse_args(argv)
-    if (args.path is None) == (args.write is None):
-        ap.error('give either PATH (to load) or --write PATH2')
+    if sum(a is not None for a in (args.path, args.write, args.write_keys)) != 1:
+        ap.error('give exactly one of PATH (to load), --write PATH2 or --write-keys TXT')
     torch.set_num_threads(min(4, torch.get_num_threads()))
     try:
+        if args.write_keys:
+            return write_keys(args)
         return write(args) if args.write else load_and_run(args)
     except Exception as e:  # any failure -> non-zero exit with a readable message
         print(f'FAIL {type(e).__name__}: {e}', file=sys.stderr)
