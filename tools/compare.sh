@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: ours (`resnet bench`) and PyTorch's (tools/bench_pytorch.py), run alternately
+# (A B A B …) on the same machine, then per configuration: ours, PyTorch (faster of NCHW and channels_last),
+# ratio ours/PyTorch in images/s (medians of the per-round medians).
+#
+#   tools/compare.sh [ROUNDS=3] [ITERS=3] [THREADS=2] [ONLY=all]
+# Needs: cargo, python3 with the pinned PyTorch (pip install -r tools/requirements.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+iters=${2:-3}
+threads=${3:-2}
+only=${4:-all}
+out=$(mktemp -d)
+cargo build --release --quiet
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); threads $threads; $(date -u +%F)"
+for r in $(seq 1 "$rounds"); do
+  ./target/release/resnet --threads "$threads" bench --json --iters "$iters" --only "$only" > "$out/ours.$r.json"
+  python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" --only "$only" > "$out/torch.$r.json"
+  echo "round $r done" >&2
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def load(kind):
+    runs = [json.load(open(f"{out}/{kind}.{r}.json"))["results"] for r in range(1, rounds + 1)]
+    res = {}
+    for run in runs:
+        for x in run:
+            res.setdefault(x["name"], []).append(x)
+    return res
+ours, torch = load("ours"), load("torch")
+print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14} {'ours RSS':>9} {'torch RSS':>10}  torch layout")
+for name in ours:
+    o, t = ours[name], torch.get(name)
+    oi = statistics.median(x["images_per_s"] for x in o)
+    og = statistics.median(x["gflops"] for x in o)
+    if not t:
+        print(f"{name:<11} {oi:>11.1f}"); continue
+    ti = statistics.median(x["images_per_s"] for x in t)
+    tg = statistics.median(x["gflops"] for x in t)
+    fmt = max(set(x["format"] for x in t), key=[x["format"] for x in t].count)
+    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {og:>13.1f} {tg:>14.1f} {max(x['peak_rss_mib'] for x in o):>8.0f}M {max(x['peak_rss_mib'] for x in t):>9.0f}M  {fmt}")
+    lat = [x["median_s"] for x in o]
+print("(per-round values in", out, ")")
+PY
