@@ -19,13 +19,20 @@ fn main() {
         let a = vec![0.5f32; m * k];
         let b = vec![0.25f32; k * n];
         let mut c = vec![0.0f32; m * n];
-        let lhs = if trans { MatRef::transposed(&a, m) } else { MatRef::row_major(&a, k) };
+        let lhs = if trans {
+            MatRef::transposed(&a, m)
+        } else {
+            MatRef::row_major(&a, k)
+        };
         let mut best = f64::MAX;
         for _ in 0..6 {
             let t = Instant::now();
             matmul(m, n, k, &mut c, false, lhs, MatRef::row_major(&b, n));
             best = best.min(t.elapsed().as_secs_f64());
         }
-        println!("{name:<30} m={m:>6} n={n:>4} k={k:>6}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / best / 1e9);
+        println!(
+            "{name:<30} m={m:>6} n={n:>4} k={k:>6}: {:.1} GFLOP/s",
+            2.0 * (m * n * k) as f64 / best / 1e9
+        );
     }
 }

@@ -31,13 +31,21 @@ pub struct BenchArgs {
 /// One measured configuration.
 #[derive(Serialize, Debug, Clone)]
 pub struct BenchResult {
+    /// Configuration name, e.g. `train96` or `latency224`.
     pub name: String,
+    /// Images per iteration.
     pub batch: usize,
+    /// Side of the square one-channel input images, pixels (input `[batch, 1, size, size]`).
     pub size: usize,
+    /// Timed iterations.
     pub iters: usize,
+    /// Median time of one iteration, seconds.
     pub median_s: f64,
+    /// Fastest iteration, seconds.
     pub min_s: f64,
+    /// Slowest iteration, seconds.
     pub max_s: f64,
+    /// Throughput at the median: `batch / median_s`.
     pub images_per_s: f64,
     /// Multiply-accumulates of one forward pass over the batch.
     pub forward_macs: u64,

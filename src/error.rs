@@ -10,6 +10,7 @@ pub struct Error(pub String);
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// An error with the message `msg`.
     pub fn new(msg: impl Into<String>) -> Self {
         Error(msg.into())
     }

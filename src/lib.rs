@@ -4,6 +4,8 @@
 //! parameters, forward and backward side by side, and the chapter's model builders) → [`optim`] →
 //! [`data`] → [`train`]. [`checkpoint`] moves weights to and from PyTorch's safetensors files.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod checkpoint;
 pub mod data;

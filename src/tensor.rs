@@ -9,13 +9,18 @@ use std::fmt;
 /// `h` × `w` pixels. The buffer it describes is laid out NHWC (index `((n*h + y)*w + x)*c + ch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Shape4 {
+    /// Batch size: number of images.
     pub n: usize,
+    /// Channels per pixel (the innermost, fastest-varying axis of the NHWC buffer).
     pub c: usize,
+    /// Height of each image plane, pixels.
     pub h: usize,
+    /// Width of each image plane, pixels.
     pub w: usize,
 }
 
 impl Shape4 {
+    /// A shape from its sizes in PyTorch's `[n, c, h, w]` naming order (the buffer is still NHWC).
     pub const fn new(n: usize, c: usize, h: usize, w: usize) -> Self {
         Shape4 { n, c, h, w }
     }
@@ -23,6 +28,7 @@ impl Shape4 {
     pub const fn len(&self) -> usize {
         self.n * self.c * self.h * self.w
     }
+    /// True when any dimension is zero (no elements).
     pub const fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -47,8 +53,11 @@ impl fmt::Display for Shape4 {
 /// the last backward pass left for it (same length). The model hands these out in a fixed order — the
 /// order of `state_dict()` in PyTorch, skipping buffers — so optimizer state can be matched by index.
 pub struct ParamMut<'a> {
+    /// PyTorch state-dict key, e.g. `resnet_block2.0.conv1.weight`.
     pub name: String,
+    /// The parameter's values, in the engine's layout (conv weights HWIO `[kh, kw, cin, cout]`); updated in place.
     pub value: &'a mut [f32],
+    /// Gradient of the loss w.r.t. `value` from the last backward pass; same length and layout as `value`.
     pub grad: &'a [f32],
 }
 

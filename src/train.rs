@@ -22,25 +22,37 @@ use std::time::Instant;
 /// Everything that determines a training run (stored in the checkpoint, so `--resume` continues the same run).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
+    /// Total epochs of the run (a resumed run trains the ones not yet done).
     pub epochs: usize,
+    /// Images per training and evaluation batch (at least 2, for batch norm).
     pub batch_size: usize,
+    /// Base learning rate; the schedule scales it per step.
     pub lr: f32,
     /// `adam`, `adamw` or `sgd`.
     pub optimizer: String,
+    /// SGD momentum (`None`: the optimizer's default, 0).
     pub momentum: Option<f64>,
+    /// SGD Nesterov momentum (needs a momentum > 0).
     pub nesterov: bool,
+    /// Weight decay (`None`: the optimizer's default; L2 for `adam`/`sgd`, decoupled for `adamw`).
     pub weight_decay: Option<f64>,
     /// `constant`, `step`, `cosine` or `onecycle`.
     pub schedule: String,
     /// Images are resized (shorter side) to this size; `None` keeps 28×28.
     pub resize: Option<usize>,
+    /// `(mean, std)` applied after `ToTensor`; `None` leaves pixels in `[0, 1]`.
     pub normalize: Option<(f32, f32)>,
+    /// Random crop and horizontal flip of the training images (never of the test images).
     pub augment: bool,
+    /// Seeds the initialization, the per-epoch shuffle and the augmentation.
     pub seed: u64,
+    /// Train on only the first this many training images.
     pub limit_train: Option<usize>,
+    /// Evaluate on only the first this many test images.
     pub limit_test: Option<usize>,
     /// Network stage widths and residual counts (the chapter's: 64,128,256,512 and 2,2,2,2).
     pub widths: Vec<usize>,
+    /// Residual blocks per stage, one per entry of `widths`.
     pub residuals: Vec<usize>,
 }
 
@@ -69,6 +81,7 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The network configuration: one input channel, Fashion-MNIST's 10 classes, `widths` and `residuals`.
     pub fn arch(&self) -> ResNetConfig {
         ResNetConfig {
             in_channels: 1,
@@ -77,9 +90,11 @@ impl TrainConfig {
             residuals: self.residuals.clone(),
         }
     }
+    /// Parses the `optimizer` field.
     pub fn optimizer_kind(&self) -> Result<OptimizerKind> {
         self.optimizer.parse()
     }
+    /// Parses the `schedule` field.
     pub fn schedule(&self) -> Result<Schedule> {
         self.schedule.parse()
     }
@@ -126,14 +141,19 @@ impl TrainConfig {
 /// One epoch's results, as printed and logged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
+    /// 1-based epoch number.
     pub epoch: usize,
     /// Mean cross-entropy over the epoch's batches.
     pub loss: f64,
+    /// Fraction of training images classified correctly during the epoch (training mode, as the weights moved).
     pub train_acc: f64,
+    /// Fraction of test images classified correctly after the epoch (eval mode, BN running statistics).
     pub test_acc: f64,
     /// Seconds for the epoch's training and its test evaluation.
     pub time_sec: f64,
+    /// Training throughput: training images over the training time (evaluation excluded).
     pub images_per_sec: f64,
+    /// Learning rate of the epoch's last step (after the schedule).
     pub lr: f64,
 }
 
@@ -150,7 +170,9 @@ impl EpochMetrics {
 /// Progress stored in the checkpoint: finished epochs and their metrics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Epochs finished and checkpointed; a resumed run starts at this epoch (0-based).
     pub epochs_done: usize,
+    /// Metrics of each finished epoch, in order.
     pub history: Vec<EpochMetrics>,
 }
 
@@ -161,7 +183,9 @@ const OPT_PREFIX: &str = "optimizer.";
 
 /// The training and test data, already loaded (and sliced by the limits).
 pub struct Data {
+    /// The training split (shared with the loader threads).
     pub train: Arc<Dataset>,
+    /// The test split (shared with the loader threads).
     pub test: Arc<Dataset>,
 }
 
@@ -187,15 +211,19 @@ impl Data {
 /// How a run reports progress: an interactive bar on a terminal, periodic plain lines otherwise, or nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
+    /// A progress bar when stderr is a terminal, periodic plain lines otherwise.
     Auto,
+    /// No progress output (the per-epoch line is still the caller's to print).
     Quiet,
 }
 
 /// Accuracy and confusion matrix of `net` (eval mode, BN running statistics) on a dataset.
 pub struct Evaluation {
+    /// Fraction of images whose arg-max prediction equals the label (0 on an empty dataset).
     pub accuracy: f64,
     /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<usize>>,
+    /// Number of images evaluated.
     pub count: usize,
 }
 
@@ -255,10 +283,15 @@ pub fn argmax(row: &[f32]) -> usize {
 
 /// A training run in a run directory: the model, its optimizer, and what has been done so far.
 pub struct Run {
+    /// The run directory (checkpoint, model, metrics and curve live here).
     pub dir: PathBuf,
+    /// The run's configuration, as stored in its checkpoint.
     pub config: TrainConfig,
+    /// The model being trained.
     pub net: ResNet,
+    /// The optimizer, with its per-parameter state.
     pub optimizer: Box<dyn Optimizer>,
+    /// Epochs done so far and their metrics.
     pub progress: Progress,
 }
 

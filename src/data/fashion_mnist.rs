@@ -59,7 +59,9 @@ pub const SYSTEM_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// The training (60,000 images) or test (10,000 images) half of the dataset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
+    /// The 60,000 training images (`train-*` files).
     Train,
+    /// The 10,000 test images (`t10k-*` files).
     Test,
 }
 
@@ -214,10 +216,15 @@ pub fn find_data_dir(flag: Option<&Path>) -> Result<PathBuf> {
 /// `images` is `n×h×w` row-major (image `i` at `images[i·h·w..][..h·w]`); `labels.len() == n`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dataset {
+    /// Pixels, `[n, h, w]` row-major, 0 (background) to 255.
     pub images: Vec<u8>,
+    /// Class of each image, `[n]`, each `< NUM_CLASSES` (index into [`CLASS_NAMES`]).
     pub labels: Vec<u8>,
+    /// Number of images.
     pub n: usize,
+    /// Image height, pixels (28 for the official files).
     pub h: usize,
+    /// Image width, pixels (28 for the official files).
     pub w: usize,
 }
 

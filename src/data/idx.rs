@@ -21,7 +21,9 @@ pub const MAX_DATA_BYTES: usize = 1 << 31;
 /// order, with `data.len() == dims.iter().product()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdxArray {
+    /// The header's dimensions, outermost first.
     pub dims: Vec<usize>,
+    /// The payload, row-major over `dims`.
     pub data: Vec<u8>,
 }
 

@@ -5,15 +5,19 @@ use super::transforms::{resize_like_pil, resize_shorter_side};
 use crate::{Error, Result};
 use std::path::Path;
 
-/// Largest accepted width or height, and decoder memory budget: a file declaring more is refused before
-/// decoding allocates (a PNG header can claim 100000×100000 pixels in a few bytes).
+/// Largest accepted width or height: a file declaring more is refused before decoding allocates (a PNG header
+/// can claim 100000×100000 pixels in a few bytes).
 pub const MAX_SIDE: u32 = 16_384;
+/// Decoder memory budget (512 MiB): an image whose decoding would allocate more is refused.
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 /// A decoded grayscale image: `pixels [h, w]` row-major.
 pub struct GrayImage {
+    /// Luma values, `[h, w]` row-major, 0 (black) to 255 (white).
     pub pixels: Vec<u8>,
+    /// Height, pixels.
     pub h: usize,
+    /// Width, pixels.
     pub w: usize,
 }
 

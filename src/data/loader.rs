@@ -27,9 +27,11 @@ use crate::{bail, Result, Shape4};
 /// flip), `ToTensor` (÷255), `normalize` (`(x − mean) / std`). The default does only `ToTensor`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TransformConfig {
+    /// Target length of the shorter side (`Resize(size)`); `None` keeps the dataset's `h×w`.
     pub resize: Option<usize>,
     /// `(mean, std)`.
     pub normalize: Option<(f32, f32)>,
+    /// Random crop (zero padding [`augment_padding`]) and random horizontal flip, seeded per epoch and position.
     pub augment: bool,
 }
 
@@ -37,9 +39,13 @@ pub struct TransformConfig {
 /// position in the dataset) belong to image `i`; `shape = Shape4 { n, c: 1, h, w }`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
+    /// Transformed pixels, `[n, 1, h, w]` f32 (NCHW = NHWC with one channel), `shape.len()` values.
     pub images: Vec<f32>,
+    /// Class of each image, `[n]`.
     pub labels: Vec<usize>,
+    /// Position in the dataset of each image, `[n]`.
     pub indices: Vec<usize>,
+    /// `Shape4 { n, c: 1, h, w }` of `images` (`n` is less than the batch size for a short last batch).
     pub shape: Shape4,
 }
 

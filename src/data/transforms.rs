@@ -210,7 +210,9 @@ pub fn to_tensor(src: &[u8]) -> Vec<f32> {
 /// torchvision's `Normalize` for one channel: `x ↦ (x − mean) / std`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalize {
+    /// Subtracted from every value.
     pub mean: f32,
+    /// Divides every value after the subtraction (positive).
     pub std: f32,
 }
 

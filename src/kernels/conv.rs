@@ -17,15 +17,25 @@ use rayon::prelude::*;
 /// Geometry of one convolution: channels, kernel, stride, padding and the input/output plane sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
+    /// Input channels (last axis of `x [n, h, w, cin]`).
     pub cin: usize,
+    /// Output channels (last axis of `y [n, oh, ow, cout]`).
     pub cout: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride, in both directions.
     pub stride: usize,
+    /// Zero padding on each side, in both directions.
     pub pad: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output height, `(h + 2·pad − kh) / stride + 1`.
     pub oh: usize,
+    /// Output width, `(w + 2·pad − kw) / stride + 1`.
     pub ow: usize,
     /// Bit `ky` set when kernel row `ky` reads the input for at least one output row.
     live_rows: u32,

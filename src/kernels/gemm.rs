@@ -6,8 +6,11 @@ use gemm::Parallelism;
 /// Row-major view of a matrix operand: element `(i, j)` is at `data[i*row_stride + j*col_stride]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
+    /// The backing buffer; it must reach the largest strided index the product touches.
     pub data: &'a [f32],
+    /// Distance in `data` between elements `(i, j)` and `(i + 1, j)`.
     pub row_stride: usize,
+    /// Distance in `data` between elements `(i, j)` and `(i, j + 1)`.
     pub col_stride: usize,
 }
 

@@ -5,13 +5,21 @@ use rayon::prelude::*;
 /// Geometry of a max pool: channels, window, stride, padding, input and output plane sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolGeom {
+    /// Channels (last axis of the NHWC input and output; pooled independently).
     pub c: usize,
+    /// Window side (square `k × k`).
     pub k: usize,
+    /// Stride, in both directions.
     pub stride: usize,
+    /// Padding on each side (counts as −∞).
     pub pad: usize,
+    /// Input height.
     pub h: usize,
+    /// Input width.
     pub w: usize,
+    /// Output height, `(h + 2·pad − k) / stride + 1`.
     pub oh: usize,
+    /// Output width, `(w + 2·pad − k) / stride + 1`.
     pub ow: usize,
 }
 

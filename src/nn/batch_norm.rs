@@ -8,20 +8,27 @@ use crate::Shape4;
 /// With `relu` set, the output is `max(bn(x), 0)` and backward masks by it: the chapter's `BN → ReLU` pairs
 /// run as one memory pass.
 pub struct BatchNorm2d {
+    /// Channels `c` normalized (the last axis of the NHWC input).
     pub num_features: usize,
+    /// Added to the variance before the square root, `1e-5`.
     pub eps: f32,
+    /// Weight of the new batch statistic in the running averages, `0.1` (PyTorch's convention).
     pub momentum: f32,
+    /// Whether a ReLU is fused into the output (`max(bn(x), 0)`) and into backward.
     pub relu: bool,
     /// `[c]`, init 1.
     pub weight: Vec<f32>,
     /// `[c]`, init 0.
     pub bias: Vec<f32>,
+    /// Gradient of the loss w.r.t. `weight`, `[c]`, from the last backward.
     pub grad_weight: Vec<f32>,
+    /// Gradient of the loss w.r.t. `bias`, `[c]`, from the last backward.
     pub grad_bias: Vec<f32>,
     /// `[c]`, init 0; updated in training with the batch mean.
     pub running_mean: Vec<f32>,
     /// `[c]`, init 1; updated in training with the *unbiased* batch variance.
     pub running_var: Vec<f32>,
+    /// Training-mode forwards run so far (PyTorch's i64 buffer; kept for checkpoints, not used in the math).
     pub num_batches_tracked: i64,
     /// Output of the last forward, NHWC.
     pub out: Vec<f32>,
@@ -34,6 +41,8 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
+    /// `nn.BatchNorm2d(num_features)` with PyTorch's defaults (weight 1, bias 0, running mean 0 / var 1),
+    /// followed by a fused ReLU when `relu`.
     pub fn new(num_features: usize, relu: bool) -> Self {
         let c = num_features;
         BatchNorm2d {

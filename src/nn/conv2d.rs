@@ -7,19 +7,27 @@ use crate::Shape4;
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
 /// PyTorch's OIHW only at the edges ([`Conv2d::weight_oihw`]).
 pub struct Conv2d {
+    /// Input channels `in` (the last axis of the NHWC input).
     pub in_channels: usize,
+    /// Output channels `out` (the last axis of the NHWC output).
     pub out_channels: usize,
+    /// Kernel side `k` (square `k × k`).
     pub kernel: usize,
+    /// Stride, in both directions.
     pub stride: usize,
+    /// Zero padding on each side, in both directions.
     pub padding: usize,
     /// `[k, k, in, out]`.
     pub weight: Vec<f32>,
     /// `[out]`.
     pub bias: Vec<f32>,
+    /// Gradient of the loss w.r.t. `weight`, HWIO `[k, k, in, out]` like it, from the last backward.
     pub grad_weight: Vec<f32>,
+    /// Gradient of the loss w.r.t. `bias`, `[out]`, from the last backward.
     pub grad_bias: Vec<f32>,
     /// Output of the last forward, NHWC `[n, oh, ow, out]`.
     pub out: Vec<f32>,
+    /// Shape of [`Conv2d::out`] (named `[n, out, oh, ow]`, stored NHWC).
     pub out_shape: Shape4,
     /// Gradient w.r.t. the input from the last backward, NHWC like the input.
     pub grad_input: Vec<f32>,

@@ -5,11 +5,17 @@ use crate::kernels::linear::{linear_backward, linear_forward};
 
 /// `y [n, out] = x [n, in] · weightᵀ + bias`, weight `[out, in]` as in PyTorch.
 pub struct Linear {
+    /// Input features `in` per row.
     pub in_features: usize,
+    /// Output features `out` per row.
     pub out_features: usize,
+    /// `[out, in]`, row-major, PyTorch's layout.
     pub weight: Vec<f32>,
+    /// `[out]`.
     pub bias: Vec<f32>,
+    /// Gradient of the loss w.r.t. `weight`, `[out, in]`, from the last backward.
     pub grad_weight: Vec<f32>,
+    /// Gradient of the loss w.r.t. `bias`, `[out]`, from the last backward.
     pub grad_bias: Vec<f32>,
     /// `[n, out]` from the last forward.
     pub out: Vec<f32>,
@@ -19,6 +25,7 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// PyTorch's `nn.Linear(in_features, out_features)` with its default initialization (weight, then bias).
     pub fn new(in_features: usize, out_features: usize, rng: &mut InitRng) -> Self {
         let weight = uniform_init(rng, in_features * out_features, in_features);
         let bias = uniform_init(rng, out_features, in_features);
@@ -67,6 +74,7 @@ impl Linear {
         );
     }
 
+    /// Number of trainable values (weight and bias).
     pub fn num_params(&self) -> usize {
         self.weight.len() + self.bias.len()
     }

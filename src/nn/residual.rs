@@ -7,14 +7,19 @@ use crate::Shape4;
 
 /// `Residual(in_channels, out_channels, use_1x1conv, stride)` as in the chapter.
 pub struct Residual {
+    /// 3×3 conv, padding 1, the block's stride: `in → out` channels.
     pub conv1: Conv2d,
+    /// Batch norm after `conv1`, with the ReLU fused.
     pub bn1: BatchNorm2d,
+    /// 3×3 conv, padding 1, stride 1: `out → out` channels.
     pub conv2: Conv2d,
+    /// Batch norm after `conv2`, no ReLU (the ReLU comes after the shortcut is added).
     pub bn2: BatchNorm2d,
     /// The 1×1 shortcut conv when `use_1x1conv`.
     pub conv3: Option<Conv2d>,
     /// `relu(y + shortcut)`, NHWC, from the last forward.
     pub out: Vec<f32>,
+    /// Shape of [`Residual::out`] (named `[n, out, oh, ow]`, stored NHWC).
     pub out_shape: Shape4,
     /// Gradient at the join (`d out` masked by `out > 0`), reused as the shortcut's gradient.
     grad_join: Vec<f32>,

@@ -39,7 +39,9 @@ pub fn resnet_block(
 /// [`ResNetConfig::chapter`] is the chapter's ResNet-18; narrower ones build small test networks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResNetConfig {
+    /// Channels of the input images (1 for Fashion-MNIST).
     pub in_channels: usize,
+    /// Number of classes: the length of each logits row.
     pub num_classes: usize,
     /// Output channels of each stage; the stem has `widths[0]`.
     pub widths: Vec<usize>,
@@ -65,8 +67,9 @@ pub type ShapeStep = (String, Vec<usize>);
 /// ResNet as the chapter's `nn.Sequential`. Activations are NHWC inside; inputs and outputs of the public API
 /// are NCHW, which for the chapter's one-channel images is the same memory layout as NHWC.
 pub struct ResNet {
+    /// The configuration the network was built from.
     pub config: ResNetConfig,
-    /// `0`: Conv2d(in, widths[0], 7, stride 2, padding 3).
+    /// `0`: `Conv2d(in, widths[0], 7, stride 2, padding 3)`.
     pub stem_conv: Conv2d,
     /// `1` and `2`: BatchNorm2d + ReLU, fused.
     pub stem_bn: BatchNorm2d,
@@ -138,6 +141,7 @@ impl ResNet {
         self.train = train;
     }
 
+    /// True in training mode (see [`ResNet::set_train`]); a new network starts in training mode.
     pub fn is_train(&self) -> bool {
         self.train
     }

@@ -6,16 +6,30 @@ use crate::{bail, Result};
 /// One tensor of a state dict.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StateTensor {
-    F32 { shape: Vec<usize>, data: Vec<f32> },
-    I64 { shape: Vec<usize>, data: Vec<i64> },
+    /// An f32 tensor: parameters and running statistics.
+    F32 {
+        /// PyTorch's dims (OIHW for conv weights, `[out, in]` for Linear, `[c]` for vectors).
+        shape: Vec<usize>,
+        /// The values, row-major over `shape` (length = product of `shape`).
+        data: Vec<f32>,
+    },
+    /// An i64 tensor: BatchNorm's `num_batches_tracked` counter.
+    I64 {
+        /// PyTorch's dims: `[]` for a scalar (some writers store `[1]`).
+        shape: Vec<usize>,
+        /// The values, row-major over `shape` (one for a scalar).
+        data: Vec<i64>,
+    },
 }
 
 impl StateTensor {
+    /// The tensor's dims in PyTorch's order.
     pub fn shape(&self) -> &[usize] {
         match self {
             StateTensor::F32 { shape, .. } | StateTensor::I64 { shape, .. } => shape,
         }
     }
+    /// The safetensors dtype name: `"F32"` or `"I64"`.
     pub fn dtype_name(&self) -> &'static str {
         match self {
             StateTensor::F32 { .. } => "F32",
