@@ -3,7 +3,6 @@
 
 use crate::nn::{resnet18, ResNet};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
-use crate::train::param_lens;
 use crate::{bail, Result, Shape4};
 use serde::Serialize;
 use std::time::Instant;
@@ -132,7 +131,7 @@ pub fn bench_one(
     let macs = forward_macs(&net, xs)?;
     let (median, min, max) = if train {
         let mut opt: Box<dyn Optimizer> =
-            OptimizerKind::Adam.build(&OptimizerOptions::default(), &param_lens(&net))?;
+            OptimizerKind::Adam.build(&OptimizerOptions::default(), &net.param_lens())?;
         net.set_train(true);
         time_it(warmup, iters, || {
             net.forward(&x, xs)?;

@@ -301,8 +301,8 @@ impl Run {
     pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
         config.validate()?;
         // Build everything that can fail on a bad config before touching the file system.
-        let net = ResNet::new(config.arch(), config.seed)?;
-        let optimizer = build_optimizer(&config, &net)?;
+        let mut net = ResNet::new(config.arch(), config.seed)?;
+        let optimizer = build_optimizer(&config, &mut net)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(format!(
                 "{}: cannot create run directory: {e}",
@@ -350,7 +350,7 @@ impl Run {
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
         net.load_state_dict(&model_sd)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        let mut optimizer = build_optimizer(&config, &net)?;
+        let mut optimizer = build_optimizer(&config, &mut net)?;
         let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
             .map_err(|e| Error::new(format!("{origin}: bad `{META_OPTIMIZER}`: {e}")))?;
         let tensors = opt_sd
@@ -531,34 +531,11 @@ fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain records serialize")
 }
 
-fn build_optimizer(config: &TrainConfig, net: &ResNet) -> Result<Box<dyn Optimizer>> {
-    let lens = param_lens(net);
+fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
+    let lens = net.param_lens();
     config
         .optimizer_kind()?
         .build(&config.optimizer_options(), &lens)
-}
-
-/// Lengths of the trainable tensors in `params_mut` order.
-pub fn param_lens(net: &ResNet) -> Vec<usize> {
-    let mut lens = Vec::new();
-    let conv = |lens: &mut Vec<usize>, c: &crate::nn::Conv2d| {
-        lens.push(c.weight.len());
-        lens.push(c.bias.len());
-    };
-    conv(&mut lens, &net.stem_conv);
-    lens.extend([net.stem_bn.num_features; 2]);
-    for b in net.stages.iter().flatten() {
-        conv(&mut lens, &b.conv1);
-        conv(&mut lens, &b.conv2);
-        if let Some(c3) = &b.conv3 {
-            conv(&mut lens, c3);
-        }
-        lens.extend([b.bn1.num_features; 2]);
-        lens.extend([b.bn2.num_features; 2]);
-    }
-    lens.push(net.fc.weight.len());
-    lens.push(net.fc.bias.len());
-    lens
 }
 
 /// The per-epoch progress display: an indicatif bar on a terminal, a plain line every ~10% otherwise.

@@ -357,6 +357,11 @@ impl ResNet {
         out
     }
 
+    /// Lengths of the trainable tensors, in [`ResNet::params_mut`] order (what optimizers size their state by).
+    pub fn param_lens(&mut self) -> Vec<usize> {
+        self.params_mut().iter().map(|p| p.value.len()).collect()
+    }
+
     /// Number of trainable values: 11,178,378 for the chapter's network.
     pub fn num_params(&self) -> usize {
         self.stem_conv.num_params()
