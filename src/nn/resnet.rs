@@ -436,13 +436,7 @@ impl ResNet {
         for (k, stage) in self.stages.iter_mut().enumerate() {
             for (i, b) in stage.iter_mut().enumerate() {
                 let p = format!("resnet_block{}.{i}", k + 1);
-                load_conv(sd, &format!("{p}.conv1"), &mut b.conv1)?;
-                load_conv(sd, &format!("{p}.conv2"), &mut b.conv2)?;
-                if let Some(c3) = &mut b.conv3 {
-                    load_conv(sd, &format!("{p}.conv3"), c3)?;
-                }
-                load_bn(sd, &format!("{p}.bn1"), &mut b.bn1)?;
-                load_bn(sd, &format!("{p}.bn2"), &mut b.bn2)?;
+                load_block(sd, &p, b)?;
             }
         }
         let (o, i) = (self.fc.out_features, self.fc.in_features);
@@ -559,15 +553,28 @@ pub(crate) fn load_bn(sd: &StateDict, prefix: &str, b: &mut BatchNorm2d) -> Resu
     Ok(())
 }
 
+/// Loads one `Residual` whose keys sit under `prefix` (e.g. `resnet_block2.0`; empty for block-relative keys
+/// such as `conv1.weight`), mirroring [`block_state`].
+fn load_block(sd: &StateDict, prefix: &str, b: &mut Residual) -> Result<()> {
+    let key = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        }
+    };
+    load_conv(sd, &key("conv1"), &mut b.conv1)?;
+    load_conv(sd, &key("conv2"), &mut b.conv2)?;
+    if let Some(c3) = &mut b.conv3 {
+        load_conv(sd, &key("conv3"), c3)?;
+    }
+    load_bn(sd, &key("bn1"), &mut b.bn1)?;
+    load_bn(sd, &key("bn2"), &mut b.bn2)
+}
+
 /// Loads a single `Residual` from a state dict whose keys are relative to the block (`conv1.weight`, …).
 pub fn load_residual(sd: &StateDict, b: &mut Residual) -> Result<()> {
-    load_conv(sd, "conv1", &mut b.conv1)?;
-    load_conv(sd, "conv2", &mut b.conv2)?;
-    if let Some(c3) = &mut b.conv3 {
-        load_conv(sd, "conv3", c3)?;
-    }
-    load_bn(sd, "bn1", &mut b.bn1)?;
-    load_bn(sd, "bn2", &mut b.bn2)
+    load_block(sd, "", b)
 }
 
 #[cfg(test)]
