@@ -2,11 +2,11 @@
 //! of bad invocations, each of which must fail with one clear `error: ` line, a non-zero exit and no panic,
 //! leaving every existing file as it was.
 
+mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -28,38 +28,9 @@ fn pytorch_weights() -> PathBuf {
     manifest().join("tests/golden/small_net_state_pytorch.safetensors")
 }
 
-/// Removes the scratch directories of earlier runs of this test binary whose process is gone (a failed test
-/// leaves its directory for inspection; the shared model's is never removed by its own run).
-fn sweep_stale() {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("resnet-cli-test-") else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
-/// A fresh, empty directory (unique per process and call).
+/// A fresh, empty directory for one test (unique per process and call).
 fn scratch(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    static SWEEP: std::sync::Once = std::sync::Once::new();
-    SWEEP.call_once(sweep_stale);
-    let k = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir =
-        std::env::temp_dir().join(format!("resnet-cli-test-{}-{k}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir("resnet-cli-test-", name)
 }
 
 struct Out {

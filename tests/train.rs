@@ -1,10 +1,10 @@
 //! Training end to end: the CI accuracy bar at 28×28, exact resume (library and CLI), the NaN guard, the run
 //! directory refusal, and the metrics log and curve. Timings in the comments are from the 2-core dev machine.
 
+mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use resnet::checkpoint::deserialize;
 use resnet::nn::{StateDict, StateTensor};
@@ -16,40 +16,9 @@ fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
 }
 
-/// Removes the scratch directories of earlier runs of this test binary whose process is gone (a failed test
-/// leaves its directory for inspection; the shared model's is never removed by its own run).
-fn sweep_stale() {
-    if !Path::new("/proc/self").exists() {
-        return;
-    }
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("resnet-train-test-") else {
-            continue;
-        };
-        let pid = rest.split('-').next().unwrap_or("");
-        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 /// A fresh, empty directory for one test (unique per process and call).
 fn scratch(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    static SWEEP: std::sync::Once = std::sync::Once::new();
-    SWEEP.call_once(sweep_stale);
-    let k = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "resnet-train-test-{}-{k}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch_dir("resnet-train-test-", name)
 }
 
 /// A small, quick configuration for tests about mechanics (not accuracy): 256 training and 64 test images at

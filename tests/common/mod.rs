@@ -4,7 +4,8 @@
 
 use resnet::checkpoint::deserialize;
 use resnet::nn::{StateDict, StateTensor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -92,4 +93,38 @@ pub fn assert_abs(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let (_, abs) = scaled_max_diff(got, want, 1.0);
     println!("golden {what:<48} max|Δ| {abs:.3e}  (absolute tol {tol:.0e})");
     assert!(abs <= tol, "{what}: max |Δ| {abs:e} > {tol:e}");
+}
+
+/// Removes scratch directories named `<prefix><pid>-…` left by earlier runs whose process is gone (a failed
+/// test leaves its directory for inspection).
+fn sweep_stale(prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().unwrap_or("");
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A fresh, empty directory `<tmp>/<prefix><pid>-<n>-<name>` (unique per process and call); the first call
+/// also sweeps stale ones of the same prefix.
+pub fn scratch_dir(prefix: &str, name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| sweep_stale(prefix));
+    let k = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{prefix}{}-{k}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
