@@ -160,23 +160,45 @@ pub fn bench_one(
     })
 }
 
+/// Largest `--batch`.
+pub const MAX_BATCH: usize = 4096;
+/// Most `--iters` or `--warmup`.
+pub const MAX_ITERS: usize = 100_000;
+
+impl BenchArgs {
+    /// Checks the arguments; returns the selected configurations.
+    pub fn check(&self) -> Result<Vec<&'static str>> {
+        const ALL: [&str; 5] = ["train28", "train96", "infer28", "infer96", "latency224"];
+        let mut selected = Vec::new();
+        if self.only == "all" {
+            selected = ALL.to_vec();
+        } else {
+            for s in self.only.split(',').map(str::trim) {
+                match ALL.iter().find(|&&a| a == s) {
+                    Some(&a) => selected.push(a),
+                    None => bail!(
+                        "--only: unknown configuration `{s}`; choose from {}",
+                        ALL.join(", ")
+                    ),
+                }
+            }
+        }
+        if self.iters == 0 || self.iters > MAX_ITERS || self.warmup > MAX_ITERS {
+            bail!("--iters must be between 1 and {MAX_ITERS} and --warmup at most {MAX_ITERS}");
+        }
+        if !(2..=MAX_BATCH).contains(&self.batch) {
+            bail!(
+                "--batch must be between 2 and {MAX_BATCH}, got {}",
+                self.batch
+            );
+        }
+        Ok(selected)
+    }
+}
+
 /// Runs the selected configurations and prints a table (or JSON).
 pub fn run(args: &BenchArgs) -> Result<()> {
-    const ALL: [&str; 5] = ["train28", "train96", "infer28", "infer96", "latency224"];
-    let selected: Vec<&str> = if args.only == "all" {
-        ALL.to_vec()
-    } else {
-        args.only.split(',').map(str::trim).collect()
-    };
-    if let Some(bad) = selected.iter().find(|s| !ALL.contains(s)) {
-        bail!(
-            "--only: unknown configuration `{bad}`; choose from {}",
-            ALL.join(", ")
-        );
-    }
-    if args.iters == 0 || args.batch < 2 {
-        bail!("--iters must be at least 1 and --batch at least 2");
-    }
+    let selected = args.check()?;
     let mut results = Vec::new();
     for name in selected {
         let r = match name {

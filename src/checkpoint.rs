@@ -134,6 +134,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(io)
 }
 
+/// Whether `name` is a temporary file of [`write_atomic`]: `.NAME.tmpPID`.
+fn is_temporary(name: &str) -> bool {
+    name.starts_with('.')
+        && name
+            .rsplit_once(".tmp")
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Removes the temporary files a killed [`write_atomic`] left in `dir` (best effort: a file that cannot be
+/// removed stays, and costs only disk space). Call only while no other process writes to `dir`.
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(is_temporary) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The arch string stored in [`META_ARCH`].
 pub fn arch_string(c: &ResNetConfig) -> String {
     let join = |v: &[usize]| {
@@ -229,17 +250,48 @@ pub fn save_model(path: &Path, net: &ResNet, extra: &BTreeMap<String, String>) -
 /// Loads a model file: builds the network its metadata (or, for PyTorch files, its keys) describes and loads
 /// the weights strictly. Returns the network and the file's metadata.
 pub fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
-    let origin = path.display().to_string();
-    let bytes = read_file_limited(path)?;
-    let (sd, meta) = deserialize(&bytes, &origin)?;
+    model_from_bytes(&read_file_limited(path)?, &path.display().to_string())
+}
+
+/// [`load_model`] on a file's bytes; `origin` names the file in errors.
+pub fn model_from_bytes(bytes: &[u8], origin: &str) -> Result<(ResNet, BTreeMap<String, String>)> {
+    let (sd, meta) = deserialize(bytes, origin)?;
     let config = match meta.get(META_ARCH) {
         Some(a) => parse_arch(a).map_err(|e| Error::new(format!("{origin}: {e}")))?,
         None => infer_config(&sd).map_err(|e| Error::new(format!("{origin}: {e}")))?,
     };
-    let mut net = ResNet::new(config, 0).map_err(|e| Error::new(format!("{origin}: {e}")))?;
+    let mut net = build_for(config, &sd, origin)?;
     net.load_state_dict(&sd)
         .map_err(|e| Error::new(format!("{origin}: {e}")))?;
     Ok((net, meta))
+}
+
+/// Builds the network `config` describes for loading `sd` into, after checking that the file holds at least
+/// as many values as that network has parameters: metadata (or keys) describing a huge network in a small file
+/// is refused before the network is allocated.
+pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<ResNet> {
+    let held: usize = sd
+        .iter()
+        .map(|(_, t)| t.shape().iter().product::<usize>())
+        .sum();
+    match config.num_params() {
+        Some(n) if n <= held => {}
+        n => {
+            let mut keys: Vec<&str> = sd.iter().take(3).map(|(k, _)| k.as_str()).collect();
+            if sd.len() > 3 {
+                keys.push("…");
+            }
+            bail!(
+                "{origin}: the architecture it declares (widths {:?}, residuals {:?}) has {} parameters, but its {} tensors ({}) hold only {held} values",
+                config.widths,
+                config.residuals,
+                n.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                sd.len(),
+                keys.join(", ")
+            )
+        }
+    }
+    ResNet::new(config, 0).map_err(|e| Error::new(format!("{origin}: {e}")))
 }
 
 /// Loads a model file into an existing network of a given architecture (strict), e.g. to check that a file

@@ -8,8 +8,10 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod error;
+pub mod fuzzing;
 pub mod kernels;
 pub mod nn;
 pub mod optim;

@@ -1,159 +1,17 @@
 //! The `resnet` command line: train, eval, predict, summary, bench.
 
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
+use resnet::cli::{check_resize, parse_shape, Cli, Command, TrainArgs};
 use resnet::data::{
     find_data_dir, image_file, Dataset, Loader, Split, TransformConfig, CLASS_NAMES,
 };
 use resnet::nn::{ResNet, ResNetConfig};
-use resnet::train::{evaluate, Data, ProgressMode, Run, TrainConfig};
+use resnet::train::{evaluate, Data, ProgressMode, Run};
 use resnet::{bail, Error, Result, Shape4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-
-#[derive(Parser)]
-#[command(
-    name = "resnet",
-    version,
-    about = "The d2l chapter's ResNet-18 in Rust: train on Fashion-MNIST, evaluate, predict, inspect, benchmark"
-)]
-struct Cli {
-    /// Worker threads (default: the number of physical cores).
-    #[arg(long, global = true)]
-    threads: Option<usize>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Train on Fashion-MNIST; the defaults reproduce the chapter (resize 96, batch 256, Adam lr 0.001, 5 epochs).
-    Train(TrainArgs),
-    /// Evaluate saved weights on the Fashion-MNIST test set: accuracy, per-class accuracy, confusion matrix.
-    Eval {
-        /// A model file (ours, or `safetensors.torch.save_file(net.state_dict(), …)` from the chapter's code).
-        #[arg(long)]
-        weights: PathBuf,
-        /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
-        #[arg(long)]
-        resize: Option<usize>,
-        /// Evaluate only the first N test images.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[arg(long, default_value_t = 256)]
-        batch_size: usize,
-    },
-    /// Classify PNG/JPEG images: top-3 Fashion-MNIST classes with probabilities.
-    ///
-    /// Images of any size are converted to grayscale and resized as in training. Fashion-MNIST items are light
-    /// objects on a dark (black) background: a photo of a dark item on white should be inverted first.
-    Predict {
-        #[arg(long)]
-        weights: PathBuf,
-        /// Image files (PNG or JPEG).
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Input size (shorter side); default: the size stored in the weights (required for PyTorch files).
-        #[arg(long)]
-        resize: Option<usize>,
-        /// Print, per image, the 10 logits, the probabilities and the predicted class as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the chapter's layer-by-layer shape walk and the parameter count.
-    Summary {
-        /// Input shape as NxCxHxW (the chapter uses 1x1x224x244).
-        #[arg(long, default_value = "1x1x224x244", allow_hyphen_values = true)]
-        input: String,
-        #[arg(long, default_value_t = 10)]
-        classes: usize,
-    },
-    /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
-    Bench(resnet::bench::BenchArgs),
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    /// Epochs to train [default: 5]; with --resume, the total the run is extended to.
-    #[arg(long)]
-    epochs: Option<usize>,
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
-    lr: f32,
-    /// adam, adamw or sgd.
-    #[arg(long, default_value = "adam")]
-    optimizer: String,
-    /// SGD momentum.
-    #[arg(long, allow_negative_numbers = true)]
-    momentum: Option<f64>,
-    /// SGD Nesterov momentum.
-    #[arg(long)]
-    nesterov: bool,
-    #[arg(long, allow_negative_numbers = true)]
-    weight_decay: Option<f64>,
-    /// constant, step, cosine or onecycle.
-    #[arg(long, default_value = "constant")]
-    schedule: String,
-    /// Resize images (shorter side) to N; 28 keeps Fashion-MNIST's size.
-    #[arg(long, default_value_t = 96)]
-    resize: usize,
-    /// Random crop with padding and horizontal flip.
-    #[arg(long)]
-    augment: bool,
-    /// Normalize with Fashion-MNIST's mean and std (0.2860, 0.3530) after ToTensor.
-    #[arg(long)]
-    normalize: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Run directory for checkpoints, metrics and the training curve (default: runs/run-<unix time>).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Train on the first N training images only.
-    #[arg(long)]
-    limit_train: Option<usize>,
-    /// Evaluate on the first N test images only.
-    #[arg(long)]
-    limit_test: Option<usize>,
-    /// Continue the run in RUN_DIR from its last checkpoint (its stored settings are used; --epochs may extend it).
-    #[arg(long, value_name = "RUN_DIR")]
-    resume: Option<PathBuf>,
-    /// Stage widths, for smaller networks than the chapter's (e.g. 16,32,64,128).
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
-    widths: Vec<usize>,
-    /// No progress output (the per-epoch lines are still printed).
-    #[arg(long)]
-    quiet: bool,
-}
-
-/// Parses `NxCxHxW` (e.g. `1x1x224x244`) into a shape; every dimension positive and the total bounded.
-fn parse_shape(s: &str) -> Result<Shape4> {
-    let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
-    if parts.len() != 4 {
-        bail!("--input `{s}`: expected four dimensions NxCxHxW, e.g. 1x1x224x244");
-    }
-    let mut d = [0usize; 4];
-    for (slot, p) in d.iter_mut().zip(&parts) {
-        *slot = p
-            .trim()
-            .parse()
-            .map_err(|_| Error::new(format!("--input `{s}`: `{p}` is not a positive integer")))?;
-        if *slot == 0 {
-            bail!("--input `{s}`: dimensions must be positive");
-        }
-    }
-    match d.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) {
-        Some(t) if t <= 1 << 28 => Ok(Shape4::new(d[0], d[1], d[2], d[3])),
-        _ => bail!("--input `{s}`: more than 2^28 values is beyond what this command runs"),
-    }
-}
 
 fn summary(input: &str, classes: usize) -> Result<()> {
     let xs = parse_shape(input)?;
@@ -212,25 +70,7 @@ fn train(a: TrainArgs) -> Result<()> {
             (run, data)
         }
         None => {
-            let config = TrainConfig {
-                epochs: a.epochs.unwrap_or(5),
-                batch_size: a.batch_size,
-                lr: a.lr,
-                optimizer: a.optimizer.clone(),
-                momentum: a.momentum,
-                nesterov: a.nesterov,
-                weight_decay: a.weight_decay,
-                schedule: a.schedule.clone(),
-                resize: (a.resize != 28).then_some(a.resize),
-                normalize: a.normalize.then_some((0.2860, 0.3530)),
-                augment: a.augment,
-                seed: a.seed,
-                limit_train: a.limit_train,
-                limit_test: a.limit_test,
-                residuals: vec![2; a.widths.len()],
-                widths: a.widths.clone(),
-            };
-            config.validate()?;
+            let config = a.config()?;
             // Load (and check) the data before the run directory is created, so bad data leaves nothing behind.
             let data = Data::load(&data_dir, verify, &config)?;
             let run = Run::create(&a.out.clone().unwrap_or_else(default_run_dir), config)?;
@@ -268,9 +108,7 @@ fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
     }
     let size = match (resize, meta.get(META_INPUT_SIZE)) {
         (Some(r), _) => {
-            if !(8..=1024).contains(&r) {
-                bail!("--resize must be between 8 and 1024, got {r}");
-            }
+            check_resize(Some(r))?;
             r
         }
         (None, Some(s)) => match s.parse() {
@@ -373,11 +211,10 @@ fn predict(weights: &Path, images: &[PathBuf], resize: Option<usize>, json: bool
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let threads = match cli.threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => n,
-        None => num_cpus::get_physical().max(1),
-    };
+    cli.check()?;
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| num_cpus::get_physical().max(1));
     // One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

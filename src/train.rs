@@ -9,7 +9,7 @@
 
 use crate::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
 use crate::data::{Dataset, Loader, TransformConfig, NUM_CLASSES};
-use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
+use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor, MAX_PARAMS};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions, OptimizerState, Schedule};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,11 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Largest `--batch-size`.
+pub const MAX_BATCH: usize = 1 << 16;
+/// Largest input batch, in values (batch × height × width): 2^28, 1 GiB of f32.
+pub const MAX_BATCH_VALUES: usize = 1 << 28;
 
 /// Everything that determines a training run (stored in the checkpoint, so `--resume` continues the same run).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +125,36 @@ impl TrainConfig {
             if !(8..=1024).contains(&r) {
                 bail!("--resize must be between 8 and 1024, got {r}");
             }
+        }
+        if self.batch_size > MAX_BATCH {
+            bail!(
+                "--batch-size must be at most {MAX_BATCH}, got {}",
+                self.batch_size
+            );
+        }
+        let side = self.resize.unwrap_or(28);
+        if self.batch_size * side * side > MAX_BATCH_VALUES {
+            bail!(
+                "--batch-size {} at {side}×{side} is more than {MAX_BATCH_VALUES} input values per batch",
+                self.batch_size
+            );
+        }
+        if self.widths.len() != self.residuals.len() {
+            bail!(
+                "{} stage widths but {} residual counts",
+                self.widths.len(),
+                self.residuals.len()
+            );
+        }
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            bail!("--widths must be one or more positive numbers");
+        }
+        match self.arch().num_params() {
+            Some(n) if n <= MAX_PARAMS => {}
+            _ => bail!(
+                "--widths {:?}: more than {MAX_PARAMS} parameters, beyond what this program trains",
+                self.widths
+            ),
         }
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train / --limit-test must be at least 1");
@@ -293,40 +328,29 @@ pub struct Run {
     pub optimizer: Box<dyn Optimizer>,
     /// Epochs done so far and their metrics.
     pub progress: Progress,
+    /// Held for the run's lifetime: a second `resnet train` on the same directory is refused.
+    _lock: RunLock,
 }
 
-impl Run {
-    /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
-    /// so a finished run is never overwritten by accident (use `--resume`).
-    pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
-        config.validate()?;
-        // Build everything that can fail on a bad config before touching the file system.
-        let mut net = ResNet::new(config.arch(), config.seed)?;
-        let optimizer = build_optimizer(&config, &mut net)?;
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::new(format!(
-                "{}: cannot create run directory: {e}",
-                dir.display()
-            ))
-        })?;
-        if dir.join("checkpoint.safetensors").exists() {
-            bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());
-        }
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            config,
-            net,
-            optimizer,
-            progress: Progress::default(),
-        })
-    }
+/// What a training checkpoint holds, parsed and checked: the configuration, the model, the optimizer with its
+/// state, and the progress.
+pub struct Restored {
+    /// The run's configuration (with `epochs` replaced when extending).
+    pub config: TrainConfig,
+    /// The model with the checkpoint's weights and running statistics.
+    pub net: ResNet,
+    /// The optimizer with its per-parameter state and step count.
+    pub optimizer: Box<dyn Optimizer>,
+    /// Epochs done and their metrics.
+    pub progress: Progress,
+}
 
-    /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
-    pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
-        let path = dir.join("checkpoint.safetensors");
-        let origin = path.display().to_string();
-        let bytes = checkpoint::read_file_limited(&path)?;
-        let (sd, meta) = checkpoint::deserialize(&bytes, &origin)?;
+impl Restored {
+    /// Parses the bytes of a `checkpoint.safetensors` (`origin` names it in errors); `epochs` replaces the stored
+    /// total. Everything is checked — metadata, configuration, key set, shapes, optimizer state — and a file that
+    /// describes a larger network than the values it holds is refused before that network is allocated.
+    pub fn from_bytes(bytes: &[u8], origin: &str, epochs: Option<usize>) -> Result<Restored> {
+        let (sd, meta) = checkpoint::deserialize(bytes, origin)?;
         let get = |k: &str| {
             meta.get(k).ok_or_else(|| {
                 Error::new(format!(
@@ -344,10 +368,17 @@ impl Run {
         config
             .validate()
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        let mut net = ResNet::new(config.arch(), config.seed)?;
+        if progress.history.len() != progress.epochs_done {
+            bail!(
+                "{origin}: bad `{META_PROGRESS}`: {} epochs done but {} epochs of metrics",
+                progress.epochs_done,
+                progress.history.len()
+            );
+        }
         let (model_sd, opt_sd): (StateDict, StateDict) = sd
             .into_iter()
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
+        let mut net = checkpoint::build_for(config.arch(), &model_sd, origin)?;
         net.load_state_dict(&model_sd)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
         let mut optimizer = build_optimizer(&config, &mut net)?;
@@ -369,12 +400,102 @@ impl Run {
                 tensors,
             })
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        Ok(Restored {
+            config,
+            net,
+            optimizer,
+            progress,
+        })
+    }
+}
+
+/// An exclusive advisory lock (flock) on a run directory itself, so no lock file is left behind; released when
+/// dropped or when the process dies (even by SIGKILL), so a crashed run never leaves its directory locked.
+struct RunLock {
+    _dir: std::fs::File,
+}
+
+impl RunLock {
+    fn acquire(dir: &Path) -> Result<RunLock> {
+        let handle = std::fs::File::open(dir).map_err(|e| {
+            Error::new(format!("{}: cannot open run directory: {e}", dir.display()))
+        })?;
+        match handle.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "{}: another `resnet train` is using this run directory; wait for it to finish or choose another --out",
+                dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                bail!("{}: cannot lock the run directory: {e}", dir.display())
+            }
+        }
+        // Fail now, not after an epoch of training, if checkpoints cannot be written here.
+        let probe = dir.join(format!(".write-check.tmp{}", std::process::id()));
+        std::fs::File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                Error::new(format!(
+                    "{}: cannot write to the run directory: {e}",
+                    dir.display()
+                ))
+            })?;
+        // With the lock held no other run writes here, so temporary files are leftovers of a killed run.
+        checkpoint::remove_stale_temporaries(dir);
+        Ok(RunLock { _dir: handle })
+    }
+}
+
+impl Run {
+    /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
+    /// so a finished run is never overwritten by accident (use `--resume`).
+    pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
+        config.validate()?;
+        // Build everything that can fail on a bad config before touching the file system.
+        let mut net = ResNet::new(config.arch(), config.seed)?;
+        let optimizer = build_optimizer(&config, &mut net)?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::new(format!(
+                "{}: cannot create run directory: {e}",
+                dir.display()
+            ))
+        })?;
+        let refuse_existing = || -> Result<()> {
+            if dir.join("checkpoint.safetensors").exists() {
+                bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());
+            }
+            Ok(())
+        };
+        refuse_existing()?;
+        let lock = RunLock::acquire(dir)?;
+        // Again under the lock: another run may have written its first checkpoint meanwhile.
+        refuse_existing()?;
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
             net,
             optimizer,
-            progress,
+            progress: Progress::default(),
+            _lock: lock,
+        })
+    }
+
+    /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
+    pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
+        let path = dir.join("checkpoint.safetensors");
+        // Refuse a directory without a checkpoint before creating the lock file in it.
+        std::fs::metadata(&path)
+            .map_err(|e| Error::new(format!("{}: {e} (nothing to resume)", path.display())))?;
+        let lock = RunLock::acquire(dir)?;
+        let bytes = checkpoint::read_file_limited(&path)?;
+        let restored = Restored::from_bytes(&bytes, &path.display().to_string(), epochs)?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config: restored.config,
+            net: restored.net,
+            optimizer: restored.optimizer,
+            progress: restored.progress,
+            _lock: lock,
         })
     }
 

@@ -285,9 +285,9 @@ fn summary_prints_the_chapters_shapes() {
         ("1x1x99999999999999999999x1", "not a positive integer"),
         ("0x1x2x2", "positive"),
         ("1x1x0x2", "positive"),
-        ("100000x100000x100000x100000", "2^28"),
-        ("4294967296x4294967296x4294967296x4294967296", "2^28"),
-        ("1x1x20000x20000", "2^28"),
+        ("100000x100000x100000x100000", "2^22"),
+        ("4294967296x4294967296x4294967296x4294967296", "2^22"),
+        ("1x1x20000x20000", "2^22"),
     ] {
         let err = expect_failure(&resnet(&["summary", "--input", bad], &cwd), bad);
         assert!(
@@ -591,7 +591,11 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(
             &["eval", "--weights", s(&mislabeled)],
-            &["mislabeled.safetensors", "shape"],
+            &[
+                "mislabeled.safetensors",
+                "architecture it declares",
+                "hold only",
+            ],
         ),
         row(
             &["eval", "--weights", s(&rgb_net)],

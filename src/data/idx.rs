@@ -52,11 +52,31 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     }
 }
 
+/// Parses the bytes of an IDX file, raw or gzip-compressed (as [`read_idx`] reads a file); `origin` names it
+/// in errors.
+pub fn parse_idx(bytes: &[u8], origin: &Path) -> Result<IdxArray> {
+    if bytes.is_empty() {
+        bail!(
+            "{}: empty file (expected an IDX file, raw or gzip-compressed)",
+            origin.display()
+        );
+    }
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        parse(&mut flate2::bufread::GzDecoder::new(bytes), origin, None)
+    } else {
+        parse(&mut &bytes[..], origin, Some(bytes.len() as u64))
+    }
+}
+
 /// Reads a 3-d IDX file of images; returns `(pixels, n, h, w)` with `pixels.len() == n·h·w`, image `i`
 /// at `pixels[i·h·w..][..h·w]`, rows top to bottom.
 pub fn read_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize, usize, usize)> {
     let path = path.as_ref();
-    let a = read_idx(path)?;
+    images_of(read_idx(path)?, path)
+}
+
+/// Checks that `a` (read from `path`) is a 3-d array of images; returns `(pixels, n, h, w)` as [`read_images`].
+pub fn images_of(a: IdxArray, path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     match a.dims[..] {
         [n, h, w] if h > 0 && w > 0 => Ok((a.data, n, h, w)),
         [n, h, w] => bail!(
@@ -75,7 +95,11 @@ pub fn read_images(path: impl AsRef<Path>) -> Result<(Vec<u8>, usize, usize, usi
 /// Reads a 1-d IDX file of labels; returns the `n` label bytes.
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let a = read_idx(path)?;
+    labels_of(read_idx(path)?, path)
+}
+
+/// Checks that `a` (read from `path`) is a 1-d array of labels; returns them.
+pub fn labels_of(a: IdxArray, path: &Path) -> Result<Vec<u8>> {
     if a.dims.len() != 1 {
         bail!(
             "{}: expected a 1-d IDX array of labels, found {}-d ({})",

@@ -8,6 +8,8 @@ use std::path::Path;
 /// Largest accepted width or height: a file declaring more is refused before decoding allocates (a PNG header
 /// can claim 100000×100000 pixels in a few bytes).
 pub const MAX_SIDE: u32 = 16_384;
+/// Largest image file read (64 MiB).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Decoder memory budget (512 MiB): an image whose decoding would allocate more is refused.
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
 
@@ -27,8 +29,22 @@ pub fn read_gray(path: &Path) -> Result<GrayImage> {
     let err = |e: &dyn std::fmt::Display| {
         Error::new(format!("{}: cannot read image: {e}", path.display()))
     };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| err(&e))?
+    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(err(&format_args!(
+            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    decode_gray(&bytes, path)
+}
+
+/// Decodes the bytes of a PNG or JPEG file (named `origin` in errors) to grayscale, as [`read_gray`].
+pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::new(format!("{}: cannot read image: {e}", origin.display()))
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| err(&e))?;
     let mut limits = image::Limits::default();
@@ -58,12 +74,16 @@ pub fn read_gray(path: &Path) -> Result<GrayImage> {
 
 /// `read_gray`, then `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255): returns `(values, h, w)`.
 pub fn load_for_model(path: &Path, size: usize) -> Result<(Vec<f32>, usize, usize)> {
-    let img = read_gray(path)?;
+    Ok(for_model(read_gray(path)?, size))
+}
+
+/// `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255) of a decoded image: returns `(values, h, w)`.
+pub fn for_model(img: GrayImage, size: usize) -> (Vec<f32>, usize, usize) {
     let (oh, ow) = resize_shorter_side(img.h, img.w, size);
     let resized = if (oh, ow) == (img.h, img.w) {
         img.pixels
     } else {
         resize_like_pil(&img.pixels, img.h, img.w, oh, ow)
     };
-    Ok((super::transforms::to_tensor(&resized), oh, ow))
+    (super::transforms::to_tensor(&resized), oh, ow)
 }

@@ -15,7 +15,7 @@ pub use batch_norm::BatchNorm2d;
 pub use conv2d::Conv2d;
 pub use linear::Linear;
 pub use residual::Residual;
-pub use resnet::{resnet18, resnet_block, ResNet, ResNetConfig};
+pub use resnet::{resnet18, resnet_block, ResNet, ResNetConfig, MAX_PARAMS};
 pub use state::{StateDict, StateTensor};
 
 use rand::Rng;

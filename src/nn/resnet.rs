@@ -59,7 +59,43 @@ impl ResNetConfig {
             residuals: vec![2, 2, 2, 2],
         }
     }
+
+    /// Trainable values of the network this configuration describes, computed without building it (`None` when
+    /// the count overflows `usize`): lets a loader refuse a lying file before allocating its network.
+    pub fn num_params(&self) -> Option<usize> {
+        let mul = |a: usize, b: usize| a.checked_mul(b);
+        // Conv2d(i, o, k) with bias; BatchNorm2d(o) has a weight and a bias.
+        let conv = |i: usize, o: usize, k: usize| mul(mul(i, o)?, k * k)?.checked_add(o);
+        let bn = |c: usize| mul(c, 2);
+        let residual = |i: usize, o: usize, shortcut: bool| -> Option<usize> {
+            let mut n = conv(i, o, 3)?.checked_add(bn(o)?)?;
+            n = n.checked_add(conv(o, o, 3)?)?.checked_add(bn(o)?)?;
+            if shortcut {
+                n = n.checked_add(conv(i, o, 1)?)?;
+            }
+            Some(n)
+        };
+        let w0 = *self.widths.first()?;
+        let mut total = conv(self.in_channels, w0, 7)?.checked_add(bn(w0)?)?;
+        let mut in_c = w0;
+        for (k, (&w, &r)) in self.widths.iter().zip(&self.residuals).enumerate() {
+            for i in 0..r {
+                let block = if i == 0 && k > 0 {
+                    residual(in_c, w, true)?
+                } else {
+                    residual(w, w, false)?
+                };
+                total = total.checked_add(block)?;
+            }
+            in_c = w;
+        }
+        total.checked_add(mul(in_c, self.num_classes)?.checked_add(self.num_classes)?)
+    }
 }
+
+/// The most trainable values a network may have (2^28, 24 times the chapter's ResNet-18): a configuration read
+/// from a file or a flag that asks for more is refused before anything is allocated.
+pub const MAX_PARAMS: usize = 1 << 28;
 
 /// One step of the shape walk: a top-level child's name and its output shape (PyTorch's dims).
 pub type ShapeStep = (String, Vec<usize>);
@@ -105,6 +141,14 @@ impl ResNet {
         }
         if config.in_channels == 0 || config.num_classes == 0 || config.widths.contains(&0) {
             bail!("resnet: channels, classes and widths must be positive");
+        }
+        match config.num_params() {
+            Some(n) if n <= MAX_PARAMS => {}
+            _ => bail!(
+                "resnet: widths {:?} with residuals {:?} describe more than {MAX_PARAMS} parameters, beyond what this program builds",
+                config.widths,
+                config.residuals
+            ),
         }
         let mut rng = InitRng::seed_from_u64(seed);
         let w0 = config.widths[0];

@@ -1,0 +1,251 @@
+//! The command line's arguments, parsed by clap and checked without touching a file: `resnet` runs what
+//! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
+
+use crate::train::TrainConfig;
+use crate::{bail, Error, Result, Shape4};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Largest `summary --input` (N·C·H·W values, 2^22): the command runs the network on it for real.
+pub const MAX_INPUT_VALUES: usize = 1 << 22;
+
+/// Most worker threads `--threads` accepts.
+pub const MAX_THREADS: usize = 1024;
+
+/// `resnet [--threads N] COMMAND ...`.
+#[derive(Parser)]
+#[command(
+    name = "resnet",
+    version,
+    about = "The d2l chapter's ResNet-18 in Rust: train on Fashion-MNIST, evaluate, predict, inspect, benchmark"
+)]
+pub struct Cli {
+    /// Worker threads (default: the number of physical cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// The subcommand and its arguments.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train on Fashion-MNIST; the defaults reproduce the chapter (resize 96, batch 256, Adam lr 0.001, 5 epochs).
+    Train(TrainArgs),
+    /// Evaluate saved weights on the Fashion-MNIST test set: accuracy, per-class accuracy, confusion matrix.
+    Eval {
+        /// A model file (ours, or `safetensors.torch.save_file(net.state_dict(), …)` from the chapter's code).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
+        #[arg(long)]
+        resize: Option<usize>,
+        /// Evaluate only the first N test images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Images per evaluation batch.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
+    /// Classify PNG/JPEG images: top-3 Fashion-MNIST classes with probabilities.
+    ///
+    /// Images of any size are converted to grayscale and resized as in training. Fashion-MNIST items are light
+    /// objects on a dark (black) background: a photo of a dark item on white should be inverted first.
+    Predict {
+        /// A model file (ours, or one saved by PyTorch with `safetensors.torch.save_file`).
+        #[arg(long)]
+        weights: PathBuf,
+        /// Image files (PNG or JPEG).
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Input size (shorter side); default: the size stored in the weights (required for PyTorch files).
+        #[arg(long)]
+        resize: Option<usize>,
+        /// Print, per image, the 10 logits, the probabilities and the predicted class as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the chapter's layer-by-layer shape walk and the parameter count.
+    Summary {
+        /// Input shape as NxCxHxW (the chapter uses 1x1x224x244).
+        #[arg(long, default_value = "1x1x224x244", allow_hyphen_values = true)]
+        input: String,
+        /// Classes of the final layer (the chapter: 10).
+        #[arg(long, default_value_t = 10)]
+        classes: usize,
+    },
+    /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// `resnet train` arguments.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Epochs to train [default: 5]; with --resume, the total the run is extended to.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per batch (training and evaluation).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Base learning rate.
+    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
+    pub lr: f32,
+    /// adam, adamw or sgd.
+    #[arg(long, default_value = "adam")]
+    pub optimizer: String,
+    /// SGD momentum.
+    #[arg(long, allow_negative_numbers = true)]
+    pub momentum: Option<f64>,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay (L2 for adam and sgd, decoupled for adamw).
+    #[arg(long, allow_negative_numbers = true)]
+    pub weight_decay: Option<f64>,
+    /// constant, step, cosine or onecycle.
+    #[arg(long, default_value = "constant")]
+    pub schedule: String,
+    /// Resize images (shorter side) to N; 28 keeps Fashion-MNIST's size.
+    #[arg(long, default_value_t = 96)]
+    pub resize: usize,
+    /// Random crop with padding and horizontal flip.
+    #[arg(long)]
+    pub augment: bool,
+    /// Normalize with Fashion-MNIST's mean and std (0.2860, 0.3530) after ToTensor.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Seed of the initialization, the shuffling and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run directory for checkpoints, metrics and the training curve (default: runs/run-<unix time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Train on the first N training images only.
+    #[arg(long)]
+    pub limit_train: Option<usize>,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    pub limit_test: Option<usize>,
+    /// Continue the run in RUN_DIR from its last checkpoint (its stored settings are used; --epochs may extend it).
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stage widths, for smaller networks than the chapter's (e.g. 16,32,64,128).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+    pub widths: Vec<usize>,
+    /// No progress output (the per-epoch lines are still printed).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `NxCxHxW` (e.g. `1x1x224x244`) into a shape; every dimension positive and the total bounded.
+pub fn parse_shape(s: &str) -> Result<Shape4> {
+    let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
+    if parts.len() != 4 {
+        bail!("--input `{s}`: expected four dimensions NxCxHxW, e.g. 1x1x224x244");
+    }
+    let mut d = [0usize; 4];
+    for (slot, p) in d.iter_mut().zip(&parts) {
+        *slot = p
+            .trim()
+            .parse()
+            .map_err(|_| Error::new(format!("--input `{s}`: `{p}` is not a positive integer")))?;
+        if *slot == 0 {
+            bail!("--input `{s}`: dimensions must be positive");
+        }
+    }
+    match d.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) {
+        Some(t) if t <= MAX_INPUT_VALUES => Ok(Shape4::new(d[0], d[1], d[2], d[3])),
+        _ => bail!("--input `{s}`: more than 2^22 values is beyond what this command runs"),
+    }
+}
+
+impl TrainArgs {
+    /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let config = TrainConfig {
+            epochs: self.epochs.unwrap_or(5),
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: self.optimizer.clone(),
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            weight_decay: self.weight_decay,
+            schedule: self.schedule.clone(),
+            resize: (self.resize != 28).then_some(self.resize),
+            normalize: self.normalize.then_some((0.2860, 0.3530)),
+            augment: self.augment,
+            seed: self.seed,
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            residuals: vec![2; self.widths.len()],
+            widths: self.widths.clone(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// `--resize N` for eval and predict: 8 to 1024.
+pub fn check_resize(r: Option<usize>) -> Result<()> {
+    match r {
+        Some(r) if !(8..=1024).contains(&r) => {
+            bail!("--resize must be between 8 and 1024, got {r}")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl Cli {
+    /// Checks every value the arguments carry (ranges, shapes, names) before any file is read or written.
+    pub fn check(&self) -> Result<()> {
+        match self.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            Some(n) if n > MAX_THREADS => bail!("--threads must be at most {MAX_THREADS}, got {n}"),
+            _ => {}
+        }
+        match &self.command {
+            Command::Train(a) => {
+                if a.resume.is_none() {
+                    a.config()?;
+                } else if a.epochs == Some(0) {
+                    bail!("--epochs must be at least 1");
+                }
+                Ok(())
+            }
+            Command::Eval {
+                resize,
+                limit,
+                batch_size,
+                ..
+            } => {
+                check_resize(*resize)?;
+                if *batch_size == 0 || *batch_size > crate::train::MAX_BATCH {
+                    bail!(
+                        "--batch-size must be between 1 and {}, got {batch_size}",
+                        crate::train::MAX_BATCH
+                    );
+                }
+                if *limit == Some(0) {
+                    bail!("--limit must be at least 1");
+                }
+                Ok(())
+            }
+            Command::Predict { resize, .. } => check_resize(*resize),
+            Command::Summary { input, classes } => {
+                parse_shape(input)?;
+                if *classes == 0 || *classes > 1 << 16 {
+                    bail!("--classes must be between 1 and {}, got {classes}", 1 << 16);
+                }
+                Ok(())
+            }
+            Command::Bench(b) => b.check().map(|_| ()),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The bodies of the fuzz targets (`fuzz/fuzz_targets/`), here so that `cargo test` runs the same checks on
+//! the committed seeds and on every input a fuzzer ever crashed (tests/fuzz_regressions.rs). Each takes
+//! arbitrary bytes and panics only when an invariant is broken: errors are the expected answer to bad input.
+
+use crate::checkpoint::model_from_bytes;
+use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
+use crate::data::idx::{images_of, labels_of, parse_idx};
+use crate::data::image_file::{decode_gray, for_model};
+use crate::train::Restored;
+use crate::Shape4;
+use clap::Parser;
+use std::path::Path;
+
+/// IDX parsing (raw and gzip): an array whose data matches its header, or an error.
+pub fn idx(data: &[u8]) {
+    let origin = Path::new("fuzz.idx");
+    if let Ok(a) = parse_idx(data, origin) {
+        assert_eq!(a.data.len(), a.dims.iter().product::<usize>());
+        if let Ok((pixels, n, h, w)) = images_of(a.clone(), origin) {
+            assert_eq!(pixels.len(), n * h * w);
+        }
+        if let Ok(labels) = labels_of(a.clone(), origin) {
+            assert_eq!(labels.len(), a.dims[0]);
+        }
+    }
+}
+
+/// Checkpoint loading: as a model file (`--weights`; what loads must run) and as a training checkpoint with
+/// metadata and optimizer state (`--resume`).
+pub fn checkpoint(data: &[u8]) {
+    if let Ok((mut net, _)) = model_from_bytes(data, "fuzz-model.safetensors") {
+        net.set_train(false);
+        let c = net.config.in_channels;
+        let x = vec![0.5f32; c * 16 * 16];
+        let logits = net
+            .forward(&x, Shape4::new(1, c, 16, 16))
+            .expect("a loaded model runs");
+        assert_eq!(logits.len(), net.config.num_classes);
+    }
+    if let Ok(r) = Restored::from_bytes(data, "fuzz-checkpoint.safetensors", None) {
+        assert_eq!(r.progress.history.len(), r.progress.epochs_done);
+    }
+}
+
+/// Image decoding for `predict`: grayscale pixels, then `Resize(28)` and `ToTensor` values in `[0, 1]`.
+pub fn image(data: &[u8]) {
+    if let Ok(img) = decode_gray(data, Path::new("fuzz-image")) {
+        assert_eq!(img.pixels.len(), img.h * img.w);
+        let (x, h, w) = for_model(img, 28);
+        assert_eq!(x.len(), h * w);
+        assert_eq!(h.min(w), 28);
+        assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+}
+
+/// Command-line parsing: `--input` shapes straight into [`parse_shape`], and NUL-separated argument lists
+/// through clap and [`Cli::check`], as `resnet` runs them before touching a file.
+pub fn cli(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(shape) = parse_shape(text) {
+        assert!(!shape.is_empty() && shape.len() <= MAX_INPUT_VALUES);
+    }
+    let args = std::iter::once("resnet").chain(text.split('\0'));
+    if let Ok(cli) = Cli::try_parse_from(args) {
+        let _ = cli.check();
+    }
+}

@@ -1,0 +1,69 @@
+"""Writes the fuzz targets' seed corpus into fuzz/seeds/<target>/ (committed; rerun only to change it).
+
+IDX: slices of the bundled Fashion-MNIST, raw and gzip. Images: tiny PNGs (gray, gray 16-bit, RGB, RGBA,
+palette) and JPEGs (gray, RGB). CLI: NUL-separated argument lists and --input shapes. The checkpoint seeds were
+written by hand: `resnet train --widths 2 --resize 28 --limit-train 8 --limit-test 4 --batch-size 4 --epochs 1
+--out /tmp/seedrun` gave model.safetensors and checkpoint.safetensors, and pytorch-style.safetensors is that model
+re-saved without metadata (`safetensors.numpy.save_file(load_file(...))`), as PyTorch's `save_file` writes it."""
+import gzip
+import io
+import pathlib
+import struct
+
+from PIL import Image
+
+root = pathlib.Path(__file__).resolve().parent.parent
+seeds = root / "fuzz" / "seeds"
+data = root / "data" / "fashion-mnist"
+
+
+def idx(dims, payload):
+    return bytes([0, 0, 8, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + payload
+
+
+def write(target, name, blob):
+    d = seeds / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_bytes(blob)
+
+
+images = gzip.decompress((data / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+labels = gzip.decompress((data / "t10k-labels-idx1-ubyte.gz").read_bytes())[8:]
+for n in (1, 3):
+    raw = idx([n, 28, 28], images[: n * 784])
+    write("idx", f"images{n}.idx", raw)
+    write("idx", f"images{n}.idx.gz", gzip.compress(raw, mtime=0))
+    lab = idx([n], labels[:n])
+    write("idx", f"labels{n}.idx", lab)
+    write("idx", f"labels{n}.idx.gz", gzip.compress(lab, mtime=0))
+write("idx", "small2d.idx", idx([2, 3], bytes(range(6))))
+
+first = Image.frombytes("L", (28, 28), images[:784])
+variants = {
+    "gray.png": (first, "PNG"),
+    "gray16.png": (first.convert("I;16"), "PNG"),
+    "rgb.png": (first.convert("RGB").resize((9, 7)), "PNG"),
+    "rgba.png": (first.convert("RGBA").resize((5, 6)), "PNG"),
+    "palette.png": (first.convert("P").resize((4, 4)), "PNG"),
+    "gray.jpg": (first.resize((12, 10)), "JPEG"),
+    "rgb.jpg": (first.convert("RGB").resize((8, 8)), "JPEG"),
+}
+for name, (img, fmt) in variants.items():
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    write("image", name, buf.getvalue())
+
+for i, args in enumerate([
+    ["train", "--epochs", "3", "--lr", "0.01", "--batch-size", "64", "--resize", "28"],
+    ["train", "--optimizer", "sgd", "--momentum", "0.9", "--nesterov", "--weight-decay", "5e-4", "--schedule", "cosine"],
+    ["--threads", "2", "train", "--widths", "16,32", "--limit-train", "100", "--limit-test", "10", "--seed", "7"],
+    ["train", "--resume", "runs/x", "--epochs", "6"],
+    ["summary", "--input", "1x1x224x244", "--classes", "10"],
+    ["summary", "--input", "2X3×96x96"],
+    ["eval", "--weights", "m.safetensors", "--resize", "96", "--limit", "100", "--batch-size", "32"],
+    ["predict", "--weights", "m.safetensors", "a.png", "b.jpg", "--resize", "28", "--json"],
+    ["bench", "--only", "train28,infer96", "--iters", "3", "--warmup", "1", "--batch", "32", "--json"],
+]):
+    write("cli", f"args{i}", "\0".join(args).encode())
+for i, shape in enumerate(["1x1x224x244", "256x1x96x96", "1x3x32x32"]):
+    write("cli", f"shape{i}", shape.encode())
