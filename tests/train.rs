@@ -277,7 +277,16 @@ fn resume_matches_uninterrupted_run() {
         );
     }
 
-    // Resuming a finished run trains nothing and changes nothing.
+    // While `b` holds its directory, no other run may open it.
+    let busy = Run::resume(&dir_b, None)
+        .err()
+        .expect("a second run on a busy directory");
+    assert!(
+        busy.to_string().contains("another `resnet train`"),
+        "{busy}"
+    );
+    // Resuming a finished run trains nothing and changes nothing (once `b` has let go of the directory).
+    drop(b);
     let before = snapshot(&dir_b);
     let mut c = Run::resume(&dir_b, None).unwrap();
     c.train(&data, ProgressMode::Quiet, |_| {
@@ -384,12 +393,14 @@ fn nan_guard_keeps_last_good_checkpoint() {
         assert!(e.contains(want), "missing `{want}` in: {e}");
     }
     assert_eq!(snapshot(&dir), before, "files changed by the failed epoch");
+    drop(run);
     assert_eq!(Run::resume(&dir, None).unwrap().progress.epochs_done, 1);
 
     // CLI: the same run with the absurd rate stored in its checkpoint, resumed.
     let mut run = Run::resume(&dir, None).unwrap();
     run.config.lr = 1e9;
     run.save().unwrap();
+    drop(run);
     let before = snapshot(&dir);
     let cwd = scratch("nan-cwd");
     let out = resnet(
