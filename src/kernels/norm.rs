@@ -115,6 +115,60 @@ pub fn batch_norm_backward(
     dgamma: &mut [f32],
     dbeta: &mut [f32],
 ) {
+    let coeffs = backward_coefficients(x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta);
+    apply_backward(x, y, |row| &dy[row..][..c], c, mean, relu, &coeffs, dx);
+}
+
+/// [`batch_norm_backward`] writing `dx` over `dy_dx` (which holds `dy` on entry): the same arithmetic, bit for
+/// bit, without a second activation-sized buffer.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward_in_place(
+    x: &[f32],
+    y: &[f32],
+    dy_dx: &mut [f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    relu: bool,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) {
+    let coeffs = backward_coefficients(x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta);
+    let rows = x.len() / c;
+    let piece = piece_len(rows, 64) * c;
+    let (a, b, k) = (&coeffs.0, &coeffs.1, &coeffs.2);
+    super::par_pieces(dy_dx, piece, |i, out| {
+        let base = i * piece;
+        for (r, o_row) in out.chunks_exact_mut(c).enumerate() {
+            let row = base + r * c;
+            let (xr, yr) = (&x[row..][..c], &y[row..][..c]);
+            for ch in 0..c {
+                let g = if !relu || yr[ch] > 0.0 {
+                    o_row[ch]
+                } else {
+                    0.0
+                };
+                o_row[ch] = g * a[ch] + (xr[ch] - mean[ch]) * b[ch] + k[ch];
+            }
+        }
+    });
+}
+
+/// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`; writes `dgamma` and `dbeta`.
+#[allow(clippy::too_many_arguments)]
+fn backward_coefficients(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    relu: bool,
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / c;
     let sums = channel_sums2(rows, c, |r, s1, s2| {
         let (xr, yr, dyr) = (&x[r * c..][..c], &y[r * c..][..c], &dy[r * c..][..c]);
@@ -140,16 +194,77 @@ pub fn batch_norm_backward(
         b[ch] = bb as f32;
         k[ch] = (-gi * s1 / m) as f32;
     }
+    (a, b, k)
+}
+
+/// `dx = g·a + (x−mean)·b + k` with `g` the (ReLU-masked) `dy` row `dy_row(row offset)`.
+#[allow(clippy::too_many_arguments)]
+fn apply_backward<'a>(
+    x: &[f32],
+    y: &[f32],
+    dy_row: impl Fn(usize) -> &'a [f32] + Sync,
+    c: usize,
+    mean: &[f32],
+    relu: bool,
+    (a, b, k): &(Vec<f32>, Vec<f32>, Vec<f32>),
+    dx: &mut [f32],
+) {
+    let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(dx, piece, |i, out| {
         let base = i * piece;
         for (r, o_row) in out.chunks_exact_mut(c).enumerate() {
             let row = base + r * c;
-            let (xr, yr, dyr) = (&x[row..][..c], &y[row..][..c], &dy[row..][..c]);
+            let (xr, yr, dyr) = (&x[row..][..c], &y[row..][..c], dy_row(row));
             for ch in 0..c {
                 let g = if !relu || yr[ch] > 0.0 { dyr[ch] } else { 0.0 };
                 o_row[ch] = g * a[ch] + (xr[ch] - mean[ch]) * b[ch] + k[ch];
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_place_backward_is_bit_identical() {
+        let (rows, c) = (300, 5);
+        let x: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let dy: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 11.0)
+            .collect();
+        let mean: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.5).collect();
+        let invstd: Vec<f32> = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
+        let gamma: Vec<f32> = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
+        for relu in [false, true] {
+            let y: Vec<f32> = x
+                .iter()
+                .map(|v| if relu { v.max(0.0) } else { *v })
+                .collect();
+            let (mut dx, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+            batch_norm_backward(
+                &x, &y, &dy, c, &mean, &invstd, &gamma, relu, &mut dx, &mut dg, &mut db,
+            );
+            let (mut inplace, mut dg2, mut db2) = (dy.clone(), vec![0.0; c], vec![0.0; c]);
+            batch_norm_backward_in_place(
+                &x,
+                &y,
+                &mut inplace,
+                c,
+                &mean,
+                &invstd,
+                &gamma,
+                relu,
+                &mut dg2,
+                &mut db2,
+            );
+            assert_eq!(dx, inplace);
+            assert_eq!((dg, db), (dg2, db2));
+            assert!(dx.iter().any(|v| *v != 0.0));
+        }
+    }
 }

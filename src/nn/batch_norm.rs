@@ -1,7 +1,9 @@
 //! `BatchNorm2d`, optionally fused with the ReLU that follows it in the chapter's network.
 
 use super::ensure_len;
-use crate::kernels::norm::{batch_norm_apply, batch_norm_backward, batch_stats};
+use crate::kernels::norm::{
+    batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place, batch_stats,
+};
 use crate::Shape4;
 
 /// PyTorch's `nn.BatchNorm2d(c)` (eps 1e-5, momentum 0.1, affine, tracking running statistics).
@@ -115,6 +117,24 @@ impl BatchNorm2d {
             &self.weight,
             self.relu,
             &mut self.grad_input,
+            &mut self.grad_weight,
+            &mut self.grad_bias,
+        );
+    }
+
+    /// [`BatchNorm2d::backward`] that overwrites `dy` with the input gradient instead of filling `grad_input`:
+    /// for a caller that no longer needs `dy`, it saves an activation-sized buffer (151 MB for the chapter's
+    /// stem at 96×96, batch 256).
+    pub fn backward_in_place(&mut self, x: &[f32], dy: &mut [f32]) {
+        batch_norm_backward_in_place(
+            x,
+            &self.out,
+            dy,
+            self.num_features,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            self.relu,
             &mut self.grad_weight,
             &mut self.grad_bias,
         );

@@ -355,10 +355,11 @@ impl ResNet {
             &self.pool_argmax,
             &mut self.pool_grad_input,
         );
+        // The pool's input gradient is needed only here: BN turns it into its own input gradient in place.
         self.stem_bn
-            .backward(&self.stem_conv.out, &self.pool_grad_input);
+            .backward_in_place(&self.stem_conv.out, &mut self.pool_grad_input);
         self.stem_conv
-            .backward(x, &self.stem_bn.grad_input, need_grad_input, ws);
+            .backward(x, &self.pool_grad_input, need_grad_input, ws);
     }
 
     /// Gradient w.r.t. the input of the last backward run with `need_grad_input` (NHWC; NCHW for one channel).
