@@ -1,6 +1,7 @@
 //! The command line's arguments, parsed by clap and checked without touching a file: `resnet` runs what
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
+use crate::data::transforms::check_resize;
 use crate::train::TrainConfig;
 use crate::{bail, Error, Result, Shape4};
 use clap::{Args, Parser, Subcommand};
@@ -192,16 +193,6 @@ impl TrainArgs {
     }
 }
 
-/// `--resize N` for eval and predict: 8 to 1024.
-pub fn check_resize(r: Option<usize>) -> Result<()> {
-    match r {
-        Some(r) if !(8..=1024).contains(&r) => {
-            bail!("--resize must be between 8 and 1024, got {r}")
-        }
-        _ => Ok(()),
-    }
-}
-
 impl Cli {
     /// Checks every value the arguments carry (ranges, shapes, names) before any file is read or written.
     pub fn check(&self) -> Result<()> {
@@ -225,7 +216,7 @@ impl Cli {
                 batch_size,
                 ..
             } => {
-                check_resize(*resize)?;
+                resize.map_or(Ok(()), check_resize)?;
                 if *batch_size == 0 || *batch_size > crate::train::MAX_BATCH {
                     bail!(
                         "--batch-size must be between 1 and {}, got {batch_size}",
@@ -237,7 +228,7 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Predict { resize, .. } => check_resize(*resize),
+            Command::Predict { resize, .. } => resize.map_or(Ok(()), check_resize),
             Command::Summary { input, classes } => {
                 parse_shape(input)?;
                 if *classes == 0 || *classes > 1 << 16 {

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
-use resnet::cli::{check_resize, parse_shape, Cli, Command, TrainArgs};
+use resnet::cli::{parse_shape, Cli, Command, TrainArgs};
+use resnet::data::transforms::INPUT_SIZES;
 use resnet::data::{
     find_data_dir, image_file, Dataset, Loader, Split, TransformConfig, CLASS_NAMES,
 };
@@ -15,9 +16,6 @@ use std::sync::Arc;
 
 fn summary(input: &str, classes: usize) -> Result<()> {
     let xs = parse_shape(input)?;
-    if classes == 0 {
-        bail!("--classes must be at least 1");
-    }
     let mut net = ResNet::new(ResNetConfig::chapter(xs.c, classes), 0)?;
     let walk = net.shape_walk(xs)?;
     // Run the network for real (eval mode) so the printed walk is what the engine computes.
@@ -107,13 +105,16 @@ fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
         );
     }
     let size = match (resize, meta.get(META_INPUT_SIZE)) {
-        (Some(r), _) => {
-            check_resize(Some(r))?;
-            r
-        }
+        // `--resize` was range-checked with the other arguments (`Cli::check`).
+        (Some(r), _) => r,
         (None, Some(s)) => match s.parse() {
-            Ok(r) if (8..=1024).contains(&r) => r,
-            _ => bail!("{}: bad `{META_INPUT_SIZE}` metadata `{s}` (expected a size between 8 and 1024); pass --resize N to override it", path.display()),
+            Ok(r) if INPUT_SIZES.contains(&r) => r,
+            _ => bail!(
+                "{}: bad `{META_INPUT_SIZE}` metadata `{s}` (expected a size between {} and {}); pass --resize N to override it",
+                path.display(),
+                INPUT_SIZES.start(),
+                INPUT_SIZES.end()
+            ),
         },
         (None, None) => bail!("{}: the file does not say what input size it was trained at (PyTorch files don't): pass --resize N (the chapter trains at 96)", path.display()),
     };
@@ -128,15 +129,9 @@ fn eval(
     batch_size: usize,
 ) -> Result<()> {
     let (mut net, size) = load_weights(weights, resize)?;
-    if batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
     let dir = find_data_dir(data)?;
     let mut test = Dataset::load(&dir, Split::Test, data.is_none())?;
     if let Some(n) = limit {
-        if n == 0 {
-            bail!("--limit must be at least 1");
-        }
         test = test.take(n);
     }
     let transform = TransformConfig {

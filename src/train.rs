@@ -8,8 +8,9 @@
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 
 use crate::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
+use crate::data::transforms::check_resize;
 use crate::data::{Dataset, Loader, TransformConfig, NUM_CLASSES};
-use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor, MAX_PARAMS};
+use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions, OptimizerState, Schedule};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -122,9 +123,7 @@ impl TrainConfig {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
         if let Some(r) = self.resize {
-            if !(8..=1024).contains(&r) {
-                bail!("--resize must be between 8 and 1024, got {r}");
-            }
+            check_resize(r)?;
         }
         if self.batch_size > MAX_BATCH {
             bail!(
@@ -139,23 +138,7 @@ impl TrainConfig {
                 self.batch_size
             );
         }
-        if self.widths.len() != self.residuals.len() {
-            bail!(
-                "{} stage widths but {} residual counts",
-                self.widths.len(),
-                self.residuals.len()
-            );
-        }
-        if self.widths.is_empty() || self.widths.contains(&0) {
-            bail!("--widths must be one or more positive numbers");
-        }
-        match self.arch().num_params() {
-            Some(n) if n <= MAX_PARAMS => {}
-            _ => bail!(
-                "--widths {:?}: more than {MAX_PARAMS} parameters, beyond what this program trains",
-                self.widths
-            ),
-        }
+        self.arch().check()?;
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train / --limit-test must be at least 1");
         }

@@ -37,34 +37,28 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
         .metadata()
         .map_err(|e| Error::new(format!("{p}: cannot read file metadata: {e}")))?
         .len();
-    if file_len == 0 {
-        bail!("{p}: empty file (expected an IDX file, raw or gzip-compressed)");
-    }
-    let mut reader = BufReader::new(file);
-    let head = reader
-        .fill_buf()
-        .map_err(|e| Error::new(format!("{p}: read error: {e}")))?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        let mut gz = flate2::bufread::GzDecoder::new(reader);
-        parse(&mut gz, path, None)
-    } else {
-        parse(&mut reader, path, Some(file_len))
-    }
+    parse_stream(BufReader::new(file), file_len, path)
 }
 
 /// Parses the bytes of an IDX file, raw or gzip-compressed (as [`read_idx`] reads a file); `origin` names it
 /// in errors.
 pub fn parse_idx(bytes: &[u8], origin: &Path) -> Result<IdxArray> {
-    if bytes.is_empty() {
-        bail!(
-            "{}: empty file (expected an IDX file, raw or gzip-compressed)",
-            origin.display()
-        );
+    parse_stream(bytes, bytes.len() as u64, origin)
+}
+
+/// The IDX file of `len` bytes that `reader` yields, raw or gzip-compressed (told apart by gzip's magic).
+fn parse_stream(mut reader: impl BufRead, len: u64, path: &Path) -> Result<IdxArray> {
+    let p = path.display();
+    if len == 0 {
+        bail!("{p}: empty file (expected an IDX file, raw or gzip-compressed)");
     }
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        parse(&mut flate2::bufread::GzDecoder::new(bytes), origin, None)
+    let head = reader
+        .fill_buf()
+        .map_err(|e| Error::new(format!("{p}: read error: {e}")))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        parse(&mut flate2::bufread::GzDecoder::new(reader), path, None)
     } else {
-        parse(&mut &bytes[..], origin, Some(bytes.len() as u64))
+        parse(&mut reader, path, Some(len))
     }
 }
 

@@ -4,7 +4,23 @@
 //!
 //! All images here are one channel, `h×w` u8 or f32, row-major.
 
+use crate::{bail, Result};
 use rand::Rng;
+
+/// Input sizes (the shorter side after resizing, `--resize`) every command accepts.
+pub const INPUT_SIZES: std::ops::RangeInclusive<usize> = 8..=1024;
+
+/// Refuses a `--resize` outside [`INPUT_SIZES`].
+pub fn check_resize(size: usize) -> Result<()> {
+    if !INPUT_SIZES.contains(&size) {
+        bail!(
+            "--resize must be between {} and {}, got {size}",
+            INPUT_SIZES.start(),
+            INPUT_SIZES.end()
+        );
+    }
+    Ok(())
+}
 
 /// Fixed-point precision of Pillow's 8-bit resampling (`32 - 8 - 2`): coefficients are scaled by 2²².
 const PRECISION_BITS: u32 = 32 - 8 - 2;

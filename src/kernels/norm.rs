@@ -116,7 +116,7 @@ pub fn batch_norm_backward(
     dbeta: &mut [f32],
 ) {
     let coeffs = backward_coefficients(x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta);
-    apply_backward(x, y, |row| &dy[row..][..c], c, mean, relu, &coeffs, dx);
+    apply_backward(x, y, Some(dy), c, mean, relu, &coeffs, dx);
 }
 
 /// [`batch_norm_backward`] writing `dx` over `dy_dx` (which holds `dy` on entry): the same arithmetic, bit for
@@ -135,24 +135,7 @@ pub fn batch_norm_backward_in_place(
     dbeta: &mut [f32],
 ) {
     let coeffs = backward_coefficients(x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta);
-    let rows = x.len() / c;
-    let piece = piece_len(rows, 64) * c;
-    let (a, b, k) = (&coeffs.0, &coeffs.1, &coeffs.2);
-    super::par_pieces(dy_dx, piece, |i, out| {
-        let base = i * piece;
-        for (r, o_row) in out.chunks_exact_mut(c).enumerate() {
-            let row = base + r * c;
-            let (xr, yr) = (&x[row..][..c], &y[row..][..c]);
-            for ch in 0..c {
-                let g = if !relu || yr[ch] > 0.0 {
-                    o_row[ch]
-                } else {
-                    0.0
-                };
-                o_row[ch] = g * a[ch] + (xr[ch] - mean[ch]) * b[ch] + k[ch];
-            }
-        }
-    });
+    apply_backward(x, y, None, c, mean, relu, &coeffs, dy_dx);
 }
 
 /// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`; writes `dgamma` and `dbeta`.
@@ -197,12 +180,13 @@ fn backward_coefficients(
     (a, b, k)
 }
 
-/// `dx = g·a + (x−mean)·b + k` with `g` the (ReLU-masked) `dy` row `dy_row(row offset)`.
+/// `dx = g·a + (x−mean)·b + k`, `g` being `dy` masked by `y > 0` when `relu`. `dy` is read from `dy` when given,
+/// else from `dx` itself (in place); each row of `dy` is first copied into `dx`, so both ways run the same arithmetic.
 #[allow(clippy::too_many_arguments)]
-fn apply_backward<'a>(
+fn apply_backward(
     x: &[f32],
     y: &[f32],
-    dy_row: impl Fn(usize) -> &'a [f32] + Sync,
+    dy: Option<&[f32]>,
     c: usize,
     mean: &[f32],
     relu: bool,
@@ -215,9 +199,16 @@ fn apply_backward<'a>(
         let base = i * piece;
         for (r, o_row) in out.chunks_exact_mut(c).enumerate() {
             let row = base + r * c;
-            let (xr, yr, dyr) = (&x[row..][..c], &y[row..][..c], dy_row(row));
+            if let Some(dy) = dy {
+                o_row.copy_from_slice(&dy[row..][..c]);
+            }
+            let (xr, yr) = (&x[row..][..c], &y[row..][..c]);
             for ch in 0..c {
-                let g = if !relu || yr[ch] > 0.0 { dyr[ch] } else { 0.0 };
+                let g = if !relu || yr[ch] > 0.0 {
+                    o_row[ch]
+                } else {
+                    0.0
+                };
                 o_row[ch] = g * a[ch] + (xr[ch] - mean[ch]) * b[ch] + k[ch];
             }
         }

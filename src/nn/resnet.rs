@@ -91,6 +91,26 @@ impl ResNetConfig {
         }
         total.checked_add(mul(in_c, self.num_classes)?.checked_add(self.num_classes)?)
     }
+
+    /// Checks that the configuration describes a network this program builds: one residual count per stage,
+    /// positive channels, classes and widths, at most [`MAX_PARAMS`] parameters. Allocates nothing.
+    pub fn check(&self) -> Result<()> {
+        if self.widths.is_empty() || self.widths.len() != self.residuals.len() {
+            bail!("resnet: need one residual count per stage width, got widths {:?} and residuals {:?}", self.widths, self.residuals);
+        }
+        if self.in_channels == 0 || self.num_classes == 0 || self.widths.contains(&0) {
+            bail!("resnet: channels, classes and widths must be positive");
+        }
+        match self.num_params() {
+            Some(n) if n <= MAX_PARAMS => {}
+            _ => bail!(
+                "resnet: widths {:?} with residuals {:?} describe more than {MAX_PARAMS} parameters, beyond what this program builds",
+                self.widths,
+                self.residuals
+            ),
+        }
+        Ok(())
+    }
 }
 
 /// The most trainable values a network may have (2^28, 24 times the chapter's ResNet-18): a configuration read
@@ -136,20 +156,7 @@ pub fn resnet18(in_channels: usize, num_classes: usize, seed: u64) -> ResNet {
 impl ResNet {
     /// Builds the network for `config`, drawing initial parameters from `seed`.
     pub fn new(config: ResNetConfig, seed: u64) -> Result<Self> {
-        if config.widths.is_empty() || config.widths.len() != config.residuals.len() {
-            bail!("resnet: need one residual count per stage width, got widths {:?} and residuals {:?}", config.widths, config.residuals);
-        }
-        if config.in_channels == 0 || config.num_classes == 0 || config.widths.contains(&0) {
-            bail!("resnet: channels, classes and widths must be positive");
-        }
-        match config.num_params() {
-            Some(n) if n <= MAX_PARAMS => {}
-            _ => bail!(
-                "resnet: widths {:?} with residuals {:?} describe more than {MAX_PARAMS} parameters, beyond what this program builds",
-                config.widths,
-                config.residuals
-            ),
-        }
+        config.check()?;
         let mut rng = InitRng::seed_from_u64(seed);
         let w0 = config.widths[0];
         let stem_conv = Conv2d::new(config.in_channels, w0, 7, 2, 3, &mut rng);
