@@ -11,6 +11,7 @@
 //!   and its channel axes swapped, so it runs as im2col + a GEMM with the full `k·k·cout` depth instead of a
 //!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
+use super::conv_direct;
 use super::gemm::{matmul, MatRef};
 use rayon::prelude::*;
 
@@ -113,6 +114,14 @@ impl ConvGeom {
     pub fn live_patch_len(&self) -> usize {
         self.live_taps() * self.cin
     }
+    /// The live taps `(ky, kx)` in row-major order (the order of the column matrix's tap blocks).
+    pub(crate) fn live_taps_iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        bits(self.live_rows).flat_map(move |ky| bits(self.live_cols).map(move |kx| (ky, kx)))
+    }
+    /// True when this convolution runs on the direct kernels ([`conv_direct`]) on this CPU.
+    pub fn runs_direct(&self) -> bool {
+        !self.is_pointwise() && conv_direct::handles(self) && conv_direct::cpu_supported()
+    }
     fn all_taps_live(&self) -> bool {
         self.live_taps() == self.kh * self.kw
     }
@@ -164,7 +173,12 @@ impl ConvGeom {
         } else {
             0
         };
-        cols + weights.max(flipped)
+        let packed = if self.runs_direct() || self.transposed().is_some_and(|t| t.runs_direct()) {
+            conv_direct::packed_len(self)
+        } else {
+            0
+        };
+        cols + weights.max(flipped) + packed
     }
 }
 
@@ -176,6 +190,12 @@ pub fn im2col(g: &ConvGeom, images: usize, x: &[f32], cols: &mut [f32]) {
     let rows = images * g.oh * g.ow;
     let cols = &mut cols[..rows * k];
     let live_cols = g.live_cols.count_ones() as usize;
+    let first_live_col = g.live_cols.trailing_zeros() as usize;
+    debug_assert_eq!(
+        g.live_cols >> first_live_col,
+        (1 << live_cols) - 1,
+        "live columns are a range"
+    );
     let rows_per_task = (4096 / k).max(1).min(rows.max(1));
     cols.par_chunks_mut(rows_per_task * k)
         .enumerate()
@@ -187,23 +207,24 @@ pub fn im2col(g: &ConvGeom, images: usize, x: &[f32], cols: &mut [f32]) {
                 let oy = (row / g.ow) % g.oh;
                 let ox = row % g.ow;
                 let image = &x[img * g.h * g.w * g.cin..][..g.h * g.w * g.cin];
+                // The live kernel columns are one contiguous range, and so are the input pixels they read on
+                // a line: each tap row is a zero run, one copy, and a zero run (not one copy per tap).
+                let ix0 = (ox * g.stride + first_live_col) as isize - g.pad as isize;
+                let lo = (-ix0).clamp(0, live_cols as isize) as usize;
+                let hi = (g.w as isize - ix0).clamp(lo as isize, live_cols as isize) as usize;
                 for (ti, ky) in bits(g.live_rows).enumerate() {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     let tap_row = &mut col[ti * live_cols * g.cin..][..live_cols * g.cin];
-                    if iy < 0 || iy >= g.h as isize {
+                    if iy < 0 || iy >= g.h as isize || lo == hi {
                         tap_row.fill(0.0);
                         continue;
                     }
                     let line = &image[iy as usize * g.w * g.cin..][..g.w * g.cin];
-                    for (tj, kx) in bits(g.live_cols).enumerate() {
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        let dst = &mut tap_row[tj * g.cin..][..g.cin];
-                        if ix < 0 || ix >= g.w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            dst.copy_from_slice(&line[ix as usize * g.cin..][..g.cin]);
-                        }
-                    }
+                    let first_ix = (ix0 + lo as isize) as usize;
+                    tap_row[..lo * g.cin].fill(0.0);
+                    tap_row[lo * g.cin..hi * g.cin]
+                        .copy_from_slice(&line[first_ix * g.cin..][..(hi - lo) * g.cin]);
+                    tap_row[hi * g.cin..].fill(0.0);
                 }
             }
         });
@@ -338,7 +359,11 @@ pub fn conv2d_forward(
             row.copy_from_slice(bias);
         }
     });
-    if g.all_taps_live() {
+    if g.runs_direct() {
+        let packed = &mut workspace[..conv_direct::packed_len(g)];
+        conv_direct::pack_weights(g, w, packed);
+        conv_direct::conv_direct(g, n, x, packed, y, true);
+    } else if g.all_taps_live() {
         conv_gemm(g, n, x, w, y, true, workspace);
     } else {
         let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
@@ -439,7 +464,13 @@ pub fn conv2d_backward(
                 }
             }
         }
-        conv_gemm(&t, n, dy, flipped, dx, false, cols);
+        if t.runs_direct() {
+            let packed = &mut cols[..conv_direct::packed_len(&t)];
+            conv_direct::pack_weights(&t, flipped, packed);
+            conv_direct::conv_direct(&t, n, dy, packed, dx, false);
+        } else {
+            conv_gemm(&t, n, dy, flipped, dx, false, cols);
+        }
         return;
     }
 
@@ -482,5 +513,93 @@ mod tests {
             ConvGeom::new(1, 8, 7, 2, 3, 28, 28).unwrap().live_taps(),
             49
         );
+    }
+
+    /// Naive NHWC convolution: `y [n, oh, ow, cout] = conv(x, w [kh·kw·cin, cout])`.
+    fn naive_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * g.oh * g.ow * g.cout];
+        for img in 0..n {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let out = &mut y[((img * g.oh + oy) * g.ow + ox) * g.cout..][..g.cout];
+                    for ky in 0..g.kh {
+                        for kx in 0..g.kw {
+                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                continue;
+                            }
+                            for ci in 0..g.cin {
+                                let v =
+                                    x[((img * g.h + iy as usize) * g.w + ix as usize) * g.cin + ci];
+                                for (co, o) in out.iter_mut().enumerate() {
+                                    *o += v * w[((ky * g.kw + kx) * g.cin + ci) * g.cout + co];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn direct_and_im2col_paths_match_a_naive_convolution() {
+        // (cin, cout, k, stride, pad, h, w, n): odd planes, stride 2, dead taps (1×1 plane), a 1×1 stride-2
+        // shortcut, a 5×5 kernel, row counts that leave partial 6-row tiles, the single-channel stem, and 128
+        // channels (the direct kernel splits its taps in two passes).
+        let cases = [
+            (16, 16, 3, 1, 1, 5, 7, 3),
+            (32, 48, 3, 2, 1, 9, 9, 2),
+            (16, 32, 3, 1, 1, 1, 1, 7),
+            (24, 16, 1, 2, 0, 6, 6, 2),
+            (16, 16, 5, 1, 2, 4, 4, 3),
+            (64, 64, 3, 1, 1, 8, 8, 4),
+            (1, 16, 7, 2, 3, 12, 12, 2),
+            (128, 32, 3, 1, 1, 3, 3, 3),
+        ];
+        for (cin, cout, k, s, p, h, w, n) in cases {
+            let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();
+            let x: Vec<f32> = (0..n * h * w * cin)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
+                .collect();
+            let wt: Vec<f32> = (0..k * k * cin * cout)
+                .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
+                .collect();
+            let want = naive_conv(&g, n, &x, &wt);
+            let close = |got: &[f32], what: &str| {
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{what} {cin}->{cout} k{k} s{s} p{p} {h}x{w}: y[{i}] = {a}, want {b}"
+                    );
+                }
+            };
+            // Portable path: im2col + gemm over the live taps.
+            let mut ws = vec![0.0f32; g.workspace_len(n)];
+            let mut y = vec![0.0f32; want.len()];
+            if g.all_taps_live() {
+                conv_gemm(&g, n, &x, &wt, &mut y, false, &mut ws);
+            } else {
+                let (wl, cols) = ws.split_at_mut(g.live_patch_len() * g.cout);
+                gather_live_weights(&g, &wt, wl);
+                conv_gemm(&g, n, &x, wl, &mut y, false, cols);
+            }
+            close(&y, "im2col");
+            if !(conv_direct::handles(&g) && conv_direct::cpu_supported()) {
+                continue;
+            }
+            let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
+            conv_direct::pack_weights(&g, &wt, &mut packed);
+            conv_direct::conv_direct(&g, n, &x, &packed, &mut y, false);
+            close(&y, "direct");
+            // Accumulating onto a bias-filled output adds exactly the bias.
+            let mut y2 = vec![0.5f32; want.len()];
+            conv_direct::conv_direct(&g, n, &x, &packed, &mut y2, true);
+            for (a, b) in y2.iter().zip(&y) {
+                assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
+            }
+        }
     }
 }

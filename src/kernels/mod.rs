@@ -4,6 +4,7 @@
 //! so that a convolution is `im2col(x) [rows, kh·kw·cin] × w [kh·kw·cin, cout]`, which yields NHWC directly.
 
 pub mod conv;
+pub mod conv_direct;
 pub mod gemm;
 pub mod linear;
 pub mod loss;

@@ -1,0 +1,258 @@
+//! Direct ("implicit GEMM") convolution for x86-64 CPUs with AVX2 and FMA: the same product as
+//! `im2col(x) × w`, but the micro-kernel reads each output row's patch straight from the NHWC input, so the
+//! nine-times-larger column matrix is never written, and nothing is packed or allocated per call.
+//!
+//! Shapes: input `x [n, h, w, cin]`, output `y [n, oh, ow, cout]` seen as `[rows = n·oh·ow, cout]`, weights
+//! packed by [`pack_weights`] into column panels `[cout / 16, live_taps·cin, 16]`.
+//!
+//! Structure: a 6-row × 16-column tile of `y` lives in twelve AVX registers for the whole reduction over the
+//! live taps and input channels; for each tap, each of the six rows points either into the input image or at a
+//! block of zeros (the padding), so a channel step is six broadcasts, two loads of the weight panel and twelve
+//! FMAs. Rayon tasks own groups of tiles; within a group one 16-column weight panel is reused by every tile
+//! while it sits in L2.
+
+use super::conv::ConvGeom;
+use rayon::prelude::*;
+
+/// Rows per register tile.
+const MR: usize = 6;
+/// Output channels per register tile (two AVX vectors).
+pub const NR: usize = 16;
+/// Most register tiles per rayon task (96 output rows): a pass's weights are reused by every tile of the task.
+const TILES_PER_TASK: usize = 16;
+/// Weight floats per pass over a task's tiles (64 KiB, measured best of 16–64 KiB with 8–32 tiles per task).
+const TAP_PASS_FLOATS: usize = 16 * 1024;
+/// Most live taps the direct path handles (a 7×7 kernel); beyond it the im2col path runs.
+pub const MAX_TAPS: usize = 49;
+/// Most input channels the direct path handles (the length of the zero block that stands for padding).
+pub const MAX_CIN: usize = 2048;
+
+/// Fewest input channels the direct path takes.
+pub const MIN_CIN: usize = 16;
+
+static ZEROS: [f32; MAX_CIN] = [0.0; MAX_CIN];
+
+/// True when this CPU can run the direct kernels (checked once). `RESNET_PORTABLE=1` in the environment
+/// forces the portable im2col + `gemm` path, which is what a CPU without AVX2 runs.
+pub fn cpu_supported() -> bool {
+    use std::sync::OnceLock;
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let forced_portable =
+            std::env::var_os("RESNET_PORTABLE").is_some_and(|v| v != "0" && !v.is_empty());
+        !forced_portable && detect()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+/// True when [`conv_direct`] can compute this geometry (on a CPU where [`cpu_supported`] holds).
+///
+/// Narrow inputs (the stem's single channel) stay on im2col + GEMM: with a handful of channels per tap, setting up
+/// the row pointers costs as much as the multiply-adds (measured: the stem's forward took twice as long).
+pub fn handles(g: &ConvGeom) -> bool {
+    g.cout.is_multiple_of(NR)
+        && g.cout > 0
+        && (MIN_CIN..=MAX_CIN).contains(&g.cin)
+        && g.live_taps() <= MAX_TAPS
+}
+
+/// Floats [`pack_weights`] writes: `live_taps·cin·cout`.
+pub fn packed_len(g: &ConvGeom) -> usize {
+    g.live_patch_len() * g.cout
+}
+
+/// Packs the live-tap rows of `w [kh·kw·cin, cout]` (HWIO) into `packed [cout / 16, live_taps·cin, 16]`.
+pub fn pack_weights(g: &ConvGeom, w: &[f32], packed: &mut [f32]) {
+    let k = g.live_patch_len();
+    let packed = &mut packed[..k * g.cout];
+    packed
+        .par_chunks_mut(k * NR)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            let mut row = 0;
+            for (ky, kx) in g.live_taps_iter() {
+                for ci in 0..g.cin {
+                    let src = &w[((ky * g.kw + kx) * g.cin + ci) * g.cout + panel * NR..][..NR];
+                    out[row * NR..][..NR].copy_from_slice(src);
+                    row += 1;
+                }
+            }
+        });
+}
+
+/// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], packed)`: adds onto `y` when `accumulate`, else overwrites.
+///
+/// Panics unless [`cpu_supported`] and [`handles`]`(g)` hold and the slices fit their shapes.
+pub fn conv_direct(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    packed: &[f32],
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    assert!(cpu_supported() && handles(g), "conv_direct: unsupported");
+    let rows = n * g.oh * g.ow;
+    let k = g.live_patch_len();
+    assert!(x.len() >= n * g.h * g.w * g.cin, "conv_direct: x too short");
+    assert!(packed.len() >= k * g.cout, "conv_direct: packed too short");
+    let y = &mut y[..rows * g.cout];
+    // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
+    let tiles_total = rows.div_ceil(MR);
+    let tiles_per_task = tiles_total
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .clamp(1, TILES_PER_TASK);
+    let rows_per_task = MR * tiles_per_task;
+    y.par_chunks_mut(rows_per_task * g.cout)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first_row = task * rows_per_task;
+            let task_rows = out.len() / g.cout;
+            // Row pointers of every tile in the task: [tile][tap][row].
+            let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
+            let tiles = task_rows.div_ceil(MR);
+            let taps = g.live_taps();
+            for tile in 0..tiles {
+                for r in 0..MR {
+                    // Rows past the end repeat the tile's first row; they are computed and never stored.
+                    let row = if tile * MR + r < task_rows {
+                        first_row + tile * MR + r
+                    } else {
+                        first_row + tile * MR
+                    };
+                    let img = row / (g.oh * g.ow);
+                    let oy = (row / g.ow) % g.oh;
+                    let ox = row % g.ow;
+                    for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        let p = if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
+                            ZEROS.as_ptr()
+                        } else {
+                            x[((img * g.h + iy as usize) * g.w + ix as usize) * g.cin..][..g.cin]
+                                .as_ptr()
+                        };
+                        ptrs[(tile * MAX_TAPS + t) * MR + r] = p;
+                    }
+                }
+            }
+            // Taps per pass: a pass's slice of the weight panel (taps·cin·16 floats) stays within 64 KiB so
+            // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
+            let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, taps);
+            for panel in 0..g.cout / NR {
+                let wpanel = &packed[panel * k * NR..][..k * NR];
+                let mut first_tap = 0;
+                while first_tap < taps {
+                    let pass_taps = taps_per_pass.min(taps - first_tap);
+                    let wpass = &wpanel[first_tap * g.cin * NR..][..pass_taps * g.cin * NR];
+                    for tile in 0..tiles {
+                        let tile_rows = (task_rows - tile * MR).min(MR);
+                        let tile_ptrs =
+                            &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
+                        let dst = &mut out[tile * MR * g.cout + panel * NR..];
+                        // SAFETY: cpu_supported() checked AVX2+FMA. Every row pointer points at `cin` readable
+                        // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); wpass holds
+                        // pass_taps·cin·16 floats; dst holds (tile_rows − 1)·cout + 16 floats because the panel
+                        // ends within each row.
+                        unsafe {
+                            tile_6x16(
+                                tile_ptrs,
+                                pass_taps,
+                                g.cin,
+                                wpass.as_ptr(),
+                                dst.as_mut_ptr(),
+                                g.cout,
+                                tile_rows,
+                                accumulate || first_tap > 0,
+                            );
+                        }
+                    }
+                    first_tap += pass_taps;
+                }
+            }
+        });
+}
+
+/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · w[(t·cin + c)·16 + 0..16]` for `i < rows`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, `w` for
+/// `taps·cin·16`, and `dst` writable at `i·dst_stride + 0..16` for `i < rows`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_6x16(
+    ptrs: &[*const f32],
+    taps: usize,
+    cin: usize,
+    w: *const f32,
+    dst: *mut f32,
+    dst_stride: usize,
+    rows: usize,
+    accumulate: bool,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut wp = w;
+    for t in 0..taps {
+        let p = &ptrs[t * MR..t * MR + MR];
+        let (p0, p1, p2, p3, p4, p5) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        for c in 0..cin {
+            let b0 = _mm256_loadu_ps(wp);
+            let b1 = _mm256_loadu_ps(wp.add(8));
+            wp = wp.add(NR);
+            let a = _mm256_broadcast_ss(&*p0.add(c));
+            acc[0][0] = _mm256_fmadd_ps(a, b0, acc[0][0]);
+            acc[0][1] = _mm256_fmadd_ps(a, b1, acc[0][1]);
+            let a = _mm256_broadcast_ss(&*p1.add(c));
+            acc[1][0] = _mm256_fmadd_ps(a, b0, acc[1][0]);
+            acc[1][1] = _mm256_fmadd_ps(a, b1, acc[1][1]);
+            let a = _mm256_broadcast_ss(&*p2.add(c));
+            acc[2][0] = _mm256_fmadd_ps(a, b0, acc[2][0]);
+            acc[2][1] = _mm256_fmadd_ps(a, b1, acc[2][1]);
+            let a = _mm256_broadcast_ss(&*p3.add(c));
+            acc[3][0] = _mm256_fmadd_ps(a, b0, acc[3][0]);
+            acc[3][1] = _mm256_fmadd_ps(a, b1, acc[3][1]);
+            let a = _mm256_broadcast_ss(&*p4.add(c));
+            acc[4][0] = _mm256_fmadd_ps(a, b0, acc[4][0]);
+            acc[4][1] = _mm256_fmadd_ps(a, b1, acc[4][1]);
+            let a = _mm256_broadcast_ss(&*p5.add(c));
+            acc[5][0] = _mm256_fmadd_ps(a, b0, acc[5][0]);
+            acc[5][1] = _mm256_fmadd_ps(a, b1, acc[5][1]);
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate().take(rows) {
+        let d = dst.add(i * dst_stride);
+        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
+        if accumulate {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+        }
+        _mm256_storeu_ps(d, v0);
+        _mm256_storeu_ps(d.add(8), v1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_6x16(
+    _ptrs: &[*const f32],
+    _taps: usize,
+    _cin: usize,
+    _w: *const f32,
+    _dst: *mut f32,
+    _dst_stride: usize,
+    _rows: usize,
+    _accumulate: bool,
+) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
