@@ -174,7 +174,8 @@ impl ConvGeom {
             0
         };
         let packed = if self.runs_direct() || self.transposed().is_some_and(|t| t.runs_direct()) {
-            conv_direct::packed_len(self)
+            // packed weights, and the folded shift of conv2d_forward_affine
+            conv_direct::packed_len(self) + self.cout
         } else {
             0
         };
@@ -362,7 +363,7 @@ pub fn conv2d_forward(
     if g.runs_direct() {
         let packed = &mut workspace[..conv_direct::packed_len(g)];
         conv_direct::pack_weights(g, w, packed);
-        conv_direct::conv_direct(g, n, x, packed, y, true);
+        conv_direct::conv_direct(g, n, x, packed, y, true, None);
     } else if g.all_taps_live() {
         conv_gemm(g, n, x, w, y, true, workspace);
     } else {
@@ -370,6 +371,51 @@ pub fn conv2d_forward(
         gather_live_weights(g, w, wl);
         conv_gemm(g, n, x, wl, y, true, cols);
     }
+}
+
+/// Eval-mode convolution followed by a per-channel affine map (a batch norm with running statistics) and an
+/// optional ReLU: `y [n, oh, ow, cout] = relu?((conv(x, w) + bias)·scale + shift)`, in one pass over `y` on the
+/// direct kernels (the bias is folded into the shift), in two otherwise. `workspace` as for
+/// [`conv2d_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_affine(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    relu: bool,
+    y: &mut [f32],
+    workspace: &mut [f32],
+) {
+    if g.runs_direct() {
+        let (packed, rest) = workspace.split_at_mut(conv_direct::packed_len(g));
+        let folded_shift = &mut rest[..g.cout];
+        for (co, f) in folded_shift.iter_mut().enumerate() {
+            *f = bias[co] * scale[co] + shift[co];
+        }
+        conv_direct::pack_weights(g, w, packed);
+        let affine = conv_direct::Affine {
+            scale,
+            shift: folded_shift,
+            relu,
+        };
+        conv_direct::conv_direct(g, n, x, packed, y, false, Some(affine));
+        return;
+    }
+    conv2d_forward(g, n, x, w, bias, y, workspace);
+    let out = &mut y[..n * g.oh * g.ow * g.cout];
+    let piece = super::piece_len(n * g.oh * g.ow, 64) * g.cout;
+    super::par_pieces(out, piece, |_, rows| {
+        for row in rows.chunks_exact_mut(g.cout) {
+            for ((v, s), t) in row.iter_mut().zip(scale).zip(shift) {
+                let a = *v * s + t;
+                *v = if relu { a.max(0.0) } else { a };
+            }
+        }
+    });
 }
 
 /// Backward convolution. Given `dy [n, oh, ow, cout]` and the forward input `x`, writes (overwrites)
@@ -467,7 +513,7 @@ pub fn conv2d_backward(
         if t.runs_direct() {
             let packed = &mut cols[..conv_direct::packed_len(&t)];
             conv_direct::pack_weights(&t, flipped, packed);
-            conv_direct::conv_direct(&t, n, dy, packed, dx, false);
+            conv_direct::conv_direct(&t, n, dy, packed, dx, false, None);
         } else {
             conv_gemm(&t, n, dy, flipped, dx, false, cols);
         }
@@ -587,16 +633,35 @@ mod tests {
                 conv_gemm(&g, n, &x, wl, &mut y, false, cols);
             }
             close(&y, "im2col");
+            // Eval-mode conv + batch norm + ReLU in one call (direct epilogue or a second pass).
+            let bias: Vec<f32> = (0..cout).map(|co| co as f32 / 7.0 - 1.0).collect();
+            let scale: Vec<f32> = (0..cout).map(|co| 0.5 + co as f32 / 9.0).collect();
+            let shift: Vec<f32> = (0..cout).map(|co| 0.3 - co as f32 / 11.0).collect();
+            for relu in [false, true] {
+                let mut ya = vec![f32::NAN; want.len()];
+                conv2d_forward_affine(
+                    &g, n, &x, &wt, &bias, &scale, &shift, relu, &mut ya, &mut ws,
+                );
+                for (i, (a, b)) in ya.iter().zip(&want).enumerate() {
+                    let co = i % cout;
+                    let v = (b + bias[co]) * scale[co] + shift[co];
+                    let v = if relu { v.max(0.0) } else { v };
+                    assert!(
+                        (a - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                        "affine relu={relu} {cin}->{cout} k{k}: y[{i}] = {a}, want {v}"
+                    );
+                }
+            }
             if !(conv_direct::handles(&g) && conv_direct::cpu_supported()) {
                 continue;
             }
             let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
             conv_direct::pack_weights(&g, &wt, &mut packed);
-            conv_direct::conv_direct(&g, n, &x, &packed, &mut y, false);
+            conv_direct::conv_direct(&g, n, &x, &packed, &mut y, false, None);
             close(&y, "direct");
             // Accumulating onto a bias-filled output adds exactly the bias.
             let mut y2 = vec![0.5f32; want.len()];
-            conv_direct::conv_direct(&g, n, &x, &packed, &mut y2, true);
+            conv_direct::conv_direct(&g, n, &x, &packed, &mut y2, true, None);
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
             }

@@ -89,7 +89,20 @@ pub fn pack_weights(g: &ConvGeom, w: &[f32], packed: &mut [f32]) {
         });
 }
 
-/// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], packed)`: adds onto `y` when `accumulate`, else overwrites.
+/// A per-output-channel affine map applied as each tile is stored: `v·scale + shift`, then `max(·, 0)` when
+/// `relu` (an eval-mode batch norm, with the conv bias folded into `shift`).
+#[derive(Clone, Copy)]
+pub struct Affine<'a> {
+    /// `[cout]`
+    pub scale: &'a [f32],
+    /// `[cout]`
+    pub shift: &'a [f32],
+    /// Clamp at zero after the affine map.
+    pub relu: bool,
+}
+
+/// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], packed)`: adds onto `y` when `accumulate`, else overwrites;
+/// with `affine`, the map is applied to the (accumulated) sum before it is stored.
 ///
 /// Panics unless [`cpu_supported`] and [`handles`]`(g)` hold and the slices fit their shapes.
 pub fn conv_direct(
@@ -99,6 +112,7 @@ pub fn conv_direct(
     packed: &[f32],
     y: &mut [f32],
     accumulate: bool,
+    affine: Option<Affine<'_>>,
 ) {
     assert!(cpu_supported() && handles(g), "conv_direct: unsupported");
     let rows = n * g.oh * g.ow;
@@ -106,6 +120,12 @@ pub fn conv_direct(
     assert!(x.len() >= n * g.h * g.w * g.cin, "conv_direct: x too short");
     assert!(packed.len() >= k * g.cout, "conv_direct: packed too short");
     let y = &mut y[..rows * g.cout];
+    if let Some(a) = &affine {
+        assert!(
+            a.scale.len() >= g.cout && a.shift.len() >= g.cout,
+            "conv_direct: affine too short"
+        );
+    }
     // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
     let tiles_total = rows.div_ceil(MR);
     let tiles_per_task = tiles_total
@@ -154,6 +174,14 @@ pub fn conv_direct(
                 while first_tap < taps {
                     let pass_taps = taps_per_pass.min(taps - first_tap);
                     let wpass = &wpanel[first_tap * g.cin * NR..][..pass_taps * g.cin * NR];
+                    // The affine map goes with the last pass, once the sum is complete.
+                    let store_affine = affine.filter(|_| first_tap + pass_taps == taps).map(|a| {
+                        (
+                            a.scale[panel * NR..].as_ptr(),
+                            a.shift[panel * NR..].as_ptr(),
+                            a.relu,
+                        )
+                    });
                     for tile in 0..tiles {
                         let tile_rows = (task_rows - tile * MR).min(MR);
                         let tile_ptrs =
@@ -173,6 +201,7 @@ pub fn conv_direct(
                                 g.cout,
                                 tile_rows,
                                 accumulate || first_tap > 0,
+                                store_affine,
                             );
                         }
                     }
@@ -182,11 +211,13 @@ pub fn conv_direct(
         });
 }
 
-/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · w[(t·cin + c)·16 + 0..16]` for `i < rows`.
+/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · w[(t·cin + c)·16 + 0..16]` for `i < rows`,
+/// then, with `affine = (scale, shift, relu)`, `dst = relu?(dst·scale + shift)`.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, `w` for
-/// `taps·cin·16`, and `dst` writable at `i·dst_stride + 0..16` for `i < rows`.
+/// `taps·cin·16`, `dst` writable at `i·dst_stride + 0..16` for `i < rows`, and the affine pointers readable
+/// for 16 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -199,6 +230,7 @@ unsafe fn tile_6x16(
     dst_stride: usize,
     rows: usize,
     accumulate: bool,
+    affine: Option<(*const f32, *const f32, bool)>,
 ) {
     use core::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
@@ -237,6 +269,18 @@ unsafe fn tile_6x16(
             v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
             v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
         }
+        if let Some((scale, shift, relu)) = affine {
+            v0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(scale), _mm256_loadu_ps(shift));
+            v1 = _mm256_fmadd_ps(
+                v1,
+                _mm256_loadu_ps(scale.add(8)),
+                _mm256_loadu_ps(shift.add(8)),
+            );
+            if relu {
+                v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+                v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+            }
+        }
         _mm256_storeu_ps(d, v0);
         _mm256_storeu_ps(d.add(8), v1);
     }
@@ -253,6 +297,7 @@ unsafe fn tile_6x16(
     _dst_stride: usize,
     _rows: usize,
     _accumulate: bool,
+    _affine: Option<(*const f32, *const f32, bool)>,
 ) {
     unreachable!("cpu_supported() is false off x86-64")
 }

@@ -40,6 +40,9 @@ pub struct BatchNorm2d {
     save_mean: Vec<f32>,
     save_invstd: Vec<f32>,
     batch_var: Vec<f32>,
+    /// Eval mode as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
+    eval_scale: Vec<f32>,
+    eval_shift: Vec<f32>,
 }
 
 impl BatchNorm2d {
@@ -64,6 +67,8 @@ impl BatchNorm2d {
             save_mean: vec![0.0; c],
             save_invstd: vec![0.0; c],
             batch_var: vec![0.0; c],
+            eval_scale: vec![0.0; c],
+            eval_shift: vec![0.0; c],
         }
     }
 
@@ -101,6 +106,18 @@ impl BatchNorm2d {
             self.relu,
             &mut self.out,
         );
+    }
+
+    /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
+    /// `shift = bias − running_mean·scale`), for a producer that applies it as it writes (see
+    /// [`crate::nn::Conv2d::forward_bn_eval`]). Returns `(scale, shift)`, each `[c]`.
+    pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
+        for ch in 0..self.num_features {
+            let invstd = 1.0 / (self.running_var[ch] + self.eps).sqrt();
+            self.eval_scale[ch] = self.weight[ch] * invstd;
+            self.eval_shift[ch] = self.bias[ch] - self.running_mean[ch] * self.eval_scale[ch];
+        }
+        (&self.eval_scale, &self.eval_shift)
     }
 
     /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients

@@ -1,7 +1,8 @@
 //! `Conv2d` with bias (every conv of the chapter has one): forward and backward over NHWC batches.
 
+use super::batch_norm::BatchNorm2d;
 use super::{ensure_len, uniform_init, InitRng, Workspace};
-use crate::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
+use crate::kernels::conv::{conv2d_backward, conv2d_forward, conv2d_forward_affine, ConvGeom};
 use crate::Shape4;
 
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
@@ -108,6 +109,42 @@ impl Conv2d {
             &mut self.out,
             workspace,
         );
+        self.out_shape
+    }
+
+    /// Eval mode only: this conv followed by `bn` with its running statistics (and its ReLU), written straight
+    /// into `bn.out` in one pass, as `bn.forward(&self.out, …, false)` would leave it (to rounding). `self.out`
+    /// is not written, so no backward may follow.
+    pub fn forward_bn_eval(
+        &mut self,
+        x: &[f32],
+        xs: Shape4,
+        bn: &mut BatchNorm2d,
+        ws: &mut Workspace,
+    ) -> Shape4 {
+        let g = self
+            .geom(xs)
+            .expect("conv2d: input shape checked by the model");
+        self.in_shape = xs;
+        self.out_shape = Shape4::new(xs.n, self.out_channels, g.oh, g.ow);
+        let relu = bn.relu;
+        let mut out = std::mem::take(&mut bn.out);
+        ensure_len(&mut out, self.out_shape.len());
+        let (scale, shift) = bn.eval_affine();
+        let workspace = ws.get(g.workspace_len(xs.n));
+        conv2d_forward_affine(
+            &g,
+            xs.n,
+            x,
+            &self.weight,
+            &self.bias,
+            scale,
+            shift,
+            relu,
+            &mut out,
+            workspace,
+        );
+        bn.out = out;
         self.out_shape
     }
 

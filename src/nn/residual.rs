@@ -63,10 +63,18 @@ impl Residual {
 
     /// Forward over `x` (NHWC, shape `xs`, checked with [`Residual::output_shape`]); fills [`Residual::out`].
     pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool, ws: &mut Workspace) -> Shape4 {
-        let s1 = self.conv1.forward(x, xs, ws);
-        self.bn1.forward(&self.conv1.out, s1, train);
-        let s2 = self.conv2.forward(&self.bn1.out, s1, ws);
-        self.bn2.forward(&self.conv2.out, s2, train);
+        let s2 = if train {
+            let s1 = self.conv1.forward(x, xs, ws);
+            self.bn1.forward(&self.conv1.out, s1, train);
+            let s2 = self.conv2.forward(&self.bn1.out, s1, ws);
+            self.bn2.forward(&self.conv2.out, s2, train);
+            s2
+        } else {
+            // Eval: each batch norm is applied as its conv writes (one pass over the activation, not three).
+            let s1 = self.conv1.forward_bn_eval(x, xs, &mut self.bn1, ws);
+            self.conv2
+                .forward_bn_eval(&self.bn1.out, s1, &mut self.bn2, ws)
+        };
         ensure_len(&mut self.out, s2.len());
         let shortcut: &[f32] = match &mut self.conv3 {
             Some(c3) => {

@@ -262,8 +262,13 @@ impl ResNet {
         let train = self.train;
         let ws = &mut self.workspace;
         self.input_shape = xs;
-        let s = self.stem_conv.forward(x, xs, ws);
-        self.stem_bn.forward(&self.stem_conv.out, s, train);
+        let s = if train {
+            let s = self.stem_conv.forward(x, xs, ws);
+            self.stem_bn.forward(&self.stem_conv.out, s, train);
+            s
+        } else {
+            self.stem_conv.forward_bn_eval(x, xs, &mut self.stem_bn, ws)
+        };
         let pg = PoolGeom::new(s.c, 3, 2, 1, s.h, s.w).expect("checked by shape_walk");
         self.pool_geom = Some(pg);
         let mut s = Shape4::new(s.n, s.c, pg.oh, pg.ow);
