@@ -179,6 +179,11 @@ impl ConvGeom {
         } else {
             0
         };
+        let cols = if conv_direct::weight_grad_handles(self) {
+            cols.max(conv_direct::weight_grad_chunk(self, n).1)
+        } else {
+            cols
+        };
         cols + weights.max(flipped) + packed
     }
 }
@@ -474,7 +479,12 @@ pub fn conv2d_backward(
     // dw = Σ_chunks im2col(x)ᵀ · dy
     let chunk = g.chunk_images(n);
     let plane_in = g.h * g.w * g.cin;
-    let mut first = 0;
+    let mut first = if conv_direct::weight_grad_handles(g) {
+        conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, cols);
+        n
+    } else {
+        0
+    };
     while first < n {
         let images = chunk.min(n - first);
         let rows = images * rows_per_image;
@@ -594,7 +604,8 @@ mod tests {
     fn direct_and_im2col_paths_match_a_naive_convolution() {
         // (cin, cout, k, stride, pad, h, w, n): odd planes, stride 2, dead taps (1×1 plane), a 1×1 stride-2
         // shortcut, a 5×5 kernel, row counts that leave partial 6-row tiles, the single-channel stem, and 128
-        // channels (the direct kernel splits its taps in two passes).
+        // channels (the direct kernel splits its taps in two passes), and planes wide enough for the
+        // channel-major weight gradient (with channel counts that leave partial 6-channel tiles).
         let cases = [
             (16, 16, 3, 1, 1, 5, 7, 3),
             (32, 48, 3, 2, 1, 9, 9, 2),
@@ -604,6 +615,8 @@ mod tests {
             (64, 64, 3, 1, 1, 8, 8, 4),
             (1, 16, 7, 2, 3, 12, 12, 2),
             (128, 32, 3, 1, 1, 3, 3, 3),
+            (16, 16, 3, 1, 1, 12, 12, 5),
+            (20, 32, 3, 1, 1, 9, 10, 2),
         ];
         for (cin, cout, k, s, p, h, w, n) in cases {
             let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();
@@ -633,6 +646,43 @@ mod tests {
                 conv_gemm(&g, n, &x, wl, &mut y, false, cols);
             }
             close(&y, "im2col");
+            // Weight gradient through conv2d_backward (the channel-major kernel where it applies), dy = y.
+            let mut want_dw = vec![0.0f32; g.patch_len() * g.cout];
+            for img in 0..n {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let d = &want[((img * g.oh + oy) * g.ow + ox) * g.cout..][..g.cout];
+                        for ky in 0..g.kh {
+                            for kx in 0..g.kw {
+                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                for ci in 0..g.cin {
+                                    let v = x[((img * g.h + iy as usize) * g.w + ix as usize)
+                                        * g.cin
+                                        + ci];
+                                    let row = &mut want_dw
+                                        [((ky * g.kw + kx) * g.cin + ci) * g.cout..][..g.cout];
+                                    for (o, dv) in row.iter_mut().zip(d) {
+                                        *o += v * dv;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let mut dw = vec![f32::NAN; want_dw.len()];
+            let mut db = vec![0.0f32; cout];
+            conv2d_backward(&g, n, &x, &wt, &want, &mut dw, &mut db, None, &mut ws);
+            for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "dw {cin}->{cout} k{k} s{s} p{p} {h}x{w}: dw[{i}] = {a}, want {b}"
+                );
+            }
             // Eval-mode conv + batch norm + ReLU in one call (direct epilogue or a second pass).
             let bias: Vec<f32> = (0..cout).map(|co| co as f32 / 7.0 - 1.0).collect();
             let scale: Vec<f32> = (0..cout).map(|co| 0.5 + co as f32 / 9.0).collect();
@@ -665,6 +715,47 @@ mod tests {
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
             }
+        }
+    }
+
+    #[test]
+    fn channel_major_weight_gradient_matches_im2col_over_several_chunks() {
+        // 64 channels on a 64×64 plane: 7 images per chunk, so 9 images take two chunks.
+        let (n, cin, cout, side) = (9, 64, 16, 64);
+        let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
+        if !conv_direct::weight_grad_handles(&g) {
+            return;
+        }
+        assert!(conv_direct::weight_grad_chunk(&g, n).0 < n);
+        let x: Vec<f32> = (0..n * side * side * cin)
+            .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
+            .collect();
+        let dy: Vec<f32> = (0..n * side * side * cout)
+            .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
+            .collect();
+        let k = g.patch_len();
+        let mut want = vec![0.0f32; k * cout];
+        let mut cols = vec![0.0f32; side * side * k];
+        for img in 0..n {
+            im2col(&g, 1, &x[img * side * side * cin..], &mut cols);
+            matmul(
+                k,
+                cout,
+                side * side,
+                &mut want,
+                img > 0,
+                MatRef::transposed(&cols, k),
+                MatRef::row_major(&dy[img * side * side * cout..][..side * side * cout], cout),
+            );
+        }
+        let mut ws = vec![0.0f32; conv_direct::weight_grad_chunk(&g, n).1];
+        let mut dw = vec![f32::NAN; k * cout];
+        conv_direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
+        for (i, (a, b)) in dw.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                "dw[{i}] = {a}, want {b}"
+            );
         }
     }
 }

@@ -301,3 +301,194 @@ unsafe fn tile_6x16(
 ) {
     unreachable!("cpu_supported() is false off x86-64")
 }
+
+/// Narrowest output plane the channel-major weight gradient takes: its inner loop runs along an output row.
+pub const DW_MIN_OW: usize = 8;
+/// Floats of channel-major, padded input one weight-gradient chunk holds (8 MiB, as the im2col chunks).
+const DW_CHUNK_FLOATS: usize = 2 << 20;
+
+/// True when [`conv_weight_grad_cm`] computes this geometry's weight gradient: stride 1, every tap live,
+/// output rows at least [`DW_MIN_OW`] wide (plus [`handles`] and [`cpu_supported`]).
+pub fn weight_grad_handles(g: &ConvGeom) -> bool {
+    g.stride == 1
+        && g.live_taps() == g.kh * g.kw
+        && g.ow >= DW_MIN_OW
+        && handles(g)
+        && cpu_supported()
+}
+
+/// Images per chunk of [`conv_weight_grad_cm`], and the workspace floats it needs for a batch of `n`.
+pub fn weight_grad_chunk(g: &ConvGeom, n: usize) -> (usize, usize) {
+    let per_image = g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+    let images = (DW_CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1));
+    (images, images * per_image)
+}
+
+/// Weight gradient of a stride-1 convolution, `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy` (overwritten), with
+/// `x [n, h, w, cin]` and `dy [n, oh, ow, cout]`. `workspace` holds `weight_grad_chunk(g, n).1` floats.
+///
+/// Each chunk of images is first copied channel-major with its zero border, `[images, cin, h + 2·pad,
+/// w + 2·pad]`: then one patch element (tap, channel) is a contiguous run along every output row, and a 6×16
+/// register tile (six channels of one tap × sixteen output channels) accumulates over whole images with six
+/// streaming reads and one 16-wide `dy` row per output position. Rayon tasks own disjoint 16-column panels of
+/// `dw`; images and positions are summed in a fixed order, so the result does not depend on the thread count.
+pub fn conv_weight_grad_cm(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    workspace: &mut [f32],
+) {
+    assert!(weight_grad_handles(g), "conv_weight_grad_cm: unsupported");
+    let (chunk, chunk_floats) = weight_grad_chunk(g, n);
+    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    let plane_in = g.h * g.w * g.cin;
+    let plane_out = g.oh * g.ow * g.cout;
+    assert!(
+        x.len() >= n * plane_in && dy.len() >= n * plane_out,
+        "conv_weight_grad_cm: short input"
+    );
+    let dw = &mut dw[..g.patch_len() * g.cout];
+    let xp = &mut workspace[..chunk_floats];
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        // Channel-major copy with zero border, one task per image.
+        xp[..images * g.cin * hp * wp]
+            .par_chunks_mut(g.cin * hp * wp)
+            .enumerate()
+            .for_each(|(i, planes)| {
+                planes.fill(0.0);
+                let image = &x[(first + i) * plane_in..][..plane_in];
+                for y in 0..g.h {
+                    for xx in 0..g.w {
+                        let src = &image[(y * g.w + xx) * g.cin..][..g.cin];
+                        let at = (y + g.pad) * wp + xx + g.pad;
+                        for (c, v) in src.iter().enumerate() {
+                            planes[c * hp * wp + at] = *v;
+                        }
+                    }
+                }
+            });
+        let xp: &[f32] = xp;
+        let dy_chunk = &dy[first * plane_out..][..images * plane_out];
+        let dw_ptr = SendPtr(dw.as_mut_ptr());
+        (0..g.cout / NR).into_par_iter().for_each(|panel| {
+            // Image by image, so that the image's dy panel (oh·ow·16 floats) and channel planes stay in
+            // near caches while every (tap, channel tile) sweeps them.
+            for img in 0..images {
+                let overwrite = first == 0 && img == 0;
+                let a_img = xp[img * g.cin * hp * wp..].as_ptr();
+                let d_img = dy_chunk[img * plane_out + panel * NR..].as_ptr();
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let tap = ky * g.kw + kx;
+                        let mut c0 = 0;
+                        while c0 < g.cin {
+                            let m = (g.cin - c0).min(MR);
+                            // SAFETY: AVX2+FMA checked; every read stays inside the image's channel planes
+                            // (row oy + ky ≤ hp − 1, column ox + kx ≤ wp − 1, channel < c0 + m ≤ cin) and its
+                            // dy rows; this task alone writes column panel `panel` of dw, rows
+                            // tap·cin + c0 .. + m.
+                            unsafe {
+                                let dst =
+                                    dw_ptr.get().add((tap * g.cin + c0) * g.cout + panel * NR);
+                                let a = a_img.add(c0 * hp * wp + ky * wp + kx);
+                                let args = CmArgs {
+                                    g,
+                                    hp,
+                                    wp,
+                                    overwrite,
+                                };
+                                match m {
+                                    6 => cm_tile::<6>(&args, a, d_img, dst),
+                                    5 => cm_tile::<5>(&args, a, d_img, dst),
+                                    4 => cm_tile::<4>(&args, a, d_img, dst),
+                                    3 => cm_tile::<3>(&args, a, d_img, dst),
+                                    2 => cm_tile::<2>(&args, a, d_img, dst),
+                                    _ => cm_tile::<1>(&args, a, d_img, dst),
+                                }
+                            }
+                            c0 += m;
+                        }
+                    }
+                }
+            }
+        });
+        first += images;
+    }
+}
+
+/// Shape arguments shared by every [`cm_tile`] call of one chunk.
+struct CmArgs<'a> {
+    g: &'a ConvGeom,
+    hp: usize,
+    wp: usize,
+    overwrite: bool,
+}
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint part (see the SAFETY notes).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used where tasks write disjoint elements.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// One `M × 16` tile of the weight gradient over one image:
+/// `dst[i, 0..16] (+)= Σ_oy Σ_ox a[i·hp·wp + oy·wp + ox] · dy[(oy·ow + ox)·cout + 0..16]`; overwrites when
+/// `args.overwrite`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` must point at channel `c0` of the image's channel-major copy, offset
+/// by the tap, with `c0 + M ≤ cin`; `dy` at the panel's first column of the image's `dy`; `dst` writable at
+/// `i·cout + 0..16` for `i < M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cm_tile<const M: usize>(args: &CmArgs<'_>, a: *const f32, dy: *const f32, dst: *mut f32) {
+    use core::arch::x86_64::*;
+    let g = args.g;
+    let plane = args.hp * args.wp;
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    for oy in 0..g.oh {
+        let a_row = a.add(oy * args.wp);
+        let dy_row = dy.add(oy * g.ow * g.cout);
+        for ox in 0..g.ow {
+            let d = dy_row.add(ox * g.cout);
+            let b0 = _mm256_loadu_ps(d);
+            let b1 = _mm256_loadu_ps(d.add(8));
+            for (i, acc_row) in acc.iter_mut().enumerate() {
+                let v = _mm256_broadcast_ss(&*a_row.add(i * plane + ox));
+                acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
+                acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
+            }
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate() {
+        let d = dst.add(i * g.cout);
+        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
+        if !args.overwrite {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+        }
+        _mm256_storeu_ps(d, v0);
+        _mm256_storeu_ps(d.add(8), v1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn cm_tile<const M: usize>(
+    _args: &CmArgs<'_>,
+    _a: *const f32,
+    _dy: *const f32,
+    _dst: *mut f32,
+) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
