@@ -173,18 +173,19 @@ impl ConvGeom {
         } else {
             0
         };
-        let packed = if self.runs_direct() || self.transposed().is_some_and(|t| t.runs_direct()) {
-            // packed weights, and the folded shift of conv2d_forward_affine
-            conv_direct::packed_len(self) + self.cout
-        } else {
-            0
-        };
+        let folded_shift =
+            if self.runs_direct() || self.transposed().is_some_and(|t| t.runs_direct()) {
+                // the folded shift of conv2d_forward_affine, and packed weights for wide layers
+                self.cout + conv_direct::packed_len(self)
+            } else {
+                0
+            };
         let cols = if conv_direct::weight_grad_handles(self) {
             cols.max(conv_direct::weight_grad_chunk(self, n).1)
         } else {
             cols
         };
-        cols + weights.max(flipped) + packed
+        cols + weights.max(flipped) + folded_shift
     }
 }
 
@@ -366,15 +367,29 @@ pub fn conv2d_forward(
         }
     });
     if g.runs_direct() {
-        let packed = &mut workspace[..conv_direct::packed_len(g)];
-        conv_direct::pack_weights(g, w, packed);
-        conv_direct::conv_direct(g, n, x, packed, y, true, None);
+        let weights = direct_weights(g, w, workspace);
+        conv_direct::conv_direct(g, n, x, weights, y, true, None);
     } else if g.all_taps_live() {
         conv_gemm(g, n, x, w, y, true, workspace);
     } else {
         let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
         gather_live_weights(g, w, wl);
         conv_gemm(g, n, x, wl, y, true, cols);
+    }
+}
+
+/// The direct kernels' view of `w`: packed into `workspace` for wide layers, in place otherwise.
+fn direct_weights<'a>(
+    g: &ConvGeom,
+    w: &'a [f32],
+    workspace: &'a mut [f32],
+) -> conv_direct::Weights<'a> {
+    if g.cout >= conv_direct::PACK_MIN_COUT {
+        let packed = &mut workspace[..conv_direct::packed_len(g)];
+        conv_direct::pack_weights(g, w, packed);
+        conv_direct::Weights::Packed(packed)
+    } else {
+        conv_direct::Weights::Hwio(w)
     }
 }
 
@@ -396,18 +411,17 @@ pub fn conv2d_forward_affine(
     workspace: &mut [f32],
 ) {
     if g.runs_direct() {
-        let (packed, rest) = workspace.split_at_mut(conv_direct::packed_len(g));
-        let folded_shift = &mut rest[..g.cout];
+        let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
         for (co, f) in folded_shift.iter_mut().enumerate() {
             *f = bias[co] * scale[co] + shift[co];
         }
-        conv_direct::pack_weights(g, w, packed);
         let affine = conv_direct::Affine {
             scale,
             shift: folded_shift,
             relu,
         };
-        conv_direct::conv_direct(g, n, x, packed, y, false, Some(affine));
+        let weights = direct_weights(g, w, workspace);
+        conv_direct::conv_direct(g, n, x, weights, y, false, Some(affine));
         return;
     }
     conv2d_forward(g, n, x, w, bias, y, workspace);
@@ -521,9 +535,8 @@ pub fn conv2d_backward(
             }
         }
         if t.runs_direct() {
-            let packed = &mut cols[..conv_direct::packed_len(&t)];
-            conv_direct::pack_weights(&t, flipped, packed);
-            conv_direct::conv_direct(&t, n, dy, packed, dx, false, None);
+            let weights = direct_weights(&t, flipped, cols);
+            conv_direct::conv_direct(&t, n, dy, weights, dx, false, None);
         } else {
             conv_gemm(&t, n, dy, flipped, dx, false, cols);
         }
@@ -705,13 +718,19 @@ mod tests {
             if !(conv_direct::handles(&g) && conv_direct::cpu_supported()) {
                 continue;
             }
-            let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
-            conv_direct::pack_weights(&g, &wt, &mut packed);
-            conv_direct::conv_direct(&g, n, &x, &packed, &mut y, false, None);
+            let w_in_place = conv_direct::Weights::Hwio(&wt);
+            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y, false, None);
             close(&y, "direct");
             // Accumulating onto a bias-filled output adds exactly the bias.
             let mut y2 = vec![0.5f32; want.len()];
-            conv_direct::conv_direct(&g, n, &x, &packed, &mut y2, true, None);
+            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y2, true, None);
+            // Packed weights give the same sums.
+            let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
+            conv_direct::pack_weights(&g, &wt, &mut packed);
+            let mut y3 = vec![f32::NAN; want.len()];
+            let w_packed = conv_direct::Weights::Packed(&packed);
+            conv_direct::conv_direct(&g, n, &x, w_packed, &mut y3, false, None);
+            close(&y3, "direct packed");
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
             }

@@ -3,7 +3,8 @@
 //! nine-times-larger column matrix is never written, and nothing is packed or allocated per call.
 //!
 //! Shapes: input `x [n, h, w, cin]`, output `y [n, oh, ow, cout]` seen as `[rows = n·oh·ow, cout]`, weights
-//! packed by [`pack_weights`] into column panels `[cout / 16, live_taps·cin, 16]`.
+//! HWIO `[kh·kw·cin, cout]`, read in place 16 columns at a time, or packed into column panels
+//! `[cout / 16, live_taps·cin, 16]` for wide layers.
 //!
 //! Structure: a 6-row × 16-column tile of `y` lives in twelve AVX registers for the whole reduction over the
 //! live taps and input channels; for each tap, each of the six rows points either into the input image or at a
@@ -65,6 +66,13 @@ pub fn handles(g: &ConvGeom) -> bool {
         && g.live_taps() <= MAX_TAPS
 }
 
+/// Output channels from which [`conv_direct`]'s callers pack the weights first ([`pack_weights`]): with 16 of
+/// `cout` columns read per weight row, rows 1 KiB or more apart spread a pass over too many pages (measured at
+/// 96×96: the 512-channel stage ran at 62–72 GFLOP/s in place, 118–141 packed; the 64–128-channel stages at
+/// the same speed either way, and packing all layers cost a copy of every weight per call: a fifth of the
+/// batch-1 latency at 224×224).
+pub const PACK_MIN_COUT: usize = 256;
+
 /// Floats [`pack_weights`] writes: `live_taps·cin·cout`.
 pub fn packed_len(g: &ConvGeom) -> usize {
     g.live_patch_len() * g.cout
@@ -89,6 +97,15 @@ pub fn pack_weights(g: &ConvGeom, w: &[f32], packed: &mut [f32]) {
         });
 }
 
+/// The weights [`conv_direct`] reads.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// HWIO `[kh·kw·cin, cout]`, read in place.
+    Hwio(&'a [f32]),
+    /// As written by [`pack_weights`].
+    Packed(&'a [f32]),
+}
+
 /// A per-output-channel affine map applied as each tile is stored: `v·scale + shift`, then `max(·, 0)` when
 /// `relu` (an eval-mode batch norm, with the conv bias folded into `shift`).
 #[derive(Clone, Copy)]
@@ -101,7 +118,7 @@ pub struct Affine<'a> {
     pub relu: bool,
 }
 
-/// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], packed)`: adds onto `y` when `accumulate`, else overwrites;
+/// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], w)`: adds onto `y` when `accumulate`, else overwrites;
 /// with `affine`, the map is applied to the (accumulated) sum before it is stored.
 ///
 /// Panics unless [`cpu_supported`] and [`handles`]`(g)` hold and the slices fit their shapes.
@@ -109,16 +126,39 @@ pub fn conv_direct(
     g: &ConvGeom,
     n: usize,
     x: &[f32],
-    packed: &[f32],
+    w: Weights<'_>,
     y: &mut [f32],
     accumulate: bool,
     affine: Option<Affine<'_>>,
 ) {
     assert!(cpu_supported() && handles(g), "conv_direct: unsupported");
     let rows = n * g.oh * g.ow;
-    let k = g.live_patch_len();
     assert!(x.len() >= n * g.h * g.w * g.cin, "conv_direct: x too short");
-    assert!(packed.len() >= k * g.cout, "conv_direct: packed too short");
+    // Where each live tap's weight rows start (the panel's offset added later), and their distance.
+    let k = g.live_patch_len();
+    let mut tap_offsets = [0usize; MAX_TAPS];
+    let (w, w_stride, panel_stride) = match w {
+        Weights::Hwio(w) => {
+            assert!(
+                w.len() >= g.patch_len() * g.cout,
+                "conv_direct: w too short"
+            );
+            for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
+                tap_offsets[t] = (ky * g.kw + kx) * g.cin * g.cout;
+            }
+            (w, g.cout, NR)
+        }
+        Weights::Packed(w) => {
+            assert!(
+                w.len() >= k * g.cout,
+                "conv_direct: packed weights too short"
+            );
+            for (t, off) in tap_offsets[..g.live_taps()].iter_mut().enumerate() {
+                *off = t * g.cin * NR;
+            }
+            (w, NR, k * NR)
+        }
+    };
     let y = &mut y[..rows * g.cout];
     if let Some(a) = &affine {
         assert!(
@@ -169,11 +209,14 @@ pub fn conv_direct(
             // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
             let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, taps);
             for panel in 0..g.cout / NR {
-                let wpanel = &packed[panel * k * NR..][..k * NR];
                 let mut first_tap = 0;
                 while first_tap < taps {
                     let pass_taps = taps_per_pass.min(taps - first_tap);
-                    let wpass = &wpanel[first_tap * g.cin * NR..][..pass_taps * g.cin * NR];
+                    // The pass's weight rows, per tap: cin rows of 16 floats, w_stride apart.
+                    let mut wtaps = [core::ptr::null::<f32>(); MAX_TAPS];
+                    for (t, wt) in wtaps[..pass_taps].iter_mut().enumerate() {
+                        *wt = w[tap_offsets[first_tap + t] + panel * panel_stride..].as_ptr();
+                    }
                     // The affine map goes with the last pass, once the sum is complete.
                     let store_affine = affine.filter(|_| first_tap + pass_taps == taps).map(|a| {
                         (
@@ -188,15 +231,16 @@ pub fn conv_direct(
                             &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
                         let dst = &mut out[tile * MR * g.cout + panel * NR..];
                         // SAFETY: cpu_supported() checked AVX2+FMA. Every row pointer points at `cin` readable
-                        // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); wpass holds
-                        // pass_taps·cin·16 floats; dst holds (tile_rows − 1)·cout + 16 floats because the panel
-                        // ends within each row.
+                        // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); each tap's
+                        // weight pointer reaches (cin − 1)·w_stride + 16 floats inside w (its tap block, panel
+                        // columns; lengths asserted above); dst holds (tile_rows − 1)·cout + 16 floats because the panel ends within
+                        // each row.
                         unsafe {
                             tile_6x16(
                                 tile_ptrs,
-                                pass_taps,
                                 g.cin,
-                                wpass.as_ptr(),
+                                &wtaps[..pass_taps],
+                                w_stride,
                                 dst.as_mut_ptr(),
                                 g.cout,
                                 tile_rows,
@@ -211,21 +255,21 @@ pub fn conv_direct(
         });
 }
 
-/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · w[(t·cin + c)·16 + 0..16]` for `i < rows`,
+/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · wtaps[t][c·w_stride + 0..16]` for `i < rows`,
 /// then, with `affine = (scale, shift, relu)`, `dst = relu?(dst·scale + shift)`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, `w` for
-/// `taps·cin·16`, `dst` writable at `i·dst_stride + 0..16` for `i < rows`, and the affine pointers readable
+/// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, each `wtaps` entry
+/// for `(cin − 1)·w_stride + 16`, `dst` writable at `i·dst_stride + 0..16` for `i < rows`, and the affine pointers readable
 /// for 16 floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_6x16(
     ptrs: &[*const f32],
-    taps: usize,
     cin: usize,
-    w: *const f32,
+    wtaps: &[*const f32],
+    w_stride: usize,
     dst: *mut f32,
     dst_stride: usize,
     rows: usize,
@@ -234,14 +278,14 @@ unsafe fn tile_6x16(
 ) {
     use core::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    let mut wp = w;
-    for t in 0..taps {
+    for (t, &w_tap) in wtaps.iter().enumerate() {
         let p = &ptrs[t * MR..t * MR + MR];
         let (p0, p1, p2, p3, p4, p5) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let mut wp = w_tap;
         for c in 0..cin {
             let b0 = _mm256_loadu_ps(wp);
             let b1 = _mm256_loadu_ps(wp.add(8));
-            wp = wp.add(NR);
+            wp = wp.add(w_stride);
             let a = _mm256_broadcast_ss(&*p0.add(c));
             acc[0][0] = _mm256_fmadd_ps(a, b0, acc[0][0]);
             acc[0][1] = _mm256_fmadd_ps(a, b1, acc[0][1]);
@@ -290,9 +334,9 @@ unsafe fn tile_6x16(
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_6x16(
     _ptrs: &[*const f32],
-    _taps: usize,
     _cin: usize,
-    _w: *const f32,
+    _wtaps: &[*const f32],
+    _w_stride: usize,
     _dst: *mut f32,
     _dst_stride: usize,
     _rows: usize,
