@@ -973,6 +973,39 @@ fn predict_png_and_jpeg() {
         assert_eq!(CLASS_NAMES[pred], top1, "text and JSON disagree: {line}");
     }
 
+    // The portable kernels (what a CPU without AVX2 runs; RESNET_PORTABLE=1 forces them) give the same
+    // logits as the direct AVX2 convolutions, to float rounding.
+    let portable = expect_success(
+        &resnet_env(
+            &args,
+            &dir,
+            &[("RESNET_PORTABLE", "1")],
+            Duration::from_secs(120),
+        ),
+        "predict --json with RESNET_PORTABLE=1",
+    );
+    let logits_of = |text: &str| -> Vec<f64> {
+        text.lines()
+            .flat_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (fast, slow) = (logits_of(&out), logits_of(&portable));
+    assert_eq!(fast.len(), slow.len());
+    for (a, b) in fast.iter().zip(&slow) {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "direct {a} vs portable {b}"
+        );
+    }
+
     // Consistency: the first test image as a 28×28 PNG at --resize 28 gets the class eval gives it.
     let out = expect_success(
         &resnet(
