@@ -167,16 +167,24 @@ pub fn conv_direct(
         );
     }
     // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
+    let threads = rayon::current_num_threads().max(1);
     let tiles_total = rows.div_ceil(MR);
-    let tiles_per_task = tiles_total
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .clamp(1, TILES_PER_TASK);
+    let tiles_per_task = tiles_total.div_ceil(4 * threads).clamp(1, TILES_PER_TASK);
     let rows_per_task = MR * tiles_per_task;
-    y.par_chunks_mut(rows_per_task * g.cout)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first_row = task * rows_per_task;
-            let task_rows = out.len() / g.cout;
+    let row_tasks = rows.div_ceil(rows_per_task);
+    // Few rows (batch 1, or the last stages): the column panels are split among tasks as well, so that each
+    // task reads its share of the weights once instead of every task reading all of them.
+    let panels = g.cout / NR;
+    let panels_per_task = panels.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, panels));
+    let panel_tasks = panels.div_ceil(panels_per_task);
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    (0..row_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let first_row = (task / panel_tasks) * rows_per_task;
+            let task_rows = rows_per_task.min(rows - first_row);
+            let first_panel = (task % panel_tasks) * panels_per_task;
+            let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
             // Row pointers of every tile in the task: [tile][tap][row].
             let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
             let tiles = task_rows.div_ceil(MR);
@@ -208,7 +216,7 @@ pub fn conv_direct(
             // Taps per pass: a pass's slice of the weight panel (taps·cin·16 floats) stays within 64 KiB so
             // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
             let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, taps);
-            for panel in 0..g.cout / NR {
+            for panel in task_panels {
                 let mut first_tap = 0;
                 while first_tap < taps {
                     let pass_taps = taps_per_pass.min(taps - first_tap);
@@ -229,19 +237,20 @@ pub fn conv_direct(
                         let tile_rows = (task_rows - tile * MR).min(MR);
                         let tile_ptrs =
                             &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
-                        let dst = &mut out[tile * MR * g.cout + panel * NR..];
+                        let dst = (first_row + tile * MR) * g.cout + panel * NR;
                         // SAFETY: cpu_supported() checked AVX2+FMA. Every row pointer points at `cin` readable
                         // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); each tap's
                         // weight pointer reaches (cin − 1)·w_stride + 16 floats inside w (its tap block, panel
-                        // columns; lengths asserted above); dst holds (tile_rows − 1)·cout + 16 floats because the panel ends within
-                        // each row.
+                        // columns; lengths asserted above); y holds rows·cout floats, so the tile's rows
+                        // (< rows) have 16 columns from the panel on; tasks write disjoint blocks (their rows ×
+                        // their panels).
                         unsafe {
                             tile_6x16(
                                 tile_ptrs,
                                 g.cin,
                                 &wtaps[..pass_taps],
                                 w_stride,
-                                dst.as_mut_ptr(),
+                                y_ptr.get().add(dst),
                                 g.cout,
                                 tile_rows,
                                 accumulate || first_tap > 0,
