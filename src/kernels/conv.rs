@@ -618,7 +618,9 @@ mod tests {
         // (cin, cout, k, stride, pad, h, w, n): odd planes, stride 2, dead taps (1×1 plane), a 1×1 stride-2
         // shortcut, a 5×5 kernel, row counts that leave partial 6-row tiles, the single-channel stem, and 128
         // channels (the direct kernel splits its taps in two passes), and planes wide enough for the
-        // channel-major weight gradient (with channel counts that leave partial 6-channel tiles).
+        // channel-major weight gradient (with channel counts that leave partial 6-channel tiles); then small
+        // planes with batches of 24 or more (position-major tiles): a partial last tile, stride 2, dead taps,
+        // two tap passes, and border positions of a padded 1×1 conv that see no input at all.
         let cases = [
             (16, 16, 3, 1, 1, 5, 7, 3),
             (32, 48, 3, 2, 1, 9, 9, 2),
@@ -630,6 +632,11 @@ mod tests {
             (128, 32, 3, 1, 1, 3, 3, 3),
             (16, 16, 3, 1, 1, 12, 12, 5),
             (20, 32, 3, 1, 1, 9, 10, 2),
+            (16, 32, 3, 1, 1, 3, 3, 25),
+            (32, 16, 3, 2, 1, 6, 6, 24),
+            (16, 16, 3, 1, 1, 1, 1, 30),
+            (128, 32, 3, 1, 1, 3, 3, 26),
+            (16, 16, 1, 1, 1, 2, 2, 24),
         ];
         for (cin, cout, k, s, p, h, w, n) in cases {
             let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();

@@ -166,6 +166,16 @@ pub fn conv_direct(
             "conv_direct: affine too short"
         );
     }
+    if g.oh * g.ow <= POSITION_MAJOR_MAX_PLANE && n >= POSITION_MAJOR_MIN_BATCH {
+        let weights = WeightView {
+            w,
+            w_stride,
+            panel_stride,
+            tap_offsets,
+        };
+        conv_by_position(g, n, x, &weights, y, accumulate, affine);
+        return;
+    }
     // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
     let threads = rayon::current_num_threads().max(1);
     let tiles_total = rows.div_ceil(MR);
@@ -262,6 +272,123 @@ pub fn conv_direct(
                 }
             }
         });
+}
+
+/// Output planes up to this many positions (6×6) are tiled position-major when the batch allows.
+const POSITION_MAJOR_MAX_PLANE: usize = 36;
+/// Smallest batch for position-major tiles (a tile holds six images at one position).
+const POSITION_MAJOR_MIN_BATCH: usize = 24;
+
+/// Where [`conv_direct`]'s weights are: live tap `t`, panel `p`, channel `c` starts at
+/// `w[tap_offsets[t] + p·panel_stride + c·w_stride]`.
+struct WeightView<'a> {
+    w: &'a [f32],
+    w_stride: usize,
+    panel_stride: usize,
+    tap_offsets: [usize; MAX_TAPS],
+}
+
+/// [`conv_direct`] for small output planes: a tile is six *images* at one output position, so every row of it
+/// sees the same taps in the padding, and those taps are skipped instead of multiplied by zeros (at 96×96 the
+/// 3×3 plane of the last stage has 40 % of its taps in the padding, the 6×6 plane 21 %).
+fn conv_by_position(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    wv: &WeightView<'_>,
+    y: &mut [f32],
+    accumulate: bool,
+    affine: Option<Affine<'_>>,
+) {
+    let plane = g.oh * g.ow;
+    let plane_in = g.h * g.w * g.cin;
+    let panels = g.cout / NR;
+    let image_tiles = n.div_ceil(MR);
+    let tiles_per_task = TILES_PER_TASK.min(image_tiles);
+    let tile_tasks = image_tiles.div_ceil(tiles_per_task);
+    let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, MAX_TAPS);
+    let y_ptr = SendPtr(y.as_mut_ptr());
+    (0..plane * tile_tasks).into_par_iter().for_each(|task| {
+        let pos = task / tile_tasks;
+        let (oy, ox) = (pos / g.ow, pos % g.ow);
+        // The live taps that read the input at this position, and where (pixel offset in an image).
+        let mut taps = [0usize; MAX_TAPS];
+        let mut offsets = [0usize; MAX_TAPS];
+        let mut valid = 0;
+        for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+            if iy >= 0 && iy < g.h as isize && ix >= 0 && ix < g.w as isize {
+                taps[valid] = t;
+                offsets[valid] = (iy as usize * g.w + ix as usize) * g.cin;
+                valid += 1;
+            }
+        }
+        let first_img = (task % tile_tasks) * tiles_per_task * MR;
+        let task_imgs = (tiles_per_task * MR).min(n - first_img);
+        let tiles = task_imgs.div_ceil(MR);
+        // Row pointers [tile][valid tap][row]; rows past the batch repeat the tile's first image (not stored).
+        let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
+        for tile in 0..tiles {
+            for r in 0..MR {
+                let i = if tile * MR + r < task_imgs {
+                    tile * MR + r
+                } else {
+                    tile * MR
+                };
+                let image = &x[(first_img + i) * plane_in..][..plane_in];
+                for j in 0..valid {
+                    ptrs[(tile * MAX_TAPS + j) * MR + r] = image[offsets[j]..][..g.cin].as_ptr();
+                }
+            }
+        }
+        for panel in 0..panels {
+            let mut first_tap = 0;
+            // At least one pass, so that a position with no tap in the input still stores its zeros / affine.
+            loop {
+                let pass_taps = taps_per_pass.min(valid - first_tap);
+                let mut wtaps = [core::ptr::null::<f32>(); MAX_TAPS];
+                for (j, wt) in wtaps[..pass_taps].iter_mut().enumerate() {
+                    *wt = wv.w[wv.tap_offsets[taps[first_tap + j]] + panel * wv.panel_stride..]
+                        .as_ptr();
+                }
+                let last = first_tap + pass_taps == valid;
+                let store_affine = affine.filter(|_| last).map(|a| {
+                    (
+                        a.scale[panel * NR..].as_ptr(),
+                        a.shift[panel * NR..].as_ptr(),
+                        a.relu,
+                    )
+                });
+                for tile in 0..tiles {
+                    let tile_rows = (task_imgs - tile * MR).min(MR);
+                    let tile_ptrs = &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
+                    let dst = ((first_img + tile * MR) * plane + pos) * g.cout + panel * NR;
+                    // SAFETY: AVX2+FMA checked by conv_direct. Row pointers are slices of x of cin floats;
+                    // weight pointers reach (cin − 1)·w_stride + 16 floats inside w (lengths asserted by
+                    // conv_direct); the tile's rows are images < n at position `pos`, plane·cout apart, each
+                    // with 16 columns from the panel inside y; tasks write disjoint (position, images) rows.
+                    unsafe {
+                        tile_6x16(
+                            tile_ptrs,
+                            g.cin,
+                            &wtaps[..pass_taps],
+                            wv.w_stride,
+                            y_ptr.get().add(dst),
+                            plane * g.cout,
+                            tile_rows,
+                            accumulate || first_tap > 0,
+                            store_affine,
+                        );
+                    }
+                }
+                first_tap += pass_taps;
+                if last {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 /// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · wtaps[t][c·w_stride + 0..16]` for `i < rows`,
