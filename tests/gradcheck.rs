@@ -266,11 +266,11 @@ fn conv_case(
         conv.forward(&xv, xs, &mut ws);
         dot(&conv.out, &dy)
     });
-    let w0 = conv.weight.clone();
+    let w0 = conv.weight().to_vec();
     Fd::smooth(format!("{name} weight")).run(&w0, &gw, |i, v| {
-        conv.weight[i] = v;
+        conv.weight_mut()[i] = v;
         conv.forward(&x, xs, &mut ws);
-        conv.weight[i] = w0[i];
+        conv.weight_mut()[i] = w0[i];
         dot(&conv.out, &dy)
     });
     let b0 = conv.bias.clone();
@@ -522,17 +522,14 @@ fn softmax_cross_entropy_logits() {
 // ------------------------------------------------------------------------------------------- residual
 
 /// A trainable tensor of a residual block and its gradient, by its state-dict name within the block.
-fn block_param<'a>(b: &'a mut Residual, name: &str) -> (&'a mut Vec<f32>, &'a Vec<f32>) {
+fn block_param<'a>(b: &'a mut Residual, name: &str) -> (&'a mut [f32], &'a [f32]) {
     let c3 = b.conv3.as_mut();
     match name {
-        "conv1.weight" => (&mut b.conv1.weight, &b.conv1.grad_weight),
+        "conv1.weight" => b.conv1.weight_and_grad_mut(),
         "conv1.bias" => (&mut b.conv1.bias, &b.conv1.grad_bias),
-        "conv2.weight" => (&mut b.conv2.weight, &b.conv2.grad_weight),
+        "conv2.weight" => b.conv2.weight_and_grad_mut(),
         "conv2.bias" => (&mut b.conv2.bias, &b.conv2.grad_bias),
-        "conv3.weight" => {
-            let c = c3.expect("1x1 shortcut");
-            (&mut c.weight, &c.grad_weight)
-        }
+        "conv3.weight" => c3.expect("1x1 shortcut").weight_and_grad_mut(),
         "conv3.bias" => {
             let c = c3.expect("1x1 shortcut");
             (&mut c.bias, &c.grad_bias)
@@ -579,7 +576,7 @@ fn residual_case(
     }
     for p in names {
         let (v, g) = block_param(&mut blk, p);
-        let (v0, g) = (v.clone(), g.clone());
+        let (v0, g) = (v.to_vec(), g.to_vec());
         // conv1 and conv2 feed a batch norm, which removes any per-channel constant: their bias gradient is 0.
         let nonzero = !(p == "conv1.bias" || p == "conv2.bias");
         Fd::kinked(format!("{name} {p}"))

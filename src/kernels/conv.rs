@@ -395,14 +395,16 @@ fn direct_weights<'a>(
 
 /// Eval-mode convolution followed by a per-channel affine map (a batch norm with running statistics) and an
 /// optional ReLU: `y [n, oh, ow, cout] = relu?((conv(x, w) + bias)·scale + shift)`, in one pass over `y` on the
-/// direct kernels (the bias is folded into the shift), in two otherwise. `workspace` as for
-/// [`conv2d_forward`].
+/// direct kernels (the bias is folded into the shift), in two otherwise. `packed`: the weights as
+/// [`conv_direct::pack_weights`] wrote them, when the caller keeps them (used on the direct kernels).
+/// `workspace` as for [`conv2d_forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_affine(
     g: &ConvGeom,
     n: usize,
     x: &[f32],
     w: &[f32],
+    packed: Option<&[f32]>,
     bias: &[f32],
     scale: &[f32],
     shift: &[f32],
@@ -420,7 +422,10 @@ pub fn conv2d_forward_affine(
             shift: folded_shift,
             relu,
         };
-        let weights = direct_weights(g, w, workspace);
+        let weights = match packed {
+            Some(p) => conv_direct::Weights::Packed(p),
+            None => direct_weights(g, w, workspace),
+        };
         conv_direct::conv_direct(g, n, x, weights, y, false, Some(affine));
         return;
     }
@@ -710,7 +715,7 @@ mod tests {
             for relu in [false, true] {
                 let mut ya = vec![f32::NAN; want.len()];
                 conv2d_forward_affine(
-                    &g, n, &x, &wt, &bias, &scale, &shift, relu, &mut ya, &mut ws,
+                    &g, n, &x, &wt, None, &bias, &scale, &shift, relu, &mut ya, &mut ws,
                 );
                 for (i, (a, b)) in ya.iter().zip(&want).enumerate() {
                     let co = i % cout;

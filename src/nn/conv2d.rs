@@ -3,6 +3,7 @@
 use super::batch_norm::BatchNorm2d;
 use super::{ensure_len, uniform_init, InitRng, Workspace};
 use crate::kernels::conv::{conv2d_backward, conv2d_forward, conv2d_forward_affine, ConvGeom};
+use crate::kernels::conv_direct;
 use crate::Shape4;
 
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
@@ -18,8 +19,9 @@ pub struct Conv2d {
     pub stride: usize,
     /// Zero padding on each side, in both directions.
     pub padding: usize,
-    /// `[k, k, in, out]`.
-    pub weight: Vec<f32>,
+    /// `[k, k, in, out]`; read with [`Conv2d::weight`], changed with [`Conv2d::weight_mut`] (which keeps the
+    /// eval-mode packed copy honest).
+    pub(crate) weight: Vec<f32>,
     /// `[out]`.
     pub bias: Vec<f32>,
     /// Gradient of the loss w.r.t. `weight`, HWIO `[k, k, in, out]` like it, from the last backward.
@@ -33,6 +35,10 @@ pub struct Conv2d {
     /// Gradient w.r.t. the input from the last backward, NHWC like the input.
     pub grad_input: Vec<f32>,
     in_shape: Shape4,
+    /// Eval mode only: the weight packed for the direct kernels (wide layers), valid while `packed_ok`.
+    /// Packing every forward costs a copy of the weights, a fifth of the batch-1 latency.
+    packed: Vec<f32>,
+    packed_ok: bool,
 }
 
 impl Conv2d {
@@ -64,6 +70,8 @@ impl Conv2d {
             out_shape: Shape4::default(),
             grad_input: Vec::new(),
             in_shape: Shape4::default(),
+            packed: Vec::new(),
+            packed_ok: false,
         };
         conv.set_weight_oihw(&oihw);
         conv
@@ -132,11 +140,23 @@ impl Conv2d {
         ensure_len(&mut out, self.out_shape.len());
         let (scale, shift) = bn.eval_affine();
         let workspace = ws.get(g.workspace_len(xs.n));
+        // Wide layers on the direct kernels read packed weights: pack once, reuse until the weight changes.
+        let packed = if g.runs_direct() && g.cout >= conv_direct::PACK_MIN_COUT {
+            if !self.packed_ok {
+                ensure_len(&mut self.packed, conv_direct::packed_len(&g));
+                conv_direct::pack_weights(&g, &self.weight, &mut self.packed);
+                self.packed_ok = true;
+            }
+            Some(&self.packed[..])
+        } else {
+            None
+        };
         conv2d_forward_affine(
             &g,
             xs.n,
             x,
             &self.weight,
+            packed,
             &self.bias,
             scale,
             shift,
@@ -205,6 +225,29 @@ impl Conv2d {
         oihw
     }
 
+    /// The weight, HWIO `[k, k, in, out]`.
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// The weight, HWIO `[k, k, in, out]`, for changing it.
+    pub fn weight_mut(&mut self) -> &mut [f32] {
+        self.packed_ok = false;
+        &mut self.weight
+    }
+
+    /// The weight for changing it together with its gradient (for tests that perturb one value at a time).
+    pub fn weight_and_grad_mut(&mut self) -> (&mut [f32], &[f32]) {
+        self.packed_ok = false;
+        (&mut self.weight, &self.grad_weight)
+    }
+
+    /// Drops the eval-mode packed weights (before the weight is handed out for changing).
+    pub(crate) fn release_packed(&mut self) {
+        self.packed_ok = false;
+        self.packed = Vec::new();
+    }
+
     /// The weight in PyTorch's OIHW order.
     pub fn weight_oihw(&self) -> Vec<f32> {
         self.hwio_to_oihw(&self.weight)
@@ -212,6 +255,7 @@ impl Conv2d {
 
     /// Sets the weight from PyTorch's OIHW order (`oihw.len()` must equal the weight's length).
     pub fn set_weight_oihw(&mut self, oihw: &[f32]) {
+        self.packed_ok = false;
         let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
         assert_eq!(oihw.len(), o * i * k * k);
         for ky in 0..k {
@@ -224,5 +268,59 @@ impl Conv2d {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::SeedableRng;
+
+    /// The eval-mode packed weights of a wide layer are rebuilt after every way the weight can change.
+    #[test]
+    fn eval_packed_weights_follow_weight_changes() {
+        let mut rng = InitRng::seed_from_u64(3);
+        let mut conv = Conv2d::new(16, 256, 3, 1, 1, &mut rng);
+        let mut bn = BatchNorm2d::new(256, true);
+        bn.running_mean
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, m)| *m = i as f32 / 900.0);
+        let xs = Shape4::new(2, 16, 4, 4);
+        let x: Vec<f32> = (0..xs.len())
+            .map(|i| (i % 29) as f32 / 29.0 - 0.4)
+            .collect();
+        let mut ws = Workspace::default();
+        let reference = |conv: &mut Conv2d, bn: &mut BatchNorm2d, ws: &mut Workspace| {
+            let s = conv.forward(&x, xs, ws);
+            bn.forward(&conv.out, s, false);
+            bn.out.clone()
+        };
+        let mut check = |conv: &mut Conv2d, bn: &mut BatchNorm2d, what: &str| {
+            conv.forward_bn_eval(&x, xs, bn, &mut ws);
+            let fused = bn.out.clone();
+            let want = reference(conv, bn, &mut Workspace::default());
+            for (a, b) in fused.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{what}: {a} vs {b}"
+                );
+            }
+            fused
+        };
+        let first = check(&mut conv, &mut bn, "first");
+        conv.weight_mut().iter_mut().for_each(|w| *w *= 1.5);
+        let second = check(&mut conv, &mut bn, "after weight_mut");
+        assert_ne!(first, second);
+        let oihw: Vec<f32> = conv.weight_oihw().iter().map(|w| -w).collect();
+        conv.set_weight_oihw(&oihw);
+        check(&mut conv, &mut bn, "after set_weight_oihw");
+        conv.weight_and_grad_mut().0[7] += 3.0;
+        check(&mut conv, &mut bn, "after weight_and_grad_mut");
+        let mut params = Vec::new();
+        crate::nn::resnet::push_conv_for_test(&mut params, &mut conv);
+        params[0].value[11] -= 2.0;
+        drop(params);
+        check(&mut conv, &mut bn, "after the optimizer's parameter list");
     }
 }

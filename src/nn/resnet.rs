@@ -507,7 +507,15 @@ impl ResNet {
     }
 }
 
+/// [`push_conv`] for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn push_conv_for_test<'a>(out: &mut Vec<ParamMut<'a>>, c: &'a mut Conv2d) {
+    push_conv(out, "conv", c);
+}
+
 fn push_conv<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, c: &'a mut Conv2d) {
+    // The weight may change through the list: drop the eval-mode packed copy first.
+    c.release_packed();
     out.push(ParamMut {
         name: format!("{prefix}.weight"),
         value: &mut c.weight,
