@@ -166,7 +166,7 @@ pub fn conv_direct(
             "conv_direct: affine too short"
         );
     }
-    if g.oh * g.ow <= POSITION_MAJOR_MAX_PLANE && n >= POSITION_MAJOR_MIN_BATCH {
+    if n >= POSITION_MAJOR_MIN_BATCH && padding_tap_share(g) >= POSITION_MAJOR_MIN_PADDING {
         let weights = WeightView {
             w,
             w_stride,
@@ -274,8 +274,27 @@ pub fn conv_direct(
         });
 }
 
-/// Output planes up to this many positions (6×6) are tiled position-major when the batch allows.
-const POSITION_MAJOR_MAX_PLANE: usize = 36;
+/// Share of (output position, live tap) pairs in the padding from which tiles are position-major (measured at
+/// 96×96: the 12×12 stage, 11 %, forward 84–87 vs 92–102 ms; the 24×24 stage, 6 %, no gain; the stride-2 convs
+/// into 12×12, under 6 %, slower).
+const POSITION_MAJOR_MIN_PADDING: f64 = 0.10;
+/// The share of (output position, live tap) pairs whose tap reads the padding.
+fn padding_tap_share(g: &ConvGeom) -> f64 {
+    let mut in_padding = 0usize;
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            for (ky, kx) in g.live_taps_iter() {
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
+                    in_padding += 1;
+                }
+            }
+        }
+    }
+    in_padding as f64 / (g.oh * g.ow * g.live_taps()).max(1) as f64
+}
+
 /// Smallest batch for position-major tiles (a tile holds six images at one position).
 const POSITION_MAJOR_MIN_BATCH: usize = 24;
 
@@ -288,7 +307,7 @@ struct WeightView<'a> {
     tap_offsets: [usize; MAX_TAPS],
 }
 
-/// [`conv_direct`] for small output planes: a tile is six *images* at one output position, so every row of it
+/// [`conv_direct`] for planes with many padding taps: a tile is six *images* at one output position, so every row of it
 /// sees the same taps in the padding, and those taps are skipped instead of multiplied by zeros (at 96×96 the
 /// 3×3 plane of the last stage has 40 % of its taps in the padding, the 6×6 plane 21 %).
 fn conv_by_position(
