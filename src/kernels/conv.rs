@@ -114,6 +114,13 @@ impl ConvGeom {
     pub fn live_patch_len(&self) -> usize {
         self.live_taps() * self.cin
     }
+    /// The pixel (`iy·w + ix`, within an image) that tap `(ky, kx)` reads for output position `(oy, ox)`, or
+    /// `None` where the tap falls in the padding.
+    pub(crate) fn input_pixel(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
+        let iy = (oy * self.stride + ky).checked_sub(self.pad)?;
+        let ix = (ox * self.stride + kx).checked_sub(self.pad)?;
+        (iy < self.h && ix < self.w).then_some(iy * self.w + ix)
+    }
     /// The live taps `(ky, kx)` in row-major order (the order of the column matrix's tap blocks).
     pub(crate) fn live_taps_iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         bits(self.live_rows).flat_map(move |ky| bits(self.live_cols).map(move |kx| (ky, kx)))
@@ -589,33 +596,57 @@ mod tests {
         );
     }
 
-    /// Naive NHWC convolution: `y [n, oh, ow, cout] = conv(x, w [kh·kw·cin, cout])`.
-    fn naive_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let mut y = vec![0.0f32; n * g.oh * g.ow * g.cout];
+    /// Calls `f(out_row, x_start, w_row)` for every (output position, tap) pair whose tap reads the input:
+    /// `out_row` indexes `y [n·oh·ow, cout]`, `x_start` is the pixel's first channel in `x`, and `w_row` the
+    /// tap's first row in `w [kh·kw·cin, cout]`.
+    fn for_each_product(g: &ConvGeom, n: usize, mut f: impl FnMut(usize, usize, usize)) {
         for img in 0..n {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    let out = &mut y[((img * g.oh + oy) * g.ow + ox) * g.cout..][..g.cout];
                     for ky in 0..g.kh {
                         for kx in 0..g.kw {
-                            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                continue;
-                            }
-                            for ci in 0..g.cin {
-                                let v =
-                                    x[((img * g.h + iy as usize) * g.w + ix as usize) * g.cin + ci];
-                                for (co, o) in out.iter_mut().enumerate() {
-                                    *o += v * w[((ky * g.kw + kx) * g.cin + ci) * g.cout + co];
-                                }
+                            if let Some(pixel) = g.input_pixel(oy, ox, ky, kx) {
+                                let out_row = (img * g.oh + oy) * g.ow + ox;
+                                let x_start = (img * g.h * g.w + pixel) * g.cin;
+                                f(out_row, x_start, (ky * g.kw + kx) * g.cin);
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// Naive NHWC convolution: `y [n, oh, ow, cout] = conv(x, w [kh·kw·cin, cout])`.
+    fn naive_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; n * g.oh * g.ow * g.cout];
+        for_each_product(g, n, |out_row, x_start, w_row| {
+            let out = &mut y[out_row * g.cout..][..g.cout];
+            for ci in 0..g.cin {
+                let v = x[x_start + ci];
+                let w_ci = &w[(w_row + ci) * g.cout..][..g.cout];
+                for (o, wv) in out.iter_mut().zip(w_ci) {
+                    *o += v * wv;
+                }
+            }
+        });
         y
+    }
+
+    /// Naive weight gradient: `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy`.
+    fn naive_weight_grad(g: &ConvGeom, n: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dw = vec![0.0f32; g.patch_len() * g.cout];
+        for_each_product(g, n, |out_row, x_start, w_row| {
+            let d = &dy[out_row * g.cout..][..g.cout];
+            for ci in 0..g.cin {
+                let v = x[x_start + ci];
+                let row = &mut dw[(w_row + ci) * g.cout..][..g.cout];
+                for (o, dv) in row.iter_mut().zip(d) {
+                    *o += v * dv;
+                }
+            }
+        });
+        dw
     }
 
     #[test]
@@ -672,33 +703,7 @@ mod tests {
             }
             close(&y, "im2col");
             // Weight gradient through conv2d_backward (the channel-major kernel where it applies), dy = y.
-            let mut want_dw = vec![0.0f32; g.patch_len() * g.cout];
-            for img in 0..n {
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let d = &want[((img * g.oh + oy) * g.ow + ox) * g.cout..][..g.cout];
-                        for ky in 0..g.kh {
-                            for kx in 0..g.kw {
-                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                    continue;
-                                }
-                                for ci in 0..g.cin {
-                                    let v = x[((img * g.h + iy as usize) * g.w + ix as usize)
-                                        * g.cin
-                                        + ci];
-                                    let row = &mut want_dw
-                                        [((ky * g.kw + kx) * g.cin + ci) * g.cout..][..g.cout];
-                                    for (o, dv) in row.iter_mut().zip(d) {
-                                        *o += v * dv;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let want_dw = naive_weight_grad(&g, n, &x, &want);
             let mut dw = vec![f32::NAN; want_dw.len()];
             let mut db = vec![0.0f32; cout];
             conv2d_backward(&g, n, &x, &wt, &want, &mut dw, &mut db, None, &mut ws);

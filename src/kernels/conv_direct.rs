@@ -211,13 +211,9 @@ pub fn conv_direct(
                     let oy = (row / g.ow) % g.oh;
                     let ox = row % g.ow;
                     for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
-                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                        let p = if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
-                            ZEROS.as_ptr()
-                        } else {
-                            x[((img * g.h + iy as usize) * g.w + ix as usize) * g.cin..][..g.cin]
-                                .as_ptr()
+                        let p = match g.input_pixel(oy, ox, ky, kx) {
+                            Some(pixel) => x[(img * g.h * g.w + pixel) * g.cin..][..g.cin].as_ptr(),
+                            None => ZEROS.as_ptr(),
                         };
                         ptrs[(tile * MAX_TAPS + t) * MR + r] = p;
                     }
@@ -283,13 +279,10 @@ fn padding_tap_share(g: &ConvGeom) -> f64 {
     let mut in_padding = 0usize;
     for oy in 0..g.oh {
         for ox in 0..g.ow {
-            for (ky, kx) in g.live_taps_iter() {
-                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                if iy < 0 || iy >= g.h as isize || ix < 0 || ix >= g.w as isize {
-                    in_padding += 1;
-                }
-            }
+            in_padding += g
+                .live_taps_iter()
+                .filter(|&(ky, kx)| g.input_pixel(oy, ox, ky, kx).is_none())
+                .count();
         }
     }
     in_padding as f64 / (g.oh * g.ow * g.live_taps()).max(1) as f64
@@ -335,11 +328,9 @@ fn conv_by_position(
         let mut offsets = [0usize; MAX_TAPS];
         let mut valid = 0;
         for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
-            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-            if iy >= 0 && iy < g.h as isize && ix >= 0 && ix < g.w as isize {
+            if let Some(pixel) = g.input_pixel(oy, ox, ky, kx) {
                 taps[valid] = t;
-                offsets[valid] = (iy as usize * g.w + ix as usize) * g.cin;
+                offsets[valid] = pixel * g.cin;
                 valid += 1;
             }
         }
