@@ -4,97 +4,87 @@
 use super::piece_len;
 use rayon::prelude::*;
 
-/// Channels per task of [`channel_sums2`]: 16 floats, one cache line of each row.
-const CHANNEL_BLOCK: usize = 16;
-
-/// Per-channel sums over rows, written to `sums1 [c]` and `sums2 [c]`: `f(row, c0, a, b)` adds row `row`'s terms
-/// for channels `c0 .. c0 + a.len()` into the two accumulators. Each task owns a block of 16 channels and sums
-/// every row in f32 blocks of 16 rows folded into f64, so the result has the same bits for any thread count
-/// (which is what lets a resumed training run end exactly where an uninterrupted one does), and nothing is
-/// allocated.
-fn channel_sums2<F>(rows: usize, c: usize, sums1: &mut [f64], sums2: &mut [f64], f: F)
+/// Per-channel sums over rows: `f(row, a [c], b [c])` adds row `row`'s terms into the two accumulators;
+/// reduced in f64, returns `[Σa (c), Σb (c)]`. `f` works on whole rows so its loop over channels vectorizes.
+fn channel_sums2<F>(rows: usize, c: usize, f: F) -> Vec<f64>
 where
-    F: Fn(usize, usize, &mut [f32], &mut [f32]) + Sync,
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
 {
-    sums1[..c]
-        .par_chunks_mut(CHANNEL_BLOCK)
-        .zip(sums2[..c].par_chunks_mut(CHANNEL_BLOCK))
-        .enumerate()
-        .for_each(|(block, (s1, s2))| {
-            let c0 = block * CHANNEL_BLOCK;
-            let len = s1.len();
-            s1.fill(0.0);
-            s2.fill(0.0);
-            let mut blk1 = [0.0f32; CHANNEL_BLOCK];
-            let mut blk2 = [0.0f32; CHANNEL_BLOCK];
-            let mut r = 0;
-            while r < rows {
-                let stop = (r + 16).min(rows);
+    let piece = piece_len(rows, 32);
+    (0..rows.div_ceil(piece))
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = vec![0.0f64; 2 * c];
+            let (s1, s2) = acc.split_at_mut(c);
+            // Accumulate each row in f32 lanes in blocks, then fold into f64: vectorizes, keeps precision.
+            let mut blk1 = vec![0.0f32; c];
+            let mut blk2 = vec![0.0f32; c];
+            let end = ((p + 1) * piece).min(rows);
+            let mut r = p * piece;
+            while r < end {
+                let stop = (r + 16).min(end);
                 blk1.fill(0.0);
                 blk2.fill(0.0);
                 for row in r..stop {
-                    f(row, c0, &mut blk1[..len], &mut blk2[..len]);
+                    f(row, &mut blk1, &mut blk2);
                 }
-                for ch in 0..len {
+                for ch in 0..c {
                     s1[ch] += blk1[ch] as f64;
                     s2[ch] += blk2[ch] as f64;
                 }
                 r = stop;
             }
-        });
+            acc
+        })
+        .collect::<Vec<_>>()
+        // Summed in piece order, not as the threads finish: the result is the same bits on every run, which
+        // is what lets a resumed training run end exactly where an uninterrupted one does.
+        .into_iter()
+        .fold(vec![0.0f64; 2 * c], |mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
 }
 
 /// Training-mode statistics of `x [rows, c]`: writes `mean [c]` and the biased variance `var [c]`
 /// (the one PyTorch normalizes with). Two passes (mean, then squared deviations): a one-pass `E[x²] − mean²`
 /// loses the variance of nearly constant channels (measured: the reduced-width golden network's last stage,
-/// whose batch variance is 4.8e-8, drifts past its tolerance). `sums` holds at least `2·c` f64.
-pub fn batch_stats(x: &[f32], c: usize, mean: &mut [f32], var: &mut [f32], sums: &mut [f64]) {
+/// whose batch variance is 4.8e-8, drifts past its tolerance).
+pub fn batch_stats(x: &[f32], c: usize, mean: &mut [f32], var: &mut [f32]) {
     let rows = x.len() / c;
-    let (s1, s2) = sums[..2 * c].split_at_mut(c);
-    channel_sums2(rows, c, s1, s2, |r, c0, a, _| {
-        for (a, &v) in a.iter_mut().zip(&x[r * c + c0..]) {
+    let sums = channel_sums2(rows, c, |r, s1, _| {
+        for (a, &v) in s1.iter_mut().zip(&x[r * c..][..c]) {
             *a += v;
         }
     });
     for ch in 0..c {
-        mean[ch] = (s1[ch] / rows as f64) as f32;
+        mean[ch] = (sums[ch] / rows as f64) as f32;
     }
-    channel_sums2(rows, c, s1, s2, |r, c0, a, _| {
-        for ((a, &v), &m) in a.iter_mut().zip(&x[r * c + c0..]).zip(&mean[c0..]) {
+    let sq = channel_sums2(rows, c, |r, s1, _| {
+        for ((a, &v), &m) in s1.iter_mut().zip(&x[r * c..][..c]).zip(&mean[..c]) {
             *a += (v - m) * (v - m);
         }
     });
     for ch in 0..c {
-        var[ch] = (s1[ch] / rows as f64) as f32;
+        var[ch] = (sq[ch] / rows as f64) as f32;
     }
 }
 
-/// The per-channel affine map of a normalization, `scale = gamma·invstd` and `shift = beta − mean·scale`, each
-/// `[c]` (what [`batch_norm_apply`] applies).
-pub fn batch_norm_affine(
+/// `y = gamma·(x − mean)·invstd + beta` per channel, then `max(·, 0)` when `relu`.
+/// `x`, `y`: `[rows, c]`; `mean`, `invstd`, `gamma`, `beta`: `[c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_apply(
+    x: &[f32],
+    c: usize,
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
     beta: &[f32],
-    scale: &mut [f32],
-    shift: &mut [f32],
-) {
-    for ch in 0..scale.len() {
-        scale[ch] = gamma[ch] * invstd[ch];
-        shift[ch] = beta[ch] - mean[ch] * scale[ch];
-    }
-}
-
-/// `y = x·scale + shift` per channel (a normalization, see [`batch_norm_affine`]), then `max(·, 0)` when
-/// `relu`. `x`, `y`: `[rows, c]`; `scale`, `shift`: `[c]`.
-pub fn batch_norm_apply(
-    x: &[f32],
-    c: usize,
-    scale: &[f32],
-    shift: &[f32],
     relu: bool,
     y: &mut [f32],
 ) {
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
     let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(y, piece, |i, out| {
@@ -110,7 +100,7 @@ pub fn batch_norm_apply(
 
 /// Backward of [`batch_norm_apply`] with training-mode statistics (the batch's own mean and invstd).
 /// When `relu`, `y` is the forward output and the gradient is first masked by `y > 0`.
-/// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`; `sums` holds at least `2·c` f64 and `coeffs` `3·c` f32.
+/// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     x: &[f32],
@@ -124,13 +114,9 @@ pub fn batch_norm_backward(
     dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
-    sums: &mut [f64],
-    coeffs: &mut [f32],
 ) {
-    backward_coefficients(
-        x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta, sums, coeffs,
-    );
-    apply_backward(x, y, Some(dy), c, mean, relu, coeffs, dx);
+    let coeffs = backward_coefficients(x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta);
+    apply_backward(x, y, Some(dy), c, mean, relu, &coeffs, dx);
 }
 
 /// [`batch_norm_backward`] writing `dx` over `dy_dx` (which holds `dy` on entry): the same arithmetic, bit for
@@ -147,17 +133,12 @@ pub fn batch_norm_backward_in_place(
     relu: bool,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
-    sums: &mut [f64],
-    coeffs: &mut [f32],
 ) {
-    backward_coefficients(
-        x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta, sums, coeffs,
-    );
-    apply_backward(x, y, None, c, mean, relu, coeffs, dy_dx);
+    let coeffs = backward_coefficients(x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta);
+    apply_backward(x, y, None, c, mean, relu, &coeffs, dy_dx);
 }
 
-/// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`, written to `coeffs [3, c]`; writes `dgamma` and
-/// `dbeta`. `sums` holds at least `2·c` f64.
+/// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`; writes `dgamma` and `dbeta`.
 #[allow(clippy::too_many_arguments)]
 fn backward_coefficients(
     x: &[f32],
@@ -170,27 +151,23 @@ fn backward_coefficients(
     relu: bool,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
-    sums: &mut [f64],
-    coeffs: &mut [f32],
-) {
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let rows = x.len() / c;
-    let (sum_g, sum_gx) = sums[..2 * c].split_at_mut(c);
-    channel_sums2(rows, c, sum_g, sum_gx, |r, c0, s1, s2| {
-        let n = s1.len();
-        let at = r * c + c0;
-        let (xr, yr, dyr) = (&x[at..][..n], &y[at..][..n], &dy[at..][..n]);
-        for ch in 0..n {
+    let sums = channel_sums2(rows, c, |r, s1, s2| {
+        let (xr, yr, dyr) = (&x[r * c..][..c], &y[r * c..][..c], &dy[r * c..][..c]);
+        for ch in 0..c {
             let g = if !relu || yr[ch] > 0.0 { dyr[ch] } else { 0.0 };
             s1[ch] += g;
-            s2[ch] += g * (xr[ch] - mean[c0 + ch]);
+            s2[ch] += g * (xr[ch] - mean[ch]);
         }
     });
     let m = rows as f64;
     // dx = gamma·invstd·(g − Σg/M − (x−mean)·invstd²·Σ(g·(x−mean))/M), as  g·a + (x−mean)·b + k  per channel.
-    let (a, rest) = coeffs[..3 * c].split_at_mut(c);
-    let (b, k) = rest.split_at_mut(c);
+    let mut a = vec![0.0f32; c];
+    let mut b = vec![0.0f32; c];
+    let mut k = vec![0.0f32; c];
     for ch in 0..c {
-        let (s1, s2) = (sum_g[ch], sum_gx[ch]);
+        let (s1, s2) = (sums[ch], sums[c + ch]);
         let is = invstd[ch] as f64;
         let gi = gamma[ch] as f64 * is;
         dbeta[ch] = s1 as f32;
@@ -200,6 +177,7 @@ fn backward_coefficients(
         b[ch] = bb as f32;
         k[ch] = (-gi * s1 / m) as f32;
     }
+    (a, b, k)
 }
 
 /// `dx = g·a + (x−mean)·b + k`, `g` being `dy` masked by `y > 0` when `relu`. `dy` is read from `dy` when given,
@@ -212,10 +190,9 @@ fn apply_backward(
     c: usize,
     mean: &[f32],
     relu: bool,
-    coeffs: &[f32],
+    (a, b, k): &(Vec<f32>, Vec<f32>, Vec<f32>),
     dx: &mut [f32],
 ) {
-    let (a, b, k) = (&coeffs[..c], &coeffs[c..2 * c], &coeffs[2 * c..3 * c]);
     let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(dx, piece, |i, out| {
@@ -260,21 +237,8 @@ mod tests {
                 .map(|v| if relu { v.max(0.0) } else { *v })
                 .collect();
             let (mut dx, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
-            let (mut sums, mut coeffs) = (vec![0.0f64; 2 * c], vec![0.0f32; 3 * c]);
             batch_norm_backward(
-                &x,
-                &y,
-                &dy,
-                c,
-                &mean,
-                &invstd,
-                &gamma,
-                relu,
-                &mut dx,
-                &mut dg,
-                &mut db,
-                &mut sums,
-                &mut coeffs,
+                &x, &y, &dy, c, &mean, &invstd, &gamma, relu, &mut dx, &mut dg, &mut db,
             );
             let (mut inplace, mut dg2, mut db2) = (dy.clone(), vec![0.0; c], vec![0.0; c]);
             batch_norm_backward_in_place(
@@ -288,8 +252,6 @@ mod tests {
                 relu,
                 &mut dg2,
                 &mut db2,
-                &mut sums,
-                &mut coeffs,
             );
             assert_eq!(dx, inplace);
             assert_eq!((dg, db), (dg2, db2));

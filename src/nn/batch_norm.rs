@@ -2,8 +2,7 @@
 
 use super::ensure_len;
 use crate::kernels::norm::{
-    batch_norm_affine, batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place,
-    batch_stats,
+    batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place, batch_stats,
 };
 use crate::Shape4;
 
@@ -41,12 +40,9 @@ pub struct BatchNorm2d {
     save_mean: Vec<f32>,
     save_invstd: Vec<f32>,
     batch_var: Vec<f32>,
-    /// The last forward as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-    /// Scratch of the kernels: per-channel f64 sums `[2, c]` and backward coefficients `[3, c]`.
-    sums: Vec<f64>,
-    coeffs: Vec<f32>,
+    /// Eval mode as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
+    eval_scale: Vec<f32>,
+    eval_shift: Vec<f32>,
 }
 
 impl BatchNorm2d {
@@ -71,10 +67,8 @@ impl BatchNorm2d {
             save_mean: vec![0.0; c],
             save_invstd: vec![0.0; c],
             batch_var: vec![0.0; c],
-            scale: vec![0.0; c],
-            shift: vec![0.0; c],
-            sums: vec![0.0; 2 * c],
-            coeffs: vec![0.0; 3 * c],
+            eval_scale: vec![0.0; c],
+            eval_shift: vec![0.0; c],
         }
     }
 
@@ -85,13 +79,7 @@ impl BatchNorm2d {
         let c = self.num_features;
         ensure_len(&mut self.out, xs.len());
         if train {
-            batch_stats(
-                x,
-                c,
-                &mut self.save_mean,
-                &mut self.batch_var,
-                &mut self.sums,
-            );
+            batch_stats(x, c, &mut self.save_mean, &mut self.batch_var);
             let m = xs.rows() as f32;
             let unbias = m / (m - 1.0).max(1.0);
             for ch in 0..c {
@@ -108,15 +96,16 @@ impl BatchNorm2d {
                 self.save_invstd[ch] = 1.0 / (self.running_var[ch] + self.eps).sqrt();
             }
         }
-        batch_norm_affine(
+        batch_norm_apply(
+            x,
+            c,
             &self.save_mean,
             &self.save_invstd,
             &self.weight,
             &self.bias,
-            &mut self.scale,
-            &mut self.shift,
+            self.relu,
+            &mut self.out,
         );
-        batch_norm_apply(x, c, &self.scale, &self.shift, self.relu, &mut self.out);
     }
 
     /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
@@ -125,10 +114,10 @@ impl BatchNorm2d {
     pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
         for ch in 0..self.num_features {
             let invstd = 1.0 / (self.running_var[ch] + self.eps).sqrt();
-            self.scale[ch] = self.weight[ch] * invstd;
-            self.shift[ch] = self.bias[ch] - self.running_mean[ch] * self.scale[ch];
+            self.eval_scale[ch] = self.weight[ch] * invstd;
+            self.eval_shift[ch] = self.bias[ch] - self.running_mean[ch] * self.eval_scale[ch];
         }
-        (&self.scale, &self.shift)
+        (&self.eval_scale, &self.eval_shift)
     }
 
     /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients
@@ -147,8 +136,6 @@ impl BatchNorm2d {
             &mut self.grad_input,
             &mut self.grad_weight,
             &mut self.grad_bias,
-            &mut self.sums,
-            &mut self.coeffs,
         );
     }
 
@@ -167,8 +154,6 @@ impl BatchNorm2d {
             self.relu,
             &mut self.grad_weight,
             &mut self.grad_bias,
-            &mut self.sums,
-            &mut self.coeffs,
         );
     }
 
