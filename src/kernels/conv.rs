@@ -391,7 +391,7 @@ fn direct_weights<'a>(
     w: &'a [f32],
     workspace: &'a mut [f32],
 ) -> conv_direct::Weights<'a> {
-    if g.cout >= conv_direct::PACK_MIN_COUT {
+    if conv_direct::packs_weights(g) {
         let packed = &mut workspace[..conv_direct::packed_len(g)];
         conv_direct::pack_weights(g, w, packed);
         conv_direct::Weights::Packed(packed)

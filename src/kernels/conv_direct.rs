@@ -71,7 +71,13 @@ pub fn handles(g: &ConvGeom) -> bool {
 /// 96×96: the 512-channel stage ran at 62–72 GFLOP/s in place, 118–141 packed; the 64–128-channel stages at
 /// the same speed either way, and packing all layers cost a copy of every weight per call: a fifth of the
 /// batch-1 latency at 224×224).
-pub const PACK_MIN_COUT: usize = 256;
+const PACK_MIN_COUT: usize = 256;
+
+/// True when the direct kernels should read this geometry's weights packed ([`pack_weights`]), not in place
+/// (from 256 output channels, see `PACK_MIN_COUT`).
+pub fn packs_weights(g: &ConvGeom) -> bool {
+    g.cout >= PACK_MIN_COUT
+}
 
 /// Floats [`pack_weights`] writes: `live_taps·cin·cout`.
 pub fn packed_len(g: &ConvGeom) -> usize {

@@ -35,10 +35,10 @@ pub struct Conv2d {
     /// Gradient w.r.t. the input from the last backward, NHWC like the input.
     pub grad_input: Vec<f32>,
     in_shape: Shape4,
-    /// Eval mode only: the weight packed for the direct kernels (wide layers), valid while `packed_ok`.
-    /// Packing every forward costs a copy of the weights, a fifth of the batch-1 latency.
+    /// Eval mode only: the weight packed for the direct kernels (wide layers); empty until packed, and emptied
+    /// whenever the weight may change. Packing every forward costs a copy of the weights, a fifth of the batch-1
+    /// latency.
     packed: Vec<f32>,
-    packed_ok: bool,
 }
 
 impl Conv2d {
@@ -71,7 +71,6 @@ impl Conv2d {
             grad_input: Vec::new(),
             in_shape: Shape4::default(),
             packed: Vec::new(),
-            packed_ok: false,
         };
         conv.set_weight_oihw(&oihw);
         conv
@@ -141,11 +140,10 @@ impl Conv2d {
         let (scale, shift) = bn.eval_affine();
         let workspace = ws.get(g.workspace_len(xs.n));
         // Wide layers on the direct kernels read packed weights: pack once, reuse until the weight changes.
-        let packed = if g.runs_direct() && g.cout >= conv_direct::PACK_MIN_COUT {
-            if !self.packed_ok {
-                ensure_len(&mut self.packed, conv_direct::packed_len(&g));
+        let packed = if g.runs_direct() && conv_direct::packs_weights(&g) {
+            if self.packed.is_empty() {
+                self.packed = vec![0.0; conv_direct::packed_len(&g)];
                 conv_direct::pack_weights(&g, &self.weight, &mut self.packed);
-                self.packed_ok = true;
             }
             Some(&self.packed[..])
         } else {
@@ -232,19 +230,19 @@ impl Conv2d {
 
     /// The weight, HWIO `[k, k, in, out]`, for changing it.
     pub fn weight_mut(&mut self) -> &mut [f32] {
-        self.packed_ok = false;
+        self.invalidate_packed();
         &mut self.weight
     }
 
     /// The weight for changing it together with its gradient (for tests that perturb one value at a time).
     pub fn weight_and_grad_mut(&mut self) -> (&mut [f32], &[f32]) {
-        self.packed_ok = false;
+        self.invalidate_packed();
         (&mut self.weight, &self.grad_weight)
     }
 
-    /// Drops the eval-mode packed weights (before the weight is handed out for changing).
-    pub(crate) fn release_packed(&mut self) {
-        self.packed_ok = false;
+    /// Drops the eval-mode packed weights (before the weight is handed out for changing), memory included:
+    /// training never reads them.
+    pub(crate) fn invalidate_packed(&mut self) {
         self.packed = Vec::new();
     }
 
@@ -255,7 +253,7 @@ impl Conv2d {
 
     /// Sets the weight from PyTorch's OIHW order (`oihw.len()` must equal the weight's length).
     pub fn set_weight_oihw(&mut self, oihw: &[f32]) {
-        self.packed_ok = false;
+        self.invalidate_packed();
         let (o, i, k) = (self.out_channels, self.in_channels, self.kernel);
         assert_eq!(oihw.len(), o * i * k * k);
         for ky in 0..k {

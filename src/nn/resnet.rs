@@ -515,7 +515,7 @@ pub(crate) fn push_conv_for_test<'a>(out: &mut Vec<ParamMut<'a>>, c: &'a mut Con
 
 fn push_conv<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, c: &'a mut Conv2d) {
     // The weight may change through the list: drop the eval-mode packed copy first.
-    c.release_packed();
+    c.invalidate_packed();
     out.push(ParamMut {
         name: format!("{prefix}.weight"),
         value: &mut c.weight,
