@@ -98,6 +98,41 @@ pub fn batch_norm_apply(
     });
 }
 
+/// The residual join fused into the block's second batch norm:
+/// `out = max(gamma·(x − mean)·invstd + beta + shortcut, 0)`, rounded as [`batch_norm_apply`] followed by
+/// [`super::pointwise::add_relu_forward`] would round it, without writing the normalized activation.
+/// `x`, `shortcut`, `out`: `[rows, c]`; `mean`, `invstd`, `gamma`, `beta`: `[c]`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_add_relu(
+    x: &[f32],
+    c: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shortcut: &[f32],
+    out: &mut [f32],
+) {
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let rows = x.len() / c;
+    let piece = piece_len(rows, 64) * c;
+    super::par_pieces(out, piece, |i, o| {
+        let xin = &x[i * piece..][..o.len()];
+        let sin = &shortcut[i * piece..][..o.len()];
+        for ((o_row, x_row), s_row) in o
+            .chunks_exact_mut(c)
+            .zip(xin.chunks_exact(c))
+            .zip(sin.chunks_exact(c))
+        {
+            for ch in 0..c {
+                let v = x_row[ch] * scale[ch] + shift[ch];
+                o_row[ch] = (v + s_row[ch]).max(0.0);
+            }
+        }
+    });
+}
+
 /// Backward of [`batch_norm_apply`] with training-mode statistics (the batch's own mean and invstd).
 /// When `relu`, `y` is the forward output and the gradient is first masked by `y > 0`.
 /// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`.
@@ -218,6 +253,29 @@ fn apply_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_add_relu_matches_apply_then_join() {
+        let (rows, c) = (200, 7);
+        let x: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let shortcut: Vec<f32> = (0..rows * c)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 9.0)
+            .collect();
+        let mean: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.5).collect();
+        let invstd: Vec<f32> = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
+        let gamma: Vec<f32> = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
+        let beta: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.05 - 0.1).collect();
+        let mut normalized = vec![0.0; rows * c];
+        batch_norm_apply(&x, c, &mean, &invstd, &gamma, &beta, false, &mut normalized);
+        let mut want = vec![0.0; rows * c];
+        crate::kernels::pointwise::add_relu_forward(&normalized, &shortcut, &mut want);
+        let mut got = vec![f32::NAN; rows * c];
+        batch_norm_add_relu(&x, c, &mean, &invstd, &gamma, &beta, &shortcut, &mut got);
+        assert_eq!(got, want);
+        assert!(want.iter().any(|v| *v > 0.0) && want.contains(&0.0));
+    }
 
     #[test]
     fn in_place_backward_is_bit_identical() {

@@ -49,6 +49,18 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     });
 }
 
+/// [`relu_backward`] in place: `grad = grad` where the forward output `y > 0`, else 0.
+pub fn relu_backward_in_place(y: &[f32], grad: &mut [f32]) {
+    let piece = piece_len(y.len(), 1 << 14);
+    par_pieces(grad, piece, |i, out| {
+        for (o, &v) in out.iter_mut().zip(&y[i * piece..]) {
+            if v <= 0.0 {
+                *o = 0.0;
+            }
+        }
+    });
+}
+
 /// The residual join: `out = max(a + b, 0)`, elementwise.
 pub fn add_relu_forward(a: &[f32], b: &[f32], out: &mut [f32]) {
     let piece = piece_len(out.len(), 1 << 14);

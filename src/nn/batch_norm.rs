@@ -2,7 +2,8 @@
 
 use super::ensure_len;
 use crate::kernels::norm::{
-    batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place, batch_stats,
+    batch_norm_add_relu, batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place,
+    batch_stats,
 };
 use crate::Shape4;
 
@@ -76,8 +77,42 @@ impl BatchNorm2d {
     /// (which needs more than one value per channel: `xs.rows() > 1`, checked by the model) and updating the
     /// running statistics; in eval, with the running statistics.
     pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool) {
-        let c = self.num_features;
         ensure_len(&mut self.out, xs.len());
+        self.statistics(x, xs, train);
+        batch_norm_apply(
+            x,
+            self.num_features,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            &self.bias,
+            self.relu,
+            &mut self.out,
+        );
+    }
+
+    /// Training-mode forward of a block's second batch norm with the residual join fused in:
+    /// `out = max(bn(x) + shortcut, 0)`, all NHWC of shape `xs`. [`BatchNorm2d::out`] is not written (the
+    /// normalized activation is never stored: backward needs only `x`), so this norm must have no fused ReLU.
+    pub fn forward_add_relu(&mut self, x: &[f32], xs: Shape4, shortcut: &[f32], out: &mut [f32]) {
+        assert!(!self.relu, "the join's ReLU replaces the norm's own");
+        self.statistics(x, xs, true);
+        batch_norm_add_relu(
+            x,
+            self.num_features,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            &self.bias,
+            shortcut,
+            out,
+        );
+    }
+
+    /// Sets `save_mean` / `save_invstd` to the statistics to normalize with (the batch's in training, updating
+    /// the running statistics; the running ones in eval).
+    fn statistics(&mut self, x: &[f32], xs: Shape4, train: bool) {
+        let c = self.num_features;
         if train {
             batch_stats(x, c, &mut self.save_mean, &mut self.batch_var);
             let m = xs.rows() as f32;
@@ -96,16 +131,6 @@ impl BatchNorm2d {
                 self.save_invstd[ch] = 1.0 / (self.running_var[ch] + self.eps).sqrt();
             }
         }
-        batch_norm_apply(
-            x,
-            c,
-            &self.save_mean,
-            &self.save_invstd,
-            &self.weight,
-            &self.bias,
-            self.relu,
-            &mut self.out,
-        );
     }
 
     /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
@@ -121,12 +146,13 @@ impl BatchNorm2d {
     }
 
     /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients
-    /// and [`BatchNorm2d::grad_input`].
+    /// and [`BatchNorm2d::grad_input`]. The output is read only for a fused ReLU's mask; without one, `x` stands
+    /// in for it, so a norm run by [`BatchNorm2d::forward_add_relu`] needs no stored output.
     pub fn backward(&mut self, x: &[f32], dy: &[f32]) {
         ensure_len(&mut self.grad_input, x.len());
         batch_norm_backward(
             x,
-            &self.out,
+            if self.relu { &self.out } else { x },
             dy,
             self.num_features,
             &self.save_mean,
@@ -145,7 +171,7 @@ impl BatchNorm2d {
     pub fn backward_in_place(&mut self, x: &[f32], dy: &mut [f32]) {
         batch_norm_backward_in_place(
             x,
-            &self.out,
+            if self.relu { &self.out } else { x },
             dy,
             self.num_features,
             &self.save_mean,

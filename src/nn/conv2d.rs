@@ -169,14 +169,26 @@ impl Conv2d {
     /// Given `dy` (NHWC, shape of the last output) and the last forward's input `x`, writes the parameter
     /// gradients and, when `need_grad_input`, [`Conv2d::grad_input`].
     pub fn backward(&mut self, x: &[f32], dy: &[f32], need_grad_input: bool, ws: &mut Workspace) {
+        let mut grad_input = std::mem::take(&mut self.grad_input);
+        if need_grad_input {
+            ensure_len(&mut grad_input, self.in_shape.len());
+        }
+        self.backward_into(x, dy, need_grad_input.then_some(&mut grad_input[..]), ws);
+        self.grad_input = grad_input;
+    }
+
+    /// [`Conv2d::backward`] writing the input gradient into the caller's `grad_input` (NHWC, the last input's
+    /// length) instead of [`Conv2d::grad_input`]: the model passes buffers shared by all layers, so only the
+    /// gradients in flight take memory.
+    pub fn backward_into(
+        &mut self,
+        x: &[f32],
+        dy: &[f32],
+        grad_input: Option<&mut [f32]>,
+        ws: &mut Workspace,
+    ) {
         let xs = self.in_shape;
         let g = self.geom(xs).expect("conv2d: backward after forward");
-        let grad_input = if need_grad_input {
-            ensure_len(&mut self.grad_input, xs.len());
-            Some(&mut self.grad_input[..])
-        } else {
-            None
-        };
         let workspace = ws.get(g.workspace_len(xs.n));
         conv2d_backward(
             &g,

@@ -2,7 +2,7 @@
 //! the identity or a strided 1×1 conv (with bias, no BN).
 
 use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Workspace};
-use crate::kernels::pointwise::{add_assign, add_relu_forward, relu_backward};
+use crate::kernels::pointwise::{add_assign, add_relu_forward, relu_backward_in_place};
 use crate::Shape4;
 
 /// `Residual(in_channels, out_channels, use_1x1conv, stride)` as in the chapter.
@@ -21,8 +21,10 @@ pub struct Residual {
     pub out: Vec<f32>,
     /// Shape of [`Residual::out`] (named `[n, out, oh, ow]`, stored NHWC).
     pub out_shape: Shape4,
-    /// Gradient at the join (`d out` masked by `out > 0`), reused as the shortcut's gradient.
-    grad_join: Vec<f32>,
+    /// [`Residual::backward`]'s own `grad`, `dx` and `tmp` buffers (empty inside a model, which shares its own).
+    own_grads: [Vec<f32>; 3],
+    /// Length of the input gradient in `own_grads[1]`.
+    own_grad_len: usize,
 }
 
 impl Residual {
@@ -46,7 +48,8 @@ impl Residual {
             conv3,
             out: Vec::new(),
             out_shape: Shape4::default(),
-            grad_join: Vec::new(),
+            own_grads: Default::default(),
+            own_grad_len: 0,
         }
     }
 
@@ -66,9 +69,7 @@ impl Residual {
         let s2 = if train {
             let s1 = self.conv1.forward(x, xs, ws);
             self.bn1.forward(&self.conv1.out, s1, train);
-            let s2 = self.conv2.forward(&self.bn1.out, s1, ws);
-            self.bn2.forward(&self.conv2.out, s2, train);
-            s2
+            self.conv2.forward(&self.bn1.out, s1, ws)
         } else {
             // Eval: each batch norm is applied as its conv writes (one pass over the activation, not three).
             let s1 = self.conv1.forward_bn_eval(x, xs, &mut self.bn1, ws);
@@ -83,40 +84,77 @@ impl Residual {
             }
             None => x,
         };
-        add_relu_forward(&self.bn2.out, shortcut, &mut self.out);
+        if train {
+            // bn2, the join and its ReLU in one pass; the normalized activation is never stored.
+            self.bn2
+                .forward_add_relu(&self.conv2.out, s2, shortcut, &mut self.out);
+        } else {
+            add_relu_forward(&self.bn2.out, shortcut, &mut self.out);
+        }
         self.out_shape = s2;
         s2
     }
 
     /// Backward given the last forward's input `x` and `dout` (NHWC, output shape). Fills every parameter
     /// gradient and, when `need_grad_input`, the input gradient, returned by [`Residual::grad_input`].
+    /// Uses buffers owned by the block; the model runs [`Residual::backward_into`] on shared ones instead.
     pub fn backward(&mut self, x: &[f32], dout: &[f32], need_grad_input: bool, ws: &mut Workspace) {
-        ensure_len(&mut self.grad_join, dout.len());
-        relu_backward(&self.out, dout, &mut self.grad_join);
-        self.bn2.backward(&self.conv2.out, &self.grad_join);
-        self.conv2
-            .backward(&self.bn1.out, &self.bn2.grad_input, true, ws);
-        self.bn1.backward(&self.conv1.out, &self.conv2.grad_input);
-        self.conv1
-            .backward(x, &self.bn1.grad_input, need_grad_input, ws);
+        let len = x.len().max(dout.len());
+        let mut bufs = std::mem::take(&mut self.own_grads);
+        for b in bufs.iter_mut() {
+            ensure_len(b, len);
+        }
+        let [grad, dx, tmp] = &mut bufs;
+        grad[..dout.len()].copy_from_slice(dout);
+        self.backward_into(x, grad, dx, tmp, need_grad_input, ws);
+        self.own_grads = bufs;
+        self.own_grad_len = x.len();
+    }
+
+    /// Backward on caller-owned buffers, each at least as long as the block's input and its output (NHWC):
+    /// `grad[..out]` holds `d out` on entry and is overwritten; `dx[..in]` receives the input gradient when
+    /// `need_grad_input`; `tmp` is scratch. A model shares three such buffers across all its blocks, so the
+    /// gradients take memory for one block at a time rather than five activation-sized buffers per block.
+    pub fn backward_into(
+        &mut self,
+        x: &[f32],
+        grad: &mut [f32],
+        dx: &mut [f32],
+        tmp: &mut [f32],
+        need_grad_input: bool,
+        ws: &mut Workspace,
+    ) {
+        let (in_len, out_len) = (x.len(), self.out.len());
+        // The join: d(Y + shortcut) = d out masked by out > 0, kept in `grad`.
+        let grad_join = &mut grad[..out_len];
+        relu_backward_in_place(&self.out, grad_join);
+        // The shortcut first, while `grad` still holds the join's gradient.
+        let dx = &mut dx[..in_len];
         match &mut self.conv3 {
-            Some(c3) => {
-                c3.backward(x, &self.grad_join, need_grad_input, ws);
-                if need_grad_input {
-                    add_assign(&mut self.conv1.grad_input, &c3.grad_input);
-                }
-            }
+            Some(c3) => c3.backward_into(x, grad_join, need_grad_input.then_some(&mut *dx), ws),
             None => {
                 if need_grad_input {
-                    add_assign(&mut self.conv1.grad_input, &self.grad_join);
+                    dx.copy_from_slice(grad_join);
                 }
             }
         }
+        // Main path: bn2 in place, conv2 into `tmp`, bn1 in place, conv1 into `grad` (free again), added to `dx`.
+        self.bn2.backward_in_place(&self.conv2.out, grad_join);
+        let dy1 = &mut tmp[..self.conv1.out.len()];
+        self.conv2
+            .backward_into(&self.bn1.out, grad_join, Some(&mut *dy1), ws);
+        self.bn1.backward_in_place(&self.conv1.out, dy1);
+        let dx_main = &mut grad[..in_len];
+        self.conv1
+            .backward_into(x, dy1, need_grad_input.then_some(&mut *dx_main), ws);
+        if need_grad_input {
+            add_assign(dx, dx_main);
+        }
     }
 
-    /// Gradient w.r.t. the block's input from the last backward (NHWC, input shape).
+    /// Gradient w.r.t. the block's input from the last [`Residual::backward`] (NHWC, input shape).
     pub fn grad_input(&self) -> &[f32] {
-        &self.conv1.grad_input
+        &self.own_grads[1][..self.own_grad_len]
     }
 
     /// Number of trainable values.

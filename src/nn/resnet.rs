@@ -140,7 +140,8 @@ pub struct ResNet {
     pool_grad_input: Vec<f32>,
     pool_geom: Option<PoolGeom>,
     gap_out: Vec<f32>,
-    gap_grad_input: Vec<f32>,
+    /// The blocks' shared gradient buffers (see [`Residual::backward_into`]).
+    block_grads: [Vec<f32>; 3],
     grad_logits: Vec<f32>,
     input_shape: Shape4,
     last_shape: Shape4,
@@ -180,7 +181,7 @@ impl ResNet {
             pool_grad_input: Vec::new(),
             pool_geom: None,
             gap_out: Vec::new(),
-            gap_grad_input: Vec::new(),
+            block_grads: Default::default(),
             grad_logits: Vec::new(),
             input_shape: Shape4::default(),
             last_shape: Shape4::default(),
@@ -330,34 +331,40 @@ impl ResNet {
         let s = self.last_shape;
         let ws = &mut self.workspace;
         self.fc.backward(&self.gap_out, grad_logits);
-        ensure_len(&mut self.gap_grad_input, s.len());
+        // Every block's gradients run through three buffers shared by all blocks: `grad` holds d(block output)
+        // on the way in and d(block input) on the way out (after a swap with `dx`).
+        let longest = self
+            .stages
+            .iter()
+            .flatten()
+            .map(|b| b.out.len())
+            .chain([self.pool_out.len()])
+            .max()
+            .unwrap_or(0);
+        let [grad, dx, tmp] = &mut self.block_grads;
+        for b in [&mut *grad, &mut *dx, &mut *tmp] {
+            ensure_len(b, longest);
+        }
         global_avg_pool_backward(
             s.n,
             s.h * s.w,
             s.c,
             &self.fc.grad_input,
-            &mut self.gap_grad_input,
+            &mut grad[..s.len()],
         );
         // Walk the blocks backwards; each block's input is the previous block's output (or the pool's).
         let mut blocks: Vec<&mut Residual> = self.stages.iter_mut().flatten().collect();
         for i in (0..blocks.len()).rev() {
             let (before, rest) = blocks.split_at_mut(i);
-            let (block, after) = rest.split_first_mut().expect("i < len");
             let block_input: &[f32] = if i == 0 {
                 &self.pool_out
             } else {
                 &before[i - 1].out
             };
-            let dout: &[f32] = match after.first() {
-                Some(next) => next.grad_input(),
-                None => &self.gap_grad_input,
-            };
-            block.backward(block_input, dout, true, ws);
+            rest[0].backward_into(block_input, grad, dx, tmp, true, ws);
+            std::mem::swap(grad, dx);
         }
-        let pool_dout: &[f32] = match blocks.first() {
-            Some(b) => b.grad_input(),
-            None => &self.gap_grad_input,
-        };
+        let pool_dout = &grad[..self.pool_out.len()];
         let pg = self.pool_geom.expect("backward after forward");
         ensure_len(&mut self.pool_grad_input, self.stem_bn.out.len());
         max_pool_backward(
