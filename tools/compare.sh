@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: ours (`resnet bench`) and PyTorch's (tools/bench_pytorch.py), run alternately
 # (A B A B …) on the same machine, then per configuration: ours, PyTorch (faster of NCHW and channels_last),
-# ratio ours/PyTorch in images/s (medians of the per-round medians).
+# ratio ours/PyTorch in images/s (medians of the per-round medians); then the peak memory of training at 96×96,
+# each side measured in a fresh process.
 #
 #   tools/compare.sh [ROUNDS=3] [ITERS=3] [THREADS=2] [ONLY=all]
 # Needs: cargo, python3 with the pinned PyTorch (pip install -r tools/requirements.txt).
@@ -30,7 +31,7 @@ def load(kind):
             res.setdefault(x["name"], []).append(x)
     return res
 ours, torch = load("ours"), load("torch")
-print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14} {'ours RSS':>9} {'torch RSS':>10}  torch layout")
+print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")
 for name in ours:
     o, t = ours[name], torch.get(name)
     oi = statistics.median(x["images_per_s"] for x in o)
@@ -40,7 +41,19 @@ for name in ours:
     ti = statistics.median(x["images_per_s"] for x in t)
     tg = statistics.median(x["gflops"] for x in t)
     fmt = max(set(x["format"] for x in t), key=[x["format"] for x in t].count)
-    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {og:>13.1f} {tg:>14.1f} {max(x['peak_rss_mib'] for x in o):>8.0f}M {max(x['peak_rss_mib'] for x in t):>9.0f}M  {fmt}")
-    lat = [x["median_s"] for x in o]
+    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {og:>13.1f} {tg:>14.1f}  {fmt}")
 print("(per-round values in", out, ")")
 PY
+# Peak memory of training at 96×96, batch 256: each side in a fresh process that runs only that configuration
+# (one warm-up and one timed step), PyTorch once per layout, so no earlier configuration's peak is counted.
+if [[ $only == all || $only == *train96* ]]; then
+  ours_rss=$(./target/release/resnet --threads "$threads" bench --json --iters 1 --warmup 1 --only train96 |
+    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"][0]["peak_rss_mib"]))')
+  rss_line="peak RSS, train96 alone: ours $ours_rss MiB"
+  for fmt in nchw channels_last; do
+    t_rss=$(python3 tools/bench_pytorch.py --json --threads "$threads" --iters 1 --warmup 1 --only train96 --formats $fmt |
+      python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"][0]["peak_rss_mib"]))')
+    rss_line="$rss_line, PyTorch $fmt $t_rss MiB"
+  done
+  echo "$rss_line"
+fi
