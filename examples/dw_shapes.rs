@@ -1,5 +1,6 @@
 //! Weight-gradient kernels at the chapter's 96×96 shapes, batch 256: the channel-major direct kernel vs
-//! im2col + gemm, alternating, best of 5 each. `cargo run --release --example dw_shapes`
+//! im2col + gemm, alternating, best of 5 each.
+//! `cargo run --release --example dw_shapes [NAME-FILTER]`, e.g. `-- 3×3/2`
 use resnet::kernels::conv::{im2col, ConvGeom};
 use resnet::kernels::conv_direct::{conv_weight_grad_cm, weight_grad_chunk, weight_grad_handles};
 use resnet::kernels::gemm::{matmul, MatRef};
@@ -12,8 +13,18 @@ fn main() {
         (128, 128, 3, 1, 1, 12, "stage2 3×3"),
         (256, 256, 3, 1, 1, 6, "stage3 3×3"),
         (512, 512, 3, 1, 1, 3, "stage4 3×3"),
+        (1, 64, 7, 2, 3, 96, "stem 7×7/2"),
+        (64, 128, 3, 2, 1, 24, "stage2 3×3/2"),
+        (128, 256, 3, 2, 1, 12, "stage3 3×3/2"),
+        (256, 512, 3, 2, 1, 6, "stage4 3×3/2"),
+        (64, 128, 1, 2, 0, 24, "stage2 1×1/2"),
+        (256, 512, 1, 2, 0, 6, "stage4 1×1/2"),
     ];
+    let only = std::env::args().nth(1).unwrap_or_default();
     for (cin, cout, k, s, p, h, name) in convs {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let g = ConvGeom::new(cin, cout, k, s, p, h, h).unwrap();
         let x: Vec<f32> = (0..n * h * h * cin)
             .map(|i| (i % 17) as f32 / 17.0)

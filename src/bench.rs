@@ -137,7 +137,7 @@ pub fn bench_one(
             net.forward(&x, xs)?;
             net.loss(&labels)?;
             net.backward(&x, false);
-            opt.step(&mut net.params_mut(), 1e-3);
+            net.optimizer_step(opt.as_mut(), 1e-3);
             Ok(())
         })?
     } else {

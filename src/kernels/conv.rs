@@ -192,7 +192,13 @@ impl ConvGeom {
         } else {
             cols
         };
-        cols + weights.max(flipped) + folded_shift
+        // The transposed, packed weights of the input gradient's direct GEMM (stride 2, dead taps).
+        let packed_wt = if self.transposed().is_none() && !self.is_pointwise() {
+            self.live_patch_len() * self.cout
+        } else {
+            0
+        };
+        cols + weights.max(flipped) + folded_shift + packed_wt
     }
 }
 
@@ -306,6 +312,29 @@ fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
     }
 }
 
+/// True when [`conv_direct::conv_direct`] can multiply `[rows, k] × [k, n]` as a 1×1 convolution with `k` input
+/// and `n` output channels on this CPU.
+fn direct_gemm_handles(k: usize, n: usize) -> bool {
+    conv_direct::cpu_supported()
+        && ConvGeom::new(k, n, 1, 1, 0, 1, 1).is_some_and(|g| conv_direct::handles(&g))
+}
+
+/// `y [rows, n] (+)= a [rows, k] × b` on the direct kernels, `b` being a `[k, n]` matrix as the weights of a 1×1
+/// convolution (HWIO in place, or packed). Needs [`direct_gemm_handles`]`(k, n)`. Unlike the `gemm` crate, it
+/// allocates nothing.
+fn direct_gemm(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: conv_direct::Weights<'_>,
+    y: &mut [f32],
+    accumulate: bool,
+) {
+    let g = ConvGeom::new(k, n, 1, 1, 0, rows, 1).expect("a 1×1 kernel fits any plane");
+    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, None);
+}
+
 /// `y [rows, cout] (+)= im2col(x) × w` over chunks of images. `w` is the live-tap weight matrix.
 fn conv_gemm(
     g: &ConvGeom,
@@ -339,15 +368,22 @@ fn conv_gemm(
         let rows = images * rows_per_image;
         im2col(g, images, &x[first * plane_in..], cols);
         let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
-        matmul(
-            rows,
-            g.cout,
-            k,
-            y_chunk,
-            accumulate,
-            MatRef::row_major(&cols[..rows * k], k),
-            wmat,
-        );
+        if direct_gemm_handles(k, g.cout) {
+            // The stem (one input channel, so no direct convolution): its 49-wide column matrix times the
+            // weights, in place.
+            let w = conv_direct::Weights::Hwio(w);
+            direct_gemm(rows, k, g.cout, cols, w, y_chunk, accumulate);
+        } else {
+            matmul(
+                rows,
+                g.cout,
+                k,
+                y_chunk,
+                accumulate,
+                MatRef::row_major(&cols[..rows * k], k),
+                wmat,
+            );
+        }
         first += images;
     }
 }
@@ -505,12 +541,11 @@ pub fn conv2d_backward(
     // dw = Σ_chunks im2col(x)ᵀ · dy
     let chunk = g.chunk_images(n);
     let plane_in = g.h * g.w * g.cin;
-    let mut first = if conv_direct::weight_grad_handles(g) {
+    let direct_dw = conv_direct::weight_grad_handles(g);
+    if direct_dw {
         conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, cols);
-        n
-    } else {
-        0
-    };
+    }
+    let mut first = if direct_dw { n } else { 0 };
     while first < n {
         let images = chunk.min(n - first);
         let rows = images * rows_per_image;
@@ -528,7 +563,7 @@ pub fn conv2d_backward(
         );
         first += images;
     }
-    if compact {
+    if compact && !direct_dw {
         scatter_live_weights(g, dw_live, dw);
     }
     let Some(dx) = dx else { return };
@@ -555,26 +590,55 @@ pub fn conv2d_backward(
         return;
     }
 
-    // General case: dcols = dy · wᵀ per chunk, scattered back with col2im.
+    // General case (stride 2, dead taps): dcols = dy · wᵀ per chunk, scattered back with col2im.
     dx[..n * plane_in].fill(0.0);
+    let direct = direct_gemm_handles(g.cout, k);
+    let (packed_wt, cols) = cols.split_at_mut(if direct { k * g.cout } else { 0 });
+    if direct {
+        pack_transposed(k, g.cout, w_live, packed_wt);
+    }
     let mut first = 0;
     while first < n {
         let images = chunk.min(n - first);
         let rows = images * rows_per_image;
         let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
         let dcols = &mut cols[..rows * k];
-        matmul(
-            rows,
-            k,
-            g.cout,
-            dcols,
-            false,
-            MatRef::row_major(dy_chunk, g.cout),
-            MatRef::transposed(w_live, g.cout),
-        );
+        if direct {
+            let wt = conv_direct::Weights::Packed(packed_wt);
+            direct_gemm(rows, g.cout, k, dy_chunk, wt, dcols, false);
+        } else {
+            matmul(
+                rows,
+                k,
+                g.cout,
+                dcols,
+                false,
+                MatRef::row_major(dy_chunk, g.cout),
+                MatRef::transposed(w_live, g.cout),
+            );
+        }
         col2im_add(g, images, dcols, &mut dx[first * plane_in..]);
         first += images;
     }
+}
+
+/// Writes `wᵀ` for `w [k, cout]` packed as the direct kernels read a `[cout, k]` weight matrix:
+/// `packed [k / 16, cout, 16]` (see [`conv_direct::pack_weights`]). `k` is a multiple of 16.
+fn pack_transposed(k: usize, cout: usize, w: &[f32], packed: &mut [f32]) {
+    let nr = conv_direct::NR;
+    packed[..k * cout]
+        .par_chunks_mut(cout * nr)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            for (j, wrow) in w[panel * nr * cout..][..nr * cout]
+                .chunks_exact(cout)
+                .enumerate()
+            {
+                for (co, &v) in wrow.iter().enumerate() {
+                    out[co * nr + j] = v;
+                }
+            }
+        });
 }
 
 #[cfg(test)]
@@ -649,6 +713,19 @@ mod tests {
         dw
     }
 
+    /// Naive input gradient: `dx [n, h, w, cin] = Σ dy · wᵀ` over every (position, tap) pair that reads `x`.
+    fn naive_input_grad(g: &ConvGeom, n: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; n * g.h * g.w * g.cin];
+        for_each_product(g, n, |out_row, x_start, w_row| {
+            let d = &dy[out_row * g.cout..][..g.cout];
+            for ci in 0..g.cin {
+                let w_ci = &w[(w_row + ci) * g.cout..][..g.cout];
+                dx[x_start + ci] += d.iter().zip(w_ci).map(|(a, b)| a * b).sum::<f32>();
+            }
+        });
+        dx
+    }
+
     #[test]
     fn direct_and_im2col_paths_match_a_naive_convolution() {
         // (cin, cout, k, stride, pad, h, w, n): odd planes, stride 2, dead taps (1×1 plane), a 1×1 stride-2
@@ -702,11 +779,30 @@ mod tests {
                 conv_gemm(&g, n, &x, wl, &mut y, false, cols);
             }
             close(&y, "im2col");
-            // Weight gradient through conv2d_backward (the channel-major kernel where it applies), dy = y.
+            // Weight and input gradients through conv2d_backward (the channel-major kernel and the direct
+            // GEMM where they apply), dy = y.
             let want_dw = naive_weight_grad(&g, n, &x, &want);
+            let want_dx = naive_input_grad(&g, n, &want, &wt);
             let mut dw = vec![f32::NAN; want_dw.len()];
             let mut db = vec![0.0f32; cout];
-            conv2d_backward(&g, n, &x, &wt, &want, &mut dw, &mut db, None, &mut ws);
+            let mut dx = vec![f32::NAN; want_dx.len()];
+            conv2d_backward(
+                &g,
+                n,
+                &x,
+                &wt,
+                &want,
+                &mut dw,
+                &mut db,
+                Some(&mut dx),
+                &mut ws,
+            );
+            for (i, (a, b)) in dx.iter().zip(&want_dx).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "dx {cin}->{cout} k{k} s{s} p{p} {h}x{w}: dx[{i}] = {a}, want {b}"
+                );
+            }
             for (i, (a, b)) in dw.iter().zip(&want_dw).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
@@ -750,6 +846,41 @@ mod tests {
             close(&y3, "direct packed");
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_plane_weight_gradient_matches_the_definition() {
+        // (cin, cout, k, stride, pad, side, n): several chunks and position runs at 3×3; stride 2 into 3×3; a
+        // 1×1 shortcut; a 1×1 plane where 8 of 9 taps are dead; the single-channel stem's tile shape.
+        for (cin, cout, k, stride, pad, side, n) in [
+            (256, 256, 3, 1, 1, 3, 110),
+            (64, 128, 3, 2, 1, 6, 21),
+            (64, 128, 1, 2, 0, 6, 13),
+            (32, 64, 3, 1, 1, 1, 17),
+            (1, 32, 7, 2, 3, 8, 11),
+        ] {
+            let g = ConvGeom::new(cin, cout, k, stride, pad, side, side).unwrap();
+            if !conv_direct::weight_grad_handles(&g) {
+                return;
+            }
+            assert!(g.ow < 8, "the narrow-plane path");
+            let x: Vec<f32> = (0..n * side * side * cin)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
+                .collect();
+            let dy: Vec<f32> = (0..n * g.oh * g.ow * cout)
+                .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
+                .collect();
+            let want = naive_weight_grad(&g, n, &x, &dy);
+            let mut ws = vec![0.0f32; conv_direct::weight_grad_chunk(&g, n).1];
+            let mut dw = vec![f32::NAN; want.len()];
+            conv_direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
+            for (i, (a, b)) in dw.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "{cin}→{cout} {k}×{k}/{stride} on {side}×{side}: dw[{i}] = {a}, want {b}"
+                );
             }
         }
     }

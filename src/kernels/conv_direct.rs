@@ -498,36 +498,89 @@ unsafe fn tile_6x16(
     unreachable!("cpu_supported() is false off x86-64")
 }
 
-/// Narrowest output plane the channel-major weight gradient takes: its inner loop runs along an output row.
-pub const DW_MIN_OW: usize = 8;
 /// Floats of channel-major, padded input one weight-gradient chunk holds (8 MiB, as the im2col chunks).
 const DW_CHUNK_FLOATS: usize = 2 << 20;
+/// Floats of `dy` one group of images holds (128 KiB): every tile of a task sweeps the group's `dy` rows,
+/// all column panels in turn, while they sit in L2; a tile's 6×16 sums are read and written once per panel
+/// and group (whole images, at least one).
+const DW_GROUP_DY_FLOATS: usize = 32 * 1024;
 
-/// True when [`conv_weight_grad_cm`] computes this geometry's weight gradient: stride 1, every tap live,
-/// output rows at least [`DW_MIN_OW`] wide (plus [`handles`] and [`cpu_supported`]).
+/// True when [`conv_weight_grad_cm`] computes this geometry's weight gradient: output channels a multiple of
+/// 16, at most [`MAX_TAPS`] live taps, on a CPU where [`cpu_supported`] holds. Any stride, plane or channel
+/// count (the single-channel stem included).
 pub fn weight_grad_handles(g: &ConvGeom) -> bool {
-    g.stride == 1
-        && g.live_taps() == g.kh * g.kw
-        && g.ow >= DW_MIN_OW
-        && handles(g)
+    g.cout.is_multiple_of(NR)
+        && g.cout > 0
+        && g.cin > 0
+        && g.live_taps() <= MAX_TAPS
         && cpu_supported()
+}
+
+/// Output planes narrower than this many columns take [`weight_grad_by_columns`]: with a few positions per
+/// output row, [`cm_tile`]'s per-row setup would cost as much as its multiply-adds.
+const DW_COLUMNS_MAX_OW: usize = 8;
+
+/// Whether [`conv_weight_grad_cm`] sums over the chunk's im2col matrix rather than a channel-major copy.
+fn dw_by_columns(g: &ConvGeom) -> bool {
+    g.ow < DW_COLUMNS_MAX_OW
 }
 
 /// Images per chunk of [`conv_weight_grad_cm`], and the workspace floats it needs for a batch of `n`.
 pub fn weight_grad_chunk(g: &ConvGeom, n: usize) -> (usize, usize) {
+    if dw_by_columns(g) {
+        // Tile-packed patch rows of the chunk, then one packed run of dy.
+        let per_image = g.oh * g.ow * cm_tiles(g.live_taps(), g.cin) * MR;
+        let images = (DW_CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1));
+        return (images, images * per_image + dw_run(g) * g.cout);
+    }
     let per_image = g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
     let images = (DW_CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1));
     (images, images * per_image)
 }
 
-/// Weight gradient of a stride-1 convolution, `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy` (overwritten), with
+/// The patch rows `(live tap index, channel)` of weight-gradient tile `tile`, and how many there are: six
+/// channels of one tap when the layer has six channels or more (tiles ordered channel block by channel
+/// block, every tap of a block in turn, so the block's planes are re-read from cache), else up to six taps of
+/// one channel (the single-channel stem).
+fn cm_tile_rows(tile: usize, live: usize, cin: usize) -> ([(usize, usize); MR], usize) {
+    let mut rows = [(0, 0); MR];
+    let m = if cin >= MR {
+        let (block, t) = (tile / live, tile % live);
+        let m = (cin - block * MR).min(MR);
+        for (i, r) in rows[..m].iter_mut().enumerate() {
+            *r = (t, block * MR + i);
+        }
+        m
+    } else {
+        let per_channel = live.div_ceil(MR);
+        let (c, t0) = (tile / per_channel, tile % per_channel * MR);
+        let m = (live - t0).min(MR);
+        for (i, r) in rows[..m].iter_mut().enumerate() {
+            *r = (t0 + i, c);
+        }
+        m
+    };
+    (rows, m)
+}
+
+/// Tiles [`cm_tile_rows`] enumerates.
+fn cm_tiles(live: usize, cin: usize) -> usize {
+    if cin >= MR {
+        cin.div_ceil(MR) * live
+    } else {
+        cin * live.div_ceil(MR)
+    }
+}
+
+/// Weight gradient of a convolution, `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy` (overwritten), with
 /// `x [n, h, w, cin]` and `dy [n, oh, ow, cout]`. `workspace` holds `weight_grad_chunk(g, n).1` floats.
 ///
-/// Each chunk of images is first copied channel-major with its zero border, `[images, cin, h + 2·pad,
-/// w + 2·pad]`: then one patch element (tap, channel) is a contiguous run along every output row, and a 6×16
-/// register tile (six channels of one tap × sixteen output channels) accumulates over whole images with six
-/// streaming reads and one 16-wide `dy` row per output position. Rayon tasks own disjoint 16-column panels of
-/// `dw`; images and positions are summed in a fixed order, so the result does not depend on the thread count.
+/// Each chunk of images is first copied channel-major with zero borders, `[cin, images, h + 2·pad,
+/// w + 2·pad]`: then one patch row (tap, channel) over a run of images is one strided stream, and a 6×16
+/// register tile (six patch rows × sixteen output channels) accumulates over a group of images with six
+/// broadcasts and one 16-wide `dy` row per output position. Rows of dead taps (wholly in the padding) are
+/// zero and skipped. Rayon tasks own disjoint ranges of patch rows of `dw`; images and positions
+/// are summed in a fixed order, so the result does not depend on the thread count.
 pub fn conv_weight_grad_cm(
     g: &ConvGeom,
     n: usize,
@@ -537,8 +590,24 @@ pub fn conv_weight_grad_cm(
     workspace: &mut [f32],
 ) {
     assert!(weight_grad_handles(g), "conv_weight_grad_cm: unsupported");
-    let (chunk, chunk_floats) = weight_grad_chunk(g, n);
-    let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+    if dw_by_columns(g) {
+        return weight_grad_by_columns(g, n, x, dy, dw, workspace);
+    }
+    let (chunk, _) = weight_grad_chunk(g, n);
+    // A 1×1 unpadded kernel reads only the pixels on the stride grid: copy just those (a quarter of the input
+    // at stride 2) and sum over them with stride 1. Otherwise copy every pixel with its zero border.
+    let subsample = g.kh == 1 && g.kw == 1 && g.pad == 0;
+    let (hp, wp, step) = if subsample {
+        (g.oh, g.ow, 1)
+    } else {
+        (g.h + 2 * g.pad, g.w + 2 * g.pad, g.stride)
+    };
+    let (copy_h, copy_w, copy_step, border) = if subsample {
+        (g.oh, g.ow, g.stride, 0)
+    } else {
+        (g.h, g.w, 1, g.pad)
+    };
+    let plane = hp * wp;
     let plane_in = g.h * g.w * g.cin;
     let plane_out = g.oh * g.ow * g.cout;
     assert!(
@@ -546,23 +615,46 @@ pub fn conv_weight_grad_cm(
         "conv_weight_grad_cm: short input"
     );
     let dw = &mut dw[..g.patch_len() * g.cout];
-    let xp = &mut workspace[..chunk_floats];
+    // Live taps, in the order their rows are visited; the rows of dead taps stay zero.
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    let mut live = 0;
+    for (ky, kx) in g.live_taps_iter() {
+        taps[live] = (ky, kx);
+        live += 1;
+    }
+    if live < g.kh * g.kw {
+        dw.fill(0.0);
+    }
+    let tiles = cm_tiles(live, g.cin);
+    let panels = g.cout / NR;
+    // Tasks own ranges of tiles (patch rows) over every column panel, so each input plane is read from memory
+    // once per call and reused from L1 by the panels.
+    let tile_blocks = (4 * rayon::current_num_threads()).min(tiles).max(1);
+    let block_tiles = tiles.div_ceil(tile_blocks);
+    let group_rows = (DW_GROUP_DY_FLOATS / (g.ow * g.cout).max(1)).max(1);
     let mut first = 0;
     while first < n {
         let images = chunk.min(n - first);
-        // Channel-major copy with zero border, one task per image.
-        xp[..images * g.cin * hp * wp]
-            .par_chunks_mut(g.cin * hp * wp)
+        let xp = &mut workspace[..g.cin * images * plane];
+        // Channel-major copy with zero borders: channel c of image i at (c·images + i)·plane. One task per 16
+        // channels, so each input pixel's cache line is read once.
+        xp.par_chunks_mut(NR * images * plane)
             .enumerate()
-            .for_each(|(i, planes)| {
+            .for_each(|(block, planes)| {
                 planes.fill(0.0);
-                let image = &x[(first + i) * plane_in..][..plane_in];
-                for y in 0..g.h {
-                    for xx in 0..g.w {
-                        let src = &image[(y * g.w + xx) * g.cin..][..g.cin];
-                        let at = (y + g.pad) * wp + xx + g.pad;
-                        for (c, v) in src.iter().enumerate() {
-                            planes[c * hp * wp + at] = *v;
+                let c0 = block * NR;
+                let channels = planes.len() / (images * plane);
+                for i in 0..images {
+                    let image = &x[(first + i) * plane_in..][..plane_in];
+                    for y in 0..copy_h {
+                        // One input row's 16-channel strip (in L1 after the first channel) to 16 plane rows.
+                        let src = &image[y * copy_step * g.w * g.cin + c0..];
+                        let at = i * plane + (y + border) * wp + border;
+                        for j in 0..channels {
+                            let row = &mut planes[j * images * plane + at..][..copy_w];
+                            for (xx, v) in row.iter_mut().enumerate() {
+                                *v = src[xx * copy_step * g.cin + j];
+                            }
                         }
                     }
                 }
@@ -570,57 +662,263 @@ pub fn conv_weight_grad_cm(
         let xp: &[f32] = xp;
         let dy_chunk = &dy[first * plane_out..][..images * plane_out];
         let dw_ptr = SendPtr(dw.as_mut_ptr());
-        (0..g.cout / NR).into_par_iter().for_each(|panel| {
-            // Image by image, so that the image's dy panel (oh·ow·16 floats) and channel planes stay in
-            // near caches while every (tap, channel tile) sweeps them.
-            for img in 0..images {
-                let overwrite = first == 0 && img == 0;
-                let a_img = xp[img * g.cin * hp * wp..].as_ptr();
-                let d_img = dy_chunk[img * plane_out + panel * NR..].as_ptr();
-                for ky in 0..g.kh {
-                    for kx in 0..g.kw {
-                        let tap = ky * g.kw + kx;
-                        let mut c0 = 0;
-                        while c0 < g.cin {
-                            let m = (g.cin - c0).min(MR);
-                            // SAFETY: AVX2+FMA checked; every read stays inside the image's channel planes
-                            // (row oy + ky ≤ hp − 1, column ox + kx ≤ wp − 1, channel < c0 + m ≤ cin) and its
-                            // dy rows; this task alone writes column panel `panel` of dw, rows
-                            // tap·cin + c0 .. + m.
-                            unsafe {
-                                let dst =
-                                    dw_ptr.get().add((tap * g.cin + c0) * g.cout + panel * NR);
-                                let a = a_img.add(c0 * hp * wp + ky * wp + kx);
-                                let args = CmArgs {
-                                    g,
-                                    hp,
-                                    wp,
-                                    overwrite,
-                                };
-                                match m {
-                                    6 => cm_tile::<6>(&args, a, d_img, dst),
-                                    5 => cm_tile::<5>(&args, a, d_img, dst),
-                                    4 => cm_tile::<4>(&args, a, d_img, dst),
-                                    3 => cm_tile::<3>(&args, a, d_img, dst),
-                                    2 => cm_tile::<2>(&args, a, d_img, dst),
-                                    _ => cm_tile::<1>(&args, a, d_img, dst),
-                                }
+        (0..tile_blocks).into_par_iter().for_each(|block| {
+            let tile_range = block * block_tiles..((block + 1) * block_tiles).min(tiles);
+            let out_rows = images * g.oh;
+            let mut row0 = 0;
+            while row0 < out_rows {
+                let args = CmArgs {
+                    g,
+                    wp,
+                    step,
+                    plane,
+                    row0,
+                    rows: group_rows.min(out_rows - row0),
+                    overwrite: first == 0 && row0 == 0,
+                };
+                let x_chunk = xp.as_ptr();
+                for tile in tile_range.clone() {
+                    let (rows, m) = cm_tile_rows(tile, live, g.cin);
+                    // Where each of the tile's patch rows reads (relative to the chunk's first plane) and
+                    // writes (within dw, panel 0).
+                    let mut src = [0usize; MR];
+                    let mut dst = [0usize; MR];
+                    for (i, &(t, c)) in rows[..m].iter().enumerate() {
+                        let (ky, kx) = taps[t];
+                        src[i] = c * images * plane + ky * wp + kx;
+                        dst[i] = ((ky * g.kw + kx) * g.cin + c) * g.cout;
+                    }
+                    for panel in 0..panels {
+                        let dy_panel = dy_chunk[panel * NR..].as_ptr();
+                        // SAFETY: AVX2+FMA checked; for every output row of the group and every position the
+                        // reads stay inside its image's copied channel plane (row oy·step + ky ≤ hp − 1,
+                        // column ox·step + kx ≤ wp − 1) and its dy row; this task alone writes the tile's
+                        // patch rows of dw (tiles are disjoint sets of rows).
+                        unsafe {
+                            let dw = dw_ptr.get().add(panel * NR);
+                            match m {
+                                6 => cm_tile::<6>(&args, x_chunk, &src, dy_panel, dw, &dst),
+                                5 => cm_tile::<5>(&args, x_chunk, &src, dy_panel, dw, &dst),
+                                4 => cm_tile::<4>(&args, x_chunk, &src, dy_panel, dw, &dst),
+                                3 => cm_tile::<3>(&args, x_chunk, &src, dy_panel, dw, &dst),
+                                2 => cm_tile::<2>(&args, x_chunk, &src, dy_panel, dw, &dst),
+                                _ => cm_tile::<1>(&args, x_chunk, &src, dy_panel, dw, &dst),
                             }
-                            c0 += m;
                         }
                     }
                 }
+                row0 += args.rows;
             }
         });
         first += images;
     }
 }
 
-/// Shape arguments shared by every [`cm_tile`] call of one chunk.
+/// Positions per run of [`weight_grad_by_columns`]: its packed `dy` (128 KiB) stays in L2 while every tile of a
+/// task sweeps it.
+fn dw_run(g: &ConvGeom) -> usize {
+    (2 * DW_GROUP_DY_FLOATS / g.cout).max(1)
+}
+
+/// [`conv_weight_grad_cm`] for narrow output planes (the late stages: 6×6 and 3×3 at 96×96), where an output row
+/// has too few positions to amortize [`cm_tile`]'s setup. Both operands are packed into the order the 6×16 tile
+/// reads them, so its inner loop runs over a long run of positions (across rows and images) on two
+/// sequential streams: each chunk's patch rows tile by tile, `xp [tile, position, 6]`, and each run of `dy`
+/// panel by panel, `dyp [panel, position, 16]`.
+fn weight_grad_by_columns(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    workspace: &mut [f32],
+) {
+    let (chunk, _) = weight_grad_chunk(g, n);
+    let plane = g.oh * g.ow;
+    let plane_in = g.h * g.w * g.cin;
+    assert!(
+        x.len() >= n * plane_in && dy.len() >= n * plane * g.cout,
+        "conv_weight_grad_cm: short input"
+    );
+    let dw = &mut dw[..g.patch_len() * g.cout];
+    let mut taps = [(0usize, 0usize); MAX_TAPS];
+    let mut live = 0;
+    for (ky, kx) in g.live_taps_iter() {
+        taps[live] = (ky, kx);
+        live += 1;
+    }
+    if live < g.kh * g.kw {
+        dw.fill(0.0);
+    }
+    let tiles = cm_tiles(live, g.cin);
+    let panels = g.cout / NR;
+    let tile_blocks = (4 * rayon::current_num_threads()).min(tiles).max(1);
+    let block_tiles = tiles.div_ceil(tile_blocks);
+    let run = dw_run(g);
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let positions = images * plane;
+        let (xp, rest) = workspace.split_at_mut(tiles * positions * MR);
+        let dyp = &mut rest[..run * g.cout];
+        let x_chunk = &x[first * plane_in..][..images * plane_in];
+        xp.par_chunks_mut(positions * MR)
+            .enumerate()
+            .for_each(|(tile, stream)| pack_tile_rows(g, &taps, tile, live, x_chunk, stream));
+        let xp: &[f32] = xp;
+        let dy_chunk = &dy[first * plane * g.cout..][..positions * g.cout];
+        let mut p0 = 0;
+        while p0 < positions {
+            let len = run.min(positions - p0);
+            dyp[..len * g.cout]
+                .par_chunks_mut(len * NR)
+                .enumerate()
+                .for_each(|(panel, out)| {
+                    for (q, o) in out.chunks_exact_mut(NR).enumerate() {
+                        o.copy_from_slice(&dy_chunk[(p0 + q) * g.cout + panel * NR..][..NR]);
+                    }
+                });
+            let dyp: &[f32] = dyp;
+            let overwrite = first == 0 && p0 == 0;
+            let dw_ptr = SendPtr(dw.as_mut_ptr());
+            (0..tile_blocks).into_par_iter().for_each(|block| {
+                for tile in block * block_tiles..((block + 1) * block_tiles).min(tiles) {
+                    let (rows, m) = cm_tile_rows(tile, live, g.cin);
+                    let mut dst = [0usize; MR];
+                    for (d, &(t, c)) in dst.iter_mut().zip(&rows[..m]) {
+                        let (ky, kx) = taps[t];
+                        *d = ((ky * g.kw + kx) * g.cin + c) * g.cout;
+                    }
+                    let a = xp[(tile * positions + p0) * MR..][..len * MR].as_ptr();
+                    for panel in 0..panels {
+                        let b = dyp[panel * len * NR..][..len * NR].as_ptr();
+                        // SAFETY: AVX2+FMA checked; `a` and `b` hold `len` packed positions (6 and 16 floats
+                        // each); this task alone writes the tile's patch rows of dw (tiles are disjoint).
+                        unsafe {
+                            let dw = dw_ptr.get().add(panel * NR);
+                            match m {
+                                6 => cm_tile_packed::<6>(a, b, len, dw, &dst, overwrite),
+                                5 => cm_tile_packed::<5>(a, b, len, dw, &dst, overwrite),
+                                4 => cm_tile_packed::<4>(a, b, len, dw, &dst, overwrite),
+                                3 => cm_tile_packed::<3>(a, b, len, dw, &dst, overwrite),
+                                2 => cm_tile_packed::<2>(a, b, len, dw, &dst, overwrite),
+                                _ => cm_tile_packed::<1>(a, b, len, dw, &dst, overwrite),
+                            }
+                        }
+                    }
+                }
+            });
+            p0 += len;
+        }
+        first += images;
+    }
+}
+
+/// Writes tile `tile`'s patch rows ([`cm_tile_rows`]) for every position of the chunk `x [images, h, w, cin]`:
+/// `stream [position, 6]`, zero where a tap falls in the padding and in the rows past the tile's own.
+fn pack_tile_rows(
+    g: &ConvGeom,
+    taps: &[(usize, usize); MAX_TAPS],
+    tile: usize,
+    live: usize,
+    x: &[f32],
+    stream: &mut [f32],
+) {
+    let (rows, m) = cm_tile_rows(tile, live, g.cin);
+    let plane_in = g.h * g.w * g.cin;
+    let mut p = 0;
+    for image in x.chunks_exact(plane_in) {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let out = &mut stream[p * MR..][..MR];
+                out.fill(0.0);
+                if g.cin >= MR {
+                    // Six channels of one tap: one pixel, one contiguous read.
+                    let (t, c0) = rows[0];
+                    let (ky, kx) = taps[t];
+                    if let Some(pixel) = g.input_pixel(oy, ox, ky, kx) {
+                        out[..m].copy_from_slice(&image[pixel * g.cin + c0..][..m]);
+                    }
+                } else {
+                    for (o, &(t, c)) in out.iter_mut().zip(&rows[..m]) {
+                        let (ky, kx) = taps[t];
+                        if let Some(pixel) = g.input_pixel(oy, ox, ky, kx) {
+                            *o = image[pixel * g.cin + c];
+                        }
+                    }
+                }
+                p += 1;
+            }
+        }
+    }
+}
+
+/// One `M × 16` tile of the weight gradient over `len` packed positions:
+/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·6 + i] · b[q·16 + 0..16]`; overwrites when `overwrite`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` readable for `len·6` floats, `b` for `len·16`, `dw` writable at
+/// `dst[i] + 0..16` for `i < M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cm_tile_packed<const M: usize>(
+    a: *const f32,
+    b: *const f32,
+    len: usize,
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    for q in 0..len {
+        let b0 = _mm256_loadu_ps(b.add(q * NR));
+        let b1 = _mm256_loadu_ps(b.add(q * NR + 8));
+        let a_row = a.add(q * MR);
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            let v = _mm256_broadcast_ss(&*a_row.add(i));
+            acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
+            acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
+        }
+    }
+    for (acc_row, &at) in acc.iter().zip(dst.iter()) {
+        let d = dw.add(at);
+        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
+        if !overwrite {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+        }
+        _mm256_storeu_ps(d, v0);
+        _mm256_storeu_ps(d.add(8), v1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn cm_tile_packed<const M: usize>(
+    _a: *const f32,
+    _b: *const f32,
+    _len: usize,
+    _dw: *mut f32,
+    _dst: &[usize; MR],
+    _overwrite: bool,
+) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
+
+/// Shape arguments shared by the [`cm_tile`] calls of one group of output rows.
 struct CmArgs<'a> {
     g: &'a ConvGeom,
-    hp: usize,
+    /// Width of the copied channel planes.
     wp: usize,
+    /// Distance between the pixels two neighbouring output positions read, in the copied plane.
+    step: usize,
+    /// Floats of one copied channel plane, `hp·wp` (the distance between an image's plane and the next's).
+    plane: usize,
+    /// First output row `image·oh + oy` of the group, counted from the chunk's first image.
+    row0: usize,
+    /// Output rows in the group.
+    rows: usize,
+    /// Store the sums instead of adding them to `dw`.
     overwrite: bool,
 }
 
@@ -638,37 +936,53 @@ impl SendPtr {
     }
 }
 
-/// One `M × 16` tile of the weight gradient over one image:
-/// `dst[i, 0..16] (+)= Σ_oy Σ_ox a[i·hp·wp + oy·wp + ox] · dy[(oy·ow + ox)·cout + 0..16]`; overwrites when
-/// `args.overwrite`.
+/// One `M × 16` tile of the weight gradient over a group of output rows `r = image·oh + oy`:
+/// `dw[dst[i] + 0..16] (+)= Σ_r Σ_ox x[image·plane + src[i] + oy·step·wp + ox·step] ·
+/// dy[(r·ow + ox)·cout + 0..16]`; overwrites when `args.overwrite`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `a` must point at channel `c0` of the image's channel-major copy, offset
-/// by the tap, with `c0 + M ≤ cin`; `dy` at the panel's first column of the image's `dy`; `dst` writable at
-/// `i·cout + 0..16` for `i < M`.
+/// AVX2 and FMA must be available; `x` must point at the chunk's first plane in the channel-major copy and
+/// `dy` at the panel's first column of the chunk's `dy`, both valid for the group's rows, with every `src[i]`
+/// a channel plane plus a tap offset (see [`conv_weight_grad_cm`]); `dw` writable at `dst[i] + 0..16` for
+/// `i < M`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn cm_tile<const M: usize>(args: &CmArgs<'_>, a: *const f32, dy: *const f32, dst: *mut f32) {
+unsafe fn cm_tile<const M: usize>(
+    args: &CmArgs<'_>,
+    x: *const f32,
+    src: &[usize; MR],
+    dy: *const f32,
+    dw: *mut f32,
+    dst: &[usize; MR],
+) {
     use core::arch::x86_64::*;
     let g = args.g;
-    let plane = args.hp * args.wp;
+    let (row_step, col_step) = (args.step * args.wp, args.step);
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
-    for oy in 0..g.oh {
-        let a_row = a.add(oy * args.wp);
-        let dy_row = dy.add(oy * g.ow * g.cout);
+    let (mut img, mut oy) = (args.row0 / g.oh, args.row0 % g.oh);
+    for r in args.row0..args.row0 + args.rows {
+        let x_row = x.add(img * args.plane + oy * row_step);
+        let ptrs: [*const f32; M] = core::array::from_fn(|i| x_row.add(src[i]));
+        let dy_row = dy.add(r * g.ow * g.cout);
         for ox in 0..g.ow {
             let d = dy_row.add(ox * g.cout);
             let b0 = _mm256_loadu_ps(d);
             let b1 = _mm256_loadu_ps(d.add(8));
-            for (i, acc_row) in acc.iter_mut().enumerate() {
-                let v = _mm256_broadcast_ss(&*a_row.add(i * plane + ox));
+            let at = ox * col_step;
+            for (p, acc_row) in ptrs.iter().zip(acc.iter_mut()) {
+                let v = _mm256_broadcast_ss(&*p.add(at));
                 acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
                 acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
             }
         }
+        oy += 1;
+        if oy == g.oh {
+            oy = 0;
+            img += 1;
+        }
     }
-    for (i, acc_row) in acc.iter().enumerate() {
-        let d = dst.add(i * g.cout);
+    for (acc_row, &at) in acc.iter().zip(dst.iter()) {
+        let d = dw.add(at);
         let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
         if !args.overwrite {
             v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
@@ -682,9 +996,11 @@ unsafe fn cm_tile<const M: usize>(args: &CmArgs<'_>, a: *const f32, dy: *const f
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn cm_tile<const M: usize>(
     _args: &CmArgs<'_>,
-    _a: *const f32,
+    _x: *const f32,
+    _src: &[usize; MR],
     _dy: *const f32,
-    _dst: *mut f32,
+    _dw: *mut f32,
+    _dst: &[usize; MR],
 ) {
     unreachable!("cpu_supported() is false off x86-64")
 }

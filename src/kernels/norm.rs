@@ -4,87 +4,116 @@
 use super::piece_len;
 use rayon::prelude::*;
 
-/// Per-channel sums over rows: `f(row, a [c], b [c])` adds row `row`'s terms into the two accumulators;
-/// reduced in f64, returns `[Σa (c), Σb (c)]`. `f` works on whole rows so its loop over channels vectorizes.
-fn channel_sums2<F>(rows: usize, c: usize, f: F) -> Vec<f64>
+/// Rows per piece of [`channel_sums2`]. Fixed, so the partial sums and the bits of their in-order total depend on
+/// the data alone, never on the thread count (which is what lets a resumed training run end exactly where an
+/// uninterrupted one does).
+const SUM_PIECE_ROWS: usize = 1024;
+/// Channels a piece accumulates at a time in f32 stack accumulators (all of them, for the chapter's widths).
+const SUM_CHANNEL_BLOCK: usize = 512;
+
+/// Length of the f64 scratch `sums` that [`batch_stats`], [`batch_norm_backward`] and
+/// [`batch_norm_backward_in_place`] need for `x [rows, c]`: the totals `[2, c]`, then one `[2, c]` partial per
+/// piece of rows.
+pub fn sums_scratch_len(rows: usize, c: usize) -> usize {
+    2 * c * (1 + rows.div_ceil(SUM_PIECE_ROWS))
+}
+
+/// Per-channel sums over rows, written to `sums[..c]` and `sums[c..2c]`: `f(row, c0, a, b)` adds row `row`'s terms
+/// for channels `c0 .. c0 + a.len()` into the two accumulators. Pieces of [`SUM_PIECE_ROWS`] rows run in parallel,
+/// each over whole rows (long, vectorizing channel loops) in f32 blocks of 16 rows folded into its f64 partial in
+/// `sums` (length [`sums_scratch_len`]); the partials are then added in piece order. Nothing is allocated.
+fn channel_sums2<F>(rows: usize, c: usize, sums: &mut [f64], f: F)
 where
-    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+    F: Fn(usize, usize, &mut [f32], &mut [f32]) + Sync,
 {
-    let piece = piece_len(rows, 32);
-    (0..rows.div_ceil(piece))
-        .into_par_iter()
-        .map(|p| {
-            let mut acc = vec![0.0f64; 2 * c];
-            let (s1, s2) = acc.split_at_mut(c);
-            // Accumulate each row in f32 lanes in blocks, then fold into f64: vectorizes, keeps precision.
-            let mut blk1 = vec![0.0f32; c];
-            let mut blk2 = vec![0.0f32; c];
-            let end = ((p + 1) * piece).min(rows);
-            let mut r = p * piece;
-            while r < end {
-                let stop = (r + 16).min(end);
-                blk1.fill(0.0);
-                blk2.fill(0.0);
-                for row in r..stop {
-                    f(row, &mut blk1, &mut blk2);
+    let pieces = rows.div_ceil(SUM_PIECE_ROWS);
+    let (totals, partials) = sums[..sums_scratch_len(rows, c)].split_at_mut(2 * c);
+    partials
+        .par_chunks_mut(2 * c)
+        .enumerate()
+        .for_each(|(p, part)| {
+            let (p1, p2) = part.split_at_mut(c);
+            p1.fill(0.0);
+            p2.fill(0.0);
+            let end = ((p + 1) * SUM_PIECE_ROWS).min(rows);
+            let mut blk1 = [0.0f32; SUM_CHANNEL_BLOCK];
+            let mut blk2 = [0.0f32; SUM_CHANNEL_BLOCK];
+            for c0 in (0..c).step_by(SUM_CHANNEL_BLOCK) {
+                let len = SUM_CHANNEL_BLOCK.min(c - c0);
+                let mut r = p * SUM_PIECE_ROWS;
+                while r < end {
+                    let stop = (r + 16).min(end);
+                    blk1[..len].fill(0.0);
+                    blk2[..len].fill(0.0);
+                    for row in r..stop {
+                        f(row, c0, &mut blk1[..len], &mut blk2[..len]);
+                    }
+                    for ch in 0..len {
+                        p1[c0 + ch] += blk1[ch] as f64;
+                        p2[c0 + ch] += blk2[ch] as f64;
+                    }
+                    r = stop;
                 }
-                for ch in 0..c {
-                    s1[ch] += blk1[ch] as f64;
-                    s2[ch] += blk2[ch] as f64;
-                }
-                r = stop;
             }
-            acc
-        })
-        .collect::<Vec<_>>()
-        // Summed in piece order, not as the threads finish: the result is the same bits on every run, which
-        // is what lets a resumed training run end exactly where an uninterrupted one does.
-        .into_iter()
-        .fold(vec![0.0f64; 2 * c], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
+        });
+    totals.fill(0.0);
+    for part in partials[..pieces * 2 * c].chunks_exact(2 * c) {
+        for (t, &v) in totals.iter_mut().zip(part) {
+            *t += v;
+        }
+    }
 }
 
 /// Training-mode statistics of `x [rows, c]`: writes `mean [c]` and the biased variance `var [c]`
 /// (the one PyTorch normalizes with). Two passes (mean, then squared deviations): a one-pass `E[x²] − mean²`
 /// loses the variance of nearly constant channels (measured: the reduced-width golden network's last stage,
-/// whose batch variance is 4.8e-8, drifts past its tolerance).
-pub fn batch_stats(x: &[f32], c: usize, mean: &mut [f32], var: &mut [f32]) {
+/// whose batch variance is 4.8e-8, drifts past its tolerance). `sums`: scratch of [`sums_scratch_len`].
+pub fn batch_stats(x: &[f32], c: usize, mean: &mut [f32], var: &mut [f32], sums: &mut [f64]) {
     let rows = x.len() / c;
-    let sums = channel_sums2(rows, c, |r, s1, _| {
-        for (a, &v) in s1.iter_mut().zip(&x[r * c..][..c]) {
+    channel_sums2(rows, c, sums, |r, c0, a, _| {
+        for (a, &v) in a.iter_mut().zip(&x[r * c + c0..]) {
             *a += v;
         }
     });
     for ch in 0..c {
         mean[ch] = (sums[ch] / rows as f64) as f32;
     }
-    let sq = channel_sums2(rows, c, |r, s1, _| {
-        for ((a, &v), &m) in s1.iter_mut().zip(&x[r * c..][..c]).zip(&mean[..c]) {
+    channel_sums2(rows, c, sums, |r, c0, a, _| {
+        for ((a, &v), &m) in a.iter_mut().zip(&x[r * c + c0..]).zip(&mean[c0..]) {
             *a += (v - m) * (v - m);
         }
     });
     for ch in 0..c {
-        var[ch] = (sq[ch] / rows as f64) as f32;
+        var[ch] = (sums[ch] / rows as f64) as f32;
     }
 }
 
-/// `y = gamma·(x − mean)·invstd + beta` per channel, then `max(·, 0)` when `relu`.
-/// `x`, `y`: `[rows, c]`; `mean`, `invstd`, `gamma`, `beta`: `[c]`.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_norm_apply(
-    x: &[f32],
-    c: usize,
+/// The per-channel affine map of a normalization, `scale = gamma·invstd` and `shift = beta − mean·scale`, each
+/// `[c]` (what [`batch_norm_apply`] applies).
+pub fn batch_norm_affine(
     mean: &[f32],
     invstd: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    scale: &mut [f32],
+    shift: &mut [f32],
+) {
+    for ch in 0..scale.len() {
+        scale[ch] = gamma[ch] * invstd[ch];
+        shift[ch] = beta[ch] - mean[ch] * scale[ch];
+    }
+}
+
+/// `y = x·scale + shift` per channel (a normalization, see [`batch_norm_affine`]), then `max(·, 0)` when
+/// `relu`. `x`, `y`: `[rows, c]`; `scale`, `shift`: `[c]`.
+pub fn batch_norm_apply(
+    x: &[f32],
+    c: usize,
+    scale: &[f32],
+    shift: &[f32],
     relu: bool,
     y: &mut [f32],
 ) {
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
     let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(y, piece, |i, out| {
@@ -99,22 +128,17 @@ pub fn batch_norm_apply(
 }
 
 /// The residual join fused into the block's second batch norm:
-/// `out = max(gamma·(x − mean)·invstd + beta + shortcut, 0)`, rounded as [`batch_norm_apply`] followed by
-/// [`super::pointwise::add_relu_forward`] would round it, without writing the normalized activation.
-/// `x`, `shortcut`, `out`: `[rows, c]`; `mean`, `invstd`, `gamma`, `beta`: `[c]`.
-#[allow(clippy::too_many_arguments)]
+/// `out = max(x·scale + shift + shortcut, 0)` (see [`batch_norm_affine`]), rounded as [`batch_norm_apply`]
+/// followed by [`super::pointwise::add_relu_forward`] would round it, without writing the normalized activation.
+/// `x`, `shortcut`, `out`: `[rows, c]`; `scale`, `shift`: `[c]`.
 pub fn batch_norm_add_relu(
     x: &[f32],
     c: usize,
-    mean: &[f32],
-    invstd: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+    scale: &[f32],
+    shift: &[f32],
     shortcut: &[f32],
     out: &mut [f32],
 ) {
-    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * invstd[ch]).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
     let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(out, piece, |i, o| {
@@ -135,7 +159,7 @@ pub fn batch_norm_add_relu(
 
 /// Backward of [`batch_norm_apply`] with training-mode statistics (the batch's own mean and invstd).
 /// When `relu`, `y` is the forward output and the gradient is first masked by `y > 0`.
-/// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`.
+/// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`; `sums` is scratch of [`sums_scratch_len`], `coeffs` holds `3·c` f32.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_backward(
     x: &[f32],
@@ -149,9 +173,13 @@ pub fn batch_norm_backward(
     dx: &mut [f32],
     dgamma: &mut [f32],
     dbeta: &mut [f32],
+    sums: &mut [f64],
+    coeffs: &mut [f32],
 ) {
-    let coeffs = backward_coefficients(x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta);
-    apply_backward(x, y, Some(dy), c, mean, relu, &coeffs, dx);
+    backward_coefficients(
+        x, y, dy, c, mean, invstd, gamma, relu, dgamma, dbeta, sums, coeffs,
+    );
+    apply_backward(x, y, Some(dy), c, mean, relu, coeffs, dx);
 }
 
 /// [`batch_norm_backward`] writing `dx` over `dy_dx` (which holds `dy` on entry): the same arithmetic, bit for
@@ -168,12 +196,17 @@ pub fn batch_norm_backward_in_place(
     relu: bool,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
+    sums: &mut [f64],
+    coeffs: &mut [f32],
 ) {
-    let coeffs = backward_coefficients(x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta);
-    apply_backward(x, y, None, c, mean, relu, &coeffs, dy_dx);
+    backward_coefficients(
+        x, y, dy_dx, c, mean, invstd, gamma, relu, dgamma, dbeta, sums, coeffs,
+    );
+    apply_backward(x, y, None, c, mean, relu, coeffs, dy_dx);
 }
 
-/// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`; writes `dgamma` and `dbeta`.
+/// Per-channel `(a, b, k)` of `dx = g·a + (x−mean)·b + k`, written to `coeffs [3, c]`; writes `dgamma` and
+/// `dbeta`. `sums`: scratch of [`sums_scratch_len`].
 #[allow(clippy::too_many_arguments)]
 fn backward_coefficients(
     x: &[f32],
@@ -186,21 +219,24 @@ fn backward_coefficients(
     relu: bool,
     dgamma: &mut [f32],
     dbeta: &mut [f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    sums: &mut [f64],
+    coeffs: &mut [f32],
+) {
     let rows = x.len() / c;
-    let sums = channel_sums2(rows, c, |r, s1, s2| {
-        let (xr, yr, dyr) = (&x[r * c..][..c], &y[r * c..][..c], &dy[r * c..][..c]);
-        for ch in 0..c {
+    channel_sums2(rows, c, sums, |r, c0, s1, s2| {
+        let n = s1.len();
+        let at = r * c + c0;
+        let (xr, yr, dyr) = (&x[at..][..n], &y[at..][..n], &dy[at..][..n]);
+        for ch in 0..n {
             let g = if !relu || yr[ch] > 0.0 { dyr[ch] } else { 0.0 };
             s1[ch] += g;
-            s2[ch] += g * (xr[ch] - mean[ch]);
+            s2[ch] += g * (xr[ch] - mean[c0 + ch]);
         }
     });
     let m = rows as f64;
     // dx = gamma·invstd·(g − Σg/M − (x−mean)·invstd²·Σ(g·(x−mean))/M), as  g·a + (x−mean)·b + k  per channel.
-    let mut a = vec![0.0f32; c];
-    let mut b = vec![0.0f32; c];
-    let mut k = vec![0.0f32; c];
+    let (a, rest) = coeffs[..3 * c].split_at_mut(c);
+    let (b, k) = rest.split_at_mut(c);
     for ch in 0..c {
         let (s1, s2) = (sums[ch], sums[c + ch]);
         let is = invstd[ch] as f64;
@@ -212,7 +248,6 @@ fn backward_coefficients(
         b[ch] = bb as f32;
         k[ch] = (-gi * s1 / m) as f32;
     }
-    (a, b, k)
 }
 
 /// `dx = g·a + (x−mean)·b + k`, `g` being `dy` masked by `y > 0` when `relu`. `dy` is read from `dy` when given,
@@ -225,9 +260,10 @@ fn apply_backward(
     c: usize,
     mean: &[f32],
     relu: bool,
-    (a, b, k): &(Vec<f32>, Vec<f32>, Vec<f32>),
+    coeffs: &[f32],
     dx: &mut [f32],
 ) {
+    let (a, b, k) = (&coeffs[..c], &coeffs[c..2 * c], &coeffs[2 * c..3 * c]);
     let rows = x.len() / c;
     let piece = piece_len(rows, 64) * c;
     super::par_pieces(dx, piece, |i, out| {
@@ -267,12 +303,14 @@ mod tests {
         let invstd: Vec<f32> = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
         let gamma: Vec<f32> = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
         let beta: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.05 - 0.1).collect();
+        let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+        batch_norm_affine(&mean, &invstd, &gamma, &beta, &mut scale, &mut shift);
         let mut normalized = vec![0.0; rows * c];
-        batch_norm_apply(&x, c, &mean, &invstd, &gamma, &beta, false, &mut normalized);
+        batch_norm_apply(&x, c, &scale, &shift, false, &mut normalized);
         let mut want = vec![0.0; rows * c];
         crate::kernels::pointwise::add_relu_forward(&normalized, &shortcut, &mut want);
         let mut got = vec![f32::NAN; rows * c];
-        batch_norm_add_relu(&x, c, &mean, &invstd, &gamma, &beta, &shortcut, &mut got);
+        batch_norm_add_relu(&x, c, &scale, &shift, &shortcut, &mut got);
         assert_eq!(got, want);
         assert!(want.iter().any(|v| *v > 0.0) && want.contains(&0.0));
     }
@@ -295,8 +333,22 @@ mod tests {
                 .map(|v| if relu { v.max(0.0) } else { *v })
                 .collect();
             let (mut dx, mut dg, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
+            let (mut sums, mut coeffs) =
+                (vec![0.0f64; sums_scratch_len(rows, c)], vec![0.0f32; 3 * c]);
             batch_norm_backward(
-                &x, &y, &dy, c, &mean, &invstd, &gamma, relu, &mut dx, &mut dg, &mut db,
+                &x,
+                &y,
+                &dy,
+                c,
+                &mean,
+                &invstd,
+                &gamma,
+                relu,
+                &mut dx,
+                &mut dg,
+                &mut db,
+                &mut sums,
+                &mut coeffs,
             );
             let (mut inplace, mut dg2, mut db2) = (dy.clone(), vec![0.0; c], vec![0.0; c]);
             batch_norm_backward_in_place(
@@ -310,6 +362,8 @@ mod tests {
                 relu,
                 &mut dg2,
                 &mut db2,
+                &mut sums,
+                &mut coeffs,
             );
             assert_eq!(dx, inplace);
             assert_eq!((dg, db), (dg2, db2));

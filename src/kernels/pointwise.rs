@@ -3,30 +3,27 @@
 use super::{par_pieces, piece_len};
 use rayon::prelude::*;
 
-/// `sums [c] = Σ_rows x [rows, c]`, accumulated in f64 per piece so large batches lose no precision.
+/// `sums [c] = Σ_rows x [rows, c]`, accumulated in f64 so large batches lose no precision.
 pub fn column_sums(x: &[f32], c: usize, sums: &mut [f32]) {
+    const BLOCK: usize = 16;
     let rows = x.len() / c;
-    let piece_rows = piece_len(rows, 64);
-    let total = x
-        .par_chunks(piece_rows * c)
-        .map(|block| {
-            let mut acc = vec![0.0f64; c];
-            for row in block.chunks_exact(c) {
-                for (a, &v) in acc.iter_mut().zip(row) {
+    // One task per 16 columns, each summing every row in order: the same bits for any thread count, and
+    // nothing allocated.
+    sums[..c]
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * BLOCK;
+            let mut acc = [0.0f64; BLOCK];
+            for r in 0..rows {
+                for (a, &v) in acc.iter_mut().zip(&x[r * c + c0..][..out.len()]) {
                     *a += v as f64;
                 }
             }
-            acc
-        })
-        .collect::<Vec<_>>()
-        .into_iter() // summed in piece order: deterministic bits whatever the thread timing
-        .fold(vec![0.0f64; c], |mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
+            for (s, a) in out.iter_mut().zip(&acc) {
+                *s = *a as f32;
+            }
         });
-    for (s, t) in sums.iter_mut().zip(&total) {
-        *s = *t as f32;
-    }
 }
 
 /// `y = max(x, 0)`, elementwise. `x` and `y` have the same length.

@@ -2,8 +2,8 @@
 
 use super::ensure_len;
 use crate::kernels::norm::{
-    batch_norm_add_relu, batch_norm_apply, batch_norm_backward, batch_norm_backward_in_place,
-    batch_stats,
+    batch_norm_add_relu, batch_norm_affine, batch_norm_apply, batch_norm_backward,
+    batch_norm_backward_in_place, batch_stats, sums_scratch_len,
 };
 use crate::Shape4;
 
@@ -41,9 +41,12 @@ pub struct BatchNorm2d {
     save_mean: Vec<f32>,
     save_invstd: Vec<f32>,
     batch_var: Vec<f32>,
-    /// Eval mode as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
-    eval_scale: Vec<f32>,
-    eval_shift: Vec<f32>,
+    /// The last forward as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    /// Scratch of the kernels: per-channel f64 sums `[2, c]` and backward coefficients `[3, c]`.
+    sums: Vec<f64>,
+    coeffs: Vec<f32>,
 }
 
 impl BatchNorm2d {
@@ -68,8 +71,10 @@ impl BatchNorm2d {
             save_mean: vec![0.0; c],
             save_invstd: vec![0.0; c],
             batch_var: vec![0.0; c],
-            eval_scale: vec![0.0; c],
-            eval_shift: vec![0.0; c],
+            scale: vec![0.0; c],
+            shift: vec![0.0; c],
+            sums: vec![0.0; 2 * c],
+            coeffs: vec![0.0; 3 * c],
         }
     }
 
@@ -82,10 +87,8 @@ impl BatchNorm2d {
         batch_norm_apply(
             x,
             self.num_features,
-            &self.save_mean,
-            &self.save_invstd,
-            &self.weight,
-            &self.bias,
+            &self.scale,
+            &self.shift,
             self.relu,
             &mut self.out,
         );
@@ -100,21 +103,26 @@ impl BatchNorm2d {
         batch_norm_add_relu(
             x,
             self.num_features,
-            &self.save_mean,
-            &self.save_invstd,
-            &self.weight,
-            &self.bias,
+            &self.scale,
+            &self.shift,
             shortcut,
             out,
         );
     }
 
     /// Sets `save_mean` / `save_invstd` to the statistics to normalize with (the batch's in training, updating
-    /// the running statistics; the running ones in eval).
+    /// the running statistics; the running ones in eval), and `scale` / `shift` to the affine map they make.
     fn statistics(&mut self, x: &[f32], xs: Shape4, train: bool) {
         let c = self.num_features;
         if train {
-            batch_stats(x, c, &mut self.save_mean, &mut self.batch_var);
+            ensure_len(&mut self.sums, sums_scratch_len(xs.rows(), c));
+            batch_stats(
+                x,
+                c,
+                &mut self.save_mean,
+                &mut self.batch_var,
+                &mut self.sums,
+            );
             let m = xs.rows() as f32;
             let unbias = m / (m - 1.0).max(1.0);
             for ch in 0..c {
@@ -131,6 +139,14 @@ impl BatchNorm2d {
                 self.save_invstd[ch] = 1.0 / (self.running_var[ch] + self.eps).sqrt();
             }
         }
+        batch_norm_affine(
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            &self.bias,
+            &mut self.scale,
+            &mut self.shift,
+        );
     }
 
     /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
@@ -139,10 +155,10 @@ impl BatchNorm2d {
     pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
         for ch in 0..self.num_features {
             let invstd = 1.0 / (self.running_var[ch] + self.eps).sqrt();
-            self.eval_scale[ch] = self.weight[ch] * invstd;
-            self.eval_shift[ch] = self.bias[ch] - self.running_mean[ch] * self.eval_scale[ch];
+            self.scale[ch] = self.weight[ch] * invstd;
+            self.shift[ch] = self.bias[ch] - self.running_mean[ch] * self.scale[ch];
         }
-        (&self.eval_scale, &self.eval_shift)
+        (&self.scale, &self.shift)
     }
 
     /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients
@@ -150,6 +166,8 @@ impl BatchNorm2d {
     /// in for it, so a norm run by [`BatchNorm2d::forward_add_relu`] needs no stored output.
     pub fn backward(&mut self, x: &[f32], dy: &[f32]) {
         ensure_len(&mut self.grad_input, x.len());
+        let c = self.num_features;
+        ensure_len(&mut self.sums, sums_scratch_len(x.len() / c, c));
         batch_norm_backward(
             x,
             if self.relu { &self.out } else { x },
@@ -162,6 +180,8 @@ impl BatchNorm2d {
             &mut self.grad_input,
             &mut self.grad_weight,
             &mut self.grad_bias,
+            &mut self.sums,
+            &mut self.coeffs,
         );
     }
 
@@ -169,6 +189,8 @@ impl BatchNorm2d {
     /// for a caller that no longer needs `dy`, it saves an activation-sized buffer (151 MB for the chapter's
     /// stem at 96×96, batch 256).
     pub fn backward_in_place(&mut self, x: &[f32], dy: &mut [f32]) {
+        let c = self.num_features;
+        ensure_len(&mut self.sums, sums_scratch_len(x.len() / c, c));
         batch_norm_backward_in_place(
             x,
             if self.relu { &self.out } else { x },
@@ -180,6 +202,8 @@ impl BatchNorm2d {
             self.relu,
             &mut self.grad_weight,
             &mut self.grad_bias,
+            &mut self.sums,
+            &mut self.coeffs,
         );
     }
 

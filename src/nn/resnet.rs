@@ -8,6 +8,7 @@ use crate::kernels::pool::{
     global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward,
     PoolGeom,
 };
+use crate::optim::Optimizer;
 use crate::{bail, Error, ParamMut, Result, Shape4};
 use rand::SeedableRng;
 
@@ -239,16 +240,40 @@ impl ResNet {
         Ok(steps)
     }
 
-    /// Forward pass over `x`, NCHW of shape `xs` (for one channel, NCHW and NHWC coincide; for more channels
-    /// convert with [`crate::tensor::nchw_to_nhwc`] first). Returns the logits `[n, num_classes]`.
-    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
-        if x.len() != xs.len() {
-            bail!(
-                "input holds {} values, shape {xs} needs {}",
-                x.len(),
-                xs.len()
-            );
+    /// True when an input of shape `xs` passes [`ResNet::validate_input`]: the same walk, without building it.
+    fn fits(&self, xs: Shape4) -> bool {
+        // Training-mode batch norm needs more than one value per channel at every walked layer.
+        let enough = |s: Shape4| !self.train || s.n * s.h * s.w > 1;
+        if xs.c != self.config.in_channels || xs.is_empty() {
+            return false;
         }
+        let Some(s) = self.stem_conv.output_shape(xs) else {
+            return false;
+        };
+        let Some(p) = self.pool_geom_for(s) else {
+            return false;
+        };
+        let mut pooled = Shape4::new(s.n, s.c, p.oh, p.ow);
+        if !enough(s) || !enough(pooled) {
+            return false;
+        }
+        for stage in &self.stages {
+            for block in stage {
+                match block.output_shape(pooled) {
+                    Some(next) => pooled = next,
+                    None => return false,
+                }
+            }
+            if !enough(pooled) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Checks that an input of shape `xs` fits the network ([`ResNet::shape_walk`]) and, in training mode,
+    /// that every batch norm sees more than one value per channel.
+    fn validate_input(&self, xs: Shape4) -> Result<()> {
         let walk = self.shape_walk(xs)?;
         if self.train {
             // BatchNorm needs more than one value per channel to compute a batch variance (PyTorch raises too).
@@ -259,6 +284,23 @@ impl ResNet {
             {
                 bail!("training-mode batch norm needs more than 1 value per channel, but layer {name} outputs {dims:?}: use a larger batch or input");
             }
+        }
+        Ok(())
+    }
+
+    /// Forward pass over `x`, NCHW of shape `xs` (for one channel, NCHW and NHWC coincide; for more channels
+    /// convert with [`crate::tensor::nchw_to_nhwc`] first). Returns the logits `[n, num_classes]`.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        if x.len() != xs.len() {
+            bail!(
+                "input holds {} values, shape {xs} needs {}",
+                x.len(),
+                xs.len()
+            );
+        }
+        if !self.fits(xs) {
+            // Name the problem (the walk allocates, so it runs only when the quick check fails).
+            self.validate_input(xs)?;
         }
         let train = self.train;
         let ws = &mut self.workspace;
@@ -353,16 +395,20 @@ impl ResNet {
             &mut grad[..s.len()],
         );
         // Walk the blocks backwards; each block's input is the previous block's output (or the pool's).
-        let mut blocks: Vec<&mut Residual> = self.stages.iter_mut().flatten().collect();
-        for i in (0..blocks.len()).rev() {
-            let (before, rest) = blocks.split_at_mut(i);
-            let block_input: &[f32] = if i == 0 {
-                &self.pool_out
-            } else {
-                &before[i - 1].out
-            };
-            rest[0].backward_into(block_input, grad, dx, tmp, true, ws);
-            std::mem::swap(grad, dx);
+        for k in (0..self.stages.len()).rev() {
+            let (earlier, rest) = self.stages.split_at_mut(k);
+            for i in (0..rest[0].len()).rev() {
+                let (before, rest) = rest[0].split_at_mut(i);
+                let block_input: &[f32] = match before.last() {
+                    Some(prev) => &prev.out,
+                    None => match earlier.iter().rev().find_map(|s| s.last()) {
+                        Some(prev) => &prev.out,
+                        None => &self.pool_out,
+                    },
+                };
+                rest[0].backward_into(block_input, grad, dx, tmp, true, ws);
+                std::mem::swap(grad, dx);
+            }
         }
         let pool_dout = &grad[..self.pool_out.len()];
         let pg = self.pool_geom.expect("backward after forward");
@@ -419,6 +465,30 @@ impl ResNet {
             grad: &self.fc.grad_bias,
         });
         out
+    }
+
+    /// Calls `f(value, grad)` for every trainable tensor, in [`ResNet::params_mut`] order, without building a
+    /// list (nothing is allocated).
+    pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut [f32], &[f32])) {
+        visit_conv(f, &mut self.stem_conv);
+        visit_bn(f, &mut self.stem_bn);
+        for b in self.stages.iter_mut().flatten() {
+            visit_conv(f, &mut b.conv1);
+            visit_conv(f, &mut b.conv2);
+            if let Some(c3) = &mut b.conv3 {
+                visit_conv(f, c3);
+            }
+            visit_bn(f, &mut b.bn1);
+            visit_bn(f, &mut b.bn2);
+        }
+        f(&mut self.fc.weight, &self.fc.grad_weight);
+        f(&mut self.fc.bias, &self.fc.grad_bias);
+    }
+
+    /// One optimizer step over every trainable tensor with the gradients of the last backward pass: what
+    /// `opt.step(&mut net.params_mut(), lr)` does, without allocating the named list.
+    pub fn optimizer_step(&mut self, opt: &mut dyn Optimizer, lr: f32) {
+        opt.step_each(lr, &mut |update| self.visit_params_mut(update));
     }
 
     /// Lengths of the trainable tensors, in [`ResNet::params_mut`] order (what optimizers size their state by).
@@ -533,6 +603,18 @@ fn push_conv<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, c: &'a mut Conv2d) {
         value: &mut c.bias,
         grad: &c.grad_bias,
     });
+}
+
+fn visit_conv(f: &mut dyn FnMut(&mut [f32], &[f32]), c: &mut Conv2d) {
+    // The weight changes: drop the eval-mode packed copy first.
+    c.invalidate_packed();
+    f(&mut c.weight, &c.grad_weight);
+    f(&mut c.bias, &c.grad_bias);
+}
+
+fn visit_bn(f: &mut dyn FnMut(&mut [f32], &[f32]), b: &mut BatchNorm2d) {
+    f(&mut b.weight, &b.grad_weight);
+    f(&mut b.bias, &b.grad_bias);
 }
 
 fn push_bn<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, b: &'a mut BatchNorm2d) {

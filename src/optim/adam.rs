@@ -17,7 +17,10 @@
 //! GCC contracts `self + value * t1 * t2` in `addcmul` to one); `sqrt` is IEEE here, MKL's in torch (see the
 //! module documentation of [`crate::optim`]).
 
-use super::{check_params, decimal_f64, take_state, Optimizer, OptimizerState, CHUNK};
+use super::{
+    check_count, check_param, check_params, decimal_f64, take_state, Optimizer, OptimizerState,
+    ParamVisitor, CHUNK,
+};
 use crate::tensor::ParamMut;
 use crate::Result;
 use rayon::prelude::*;
@@ -163,6 +166,14 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32) {
         check_params(self.config.kind(), &self.lens, params);
+        self.step_each(lr, &mut |update| {
+            for p in params.iter_mut() {
+                update(p.value, p.grad);
+            }
+        });
+    }
+
+    fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>) {
         self.step += 1;
         let k = self.coeffs(lr, self.step);
         let mode = match (
@@ -173,12 +184,11 @@ impl Optimizer for Adam {
             (true, false) => Mode::L2,
             (true, true) => Mode::Decoupled,
         };
-        for ((p, m), v) in params
-            .iter_mut()
-            .zip(&mut self.exp_avg)
-            .zip(&mut self.exp_avg_sq)
-        {
-            let (value, grad) = (&mut *p.value, p.grad);
+        let kind = self.config.kind();
+        let mut index = 0;
+        params(&mut |value, grad| {
+            check_param(kind, &self.lens, index, value, grad);
+            let (m, v) = (&mut self.exp_avg[index], &mut self.exp_avg_sq[index]);
             if value.len() < 2 * CHUNK {
                 update(mode, value, grad, m, v, &k);
             } else {
@@ -189,7 +199,9 @@ impl Optimizer for Adam {
                     .zip(v.par_chunks_mut(CHUNK))
                     .for_each(|(((value, grad), m), v)| update(mode, value, grad, m, v, &k));
             }
-        }
+            index += 1;
+        });
+        check_count(kind, &self.lens, index);
     }
 
     fn steps_taken(&self) -> u64 {

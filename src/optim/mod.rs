@@ -48,6 +48,12 @@ use std::str::FromStr;
 /// Elements per parallel task of an update. Tensors shorter than two chunks are updated on the calling thread.
 pub(crate) const CHUNK: usize = 16 * 1024;
 
+/// Called once per parameter with `(value, grad)`: what [`Optimizer::step_each`] hands to its caller.
+pub type UpdateFn<'a> = dyn FnMut(&mut [f32], &[f32]) + 'a;
+
+/// Hands every parameter, in order, to the update function it is given (see [`Optimizer::step_each`]).
+pub type ParamVisitor<'a> = dyn FnMut(&mut UpdateFn<'_>) + 'a;
+
 /// An optimizer: updates parameters in place from their gradients, one step at a time.
 ///
 /// Implementations keep their state (moments, momentum buffers) per parameter index; `step` must be given the
@@ -57,6 +63,11 @@ pub trait Optimizer: Send {
     /// Applies one update with learning rate `lr` (the schedule decides it; pass the same value torch's
     /// `param_groups[0]["lr"]` would hold). Allocates nothing; large tensors are updated in parallel with rayon.
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32);
+    /// The same update for parameters handed out one at a time: `params` must call the function it is given
+    /// once per parameter, `(value, grad)`, in the order the optimizer was built for (what
+    /// [`crate::nn::ResNet::optimizer_step`] does without building a list, so a training step allocates
+    /// nothing).
+    fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>);
     /// Number of steps taken so far (restored by [`Optimizer::load_state`]).
     fn steps_taken(&self) -> u64;
     /// A copy of the full state, for checkpoints. Loading it into an optimizer built with the same configuration
@@ -244,6 +255,31 @@ pub(crate) fn check_params(kind: &str, lens: &[usize], params: &[ParamMut<'_>]) 
             p.grad.len()
         );
     }
+}
+
+/// Panics unless parameter `index` exists and `value` and `grad` have its length (a programming error).
+pub(crate) fn check_param(kind: &str, lens: &[usize], index: usize, value: &[f32], grad: &[f32]) {
+    assert!(
+        index < lens.len(),
+        "{kind}: step got more than the {} parameters the optimizer was built for",
+        lens.len()
+    );
+    let len = lens[index];
+    assert!(
+        value.len() == len && grad.len() == len,
+        "{kind}: parameter {index} has {} values and {} gradients, the optimizer was built for {len}",
+        value.len(),
+        grad.len()
+    );
+}
+
+/// Panics unless a step visited every parameter.
+pub(crate) fn check_count(kind: &str, lens: &[usize], visited: usize) {
+    assert!(
+        visited == lens.len(),
+        "{kind}: step got {visited} parameters, the optimizer was built for {}",
+        lens.len()
+    );
 }
 
 /// Validates `state` against an optimizer of `kind` over parameters of `lens` holding the per-parameter

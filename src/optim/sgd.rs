@@ -12,7 +12,10 @@
 //!
 //! `add` with `alpha` is a fused multiply-add in torch's CPU kernels, so these match torch to the bit.
 
-use super::{check_params, take_state, Optimizer, OptimizerState, CHUNK};
+use super::{
+    check_count, check_param, check_params, take_state, Optimizer, OptimizerState, ParamVisitor,
+    CHUNK,
+};
 use crate::tensor::ParamMut;
 use crate::Result;
 use rayon::prelude::*;
@@ -117,6 +120,14 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32) {
         check_params("sgd", &self.lens, params);
+        self.step_each(lr, &mut |update| {
+            for p in params.iter_mut() {
+                update(p.value, p.grad);
+            }
+        });
+    }
+
+    fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>) {
         let c = &self.config;
         let k = Coeffs {
             wd: c.weight_decay as f32,
@@ -136,9 +147,10 @@ impl Optimizer for Sgd {
             nesterov: c.nesterov,
         };
         self.step += 1;
-        for (i, p) in params.iter_mut().enumerate() {
-            let (value, grad) = (&mut *p.value, p.grad);
-            let buf: &mut [f32] = match self.momentum_buffer.get_mut(i) {
+        let mut index = 0;
+        params(&mut |value, grad| {
+            check_param("sgd", &self.lens, index, value, grad);
+            let buf: &mut [f32] = match self.momentum_buffer.get_mut(index) {
                 Some(b) => b,
                 None => &mut [],
             };
@@ -156,7 +168,9 @@ impl Optimizer for Sgd {
                     .zip(buf.par_chunks_mut(CHUNK))
                     .for_each(|((value, grad), buf)| update(variant, value, grad, buf, &k));
             }
-        }
+            index += 1;
+        });
+        check_count("sgd", &self.lens, index);
     }
 
     fn steps_taken(&self) -> u64 {

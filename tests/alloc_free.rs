@@ -1,0 +1,107 @@
+//! A steady-state training step (forward, loss, backward, Adam) allocates nothing: every buffer is sized by
+//! the first step and reused. Counted by a global allocator that tallies every allocation and reallocation
+//! made by any thread (rayon's workers included) while counting is switched on.
+//!
+//! The direct AVX2 kernels are what make the step allocation-free; the portable path (a CPU without AVX2, or
+//! `RESNET_PORTABLE=1`) multiplies with the `gemm` crate, which allocates its packing buffers inside every
+//! call, so there the test only reports.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use resnet::kernels::conv_direct::cpu_supported;
+use resnet::nn::{ResNet, ResNetConfig};
+use resnet::optim::{OptimizerKind, OptimizerOptions};
+use resnet::Shape4;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts on the side.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new_size, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations and bytes made while `f` runs.
+fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    BYTES.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    let r = f();
+    COUNTING.store(false, Ordering::SeqCst);
+    (
+        r,
+        ALLOCATIONS.load(Ordering::SeqCst),
+        BYTES.load(Ordering::SeqCst),
+    )
+}
+
+#[test]
+fn a_steady_state_training_step_allocates_nothing() {
+    // The chapter's network at 48×48 (every stage above 1×1, stride-2 blocks, the stem) and a 28×28 batch
+    // (the last stage at 1×1, where dead taps are skipped), batch 8, two threads as in CI.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        for side in [48, 28] {
+            let mut net = ResNet::new(ResNetConfig::chapter(1, 10), 0).unwrap();
+            net.set_train(true);
+            let xs = Shape4::new(8, 1, side, side);
+            let x: Vec<f32> = (0..xs.len()).map(|i| (i * 37 % 101) as f32 / 101.0).collect();
+            let labels: Vec<usize> = (0..8).map(|i| i % 10).collect();
+            let mut opt = OptimizerKind::Adam
+                .build(&OptimizerOptions::default(), &net.param_lens())
+                .unwrap();
+            let mut step = |net: &mut ResNet| {
+                net.forward(&x, xs).unwrap();
+                let (loss, _) = net.loss(&labels).unwrap();
+                net.backward(&x, false);
+                net.optimizer_step(opt.as_mut(), 1e-3);
+                loss
+            };
+            let first = step(&mut net);
+            let (second, allocations, bytes) = count(|| step(&mut net));
+            assert!(first.is_finite() && second.is_finite());
+            if cpu_supported() {
+                assert_eq!(
+                    (allocations, bytes),
+                    (0, 0),
+                    "{side}×{side}: the second training step made {allocations} allocations ({bytes} bytes)"
+                );
+            } else {
+                eprintln!("portable path: the second step made {allocations} allocations ({bytes} bytes)");
+            }
+        }
+    });
+}
