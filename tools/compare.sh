@@ -31,7 +31,9 @@ def load(kind):
             res.setdefault(x["name"], []).append(x)
     return res
 ours, torch = load("ours"), load("torch")
-print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")
+# ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the two sides a
+# minute apart, so that ratio is less exposed to the shared machine's slow drifts).
+print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")
 for name in ours:
     o, t = ours[name], torch.get(name)
     oi = statistics.median(x["images_per_s"] for x in o)
@@ -41,7 +43,8 @@ for name in ours:
     ti = statistics.median(x["images_per_s"] for x in t)
     tg = statistics.median(x["gflops"] for x in t)
     fmt = max(set(x["format"] for x in t), key=[x["format"] for x in t].count)
-    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {og:>13.1f} {tg:>14.1f}  {fmt}")
+    per_round = statistics.median(a["images_per_s"] / b["images_per_s"] for a, b in zip(o, t))
+    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {per_round:>10.2f} {og:>13.1f} {tg:>14.1f}  {fmt}")
 print("(per-round values in", out, ")")
 PY
 # Peak memory of training at 96×96, batch 256: each side in a fresh process that runs only that configuration
