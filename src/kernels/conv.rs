@@ -193,7 +193,10 @@ impl ConvGeom {
             cols
         };
         // The transposed, packed weights of the input gradient's direct GEMM (stride 2, dead taps).
-        let packed_wt = if self.transposed().is_none() && !self.is_pointwise() {
+        let packed_wt = if self.transposed().is_none()
+            && !self.is_pointwise()
+            && direct_gemm_handles(self.cout, self.live_patch_len())
+        {
             self.live_patch_len() * self.cout
         } else {
             0
@@ -541,30 +544,30 @@ pub fn conv2d_backward(
     // dw = Σ_chunks im2col(x)ᵀ · dy
     let chunk = g.chunk_images(n);
     let plane_in = g.h * g.w * g.cin;
-    let direct_dw = conv_direct::weight_grad_handles(g);
-    if direct_dw {
+    if conv_direct::weight_grad_handles(g) {
         conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, cols);
-    }
-    let mut first = if direct_dw { n } else { 0 };
-    while first < n {
-        let images = chunk.min(n - first);
-        let rows = images * rows_per_image;
-        let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
-        im2col(g, images, &x[first * plane_in..], cols);
-        let dw_target: &mut [f32] = if compact { dw_live } else { dw };
-        matmul(
-            k,
-            g.cout,
-            rows,
-            dw_target,
-            first > 0,
-            MatRef::transposed(&cols[..rows * k], k),
-            MatRef::row_major(dy_chunk, g.cout),
-        );
-        first += images;
-    }
-    if compact && !direct_dw {
-        scatter_live_weights(g, dw_live, dw);
+    } else {
+        let mut first = 0;
+        while first < n {
+            let images = chunk.min(n - first);
+            let rows = images * rows_per_image;
+            let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
+            im2col(g, images, &x[first * plane_in..], cols);
+            let dw_target: &mut [f32] = if compact { dw_live } else { dw };
+            matmul(
+                k,
+                g.cout,
+                rows,
+                dw_target,
+                first > 0,
+                MatRef::transposed(&cols[..rows * k], k),
+                MatRef::row_major(dy_chunk, g.cout),
+            );
+            first += images;
+        }
+        if compact {
+            scatter_live_weights(g, dw_live, dw);
+        }
     }
     let Some(dx) = dx else { return };
 

@@ -572,6 +572,59 @@ fn cm_tiles(live: usize, cin: usize) -> usize {
     }
 }
 
+/// How both weight-gradient paths split `dw` among tiles and tasks: the live taps in visiting order, the tiles
+/// of [`cm_tile_rows`], and contiguous ranges of tiles per rayon task (each task writes only its tiles' patch
+/// rows, over every column panel).
+struct DwTiling {
+    taps: [(usize, usize); MAX_TAPS],
+    live: usize,
+    tiles: usize,
+    block_tiles: usize,
+    tile_blocks: usize,
+}
+
+impl DwTiling {
+    /// The tiling of `g`; zeroes `dw [patch_len, cout]` when some taps are dead, since their rows are never
+    /// visited.
+    fn new(g: &ConvGeom, dw: &mut [f32]) -> Self {
+        let mut taps = [(0usize, 0usize); MAX_TAPS];
+        let mut live = 0;
+        for (ky, kx) in g.live_taps_iter() {
+            taps[live] = (ky, kx);
+            live += 1;
+        }
+        if live < g.kh * g.kw {
+            dw.fill(0.0);
+        }
+        let tiles = cm_tiles(live, g.cin);
+        let tile_blocks = (4 * rayon::current_num_threads()).min(tiles).max(1);
+        DwTiling {
+            taps,
+            live,
+            tiles,
+            block_tiles: tiles.div_ceil(tile_blocks),
+            tile_blocks,
+        }
+    }
+
+    /// The tiles task `block` owns.
+    fn block(&self, block: usize) -> std::ops::Range<usize> {
+        block * self.block_tiles..((block + 1) * self.block_tiles).min(self.tiles)
+    }
+
+    /// Tile `tile`'s patch rows `(live tap index, channel)`, how many there are, and where each row starts in
+    /// `dw` (panel 0).
+    fn rows(&self, g: &ConvGeom, tile: usize) -> ([(usize, usize); MR], usize, [usize; MR]) {
+        let (rows, m) = cm_tile_rows(tile, self.live, g.cin);
+        let mut dst = [0usize; MR];
+        for (d, &(t, c)) in dst.iter_mut().zip(&rows[..m]) {
+            let (ky, kx) = self.taps[t];
+            *d = ((ky * g.kw + kx) * g.cin + c) * g.cout;
+        }
+        (rows, m, dst)
+    }
+}
+
 /// Weight gradient of a convolution, `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy` (overwritten), with
 /// `x [n, h, w, cin]` and `dy [n, oh, ow, cout]`. `workspace` holds `weight_grad_chunk(g, n).1` floats.
 ///
@@ -615,22 +668,10 @@ pub fn conv_weight_grad_cm(
         "conv_weight_grad_cm: short input"
     );
     let dw = &mut dw[..g.patch_len() * g.cout];
-    // Live taps, in the order their rows are visited; the rows of dead taps stay zero.
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
-    let mut live = 0;
-    for (ky, kx) in g.live_taps_iter() {
-        taps[live] = (ky, kx);
-        live += 1;
-    }
-    if live < g.kh * g.kw {
-        dw.fill(0.0);
-    }
-    let tiles = cm_tiles(live, g.cin);
-    let panels = g.cout / NR;
     // Tasks own ranges of tiles (patch rows) over every column panel, so each input plane is read from memory
     // once per call and reused from L1 by the panels.
-    let tile_blocks = (4 * rayon::current_num_threads()).min(tiles).max(1);
-    let block_tiles = tiles.div_ceil(tile_blocks);
+    let tiling = DwTiling::new(g, dw);
+    let panels = g.cout / NR;
     let group_rows = (DW_GROUP_DY_FLOATS / (g.ow * g.cout).max(1)).max(1);
     let mut first = 0;
     while first < n {
@@ -662,8 +703,7 @@ pub fn conv_weight_grad_cm(
         let xp: &[f32] = xp;
         let dy_chunk = &dy[first * plane_out..][..images * plane_out];
         let dw_ptr = SendPtr(dw.as_mut_ptr());
-        (0..tile_blocks).into_par_iter().for_each(|block| {
-            let tile_range = block * block_tiles..((block + 1) * block_tiles).min(tiles);
+        (0..tiling.tile_blocks).into_par_iter().for_each(|block| {
             let out_rows = images * g.oh;
             let mut row0 = 0;
             while row0 < out_rows {
@@ -677,16 +717,13 @@ pub fn conv_weight_grad_cm(
                     overwrite: first == 0 && row0 == 0,
                 };
                 let x_chunk = xp.as_ptr();
-                for tile in tile_range.clone() {
-                    let (rows, m) = cm_tile_rows(tile, live, g.cin);
-                    // Where each of the tile's patch rows reads (relative to the chunk's first plane) and
-                    // writes (within dw, panel 0).
+                for tile in tiling.block(block) {
+                    let (rows, m, dst) = tiling.rows(g, tile);
+                    // Where each of the tile's patch rows reads, relative to the chunk's first plane.
                     let mut src = [0usize; MR];
-                    let mut dst = [0usize; MR];
-                    for (i, &(t, c)) in rows[..m].iter().enumerate() {
-                        let (ky, kx) = taps[t];
-                        src[i] = c * images * plane + ky * wp + kx;
-                        dst[i] = ((ky * g.kw + kx) * g.cin + c) * g.cout;
+                    for (s, &(t, c)) in src.iter_mut().zip(&rows[..m]) {
+                        let (ky, kx) = tiling.taps[t];
+                        *s = c * images * plane + ky * wp + kx;
                     }
                     for panel in 0..panels {
                         let dy_panel = dy_chunk[panel * NR..].as_ptr();
@@ -741,19 +778,8 @@ fn weight_grad_by_columns(
         "conv_weight_grad_cm: short input"
     );
     let dw = &mut dw[..g.patch_len() * g.cout];
-    let mut taps = [(0usize, 0usize); MAX_TAPS];
-    let mut live = 0;
-    for (ky, kx) in g.live_taps_iter() {
-        taps[live] = (ky, kx);
-        live += 1;
-    }
-    if live < g.kh * g.kw {
-        dw.fill(0.0);
-    }
-    let tiles = cm_tiles(live, g.cin);
-    let panels = g.cout / NR;
-    let tile_blocks = (4 * rayon::current_num_threads()).min(tiles).max(1);
-    let block_tiles = tiles.div_ceil(tile_blocks);
+    let tiling = DwTiling::new(g, dw);
+    let (tiles, panels) = (tiling.tiles, g.cout / NR);
     let run = dw_run(g);
     let mut first = 0;
     while first < n {
@@ -764,7 +790,7 @@ fn weight_grad_by_columns(
         let x_chunk = &x[first * plane_in..][..images * plane_in];
         xp.par_chunks_mut(positions * MR)
             .enumerate()
-            .for_each(|(tile, stream)| pack_tile_rows(g, &taps, tile, live, x_chunk, stream));
+            .for_each(|(tile, stream)| pack_tile_rows(g, &tiling, tile, x_chunk, stream));
         let xp: &[f32] = xp;
         let dy_chunk = &dy[first * plane * g.cout..][..positions * g.cout];
         let mut p0 = 0;
@@ -781,14 +807,9 @@ fn weight_grad_by_columns(
             let dyp: &[f32] = dyp;
             let overwrite = first == 0 && p0 == 0;
             let dw_ptr = SendPtr(dw.as_mut_ptr());
-            (0..tile_blocks).into_par_iter().for_each(|block| {
-                for tile in block * block_tiles..((block + 1) * block_tiles).min(tiles) {
-                    let (rows, m) = cm_tile_rows(tile, live, g.cin);
-                    let mut dst = [0usize; MR];
-                    for (d, &(t, c)) in dst.iter_mut().zip(&rows[..m]) {
-                        let (ky, kx) = taps[t];
-                        *d = ((ky * g.kw + kx) * g.cin + c) * g.cout;
-                    }
+            (0..tiling.tile_blocks).into_par_iter().for_each(|block| {
+                for tile in tiling.block(block) {
+                    let (_, m, dst) = tiling.rows(g, tile);
                     let a = xp[(tile * positions + p0) * MR..][..len * MR].as_ptr();
                     for panel in 0..panels {
                         let b = dyp[panel * len * NR..][..len * NR].as_ptr();
@@ -816,15 +837,9 @@ fn weight_grad_by_columns(
 
 /// Writes tile `tile`'s patch rows ([`cm_tile_rows`]) for every position of the chunk `x [images, h, w, cin]`:
 /// `stream [position, 6]`, zero where a tap falls in the padding and in the rows past the tile's own.
-fn pack_tile_rows(
-    g: &ConvGeom,
-    taps: &[(usize, usize); MAX_TAPS],
-    tile: usize,
-    live: usize,
-    x: &[f32],
-    stream: &mut [f32],
-) {
-    let (rows, m) = cm_tile_rows(tile, live, g.cin);
+fn pack_tile_rows(g: &ConvGeom, tiling: &DwTiling, tile: usize, x: &[f32], stream: &mut [f32]) {
+    let (rows, m, _) = tiling.rows(g, tile);
+    let taps = &tiling.taps;
     let plane_in = g.h * g.w * g.cin;
     let mut p = 0;
     for image in x.chunks_exact(plane_in) {
@@ -881,16 +896,7 @@ unsafe fn cm_tile_packed<const M: usize>(
             acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
         }
     }
-    for (acc_row, &at) in acc.iter().zip(dst.iter()) {
-        let d = dw.add(at);
-        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
-        if !overwrite {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
-        }
-        _mm256_storeu_ps(d, v0);
-        _mm256_storeu_ps(d.add(8), v1);
-    }
+    store_dw_tile(&acc, dw, dst, overwrite);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -981,10 +987,26 @@ unsafe fn cm_tile<const M: usize>(
             img += 1;
         }
     }
+    store_dw_tile(&acc, dw, dst, args.overwrite);
+}
+
+/// Stores (or, unless `overwrite`, adds) a weight-gradient tile's `M × 16` sums at `dw[dst[i] + 0..16]`.
+///
+/// # Safety
+/// AVX2 must be available; `dw` writable at `dst[i] + 0..16` for `i < M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn store_dw_tile<const M: usize>(
+    acc: &[[core::arch::x86_64::__m256; 2]; M],
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
     for (acc_row, &at) in acc.iter().zip(dst.iter()) {
         let d = dw.add(at);
         let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
-        if !args.overwrite {
+        if !overwrite {
             v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
             v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
         }
