@@ -44,7 +44,8 @@ pub struct BatchNorm2d {
     /// The last forward as one affine map per channel, `[c]` each (see [`BatchNorm2d::eval_affine`]).
     scale: Vec<f32>,
     shift: Vec<f32>,
-    /// Scratch of the kernels: per-channel f64 sums `[2, c]` and backward coefficients `[3, c]`.
+    /// Scratch of the kernels: per-channel f64 sums and their partials ([`sums_scratch_len`]) and backward
+    /// coefficients `[3, c]`.
     sums: Vec<f64>,
     coeffs: Vec<f32>,
 }
@@ -73,7 +74,7 @@ impl BatchNorm2d {
             batch_var: vec![0.0; c],
             scale: vec![0.0; c],
             shift: vec![0.0; c],
-            sums: vec![0.0; 2 * c],
+            sums: Vec::new(),
             coeffs: vec![0.0; 3 * c],
         }
     }
@@ -115,7 +116,7 @@ impl BatchNorm2d {
     fn statistics(&mut self, x: &[f32], xs: Shape4, train: bool) {
         let c = self.num_features;
         if train {
-            ensure_len(&mut self.sums, sums_scratch_len(xs.rows(), c));
+            self.size_sums(xs.rows());
             batch_stats(
                 x,
                 c,
@@ -149,15 +150,17 @@ impl BatchNorm2d {
         );
     }
 
+    /// Sizes the f64 scratch of the per-channel sums for `rows` rows (allocates only when the shape grows).
+    fn size_sums(&mut self, rows: usize) {
+        ensure_len(&mut self.sums, sums_scratch_len(rows, self.num_features));
+    }
+
     /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
     /// `shift = bias − running_mean·scale`), for a producer that applies it as it writes (see
     /// [`crate::nn::Conv2d::forward_bn_eval`]). Returns `(scale, shift)`, each `[c]`.
     pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
-        for ch in 0..self.num_features {
-            let invstd = 1.0 / (self.running_var[ch] + self.eps).sqrt();
-            self.scale[ch] = self.weight[ch] * invstd;
-            self.shift[ch] = self.bias[ch] - self.running_mean[ch] * self.scale[ch];
-        }
+        // Eval-mode statistics read no input.
+        self.statistics(&[], Shape4::default(), false);
         (&self.scale, &self.shift)
     }
 
@@ -166,8 +169,7 @@ impl BatchNorm2d {
     /// in for it, so a norm run by [`BatchNorm2d::forward_add_relu`] needs no stored output.
     pub fn backward(&mut self, x: &[f32], dy: &[f32]) {
         ensure_len(&mut self.grad_input, x.len());
-        let c = self.num_features;
-        ensure_len(&mut self.sums, sums_scratch_len(x.len() / c, c));
+        self.size_sums(x.len() / self.num_features);
         batch_norm_backward(
             x,
             if self.relu { &self.out } else { x },
@@ -189,8 +191,7 @@ impl BatchNorm2d {
     /// for a caller that no longer needs `dy`, it saves an activation-sized buffer (151 MB for the chapter's
     /// stem at 96×96, batch 256).
     pub fn backward_in_place(&mut self, x: &[f32], dy: &mut [f32]) {
-        let c = self.num_features;
-        ensure_len(&mut self.sums, sums_scratch_len(x.len() / c, c));
+        self.size_sums(x.len() / self.num_features);
         batch_norm_backward_in_place(
             x,
             if self.relu { &self.out } else { x },
