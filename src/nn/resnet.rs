@@ -440,29 +440,12 @@ impl ResNet {
     /// Every trainable tensor with its gradient, in PyTorch's `named_parameters()` order and names.
     pub fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
         let mut out = Vec::new();
-        push_conv(&mut out, "0", &mut self.stem_conv);
-        push_bn(&mut out, "1", &mut self.stem_bn);
-        for (k, stage) in self.stages.iter_mut().enumerate() {
-            for (i, b) in stage.iter_mut().enumerate() {
-                let p = format!("resnet_block{}.{i}", k + 1);
-                push_conv(&mut out, &format!("{p}.conv1"), &mut b.conv1);
-                push_conv(&mut out, &format!("{p}.conv2"), &mut b.conv2);
-                if let Some(c3) = &mut b.conv3 {
-                    push_conv(&mut out, &format!("{p}.conv3"), c3);
-                }
-                push_bn(&mut out, &format!("{p}.bn1"), &mut b.bn1);
-                push_bn(&mut out, &format!("{p}.bn2"), &mut b.bn2);
-            }
-        }
-        out.push(ParamMut {
-            name: "fc.1.weight".into(),
-            value: &mut self.fc.weight,
-            grad: &self.fc.grad_weight,
-        });
-        out.push(ParamMut {
-            name: "fc.1.bias".into(),
-            value: &mut self.fc.bias,
-            grad: &self.fc.grad_bias,
+        self.for_each_param(&mut |key, value, grad| {
+            out.push(ParamMut {
+                name: key.to_string(),
+                value,
+                grad,
+            })
         });
         out
     }
@@ -470,19 +453,38 @@ impl ResNet {
     /// Calls `f(value, grad)` for every trainable tensor, in [`ResNet::params_mut`] order, without building a
     /// list (nothing is allocated).
     pub fn visit_params_mut(&mut self, f: &mut dyn FnMut(&mut [f32], &[f32])) {
-        visit_conv(f, &mut self.stem_conv);
-        visit_bn(f, &mut self.stem_bn);
-        for b in self.stages.iter_mut().flatten() {
-            visit_conv(f, &mut b.conv1);
-            visit_conv(f, &mut b.conv2);
-            if let Some(c3) = &mut b.conv3 {
-                visit_conv(f, c3);
+        self.for_each_param(&mut |_, value, grad| f(value, grad));
+    }
+
+    /// The one walk over the trainable tensors, in PyTorch's `named_parameters()` order: both
+    /// [`ResNet::params_mut`] and the optimizer's [`ResNet::visit_params_mut`] take it, so their orders cannot
+    /// drift apart. Keys are formatted only by a caller that wants them.
+    fn for_each_param<'a>(&'a mut self, f: &mut ParamSink<'a, '_>) {
+        conv_params(f, ParamKey::top("0"), &mut self.stem_conv);
+        bn_params(f, ParamKey::top("1"), &mut self.stem_bn);
+        for (k, stage) in self.stages.iter_mut().enumerate() {
+            for (i, b) in stage.iter_mut().enumerate() {
+                let at = |layer| ParamKey {
+                    block: Some((k + 1, i)),
+                    layer,
+                    field: "",
+                };
+                conv_params(f, at("conv1"), &mut b.conv1);
+                conv_params(f, at("conv2"), &mut b.conv2);
+                if let Some(c3) = &mut b.conv3 {
+                    conv_params(f, at("conv3"), c3);
+                }
+                bn_params(f, at("bn1"), &mut b.bn1);
+                bn_params(f, at("bn2"), &mut b.bn2);
             }
-            visit_bn(f, &mut b.bn1);
-            visit_bn(f, &mut b.bn2);
         }
-        f(&mut self.fc.weight, &self.fc.grad_weight);
-        f(&mut self.fc.bias, &self.fc.grad_bias);
+        let fc = ParamKey::top("fc.1");
+        f(
+            fc.field("weight"),
+            &mut self.fc.weight,
+            &self.fc.grad_weight,
+        );
+        f(fc.field("bias"), &mut self.fc.bias, &self.fc.grad_bias);
     }
 
     /// One optimizer step over every trainable tensor with the gradients of the last backward pass: what
@@ -584,50 +586,68 @@ impl ResNet {
     }
 }
 
-/// [`push_conv`] for unit tests elsewhere in the crate.
+/// Receives each trainable tensor of a walk: its key, its values, its gradient.
+type ParamSink<'a, 'f> = dyn FnMut(ParamKey, &'a mut [f32], &'a [f32]) + 'f;
+
+/// A trainable tensor's PyTorch key in parts (`resnet_block{k}.{i}.{layer}.{field}` or `{layer}.{field}`),
+/// so that a walk that does not need names allocates nothing.
+#[derive(Clone, Copy)]
+struct ParamKey {
+    /// `(k, i)` of `resnet_block{k}.{i}`, for a tensor inside a residual block.
+    block: Option<(usize, usize)>,
+    layer: &'static str,
+    field: &'static str,
+}
+
+impl ParamKey {
+    fn top(layer: &'static str) -> Self {
+        ParamKey {
+            block: None,
+            layer,
+            field: "",
+        }
+    }
+
+    fn field(self, field: &'static str) -> Self {
+        ParamKey { field, ..self }
+    }
+}
+
+impl std::fmt::Display for ParamKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((k, i)) = self.block {
+            write!(f, "resnet_block{k}.{i}.")?;
+        }
+        write!(f, "{}.{}", self.layer, self.field)
+    }
+}
+
+/// A conv's weight and bias, after dropping its eval-mode packed copy (the weight may change).
+fn conv_params<'a>(f: &mut ParamSink<'a, '_>, key: ParamKey, c: &'a mut Conv2d) {
+    c.invalidate_packed();
+    f(key.field("weight"), &mut c.weight, &c.grad_weight);
+    f(key.field("bias"), &mut c.bias, &c.grad_bias);
+}
+
+fn bn_params<'a>(f: &mut ParamSink<'a, '_>, key: ParamKey, b: &'a mut BatchNorm2d) {
+    f(key.field("weight"), &mut b.weight, &b.grad_weight);
+    f(key.field("bias"), &mut b.bias, &b.grad_bias);
+}
+
+/// A conv's entries of [`ResNet::params_mut`], keyed `conv.*`, for unit tests elsewhere in the crate.
 #[cfg(test)]
 pub(crate) fn push_conv_for_test<'a>(out: &mut Vec<ParamMut<'a>>, c: &'a mut Conv2d) {
-    push_conv(out, "conv", c);
-}
-
-fn push_conv<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, c: &'a mut Conv2d) {
-    // The weight may change through the list: drop the eval-mode packed copy first.
-    c.invalidate_packed();
-    out.push(ParamMut {
-        name: format!("{prefix}.weight"),
-        value: &mut c.weight,
-        grad: &c.grad_weight,
-    });
-    out.push(ParamMut {
-        name: format!("{prefix}.bias"),
-        value: &mut c.bias,
-        grad: &c.grad_bias,
-    });
-}
-
-fn visit_conv(f: &mut dyn FnMut(&mut [f32], &[f32]), c: &mut Conv2d) {
-    // The weight changes: drop the eval-mode packed copy first.
-    c.invalidate_packed();
-    f(&mut c.weight, &c.grad_weight);
-    f(&mut c.bias, &c.grad_bias);
-}
-
-fn visit_bn(f: &mut dyn FnMut(&mut [f32], &[f32]), b: &mut BatchNorm2d) {
-    f(&mut b.weight, &b.grad_weight);
-    f(&mut b.bias, &b.grad_bias);
-}
-
-fn push_bn<'a>(out: &mut Vec<ParamMut<'a>>, prefix: &str, b: &'a mut BatchNorm2d) {
-    out.push(ParamMut {
-        name: format!("{prefix}.weight"),
-        value: &mut b.weight,
-        grad: &b.grad_weight,
-    });
-    out.push(ParamMut {
-        name: format!("{prefix}.bias"),
-        value: &mut b.bias,
-        grad: &b.grad_bias,
-    });
+    conv_params(
+        &mut |key, value, grad| {
+            out.push(ParamMut {
+                name: key.to_string(),
+                value,
+                grad,
+            })
+        },
+        ParamKey::top("conv"),
+        c,
+    );
 }
 
 fn f32_tensor(shape: Vec<usize>, data: Vec<f32>) -> StateTensor {

@@ -18,8 +18,8 @@
 //! module documentation of [`crate::optim`]).
 
 use super::{
-    check_count, check_param, check_params, decimal_f64, take_state, Optimizer, OptimizerState,
-    ParamVisitor, CHUNK,
+    check_count, check_param, check_params, decimal_f64, each_of, take_state, Optimizer,
+    OptimizerState, ParamVisitor, CHUNK,
 };
 use crate::tensor::ParamMut;
 use crate::Result;
@@ -166,11 +166,7 @@ impl Adam {
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32) {
         check_params(self.config.kind(), &self.lens, params);
-        self.step_each(lr, &mut |update| {
-            for p in params.iter_mut() {
-                update(p.value, p.grad);
-            }
-        });
+        self.step_each(lr, &mut each_of(params));
     }
 
     fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>) {

@@ -257,6 +257,17 @@ pub(crate) fn check_params(kind: &str, lens: &[usize], params: &[ParamMut<'_>]) 
     }
 }
 
+/// The list `params` as a [`ParamVisitor`]: how a list-taking [`Optimizer::step`] runs its `step_each`.
+pub(crate) fn each_of<'p, 'a: 'p>(
+    params: &'p mut [ParamMut<'a>],
+) -> impl FnMut(&mut UpdateFn<'_>) + use<'p, 'a> {
+    move |update| {
+        for p in params.iter_mut() {
+            update(p.value, p.grad);
+        }
+    }
+}
+
 /// Panics unless parameter `index` exists and `value` and `grad` have its length (a programming error).
 pub(crate) fn check_param(kind: &str, lens: &[usize], index: usize, value: &[f32], grad: &[f32]) {
     assert!(

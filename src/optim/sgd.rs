@@ -13,8 +13,8 @@
 //! `add` with `alpha` is a fused multiply-add in torch's CPU kernels, so these match torch to the bit.
 
 use super::{
-    check_count, check_param, check_params, take_state, Optimizer, OptimizerState, ParamVisitor,
-    CHUNK,
+    check_count, check_param, check_params, each_of, take_state, Optimizer, OptimizerState,
+    ParamVisitor, CHUNK,
 };
 use crate::tensor::ParamMut;
 use crate::Result;
@@ -120,11 +120,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32) {
         check_params("sgd", &self.lens, params);
-        self.step_each(lr, &mut |update| {
-            for p in params.iter_mut() {
-                update(p.value, p.grad);
-            }
-        });
+        self.step_each(lr, &mut each_of(params));
     }
 
     fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>) {
