@@ -146,6 +146,8 @@ pub struct ResNet {
     grad_logits: Vec<f32>,
     input_shape: Shape4,
     last_shape: Shape4,
+    /// The input shape and mode that last passed [`ResNet::validate_input`].
+    validated_input: Option<(Shape4, bool)>,
 }
 
 /// The chapter's ResNet-18 for `in_channels`-channel images and `num_classes` classes (11,178,378 parameters for
@@ -186,6 +188,7 @@ impl ResNet {
             grad_logits: Vec::new(),
             input_shape: Shape4::default(),
             last_shape: Shape4::default(),
+            validated_input: None,
         })
     }
 
@@ -240,37 +243,6 @@ impl ResNet {
         Ok(steps)
     }
 
-    /// True when an input of shape `xs` passes [`ResNet::validate_input`]: the same walk, without building it.
-    fn fits(&self, xs: Shape4) -> bool {
-        // Training-mode batch norm needs more than one value per channel at every walked layer.
-        let enough = |s: Shape4| !self.train || s.n * s.h * s.w > 1;
-        if xs.c != self.config.in_channels || xs.is_empty() {
-            return false;
-        }
-        let Some(s) = self.stem_conv.output_shape(xs) else {
-            return false;
-        };
-        let Some(p) = self.pool_geom_for(s) else {
-            return false;
-        };
-        let mut pooled = Shape4::new(s.n, s.c, p.oh, p.ow);
-        if !enough(s) || !enough(pooled) {
-            return false;
-        }
-        for stage in &self.stages {
-            for block in stage {
-                match block.output_shape(pooled) {
-                    Some(next) => pooled = next,
-                    None => return false,
-                }
-            }
-            if !enough(pooled) {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Checks that an input of shape `xs` fits the network ([`ResNet::shape_walk`]) and, in training mode,
     /// that every batch norm sees more than one value per channel.
     fn validate_input(&self, xs: Shape4) -> Result<()> {
@@ -298,9 +270,10 @@ impl ResNet {
                 xs.len()
             );
         }
-        if !self.fits(xs) {
-            // Name the problem (the walk allocates, so it runs only when the quick check fails).
+        // The walk allocates: run it for a new shape or mode only, so a steady-state step allocates nothing.
+        if self.validated_input != Some((xs, self.train)) {
             self.validate_input(xs)?;
+            self.validated_input = Some((xs, self.train));
         }
         let train = self.train;
         let ws = &mut self.workspace;
