@@ -290,18 +290,26 @@ fn apply_backward(
 mod tests {
     use super::*;
 
+    /// Deterministic `x` and a second activation-sized input `[rows, c]`, and per-channel `mean`, `invstd`,
+    /// `gamma` `[c]`.
+    #[allow(clippy::type_complexity)]
+    fn fixture(rows: usize, c: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = (0..rows * c)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let other = (0..rows * c)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 11.0)
+            .collect();
+        let mean = (0..c).map(|ch| ch as f32 * 0.3 - 0.5).collect();
+        let invstd = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
+        let gamma = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
+        (x, other, mean, invstd, gamma)
+    }
+
     #[test]
     fn fused_add_relu_matches_apply_then_join() {
         let (rows, c) = (200, 7);
-        let x: Vec<f32> = (0..rows * c)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let shortcut: Vec<f32> = (0..rows * c)
-            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 9.0)
-            .collect();
-        let mean: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.5).collect();
-        let invstd: Vec<f32> = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
-        let gamma: Vec<f32> = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
+        let (x, shortcut, mean, invstd, gamma) = fixture(rows, c);
         let beta: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.05 - 0.1).collect();
         let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
         batch_norm_affine(&mean, &invstd, &gamma, &beta, &mut scale, &mut shift);
@@ -318,15 +326,7 @@ mod tests {
     #[test]
     fn in_place_backward_is_bit_identical() {
         let (rows, c) = (300, 5);
-        let x: Vec<f32> = (0..rows * c)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
-        let dy: Vec<f32> = (0..rows * c)
-            .map(|i| ((i * 53 % 89) as f32 - 44.0) / 11.0)
-            .collect();
-        let mean: Vec<f32> = (0..c).map(|ch| ch as f32 * 0.3 - 0.5).collect();
-        let invstd: Vec<f32> = (0..c).map(|ch| 0.2 + ch as f32 * 0.1).collect();
-        let gamma: Vec<f32> = (0..c).map(|ch| 1.0 - ch as f32 * 0.15).collect();
+        let (x, dy, mean, invstd, gamma) = fixture(rows, c);
         for relu in [false, true] {
             let y: Vec<f32> = x
                 .iter()
