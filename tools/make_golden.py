@@ -61,6 +61,8 @@ CONV_CASES = [
     ((2, 1, 29, 31), 4, 7, 2, 3),
     ((2, 3, 9, 11), 6, 1, 2, 0),
     ((3, 4, 5, 5), 4, 3, 2, 1),
+    # enough 2×2 tiles (4·25) for the Winograd kernels: forward, input and weight gradients
+    ((4, 16, 10, 10), 32, 3, 1, 1),
 ]
 
 

@@ -12,6 +12,7 @@
 //!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
 use super::conv_direct;
+use super::conv_winograd::{self, Epilogue};
 use super::gemm::{matmul, MatRef};
 use rayon::prelude::*;
 
@@ -201,7 +202,24 @@ impl ConvGeom {
         } else {
             0
         };
-        cols + weights.max(flipped) + folded_shift + packed_wt
+        let direct = cols + weights.max(flipped) + folded_shift + packed_wt;
+        // Winograd: the folded shift, transformed weights and the workers' scratch forward, the workers' sums
+        // and scratch for the weight gradient; the rotated kernel, its transform and the scratch for the
+        // input gradient.
+        let winograd_forward = if conv_winograd::handles(self, n) {
+            let forward =
+                self.cout + conv_winograd::weights_len(self) + conv_winograd::scratch_len(self, n);
+            forward.max(conv_winograd::weight_grad_scratch_len(self, n))
+        } else {
+            0
+        };
+        let winograd_backward = match self.transposed() {
+            Some(t) if conv_winograd::handles(&t, n) => {
+                flipped + conv_winograd::weights_len(&t) + conv_winograd::scratch_len(&t, n)
+            }
+            _ => 0,
+        };
+        direct.max(winograd_forward).max(winograd_backward)
     }
 }
 
@@ -404,6 +422,16 @@ pub fn conv2d_forward(
 ) {
     let out_rows = n * g.oh * g.ow;
     let y = &mut y[..out_rows * g.cout];
+    if conv_winograd::handles(g, n) {
+        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g));
+        conv_winograd::transform_weights(g, w, u);
+        let bias = Epilogue {
+            shift: Some(bias),
+            ..Epilogue::default()
+        };
+        conv_winograd::conv_winograd(g, n, x, u, y, bias, scratch);
+        return;
+    }
     // Start from the broadcast bias and let the GEMM accumulate onto it: one write pass instead of a second
     // read-modify-write pass after it.
     let piece = super::piece_len(out_rows, 256) * g.cout;
@@ -424,6 +452,28 @@ pub fn conv2d_forward(
     }
 }
 
+/// Floats of the weights [`prepare_weights`] writes for this geometry and batch, or `None` where
+/// [`conv2d_forward_affine`] reads the weights as they are.
+pub fn prepared_len(g: &ConvGeom, n: usize) -> Option<usize> {
+    if conv_winograd::handles(g, n) {
+        Some(conv_winograd::weights_len(g))
+    } else if g.runs_direct() && conv_direct::packs_weights(g) {
+        Some(conv_direct::packed_len(g))
+    } else {
+        None
+    }
+}
+
+/// Writes `w` as [`conv2d_forward_affine`] reads it for this geometry (Winograd-transformed, or packed for the
+/// direct kernels) into `out` (at least [`prepared_len`] floats), so that a caller can keep it.
+pub fn prepare_weights(g: &ConvGeom, n: usize, w: &[f32], out: &mut [f32]) {
+    if conv_winograd::handles(g, n) {
+        conv_winograd::transform_weights(g, w, out);
+    } else {
+        conv_direct::pack_weights(g, w, out);
+    }
+}
+
 /// The direct kernels' view of `w`: packed into `workspace` for wide layers, in place otherwise.
 fn direct_weights<'a>(
     g: &ConvGeom,
@@ -441,8 +491,8 @@ fn direct_weights<'a>(
 
 /// Eval-mode convolution followed by a per-channel affine map (a batch norm with running statistics) and an
 /// optional ReLU: `y [n, oh, ow, cout] = relu?((conv(x, w) + bias)·scale + shift)`, in one pass over `y` on the
-/// direct kernels (the bias is folded into the shift), in two otherwise. `packed`: the weights as
-/// [`conv_direct::pack_weights`] wrote them, when the caller keeps them (used on the direct kernels).
+/// direct or Winograd kernels (the bias is folded into the shift), in two otherwise. `prepared`: the weights
+/// as [`prepare_weights`] wrote them, when the caller keeps them.
 /// `workspace` as for [`conv2d_forward`].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward_affine(
@@ -450,7 +500,7 @@ pub fn conv2d_forward_affine(
     n: usize,
     x: &[f32],
     w: &[f32],
-    packed: Option<&[f32]>,
+    prepared: Option<&[f32]>,
     bias: &[f32],
     scale: &[f32],
     shift: &[f32],
@@ -458,6 +508,27 @@ pub fn conv2d_forward_affine(
     y: &mut [f32],
     workspace: &mut [f32],
 ) {
+    if conv_winograd::handles(g, n) {
+        let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
+        for (co, f) in folded_shift.iter_mut().enumerate() {
+            *f = bias[co] * scale[co] + shift[co];
+        }
+        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g));
+        let u = match prepared {
+            Some(p) => p,
+            None => {
+                conv_winograd::transform_weights(g, w, u);
+                u
+            }
+        };
+        let affine = Epilogue {
+            scale: Some(scale),
+            shift: Some(folded_shift),
+            relu,
+        };
+        conv_winograd::conv_winograd(g, n, x, u, y, affine, scratch);
+        return;
+    }
     if g.runs_direct() {
         let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
         for (co, f) in folded_shift.iter_mut().enumerate() {
@@ -468,7 +539,7 @@ pub fn conv2d_forward_affine(
             shift: folded_shift,
             relu,
         };
-        let weights = match packed {
+        let weights = match prepared {
             Some(p) => conv_direct::Weights::Packed(p),
             None => direct_weights(g, w, workspace),
         };
@@ -544,7 +615,9 @@ pub fn conv2d_backward(
     // dw = Σ_chunks im2col(x)ᵀ · dy
     let chunk = g.chunk_images(n);
     let plane_in = g.h * g.w * g.cin;
-    if conv_direct::weight_grad_handles(g) {
+    if conv_winograd::handles(g, n) {
+        conv_winograd::conv_winograd_weight_grad(g, n, x, dy, dw, cols);
+    } else if conv_direct::weight_grad_handles(g) {
         conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, cols);
     } else {
         let mut first = 0;
@@ -584,7 +657,11 @@ pub fn conv2d_backward(
                 }
             }
         }
-        if t.runs_direct() {
+        if conv_winograd::handles(&t, n) {
+            let (u, scratch) = cols.split_at_mut(conv_winograd::weights_len(&t));
+            conv_winograd::transform_weights(&t, flipped, u);
+            conv_winograd::conv_winograd(&t, n, dy, u, dx, Epilogue::default(), scratch);
+        } else if t.runs_direct() {
             let weights = direct_weights(&t, flipped, cols);
             conv_direct::conv_direct(&t, n, dy, weights, dx, false, None);
         } else {
@@ -736,7 +813,9 @@ mod tests {
         // channels (the direct kernel splits its taps in two passes), and planes wide enough for the
         // channel-major weight gradient (with channel counts that leave partial 6-channel tiles); then small
         // planes with batches of 24 or more (position-major tiles): a partial last tile, stride 2, dead taps,
-        // two tap passes, and border positions of a padded 1×1 conv that see no input at all.
+        // two tap passes, and border positions of a padded 1×1 conv that see no input at all. The 3×3 stride-1
+        // convs over 8×8, 12×12 and 7×7 planes with 64 tiles or more run forward and input gradient on the
+        // Winograd kernels (the 7×7 one with tiles half outside the plane).
         let cases = [
             (16, 16, 3, 1, 1, 5, 7, 3),
             (32, 48, 3, 2, 1, 9, 9, 2),
@@ -753,6 +832,7 @@ mod tests {
             (16, 16, 3, 1, 1, 1, 1, 30),
             (128, 32, 3, 1, 1, 3, 3, 26),
             (16, 16, 1, 1, 1, 2, 2, 24),
+            (16, 32, 3, 1, 1, 7, 7, 6),
         ];
         for (cin, cout, k, s, p, h, w, n) in cases {
             let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();
@@ -782,6 +862,17 @@ mod tests {
                 conv_gemm(&g, n, &x, wl, &mut y, false, cols);
             }
             close(&y, "im2col");
+            // The training forward (direct, Winograd or im2col, as dispatched), with a bias.
+            let bias: Vec<f32> = (0..cout).map(|co| co as f32 / 7.0 - 1.0).collect();
+            let mut yb = vec![f32::NAN; want.len()];
+            conv2d_forward(&g, n, &x, &wt, &bias, &mut yb, &mut ws);
+            for (i, (a, b)) in yb.iter().zip(&want).enumerate() {
+                let v = b + bias[i % cout];
+                assert!(
+                    (a - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "forward {cin}->{cout} k{k} s{s} p{p} {h}x{w}: y[{i}] = {a}, want {v}"
+                );
+            }
             // Weight and input gradients through conv2d_backward (the channel-major kernel and the direct
             // GEMM where they apply), dy = y.
             let want_dw = naive_weight_grad(&g, n, &x, &want);
@@ -812,8 +903,7 @@ mod tests {
                     "dw {cin}->{cout} k{k} s{s} p{p} {h}x{w}: dw[{i}] = {a}, want {b}"
                 );
             }
-            // Eval-mode conv + batch norm + ReLU in one call (direct epilogue or a second pass).
-            let bias: Vec<f32> = (0..cout).map(|co| co as f32 / 7.0 - 1.0).collect();
+            // Eval-mode conv + batch norm + ReLU in one call (direct or Winograd epilogue, or a second pass).
             let scale: Vec<f32> = (0..cout).map(|co| 0.5 + co as f32 / 9.0).collect();
             let shift: Vec<f32> = (0..cout).map(|co| 0.3 - co as f32 / 11.0).collect();
             for relu in [false, true] {

@@ -16,7 +16,7 @@ use super::conv::ConvGeom;
 use rayon::prelude::*;
 
 /// Rows per register tile.
-const MR: usize = 6;
+pub(crate) const MR: usize = 6;
 /// Output channels per register tile (two AVX vectors).
 pub const NR: usize = 16;
 /// Most register tiles per rayon task (96 output rows): a pass's weights are reused by every tile of the task.
@@ -31,7 +31,7 @@ pub const MAX_CIN: usize = 2048;
 /// Fewest input channels the direct path takes.
 pub const MIN_CIN: usize = 16;
 
-static ZEROS: [f32; MAX_CIN] = [0.0; MAX_CIN];
+pub(crate) static ZEROS: [f32; MAX_CIN] = [0.0; MAX_CIN];
 
 /// True when this CPU can run the direct kernels (checked once). `RESNET_PORTABLE=1` in the environment
 /// forces the portable im2col + `gemm` path, which is what a CPU without AVX2 runs.
@@ -417,7 +417,7 @@ fn conv_by_position(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_6x16(
+pub(crate) unsafe fn tile_6x16(
     ptrs: &[*const f32],
     cin: usize,
     wtaps: &[*const f32],
@@ -484,7 +484,7 @@ unsafe fn tile_6x16(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_6x16(
+pub(crate) unsafe fn tile_6x16(
     _ptrs: &[*const f32],
     _cin: usize,
     _wtaps: &[*const f32],
@@ -817,14 +817,7 @@ fn weight_grad_by_columns(
                         // each); this task alone writes the tile's patch rows of dw (tiles are disjoint).
                         unsafe {
                             let dw = dw_ptr.get().add(panel * NR);
-                            match m {
-                                6 => cm_tile_packed::<6>(a, b, len, dw, &dst, overwrite),
-                                5 => cm_tile_packed::<5>(a, b, len, dw, &dst, overwrite),
-                                4 => cm_tile_packed::<4>(a, b, len, dw, &dst, overwrite),
-                                3 => cm_tile_packed::<3>(a, b, len, dw, &dst, overwrite),
-                                2 => cm_tile_packed::<2>(a, b, len, dw, &dst, overwrite),
-                                _ => cm_tile_packed::<1>(a, b, len, dw, &dst, overwrite),
-                            }
+                            cm_tile_rows_of(m, a, MR, b, NR, len, dw, &dst, overwrite);
                         }
                     }
                 }
@@ -868,17 +861,48 @@ fn pack_tile_rows(g: &ConvGeom, tiling: &DwTiling, tile: usize, x: &[f32], strea
     }
 }
 
-/// One `M × 16` tile of the weight gradient over `len` packed positions:
-/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·6 + i] · b[q·16 + 0..16]`; overwrites when `overwrite`.
+/// [`cm_tile_packed`] for `m ≤ 6` rows known at run time.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `a` readable for `len·6` floats, `b` for `len·16`, `dw` writable at
-/// `dst[i] + 0..16` for `i < M`.
+/// As for [`cm_tile_packed`] with `M = m`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn cm_tile_rows_of(
+    m: usize,
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    len: usize,
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    let (sa, sb) = (a_stride, b_stride);
+    match m {
+        6 => cm_tile_packed::<6>(a, sa, b, sb, len, dw, dst, overwrite),
+        5 => cm_tile_packed::<5>(a, sa, b, sb, len, dw, dst, overwrite),
+        4 => cm_tile_packed::<4>(a, sa, b, sb, len, dw, dst, overwrite),
+        3 => cm_tile_packed::<3>(a, sa, b, sb, len, dw, dst, overwrite),
+        2 => cm_tile_packed::<2>(a, sa, b, sb, len, dw, dst, overwrite),
+        _ => cm_tile_packed::<1>(a, sa, b, sb, len, dw, dst, overwrite),
+    }
+}
+
+/// One `M × 16` tile of the weight gradient over `len` positions:
+/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·a_stride + i] · b[q·b_stride + 0..16]`; overwrites when `overwrite`.
+/// Packed operands have strides 6 and 16.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` readable at `q·a_stride + 0..M` and `b` at `q·b_stride + 0..16` for
+/// `q < len`, `dw` writable at `dst[i] + 0..16` for `i < M`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn cm_tile_packed<const M: usize>(
     a: *const f32,
+    a_stride: usize,
     b: *const f32,
+    b_stride: usize,
     len: usize,
     dw: *mut f32,
     dst: &[usize; MR],
@@ -887,9 +911,9 @@ unsafe fn cm_tile_packed<const M: usize>(
     use core::arch::x86_64::*;
     let mut acc = [[_mm256_setzero_ps(); 2]; M];
     for q in 0..len {
-        let b0 = _mm256_loadu_ps(b.add(q * NR));
-        let b1 = _mm256_loadu_ps(b.add(q * NR + 8));
-        let a_row = a.add(q * MR);
+        let b0 = _mm256_loadu_ps(b.add(q * b_stride));
+        let b1 = _mm256_loadu_ps(b.add(q * b_stride + 8));
+        let a_row = a.add(q * a_stride);
         for (i, acc_row) in acc.iter_mut().enumerate() {
             let v = _mm256_broadcast_ss(&*a_row.add(i));
             acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
@@ -900,9 +924,12 @@ unsafe fn cm_tile_packed<const M: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
 unsafe fn cm_tile_packed<const M: usize>(
     _a: *const f32,
+    _a_stride: usize,
     _b: *const f32,
+    _b_stride: usize,
     _len: usize,
     _dw: *mut f32,
     _dst: &[usize; MR],
@@ -930,14 +957,14 @@ struct CmArgs<'a> {
 
 /// A raw pointer that rayon tasks may share; each task writes a disjoint part (see the SAFETY notes).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: only used where tasks write disjoint elements.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// The pointer (a method, so that closures capture the whole `SendPtr`, not its raw field).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod conv;
 pub mod conv_direct;
+pub mod conv_winograd;
 pub mod gemm;
 pub mod linear;
 pub mod loss;

@@ -2,8 +2,9 @@
 
 use super::batch_norm::BatchNorm2d;
 use super::{ensure_len, uniform_init, InitRng, Workspace};
-use crate::kernels::conv::{conv2d_backward, conv2d_forward, conv2d_forward_affine, ConvGeom};
-use crate::kernels::conv_direct;
+use crate::kernels::conv::{
+    conv2d_backward, conv2d_forward, conv2d_forward_affine, prepare_weights, prepared_len, ConvGeom,
+};
 use crate::Shape4;
 
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
@@ -35,10 +36,13 @@ pub struct Conv2d {
     /// Gradient w.r.t. the input from the last backward, NHWC like the input.
     pub grad_input: Vec<f32>,
     in_shape: Shape4,
-    /// Eval mode only: the weight packed for the direct kernels (wide layers); empty until packed, and emptied
-    /// whenever the weight may change. Packing every forward costs a copy of the weights, a fifth of the batch-1
-    /// latency.
+    /// Eval mode only: the weight as the kernels read it for the geometry in `packed_for` (Winograd-transformed,
+    /// or packed for the direct kernels' wide layers); emptied whenever the weight may change. Preparing it every
+    /// forward costs a pass over the weights, a fifth of the batch-1 latency.
     packed: Vec<f32>,
+    /// The geometry `packed` was prepared for and its length (the layout depends on the plane and the batch:
+    /// live taps, Winograd or not).
+    packed_for: Option<(ConvGeom, usize)>,
 }
 
 impl Conv2d {
@@ -71,6 +75,7 @@ impl Conv2d {
             grad_input: Vec::new(),
             in_shape: Shape4::default(),
             packed: Vec::new(),
+            packed_for: None,
         };
         conv.set_weight_oihw(&oihw);
         conv
@@ -139,15 +144,18 @@ impl Conv2d {
         ensure_len(&mut out, self.out_shape.len());
         let (scale, shift) = bn.eval_affine();
         let workspace = ws.get(g.workspace_len(xs.n));
-        // Wide layers on the direct kernels read packed weights: pack once, reuse until the weight changes.
-        let packed = if g.runs_direct() && conv_direct::packs_weights(&g) {
-            if self.packed.is_empty() {
-                self.packed = vec![0.0; conv_direct::packed_len(&g)];
-                conv_direct::pack_weights(&g, &self.weight, &mut self.packed);
+        // Prepare the weights once per geometry, reuse them until the weight changes.
+        let packed = match prepared_len(&g, xs.n) {
+            Some(len) => {
+                // The length tells the layouts apart (16 Winograd positions, at most 9 live taps).
+                if self.packed_for != Some((g, len)) {
+                    ensure_len(&mut self.packed, len);
+                    prepare_weights(&g, xs.n, &self.weight, &mut self.packed);
+                    self.packed_for = Some((g, len));
+                }
+                Some(&self.packed[..])
             }
-            Some(&self.packed[..])
-        } else {
-            None
+            None => None,
         };
         conv2d_forward_affine(
             &g,
@@ -256,6 +264,7 @@ impl Conv2d {
     /// training never reads them.
     pub(crate) fn invalidate_packed(&mut self) {
         self.packed = Vec::new();
+        self.packed_for = None;
     }
 
     /// The weight in PyTorch's OIHW order.
