@@ -207,15 +207,16 @@ impl ConvGeom {
         // and scratch for the weight gradient; the rotated kernel, its transform and the scratch for the
         // input gradient.
         let winograd_forward = if conv_winograd::handles(self, n) {
-            let forward =
-                self.cout + conv_winograd::weights_len(self) + conv_winograd::scratch_len(self, n);
+            let forward = self.cout
+                + conv_winograd::weights_len(self, n)
+                + conv_winograd::scratch_len(self, n);
             forward.max(conv_winograd::weight_grad_scratch_len(self, n))
         } else {
             0
         };
         let winograd_backward = match self.transposed() {
             Some(t) if conv_winograd::handles(&t, n) => {
-                flipped + conv_winograd::weights_len(&t) + conv_winograd::scratch_len(&t, n)
+                flipped + conv_winograd::weights_len(&t, n) + conv_winograd::scratch_len(&t, n)
             }
             _ => 0,
         };
@@ -423,8 +424,8 @@ pub fn conv2d_forward(
     let out_rows = n * g.oh * g.ow;
     let y = &mut y[..out_rows * g.cout];
     if conv_winograd::handles(g, n) {
-        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g));
-        conv_winograd::transform_weights(g, w, u);
+        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
+        conv_winograd::transform_weights(g, n, w, u);
         let bias = Epilogue {
             shift: Some(bias),
             ..Epilogue::default()
@@ -456,7 +457,7 @@ pub fn conv2d_forward(
 /// [`conv2d_forward_affine`] reads the weights as they are.
 pub fn prepared_len(g: &ConvGeom, n: usize) -> Option<usize> {
     if conv_winograd::handles(g, n) {
-        Some(conv_winograd::weights_len(g))
+        Some(conv_winograd::weights_len(g, n))
     } else if g.runs_direct() && conv_direct::packs_weights(g) {
         Some(conv_direct::packed_len(g))
     } else {
@@ -468,7 +469,7 @@ pub fn prepared_len(g: &ConvGeom, n: usize) -> Option<usize> {
 /// direct kernels) into `out` (at least [`prepared_len`] floats), so that a caller can keep it.
 pub fn prepare_weights(g: &ConvGeom, n: usize, w: &[f32], out: &mut [f32]) {
     if conv_winograd::handles(g, n) {
-        conv_winograd::transform_weights(g, w, out);
+        conv_winograd::transform_weights(g, n, w, out);
     } else {
         conv_direct::pack_weights(g, w, out);
     }
@@ -513,11 +514,11 @@ pub fn conv2d_forward_affine(
         for (co, f) in folded_shift.iter_mut().enumerate() {
             *f = bias[co] * scale[co] + shift[co];
         }
-        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g));
+        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
         let u = match prepared {
             Some(p) => p,
             None => {
-                conv_winograd::transform_weights(g, w, u);
+                conv_winograd::transform_weights(g, n, w, u);
                 u
             }
         };
@@ -658,8 +659,8 @@ pub fn conv2d_backward(
             }
         }
         if conv_winograd::handles(&t, n) {
-            let (u, scratch) = cols.split_at_mut(conv_winograd::weights_len(&t));
-            conv_winograd::transform_weights(&t, flipped, u);
+            let (u, scratch) = cols.split_at_mut(conv_winograd::weights_len(&t, n));
+            conv_winograd::transform_weights(&t, n, flipped, u);
             conv_winograd::conv_winograd(&t, n, dy, u, dx, Epilogue::default(), scratch);
         } else if t.runs_direct() {
             let weights = direct_weights(&t, flipped, cols);

@@ -1,30 +1,34 @@
-//! Winograd F(2×2, 3×3) convolution for 3×3, stride-1, padding-1 convolutions on x86-64 CPUs with AVX2 and FMA.
+//! Winograd convolution F(m×m, 3×3), m = 2, 3 or 4, for 3×3, stride-1, padding-1 convolutions on x86-64 CPUs
+//! with AVX2 and FMA.
 //!
-//! Each 2×2 block of output positions ("tile") is computed from the 4×4 input patch around it as
-//! `Y = Aᵀ [ Σ_cin (G g Gᵀ) ⊙ (Bᵀ d B) ] A` (Lavin & Gray, 2015): the 16 element-wise products become 16
-//! independent GEMMs `M_ξ [tiles, cout] = V_ξ [tiles, cin] × U_ξ [cin, cout]`, 16 multiply-adds per tile and
-//! channel pair instead of the direct convolution's 36 (2.25× fewer). The transforms are additions only, done
-//! on 8 channels at a time.
+//! Each `m × m` block of output positions ("tile") is computed from the `α × α` input patch around it
+//! (`α = m + 2`) as `Y = Aᵀ [ Σ_cin (G g Gᵀ) ⊙ (Bᵀ d B) ] A` (Lavin & Gray, 2015): the α² element-wise
+//! products become α² independent GEMMs `M_ξ [tiles, cout] = V_ξ [tiles, cin] × U_ξ [cin, cout]`. Per output
+//! position and channel pair that is α²/m² multiply-adds (4, 2.8, 2.25) instead of the direct convolution's 9.
+//! Each plane gets the tile size with the fewest products ([`tile_for`]); the transforms are a few additions
+//! per value, done on 8 channels at a time.
 //!
 //! Shapes: input `x [n, h, w, cin]`, output `y [n, h, w, cout]` (NHWC, same plane), weights HWIO
-//! `[3·3·cin, cout]`, transformed to `u [cout / 16, 16 ξ, cin, 16]` (a column panel of every ξ together).
+//! `[3·3·cin, cout]`, transformed to `u [cout / 16, α² ξ, cin, 16]` (a column panel of every ξ together).
 //!
 //! Structure: a rayon worker owns a slot of scratch and takes chunks of tiles in turn. For a chunk it writes
-//! the transformed input `V [16 ξ, tiles, cin]`, runs the 16 GEMMs on the direct convolution's 6×16 register
-//! tile into `M [16 ξ, tiles, cout]`, then transforms `M` back into the output tile by tile, applying the
+//! the transformed input `V [α² ξ, tiles, cin]`, runs the α² GEMMs on the direct convolution's 6×16 register
+//! tile into `M [α² ξ, tiles, cout]`, then transforms `M` back into the output tile by tile, applying the
 //! epilogue (bias, or an eval-mode batch norm's affine map and ReLU) as it stores. Chunks are sized so that
 //! `V` and `M` stay in the caches between being written and read.
 //!
-//! Rounding: sums are formed in a different order than the direct convolution's, and the transforms add a few
-//! roundings (the weight transform halves, exactly); outputs agree with it to about 1e-6 relative.
+//! Rounding: the transforms scale values by up to 8 (F(4×4)) and sum in a different order than the direct
+//! convolution; outputs agree with it to a few 1e-6 of the output's scale (F(2×2) about 4e-7).
 
 use super::conv::ConvGeom;
 use super::conv_direct::{self, SendPtr, MAX_CIN, MIN_CIN, MR, NR};
+#[cfg(target_arch = "x86_64")]
+use core::arch::x86_64::*;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Transform positions of a tile (4 × 4).
-const XI: usize = 16;
+/// Largest transform side α.
+const MAX_ALPHA: usize = 6;
 /// Floats of `V` and `M` per chunk aimed at (1 MiB): small channel counts keep a chunk in L2; large ones
 /// reach `MIN_CHUNK_TILES` first.
 const CHUNK_FLOATS: usize = 256 * 1024;
@@ -32,6 +36,10 @@ const CHUNK_FLOATS: usize = 256 * 1024;
 const MIN_CHUNK_TILES: usize = 48;
 /// Most tiles per chunk.
 const MAX_CHUNK_TILES: usize = 240;
+/// Fewest tiles in a batch for the Winograd path: each chunk reads all transformed weights (α²/9 of the
+/// kernel), so a handful of tiles per chunk makes it a stream of weights (at 224×224, batch 1, the 14×14 and
+/// 7×7 stages have 16 and 9 tiles; the direct kernels split their weights among tasks instead).
+const MIN_TILES: usize = 64;
 
 /// True unless `RESNET_WINOGRAD=0` is set (checked once): a switch for comparing against the direct kernels.
 fn enabled() -> bool {
@@ -42,15 +50,233 @@ fn enabled() -> bool {
     })
 }
 
-/// Fewest tiles in a batch for the Winograd path: each chunk reads all transformed weights (16/9 of the
-/// kernel), so a handful of tiles per chunk makes it a stream of weights (at 224×224, batch 1, the 14×14 and
-/// 7×7 stages have 49 and 16 tiles; the direct kernels split their weights among tasks instead).
-const MIN_TILES: usize = 64;
+/// A tile size F(m×m, 3×3) and its transform matrices `Bᵀ [α, α]`, `G [α, 3]`, `Aᵀ [m, α]`: Lavin & Gray's
+/// F(2×2) and F(4×4), and F(3×3) from the interpolation points 0, 1, −1, 2 and ∞.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 2×2 outputs from 4×4 inputs.
+    F2,
+    /// 3×3 outputs from 5×5 inputs.
+    F3,
+    /// 4×4 outputs from 6×6 inputs.
+    F4,
+}
 
-/// True when [`conv_winograd`] computes this geometry for a batch of `n` on this CPU, and does so with clearly
-/// fewer multiply-adds than the direct kernels.
-pub fn handles(g: &ConvGeom, n: usize) -> bool {
-    enabled() && fits(g) && saves_work(g) && n * g.oh.div_ceil(2) * g.ow.div_ceil(2) >= MIN_TILES
+/// A tile size as compile-time constants, so that each size gets its own transforms (the 1-D transforms
+/// below, fully unrolled).
+trait Transform {
+    /// Outputs per tile side.
+    const M: usize;
+    /// Inputs per tile side, `M + 2`.
+    const A: usize = Self::M + 2;
+}
+
+struct F2;
+impl Transform for F2 {
+    const M: usize = 2;
+}
+struct F3;
+impl Transform for F3 {
+    const M: usize = 3;
+}
+struct F4;
+impl Transform for F4 {
+    const M: usize = 4;
+}
+
+/// `Bᵀ d` for one column or row `d` (α values) of an input tile with `m` outputs per side:
+/// F(2): `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`;
+/// F(3): `[[2, −1, −2, 1, 0], [0, −2, −1, 1, 0], [0, 2, −3, 1, 0], [0, −1, 0, 1, 0], [0, 2, −1, −2, 1]]`;
+/// F(4): `[[4, 0, −5, 0, 1, 0], [0, −4, −4, 1, 1, 0], [0, 4, −4, −1, 1, 0], [0, −2, −1, 2, 1, 0],
+/// [0, 2, −1, −2, 1, 0], [0, 4, 0, −5, 0, 1]]`, each factored into shared sums.
+#[cfg(target_arch = "x86_64")]
+macro_rules! bt_1d {
+    ($m:expr, $d:expr) => {{
+        let d: [__m256; MAX_ALPHA] = $d;
+        let z = _mm256_setzero_ps();
+        let two = _mm256_set1_ps(2.0);
+        match $m {
+            2 => [
+                _mm256_sub_ps(d[0], d[2]),
+                _mm256_add_ps(d[1], d[2]),
+                _mm256_sub_ps(d[2], d[1]),
+                _mm256_sub_ps(d[1], d[3]),
+                z,
+                z,
+            ],
+            3 => {
+                let d3_d1 = _mm256_sub_ps(d[3], d[1]);
+                [
+                    _mm256_fmadd_ps(two, _mm256_sub_ps(d[0], d[2]), d3_d1),
+                    _mm256_fnmadd_ps(two, d[1], _mm256_sub_ps(d[3], d[2])),
+                    _mm256_fmadd_ps(two, d[1], _mm256_fnmadd_ps(_mm256_set1_ps(3.0), d[2], d[3])),
+                    d3_d1,
+                    _mm256_fmadd_ps(two, _mm256_sub_ps(d[1], d[3]), _mm256_sub_ps(d[4], d[2])),
+                    z,
+                ]
+            }
+            _ => {
+                let (four, five) = (_mm256_set1_ps(4.0), _mm256_set1_ps(5.0));
+                let t1 = _mm256_fnmadd_ps(four, d[2], d[4]);
+                let t2 = _mm256_fnmadd_ps(four, d[1], d[3]);
+                let t3 = _mm256_sub_ps(d[4], d[2]);
+                let t4 = _mm256_mul_ps(two, _mm256_sub_ps(d[3], d[1]));
+                [
+                    _mm256_fmadd_ps(four, d[0], _mm256_fnmadd_ps(five, d[2], d[4])),
+                    _mm256_add_ps(t1, t2),
+                    _mm256_sub_ps(t1, t2),
+                    _mm256_add_ps(t3, t4),
+                    _mm256_sub_ps(t3, t4),
+                    _mm256_fmadd_ps(four, d[1], _mm256_fnmadd_ps(five, d[3], d[5])),
+                ]
+            }
+        }
+    }};
+}
+
+/// `Aᵀ v` for one column or row `v` (α values) of a product tile, `m` outputs:
+/// F(2): `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`; F(3): `[[1, 1, 1, 1, 0], [0, 1, −1, 2, 0], [0, 1, 1, 4, 1]]`;
+/// F(4): `[[1, 1, 1, 1, 1, 0], [0, 1, −1, 2, −2, 0], [0, 1, 1, 4, 4, 0], [0, 1, −1, 8, −8, 1]]`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! at_1d {
+    ($m:expr, $v:expr) => {{
+        let v: [__m256; MAX_ALPHA] = $v;
+        let z = _mm256_setzero_ps();
+        match $m {
+            2 => [
+                _mm256_add_ps(_mm256_add_ps(v[0], v[1]), v[2]),
+                _mm256_sub_ps(_mm256_sub_ps(v[1], v[2]), v[3]),
+                z,
+                z,
+            ],
+            3 => {
+                let (s12, d12) = (_mm256_add_ps(v[1], v[2]), _mm256_sub_ps(v[1], v[2]));
+                [
+                    _mm256_add_ps(_mm256_add_ps(v[0], s12), v[3]),
+                    _mm256_fmadd_ps(_mm256_set1_ps(2.0), v[3], d12),
+                    _mm256_fmadd_ps(_mm256_set1_ps(4.0), v[3], _mm256_add_ps(s12, v[4])),
+                    z,
+                ]
+            }
+            _ => {
+                let (s12, d12) = (_mm256_add_ps(v[1], v[2]), _mm256_sub_ps(v[1], v[2]));
+                let (s34, d34) = (_mm256_add_ps(v[3], v[4]), _mm256_sub_ps(v[3], v[4]));
+                [
+                    _mm256_add_ps(_mm256_add_ps(v[0], s12), s34),
+                    _mm256_fmadd_ps(_mm256_set1_ps(2.0), d34, d12),
+                    _mm256_fmadd_ps(_mm256_set1_ps(4.0), s34, s12),
+                    _mm256_fmadd_ps(_mm256_set1_ps(8.0), d34, _mm256_add_ps(d12, v[5])),
+                ]
+            }
+        }
+    }};
+}
+
+/// `A d` for one column or row `d` (`m` values) of an output-gradient tile, α outputs (`A = (Aᵀ)ᵀ`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! a_1d {
+    ($m:expr, $d:expr) => {{
+        let d: [__m256; 4] = $d;
+        let z = _mm256_setzero_ps();
+        match $m {
+            2 => [
+                d[0],
+                _mm256_add_ps(d[0], d[1]),
+                _mm256_sub_ps(d[0], d[1]),
+                _mm256_sub_ps(z, d[1]),
+                z,
+                z,
+            ],
+            3 => {
+                let e = _mm256_add_ps(d[0], d[2]);
+                [
+                    d[0],
+                    _mm256_add_ps(e, d[1]),
+                    _mm256_sub_ps(e, d[1]),
+                    _mm256_fmadd_ps(
+                        _mm256_set1_ps(4.0),
+                        d[2],
+                        _mm256_fmadd_ps(_mm256_set1_ps(2.0), d[1], d[0]),
+                    ),
+                    d[2],
+                    z,
+                ]
+            }
+            _ => {
+                let (e, o) = (_mm256_add_ps(d[0], d[2]), _mm256_add_ps(d[1], d[3]));
+                let e4 = _mm256_fmadd_ps(_mm256_set1_ps(4.0), d[2], d[0]);
+                let o4 = _mm256_mul_ps(
+                    _mm256_set1_ps(2.0),
+                    _mm256_fmadd_ps(_mm256_set1_ps(4.0), d[3], d[1]),
+                );
+                [
+                    d[0],
+                    _mm256_add_ps(e, o),
+                    _mm256_sub_ps(e, o),
+                    _mm256_add_ps(e4, o4),
+                    _mm256_sub_ps(e4, o4),
+                    d[3],
+                ]
+            }
+        }
+    }};
+}
+
+impl Tile {
+    /// Outputs per tile side.
+    pub fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F3 => 3,
+            Tile::F4 => 4,
+        }
+    }
+    /// Inputs per tile side, `m + 2`.
+    pub fn alpha(self) -> usize {
+        self.m() + 2
+    }
+    /// Transform positions per tile, α².
+    fn xi(self) -> usize {
+        self.alpha() * self.alpha()
+    }
+    /// `G [α, 3]` (used once per weight, so as plain numbers).
+    fn g(self) -> &'static [[f32; 3]] {
+        const G2: [[f32; 3]; 4] = [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.5, -0.5, 0.5],
+            [0.0, 0.0, 1.0],
+        ];
+        const G3: [[f32; 3]; 5] = [
+            [0.5, 0.0, 0.0],
+            [-0.5, -0.5, -0.5],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 6.0, 1.0 / 3.0, 2.0 / 3.0],
+            [0.0, 0.0, 1.0],
+        ];
+        const G4: [[f32; 3]; 6] = [
+            [0.25, 0.0, 0.0],
+            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+            [0.0, 0.0, 1.0],
+        ];
+        match self {
+            Tile::F2 => &G2,
+            Tile::F3 => &G3,
+            Tile::F4 => &G4,
+        }
+    }
+    /// Tiles per image, row-major: `(rows, columns)`.
+    fn grid(self, g: &ConvGeom) -> (usize, usize) {
+        (g.oh.div_ceil(self.m()), g.ow.div_ceil(self.m()))
+    }
+    /// Tiles of a batch of `n`.
+    fn tiles(self, g: &ConvGeom, n: usize) -> usize {
+        let (rows, cols) = self.grid(g);
+        n * rows * cols
+    }
 }
 
 /// The shapes [`conv_winograd`] can compute at all.
@@ -71,66 +297,120 @@ fn live_pairs(size: usize) -> usize {
     3 * size - 2.min(2 * size)
 }
 
-/// True when the tiles' 16 products per tile cost at most 4/5 of the direct kernels' live taps. Planes of odd
-/// size pay for a row and a column of tiles half outside; at 3×3 (stage 4 at 96×96) and 2×2 (stage 3 at
-/// 28×28) the direct kernels, which skip the taps in the padding, do fewer multiply-adds.
-fn saves_work(g: &ConvGeom) -> bool {
+/// The tile size with the fewest products per image for this plane (the smaller tile on ties: it rounds
+/// less), if it needs at most 4/5 of the direct kernels' live taps. Planes that a tile size does not divide
+/// pay for tiles partly outside: 96×96 inputs give F(4×4) at 24×24 and 12×12, F(3×3) at 6×6 and 3×3; 28×28
+/// inputs give F(4×4) at 7×7 and 4×4 and nothing at 2×2 and 1×1.
+fn best_tile(g: &ConvGeom) -> Option<Tile> {
+    let products = |t: Tile| {
+        let (rows, cols) = t.grid(g);
+        t.xi() * rows * cols
+    };
+    let best = [Tile::F2, Tile::F3, Tile::F4]
+        .into_iter()
+        .min_by_key(|&t| products(t))?;
     let direct = live_pairs(g.oh) * live_pairs(g.ow);
-    let winograd = XI * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    5 * winograd <= 4 * direct
+    (5 * products(best) <= 4 * direct).then_some(best)
 }
 
-/// Floats of the transformed weights: `16·cin·cout`.
-pub fn weights_len(g: &ConvGeom) -> usize {
-    XI * g.cin * g.cout
+/// The tile size [`conv_winograd`] uses for this geometry and a batch of `n`, or `None` where the direct kernels
+/// run (no AVX2, a shape it does not fit, too few tiles, or no saving).
+pub fn tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
+    if !enabled() || !fits(g) {
+        return None;
+    }
+    best_tile(g).filter(|t| t.tiles(g, n) >= MIN_TILES)
 }
 
-/// Tiles per chunk for a batch of `n`: a multiple of 6, `V` and `M` near `CHUNK_FLOATS`, and at least four
-/// chunks per thread where the batch has that many tiles.
-fn chunk_tiles(g: &ConvGeom, n: usize) -> usize {
-    let tiles = n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+/// True when [`conv_winograd`] computes this geometry for a batch of `n` on this CPU.
+pub fn handles(g: &ConvGeom, n: usize) -> bool {
+    tile_for(g, n).is_some()
+}
+
+/// Floats of the transformed weights: `α²·cin·cout` (0 where not [`handles`]).
+pub fn weights_len(g: &ConvGeom, n: usize) -> usize {
+    tile_for(g, n).map_or(0, |t| t.xi() * g.cin * g.cout)
+}
+
+/// Transformed weights (floats) above which a chunk takes as many tiles as it may: every chunk reads all of
+/// them, and beyond the last-level cache's share that read goes to memory (the 512-channel stage under
+/// F(3×3): 26 MB; measured at 96×96, its forward took as long as the direct kernels' with 36-tile chunks).
+const STREAMED_WEIGHTS: usize = 2 << 20;
+
+/// Tiles per chunk: a multiple of 6, `V` and `M` near `CHUNK_FLOATS`, and at least four chunks per thread
+/// where the batch has that many tiles; with streamed weights, one chunk per thread, up to `MAX_CHUNK_TILES`.
+fn chunk_tiles(tile: Tile, g: &ConvGeom, n: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let by_cache = (CHUNK_FLOATS / (XI * (g.cin + g.cout))).clamp(MIN_CHUNK_TILES, MAX_CHUNK_TILES);
-    let by_balance = tiles.div_ceil(4 * threads).max(1);
-    by_cache.min(by_balance).next_multiple_of(MR)
+    let tiles = tile.tiles(g, n);
+    let chunk = if tile.xi() * g.cin * g.cout > STREAMED_WEIGHTS {
+        tiles.div_ceil(threads).min(MAX_CHUNK_TILES)
+    } else {
+        let by_cache =
+            (CHUNK_FLOATS / (tile.xi() * (g.cin + g.cout))).clamp(MIN_CHUNK_TILES, MAX_CHUNK_TILES);
+        by_cache.min(tiles.div_ceil(4 * threads))
+    };
+    chunk.max(1).next_multiple_of(MR)
 }
 
 /// Floats of one worker's scratch: `V` and `M` of a chunk.
-fn slot_len(g: &ConvGeom, n: usize) -> usize {
-    XI * chunk_tiles(g, n) * (g.cin + g.cout)
+fn slot_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
+    tile.xi() * chunk_tiles(tile, g, n) * (g.cin + g.cout)
 }
 
-/// Floats of scratch [`conv_winograd`] needs for a batch of `n` (a slot per rayon thread).
+/// Floats of scratch [`conv_winograd`] needs for a batch of `n` (a slot per rayon thread; 0 where not
+/// [`handles`]).
 pub fn scratch_len(g: &ConvGeom, n: usize) -> usize {
-    rayon::current_num_threads().max(1) * slot_len(g, n)
+    tile_for(g, n).map_or(0, |t| {
+        rayon::current_num_threads().max(1) * slot_len(t, g, n)
+    })
 }
 
-/// `u [cout / 16, 16, cin, 16] = G g Gᵀ` for every `(ci, co)` filter `g` of `w [3·3·cin, cout]` (HWIO), with
-/// `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
-pub fn transform_weights(g: &ConvGeom, w: &[f32], u: &mut [f32]) {
-    let (cin, cout) = (g.cin, g.cout);
+/// Writes the weights `w [3·3·cin, cout]` (HWIO) as [`conv_winograd`] reads them for a batch of `n` into `u`
+/// ([`weights_len`] floats).
+pub fn transform_weights(g: &ConvGeom, n: usize, w: &[f32], u: &mut [f32]) {
+    let tile = tile_for(g, n).expect("conv_winograd: unsupported");
+    transform_weights_for(tile, g, w, u);
+}
+
+/// `u [cout / 16, α², cin, 16] = G g Gᵀ` for every `(ci, co)` filter `g` of `w`, 16 output channels at a time
+/// (the lanes of a panel, contiguous in HWIO).
+fn transform_weights_for(tile: Tile, g: &ConvGeom, w: &[f32], u: &mut [f32]) {
+    let (cin, cout, alpha) = (g.cin, g.cout, tile.alpha());
+    let gm = tile.g();
     assert!(w.len() >= 9 * cin * cout, "conv_winograd: w too short");
-    u[..XI * cin * cout]
-        .par_chunks_mut(XI * cin * NR)
+    u[..tile.xi() * cin * cout]
+        .par_chunks_mut(tile.xi() * cin * NR)
         .enumerate()
         .for_each(|(panel, out)| {
             for ci in 0..cin {
-                for lane in 0..NR {
-                    let co = panel * NR + lane;
-                    let tap = |ky: usize, kx: usize| w[((ky * 3 + kx) * cin + ci) * cout + co];
-                    // t = G g: 4 rows × 3 columns.
-                    let mut t = [[0.0f32; 3]; 4];
-                    for (kx, col) in (0..3).map(|kx| (kx, [tap(0, kx), tap(1, kx), tap(2, kx)])) {
-                        let [g0, g1, g2] = col;
-                        t[0][kx] = g0;
-                        t[1][kx] = 0.5 * (g0 + g1 + g2);
-                        t[2][kx] = 0.5 * (g0 - g1 + g2);
-                        t[3][kx] = g2;
+                let tap = |ky: usize, kx: usize| -> &[f32; NR] {
+                    w[((ky * 3 + kx) * cin + ci) * cout + panel * NR..][..NR]
+                        .try_into()
+                        .expect("16 lanes")
+                };
+                // t = G g: α rows × 3 columns of 16 lanes.
+                let mut t = [[[0.0f32; NR]; 3]; MAX_ALPHA];
+                for (gi, row) in gm.iter().zip(&mut t) {
+                    for (kx, acc) in row.iter_mut().enumerate() {
+                        for (ky, &c) in gi.iter().enumerate() {
+                            for (a, &v) in acc.iter_mut().zip(tap(ky, kx)) {
+                                *a += c * v;
+                            }
+                        }
                     }
-                    for (i, [t0, t1, t2]) in t.into_iter().enumerate() {
-                        let row = [t0, 0.5 * (t0 + t1 + t2), 0.5 * (t0 - t1 + t2), t2];
-                        for (j, v) in row.into_iter().enumerate() {
-                            out[((i * 4 + j) * cin + ci) * NR + lane] = v;
+                }
+                // u_ij = Σ_kx t[i][kx] · G[j][kx].
+                for (i, row) in t.iter().enumerate().take(alpha) {
+                    for (j, gj) in gm.iter().enumerate() {
+                        let dst: &mut [f32; NR] = (&mut out[((i * alpha + j) * cin + ci) * NR..]
+                            [..NR])
+                            .try_into()
+                            .expect("16 lanes");
+                        *dst = [0.0; NR];
+                        for (&c, part) in gj.iter().zip(row) {
+                            for (d, &v) in dst.iter_mut().zip(part) {
+                                *d += c * v;
+                            }
                         }
                     }
                 }
@@ -153,7 +433,7 @@ pub struct Epilogue<'a> {
 /// `y [n, h, w, cout] = epilogue(conv3×3(x [n, h, w, cin]))` (stride 1, padding 1; `y` overwritten), with the
 /// weights as [`transform_weights`] wrote them into `u`. `scratch` holds at least [`scratch_len`] floats.
 ///
-/// Panics unless [`handles`]`(g, n)` holds (or the shape [`fits`], for tests) and the slices fit their shapes.
+/// Panics unless [`handles`]`(g, n)` holds and the slices fit their shapes.
 pub fn conv_winograd(
     g: &ConvGeom,
     n: usize,
@@ -163,18 +443,33 @@ pub fn conv_winograd(
     epilogue: Epilogue<'_>,
     scratch: &mut [f32],
 ) {
+    let tile = tile_for(g, n).expect("conv_winograd: unsupported");
+    forward_for(tile, g, n, x, u, y, epilogue, scratch);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_for(
+    tile: Tile,
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    u: &[f32],
+    y: &mut [f32],
+    epilogue: Epilogue<'_>,
+    scratch: &mut [f32],
+) {
     assert!(enabled() && fits(g), "conv_winograd: unsupported");
-    let (cin, cout) = (g.cin, g.cout);
+    let (cin, cout, xi) = (g.cin, g.cout, tile.xi());
     assert!(x.len() >= n * g.h * g.w * cin, "conv_winograd: x too short");
-    assert!(u.len() >= weights_len(g), "conv_winograd: u too short");
+    assert!(u.len() >= xi * cin * cout, "conv_winograd: u too short");
     let y = &mut y[..n * g.oh * g.ow * cout];
     for part in [epilogue.scale, epilogue.shift].into_iter().flatten() {
         assert!(part.len() >= cout, "conv_winograd: epilogue too short");
     }
-    let chunk = chunk_tiles(g, n);
-    let slot = slot_len(g, n);
+    let chunk = chunk_tiles(tile, g, n);
+    let slot = slot_len(tile, g, n);
     assert!(scratch.len() >= slot, "conv_winograd: scratch too short");
-    let tiles = n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    let tiles = tile.tiles(g, n);
     let chunks = tiles.div_ceil(chunk);
     let next_chunk = AtomicUsize::new(0);
     let y_ptr = SendPtr(y.as_mut_ptr());
@@ -182,47 +477,69 @@ pub fn conv_winograd(
     scratch[..slots * slot]
         .par_chunks_mut(slot)
         .for_each(|scratch| {
-            let (v, m) = scratch.split_at_mut(XI * chunk * cin);
+            let (v, m) = scratch.split_at_mut(xi * chunk * cin);
             loop {
                 let c = next_chunk.fetch_add(1, Ordering::Relaxed);
                 if c >= chunks {
                     break;
                 }
-                let first = c * chunk;
-                let count = chunk.min(tiles - first);
+                let span = Span {
+                    first: c * chunk,
+                    count: chunk.min(tiles - c * chunk),
+                    chunk,
+                };
                 // SAFETY: enabled() checked AVX2+FMA; x, u, y and the epilogue were checked against the shapes
                 // above and v, m hold a chunk; chunks write disjoint tiles of y.
                 unsafe {
-                    input_transform(g, x, first, count, chunk, v);
-                    products(g, u, v, m, count, chunk);
-                    output_transform(g, m, first, count, chunk, y_ptr, epilogue);
+                    match tile {
+                        Tile::F2 => input_transform::<F2>(g, x, span, v),
+                        Tile::F3 => input_transform::<F3>(g, x, span, v),
+                        Tile::F4 => input_transform::<F4>(g, x, span, v),
+                    }
+                    products(g, xi, u, v, m, span);
+                    match tile {
+                        Tile::F2 => output_transform::<F2>(g, m, span, y_ptr, epilogue),
+                        Tile::F3 => output_transform::<F3>(g, m, span, y_ptr, epilogue),
+                        Tile::F4 => output_transform::<F4>(g, m, span, y_ptr, epilogue),
+                    }
                 }
             }
         });
 }
 
-/// Floats of one worker's scratch for [`conv_winograd_weight_grad`]: its sums `dU [16 ξ, cin, cout]`, then `V`
-/// and `W` of a chunk.
-fn weight_grad_slot_len(g: &ConvGeom, n: usize) -> usize {
-    XI * g.cin * g.cout + slot_len(g, n)
+/// A chunk's tiles `first..first + count`, stored `chunk` rows apart per ξ in `V`, `M` and `W`.
+#[derive(Clone, Copy)]
+struct Span {
+    first: usize,
+    count: usize,
+    chunk: usize,
 }
 
-/// Floats of scratch [`conv_winograd_weight_grad`] needs for a batch of `n` (a slot per rayon thread).
+/// Floats of one worker's scratch for [`conv_winograd_weight_grad`]: its sums `dU [α² ξ, cin, cout]`, then `V`
+/// and `W` of a chunk.
+fn weight_grad_slot_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
+    tile.xi() * g.cin * g.cout + slot_len(tile, g, n)
+}
+
+/// Floats of scratch [`conv_winograd_weight_grad`] needs for a batch of `n` (a slot per rayon thread; 0 where
+/// not [`handles`]).
 pub fn weight_grad_scratch_len(g: &ConvGeom, n: usize) -> usize {
-    rayon::current_num_threads().max(1) * weight_grad_slot_len(g, n)
+    tile_for(g, n).map_or(0, |t| {
+        rayon::current_num_threads().max(1) * weight_grad_slot_len(t, g, n)
+    })
 }
 
 /// Weight gradient `dw [3·3·cin, cout] = Σ x-patches ⊗ dy` (HWIO, overwritten) of the convolution
 /// [`conv_winograd`] computes, by the transposed transforms: for each tile, `V = Bᵀ d B` of its input patch
-/// and `W = A dy Aᵀ` of its 2×2 output gradient (`A` 4×2); `dU_ξ [cin, cout] = Σ_tiles V_ξᵀ W_ξ`; then
+/// and `W = A dy Aᵀ` of its `m × m` output gradient; `dU_ξ [cin, cout] = Σ_tiles V_ξᵀ W_ξ`; then
 /// `dw = Gᵀ dU G` per channel pair. Since `y = Aᵀ (U ⊙ V) A` is linear in `U = G g Gᵀ`, this is its exact
-/// gradient, with 16 instead of 36 multiply-adds per tile and channel pair.
+/// gradient, with α² instead of 9·m² multiply-adds per tile and channel pair.
 ///
 /// Each worker sums a fixed set of chunks (chunk `c` goes to slot `c mod slots`) and the slots are added in
 /// order, so the result is the same from run to run for a given thread count. `scratch` holds at least
 /// [`weight_grad_scratch_len`] floats.
 ///
-/// Panics unless [`handles`]`(g, n)` holds (or the shape [`fits`], for tests) and the slices fit their shapes.
+/// Panics unless [`handles`]`(g, n)` holds and the slices fit their shapes.
 pub fn conv_winograd_weight_grad(
     g: &ConvGeom,
     n: usize,
@@ -231,59 +548,83 @@ pub fn conv_winograd_weight_grad(
     dw: &mut [f32],
     scratch: &mut [f32],
 ) {
+    let tile = tile_for(g, n).expect("conv_winograd: unsupported");
+    weight_grad_for(tile, g, n, x, dy, dw, scratch);
+}
+
+fn weight_grad_for(
+    tile: Tile,
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    scratch: &mut [f32],
+) {
     assert!(enabled() && fits(g), "conv_winograd: unsupported");
-    let (cin, cout) = (g.cin, g.cout);
+    let (cin, cout, xi, alpha) = (g.cin, g.cout, tile.xi(), tile.alpha());
     assert!(x.len() >= n * g.h * g.w * cin, "conv_winograd: x too short");
     assert!(
         dy.len() >= n * g.oh * g.ow * cout,
         "conv_winograd: dy too short"
     );
     let dw = &mut dw[..9 * cin * cout];
-    let chunk = chunk_tiles(g, n);
-    let slot = weight_grad_slot_len(g, n);
+    let chunk = chunk_tiles(tile, g, n);
+    let slot = weight_grad_slot_len(tile, g, n);
     assert!(scratch.len() >= slot, "conv_winograd: scratch too short");
-    let tiles = n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
+    let tiles = tile.tiles(g, n);
     let chunks = tiles.div_ceil(chunk);
     let slots = (scratch.len() / slot).min(chunks).max(1);
-    let sums_len = XI * cin * cout;
+    let sums_len = xi * cin * cout;
     let scratch = &mut scratch[..slots * slot];
     scratch
         .par_chunks_mut(slot)
         .enumerate()
         .for_each(|(k, scratch)| {
             let (sums, rest) = scratch.split_at_mut(sums_len);
-            let (v, w) = rest.split_at_mut(XI * chunk * cin);
+            let (v, w) = rest.split_at_mut(xi * chunk * cin);
             for (nth, c) in (k..chunks).step_by(slots).enumerate() {
-                let first = c * chunk;
-                let count = chunk.min(tiles - first);
+                let span = Span {
+                    first: c * chunk,
+                    count: chunk.min(tiles - c * chunk),
+                    chunk,
+                };
                 // SAFETY: enabled() checked AVX2+FMA; x and dy were checked against the shapes above; v, w and
                 // sums are this worker's own.
                 unsafe {
-                    input_transform(g, x, first, count, chunk, v);
-                    output_grad_transform(g, dy, first, count, chunk, w);
-                    weight_products(g, v, w, sums, count, chunk, nth == 0);
+                    match tile {
+                        Tile::F2 => {
+                            input_transform::<F2>(g, x, span, v);
+                            output_grad_transform::<F2>(g, dy, span, w);
+                        }
+                        Tile::F3 => {
+                            input_transform::<F3>(g, x, span, v);
+                            output_grad_transform::<F3>(g, dy, span, w);
+                        }
+                        Tile::F4 => {
+                            input_transform::<F4>(g, x, span, v);
+                            output_grad_transform::<F4>(g, dy, span, w);
+                        }
+                    }
+                    weight_products(g, xi, v, w, sums, span, nth == 0);
                 }
             }
         });
-    // dw[tap] = Σ_ξ Gᵀ[ky][i] · Gᵀ[kx][j] · Σ_slots dU_ξ (ξ = 4i + j), slots added in order.
-    const GT: [[f32; 4]; 3] = [
-        [1.0, 0.5, 0.5, 0.0],
-        [0.0, 0.5, -0.5, 0.0],
-        [0.0, 0.5, 0.5, 1.0],
-    ];
+    // dw[tap] = Σ_ξ G[i][ky] · G[j][kx] · Σ_slots dU_ξ (ξ = α·i + j), slots added in order.
+    let gm = tile.g();
     let scratch: &[f32] = scratch;
     dw.par_chunks_mut(cin * cout)
         .enumerate()
         .for_each(|(tap, out)| {
             let (ky, kx) = (tap / 3, tap % 3);
             out.fill(0.0);
-            for xi in 0..XI {
-                let coef = GT[ky][xi / 4] * GT[kx][xi % 4];
+            for x in 0..xi {
+                let coef = gm[x / alpha][ky] * gm[x % alpha][kx];
                 if coef == 0.0 {
                     continue;
                 }
                 for k in 0..slots {
-                    let sums = &scratch[k * slot + xi * cin * cout..][..cin * cout];
+                    let sums = &scratch[k * slot + x * cin * cout..][..cin * cout];
                     for (o, s) in out.iter_mut().zip(sums) {
                         *o += coef * s;
                     }
@@ -292,108 +633,9 @@ pub fn conv_winograd_weight_grad(
         });
 }
 
-/// `w [16 ξ, chunk, cout]` rows `0..count` = `A dy Aᵀ` of tiles `first..first + count`, with
-/// `A = [[1, 0], [1, 1], [1, −1], [0, −1]]` and `dy` the tile's 2×2 output gradient (zeros outside the plane).
-///
-/// # Safety
-/// AVX2 and FMA must be available; `dy` must hold the batch's output gradient and `w` `16·chunk·cout` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_grad_transform(
-    g: &ConvGeom,
-    dy: &[f32],
-    first: usize,
-    count: usize,
-    chunk: usize,
-    w: &mut [f32],
-) {
-    use core::arch::x86_64::*;
-    let cout = g.cout;
-    let zeros = conv_direct::ZEROS.as_ptr();
-    for i in 0..count {
-        let (img, ty, tx) = tile_coords(g, first + i);
-        let mut d_ptr = [zeros; 4];
-        for r in 0..2 {
-            for s in 0..2 {
-                let (oy, ox) = (2 * ty + r, 2 * tx + s);
-                if oy < g.oh && ox < g.ow {
-                    d_ptr[r * 2 + s] =
-                        dy[((img * g.oh + oy) * g.ow + ox) * cout..][..cout].as_ptr();
-                }
-            }
-        }
-        let out = w.as_mut_ptr().add(i * cout);
-        for c in (0..cout).step_by(8) {
-            let d = |k: usize| _mm256_loadu_ps(d_ptr[k].add(c));
-            let (d00, d01, d10, d11) = (d(0), d(1), d(2), d(3));
-            // Rows: A dy (4 × 2).
-            let zero = _mm256_setzero_ps();
-            let rows = [
-                (d00, d01),
-                (_mm256_add_ps(d00, d10), _mm256_add_ps(d01, d11)),
-                (_mm256_sub_ps(d00, d10), _mm256_sub_ps(d01, d11)),
-                (_mm256_sub_ps(zero, d10), _mm256_sub_ps(zero, d11)),
-            ];
-            // Columns: (A dy) Aᵀ.
-            for (r, (a0, a1)) in rows.into_iter().enumerate() {
-                let row = [
-                    a0,
-                    _mm256_add_ps(a0, a1),
-                    _mm256_sub_ps(a0, a1),
-                    _mm256_sub_ps(zero, a1),
-                ];
-                for (s, val) in row.into_iter().enumerate() {
-                    _mm256_storeu_ps(out.add((r * 4 + s) * chunk * cout + c), val);
-                }
-            }
-        }
-    }
-}
-
-/// `sums_ξ [cin, cout] (+)= v_ξ [count, cin]ᵀ × w_ξ [count, cout]` for the 16 ξ; overwrites when `overwrite`.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `v` and `w` hold a chunk each, `sums` `16·cin·cout` floats.
-unsafe fn weight_products(
-    g: &ConvGeom,
-    v: &[f32],
-    w: &[f32],
-    sums: &mut [f32],
-    count: usize,
-    chunk: usize,
-    overwrite: bool,
-) {
-    let (cin, cout) = (g.cin, g.cout);
-    for xi in 0..XI {
-        let v_xi = v[xi * chunk * cin..][..count * cin].as_ptr();
-        let w_xi = w[xi * chunk * cout..][..count * cout].as_ptr();
-        let sums_xi = sums[xi * cin * cout..][..cin * cout].as_mut_ptr();
-        for c0 in (0..cin).step_by(MR) {
-            let m = (cin - c0).min(MR);
-            let mut dst = [0usize; MR];
-            for (i, d) in dst.iter_mut().enumerate().take(m) {
-                *d = (c0 + i) * cout;
-            }
-            for panel in 0..cout / NR {
-                conv_direct::cm_tile_rows_of(
-                    m,
-                    v_xi.add(c0),
-                    cin,
-                    w_xi.add(panel * NR),
-                    cout,
-                    count,
-                    sums_xi.add(panel * NR),
-                    &dst,
-                    overwrite,
-                );
-            }
-        }
-    }
-}
-
 /// Image, tile row and tile column of tile `t` (tiles numbered image by image, row-major within an image).
-fn tile_coords(g: &ConvGeom, t: usize) -> (usize, usize, usize) {
-    let (tiles_y, tiles_x) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+fn tile_coords(g: &ConvGeom, m: usize, t: usize) -> (usize, usize, usize) {
+    let (tiles_y, tiles_x) = (g.oh.div_ceil(m), g.ow.div_ceil(m));
     (
         t / (tiles_y * tiles_x),
         (t / tiles_x) % tiles_y,
@@ -401,149 +643,145 @@ fn tile_coords(g: &ConvGeom, t: usize) -> (usize, usize, usize) {
     )
 }
 
-/// `v [16 ξ, chunk, cin]` rows `0..count` = `Bᵀ d B` of tiles `first..first + count`, with
-/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`, `d` the 4×4 input patch whose
+/// `v [α² ξ, chunk, cin]` rows `0..count` = `Bᵀ d B` of the span's tiles, `d` the `α × α` input patch whose
 /// corner is one row and column above and left of the tile (zeros outside the image).
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `x` must hold the batch and `v` `16·chunk·cin` floats; `cin` is a
+/// AVX2 and FMA must be available; `x` must hold the batch and `v` `α²·chunk·cin` floats; `cin` is a
 /// multiple of 8 and at most `MAX_CIN`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform(
-    g: &ConvGeom,
-    x: &[f32],
-    first: usize,
-    count: usize,
-    chunk: usize,
-    v: &mut [f32],
-) {
-    use core::arch::x86_64::*;
-    let cin = g.cin;
+unsafe fn input_transform<T: Transform>(g: &ConvGeom, x: &[f32], span: Span, v: &mut [f32]) {
+    let (cin, a) = (g.cin, T::A);
     let zeros = conv_direct::ZEROS.as_ptr();
-    for i in 0..count {
-        let (img, ty, tx) = tile_coords(g, first + i);
-        let mut d_ptr = [zeros; XI];
-        for r in 0..4 {
-            let Some(iy) = (2 * ty + r).checked_sub(1).filter(|&iy| iy < g.h) else {
+    for i in 0..span.count {
+        let (img, ty, tx) = tile_coords(g, T::M, span.first + i);
+        let mut d_ptr = [zeros; MAX_ALPHA * MAX_ALPHA];
+        for r in 0..a {
+            let Some(iy) = (T::M * ty + r).checked_sub(1).filter(|&iy| iy < g.h) else {
                 continue;
             };
-            for s in 0..4 {
-                if let Some(ix) = (2 * tx + s).checked_sub(1).filter(|&ix| ix < g.w) {
-                    d_ptr[r * 4 + s] = x[((img * g.h + iy) * g.w + ix) * cin..][..cin].as_ptr();
+            for s in 0..a {
+                if let Some(ix) = (T::M * tx + s).checked_sub(1).filter(|&ix| ix < g.w) {
+                    d_ptr[r * a + s] = x[((img * g.h + iy) * g.w + ix) * cin..][..cin].as_ptr();
                 }
             }
         }
         let out = v.as_mut_ptr().add(i * cin);
         for c in (0..cin).step_by(8) {
-            let d = |k: usize| _mm256_loadu_ps(d_ptr[k].add(c));
-            // Columns first: t = Bᵀ d.
-            let mut t = [_mm256_setzero_ps(); XI];
-            for s in 0..4 {
-                let (d0, d1, d2, d3) = (d(s), d(4 + s), d(8 + s), d(12 + s));
-                t[s] = _mm256_sub_ps(d0, d2);
-                t[4 + s] = _mm256_add_ps(d1, d2);
-                t[8 + s] = _mm256_sub_ps(d2, d1);
-                t[12 + s] = _mm256_sub_ps(d1, d3);
+            // Columns first: t = Bᵀ d, column by column.
+            let mut t = [[_mm256_setzero_ps(); MAX_ALPHA]; MAX_ALPHA];
+            for s in 0..a {
+                let mut col = [_mm256_setzero_ps(); MAX_ALPHA];
+                for (r, cv) in col.iter_mut().enumerate().take(a) {
+                    *cv = _mm256_loadu_ps(d_ptr[r * a + s].add(c));
+                }
+                let tc = bt_1d!(T::M, col);
+                for (row, &v) in t.iter_mut().zip(&tc).take(a) {
+                    row[s] = v;
+                }
             }
             // Then rows: t B.
-            for r in 0..4 {
-                let (t0, t1, t2, t3) = (t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]);
-                let row = [
-                    _mm256_sub_ps(t0, t2),
-                    _mm256_add_ps(t1, t2),
-                    _mm256_sub_ps(t2, t1),
-                    _mm256_sub_ps(t1, t3),
-                ];
-                for (s, val) in row.into_iter().enumerate() {
-                    _mm256_storeu_ps(out.add((r * 4 + s) * chunk * cin + c), val);
+            for (r, row) in t.iter().enumerate().take(a) {
+                let vr = bt_1d!(T::M, *row);
+                for (s, val) in vr.iter().enumerate().take(a) {
+                    _mm256_storeu_ps(out.add((r * a + s) * span.chunk * cin + c), *val);
                 }
             }
         }
     }
 }
 
-/// `m_ξ [count, cout] = v_ξ [count, cin] × u_ξ [cin, cout]` for the 16 ξ (`m [16 ξ, chunk, cout]`).
+/// `w [α² ξ, chunk, cout]` rows `0..count` = `A dy Aᵀ` of the span's tiles, `dy` the tile's `m × m` output
+/// gradient (zeros outside the plane).
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `u` holds [`weights_len`] floats, `v` and `m` a chunk each.
-unsafe fn products(g: &ConvGeom, u: &[f32], v: &[f32], m: &mut [f32], count: usize, chunk: usize) {
-    let (cin, cout) = (g.cin, g.cout);
-    let register_tiles = count.div_ceil(MR);
-    for xi in 0..XI {
-        let v_xi = &v[xi * chunk * cin..][..count * cin];
-        let m_xi = m[xi * chunk * cout..].as_mut_ptr();
-        for panel in 0..cout / NR {
-            let u_slice = [u[(panel * XI + xi) * cin * NR..][..cin * NR].as_ptr()];
-            for tile in 0..register_tiles {
-                let rows = (count - tile * MR).min(MR);
-                // Rows past `count` repeat the tile's first row; they are computed and never stored.
-                let mut ptrs = [v_xi[tile * MR * cin..].as_ptr(); MR];
-                for (r, p) in ptrs.iter_mut().enumerate().take(rows) {
-                    *p = v_xi[(tile * MR + r) * cin..][..cin].as_ptr();
+/// AVX2 and FMA must be available; `dy` must hold the batch's output gradient and `w` `α²·chunk·cout` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_grad_transform<T: Transform>(g: &ConvGeom, dy: &[f32], span: Span, w: &mut [f32]) {
+    let (cout, a, m) = (g.cout, T::A, T::M);
+    let zeros = conv_direct::ZEROS.as_ptr();
+    for i in 0..span.count {
+        let (img, ty, tx) = tile_coords(g, m, span.first + i);
+        let mut d_ptr = [zeros; 16];
+        for r in 0..m {
+            for s in 0..m {
+                let (oy, ox) = (m * ty + r, m * tx + s);
+                if oy < g.oh && ox < g.ow {
+                    d_ptr[r * m + s] =
+                        dy[((img * g.oh + oy) * g.ow + ox) * cout..][..cout].as_ptr();
                 }
-                conv_direct::tile_6x16(
-                    &ptrs,
-                    cin,
-                    &u_slice,
-                    NR,
-                    m_xi.add(tile * MR * cout + panel * NR),
-                    cout,
-                    rows,
-                    false,
-                    None,
-                );
+            }
+        }
+        let out = w.as_mut_ptr().add(i * cout);
+        for c in (0..cout).step_by(8) {
+            // Columns: t = A dy (α × m).
+            let mut t = [[_mm256_setzero_ps(); 4]; MAX_ALPHA];
+            for s in 0..m {
+                let mut col = [_mm256_setzero_ps(); 4];
+                for (r, cv) in col.iter_mut().enumerate().take(m) {
+                    *cv = _mm256_loadu_ps(d_ptr[r * m + s].add(c));
+                }
+                let tc = a_1d!(T::M, col);
+                for (row, &v) in t.iter_mut().zip(&tc).take(a) {
+                    row[s] = v;
+                }
+            }
+            // Rows: t Aᵀ (α × α).
+            for (r, row) in t.iter().enumerate().take(a) {
+                let wr = a_1d!(T::M, *row);
+                for (s, val) in wr.iter().enumerate().take(a) {
+                    _mm256_storeu_ps(out.add((r * a + s) * span.chunk * cout + c), *val);
+                }
             }
         }
     }
 }
 
-/// Stores `epilogue(Aᵀ m A)` of tiles `first..first + count` into `y`, with `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`;
-/// the parts of a tile outside the plane (odd sizes) are dropped.
+/// Stores `epilogue(Aᵀ m A)` of the span's tiles into `y`; the parts of a tile outside the plane are dropped.
 ///
 /// # Safety
 /// AVX2 and FMA must be available; `m` holds a chunk, `y` the batch's output, the epilogue `cout` floats.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn output_transform(
+unsafe fn output_transform<T: Transform>(
     g: &ConvGeom,
     m: &[f32],
-    first: usize,
-    count: usize,
-    chunk: usize,
+    span: Span,
     y: SendPtr,
     epilogue: Epilogue<'_>,
 ) {
-    use core::arch::x86_64::*;
-    let cout = g.cout;
+    let (cout, a, mo) = (g.cout, T::A, T::M);
     let y = y.get();
-    for i in 0..count {
-        let (img, ty, tx) = tile_coords(g, first + i);
+    for i in 0..span.count {
+        let (img, ty, tx) = tile_coords(g, mo, span.first + i);
         let src = m.as_ptr().add(i * cout);
         for c in (0..cout).step_by(8) {
-            let m = |k: usize| _mm256_loadu_ps(src.add(k * chunk * cout + c));
-            // Rows first: a = Aᵀ m (2 × 4).
-            let mut a = [_mm256_setzero_ps(); 8];
-            for s in 0..4 {
-                let (m0, m1, m2, m3) = (m(s), m(4 + s), m(8 + s), m(12 + s));
-                a[s] = _mm256_add_ps(_mm256_add_ps(m0, m1), m2);
-                a[4 + s] = _mm256_sub_ps(_mm256_sub_ps(m1, m2), m3);
+            // Columns first: t = Aᵀ m (m × α).
+            let mut t = [[_mm256_setzero_ps(); MAX_ALPHA]; 4];
+            for s in 0..a {
+                let mut col = [_mm256_setzero_ps(); MAX_ALPHA];
+                for (r, cv) in col.iter_mut().enumerate().take(a) {
+                    *cv = _mm256_loadu_ps(src.add((r * a + s) * span.chunk * cout + c));
+                }
+                let tc = at_1d!(T::M, col);
+                for (row, &v) in t.iter_mut().zip(&tc).take(mo) {
+                    row[s] = v;
+                }
             }
-            for r in 0..2 {
-                let oy = 2 * ty + r;
+            for (r, row) in t.iter().enumerate().take(mo) {
+                let oy = mo * ty + r;
                 if oy >= g.oh {
                     break;
                 }
-                let (a0, a1, a2, a3) = (a[4 * r], a[4 * r + 1], a[4 * r + 2], a[4 * r + 3]);
-                let row = [
-                    _mm256_add_ps(_mm256_add_ps(a0, a1), a2),
-                    _mm256_sub_ps(_mm256_sub_ps(a1, a2), a3),
-                ];
-                for (s, mut val) in row.into_iter().enumerate() {
-                    let ox = 2 * tx + s;
+                let yr = at_1d!(T::M, *row);
+                for (s, &val) in yr.iter().enumerate().take(mo) {
+                    let ox = mo * tx + s;
                     if ox >= g.ow {
                         break;
                     }
+                    let mut val = val;
                     if let Some(scale) = epilogue.scale {
                         val = _mm256_mul_ps(val, _mm256_loadu_ps(scale.as_ptr().add(c)));
                     }
@@ -560,30 +798,98 @@ unsafe fn output_transform(
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform(_: &ConvGeom, _: &[f32], _: usize, _: usize, _: usize, _: &mut [f32]) {
-    unreachable!("cpu_supported() is false off x86-64")
+/// `m_ξ [count, cout] = v_ξ [count, cin] × u_ξ [cin, cout]` for the `xi` positions (`m [xi, chunk, cout]`).
+///
+/// # Safety
+/// AVX2 and FMA must be available; `u` holds `xi·cin·cout` floats, `v` and `m` a chunk each.
+unsafe fn products(g: &ConvGeom, xi: usize, u: &[f32], v: &[f32], m: &mut [f32], span: Span) {
+    let (cin, cout, count, chunk) = (g.cin, g.cout, span.count, span.chunk);
+    let register_tiles = count.div_ceil(MR);
+    for x in 0..xi {
+        let v_x = &v[x * chunk * cin..][..count * cin];
+        let m_x = m[x * chunk * cout..].as_mut_ptr();
+        for panel in 0..cout / NR {
+            let u_slice = [u[(panel * xi + x) * cin * NR..][..cin * NR].as_ptr()];
+            for tile in 0..register_tiles {
+                let rows = (count - tile * MR).min(MR);
+                // Rows past `count` repeat the tile's first row; they are computed and never stored.
+                let mut ptrs = [v_x[tile * MR * cin..].as_ptr(); MR];
+                for (r, p) in ptrs.iter_mut().enumerate().take(rows) {
+                    *p = v_x[(tile * MR + r) * cin..][..cin].as_ptr();
+                }
+                conv_direct::tile_6x16(
+                    &ptrs,
+                    cin,
+                    &u_slice,
+                    NR,
+                    m_x.add(tile * MR * cout + panel * NR),
+                    cout,
+                    rows,
+                    false,
+                    None,
+                );
+            }
+        }
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_grad_transform(
-    _: &ConvGeom,
-    _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
-    _: &mut [f32],
+/// `sums_ξ [cin, cout] (+)= v_ξ [count, cin]ᵀ × w_ξ [count, cout]` for the `xi` positions; overwrites when
+/// `overwrite`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `v` and `w` hold a chunk each, `sums` `xi·cin·cout` floats.
+unsafe fn weight_products(
+    g: &ConvGeom,
+    xi: usize,
+    v: &[f32],
+    w: &[f32],
+    sums: &mut [f32],
+    span: Span,
+    overwrite: bool,
 ) {
+    let (cin, cout, count, chunk) = (g.cin, g.cout, span.count, span.chunk);
+    for x in 0..xi {
+        let v_x = v[x * chunk * cin..][..count * cin].as_ptr();
+        let w_x = w[x * chunk * cout..][..count * cout].as_ptr();
+        let sums_x = sums[x * cin * cout..][..cin * cout].as_mut_ptr();
+        for c0 in (0..cin).step_by(MR) {
+            let rows = (cin - c0).min(MR);
+            let mut dst = [0usize; MR];
+            for (i, d) in dst.iter_mut().enumerate().take(rows) {
+                *d = (c0 + i) * cout;
+            }
+            for panel in 0..cout / NR {
+                conv_direct::cm_tile_rows_of(
+                    rows,
+                    v_x.add(c0),
+                    cin,
+                    w_x.add(panel * NR),
+                    cout,
+                    count,
+                    sums_x.add(panel * NR),
+                    &dst,
+                    overwrite,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn input_transform<T: Transform>(_: &ConvGeom, _: &[f32], _: Span, _: &mut [f32]) {
     unreachable!("cpu_supported() is false off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_transform(
+unsafe fn output_grad_transform<T: Transform>(_: &ConvGeom, _: &[f32], _: Span, _: &mut [f32]) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn output_transform<T: Transform>(
     _: &ConvGeom,
     _: &[f32],
-    _: usize,
-    _: usize,
-    _: usize,
+    _: Span,
     _: SendPtr,
     _: Epilogue<'_>,
 ) {
@@ -593,6 +899,19 @@ unsafe fn output_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TILES: [Tile; 3] = [Tile::F2, Tile::F3, Tile::F4];
+
+    /// Error bounds relative to the output's largest value: the larger tiles' transforms scale values by up to
+    /// 4 (F(3×3)) and 8 (F(4×4)) before the sums, so they round more (measured here: at most 5e-7, 4e-6 and
+    /// 1.0e-5 forward, 4e-7, 2.5e-6 and 3.2e-6 for the weight gradient).
+    fn bound(tile: Tile) -> f64 {
+        match tile {
+            Tile::F2 => 2e-6,
+            Tile::F3 => 1e-5,
+            Tile::F4 => 3e-5,
+        }
+    }
 
     /// The definition: `y[img, oy, ox, co] = Σ x[img, oy + ky − 1, ox + kx − 1, ci] · w[ky, kx, ci, co]`.
     fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f64> {
@@ -620,18 +939,29 @@ mod tests {
         y
     }
 
+    /// Largest `|got − want|` over the largest `|want|`.
+    fn relative_error(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (&a, &b)| m.max((a as f64 - b).abs()));
+        err / scale.max(1e-30)
+    }
+
     #[test]
-    fn tiles_match_the_definition_with_every_epilogue() {
+    fn every_tile_size_matches_the_definition_with_every_epilogue() {
         if !enabled() {
             return;
         }
-        // (cin, cout, side, batch): even and odd planes (tiles half outside), several chunks, one partial
-        // register tile, a plane smaller than a tile.
+        // (cin, cout, side, batch): planes each tile size divides and planes it does not (tiles partly
+        // outside), several chunks, a partial register tile, a plane smaller than a tile.
         for (cin, cout, side, n) in [
             (16, 16, 4, 3),
             (24, 32, 7, 5),
             (64, 48, 12, 2),
             (16, 16, 1, 7),
+            (32, 16, 6, 4),
         ] {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
             assert!(fits(&g));
@@ -643,38 +973,41 @@ mod tests {
                 .collect();
             let scale: Vec<f32> = (0..cout).map(|c| 0.5 + c as f32 / 64.0).collect();
             let shift: Vec<f32> = (0..cout).map(|c| c as f32 / 32.0 - 0.4).collect();
-            let mut u = vec![0.0; weights_len(&g)];
-            transform_weights(&g, &w, &mut u);
-            let mut scratch = vec![f32::NAN; scratch_len(&g, n)];
             let expected = naive(&g, n, &x, &w);
-            for (with_scale, with_shift, relu) in [
-                (false, false, false),
-                (false, true, false),
-                (true, true, true),
-            ] {
-                let epilogue = Epilogue {
-                    scale: with_scale.then_some(&scale[..]),
-                    shift: with_shift.then_some(&shift[..]),
-                    relu,
-                };
-                let mut y = vec![f32::NAN; expected.len()];
-                conv_winograd(&g, n, &x, &u, &mut y, epilogue, &mut scratch);
-                for (i, (&got, &sum)) in y.iter().zip(&expected).enumerate() {
-                    let co = i % cout;
-                    let mut want = sum;
-                    if with_scale {
-                        want *= scale[co] as f64;
+            for tile in TILES {
+                let mut u = vec![0.0; tile.xi() * cin * cout];
+                transform_weights_for(tile, &g, &w, &mut u);
+                let mut scratch =
+                    vec![f32::NAN; rayon::current_num_threads() * slot_len(tile, &g, n)];
+                for (with_scale, with_shift, relu) in [
+                    (false, false, false),
+                    (false, true, false),
+                    (true, true, true),
+                ] {
+                    let epilogue = Epilogue {
+                        scale: with_scale.then_some(&scale[..]),
+                        shift: with_shift.then_some(&shift[..]),
+                        relu,
+                    };
+                    let mut want = expected.clone();
+                    for (i, v) in want.iter_mut().enumerate() {
+                        let co = i % cout;
+                        if with_scale {
+                            *v *= scale[co] as f64;
+                        }
+                        if with_shift {
+                            *v += shift[co] as f64;
+                        }
+                        if relu {
+                            *v = v.max(0.0);
+                        }
                     }
-                    if with_shift {
-                        want += shift[co] as f64;
-                    }
-                    if relu {
-                        want = want.max(0.0);
-                    }
+                    let mut y = vec![f32::NAN; expected.len()];
+                    forward_for(tile, &g, n, &x, &u, &mut y, epilogue, &mut scratch);
+                    let err = relative_error(&y, &want);
                     assert!(
-                        (got as f64 - want).abs()
-                            <= 1e-5 * (1.0 + want.abs()) * (cin as f64).sqrt(),
-                        "{g:?} n={n} {with_scale}/{with_shift}/{relu}: y[{i}] = {got}, want {want}"
+                        err <= bound(tile),
+                        "{tile:?} {g:?} n={n} {with_scale}/{with_shift}/{relu}: error {err:e}"
                     );
                 }
             }
@@ -686,9 +1019,14 @@ mod tests {
         if !enabled() {
             return;
         }
-        // (cin, cout, side, batch): an even and an odd plane (tiles half outside), several chunks per
+        // (cin, cout, side, batch): planes each tile size divides and planes it does not, several chunks per
         // worker, channel counts that leave a partial 6-channel block.
-        for (cin, cout, side, n) in [(16, 32, 4, 9), (40, 16, 7, 5), (64, 48, 12, 3)] {
+        for (cin, cout, side, n) in [
+            (16, 32, 4, 9),
+            (40, 16, 7, 5),
+            (64, 48, 12, 3),
+            (16, 16, 6, 8),
+        ] {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
             let x: Vec<f32> = (0..n * side * side * cin)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
@@ -715,36 +1053,35 @@ mod tests {
                     }
                 }
             }
-            let mut scratch = vec![f32::NAN; weight_grad_scratch_len(&g, n)];
-            let mut dw = vec![f32::NAN; want.len()];
-            for _ in 0..2 {
-                conv_winograd_weight_grad(&g, n, &x, &dy, &mut dw, &mut scratch);
-                for (i, (&got, &w)) in dw.iter().zip(&want).enumerate() {
-                    assert!(
-                        (got as f64 - w).abs()
-                            <= 1e-5 * (1.0 + w.abs()) * ((n * side * side) as f64).sqrt(),
-                        "{g:?} n={n}: dw[{i}] = {got}, want {w}"
-                    );
+            for tile in TILES {
+                let slots = rayon::current_num_threads();
+                let mut scratch = vec![f32::NAN; slots * weight_grad_slot_len(tile, &g, n)];
+                let mut dw = vec![f32::NAN; want.len()];
+                // Twice: the second run starts from the first's sums in the scratch.
+                for _ in 0..2 {
+                    weight_grad_for(tile, &g, n, &x, &dy, &mut dw, &mut scratch);
+                    let err = relative_error(&dw, &want);
+                    assert!(err <= bound(tile), "{tile:?} {g:?} n={n}: error {err:e}");
                 }
             }
         }
     }
 
     #[test]
-    fn used_where_it_saves_multiply_adds() {
+    fn each_plane_gets_the_tile_size_with_the_fewest_products() {
         let plane = |side| ConvGeom::new(64, 64, 3, 1, 1, side, side).unwrap();
-        // 96×96 input: stages at 24, 12, 6 (yes) and 3 (no); 28×28: 7, 4 (yes), 2 and 1 (no).
+        // 96×96 input: stages at 24, 12, 6 and 3; 28×28: 7, 4, 2 and 1.
         for (side, wanted) in [
-            (24, true),
-            (12, true),
-            (6, true),
-            (3, false),
-            (7, true),
-            (4, true),
-            (2, false),
-            (1, false),
+            (24, Some(Tile::F4)),
+            (12, Some(Tile::F4)),
+            (6, Some(Tile::F3)),
+            (3, Some(Tile::F3)),
+            (7, Some(Tile::F4)),
+            (4, Some(Tile::F4)),
+            (2, None),
+            (1, None),
         ] {
-            assert_eq!(saves_work(&plane(side)), wanted, "{side}×{side}");
+            assert_eq!(best_tile(&plane(side)), wanted, "{side}×{side}");
         }
         assert!(!fits(&ConvGeom::new(64, 64, 3, 2, 1, 12, 12).unwrap()));
         assert!(!fits(&ConvGeom::new(64, 64, 1, 1, 0, 12, 12).unwrap()));
