@@ -37,8 +37,8 @@ const MIN_CHUNK_TILES: usize = 48;
 /// Most tiles per chunk.
 const MAX_CHUNK_TILES: usize = 240;
 /// Fewest tiles in a batch for the Winograd path: each chunk reads all transformed weights (α²/9 of the
-/// kernel), so a handful of tiles per chunk makes it a stream of weights (at 224×224, batch 1, the 14×14 and
-/// 7×7 stages have 16 and 9 tiles; the direct kernels split their weights among tasks instead).
+/// kernel), so a handful of tiles per chunk makes it a stream of weights (at 224×224, batch 1, the 28×28, 14×14
+/// and 7×7 stages have 49, 16 and 4 F(4×4) tiles; the direct kernels split their weights among tasks instead).
 const MIN_TILES: usize = 64;
 
 /// True unless `RESNET_WINOGRAD=0` is set (checked once): a switch for comparing against the direct kernels.
