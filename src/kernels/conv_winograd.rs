@@ -18,7 +18,8 @@
 //! `V` and `M` stay in the caches between being written and read.
 //!
 //! Rounding: the transforms scale values by up to 8 (F(4×4)) and sum in a different order than the direct
-//! convolution; outputs agree with it to a few 1e-6 of the output's scale (F(2×2) about 4e-7).
+//! convolution; the largest error is about 1e-5 of the output's scale for F(4×4), 4e-6 for F(3×3) and 5e-7
+//! for F(2×2) (the tests' measurements).
 
 use super::conv::ConvGeom;
 use super::conv_direct::{self, SendPtr, MAX_CIN, MIN_CIN, MR, NR};
@@ -172,11 +173,11 @@ macro_rules! at_1d {
     }};
 }
 
-/// `A d` for one column or row `d` (`m` values) of an output-gradient tile, α outputs (`A = (Aᵀ)ᵀ`).
+/// `A d` for one column or row `d` (its first `m` values) of an output-gradient tile, α outputs (`A = (Aᵀ)ᵀ`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! a_1d {
     ($m:expr, $d:expr) => {{
-        let d: [__m256; 4] = $d;
+        let d: [__m256; MAX_ALPHA] = $d;
         let z = _mm256_setzero_ps();
         match $m {
             2 => [
@@ -492,9 +493,9 @@ fn forward_for(
                 // above and v, m hold a chunk; chunks write disjoint tiles of y.
                 unsafe {
                     match tile {
-                        Tile::F2 => input_transform::<F2>(g, x, span, v),
-                        Tile::F3 => input_transform::<F3>(g, x, span, v),
-                        Tile::F4 => input_transform::<F4>(g, x, span, v),
+                        Tile::F2 => transform_tiles::<F2, false>(g, x, span, v),
+                        Tile::F3 => transform_tiles::<F3, false>(g, x, span, v),
+                        Tile::F4 => transform_tiles::<F4, false>(g, x, span, v),
                     }
                     products(g, xi, u, v, m, span);
                     match tile {
@@ -594,16 +595,16 @@ fn weight_grad_for(
                 unsafe {
                     match tile {
                         Tile::F2 => {
-                            input_transform::<F2>(g, x, span, v);
-                            output_grad_transform::<F2>(g, dy, span, w);
+                            transform_tiles::<F2, false>(g, x, span, v);
+                            transform_tiles::<F2, true>(g, dy, span, w);
                         }
                         Tile::F3 => {
-                            input_transform::<F3>(g, x, span, v);
-                            output_grad_transform::<F3>(g, dy, span, w);
+                            transform_tiles::<F3, false>(g, x, span, v);
+                            transform_tiles::<F3, true>(g, dy, span, w);
                         }
                         Tile::F4 => {
-                            input_transform::<F4>(g, x, span, v);
-                            output_grad_transform::<F4>(g, dy, span, w);
+                            transform_tiles::<F4, false>(g, x, span, v);
+                            transform_tiles::<F4, true>(g, dy, span, w);
                         }
                     }
                     weight_products(g, xi, v, w, sums, span, nth == 0);
@@ -643,96 +644,72 @@ fn tile_coords(g: &ConvGeom, m: usize, t: usize) -> (usize, usize, usize) {
     )
 }
 
-/// `v [α² ξ, chunk, cin]` rows `0..count` = `Bᵀ d B` of the span's tiles, `d` the `α × α` input patch whose
-/// corner is one row and column above and left of the tile (zeros outside the image).
+/// Writes the span's tiles, transformed to α × α, into `out [α² ξ, chunk, channels]` rows `0..count`:
+/// - `OUTPUT_GRAD = false`: `V = Bᵀ d B` of `src = x [n, h, w, cin]`, `d` the `α × α` input patch whose corner is
+///   one row and column above and left of the tile;
+/// - `OUTPUT_GRAD = true`: `W = A dy Aᵀ` of `src = dy [n, oh, ow, cout]`, `dy` the tile's `m × m` output gradient.
+///
+/// Values outside the plane are zeros. Both run as two 1-D passes (columns, then rows) over 8 channels at a time.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; `x` must hold the batch and `v` `α²·chunk·cin` floats; `cin` is a
-/// multiple of 8 and at most `MAX_CIN`.
+/// AVX2 and FMA must be available; `src` must hold the batch and `out` `α²·chunk·channels` floats; the
+/// channels are a multiple of 8 and at most `MAX_CIN`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn input_transform<T: Transform>(g: &ConvGeom, x: &[f32], span: Span, v: &mut [f32]) {
-    let (cin, a) = (g.cin, T::A);
-    let zeros = conv_direct::ZEROS.as_ptr();
-    for i in 0..span.count {
-        let (img, ty, tx) = tile_coords(g, T::M, span.first + i);
-        let mut d_ptr = [zeros; MAX_ALPHA * MAX_ALPHA];
-        for r in 0..a {
-            let Some(iy) = (T::M * ty + r).checked_sub(1).filter(|&iy| iy < g.h) else {
-                continue;
-            };
-            for s in 0..a {
-                if let Some(ix) = (T::M * tx + s).checked_sub(1).filter(|&ix| ix < g.w) {
-                    d_ptr[r * a + s] = x[((img * g.h + iy) * g.w + ix) * cin..][..cin].as_ptr();
-                }
-            }
-        }
-        let out = v.as_mut_ptr().add(i * cin);
-        for c in (0..cin).step_by(8) {
-            // Columns first: t = Bᵀ d, column by column.
-            let mut t = [[_mm256_setzero_ps(); MAX_ALPHA]; MAX_ALPHA];
-            for s in 0..a {
-                let mut col = [_mm256_setzero_ps(); MAX_ALPHA];
-                for (r, cv) in col.iter_mut().enumerate().take(a) {
-                    *cv = _mm256_loadu_ps(d_ptr[r * a + s].add(c));
-                }
-                let tc = bt_1d!(T::M, col);
-                for (row, &v) in t.iter_mut().zip(&tc).take(a) {
-                    row[s] = v;
-                }
-            }
-            // Then rows: t B.
-            for (r, row) in t.iter().enumerate().take(a) {
-                let vr = bt_1d!(T::M, *row);
-                for (s, val) in vr.iter().enumerate().take(a) {
-                    _mm256_storeu_ps(out.add((r * a + s) * span.chunk * cin + c), *val);
-                }
-            }
-        }
-    }
-}
-
-/// `w [α² ξ, chunk, cout]` rows `0..count` = `A dy Aᵀ` of the span's tiles, `dy` the tile's `m × m` output
-/// gradient (zeros outside the plane).
-///
-/// # Safety
-/// AVX2 and FMA must be available; `dy` must hold the batch's output gradient and `w` `α²·chunk·cout` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_grad_transform<T: Transform>(g: &ConvGeom, dy: &[f32], span: Span, w: &mut [f32]) {
-    let (cout, a, m) = (g.cout, T::A, T::M);
+unsafe fn transform_tiles<T: Transform, const OUTPUT_GRAD: bool>(
+    g: &ConvGeom,
+    src: &[f32],
+    span: Span,
+    out: &mut [f32],
+) {
+    let (a, m) = (T::A, T::M);
+    // The patch read per tile: its side, the plane it lies in, and its offset from the tile's corner.
+    let (side, channels, (height, width), back) = if OUTPUT_GRAD {
+        (m, g.cout, (g.oh, g.ow), 0)
+    } else {
+        (a, g.cin, (g.h, g.w), 1)
+    };
     let zeros = conv_direct::ZEROS.as_ptr();
     for i in 0..span.count {
         let (img, ty, tx) = tile_coords(g, m, span.first + i);
-        let mut d_ptr = [zeros; 16];
-        for r in 0..m {
-            for s in 0..m {
-                let (oy, ox) = (m * ty + r, m * tx + s);
-                if oy < g.oh && ox < g.ow {
-                    d_ptr[r * m + s] =
-                        dy[((img * g.oh + oy) * g.ow + ox) * cout..][..cout].as_ptr();
+        let mut patch = [zeros; MAX_ALPHA * MAX_ALPHA];
+        for r in 0..side {
+            let Some(py) = (m * ty + r).checked_sub(back).filter(|&py| py < height) else {
+                continue;
+            };
+            for s in 0..side {
+                if let Some(px) = (m * tx + s).checked_sub(back).filter(|&px| px < width) {
+                    let pixel = (img * height + py) * width + px;
+                    patch[r * side + s] = src[pixel * channels..][..channels].as_ptr();
                 }
             }
         }
-        let out = w.as_mut_ptr().add(i * cout);
-        for c in (0..cout).step_by(8) {
-            // Columns: t = A dy (α × m).
-            let mut t = [[_mm256_setzero_ps(); 4]; MAX_ALPHA];
-            for s in 0..m {
-                let mut col = [_mm256_setzero_ps(); 4];
-                for (r, cv) in col.iter_mut().enumerate().take(m) {
-                    *cv = _mm256_loadu_ps(d_ptr[r * m + s].add(c));
+        let dst = out.as_mut_ptr().add(i * channels);
+        for c in (0..channels).step_by(8) {
+            // Columns first (α × side), then rows (α × α).
+            let mut t = [[_mm256_setzero_ps(); MAX_ALPHA]; MAX_ALPHA];
+            for s in 0..side {
+                let mut col = [_mm256_setzero_ps(); MAX_ALPHA];
+                for (r, v) in col.iter_mut().enumerate().take(side) {
+                    *v = _mm256_loadu_ps(patch[r * side + s].add(c));
                 }
-                let tc = a_1d!(T::M, col);
+                let tc = if OUTPUT_GRAD {
+                    a_1d!(m, col)
+                } else {
+                    bt_1d!(m, col)
+                };
                 for (row, &v) in t.iter_mut().zip(&tc).take(a) {
                     row[s] = v;
                 }
             }
-            // Rows: t Aᵀ (α × α).
             for (r, row) in t.iter().enumerate().take(a) {
-                let wr = a_1d!(T::M, *row);
-                for (s, val) in wr.iter().enumerate().take(a) {
-                    _mm256_storeu_ps(out.add((r * a + s) * span.chunk * cout + c), *val);
+                let tr = if OUTPUT_GRAD {
+                    a_1d!(m, *row)
+                } else {
+                    bt_1d!(m, *row)
+                };
+                for (s, v) in tr.iter().enumerate().take(a) {
+                    _mm256_storeu_ps(dst.add((r * a + s) * span.chunk * channels + c), *v);
                 }
             }
         }
@@ -876,12 +853,12 @@ unsafe fn weight_products(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn input_transform<T: Transform>(_: &ConvGeom, _: &[f32], _: Span, _: &mut [f32]) {
-    unreachable!("cpu_supported() is false off x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn output_grad_transform<T: Transform>(_: &ConvGeom, _: &[f32], _: Span, _: &mut [f32]) {
+unsafe fn transform_tiles<T: Transform, const OUTPUT_GRAD: bool>(
+    _: &ConvGeom,
+    _: &[f32],
+    _: Span,
+    _: &mut [f32],
+) {
     unreachable!("cpu_supported() is false off x86-64")
 }
 
@@ -903,8 +880,8 @@ mod tests {
     const TILES: [Tile; 3] = [Tile::F2, Tile::F3, Tile::F4];
 
     /// Error bounds relative to the output's largest value: the larger tiles' transforms scale values by up to
-    /// 4 (F(3×3)) and 8 (F(4×4)) before the sums, so they round more (measured here: at most 5e-7, 4e-6 and
-    /// 1.0e-5 forward, 4e-7, 2.5e-6 and 3.2e-6 for the weight gradient).
+    /// 4 (F(3×3)) and 8 (F(4×4)) before the sums, so they round more (measured here: at most 5.4e-7, 3.9e-6 and
+    /// 1.2e-5 forward, 3.4e-7, 1.6e-6 and 3.2e-6 for the weight gradient).
     fn bound(tile: Tile) -> f64 {
         match tile {
             Tile::F2 => 2e-6,
@@ -913,30 +890,43 @@ mod tests {
         }
     }
 
-    /// The definition: `y[img, oy, ox, co] = Σ x[img, oy + ky − 1, ox + kx − 1, ci] · w[ky, kx, ci, co]`.
-    fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let mut y = vec![0.0f64; n * g.oh * g.ow * g.cout];
+    /// Calls `f(output position, input pixel, tap)`, positions and pixels counted over the batch, for every
+    /// (output position, tap) pair whose tap reads the input.
+    fn for_each_product(g: &ConvGeom, n: usize, mut f: impl FnMut(usize, usize, usize)) {
         for img in 0..n {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let Some(p) = g.input_pixel(oy, ox, ky, kx) else {
-                                continue;
-                            };
-                            for ci in 0..g.cin {
-                                let xv = x[(img * g.h * g.w + p) * g.cin + ci] as f64;
-                                for co in 0..g.cout {
-                                    y[((img * g.oh + oy) * g.ow + ox) * g.cout + co] +=
-                                        xv * w[((ky * 3 + kx) * g.cin + ci) * g.cout + co] as f64;
-                                }
-                            }
+                    for tap in 0..9 {
+                        if let Some(p) = g.input_pixel(oy, ox, tap / 3, tap % 3) {
+                            f((img * g.oh + oy) * g.ow + ox, img * g.h * g.w + p, tap);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// The definition, in f64: `y[img, oy, ox, co] = Σ x[img, oy + ky − 1, ox + kx − 1, ci] · w[ky, kx, ci, co]`.
+    fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let (cin, cout) = (g.cin, g.cout);
+        let mut y = vec![0.0f64; n * g.oh * g.ow * cout];
+        for_each_product(g, n, |o, p, tap| {
+            for ci in 0..cin {
+                let xv = x[p * cin + ci] as f64;
+                for co in 0..cout {
+                    y[o * cout + co] += xv * w[(tap * cin + ci) * cout + co] as f64;
+                }
+            }
+        });
         y
+    }
+
+    /// Deterministic test values in [−1, 1): `((i·step mod modulus) − modulus/2) / (modulus/2)`.
+    fn pattern(len: usize, step: usize, modulus: usize) -> Vec<f32> {
+        let half = (modulus / 2) as f32;
+        (0..len)
+            .map(|i| ((i * step % modulus) as f32 - half) / half)
+            .collect()
     }
 
     /// Largest `|got − want|` over the largest `|want|`.
@@ -965,11 +955,10 @@ mod tests {
         ] {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
             assert!(fits(&g));
-            let x: Vec<f32> = (0..n * side * side * cin)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let w: Vec<f32> = (0..9 * cin * cout)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 200.0)
+            let x = pattern(n * side * side * cin, 37, 101);
+            let w: Vec<f32> = pattern(9 * cin * cout, 53, 97)
+                .iter()
+                .map(|v| v / 4.0)
                 .collect();
             let scale: Vec<f32> = (0..cout).map(|c| 0.5 + c as f32 / 64.0).collect();
             let shift: Vec<f32> = (0..cout).map(|c| c as f32 / 32.0 - 0.4).collect();
@@ -1028,31 +1017,17 @@ mod tests {
             (16, 16, 6, 8),
         ] {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
-            let x: Vec<f32> = (0..n * side * side * cin)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-                .collect();
-            let dy: Vec<f32> = (0..n * side * side * cout)
-                .map(|i| ((i * 53 % 97) as f32 - 48.0) / 60.0)
-                .collect();
+            let x = pattern(n * side * side * cin, 37, 101);
+            let dy = pattern(n * side * side * cout, 53, 97);
             let mut want = vec![0.0f64; 9 * cin * cout];
-            for img in 0..n {
-                for oy in 0..side {
-                    for ox in 0..side {
-                        for tap in 0..9 {
-                            let Some(p) = g.input_pixel(oy, ox, tap / 3, tap % 3) else {
-                                continue;
-                            };
-                            let d = &dy[((img * side + oy) * side + ox) * cout..][..cout];
-                            for ci in 0..cin {
-                                let xv = x[(img * side * side + p) * cin + ci] as f64;
-                                for (co, &dv) in d.iter().enumerate() {
-                                    want[(tap * cin + ci) * cout + co] += xv * dv as f64;
-                                }
-                            }
-                        }
+            for_each_product(&g, n, |o, p, tap| {
+                for ci in 0..cin {
+                    let xv = x[p * cin + ci] as f64;
+                    for co in 0..cout {
+                        want[(tap * cin + ci) * cout + co] += xv * dy[o * cout + co] as f64;
                     }
                 }
-            }
+            });
             for tile in TILES {
                 let slots = rayon::current_num_threads();
                 let mut scratch = vec![f32::NAN; slots * weight_grad_slot_len(tile, &g, n)];
