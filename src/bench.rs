@@ -199,6 +199,10 @@ impl BenchArgs {
 /// Runs the selected configurations and prints a table (or JSON).
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = args.check()?;
+    let engine = crate::kernels::conv::engine();
+    if !args.json {
+        println!("convolutions: {engine}");
+    }
     let mut results = Vec::new();
     for name in selected {
         let r = match name {
@@ -217,7 +221,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         results.push(r);
     }
     if args.json {
-        let v = serde_json::json!({ "threads": rayon::current_num_threads(), "results": results });
+        let v = serde_json::json!({
+            "threads": rayon::current_num_threads(),
+            "engine": engine,
+            "results": results,
+        });
         println!("{v}");
     }
     Ok(())

@@ -31,6 +31,7 @@ def load(kind):
             res.setdefault(x["name"], []).append(x)
     return res
 ours, torch = load("ours"), load("torch")
+print("ours:", json.load(open(f"{out}/ours.1.json")).get("engine", "?"))
 # ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the two sides a
 # minute apart, so that ratio is less exposed to the shared machine's slow drifts).
 print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")

@@ -16,6 +16,17 @@ use super::conv_winograd::{self, Epilogue};
 use super::gemm::{matmul, MatRef};
 use rayon::prelude::*;
 
+/// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
+pub fn engine() -> &'static str {
+    if conv_winograd::enabled() {
+        "Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, direct AVX2 kernels for the others"
+    } else if conv_direct::cpu_supported() {
+        "direct AVX2 kernels (Winograd off: RESNET_WINOGRAD=0)"
+    } else {
+        "portable im2col + gemm"
+    }
+}
+
 /// Geometry of one convolution: channels, kernel, stride, padding and the input/output plane sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {

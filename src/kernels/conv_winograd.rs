@@ -42,8 +42,9 @@ const MAX_CHUNK_TILES: usize = 240;
 /// and 7×7 stages have 49, 16 and 4 F(4×4) tiles; the direct kernels split their weights among tasks instead).
 const MIN_TILES: usize = 64;
 
-/// True unless `RESNET_WINOGRAD=0` is set (checked once): a switch for comparing against the direct kernels.
-fn enabled() -> bool {
+/// True on CPUs with AVX2 and FMA unless `RESNET_WINOGRAD=0` (or `RESNET_PORTABLE=1`) is set (checked once):
+/// a switch for comparing against the direct kernels.
+pub fn enabled() -> bool {
     use std::sync::OnceLock;
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
