@@ -281,7 +281,8 @@ impl Tile {
     }
 }
 
-/// The shapes [`conv_winograd`] can compute at all.
+/// The shapes [`conv_winograd`] can compute at all (both channel counts at most `MAX_CIN`: out-of-plane pixels
+/// of the input and of the output gradient read the shared zero block).
 fn fits(g: &ConvGeom) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -290,7 +291,7 @@ fn fits(g: &ConvGeom) -> bool {
         && g.cin.is_multiple_of(8)
         && (MIN_CIN..=MAX_CIN).contains(&g.cin)
         && g.cout.is_multiple_of(NR)
-        && g.cout > 0
+        && (NR..=MAX_CIN).contains(&g.cout)
 }
 
 /// Output positions and kernel taps along one axis of a 3×3, padding-1 convolution where the tap reads the
