@@ -826,8 +826,8 @@ mod tests {
         // channel-major weight gradient (with channel counts that leave partial 6-channel tiles); then small
         // planes with batches of 24 or more (position-major tiles): a partial last tile, stride 2, dead taps,
         // two tap passes, and border positions of a padded 1×1 conv that see no input at all. The 3×3 stride-1
-        // convs over 8×8, 12×12 and 7×7 planes with 64 tiles or more run forward and input gradient on the
-        // Winograd kernels (the 7×7 one with tiles half outside the plane).
+        // convs over 8×8, 12×12 and 7×7 planes with 64 tiles or more run forward, both gradients and the eval
+        // affine on the Winograd kernels (the 7×7 one with tiles partly outside the plane).
         let cases = [
             (16, 16, 3, 1, 1, 5, 7, 3),
             (32, 48, 3, 2, 1, 9, 9, 2),

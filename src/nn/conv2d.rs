@@ -342,4 +342,31 @@ mod tests {
         drop(params);
         check(&mut conv, &mut bn, "after the optimizer's parameter list");
     }
+
+    /// The eval-mode prepared weights follow the input size: a 1×1 plane (one live tap), a 3×3 plane (nine) and
+    /// a batch of 8×8 planes (Winograd on AVX2 CPUs) each need their own layout, in any order.
+    #[test]
+    fn eval_prepared_weights_follow_the_input_size() {
+        let mut rng = InitRng::seed_from_u64(5);
+        let mut conv = Conv2d::new(16, 256, 3, 1, 1, &mut rng);
+        let mut bn = BatchNorm2d::new(256, true);
+        bn.running_var.iter_mut().for_each(|v| *v = 2.0);
+        let mut ws = Workspace::default();
+        for (n, side) in [(2, 1), (2, 3), (16, 8), (2, 1), (16, 8), (2, 3)] {
+            let xs = Shape4::new(n, 16, side, side);
+            let x: Vec<f32> = (0..xs.len())
+                .map(|i| (i % 31) as f32 / 31.0 - 0.5)
+                .collect();
+            conv.forward_bn_eval(&x, xs, &mut bn, &mut ws);
+            let fused = bn.out.clone();
+            let s = conv.forward(&x, xs, &mut Workspace::default());
+            bn.forward(&conv.out, s, false);
+            for (a, b) in fused.iter().zip(&bn.out) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{n}×{side}×{side}: {a} vs {b}"
+                );
+            }
+        }
+    }
 }
