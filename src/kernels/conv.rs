@@ -520,31 +520,29 @@ pub fn conv2d_forward_affine(
     y: &mut [f32],
     workspace: &mut [f32],
 ) {
-    if conv_winograd::handles(g, n) {
+    let winograd = conv_winograd::handles(g, n);
+    if winograd || g.runs_direct() {
+        // One pass: the kernels apply the map as they store, with the conv bias folded into the shift.
         let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
         for (co, f) in folded_shift.iter_mut().enumerate() {
             *f = bias[co] * scale[co] + shift[co];
         }
-        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
-        let u = match prepared {
-            Some(p) => p,
-            None => {
-                conv_winograd::transform_weights(g, n, w, u);
-                u
-            }
-        };
-        let affine = Epilogue {
-            scale: Some(scale),
-            shift: Some(folded_shift),
-            relu,
-        };
-        conv_winograd::conv_winograd(g, n, x, u, y, affine, scratch);
-        return;
-    }
-    if g.runs_direct() {
-        let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
-        for (co, f) in folded_shift.iter_mut().enumerate() {
-            *f = bias[co] * scale[co] + shift[co];
+        if winograd {
+            let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
+            let u = match prepared {
+                Some(p) => p,
+                None => {
+                    conv_winograd::transform_weights(g, n, w, u);
+                    u
+                }
+            };
+            let affine = Epilogue {
+                scale: Some(scale),
+                shift: Some(folded_shift),
+                relu,
+            };
+            conv_winograd::conv_winograd(g, n, x, u, y, affine, scratch);
+            return;
         }
         let affine = conv_direct::Affine {
             scale,

@@ -281,6 +281,50 @@ impl Tile {
     }
 }
 
+impl Tile {
+    /// [`transform_tiles`] for this tile size: `V = Bᵀ d B` of `src = x`, or with `output_grad`, `W = A dy Aᵀ` of
+    /// `src = dy`.
+    ///
+    /// # Safety
+    /// As for [`transform_tiles`].
+    unsafe fn transform_tiles(
+        self,
+        output_grad: bool,
+        g: &ConvGeom,
+        src: &[f32],
+        span: Span,
+        out: &mut [f32],
+    ) {
+        match (self, output_grad) {
+            (Tile::F2, false) => transform_tiles::<F2, false>(g, src, span, out),
+            (Tile::F2, true) => transform_tiles::<F2, true>(g, src, span, out),
+            (Tile::F3, false) => transform_tiles::<F3, false>(g, src, span, out),
+            (Tile::F3, true) => transform_tiles::<F3, true>(g, src, span, out),
+            (Tile::F4, false) => transform_tiles::<F4, false>(g, src, span, out),
+            (Tile::F4, true) => transform_tiles::<F4, true>(g, src, span, out),
+        }
+    }
+
+    /// [`output_transform`] for this tile size.
+    ///
+    /// # Safety
+    /// As for [`output_transform`].
+    unsafe fn output_transform(
+        self,
+        g: &ConvGeom,
+        m: &[f32],
+        span: Span,
+        y: SendPtr,
+        epilogue: Epilogue<'_>,
+    ) {
+        match self {
+            Tile::F2 => output_transform::<F2>(g, m, span, y, epilogue),
+            Tile::F3 => output_transform::<F3>(g, m, span, y, epilogue),
+            Tile::F4 => output_transform::<F4>(g, m, span, y, epilogue),
+        }
+    }
+}
+
 /// The shapes [`conv_winograd`] can compute at all (both channel counts at most `MAX_CIN`: out-of-plane pixels
 /// of the input and of the output gradient read the shared zero block).
 fn fits(g: &ConvGeom) -> bool {
@@ -494,17 +538,9 @@ fn forward_for(
                 // SAFETY: enabled() checked AVX2+FMA; x, u, y and the epilogue were checked against the shapes
                 // above and v, m hold a chunk; chunks write disjoint tiles of y.
                 unsafe {
-                    match tile {
-                        Tile::F2 => transform_tiles::<F2, false>(g, x, span, v),
-                        Tile::F3 => transform_tiles::<F3, false>(g, x, span, v),
-                        Tile::F4 => transform_tiles::<F4, false>(g, x, span, v),
-                    }
+                    tile.transform_tiles(false, g, x, span, v);
                     products(g, xi, u, v, m, span);
-                    match tile {
-                        Tile::F2 => output_transform::<F2>(g, m, span, y_ptr, epilogue),
-                        Tile::F3 => output_transform::<F3>(g, m, span, y_ptr, epilogue),
-                        Tile::F4 => output_transform::<F4>(g, m, span, y_ptr, epilogue),
-                    }
+                    tile.output_transform(g, m, span, y_ptr, epilogue);
                 }
             }
         });
@@ -595,20 +631,8 @@ fn weight_grad_for(
                 // SAFETY: enabled() checked AVX2+FMA; x and dy were checked against the shapes above; v, w and
                 // sums are this worker's own.
                 unsafe {
-                    match tile {
-                        Tile::F2 => {
-                            transform_tiles::<F2, false>(g, x, span, v);
-                            transform_tiles::<F2, true>(g, dy, span, w);
-                        }
-                        Tile::F3 => {
-                            transform_tiles::<F3, false>(g, x, span, v);
-                            transform_tiles::<F3, true>(g, dy, span, w);
-                        }
-                        Tile::F4 => {
-                            transform_tiles::<F4, false>(g, x, span, v);
-                            transform_tiles::<F4, true>(g, dy, span, w);
-                        }
-                    }
+                    tile.transform_tiles(false, g, x, span, v);
+                    tile.transform_tiles(true, g, dy, span, w);
                     weight_products(g, xi, v, w, sums, span, nth == 0);
                 }
             }
