@@ -1,7 +1,7 @@
-//! `resnet bench`: the chapter's ResNet-18 timed the way `tools/bench_pytorch.py` times PyTorch — training step
+//! `resnet bench`: the chapter's ResNet-18 (or, with `--arch`, torchvision's models) timed the way `tools/bench_pytorch.py` times PyTorch — training step
 //! (forward, loss, backward, Adam) and eval-mode inference in images/s, batch-1 latency, peak memory.
 
-use crate::nn::{resnet18, ResNet};
+use crate::nn::{ArchName, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
 use crate::{bail, Result, Shape4};
 use serde::Serialize;
@@ -25,6 +25,19 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The network: the chapter's ResNet-18 (1 channel, 10 classes) or torchvision's resnet18…152 (3
+    /// channels, 1000 classes).
+    #[arg(long, value_enum, default_value = "chapter")]
+    pub arch: ArchName,
+}
+
+/// The network `bench --arch` times: the chapter's for one channel and 10 classes, torchvision's for RGB
+/// images and ImageNet's 1000 classes.
+pub fn bench_config(arch: ArchName) -> ResNetConfig {
+    match arch {
+        ArchName::Chapter => ResNetConfig::chapter(1, 10),
+        _ => ResNetConfig::named(arch, 3, 1000),
+    }
 }
 
 /// One measured configuration.
@@ -34,7 +47,11 @@ pub struct BenchResult {
     pub name: String,
     /// Images per iteration.
     pub batch: usize,
-    /// Side of the square one-channel input images, pixels (input `[batch, 1, size, size]`).
+    /// The network (`chapter`, `resnet50`, …).
+    pub arch: String,
+    /// Channels of the input images.
+    pub channels: usize,
+    /// Side of the square input images, pixels (input `[batch, channels, size, size]`).
     pub size: usize,
     /// Timed iterations.
     pub iters: usize,
@@ -57,23 +74,21 @@ pub struct BenchResult {
 /// Multiply-accumulates of one forward pass of `net` on input `xs` (convolutions and the final Linear).
 pub fn forward_macs(net: &ResNet, xs: Shape4) -> Result<u64> {
     net.shape_walk(xs)?;
-    let conv = |c: &crate::nn::Conv2d, s: Shape4| -> (u64, Shape4) {
+    let mut macs = 0u64;
+    let mut conv = |c: &crate::nn::Conv2d, s: Shape4| -> Shape4 {
         let o = c.output_shape(s).expect("checked by shape_walk");
-        (
-            (o.rows() * o.c * c.kernel * c.kernel * c.in_channels) as u64,
-            o,
-        )
+        macs += (o.rows() * o.c * c.kernel * c.kernel * c.in_channels) as u64;
+        o
     };
-    let (mut macs, s) = conv(&net.stem_conv, xs);
-    let mut s = Shape4::new(s.n, s.c, (s.h - 1) / 2 + 1, (s.w - 1) / 2 + 1); // max pool 3/2/1
+    let mut s = conv(&net.stem_conv, xs);
+    if net.config.stem == crate::nn::Stem::Imagenet {
+        s = Shape4::new(s.n, s.c, (s.h - 1) / 2 + 1, (s.w - 1) / 2 + 1); // max pool 3/2/1
+    }
     for b in net.stages.iter().flatten() {
-        let (m1, s1) = conv(&b.conv1, s);
-        let (m2, s2) = conv(&b.conv2, s1);
-        macs += m1 + m2;
-        if let Some(c3) = &b.conv3 {
-            macs += conv(c3, s).0;
+        if let Some(c) = &b.shortcut_conv {
+            conv(c, s);
         }
-        s = s2;
+        s = b.convs.iter().fold(s, |s, c| conv(c, s));
     }
     Ok(macs + (xs.n * net.fc.in_features * net.fc.out_features) as u64)
 }
@@ -115,8 +130,10 @@ fn time_it(
     Ok((t[t.len() / 2], t[0], t[t.len() - 1]))
 }
 
-/// Measures one configuration: `train` (forward, loss, backward, Adam step) or inference, at `batch`×1×`size`².
+/// Measures one configuration of the network `config` describes: `train` (forward, loss, backward, Adam step)
+/// or inference, at `batch`×channels×`size`².
 pub fn bench_one(
+    config: &ResNetConfig,
     name: &str,
     train: bool,
     batch: usize,
@@ -124,10 +141,10 @@ pub fn bench_one(
     warmup: usize,
     iters: usize,
 ) -> Result<BenchResult> {
-    let mut net = resnet18(1, 10, 0);
-    let xs = Shape4::new(batch, 1, size, size);
+    let mut net = ResNet::new(config.clone(), 0)?;
+    let xs = Shape4::new(batch, config.in_channels, size, size);
     let x = input(xs);
-    let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
+    let labels: Vec<usize> = (0..batch).map(|i| i % config.num_classes).collect();
     let macs = forward_macs(&net, xs)?;
     let (median, min, max) = if train {
         let mut opt: Box<dyn Optimizer> =
@@ -147,6 +164,8 @@ pub fn bench_one(
     let flops_per_mac = if train { 6.0 } else { 2.0 };
     Ok(BenchResult {
         name: name.to_string(),
+        arch: config.name(),
+        channels: config.in_channels,
         batch,
         size,
         iters,
@@ -203,15 +222,31 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.json {
         println!("convolutions: {engine}");
     }
+    let config = bench_config(args.arch);
+    if !args.json {
+        println!(
+            "network: {} ({} input channels, {} classes, {} parameters)",
+            config.name(),
+            config.in_channels,
+            config.num_classes,
+            config.num_params().unwrap_or(0)
+        );
+    }
     let mut results = Vec::new();
     for name in selected {
-        let r = match name {
-            "train28" => bench_one(name, true, args.batch, 28, args.warmup, args.iters)?,
-            "train96" => bench_one(name, true, args.batch, 96, args.warmup, args.iters)?,
-            "infer28" => bench_one(name, false, args.batch, 28, args.warmup, args.iters)?,
-            "infer96" => bench_one(name, false, args.batch, 96, args.warmup, args.iters)?,
-            _ => bench_one(name, false, 1, 224, args.warmup.max(3), args.iters.max(20))?,
+        let (train, batch, size) = match name {
+            "train28" => (true, args.batch, 28),
+            "train96" => (true, args.batch, 96),
+            "infer28" => (false, args.batch, 28),
+            "infer96" => (false, args.batch, 96),
+            _ => (false, 1, 224),
         };
+        let (warmup, iters) = if batch == 1 {
+            (args.warmup.max(3), args.iters.max(20))
+        } else {
+            (args.warmup, args.iters)
+        };
+        let r = bench_one(&config, name, train, batch, size, warmup, iters)?;
         if !args.json {
             println!(
                 "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GFLOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",

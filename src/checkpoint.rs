@@ -2,7 +2,7 @@
 //! `safetensors.torch.save_file(net.state_dict(), path)` loads here, and ours loads into PyTorch with
 //! `load_state_dict(..., strict=True)`. Writes are atomic (temporary file, fsync, rename).
 
-use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
+use crate::nn::{BlockKind, Naming, ResNet, ResNetConfig, Shortcut, StateDict, StateTensor, Stem};
 use crate::{bail, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-/// Metadata key holding the network's configuration (`in_channels,num_classes;w0,w1,..;r0,r1,..`).
+/// Metadata key holding the network's description ([`ResNetConfig`] as JSON).
 pub const META_ARCH: &str = "resnet.arch";
 /// Metadata key holding the input size (height = width after resizing) the weights were trained at.
 pub const META_INPUT_SIZE: &str = "resnet.input_size";
@@ -155,86 +155,132 @@ pub fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// The arch string stored in [`META_ARCH`].
+/// The architecture stored in [`META_ARCH`]: the description as JSON.
 pub fn arch_string(c: &ResNetConfig) -> String {
-    let join = |v: &[usize]| {
-        v.iter()
-            .map(|x| x.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    format!(
-        "{},{};{};{}",
-        c.in_channels,
-        c.num_classes,
-        join(&c.widths),
-        join(&c.residuals)
-    )
+    serde_json::to_string(c).expect("a plain record serializes")
 }
 
-/// Parses [`arch_string`]'s format.
+/// Parses [`arch_string`]'s JSON, or the format of earlier versions (`in,classes;w0,w1,..;r0,r1,..`, the
+/// chapter's network with other widths and block counts).
 pub fn parse_arch(s: &str) -> Result<ResNetConfig> {
-    let bad = || Error::new(format!("bad `{META_ARCH}` metadata `{s}`"));
+    let bad = |why: &dyn std::fmt::Display| {
+        Error::new(format!("bad `{META_ARCH}` metadata `{s}`: {why}"))
+    };
+    if s.trim_start().starts_with('{') {
+        return serde_json::from_str(s).map_err(|e| bad(&e));
+    }
     let parts: Vec<&str> = s.split(';').collect();
     if parts.len() != 3 {
-        return Err(bad());
+        return Err(bad(&"expected JSON"));
     }
     let nums = |p: &str| -> Result<Vec<usize>> {
         p.split(',')
-            .map(|x| x.trim().parse().map_err(|_| bad()))
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .map_err(|_| bad(&format!("`{x}` is not a count")))
+            })
             .collect()
     };
     let head = nums(parts[0])?;
     if head.len() != 2 {
-        return Err(bad());
+        return Err(bad(&"expected `in_channels,num_classes` first"));
     }
     Ok(ResNetConfig {
-        in_channels: head[0],
-        num_classes: head[1],
         widths: nums(parts[1])?,
-        residuals: nums(parts[2])?,
+        layers: nums(parts[2])?,
+        ..ResNetConfig::chapter(head[0], head[1])
     })
 }
 
+/// The shape of `key` in `sd`, if present.
+fn shape_of<'a>(sd: &'a StateDict, key: &str) -> Option<&'a [usize]> {
+    sd.iter().find(|(k, _)| k == key).map(|(_, t)| t.shape())
+}
+
 /// Infers the network configuration from a state dict's keys and shapes (for files written by PyTorch, which
-/// carry no metadata).
+/// carry no metadata): the chapter's `nn.Sequential` names (`0.weight`, `resnet_block1.0.conv1.weight`, …) or
+/// torchvision's (`conv1.weight`, `layer1.0.conv1.weight`, …; Bottleneck when blocks have a `conv3`).
 pub fn infer_config(sd: &StateDict) -> Result<ResNetConfig> {
-    let shape = |key: &str| -> Result<Vec<usize>> {
-        sd.iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, t)| t.shape().to_vec())
-            .ok_or_else(|| Error::new(format!("missing key `{key}`: not the chapter's ResNet")))
+    let naming = if shape_of(sd, "0.weight").is_some() {
+        Naming::Chapter
+    } else if shape_of(sd, "conv1.weight").is_some() {
+        Naming::Torchvision
+    } else {
+        bail!("neither `0.weight` (the chapter's ResNet) nor `conv1.weight` (torchvision's ResNet) is in the file: not a ResNet state dict");
     };
-    let stem = shape("0.weight")?;
-    let fc = shape("fc.1.weight")?;
-    if stem.len() != 4 || fc.len() != 2 {
-        bail!("keys `0.weight` / `fc.1.weight` have shapes {stem:?} / {fc:?}: not the chapter's ResNet");
-    }
+    let need = |key: &str, dims: usize| -> Result<&[usize]> {
+        match shape_of(sd, key) {
+            Some(s) if s.len() == dims => Ok(s),
+            Some(s) => bail!("key `{key}` has shape {s:?}, expected {dims} dimensions"),
+            None => bail!("missing key `{key}`: not a {naming:?} ResNet state dict"),
+        }
+    };
+    let stem = need(&format!("{}.weight", naming.stem_conv()), 4)?;
+    let fc = need(&format!("{}.weight", naming.fc()), 2)?;
+    let bottleneck =
+        naming == Naming::Torchvision && shape_of(sd, "layer1.0.conv3.weight").is_some();
+    let block = if bottleneck {
+        BlockKind::Bottleneck
+    } else {
+        BlockKind::Basic
+    };
     let mut widths = Vec::new();
-    let mut residuals = Vec::new();
+    let mut layers = Vec::new();
     for k in 1.. {
-        let w = match shape(&format!("resnet_block{k}.0.conv1.weight")) {
-            Ok(s) if s.len() == 4 => s[0],
-            Ok(s) => bail!("key `resnet_block{k}.0.conv1.weight` has shape {s:?}"),
-            Err(_) => break,
-        };
+        let first = format!("{}{k}.0.conv1.weight", naming.stage());
+        let Some(s) = shape_of(sd, &first) else { break };
+        if s.len() != 4 {
+            bail!("key `{first}` has shape {s:?}, expected 4 dimensions");
+        }
+        if bottleneck {
+            // torchvision's wide and grouped variants make conv1 wider than conv3's output / 4.
+            let out = need(&format!("{}{k}.0.conv3.weight", naming.stage()), 4)?[0];
+            if out != 4 * s[0] {
+                bail!("`{first}` has {} output channels but the block outputs {out}: wide and grouped ResNets are not supported", s[0]);
+            }
+        }
+        widths.push(s[0]);
         let count = (0..)
             .take_while(|i| {
-                sd.iter()
-                    .any(|(key, _)| key == &format!("resnet_block{k}.{i}.conv1.weight"))
+                shape_of(sd, &format!("{}{k}.{i}.conv1.weight", naming.stage())).is_some()
             })
             .count();
-        widths.push(w);
-        residuals.push(count);
+        layers.push(count);
+        if widths.len() > crate::nn::arch::MAX_STAGES {
+            bail!("more than {} stages", crate::nn::arch::MAX_STAGES);
+        }
     }
     if widths.is_empty() {
-        bail!("no `resnet_block1.*` keys: not the chapter's ResNet");
+        bail!(
+            "no `{}1.0.conv1.weight` key: not a ResNet state dict",
+            naming.stage()
+        );
     }
+    let base = match naming {
+        Naming::Chapter => ResNetConfig::chapter(stem[1], fc[0]),
+        Naming::Torchvision => ResNetConfig::torchvision(block, &layers, stem[1], fc[0]),
+    };
+    let stem_kind = match stem[2] {
+        7 => Stem::Imagenet,
+        3 => Stem::Small,
+        k => bail!(
+            "the stem conv has a {k}×{k} kernel; expected 7×7 (ImageNet stem) or 3×3 (small stem)"
+        ),
+    };
+    let downsample_bn = shape_of(sd, "layer2.0.downsample.1.weight").is_some()
+        || shape_of(sd, "layer1.0.downsample.1.weight").is_some();
     Ok(ResNetConfig {
-        in_channels: stem[1],
-        num_classes: fc[0],
         widths,
-        residuals,
+        layers,
+        stem: stem_kind,
+        conv_bias: shape_of(sd, &format!("{}.bias", naming.stem_conv())).is_some(),
+        shortcut: if naming == Naming::Chapter || !downsample_bn {
+            Shortcut::Conv
+        } else {
+            Shortcut::ConvBn
+        },
+        ..base
     })
 }
 
@@ -282,9 +328,8 @@ pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<R
                 keys.push("…");
             }
             bail!(
-                "{origin}: the architecture it declares (widths {:?}, residuals {:?}) has {} parameters, but its {} tensors ({}) hold only {held} values",
-                config.widths,
-                config.residuals,
+                "{origin}: the architecture it declares ({}) has {} parameters, but its {} tensors ({}) hold only {held} values",
+                config.name(),
                 n.map_or_else(|| "too many".to_string(), |n| n.to_string()),
                 sd.len(),
                 keys.join(", ")

@@ -2,6 +2,7 @@
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
 use crate::data::transforms::check_resize;
+use crate::nn::{ArchName, ResNetConfig, Stem};
 use crate::train::TrainConfig;
 use crate::{bail, Error, Result, Shape4};
 use clap::{Args, Parser, Subcommand};
@@ -70,14 +71,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the chapter's layer-by-layer shape walk and the parameter count.
+    /// Print a network's layer-by-layer shape walk and its parameter count (the chapter's by default).
     Summary {
-        /// Input shape as NxCxHxW (the chapter uses 1x1x224x244).
-        #[arg(long, default_value = "1x1x224x244", allow_hyphen_values = true)]
-        input: String,
-        /// Classes of the final layer (the chapter: 10).
-        #[arg(long, default_value_t = 10)]
-        classes: usize,
+        /// The network: the chapter's ResNet-18, or torchvision's resnet18/34/50/101/152.
+        #[arg(long, value_enum, default_value = "chapter")]
+        arch: ArchName,
+        /// Input shape as NxCxHxW; its C is the network's input channels [default: the chapter's 1x1x224x244,
+        /// torchvision's 1x3x224x224].
+        #[arg(long, allow_hyphen_values = true)]
+        input: Option<String>,
+        /// Classes of the final layer [default: the chapter's 10, torchvision's 1000].
+        #[arg(long)]
+        classes: Option<usize>,
+        /// The stem: `imagenet` (7×7 stride 2 + max pool) or `small` (3×3 stride 1, no pool).
+        #[arg(long, value_enum, default_value = "imagenet")]
+        stem: Stem,
     },
     /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
     Bench(crate::bench::BenchArgs),
@@ -137,12 +145,41 @@ pub struct TrainArgs {
     /// Continue the run in RUN_DIR from its last checkpoint (its stored settings are used; --epochs may extend it).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<PathBuf>,
-    /// Stage widths, for smaller networks than the chapter's (e.g. 16,32,64,128).
-    #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
-    pub widths: Vec<usize>,
+    /// The network: the chapter's ResNet-18, or torchvision's resnet18/34/50/101/152.
+    #[arg(long, value_enum, default_value = "chapter")]
+    pub arch: ArchName,
+    /// Stage widths, for narrower networks than the named one's 64,128,256,512 (e.g. 16,32,64,128; the
+    /// chapter's network takes any number of stages of 2 blocks).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
+    /// The stem: `imagenet` (7×7 stride 2 + max pool, the chapter's) or `small` (3×3 stride 1, no pool).
+    #[arg(long, value_enum, default_value = "imagenet")]
+    pub stem: Stem,
+    /// Start every residual block as the identity (its last batch-norm weight zero), as torchvision's option.
+    #[arg(long)]
+    pub zero_init_residual: bool,
     /// No progress output (the per-epoch lines are still printed).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Most classes `--classes` accepts.
+pub const MAX_CLASSES: usize = 1 << 16;
+
+/// `summary --input` when none is given: the chapter's `1x1x224x244`, torchvision's `1x3x224x224`.
+pub fn default_summary_input(arch: ArchName) -> &'static str {
+    match arch {
+        ArchName::Chapter => "1x1x224x244",
+        _ => "1x3x224x224",
+    }
+}
+
+/// `summary --classes` when none is given: the chapter's 10, ImageNet's 1000 for torchvision's models.
+pub fn default_classes(arch: ArchName) -> usize {
+    match arch {
+        ArchName::Chapter => 10,
+        _ => 1000,
+    }
 }
 
 /// Parses `NxCxHxW` (e.g. `1x1x224x244`) into a shape; every dimension positive and the total bounded.
@@ -170,6 +207,21 @@ pub fn parse_shape(s: &str) -> Result<Shape4> {
 impl TrainArgs {
     /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated.
     pub fn config(&self) -> Result<TrainConfig> {
+        let mut named = ResNetConfig::named(self.arch, 1, crate::data::NUM_CLASSES);
+        if let Some(w) = &self.widths {
+            if self.arch == ArchName::Chapter {
+                named.layers = vec![2; w.len()];
+            } else if w.len() != named.layers.len() {
+                bail!(
+                    "--widths: {} has {} stages, so it takes {} widths, got {}",
+                    self.arch.as_str(),
+                    named.layers.len(),
+                    named.layers.len(),
+                    w.len()
+                );
+            }
+            named.widths = w.clone();
+        }
         let config = TrainConfig {
             epochs: self.epochs.unwrap_or(5),
             batch_size: self.batch_size,
@@ -185,8 +237,11 @@ impl TrainArgs {
             seed: self.seed,
             limit_train: self.limit_train,
             limit_test: self.limit_test,
-            residuals: vec![2; self.widths.len()],
-            widths: self.widths.clone(),
+            arch: self.arch,
+            widths: named.widths.clone(),
+            layers: named.layers.clone(),
+            stem: self.stem,
+            zero_init_residual: self.zero_init_residual,
         };
         config.validate()?;
         Ok(config)
@@ -229,12 +284,19 @@ impl Cli {
                 Ok(())
             }
             Command::Predict { resize, .. } => resize.map_or(Ok(()), check_resize),
-            Command::Summary { input, classes } => {
-                parse_shape(input)?;
-                if *classes == 0 || *classes > 1 << 16 {
-                    bail!("--classes must be between 1 and {}, got {classes}", 1 << 16);
+            Command::Summary {
+                arch,
+                input,
+                classes,
+                ..
+            } => {
+                parse_shape(input.as_deref().unwrap_or(default_summary_input(*arch)))?;
+                match classes {
+                    Some(c) if *c == 0 || *c > MAX_CLASSES => {
+                        bail!("--classes must be between 1 and {MAX_CLASSES}, got {c}")
+                    }
+                    _ => Ok(()),
                 }
-                Ok(())
             }
             Command::Bench(b) => b.check().map(|_| ()),
         }

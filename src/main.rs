@@ -2,21 +2,26 @@
 
 use clap::Parser;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
-use resnet::cli::{parse_shape, Cli, Command, TrainArgs};
+use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
 use resnet::data::transforms::INPUT_SIZES;
 use resnet::data::{
     find_data_dir, image_file, Dataset, Loader, Split, TransformConfig, CLASS_NAMES,
 };
-use resnet::nn::{ResNet, ResNetConfig};
+use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
 use resnet::train::{evaluate, Data, ProgressMode, Run};
 use resnet::{bail, Error, Result, Shape4};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-fn summary(input: &str, classes: usize) -> Result<()> {
-    let xs = parse_shape(input)?;
-    let mut net = ResNet::new(ResNetConfig::chapter(xs.c, classes), 0)?;
+fn summary(arch: ArchName, input: Option<&str>, classes: Option<usize>, stem: Stem) -> Result<()> {
+    let xs = parse_shape(input.unwrap_or(default_summary_input(arch)))?;
+    let classes = classes.unwrap_or(default_classes(arch));
+    let config = ResNetConfig {
+        stem,
+        ..ResNetConfig::named(arch, xs.c, classes)
+    };
+    let mut net = ResNet::new(config, 0)?;
     let walk = net.shape_walk(xs)?;
     // Run the network for real (eval mode) so the printed walk is what the engine computes.
     net.set_train(false);
@@ -230,7 +235,12 @@ fn run(cli: Cli) -> Result<()> {
             resize,
             json,
         } => predict(&weights, &images, resize, json),
-        Command::Summary { input, classes } => summary(&input, classes),
+        Command::Summary {
+            arch,
+            input,
+            classes,
+            stem,
+        } => summary(arch, input.as_deref(), classes, stem),
         Command::Bench(args) => resnet::bench::run(&args),
     }
 }

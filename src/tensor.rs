@@ -63,8 +63,14 @@ pub struct ParamMut<'a> {
 
 /// Converts an NCHW buffer (PyTorch's layout) to NHWC. `src.len() == s.len()`.
 pub fn nchw_to_nhwc(src: &[f32], s: Shape4) -> Vec<f32> {
-    assert_eq!(src.len(), s.len());
     let mut dst = vec![0.0; s.len()];
+    nchw_to_nhwc_into(src, s, &mut dst);
+    dst
+}
+
+/// [`nchw_to_nhwc`] into `dst` (`s.len()` values).
+pub fn nchw_to_nhwc_into(src: &[f32], s: Shape4, dst: &mut [f32]) {
+    assert!(src.len() == s.len() && dst.len() == s.len());
     let plane = s.h * s.w;
     for n in 0..s.n {
         for c in 0..s.c {
@@ -74,13 +80,18 @@ pub fn nchw_to_nhwc(src: &[f32], s: Shape4) -> Vec<f32> {
             }
         }
     }
-    dst
 }
 
 /// Converts an NHWC buffer to NCHW (PyTorch's layout). `src.len() == s.len()`.
 pub fn nhwc_to_nchw(src: &[f32], s: Shape4) -> Vec<f32> {
-    assert_eq!(src.len(), s.len());
     let mut dst = vec![0.0; s.len()];
+    nhwc_to_nchw_into(src, s, &mut dst);
+    dst
+}
+
+/// [`nhwc_to_nchw`] into `dst` (`s.len()` values).
+pub fn nhwc_to_nchw_into(src: &[f32], s: Shape4, dst: &mut [f32]) {
+    assert!(src.len() == s.len() && dst.len() == s.len());
     let plane = s.h * s.w;
     for n in 0..s.n {
         for p in 0..plane {
@@ -90,7 +101,6 @@ pub fn nhwc_to_nchw(src: &[f32], s: Shape4) -> Vec<f32> {
             }
         }
     }
-    dst
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use crate::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
 use crate::data::transforms::check_resize;
 use crate::data::{Dataset, Loader, TransformConfig, NUM_CLASSES};
-use crate::nn::{ResNet, ResNetConfig, StateDict, StateTensor};
+use crate::nn::{ArchName, ResNet, ResNetConfig, StateDict, StateTensor, Stem};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions, OptimizerState, Schedule};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -56,10 +56,28 @@ pub struct TrainConfig {
     pub limit_train: Option<usize>,
     /// Evaluate on only the first this many test images.
     pub limit_test: Option<usize>,
-    /// Network stage widths and residual counts (the chapter's: 64,128,256,512 and 2,2,2,2).
+    /// The named network (`--arch`); `widths`, `layers`, `stem` and `zero_init_residual` adjust it.
+    #[serde(default = "chapter_arch")]
+    pub arch: ArchName,
+    /// Network stage widths (the chapter's: 64,128,256,512).
     pub widths: Vec<usize>,
-    /// Residual blocks per stage, one per entry of `widths`.
-    pub residuals: Vec<usize>,
+    /// Residual blocks per stage, one per entry of `widths` (the chapter's: 2,2,2,2).
+    #[serde(alias = "residuals")]
+    pub layers: Vec<usize>,
+    /// The layers before the first stage (the ImageNet stem, or the small one for 28×28 and 32×32 inputs).
+    #[serde(default = "imagenet_stem")]
+    pub stem: Stem,
+    /// Start every block as the identity (its last batch-norm weight zero).
+    #[serde(default)]
+    pub zero_init_residual: bool,
+}
+
+fn chapter_arch() -> ArchName {
+    ArchName::Chapter
+}
+
+fn imagenet_stem() -> Stem {
+    Stem::Imagenet
 }
 
 impl Default for TrainConfig {
@@ -80,20 +98,25 @@ impl Default for TrainConfig {
             seed: 0,
             limit_train: None,
             limit_test: None,
+            arch: ArchName::Chapter,
             widths: vec![64, 128, 256, 512],
-            residuals: vec![2, 2, 2, 2],
+            layers: vec![2, 2, 2, 2],
+            stem: Stem::Imagenet,
+            zero_init_residual: false,
         }
     }
 }
 
 impl TrainConfig {
-    /// The network configuration: one input channel, Fashion-MNIST's 10 classes, `widths` and `residuals`.
+    /// The network's description: the named `arch` for one input channel and Fashion-MNIST's 10 classes, with
+    /// this run's `widths`, `layers`, `stem` and `zero_init_residual`.
     pub fn arch(&self) -> ResNetConfig {
         ResNetConfig {
-            in_channels: 1,
-            num_classes: NUM_CLASSES,
             widths: self.widths.clone(),
-            residuals: self.residuals.clone(),
+            layers: self.layers.clone(),
+            stem: self.stem,
+            zero_init_residual: self.zero_init_residual,
+            ..ResNetConfig::named(self.arch, 1, NUM_CLASSES)
         }
     }
     /// Parses the `optimizer` field.

@@ -423,10 +423,8 @@ fn bad_invocations_fail_cleanly() {
     );
     let other_net = |name: &str, in_channels: usize, num_classes: usize| -> PathBuf {
         let config = ResNetConfig {
-            in_channels,
-            num_classes,
             widths: vec![4, 4, 4, 4],
-            residuals: vec![2; 4],
+            ..ResNetConfig::chapter(in_channels, num_classes)
         };
         let net = ResNet::new(config, 0).unwrap();
         let p = fx.join(name);

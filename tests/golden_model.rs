@@ -47,10 +47,9 @@ fn hwio_to_oihw(hwio: &[f32], oihw_shape: &[usize]) -> Vec<f32> {
 
 fn small_config() -> ResNetConfig {
     ResNetConfig {
-        in_channels: 1,
-        num_classes: 10,
         widths: vec![4, 8, 8, 16],
-        residuals: vec![2, 2, 2, 2],
+        layers: vec![2, 2, 2, 2],
+        ..ResNetConfig::chapter(1, 10)
     }
 }
 
@@ -208,9 +207,9 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
         1e-4,
     );
     let convs = [
-        ("conv1", &blk.conv1),
-        ("conv2", &blk.conv2),
-        ("conv3", blk.conv3.as_ref().unwrap()),
+        ("conv1", &blk.convs[0]),
+        ("conv2", &blk.convs[1]),
+        ("conv3", blk.shortcut_conv.as_ref().unwrap()),
     ];
     for (name, c) in convs {
         assert_close(
@@ -231,7 +230,7 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
             );
         }
     }
-    for (name, bn) in [("bn1", &blk.bn1), ("bn2", &blk.bn2)] {
+    for (name, bn) in [("bn1", &blk.bns[0]), ("bn2", &blk.bns[1])] {
         assert_close(
             &format!("residual_full.grad.{name}.weight"),
             &bn.grad_weight,

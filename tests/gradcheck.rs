@@ -49,10 +49,12 @@ use resnet::kernels::pool::{
     global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward,
     PoolGeom,
 };
+use resnet::nn::arch::BlockSpec;
 use resnet::nn::{
-    BatchNorm2d, Conv2d, InitRng, Linear, ResNet, ResNetConfig, Residual, SeedableRng, Workspace,
+    BatchNorm2d, BlockKind, Conv2d, InitRng, Linear, Naming, ResNet, ResNetConfig, Residual,
+    SeedableRng, Stem, Workspace,
 };
-use resnet::tensor::{nchw_to_nhwc, nhwc_to_nchw};
+use resnet::tensor::nchw_to_nhwc;
 use resnet::Shape4;
 
 /// Coordinates checked per tensor (all of them when the tensor is smaller).
@@ -521,28 +523,7 @@ fn softmax_cross_entropy_logits() {
 
 // ------------------------------------------------------------------------------------------- residual
 
-/// A trainable tensor of a residual block and its gradient, by its state-dict name within the block.
-fn block_param<'a>(b: &'a mut Residual, name: &str) -> (&'a mut [f32], &'a [f32]) {
-    let c3 = b.conv3.as_mut();
-    match name {
-        "conv1.weight" => b.conv1.weight_and_grad_mut(),
-        "conv1.bias" => (&mut b.conv1.bias, &b.conv1.grad_bias),
-        "conv2.weight" => b.conv2.weight_and_grad_mut(),
-        "conv2.bias" => (&mut b.conv2.bias, &b.conv2.grad_bias),
-        "conv3.weight" => c3.expect("1x1 shortcut").weight_and_grad_mut(),
-        "conv3.bias" => {
-            let c = c3.expect("1x1 shortcut");
-            (&mut c.bias, &c.grad_bias)
-        }
-        "bn1.weight" => (&mut b.bn1.weight, &b.bn1.grad_weight),
-        "bn1.bias" => (&mut b.bn1.bias, &b.bn1.grad_bias),
-        "bn2.weight" => (&mut b.bn2.weight, &b.bn2.grad_weight),
-        "bn2.bias" => (&mut b.bn2.bias, &b.bn2.grad_bias),
-        _ => unreachable!("{name}"),
-    }
-}
-
-/// `(in, out, use_1x1conv, stride)`, input shape, expected output shape.
+/// `(in, out, use_1x1conv, stride)` of the chapter's `Residual`, input shape, expected output shape.
 fn residual_case(
     name: &str,
     (cin, cout, use_1x1, stride): (usize, usize, bool, usize),
@@ -550,11 +531,23 @@ fn residual_case(
     want: Shape4,
 ) {
     let mut r = rng(seed_of(name));
-    let mut blk = Residual::new(cin, cout, use_1x1, stride, &mut r);
+    let blk = Residual::new(cin, cout, use_1x1, stride, &mut r);
+    block_case(name, blk, Naming::Chapter, xs, want, r);
+}
+
+/// Finite differences of a residual block's input and every parameter, in training mode.
+fn block_case(
+    name: &str,
+    mut blk: Residual,
+    naming: Naming,
+    xs: Shape4,
+    want: Shape4,
+    mut r: InitRng,
+) {
     // Non-trivial affine parameters, so a gradient that ignores them cannot pass.
-    for bn in [&mut blk.bn1, &mut blk.bn2] {
-        bn.weight = uniform(&mut r, cout, 0.5, 1.5);
-        bn.bias = uniform(&mut r, cout, -0.5, 0.5);
+    for bn in blk.bns.iter_mut().chain(blk.shortcut_bn.as_mut()) {
+        bn.weight = uniform(&mut r, bn.num_features, 0.5, 1.5);
+        bn.bias = uniform(&mut r, bn.num_features, -0.5, 0.5);
     }
     assert_eq!(blk.output_shape(xs), Some(want), "{name}: output shape");
     let x = nchw_to_nhwc(&uniform(&mut r, xs.len(), -1.0, 1.0), xs);
@@ -569,25 +562,100 @@ fn residual_case(
         blk.forward(&xv, xs, true, &mut ws);
         dot(&blk.out, &dy)
     });
-    let mut names = vec!["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias"];
-    names.extend(["conv2.weight", "conv2.bias", "bn2.weight", "bn2.bias"]);
-    if use_1x1 {
-        names.extend(["conv3.weight", "conv3.bias"]);
-    }
-    for p in names {
-        let (v, g) = block_param(&mut blk, p);
-        let (v0, g) = (v.to_vec(), g.to_vec());
-        // conv1 and conv2 feed a batch norm, which removes any per-channel constant: their bias gradient is 0.
-        let nonzero = !(p == "conv1.bias" || p == "conv2.bias");
+    let params: Vec<(String, Vec<f32>, Vec<f32>)> = blk
+        .params_mut(naming)
+        .into_iter()
+        .map(|p| (p.name, p.value.to_vec(), p.grad.to_vec()))
+        .collect();
+    assert!(!params.is_empty());
+    for (pi, (p, v0, g)) in params.iter().enumerate() {
+        // A conv that feeds a batch norm: the norm removes any per-channel constant, so its bias gradient is 0.
+        let nonzero = !(p.starts_with("conv") && p.ends_with(".bias") && p != "conv3.bias");
         Fd::kinked(format!("{name} {p}"))
             .nonzero(nonzero)
-            .run(&v0, &g, |i, val| {
-                block_param(&mut blk, p).0[i] = val;
+            .run(v0, g, |i, val| {
+                blk.params_mut(naming)[pi].value[i] = val;
                 blk.forward(&x, xs, true, &mut ws);
-                block_param(&mut blk, p).0[i] = v0[i];
+                blk.params_mut(naming)[pi].value[i] = v0[i];
                 dot(&blk.out, &dy)
             });
     }
+}
+
+/// A torchvision block (`BasicBlock` or `Bottleneck`, BN on the downsample) from its description.
+fn torchvision_block(
+    name: &str,
+    kind: BlockKind,
+    cin: usize,
+    planes: usize,
+    stride: usize,
+    xs: Shape4,
+) {
+    let mut r = rng(seed_of(name));
+    let config = ResNetConfig::torchvision(kind, &[1], 3, 10);
+    let spec = BlockSpec {
+        stage: 0,
+        index: 0,
+        cin,
+        planes,
+        cout: planes * kind.expansion(),
+        stride,
+        kind,
+    };
+    let blk = Residual::from_spec(&spec, &config, &mut r);
+    assert_eq!(blk.shortcut_bn.is_some(), spec.has_shortcut());
+    let (oh, ow) = ((xs.h - 1) / stride + 1, (xs.w - 1) / stride + 1);
+    let want = Shape4::new(xs.n, spec.cout, oh, ow);
+    block_case(name, blk, Naming::Torchvision, xs, want, r);
+}
+
+#[test]
+fn bottleneck_downsample_stride2() {
+    torchvision_block(
+        "bottleneck(3,2) s2",
+        BlockKind::Bottleneck,
+        3,
+        2,
+        2,
+        Shape4::new(2, 3, 5, 6),
+    );
+}
+
+#[test]
+fn bottleneck_downsample_stride1() {
+    // torchvision's layer1.0: the channels change (in 4 → 4·2 = 8) at stride 1.
+    torchvision_block(
+        "bottleneck(4,2) s1",
+        BlockKind::Bottleneck,
+        4,
+        2,
+        1,
+        Shape4::new(2, 4, 4, 4),
+    );
+}
+
+#[test]
+fn bottleneck_identity() {
+    torchvision_block(
+        "bottleneck(8,2) id",
+        BlockKind::Bottleneck,
+        8,
+        2,
+        1,
+        Shape4::new(2, 8, 4, 3),
+    );
+}
+
+#[test]
+fn basic_block_downsample_bn() {
+    torchvision_block(
+        "basic(3,4) s2",
+        BlockKind::Basic,
+        3,
+        4,
+        2,
+        Shape4::new(2, 3, 5, 5),
+    );
 }
 
 #[test]
@@ -608,27 +676,47 @@ fn residual_1x1_shortcut_stride2() {
 #[test]
 fn tiny_resnet_train_mode() {
     let config = ResNetConfig {
-        in_channels: 1,
-        num_classes: 10,
         widths: vec![2, 4, 4, 4],
-        residuals: vec![2, 2, 2, 2],
+        layers: vec![2, 2, 2, 2],
+        ..ResNetConfig::chapter(1, 10)
     };
-    let seed = 1;
-    let mut net = ResNet::new(config, seed).unwrap();
-    net.set_train(true);
     let xs = Shape4::new(3, 1, 40, 40);
     // The last stage still batch-normalizes 3·2·2 = 12 values per channel.
+    let net = ResNet::new(config.clone(), 1).unwrap();
     let walk = net.shape_walk(xs).unwrap();
     assert_eq!(walk[7], ("resnet_block4".to_string(), vec![3, 4, 2, 2]));
+    network_case("resnet", config, xs, 4 + 8 * 8 + 3 * 2 + 2);
+}
+
+#[test]
+fn tiny_torchvision_bottleneck_rgb_small_stem() {
+    // Three input channels (NCHW in, NCHW input gradient out), the small stem, Bottleneck blocks with BN on
+    // the downsample, no conv biases.
+    let config = ResNetConfig {
+        widths: vec![2, 3],
+        stem: Stem::Small,
+        ..ResNetConfig::torchvision(BlockKind::Bottleneck, &[1, 2], 3, 5)
+    };
+    let xs = Shape4::new(3, 3, 8, 7);
+    // stem conv + bn, two downsampling blocks of 3 convs, 3 BNs and a conv + BN shortcut, one plain block, fc.
+    network_case("bottleneck net", config, xs, 3 + 2 * 12 + 9 + 2);
+}
+
+/// Finite differences of a whole network's input and of a few coordinates of every parameter, in training
+/// mode; `tensors` is the expected number of parameter tensors.
+fn network_case(label: &str, config: ResNetConfig, xs: Shape4, tensors: usize) {
+    let seed = 1;
+    let classes = config.num_classes;
+    let mut net = ResNet::new(config, seed).unwrap();
+    net.set_train(true);
     let mut r = rng(16 + seed);
     let x = uniform(&mut r, xs.len(), 0.0, 1.0);
-    assert_eq!(nhwc_to_nchw(&x, xs), x, "one channel: NCHW is NHWC");
-    let dy = uniform(&mut r, xs.n * 10, -1.0, 1.0);
+    let dy = uniform(&mut r, xs.n * classes, -1.0, 1.0);
     net.forward(&x, xs).unwrap();
     net.backward_from(&x, &dy, true);
     let gx = net.grad_input().to_vec();
     let mut total = (0, 0);
-    let st = Fd::kinked("resnet input")
+    let st = Fd::kinked(format!("{label} input"))
         .max_misses(SAMPLES / 4)
         .run(&x, &gx, |i, v| {
             let mut xv = x.clone();
@@ -643,17 +731,17 @@ fn tiny_resnet_train_mode() {
         .into_iter()
         .map(|p| (p.name, p.value.to_vec(), p.grad.to_vec()))
         .collect();
-    assert_eq!(snapshot.len(), 4 + 8 * 8 + 3 * 2 + 2, "parameter tensors");
+    assert_eq!(snapshot.len(), tensors, "parameter tensors");
     let mut worst = (0.0f64, String::new());
     for (pi, (name, v0, g)) in snapshot.iter().enumerate() {
-        let samples = if name.starts_with("0.") || name.starts_with("fc.") {
+        let samples = if !name.contains('.') || name.starts_with("0.") || name.starts_with("fc") {
             SAMPLES
         } else {
             6
         };
         let before_bn =
             name == "0.bias" || name.ends_with("conv1.bias") || name.ends_with("conv2.bias");
-        let st = Fd::kinked(format!("resnet {name}"))
+        let st = Fd::kinked(format!("{label} {name}"))
             .samples(samples)
             .nonzero(!before_bn)
             .max_misses(samples / 4)
@@ -669,7 +757,7 @@ fn tiny_resnet_train_mode() {
         }
     }
     println!(
-        "resnet: {} coordinates, {} unresolved; worst parameter check {} at {:.3} of tolerance",
+        "{label}: {} coordinates, {} unresolved; worst parameter check {} at {:.3} of tolerance",
         total.0, total.1, worst.1, worst.0
     );
     assert!(

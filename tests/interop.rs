@@ -8,9 +8,8 @@
 
 mod common;
 use common::{golden_path, scaled_max_diff};
-use resnet::checkpoint::{deserialize, load_model, save_model, serialize, META_ARCH};
+use resnet::checkpoint::{self, deserialize, load_model, save_model, serialize, META_ARCH};
 use resnet::nn::{resnet18, ResNetConfig, StateDict, StateTensor};
-use resnet::tensor::nchw_to_nhwc;
 use resnet::Shape4;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
@@ -131,10 +130,9 @@ fn pytorch_small_file_round_trips_through_save_model() {
     assert_eq!(
         net.config,
         ResNetConfig {
-            in_channels: 1,
-            num_classes: 10,
             widths: vec![4, 8, 8, 16],
-            residuals: vec![2, 2, 2, 2],
+            layers: vec![2, 2, 2, 2],
+            ..ResNetConfig::chapter(1, 10)
         },
         "architecture inferred from the keys"
     );
@@ -175,9 +173,15 @@ fn pytorch_small_file_round_trips_through_save_model() {
         saved_sd, pt_sd,
         "the saved file holds exactly PyTorch's tensors"
     );
+    // The description as JSON; files of earlier versions stored `in,classes;widths;blocks` and still load.
+    let stored = saved_meta
+        .get(META_ARCH)
+        .expect("the architecture is stored");
+    assert!(stored.starts_with('{'), "{stored}");
+    assert_eq!(checkpoint::parse_arch(stored).unwrap(), net.config);
     assert_eq!(
-        saved_meta.get(META_ARCH).map(String::as_str),
-        Some("1,10;4,8,8,16;2,2,2,2")
+        checkpoint::parse_arch("1,10;4,8,8,16;2,2,2,2").unwrap(),
+        net.config
     );
     assert_eq!(saved_meta.get("format").map(String::as_str), Some("pt"));
     let counters: Vec<&StateTensor> = saved_sd
@@ -400,7 +404,7 @@ fn pytorch_chapter_file_from_env() {
     let xs = Shape4::new(in_shape[0], in_shape[1], in_shape[2], in_shape[3]);
     assert_eq!(logits_shape, vec![xs.n, net.config.num_classes]);
     net.set_train(false);
-    let got = net.forward(&nchw_to_nhwc(&input, xs), xs).unwrap().to_vec();
+    let got = net.forward(&input, xs).unwrap().to_vec();
     let (rel, abs) = scaled_max_diff(&got, &want, 1e-3);
     println!("logits ours:    {got:?}");
     println!("logits PyTorch: {want:?}");

@@ -1,5 +1,6 @@
 //! Image files for `resnet predict`: PNG or JPEG of any size, to 8-bit grayscale as PIL's `convert('L')`,
-//! resized like training (`Resize(size)` on the shorter side, Pillow-exact bilinear).
+//! resized like training (`Resize(size)` on the shorter side, Pillow-exact bilinear), or to RGB with
+//! torchvision's ImageNet evaluation transform for torchvision's models.
 
 use super::transforms::{resize_like_pil, resize_shorter_side};
 use crate::{Error, Result};
@@ -23,9 +24,8 @@ pub struct GrayImage {
     pub w: usize,
 }
 
-/// Reads a PNG or JPEG and converts it to grayscale with PIL's ITU-R 601-2 luma
-/// (`L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`; alpha ignored, as `Image.convert('L')` does).
-pub fn read_gray(path: &Path) -> Result<GrayImage> {
+/// Reads a whole image file, refusing files over [`MAX_FILE_BYTES`].
+fn read_limited(path: &Path) -> Result<Vec<u8>> {
     let err = |e: &dyn std::fmt::Display| {
         Error::new(format!("{}: cannot read image: {e}", path.display()))
     };
@@ -35,12 +35,17 @@ pub fn read_gray(path: &Path) -> Result<GrayImage> {
             "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
-    decode_gray(&bytes, path)
+    std::fs::read(path).map_err(|e| err(&e))
 }
 
-/// Decodes the bytes of a PNG or JPEG file (named `origin` in errors) to grayscale, as [`read_gray`].
-pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
+/// Reads a PNG or JPEG and converts it to grayscale with PIL's ITU-R 601-2 luma
+/// (`L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`; alpha ignored, as `Image.convert('L')` does).
+pub fn read_gray(path: &Path) -> Result<GrayImage> {
+    decode_gray(&read_limited(path)?, path)
+}
+
+/// Decodes image bytes (named `origin` in errors) within the side and memory limits.
+fn decode(bytes: &[u8], origin: &Path) -> Result<image::DynamicImage> {
     let err = |e: &dyn std::fmt::Display| {
         Error::new(format!("{}: cannot read image: {e}", origin.display()))
     };
@@ -53,10 +58,16 @@ pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
     let img = reader.decode().map_err(|e| err(&e))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    if w == 0 || h == 0 {
+    if img.width() == 0 || img.height() == 0 {
         return Err(err(&"image has no pixels"));
     }
+    Ok(img)
+}
+
+/// Decodes the bytes of a PNG or JPEG file (named `origin` in errors) to grayscale, as [`read_gray`].
+pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
+    let img = decode(bytes, origin)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
     let pixels = match img {
         image::DynamicImage::ImageLuma8(g) => g.into_raw(),
         other => {
@@ -70,6 +81,73 @@ pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
         }
     };
     Ok(GrayImage { pixels, h, w })
+}
+
+/// A decoded colour image: `pixels [h, w, 3]` row-major, interleaved R, G, B as PIL's `convert('RGB')` gives
+/// them (gray replicated, alpha dropped).
+pub struct RgbImage {
+    /// `[h, w, 3]` u8.
+    pub pixels: Vec<u8>,
+    /// Height, pixels.
+    pub h: usize,
+    /// Width, pixels.
+    pub w: usize,
+}
+
+/// Reads a PNG or JPEG as RGB (PIL's `convert('RGB')`).
+pub fn read_rgb(path: &Path) -> Result<RgbImage> {
+    decode_rgb(&read_limited(path)?, path)
+}
+
+/// Decodes image bytes (named `origin` in errors) to RGB, as [`read_rgb`].
+pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
+    let img = decode(bytes, origin)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok(RgbImage {
+        pixels: img.to_rgb8().into_raw(),
+        h,
+        w,
+    })
+}
+
+/// torchvision's ImageNet evaluation transform: `Resize(256)` (shorter side, Pillow bilinear per channel),
+/// `CenterCrop(224)`, `ToTensor`, `Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])`.
+/// Returns `[3, 224, 224]` f32 (CHW, PyTorch's layout); an image so elongated that its resized longer side
+/// would pass [`MAX_SIDE`] is refused (`origin` names it).
+pub fn imagenet_eval(img: &RgbImage, origin: &Path) -> Result<Vec<f32>> {
+    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    const STD: [f32; 3] = [0.229, 0.224, 0.225];
+    const CROP: usize = 224;
+    let (oh, ow) = resize_shorter_side(img.h, img.w, 256);
+    if oh.max(ow) > MAX_SIDE as usize {
+        return Err(Error::new(format!(
+            "{}: a {}×{} image resized to 256 on its shorter side would be {oh}×{ow}, beyond the {MAX_SIDE}-pixel limit",
+            origin.display(),
+            img.w,
+            img.h
+        )));
+    }
+    let plane = |c: usize| -> Vec<u8> {
+        let src: Vec<u8> = img.pixels.iter().skip(c).step_by(3).copied().collect();
+        if (oh, ow) == (img.h, img.w) {
+            src
+        } else {
+            resize_like_pil(&src, img.h, img.w, oh, ow)
+        }
+    };
+    // torchvision: top = int(round((h - crop) / 2.0)), Python's round (half to even).
+    let offset = |size: usize| ((size - CROP) as f64 / 2.0).round_ties_even() as usize;
+    let (top, left) = (offset(oh), offset(ow));
+    let mut out = Vec::with_capacity(3 * CROP * CROP);
+    for c in 0..3 {
+        let p = plane(c);
+        for y in top..top + CROP {
+            for &v in &p[y * ow + left..][..CROP] {
+                out.push((v as f32 / 255.0 - MEAN[c]) / STD[c]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `read_gray`, then `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255): returns `(values, h, w)`.

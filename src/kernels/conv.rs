@@ -422,6 +422,7 @@ fn conv_gemm(
 }
 
 /// Forward convolution: `y [n, oh, ow, cout] = conv(x [n, h, w, cin], w [kh·kw·cin, cout]) + bias [cout]`.
+/// An empty `bias` means a convolution without one (torchvision's): nothing is added.
 /// `workspace` holds at least `g.workspace_len(n)` floats.
 pub fn conv2d_forward(
     g: &ConvGeom,
@@ -438,29 +439,32 @@ pub fn conv2d_forward(
         let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
         conv_winograd::transform_weights(g, n, w, u);
         let bias = Epilogue {
-            shift: Some(bias),
+            shift: (!bias.is_empty()).then_some(bias),
             ..Epilogue::default()
         };
         conv_winograd::conv_winograd(g, n, x, u, y, bias, scratch);
         return;
     }
     // Start from the broadcast bias and let the GEMM accumulate onto it: one write pass instead of a second
-    // read-modify-write pass after it.
-    let piece = super::piece_len(out_rows, 256) * g.cout;
-    super::par_pieces(y, piece, |_, rows| {
-        for row in rows.chunks_exact_mut(g.cout) {
-            row.copy_from_slice(bias);
-        }
-    });
+    // read-modify-write pass after it. Without a bias the GEMM overwrites.
+    let accumulate = !bias.is_empty();
+    if accumulate {
+        let piece = super::piece_len(out_rows, 256) * g.cout;
+        super::par_pieces(y, piece, |_, rows| {
+            for row in rows.chunks_exact_mut(g.cout) {
+                row.copy_from_slice(bias);
+            }
+        });
+    }
     if g.runs_direct() {
         let weights = direct_weights(g, w, workspace);
-        conv_direct::conv_direct(g, n, x, weights, y, true, None);
+        conv_direct::conv_direct(g, n, x, weights, y, accumulate, None);
     } else if g.all_taps_live() {
-        conv_gemm(g, n, x, w, y, true, workspace);
+        conv_gemm(g, n, x, w, y, accumulate, workspace);
     } else {
         let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
         gather_live_weights(g, w, wl);
-        conv_gemm(g, n, x, wl, y, true, cols);
+        conv_gemm(g, n, x, wl, y, accumulate, cols);
     }
 }
 
@@ -525,7 +529,9 @@ pub fn conv2d_forward_affine(
         // One pass: the kernels apply the map as they store, with the conv bias folded into the shift.
         let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
         for (co, f) in folded_shift.iter_mut().enumerate() {
-            *f = bias[co] * scale[co] + shift[co];
+            *f = bias
+                .get(co)
+                .map_or(shift[co], |b| b * scale[co] + shift[co]);
         }
         if winograd {
             let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
@@ -570,7 +576,8 @@ pub fn conv2d_forward_affine(
 }
 
 /// Backward convolution. Given `dy [n, oh, ow, cout]` and the forward input `x`, writes (overwrites)
-/// `dw [kh·kw·cin, cout]`, `dbias [cout]` and, when asked, `dx [n, h, w, cin]`.
+/// `dw [kh·kw·cin, cout]`, `dbias [cout]` (skipped when empty: a convolution without bias) and, when asked,
+/// `dx [n, h, w, cin]`.
 /// `workspace` holds at least `g.workspace_len(n)` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
@@ -587,7 +594,9 @@ pub fn conv2d_backward(
     let rows_per_image = g.oh * g.ow;
     let out_rows = n * rows_per_image;
     let dy = &dy[..out_rows * g.cout];
-    super::pointwise::column_sums(dy, g.cout, dbias);
+    if !dbias.is_empty() {
+        super::pointwise::column_sums(dy, g.cout, dbias);
+    }
     let k = g.live_patch_len();
     let dyt = MatRef::row_major(dy, g.cout);
     if g.is_pointwise() {

@@ -1,7 +1,9 @@
-//! `Conv2d` with bias (every conv of the chapter has one): forward and backward over NHWC batches.
+//! `Conv2d`, with a bias (every conv of the chapter has one) or without (torchvision's, each followed by a batch
+//! norm): forward and backward over NHWC batches.
 
+use super::arch::Init;
 use super::batch_norm::BatchNorm2d;
-use super::{ensure_len, uniform_init, InitRng, Workspace};
+use super::{ensure_len, kaiming_normal_fan_out, uniform_init, InitRng, Workspace};
 use crate::kernels::conv::{
     conv2d_backward, conv2d_forward, conv2d_forward_affine, prepare_weights, prepared_len, ConvGeom,
 };
@@ -23,11 +25,11 @@ pub struct Conv2d {
     /// `[k, k, in, out]`; read with [`Conv2d::weight`], changed with [`Conv2d::weight_mut`] (which keeps the
     /// eval-mode packed copy honest).
     pub(crate) weight: Vec<f32>,
-    /// `[out]`.
+    /// `[out]`, or empty for a convolution without bias.
     pub bias: Vec<f32>,
     /// Gradient of the loss w.r.t. `weight`, HWIO `[k, k, in, out]` like it, from the last backward.
     pub grad_weight: Vec<f32>,
-    /// Gradient of the loss w.r.t. `bias`, `[out]`, from the last backward.
+    /// Gradient of the loss w.r.t. `bias`, `[out]` (empty without bias), from the last backward.
     pub grad_bias: Vec<f32>,
     /// Output of the last forward, NHWC `[n, oh, ow, out]`.
     pub out: Vec<f32>,
@@ -55,11 +57,58 @@ impl Conv2d {
         padding: usize,
         rng: &mut InitRng,
     ) -> Self {
+        Self::with_init(
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            true,
+            Init::PytorchDefault,
+            rng,
+        )
+    }
+
+    /// `nn.Conv2d(in, out, k, stride, padding, bias=bias)` initialized by `init`: PyTorch's default (weight, then
+    /// bias, uniform in ±1/√fan_in) or torchvision's ResNet (kaiming normal, fan_out, ReLU gain; bias zero).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_init(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+        init: Init,
+        rng: &mut InitRng,
+    ) -> Self {
         let fan_in = in_channels * kernel * kernel;
         let len = fan_in * out_channels;
         // Drawn in PyTorch's OIHW order, then laid out HWIO, so a seed means the same filters in either layout.
-        let oihw = uniform_init(rng, len, fan_in);
-        let bias = uniform_init(rng, out_channels, fan_in);
+        let (oihw, bias) = match init {
+            Init::PytorchDefault => {
+                let w = uniform_init(rng, len, fan_in);
+                (
+                    w,
+                    if bias {
+                        uniform_init(rng, out_channels, fan_in)
+                    } else {
+                        Vec::new()
+                    },
+                )
+            }
+            Init::Torchvision => {
+                let w = kaiming_normal_fan_out(rng, len, out_channels * kernel * kernel);
+                (
+                    w,
+                    if bias {
+                        vec![0.0; out_channels]
+                    } else {
+                        Vec::new()
+                    },
+                )
+            }
+        };
         let mut conv = Conv2d {
             in_channels,
             out_channels,
@@ -67,9 +116,9 @@ impl Conv2d {
             stride,
             padding,
             weight: vec![0.0; len],
-            bias,
             grad_weight: vec![0.0; len],
-            grad_bias: vec![0.0; out_channels],
+            grad_bias: vec![0.0; bias.len()],
+            bias,
             out: Vec::new(),
             out_shape: Shape4::default(),
             grad_input: Vec::new(),
@@ -95,6 +144,16 @@ impl Conv2d {
             xs.h,
             xs.w,
         )
+    }
+
+    /// Whether the convolution has a bias.
+    pub fn has_bias(&self) -> bool {
+        !self.bias.is_empty()
+    }
+
+    /// Shape of the last forward's input.
+    pub fn in_shape(&self) -> Shape4 {
+        self.in_shape
     }
 
     /// Output shape for input `xs` (`None` as for [`Conv2d::geom`]).
@@ -337,7 +396,7 @@ mod tests {
         conv.weight_and_grad_mut().0[7] += 3.0;
         check(&mut conv, &mut bn, "after weight_and_grad_mut");
         let mut params = Vec::new();
-        crate::nn::resnet::push_conv_for_test(&mut params, &mut conv);
+        crate::nn::keys::push_conv_for_test(&mut params, &mut conv);
         params[0].value[11] -= 2.0;
         drop(params);
         check(&mut conv, &mut bn, "after the optimizer's parameter list");

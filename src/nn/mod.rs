@@ -1,21 +1,26 @@
 //! Layers: parameters, their gradients, and what backward needs, with `forward` and `backward` side by side.
-//! The chapter's model is built in [`resnet`] from [`Residual`] blocks.
+//! Networks are described by [`arch::ResNetConfig`] and built in [`resnet`] from [`Residual`] blocks; [`keys`]
+//! walks their layers in state-dict order.
 //!
 //! Every layer owns its output and input-gradient buffers and reuses them while the batch shape stays the
 //! same, so a steady-state training step allocates no activation memory.
 
+pub mod arch;
 pub mod batch_norm;
 pub mod conv2d;
+pub mod keys;
 pub mod linear;
 pub mod residual;
 pub mod resnet;
 pub mod state;
 
+pub use arch::{ArchName, BlockKind, Init, Naming, ResNetConfig, Shortcut, Stem, MAX_PARAMS};
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::Conv2d;
+pub use keys::{load_residual, LayerKey, LayerMut, LayerRef};
 pub use linear::Linear;
 pub use residual::Residual;
-pub use resnet::{resnet18, resnet_block, ResNet, ResNetConfig, MAX_PARAMS};
+pub use resnet::{resnet18, resnet_block, ResNet};
 pub use state::{StateDict, StateTensor};
 
 use rand::Rng;
@@ -53,4 +58,12 @@ pub use rand::SeedableRng;
 pub(crate) fn uniform_init(rng: &mut InitRng, len: usize, fan_in: usize) -> Vec<f32> {
     let bound = 1.0 / (fan_in as f32).sqrt();
     (0..len).map(|_| rng.random_range(-bound..bound)).collect()
+}
+
+/// torchvision's conv init, `kaiming_normal_(w, mode="fan_out", nonlinearity="relu")`: N(0, 2 / fan_out).
+pub(crate) fn kaiming_normal_fan_out(rng: &mut InitRng, len: usize, fan_out: usize) -> Vec<f32> {
+    let std = (2.0 / fan_out as f32).sqrt();
+    (0..len)
+        .map(|_| std * rng.sample::<f32, _>(rand_distr::StandardNormal))
+        .collect()
 }

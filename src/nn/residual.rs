@@ -1,22 +1,26 @@
-//! The chapter's `Residual` block: `relu(bn2(conv2(relu(bn1(conv1 x)))) + shortcut(x))`, where the shortcut is
-//! the identity or a strided 1×1 conv (with bias, no BN).
+//! The residual block: `relu(main(x) + shortcut(x))`. The main path is a chain of conv → batch norm units with a
+//! ReLU after every unit but the last; the shortcut is the identity, a 1×1 conv, or a 1×1 conv + batch norm.
+//!
+//! - The chapter's `Residual` ([`Residual::new`]): 3×3 (the stride) → 3×3, biased convs, shortcut a 1×1 conv.
+//! - torchvision's `BasicBlock` (the same main path without biases, BN on the shortcut) and `Bottleneck`
+//!   (1×1 → 3×3 with the stride → 1×1 to four times the planes), built by [`Residual::from_spec`].
 
+use super::arch::{BlockSpec, ConvSpec, Init, ResNetConfig, Shortcut};
 use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Workspace};
 use crate::kernels::pointwise::{add_assign, add_relu_forward, relu_backward_in_place};
 use crate::Shape4;
 
-/// `Residual(in_channels, out_channels, use_1x1conv, stride)` as in the chapter.
+/// One residual block. `convs[i]` feeds `bns[i]`; every batch norm but the last has its ReLU fused.
 pub struct Residual {
-    /// 3×3 conv, padding 1, the block's stride: `in → out` channels.
-    pub conv1: Conv2d,
-    /// Batch norm after `conv1`, with the ReLU fused.
-    pub bn1: BatchNorm2d,
-    /// 3×3 conv, padding 1, stride 1: `out → out` channels.
-    pub conv2: Conv2d,
-    /// Batch norm after `conv2`, no ReLU (the ReLU comes after the shortcut is added).
-    pub bn2: BatchNorm2d,
-    /// The 1×1 shortcut conv when `use_1x1conv`.
-    pub conv3: Option<Conv2d>,
+    /// The main path's convolutions, in order (the chapter's `conv1`, `conv2`).
+    pub convs: Vec<Conv2d>,
+    /// The batch norm after each main-path convolution (the chapter's `bn1`, `bn2`); the last has no ReLU:
+    /// the ReLU comes after the shortcut is added.
+    pub bns: Vec<BatchNorm2d>,
+    /// The 1×1 shortcut conv (the chapter's `conv3`, torchvision's `downsample.0`), when the shape changes.
+    pub shortcut_conv: Option<Conv2d>,
+    /// The batch norm after the shortcut conv (torchvision's `downsample.1`), when the network has one.
+    pub shortcut_bn: Option<BatchNorm2d>,
     /// `relu(y + shortcut)`, NHWC, from the last forward.
     pub out: Vec<f32>,
     /// Shape of [`Residual::out`] (named `[n, out, oh, ow]`, stored NHWC).
@@ -28,7 +32,8 @@ pub struct Residual {
 }
 
 impl Residual {
-    /// conv1: 3×3, padding 1, `stride`; conv2: 3×3, padding 1; conv3 (if `use_1x1conv`): 1×1, `stride`.
+    /// The chapter's `Residual(in_channels, out_channels, use_1x1conv, stride)`: conv1 3×3 padding 1 with the
+    /// stride, conv2 3×3 padding 1, conv3 (if `use_1x1conv`) 1×1 with the stride; every conv biased.
     /// Parameters are drawn in PyTorch's registration order: conv1, conv2, conv3 (BN starts at 1 / 0).
     pub fn new(
         in_channels: usize,
@@ -37,15 +42,69 @@ impl Residual {
         stride: usize,
         rng: &mut InitRng,
     ) -> Self {
-        let conv1 = Conv2d::new(in_channels, out_channels, 3, stride, 1, rng);
-        let conv2 = Conv2d::new(out_channels, out_channels, 3, 1, 1, rng);
-        let conv3 = use_1x1conv.then(|| Conv2d::new(in_channels, out_channels, 1, stride, 0, rng));
+        let conv = |cin, cout, k, stride| ConvSpec {
+            cin,
+            cout,
+            k,
+            stride,
+            pad: k / 2,
+        };
+        let main = [
+            conv(in_channels, out_channels, 3, stride),
+            conv(out_channels, out_channels, 3, 1),
+        ];
+        let shortcut = use_1x1conv.then_some(conv(in_channels, out_channels, 1, stride));
+        Self::build(&main, shortcut, true, false, Init::PytorchDefault, rng)
+    }
+
+    /// The block `spec` of the network `config` describes (its bias, shortcut kind and initialization).
+    pub fn from_spec(spec: &BlockSpec, config: &ResNetConfig, rng: &mut InitRng) -> Self {
+        let mut b = Self::build(
+            &spec.main_convs(),
+            spec.shortcut_conv(),
+            config.conv_bias,
+            config.shortcut == Shortcut::ConvBn,
+            config.init,
+            rng,
+        );
+        if config.zero_init_residual {
+            b.bns
+                .last_mut()
+                .expect("a block has convs")
+                .weight
+                .fill(0.0);
+        }
+        b
+    }
+
+    /// Draws the convolutions in registration order: the main path's, then the shortcut's.
+    fn build(
+        main: &[ConvSpec],
+        shortcut: Option<ConvSpec>,
+        bias: bool,
+        shortcut_bn: bool,
+        init: Init,
+        rng: &mut InitRng,
+    ) -> Self {
+        let make = |c: &ConvSpec, rng: &mut InitRng| {
+            Conv2d::with_init(c.cin, c.cout, c.k, c.stride, c.pad, bias, init, rng)
+        };
+        let convs: Vec<Conv2d> = main.iter().map(|c| make(c, rng)).collect();
+        let last = main.len() - 1;
+        let bns = main
+            .iter()
+            .enumerate()
+            .map(|(i, c)| BatchNorm2d::new(c.cout, i < last))
+            .collect();
+        let shortcut_conv = shortcut.map(|c| make(&c, rng));
+        let shortcut_bn = shortcut
+            .filter(|_| shortcut_bn)
+            .map(|c| BatchNorm2d::new(c.cout, false));
         Residual {
-            conv1,
-            bn1: BatchNorm2d::new(out_channels, true),
-            conv2,
-            bn2: BatchNorm2d::new(out_channels, false),
-            conv3,
+            convs,
+            bns,
+            shortcut_conv,
+            shortcut_bn,
             out: Vec::new(),
             out_shape: Shape4::default(),
             own_grads: Default::default(),
@@ -56,9 +115,9 @@ impl Residual {
     /// Output shape for input `xs`, or `None` if the input does not fit (wrong channels, or the identity
     /// shortcut would not match the main path's shape, as PyTorch would fail on `Y + X`).
     pub fn output_shape(&self, xs: Shape4) -> Option<Shape4> {
-        let ys = self.conv2.output_shape(self.conv1.output_shape(xs)?)?;
-        let ss = match &self.conv3 {
-            Some(c3) => c3.output_shape(xs)?,
+        let ys = self.convs.iter().try_fold(xs, |s, c| c.output_shape(s))?;
+        let ss = match &self.shortcut_conv {
+            Some(c) => c.output_shape(xs)?,
             None => xs,
         };
         (ys == ss).then_some(ys)
@@ -66,40 +125,63 @@ impl Residual {
 
     /// Forward over `x` (NHWC, shape `xs`, checked with [`Residual::output_shape`]); fills [`Residual::out`].
     pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool, ws: &mut Workspace) -> Shape4 {
-        let s2 = if train {
-            let s1 = self.conv1.forward(x, xs, ws);
-            self.bn1.forward(&self.conv1.out, s1, train);
-            self.conv2.forward(&self.bn1.out, s1, ws)
-        } else {
-            // Eval: each batch norm is applied as its conv writes (one pass over the activation, not three).
-            let s1 = self.conv1.forward_bn_eval(x, xs, &mut self.bn1, ws);
-            self.conv2
-                .forward_bn_eval(&self.bn1.out, s1, &mut self.bn2, ws)
-        };
-        ensure_len(&mut self.out, s2.len());
-        let shortcut: &[f32] = match &mut self.conv3 {
-            Some(c3) => {
-                c3.forward(x, xs, ws);
-                &c3.out
+        let last = self.convs.len() - 1;
+        let mut s = xs;
+        for i in 0..=last {
+            let (done, rest) = self.bns.split_at_mut(i);
+            let input: &[f32] = if i == 0 { x } else { &done[i - 1].out };
+            let conv = &mut self.convs[i];
+            if !train {
+                // Eval: each batch norm is applied as its conv writes (one pass over the activation, not three).
+                s = conv.forward_bn_eval(input, s, &mut rest[0], ws);
+            } else {
+                s = conv.forward(input, s, ws);
+                if i < last {
+                    rest[0].forward(&conv.out, s, true);
+                }
             }
-            None => x,
+        }
+        ensure_len(&mut self.out, s.len());
+        let shortcut: &[f32] = match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(c), Some(bn)) => {
+                if train {
+                    let cs = c.forward(x, xs, ws);
+                    bn.forward(&c.out, cs, true);
+                } else {
+                    c.forward_bn_eval(x, xs, bn, ws);
+                }
+                &bn.out
+            }
+            (Some(c), None) => {
+                c.forward(x, xs, ws);
+                &c.out
+            }
+            (None, _) => x,
         };
         if train {
-            // bn2, the join and its ReLU in one pass; the normalized activation is never stored.
-            self.bn2
-                .forward_add_relu(&self.conv2.out, s2, shortcut, &mut self.out);
+            // The last bn, the join and its ReLU in one pass; the normalized activation is never stored.
+            self.bns[last].forward_add_relu(&self.convs[last].out, s, shortcut, &mut self.out);
         } else {
-            add_relu_forward(&self.bn2.out, shortcut, &mut self.out);
+            add_relu_forward(&self.bns[last].out, shortcut, &mut self.out);
         }
-        self.out_shape = s2;
-        s2
+        self.out_shape = s;
+        s
+    }
+
+    /// Floats each of [`Residual::backward_into`]'s buffers needs after the last forward: the longest of the
+    /// block's input, output and inner activations.
+    pub fn grad_buffer_len(&self) -> usize {
+        self.convs
+            .iter()
+            .map(|c| c.in_shape().len().max(c.out.len()))
+            .fold(self.out.len(), usize::max)
     }
 
     /// Backward given the last forward's input `x` and `dout` (NHWC, output shape). Fills every parameter
     /// gradient and, when `need_grad_input`, the input gradient, returned by [`Residual::grad_input`].
     /// Uses buffers owned by the block; the model runs [`Residual::backward_into`] on shared ones instead.
     pub fn backward(&mut self, x: &[f32], dout: &[f32], need_grad_input: bool, ws: &mut Workspace) {
-        let len = x.len().max(dout.len());
+        let len = self.grad_buffer_len();
         let mut bufs = std::mem::take(&mut self.own_grads);
         for b in bufs.iter_mut() {
             ensure_len(b, len);
@@ -111,10 +193,10 @@ impl Residual {
         self.own_grad_len = x.len();
     }
 
-    /// Backward on caller-owned buffers, each at least as long as the block's input and its output (NHWC):
-    /// `grad[..out]` holds `d out` on entry and is overwritten; `dx[..in]` receives the input gradient when
-    /// `need_grad_input`; `tmp` is scratch. A model shares three such buffers across all its blocks, so the
-    /// gradients take memory for one block at a time rather than five activation-sized buffers per block.
+    /// Backward on caller-owned buffers, each at least [`Residual::grad_buffer_len`] long: `grad[..out]` holds
+    /// `d out` on entry and is overwritten; `dx[..in]` receives the input gradient when `need_grad_input`;
+    /// `tmp` is scratch. A model shares three such buffers across all its blocks, so the gradients take memory
+    /// for one block at a time rather than several activation-sized buffers per block.
     pub fn backward_into(
         &mut self,
         x: &[f32],
@@ -126,27 +208,47 @@ impl Residual {
     ) {
         let (in_len, out_len) = (x.len(), self.out.len());
         // The join: d(Y + shortcut) = d out masked by out > 0, kept in `grad`.
-        let grad_join = &mut grad[..out_len];
-        relu_backward_in_place(&self.out, grad_join);
+        relu_backward_in_place(&self.out, &mut grad[..out_len]);
         // The shortcut first, while `grad` still holds the join's gradient.
         let dx = &mut dx[..in_len];
-        match &mut self.conv3 {
-            Some(c3) => c3.backward_into(x, grad_join, need_grad_input.then_some(&mut *dx), ws),
-            None => {
+        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(c), Some(bn)) => {
+                let d = &mut tmp[..out_len];
+                d.copy_from_slice(&grad[..out_len]);
+                bn.backward_in_place(&c.out, d);
+                c.backward_into(x, d, need_grad_input.then_some(&mut *dx), ws);
+            }
+            (Some(c), None) => {
+                c.backward_into(x, &grad[..out_len], need_grad_input.then_some(&mut *dx), ws)
+            }
+            (None, _) => {
                 if need_grad_input {
-                    dx.copy_from_slice(grad_join);
+                    dx.copy_from_slice(&grad[..out_len]);
                 }
             }
         }
-        // Main path: bn2 in place, conv2 into `tmp`, bn1 in place, conv1 into `grad` (free again), added to `dx`.
-        self.bn2.backward_in_place(&self.conv2.out, grad_join);
-        let dy1 = &mut tmp[..self.conv1.out.len()];
-        self.conv2
-            .backward_into(&self.bn1.out, grad_join, Some(&mut *dy1), ws);
-        self.bn1.backward_in_place(&self.conv1.out, dy1);
-        let dx_main = &mut grad[..in_len];
-        self.conv1
-            .backward_into(x, dy1, need_grad_input.then_some(&mut *dx_main), ws);
+        // Main path, last unit first: each batch norm in place, each conv's input gradient into the other
+        // buffer (`grad` and `tmp` take turns), the first conv's added to `dx`.
+        let last = self.convs.len() - 1;
+        self.bns[last].backward_in_place(&self.convs[last].out, &mut grad[..out_len]);
+        let (mut cur, mut other) = (grad, tmp);
+        for i in (1..=last).rev() {
+            let (before, rest) = self.convs.split_at_mut(i);
+            let conv = &mut rest[0];
+            let d_in = &mut other[..conv.in_shape().len()];
+            conv.backward_into(
+                &self.bns[i - 1].out,
+                &cur[..conv.out.len()],
+                Some(&mut *d_in),
+                ws,
+            );
+            self.bns[i - 1].backward_in_place(&before[i - 1].out, d_in);
+            std::mem::swap(&mut cur, &mut other);
+        }
+        let first = &mut self.convs[0];
+        let dy = &cur[..first.out.len()];
+        let dx_main = &mut other[..in_len];
+        first.backward_into(x, dy, need_grad_input.then_some(&mut *dx_main), ws);
         if need_grad_input {
             add_assign(dx, dx_main);
         }
@@ -159,10 +261,9 @@ impl Residual {
 
     /// Number of trainable values.
     pub fn num_params(&self) -> usize {
-        self.conv1.num_params()
-            + self.conv2.num_params()
-            + self.conv3.as_ref().map_or(0, Conv2d::num_params)
-            + self.bn1.num_params()
-            + self.bn2.num_params()
+        self.convs.iter().map(Conv2d::num_params).sum::<usize>()
+            + self.bns.iter().map(BatchNorm2d::num_params).sum::<usize>()
+            + self.shortcut_conv.as_ref().map_or(0, Conv2d::num_params)
+            + self.shortcut_bn.as_ref().map_or(0, BatchNorm2d::num_params)
     }
 }
