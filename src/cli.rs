@@ -53,21 +53,27 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
     },
-    /// Classify PNG/JPEG images: top-3 Fashion-MNIST classes with probabilities.
+    /// Classify PNG/JPEG images: the top classes with probabilities.
     ///
-    /// Images of any size are converted to grayscale and resized as in training. Fashion-MNIST items are light
-    /// objects on a dark (black) background: a photo of a dark item on white should be inverted first.
+    /// For a one-channel model (the chapter's), images of any size are converted to grayscale and resized as in
+    /// training; Fashion-MNIST items are light objects on a dark (black) background: a photo of a dark item on
+    /// white should be inverted first. For a three-channel model (torchvision's), images are read as RGB with
+    /// torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and std).
     Predict {
-        /// A model file (ours, or one saved by PyTorch with `safetensors.torch.save_file`).
+        /// A model file: ours, safetensors saved from PyTorch, or torchvision's `.pth` state dict.
         #[arg(long)]
         weights: PathBuf,
         /// Image files (PNG or JPEG).
         #[arg(required = true)]
         images: Vec<PathBuf>,
-        /// Input size (shorter side); default: the size stored in the weights (required for PyTorch files).
+        /// Input size (shorter side) of a one-channel model; default: the size stored in the weights (required
+        /// for PyTorch files).
         #[arg(long)]
         resize: Option<usize>,
-        /// Print, per image, the 10 logits, the probabilities and the predicted class as JSON.
+        /// How many of the most probable classes to print.
+        #[arg(long, default_value_t = 3)]
+        topk: usize,
+        /// Print, per image, the logits, the probabilities, the predicted class and the top classes as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -283,7 +289,12 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Predict { resize, .. } => resize.map_or(Ok(()), check_resize),
+            Command::Predict { resize, topk, .. } => {
+                if *topk == 0 {
+                    bail!("--topk must be at least 1");
+                }
+                resize.map_or(Ok(()), check_resize)
+            }
             Command::Summary {
                 arch,
                 input,

@@ -10,6 +10,7 @@ use resnet::data::{
 use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
 use resnet::train::{evaluate, Data, ProgressMode, Run};
 use resnet::{bail, Error, Result, Shape4};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -98,18 +99,21 @@ fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads weights and the input size to use: `--resize`, else the size stored in the file.
-fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
-    let (net, meta) = checkpoint::load_model(path)?;
-    if net.config.in_channels != 1 || net.config.num_classes != CLASS_NAMES.len() {
-        bail!(
-            "{}: a network for {} channels and {} classes, not Fashion-MNIST's 1 and 10",
-            path.display(),
-            net.config.in_channels,
-            net.config.num_classes
-        );
-    }
-    let size = match (resize, meta.get(META_INPUT_SIZE)) {
+/// How `predict` turns an image file into the network's input.
+enum Preprocess {
+    /// Grayscale (PIL's `convert('L')`), `Resize(size)` on the shorter side, `ToTensor`: the chapter's.
+    Gray { size: usize },
+    /// RGB, torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and std).
+    ImageNet,
+}
+
+/// The input size of a one-channel model: `--resize`, else the size stored in the file.
+fn input_size(
+    path: &Path,
+    meta: &BTreeMap<String, String>,
+    resize: Option<usize>,
+) -> Result<usize> {
+    Ok(match (resize, meta.get(META_INPUT_SIZE)) {
         // `--resize` was range-checked with the other arguments (`Cli::check`).
         (Some(r), _) => r,
         (None, Some(s)) => match s.parse() {
@@ -122,7 +126,31 @@ fn load_weights(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
             ),
         },
         (None, None) => bail!("{}: the file does not say what input size it was trained at (PyTorch files don't): pass --resize N (the chapter trains at 96)", path.display()),
-    };
+    })
+}
+
+/// The class names of a model's outputs: Fashion-MNIST's for one channel and 10 classes, ImageNet's for 1000
+/// classes, `class K` otherwise.
+fn class_names(config: &ResNetConfig) -> Vec<String> {
+    match (config.in_channels, config.num_classes) {
+        (1, 10) => CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        (_, 1000) => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
+        (_, k) => (0..k).map(|i| format!("class {i}")).collect(),
+    }
+}
+
+/// Loads weights for `eval` on Fashion-MNIST: a one-channel, 10-class network and its input size.
+fn load_for_fashion_mnist(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
+    let (net, meta) = checkpoint::load_model(path)?;
+    if net.config.in_channels != 1 || net.config.num_classes != CLASS_NAMES.len() {
+        bail!(
+            "{}: a network for {} channels and {} classes, not Fashion-MNIST's 1 and 10",
+            path.display(),
+            net.config.in_channels,
+            net.config.num_classes
+        );
+    }
+    let size = input_size(path, &meta, resize)?;
     Ok((net, size))
 }
 
@@ -133,7 +161,7 @@ fn eval(
     limit: Option<usize>,
     batch_size: usize,
 ) -> Result<()> {
-    let (mut net, size) = load_weights(weights, resize)?;
+    let (mut net, size) = load_for_fashion_mnist(weights, resize)?;
     let dir = find_data_dir(data)?;
     let mut test = Dataset::load(&dir, Split::Test, data.is_none())?;
     if let Some(n) = limit {
@@ -170,6 +198,9 @@ fn eval(
     Ok(())
 }
 
+/// ImageNet's 1000 class names in label order (torchvision's `weights.meta["categories"]`).
+const IMAGENET_CLASSES: &str = include_str!("data/imagenet_classes.txt");
+
 fn softmax(logits: &[f32]) -> Vec<f64> {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
     let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
@@ -177,32 +208,61 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
     e.iter().map(|v| v / s).collect()
 }
 
-fn predict(weights: &Path, images: &[PathBuf], resize: Option<usize>, json: bool) -> Result<()> {
-    let (mut net, size) = load_weights(weights, resize)?;
+fn predict(
+    weights: &Path,
+    images: &[PathBuf],
+    resize: Option<usize>,
+    topk: usize,
+    json: bool,
+) -> Result<()> {
+    let (mut net, meta) = checkpoint::load_model(weights)?;
+    let preprocess = match net.config.in_channels {
+        1 => Preprocess::Gray {
+            size: input_size(weights, &meta, resize)?,
+        },
+        3 => Preprocess::ImageNet,
+        c => bail!(
+            "{}: a network for {c} channels; predict reads images as grayscale (1) or RGB (3)",
+            weights.display()
+        ),
+    };
+    let names = class_names(&net.config);
     net.set_train(false);
     for path in images {
-        let (x, h, w) = image_file::load_for_model(path, size)?;
+        let (x, xs) = match preprocess {
+            Preprocess::Gray { size } => {
+                let (x, h, w) = image_file::load_for_model(path, size)?;
+                (x, Shape4::new(1, 1, h, w))
+            }
+            Preprocess::ImageNet => {
+                let x = image_file::imagenet_eval(&image_file::read_rgb(path)?, path)?;
+                (x, Shape4::new(1, 3, 224, 224))
+            }
+        };
         let logits = net
-            .forward(&x, Shape4::new(1, 1, h, w))
+            .forward(&x, xs)
             .map_err(|e| Error::new(format!("{}: {e}", path.display())))?
             .to_vec();
         let probs = softmax(&logits);
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top = &order[..topk.min(order.len())];
         if json {
             let v = serde_json::json!({
                 "image": path.display().to_string(),
                 "logits": logits,
                 "probabilities": probs,
                 "predicted": order[0],
-                "class": CLASS_NAMES[order[0]],
+                "class": names[order[0]],
+                "top": top.iter().map(|&c| serde_json::json!({
+                    "index": c, "class": names[c], "probability": probs[c],
+                })).collect::<Vec<_>>(),
             });
             println!("{v}");
         } else {
-            let top: Vec<String> = order
+            let top: Vec<String> = top
                 .iter()
-                .take(3)
-                .map(|&c| format!("{} {:.3}", CLASS_NAMES[c], probs[c]))
+                .map(|&c| format!("{} {:.3}", names[c], probs[c]))
                 .collect();
             println!("{}: {}", path.display(), top.join(", "));
         }
@@ -233,8 +293,9 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             images,
             resize,
+            topk,
             json,
-        } => predict(&weights, &images, resize, json),
+        } => predict(&weights, &images, resize, topk, json),
         Command::Summary {
             arch,
             input,

@@ -251,6 +251,75 @@ fc  output shape:\t torch.Size([1, 10])
 parameters: 11,178,378
 ";
 
+/// torchvision's resnet50 at 1×3×224×224: its top-level children and its parameter count.
+const RESNET50_SUMMARY: &str = "\
+conv1  output shape:\t torch.Size([1, 64, 112, 112])
+bn1  output shape:\t torch.Size([1, 64, 112, 112])
+relu  output shape:\t torch.Size([1, 64, 112, 112])
+maxpool  output shape:\t torch.Size([1, 64, 56, 56])
+layer1  output shape:\t torch.Size([1, 256, 56, 56])
+layer2  output shape:\t torch.Size([1, 512, 28, 28])
+layer3  output shape:\t torch.Size([1, 1024, 14, 14])
+layer4  output shape:\t torch.Size([1, 2048, 7, 7])
+avgpool  output shape:\t torch.Size([1, 2048, 1, 1])
+fc  output shape:\t torch.Size([1, 1000])
+parameters: 25,557,032
+";
+
+#[test]
+fn summary_prints_the_torchvision_family() {
+    let cwd = scratch("summary-family");
+    let out = expect_success(
+        &resnet(
+            &["summary", "--arch", "resnet50", "--input", "1x3x224x224"],
+            &cwd,
+        ),
+        "summary resnet50",
+    );
+    assert_eq!(out, RESNET50_SUMMARY);
+    // torchvision's published parameter counts, at 3 channels and 1000 classes (the defaults).
+    for (arch, count) in [
+        ("resnet18", "11,689,512"),
+        ("resnet34", "21,797,672"),
+        ("resnet101", "44,549,160"),
+        ("resnet152", "60,192,808"),
+    ] {
+        let out = expect_success(&resnet(&["summary", "--arch", arch], &cwd), arch);
+        assert!(
+            out.ends_with(&format!("parameters: {count}\n")),
+            "{arch}:\n{out}"
+        );
+    }
+    // The small stem keeps 32×32 at full size into layer1; another class count changes only fc.
+    let out = expect_success(
+        &resnet(
+            &[
+                "summary",
+                "--arch",
+                "resnet18",
+                "--stem",
+                "small",
+                "--input",
+                "2x3x32x32",
+                "--classes",
+                "10",
+            ],
+            &cwd,
+        ),
+        "small stem",
+    );
+    assert!(
+        out.contains("layer1  output shape:\t torch.Size([2, 64, 32, 32])"),
+        "{out}"
+    );
+    assert!(!out.contains("maxpool"), "{out}");
+    assert!(
+        out.contains("fc  output shape:\t torch.Size([2, 10])"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&cwd);
+}
+
 #[test]
 fn summary_prints_the_chapters_shapes() {
     let cwd = scratch("summary");
@@ -434,6 +503,7 @@ fn bad_invocations_fail_cleanly() {
     };
     let rgb_net = other_net("rgb.safetensors", 3, 10);
     let five_classes = other_net("five-classes.safetensors", 1, 5);
+    let two_channels = other_net("two-channels.safetensors", 2, 10);
     let mut bad_meta = model_meta.clone();
     bad_meta.insert(META_INPUT_SIZE.to_string(), "large".to_string());
     let bad_size = write(
@@ -486,6 +556,14 @@ fn bad_invocations_fail_cleanly() {
         row(&["eval"], &["--weights"]),
         row(&["predict", "--weights", w], &["IMAGES"]),
         // Values out of range.
+        row(&["summary", "--arch", "resnet51"], &["--arch", "resnet51", "resnet50"]),
+        row(&["bench", "--arch", "vgg16"], &["--arch", "vgg16"]),
+        row(&["summary", "--classes", "0"], &["--classes"]),
+        row(&["predict", "--topk", "0", "--weights", w, "x.png"], &["--topk"]),
+        row(
+            &["train", "--arch", "resnet50", "--widths", "8,16"],
+            &["--widths", "resnet50", "4 stages"],
+        ),
         row(
             &["train", "--optimizer", "foo"],
             &["optimizer", "foo", "adam"],
@@ -600,8 +678,12 @@ fn bad_invocations_fail_cleanly() {
             &["rgb.safetensors", "3 channels"],
         ),
         row(
-            &["predict", "--weights", s(&five_classes), s(&x_png)],
+            &["eval", "--weights", s(&five_classes)],
             &["five-classes.safetensors", "5 classes"],
+        ),
+        row(
+            &["predict", "--weights", s(&two_channels), s(&x_png)],
+            &["two-channels.safetensors", "2 channels"],
         ),
         row(
             &["eval", "--weights", s(&bad_size)],
