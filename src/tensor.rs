@@ -1,7 +1,7 @@
 //! Shapes and the one view of a parameter that optimizers see.
 //!
 //! Activations are plain `Vec<f32>` buffers owned by the layers; their layout is NHWC (channels last)
-//! inside the engine and NCHW / OIHW only at the edges (loading, saving, printing), see DESIGN.md.
+//! inside the engine and NCHW / OIHW only at the edges (loading, saving, printing), see docs/design.md.
 
 use std::fmt;
 

@@ -556,10 +556,16 @@ fn bad_invocations_fail_cleanly() {
         row(&["eval"], &["--weights"]),
         row(&["predict", "--weights", w], &["IMAGES"]),
         // Values out of range.
-        row(&["summary", "--arch", "resnet51"], &["--arch", "resnet51", "resnet50"]),
+        row(
+            &["summary", "--arch", "resnet51"],
+            &["--arch", "resnet51", "resnet50"],
+        ),
         row(&["bench", "--arch", "vgg16"], &["--arch", "vgg16"]),
         row(&["summary", "--classes", "0"], &["--classes"]),
-        row(&["predict", "--topk", "0", "--weights", w, "x.png"], &["--topk"]),
+        row(
+            &["predict", "--topk", "0", "--weights", w, "x.png"],
+            &["--topk"],
+        ),
         row(
             &["train", "--arch", "resnet50", "--widths", "8,16"],
             &["--widths", "resnet50", "4 stages"],
@@ -787,6 +793,7 @@ fn bad_invocations_fail_cleanly() {
     raw_args.extend(small);
     rows.push(row(&raw_args, &["train-images-idx3-ubyte", "limit"]));
     assert!(rows.len() >= 25);
+    eprintln!("{} bad invocations", rows.len());
 
     let before = snapshot(&fx);
     let model_before = snapshot(&m.run_dir);
