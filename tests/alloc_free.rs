@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use resnet::kernels::conv_direct::cpu_supported;
-use resnet::nn::{ResNet, ResNetConfig};
+use resnet::nn::{ArchName, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
 use resnet::Shape4;
 
@@ -74,10 +74,19 @@ fn a_steady_state_training_step_allocates_nothing() {
         .build()
         .unwrap();
     pool.install(|| {
-        for side in [48, 28] {
-            let mut net = ResNet::new(ResNetConfig::chapter(1, 10), 0).unwrap();
+        // torchvision's resnet18 (RGB, so the NCHW → NHWC conversion runs, convs without bias, BN on the
+        // downsample shortcuts) at 48×48.
+        let torchvision18 = ResNetConfig::named(ArchName::Resnet18, 3, 10);
+        for (config, side) in [
+            (ResNetConfig::chapter(1, 10), 48),
+            (ResNetConfig::chapter(1, 10), 28),
+            (torchvision18, 48),
+        ] {
+            let name = config.name();
+            let channels = config.in_channels;
+            let mut net = ResNet::new(config, 0).unwrap();
             net.set_train(true);
-            let xs = Shape4::new(8, 1, side, side);
+            let xs = Shape4::new(8, channels, side, side);
             let x: Vec<f32> = (0..xs.len()).map(|i| (i * 37 % 101) as f32 / 101.0).collect();
             let labels: Vec<usize> = (0..8).map(|i| i % 10).collect();
             let mut opt = OptimizerKind::Adam
@@ -97,7 +106,7 @@ fn a_steady_state_training_step_allocates_nothing() {
                 assert_eq!(
                     (allocations, bytes),
                     (0, 0),
-                    "{side}×{side}: the second training step made {allocations} allocations ({bytes} bytes)"
+                    "{name} at {side}×{side}: the second training step made {allocations} allocations ({bytes} bytes)"
                 );
             } else {
                 eprintln!("portable path: the second step made {allocations} allocations ({bytes} bytes)");

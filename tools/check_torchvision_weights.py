@@ -10,7 +10,9 @@ For each model named on the command line (default: resnet50), it
   4. runs torchvision's ImageNet evaluation transform on it with PIL (Resize(256), CenterCrop(224), ToTensor,
      Normalize) and the model, in float32, one thread;
   5. runs `resnet predict --json --weights FILE IMAGE` for both files and compares the logits: the largest
-     difference over the largest |logit| must be at most 1e-4.
+     difference over the largest |logit| must be at most 1e-4;
+and the other way: a `resnet train --arch resnet18` model.safetensors loads into torchvision's resnet18 (with a
+one-channel conv1, as Fashion-MNIST is grayscale) with `load_state_dict(strict=True)` and gives the same logits.
 
 Nothing is committed: the files (100 MB for resnet50) go to a temporary directory.
 
@@ -98,6 +100,44 @@ def check(name: str, tmp: pathlib.Path) -> bool:
     return ok
 
 
+def check_ours_into_torchvision(tmp: pathlib.Path) -> bool:
+    """Trains `--arch resnet18` briefly on Fashion-MNIST (one channel, 10 classes), loads its
+    model.safetensors into torchvision's resnet18 (conv1 made one-channel) with strict=True, and compares
+    logits on a PNG with `resnet predict --json` (grayscale, Resize(32), ToTensor)."""
+    run = tmp / "run"
+    args = [str(BINARY), "--threads", "2", "train", "--arch", "resnet18", "--resize", "32", "--epochs", "1",
+            "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--quiet", "--out", str(run)]
+    out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        print(f"train --arch resnet18 failed: {out.stderr.strip()}")
+        return False
+    from safetensors.torch import load_file
+
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    model.load_state_dict(load_file(str(run / "model.safetensors")), strict=True)
+    model.eval()
+    rng = np.random.default_rng(2)
+    image = tmp / "gray.png"
+    Image.fromarray(rng.integers(0, 256, size=(45, 37), dtype=np.uint8), "L").save(image)
+    x = transforms.Compose([transforms.Resize(32), transforms.ToTensor()])(Image.open(image).convert("L"))
+    with torch.no_grad():
+        want = model(x.unsqueeze(0))[0].numpy().astype(np.float64)
+    out = subprocess.run(
+        [str(BINARY), "--threads", "2", "predict", "--json", "--weights", str(run / "model.safetensors"), str(image)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        print(f"predict failed: {out.stderr.strip()}")
+        return False
+    got = np.array(json.loads(out.stdout)["logits"], dtype=np.float64)
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    verdict = "ok" if rel <= 1e-4 else "FAILED"
+    print(f"ours -> torchvision resnet18 (strict=True): logits {rel:.3e} of scale (tolerance 1e-4): {verdict}")
+    return verdict == "ok"
+
+
 def main() -> int:
     torch.set_num_threads(1)
     torch.backends.mkldnn.enabled = True
@@ -105,6 +145,7 @@ def main() -> int:
     print(f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     with tempfile.TemporaryDirectory() as d:
         results = [check(n, pathlib.Path(d)) for n in names]
+        results.append(check_ours_into_torchvision(pathlib.Path(d)))
     return 0 if all(results) else 1
 
 
