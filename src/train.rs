@@ -554,14 +554,11 @@ impl Run {
                     bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
                 }
                 self.net.backward(&batch.images, false);
-                let mut params = self.net.params_mut();
-                if let Some(p) = params
-                    .iter()
-                    .find(|p| p.grad.iter().any(|g| !g.is_finite()))
-                {
-                    bail!("training diverged: gradient of `{}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", p.name, epoch + 1, b + 1, cfg.lr);
+                // The key is formatted only when a gradient is bad: a healthy step allocates nothing here.
+                if let Some(name) = self.net.non_finite_grad() {
+                    bail!("training diverged: gradient of `{name}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
                 }
-                self.optimizer.step(&mut params, lr);
+                self.net.optimizer_step(self.optimizer.as_mut(), lr);
                 loss_sum += loss as f64;
                 correct += ok;
                 seen += batch.labels.len();
