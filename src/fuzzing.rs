@@ -6,6 +6,8 @@ use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
 use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::{decode_gray, for_model};
+use crate::nn::StateTensor;
+use crate::pth::read_state_dict;
 use crate::train::Restored;
 use crate::Shape4;
 use clap::Parser;
@@ -65,5 +67,23 @@ pub fn cli(data: &[u8]) {
     let args = std::iter::once("resnet").chain(text.split('\0'));
     if let Ok(cli) = Cli::try_parse_from(args) {
         let _ = cli.check();
+    }
+}
+
+/// PyTorch `.pth` state dicts: every tensor read holds exactly the values its shape declares, and no more
+/// than the file's bytes.
+pub fn pth(data: &[u8]) {
+    if let Ok(sd) = read_state_dict(data, "fuzz.pth") {
+        let mut total = 0;
+        for (_, t) in &sd {
+            let n: usize = t.shape().iter().product();
+            let len = match t {
+                StateTensor::F32 { data, .. } => data.len(),
+                StateTensor::I64 { data, .. } => data.len(),
+            };
+            assert_eq!(len, n);
+            total += n;
+        }
+        assert!(total <= data.len());
     }
 }
