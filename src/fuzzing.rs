@@ -71,8 +71,17 @@ pub fn cli(data: &[u8]) {
 }
 
 /// PyTorch `.pth` state dicts: every tensor read holds exactly the values its shape declares, and no more
-/// than the file's bytes.
+/// than the file's bytes. Inputs that are not zip archives are also tried as the pickle (`data.pkl`) of an
+/// archive built around them, next to a 64-byte storage `data/0`: the archive's CRC-32s would otherwise keep
+/// almost every mutated pickle from reaching the pickle reader.
 pub fn pth(data: &[u8]) {
+    check_pth(data);
+    if !crate::pth::is_pth(data) {
+        check_pth(&archive_around(data));
+    }
+}
+
+fn check_pth(data: &[u8]) {
     if let Ok(sd) = read_state_dict(data, "fuzz.pth") {
         let mut total = 0;
         for (_, t) in &sd {
@@ -86,4 +95,21 @@ pub fn pth(data: &[u8]) {
         }
         assert!(total <= data.len());
     }
+}
+
+/// A `.pth` archive with `pickle` as `archive/data.pkl` and 64 bytes of storage `archive/data/0`.
+pub fn archive_around(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let storage: Vec<u8> = (0..16u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let written = (|| -> zip::result::ZipResult<Vec<u8>> {
+        w.start_file("archive/data.pkl", opts)?;
+        w.write_all(pickle)?;
+        w.start_file("archive/data/0", opts)?;
+        w.write_all(&storage)?;
+        Ok(w.finish()?.into_inner())
+    })();
+    written.expect("writing a zip archive to memory")
 }

@@ -146,7 +146,8 @@ fn parse_pickle(pkl: &[u8]) -> Result<Vec<PickleOp<'_>>> {
     }
 }
 
-/// What the symbolic evaluation would build, in nodes and nesting depth, without building it: a crafted pickle
+/// What the symbolic evaluation would build, in nodes and nesting depth, without building it, and whether it
+/// would reach one of `repugnant_pickle::evaluate`'s unchecked indexings (OBJ without a class): a crafted pickle
 /// can double an object with two opcodes (DUP, TUPLE2), so the evaluation is simulated first and refused when
 /// it would create more than 8 nodes per opcode (torch's state dicts need about 3) or nest deeper than
 /// [`MAX_DEPTH`] (dropping a deeper tree could overflow the stack).
@@ -273,6 +274,10 @@ fn check_evaluation_cost(ops: &[PickleOp<'_>]) -> Result<()> {
             }
             PickleOp::OBJ => {
                 let items = pop_mark(&mut stack).ok_or_else(bad)?;
+                // repugnant-pickle indexes the class after the mark without checking it is there.
+                if items.is_empty() {
+                    return Err(bad());
+                }
                 let v = combine(&items, 2, 1);
                 created = created.saturating_add(size(v).0);
                 push = Some(v);

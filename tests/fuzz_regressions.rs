@@ -58,5 +58,5 @@ fn cli_inputs() {
 
 #[test]
 fn pth_inputs() {
-    check("pth", resnet::fuzzing::pth, 5);
+    check("pth", resnet::fuzzing::pth, 9);
 }

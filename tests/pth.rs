@@ -327,6 +327,9 @@ fn pickles_that_would_explode_or_nest_too_deep_are_refused_first() {
     p.push(b'.');
     let e = error_of("deep.pth", &archive(&p, &[]));
     assert!(e.contains("nested more than"), "{e}");
+    // OBJ with nothing after its mark (repugnant-pickle would index past its stack).
+    let e = error_of("obj.pth", &archive(&[0x80, 2, b'(', b'o', b'.'], &[]));
+    assert!(e.contains("malformed opcode sequence"), "{e}");
     // No STOP: truncated.
     let e = error_of("nostop.pth", &archive(&[0x80, 2, b'}'], &[]));
     assert!(e.contains("truncated pickle"), "{e}");

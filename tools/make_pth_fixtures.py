@@ -5,7 +5,8 @@ safetensors 0.8.0; torchvision installed with `pip install --no-deps torchvision
 
     python3 tools/make_pth_fixtures.py
 
-Files (tests/golden/), then copied to fuzz/seeds/pth/ as the pth fuzz target's seeds:
+Files (tests/golden/), then copied to fuzz/seeds/pth/ as the pth fuzz target's seeds (the .pth files, and the
+pickles inside them as NAME.pkl, which the target wraps into an archive of its own):
   tv_bottleneck_small.pth          torch.save(net.state_dict()) of tools/tv_small.py's small_bottleneck()
                                    (torchvision Bottleneck blocks and key names, planes 4,8,8,16, layers [1,1,1,1],
                                    3 input channels, 5 classes, seed 0), after one train-mode forward so the
@@ -23,6 +24,7 @@ Files (tests/golden/), then copied to fuzz/seeds/pth/ as the pth fuzz target's s
 import os
 import shutil
 import sys
+import zipfile
 
 import torch
 import torch.nn as nn
@@ -90,6 +92,11 @@ def main():
         report(name)
         if name.endswith(".pth"):
             shutil.copy(os.path.join(GOLDEN, name), os.path.join(SEEDS, name))
+            if name != "pth_legacy.pth":
+                with zipfile.ZipFile(os.path.join(GOLDEN, name)) as z:
+                    pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+                    with open(os.path.join(SEEDS, name[:-4] + ".pkl"), "wb") as f:
+                        f.write(z.read(pkl))
 
 
 if __name__ == "__main__":
