@@ -459,11 +459,16 @@ impl<'a> Walker<'_, 'a> {
         bail!("pickle memo references loop")
     }
 
-    /// `module.name` of a GLOBAL (class or function reference).
+    /// `module.name` of a GLOBAL (class or function reference), or of a STACK_GLOBAL (protocol 4 and up,
+    /// `torch.save(..., pickle_protocol=4)`), which repugnant-pickle gives as `Global((name, module), [])`.
     fn global(&self, v: &Value<'a>) -> Result<Option<(&'a str, &'a str)>> {
         Ok(match self.res(v)? {
             Value::Raw(op) => match op.as_ref() {
                 PickleOp::GLOBAL(m, n) => Some((m, n)),
+                _ => None,
+            },
+            Value::Global(names, args) if args.is_empty() => match self.seq(names)? {
+                Some([name, module]) => self.string(module)?.zip(self.string(name)?),
                 _ => None,
             },
             _ => None,

@@ -99,6 +99,9 @@ fn views_shared_storages_and_dtypes_are_gathered() {
     assert_eq!(shape("shared_b"), vec![4, 3]);
     assert_eq!(shape("empty"), vec![0, 3]);
     assert_eq!(shape("scalar"), Vec::<usize>::new());
+    // Protocol 4 (STACK_GLOBAL, MEMOIZE, FRAME), as `torch.save(..., pickle_protocol=4)` writes it.
+    let p4 = read_state_dict(&bytes("pth_views_protocol4.pth"), "p4.pth").unwrap();
+    assert_eq!(p4, sd);
 }
 
 #[test]

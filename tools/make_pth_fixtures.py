@@ -16,10 +16,12 @@ pickles inside them as NAME.pkl, which the target wraps into an archive of its o
   pth_views.pth                    a plain dict: a transposed (non-contiguous) tensor, two views into one shared
                                    storage at offsets 3 and 10, a strided slice, an i64 tensor, f16/bf16/f64
                                    tensors, a 0-d tensor and an empty one
+  pth_views_protocol4.pth          the same, torch.save(..., pickle_protocol=4) (STACK_GLOBAL, MEMOIZE, FRAME)
   pth_views.safetensors            those tensors as contiguous copies, f16/bf16/f64 converted to f32 (+ `order`)
   pth_list.pth                     torch.save([1, 2, 3])                     (not a state dict)
   pth_module.pth                   torch.save(nn.Sequential(nn.Linear(2, 2))) (a whole pickled model)
-  pth_legacy.pth                   a tiny state dict saved with _use_new_zipfile_serialization=False
+  pth_legacy.pth                   a tiny state dict saved with _use_new_zipfile_serialization=False (its bytes
+                                   differ from run to run: the legacy format names storages by object id)
 """
 import os
 import shutil
@@ -72,6 +74,7 @@ def main():
         "empty": torch.zeros(0, 3),
     }
     torch.save(views, os.path.join(GOLDEN, "pth_views.pth"))
+    torch.save(views, os.path.join(GOLDEN, "pth_views_protocol4.pth"), pickle_protocol=4)
     expected = {}
     for k, v in views.items():
         v = v.detach().clone().contiguous()
@@ -87,7 +90,8 @@ def main():
     torch.save({"w": torch.ones(2, 2)}, os.path.join(GOLDEN, "pth_legacy.pth"), _use_new_zipfile_serialization=False)
 
     os.makedirs(SEEDS, exist_ok=True)
-    for name in ["tv_bottleneck_small.pth", "tv_bottleneck_small.safetensors", "pth_views.pth", "pth_views.safetensors",
+    for name in ["tv_bottleneck_small.pth", "tv_bottleneck_small.safetensors", "pth_views.pth", "pth_views_protocol4.pth",
+                 "pth_views.safetensors",
                  "pth_list.pth", "pth_module.pth", "pth_legacy.pth"]:
         report(name)
         if name.endswith(".pth"):
