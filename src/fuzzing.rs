@@ -6,6 +6,8 @@ use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
 use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::{decode_gray, for_model};
+use crate::nn::StateTensor;
+use crate::pth::read_state_dict;
 use crate::train::Restored;
 use crate::Shape4;
 use clap::Parser;
@@ -66,4 +68,48 @@ pub fn cli(data: &[u8]) {
     if let Ok(cli) = Cli::try_parse_from(args) {
         let _ = cli.check();
     }
+}
+
+/// PyTorch `.pth` state dicts: every tensor read holds exactly the values its shape declares, and no more
+/// than the file's bytes. Inputs that are not zip archives are also tried as the pickle (`data.pkl`) of an
+/// archive built around them, next to a 64-byte storage `data/0`: the archive's CRC-32s would otherwise keep
+/// almost every mutated pickle from reaching the pickle reader.
+pub fn pth(data: &[u8]) {
+    check_pth(data);
+    if !crate::pth::is_pth(data) {
+        check_pth(&archive_around(data));
+    }
+}
+
+fn check_pth(data: &[u8]) {
+    if let Ok(sd) = read_state_dict(data, "fuzz.pth") {
+        let mut total = 0;
+        for (_, t) in &sd {
+            let n: usize = t.shape().iter().product();
+            let len = match t {
+                StateTensor::F32 { data, .. } => data.len(),
+                StateTensor::I64 { data, .. } => data.len(),
+            };
+            assert_eq!(len, n);
+            total += n;
+        }
+        assert!(total <= data.len());
+    }
+}
+
+/// A `.pth` archive with `pickle` as `archive/data.pkl` and 64 bytes of storage `archive/data/0`.
+pub fn archive_around(pickle: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let storage: Vec<u8> = (0..16u32).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let written = (|| -> zip::result::ZipResult<Vec<u8>> {
+        w.start_file("archive/data.pkl", opts)?;
+        w.write_all(pickle)?;
+        w.start_file("archive/data/0", opts)?;
+        w.write_all(&storage)?;
+        Ok(w.finish()?.into_inner())
+    })();
+    written.expect("writing a zip archive to memory")
 }

@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
+pub mod pth;
 pub mod tensor;
 pub mod train;
 

@@ -55,3 +55,8 @@ fn image_inputs() {
 fn cli_inputs() {
     check("cli", resnet::fuzzing::cli, 12);
 }
+
+#[test]
+fn pth_inputs() {
+    check("pth", resnet::fuzzing::pth, 9);
+}

@@ -2,6 +2,8 @@
 //! largest difference they saw.
 #![allow(dead_code)]
 
+pub mod torchvision_weights;
+
 use resnet::checkpoint::deserialize;
 use resnet::nn::{StateDict, StateTensor};
 use std::path::{Path, PathBuf};
