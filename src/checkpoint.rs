@@ -1,6 +1,7 @@
-//! Weights in and out as safetensors, with PyTorch's key names and layouts: a file written by
-//! `safetensors.torch.save_file(net.state_dict(), path)` loads here, and ours loads into PyTorch with
-//! `load_state_dict(..., strict=True)`. Writes are atomic (temporary file, fsync, rename).
+//! Weights in and out, with PyTorch's key names and layouts: a file written by
+//! `safetensors.torch.save_file(net.state_dict(), path)` or `torch.save(net.state_dict(), path)` loads here, and
+//! ours (safetensors) loads into PyTorch with `load_state_dict(..., strict=True)`. Writes are atomic (temporary
+//! file, fsync, rename).
 
 use crate::nn::{BlockKind, Naming, ResNet, ResNetConfig, Shortcut, StateDict, StateTensor, Stem};
 use crate::{bail, Error, Result};
@@ -86,6 +87,16 @@ pub fn deserialize(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<St
     }
     sd.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((sd, metadata))
+}
+
+/// A weights file's state dict and metadata, by its content: PyTorch's `torch.save` zip archive (`.pth`, no
+/// metadata, read without executing its pickle) or safetensors.
+pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
+    if crate::pth::is_pth(bytes) {
+        Ok((crate::pth::read_state_dict(bytes, origin)?, BTreeMap::new()))
+    } else {
+        deserialize(bytes, origin)
+    }
 }
 
 /// Reads a whole file, refusing files over [`MAX_FILE_BYTES`].
@@ -301,7 +312,7 @@ pub fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
 
 /// [`load_model`] on a file's bytes; `origin` names the file in errors.
 pub fn model_from_bytes(bytes: &[u8], origin: &str) -> Result<(ResNet, BTreeMap<String, String>)> {
-    let (sd, meta) = deserialize(bytes, origin)?;
+    let (sd, meta) = read_weights(bytes, origin)?;
     let config = match meta.get(META_ARCH) {
         Some(a) => parse_arch(a).map_err(|e| Error::new(format!("{origin}: {e}")))?,
         None => infer_config(&sd).map_err(|e| Error::new(format!("{origin}: {e}")))?,
@@ -344,7 +355,7 @@ pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<R
 pub fn load_into(path: &Path, net: &mut ResNet) -> Result<BTreeMap<String, String>> {
     let origin = path.display().to_string();
     let bytes = read_file_limited(path)?;
-    let (sd, meta) = deserialize(&bytes, &origin)?;
+    let (sd, meta) = read_weights(&bytes, &origin)?;
     net.load_state_dict(&sd)
         .map_err(|e| Error::new(format!("{origin}: {e}")))?;
     Ok(meta)

@@ -51,6 +51,9 @@ pub fn formula_state_dict(keys_shapes: &[(String, Vec<usize>, bool)], seed: u64)
                 let fan_in: usize = shape[1..].iter().product();
                 let scale = (6.0 / fan_in as f64).sqrt();
                 Box::new(move |u| u * scale * 0.5)
+            } else if key.ends_with("bn3.weight") && shape.len() == 1 {
+                // A Bottleneck's last BN starts at a fifth (see the script: conditioning).
+                Box::new(|u| (1.0 + 0.1 * u) * 0.2)
             } else if key.ends_with(".weight") && shape.len() == 1 {
                 Box::new(|u| 1.0 + 0.1 * u)
             } else if key.ends_with(".bias") {
