@@ -4,8 +4,10 @@
 
 use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
+use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::{decode_gray, for_model};
+use crate::data::ImageDataset;
 use crate::train::Restored;
 use crate::Shape4;
 use clap::Parser;
@@ -65,5 +67,29 @@ pub fn cli(data: &[u8]) {
     let args = std::iter::once("resnet").chain(text.split('\0'));
     if let Ok(cli) = Cli::try_parse_from(args) {
         let _ = cli.check();
+    }
+}
+
+/// CIFAR binary parsing (the three record layouts): whole records with labels in range, or an error; what parses
+/// makes a dataset whose images are `32×32×3`.
+pub fn cifar(data: &[u8]) {
+    let origin = Path::new("fuzz.bin");
+    for kind in [
+        Kind::Cifar10,
+        Kind::Cifar100(Label::Fine),
+        Kind::Cifar100(Label::Coarse),
+    ] {
+        if let Ok((images, labels)) = cifar::parse(data, kind, origin) {
+            let n = labels.len();
+            assert_eq!(n * kind.record_size(), data.len());
+            assert_eq!(images.len(), labels.len() * cifar::PIXELS);
+            assert!(labels.iter().all(|&l| (l as usize) < kind.num_classes()));
+            let classes = (0..kind.num_classes()).map(|i| i.to_string()).collect();
+            let ds = crate::data::ArrayDataset::new(images, labels, (32, 32, 3), classes, "fuzz")
+                .expect("parsed records make a dataset");
+            let last = ds.image(ds.len() - 1).expect("in memory");
+            assert_eq!((last.h, last.w, last.c), (32, 32, 3));
+            assert_eq!(ds.with_channels(1).images.len(), n * 1024);
+        }
     }
 }

@@ -55,3 +55,8 @@ fn image_inputs() {
 fn cli_inputs() {
     check("cli", resnet::fuzzing::cli, 12);
 }
+
+#[test]
+fn cifar_inputs() {
+    check("cifar", resnet::fuzzing::cifar, 4);
+}

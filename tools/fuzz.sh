@@ -3,7 +3,7 @@
 #
 # Targets (fuzz/fuzz_targets/): idx (IDX files, raw and gzip), checkpoint (model files and training checkpoints
 # with metadata and optimizer state), image (PNG/JPEG decoding for predict), cli (argument lists and --input
-# shapes). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
+# shapes), cifar (CIFAR-10/100 binary records). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
 # fuzz/corpus/TARGET; logs go to fuzz/logs/TARGET.log and a crashing input to fuzz/artifacts/TARGET/.
 # Every crash found becomes a regression test (tests/fuzz_regressions.rs).
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli)
+[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli cifar)
 
 bin_dir=${FUZZ_BIN_DIR:-}
 if [ -z "$bin_dir" ]; then
@@ -30,6 +30,7 @@ max_len() {
         checkpoint) echo 32768 ;;
         image) echo 8192 ;;
         cli) echo 512 ;;
+        cifar) echo 16384 ;;
     esac
 }
 

@@ -399,4 +399,52 @@ mod tests {
         assert_ne!(a, rng_for(1, 2, STREAM_AUGMENT, 0).next_u64());
         assert_ne!(a, rng_for(2, 2, STREAM_ORDER, 0).next_u64());
     }
+
+    /// The chapter's batches are what the loader made before the general pipeline: resize, then
+    /// `augment(img, h, w, augment_padding(min side), rng_for(seed, epoch, AUGMENT, position))`, then ToTensor and
+    /// Normalize — the same pixels, labels and order.
+    #[test]
+    fn chapter_batches_are_unchanged() {
+        use super::super::transforms::{augment, to_tensor_into, Normalize, PilResize};
+        let n = 50;
+        let images: Vec<u8> = (0..n * 28 * 28).map(|i| (i * 31 % 256) as u8).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        let ds = Arc::new(Dataset::new(images, labels, 28, 28).unwrap());
+        let cfg = TransformConfig {
+            resize: Some(40),
+            normalize: Some((0.3, 0.4)),
+            augment: true,
+        };
+        let loader = Loader::new(ds.clone(), 16, true, 11, cfg).unwrap();
+        let resize = PilResize::new(28, 28, 40, 40);
+        for epoch in [0, 3] {
+            let order = loader.order(epoch);
+            for (b, batch) in loader.epoch(epoch).enumerate() {
+                let batch = batch.unwrap();
+                for (j, &i) in batch.indices.iter().enumerate() {
+                    let pos = b * 16 + j;
+                    assert_eq!(i, order[pos]);
+                    let mut r = vec![0u8; 1600];
+                    resize.apply(ds.image(i), &mut r);
+                    let mut rng = rng_for(11, epoch as u64, STREAM_AUGMENT, pos as u64);
+                    let a = augment(&r, 40, 40, augment_padding(40), &mut rng);
+                    let mut want = vec![0f32; 1600];
+                    to_tensor_into(
+                        &a,
+                        &mut want,
+                        Some(Normalize {
+                            mean: 0.3,
+                            std: 0.4,
+                        }),
+                    );
+                    assert_eq!(
+                        &batch.images[j * 1600..][..1600],
+                        &want[..],
+                        "epoch {epoch} position {pos}"
+                    );
+                    assert_eq!(batch.labels[j], i % 10);
+                }
+            }
+        }
+    }
 }

@@ -906,4 +906,101 @@ mod tests {
         );
         assert_eq!(d, [1.0, -1.0]);
     }
+
+    #[test]
+    fn python_rounding_ties_to_even() {
+        assert_eq!(
+            [0.5, 1.5, 2.5, 6.5, 5.5, 2.4999].map(py_round),
+            [0, 2, 2, 6, 6, 2]
+        );
+        // CenterCrop offsets: int(round((size - crop) / 2.0)), or minus the padding before.
+        assert_eq!(center_offset(19, 8), 6);
+        assert_eq!(center_offset(20, 7), 6);
+        assert_eq!(center_offset(5, 9), -2);
+        assert_eq!(center_offset(6, 6), 0);
+    }
+
+    #[test]
+    fn random_resized_crop_params_bounds_fallback_and_seeds() {
+        for (h, w) in [(28, 28), (32, 32), (375, 500), (1, 1), (3, 200), (200, 3)] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h as u64 * 1000 + w as u64);
+            for _ in 0..500 {
+                let (t, l, ch, cw) =
+                    random_resized_crop_params(h, w, RRC_SCALE, RRC_RATIO, &mut rng);
+                assert!(
+                    ch >= 1 && cw >= 1 && t + ch <= h && l + cw <= w,
+                    "{h}×{w}: {t} {l} {ch} {cw}"
+                );
+            }
+        }
+        // In range: area fraction within scale (up to rounding), ratio within range.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let (_, _, ch, cw) =
+                random_resized_crop_params(500, 500, RRC_SCALE, RRC_RATIO, &mut rng);
+            if (ch, cw) != (500, 500) {
+                let r = cw as f64 / ch as f64;
+                assert!((0.74..=1.35).contains(&r), "{ch}×{cw}");
+                let a = (ch * cw) as f64 / 250_000.0;
+                assert!((0.075..=1.0).contains(&a), "{ch}×{cw}");
+            }
+        }
+        // Fallback: an impossible scale gives the central crop clamped to the ratio range.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            random_resized_crop_params(10, 100, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (0, 43, 10, 13) // in_ratio 10 > 4/3: h = 10, w = round(10 · 4/3) = 13
+        );
+        assert_eq!(
+            random_resized_crop_params(100, 10, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (43, 0, 13, 10) // in_ratio 0.1 < 3/4: w = 10, h = round(10 / 0.75) = 13
+        );
+        assert_eq!(
+            random_resized_crop_params(30, 32, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (0, 0, 30, 32) // ratio in range: the whole image
+        );
+        // Determinism per seed.
+        let draw = |seed| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| random_resized_crop_params(64, 48, RRC_SCALE, RRC_RATIO, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+    }
+
+    #[test]
+    fn random_crop_params_bounds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let (t, l) = random_crop_params(32, 32, 32, 32, 4, &mut rng).unwrap();
+            assert!(t <= 8 && l <= 8);
+            seen.insert((t, l));
+        }
+        assert_eq!(seen.len(), 81); // every offset of the padded 40×40 image
+        assert_eq!(
+            random_crop_params(32, 32, 40, 40, 4, &mut rng),
+            Some((0, 0))
+        );
+        assert_eq!(random_crop_params(10, 32, 32, 32, 4, &mut rng), None);
+    }
+
+    #[test]
+    fn pipeline_sizes() {
+        let p = Pipeline::imagenet(false, 224);
+        assert_eq!(p.steps[0], Step::Resize(256));
+        assert_eq!(p.output_size(None).unwrap(), (224, 224));
+        assert_eq!(
+            Pipeline::cifar(false).output_size(Some((32, 32))).unwrap(),
+            (32, 32)
+        );
+        assert!(Pipeline::cifar(false).output_size(None).is_err());
+        let n = Pipeline::default().with_normalize(vec![0.5], vec![0.0]);
+        assert!(n.normalize_for(1).is_err());
+        let n = Pipeline::default().with_normalize(vec![0.5, 0.5], vec![1.0, 1.0]);
+        assert!(n.normalize_for(3).is_err());
+        assert_eq!(n.normalize_for(2).unwrap().unwrap().0.len(), 2);
+    }
 }
