@@ -191,6 +191,27 @@ impl PilResize {
 /// row of `dst` (width `out_w`).
 fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: usize, ch: usize) {
     let half = 1i32 << (PRECISION_BITS - 1);
+    if ch == 3 {
+        for (src_row, dst_row) in src
+            .chunks_exact(in_w * 3)
+            .zip(dst.chunks_exact_mut(out_w * 3))
+        {
+            for (o, px) in dst_row.chunks_exact_mut(3).enumerate() {
+                let (start, k) = c.row(o);
+                let (mut s0, mut s1, mut s2) = (half, half, half);
+                for (p, &kx) in src_row[start * 3..(start + k.len()) * 3]
+                    .chunks_exact(3)
+                    .zip(k)
+                {
+                    s0 += p[0] as i32 * kx;
+                    s1 += p[1] as i32 * kx;
+                    s2 += p[2] as i32 * kx;
+                }
+                px.copy_from_slice(&[clip8(s0), clip8(s1), clip8(s2)]);
+            }
+        }
+        return;
+    }
     if ch != 1 {
         for (src_row, dst_row) in src
             .chunks_exact(in_w * ch)
