@@ -9,7 +9,8 @@ Each case `<name>` holds `<name>.input` and `<name>.output`; metadata `<name>.op
   pad_crop:P,I,J,H,W        F.crop(F.pad(img, P), I, J, H, W)       (RandomCrop(size, padding=P) at offset I, J)
   hflip                     F.hflip(img)
   normalize:M0,M1,M2;S0,S1,S2 F.normalize(F.to_tensor(img), mean, std)   (output f32 [c, h, w])
-  convert_L / convert_RGB   Image.open(png bytes).convert('L' / 'RGB')  (input: the PNG file's bytes, 1-d)
+  convert_L / convert_RGB   Image.open(file bytes).convert('L' / 'RGB')  (input: the PNG, BMP, PPM/PGM, TIFF or
+                            lossless WebP file's bytes, 1-d)
 Images are u8 [h, w, c] (c = 1 for mode L, 3 for RGB), interleaved as PIL stores them.
 
 Rerun from the repository root (torch, torchvision, Pillow, numpy, safetensors; versions in the metadata):
@@ -83,9 +84,9 @@ def main():
     metadata["normalize_rgb.op"] = "normalize:" + ",".join(map(str, mean)) + ";" + ",".join(map(str, std))
 
     # PNG files of other modes, and PIL's convert of them.
-    def png(img, **kw):
+    def png(img, fmt="PNG", **kw):
         buf = io.BytesIO()
-        img.save(buf, format="PNG", **kw)
+        img.save(buf, format=fmt, **kw)
         return buf.getvalue()
 
     rgba = Image.fromarray(rng.integers(0, 256, size=(7, 9, 4), dtype=np.uint8), "RGBA")
@@ -100,6 +101,14 @@ def main():
         "palette_trns": png(pal_t, transparency=3),
         "rgb": png(noise(7, 9, "RGB")),
         "l": png(noise(7, 9, "L")),
+        # The other lossless formats ImageFolder accepts.
+        "bmp_rgb": png(noise(7, 9, "RGB"), "BMP"),
+        "bmp_l": png(noise(7, 9, "L"), "BMP"),
+        "ppm": png(noise(7, 9, "RGB"), "PPM"),
+        "pgm": png(noise(7, 9, "L"), "PPM"),
+        "tiff_rgb": png(noise(7, 9, "RGB"), "TIFF"),
+        "tiff_l": png(noise(7, 9, "L"), "TIFF"),
+        "webp_lossless": png(noise(7, 9, "RGB"), "WEBP", lossless=True),
     }
     for name, data in files.items():
         for mode in ("L", "RGB"):
