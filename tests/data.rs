@@ -1092,3 +1092,66 @@ fn export_and_read_back_fashion_mnist() {
     assert!(r.images >= 40 && r.images_per_s > 0.0, "{r:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn open_data_and_presets_on_fashion_mnist() {
+    use resnet::data::{open_data, pipelines, DataOptions, Format, NormalizeSpec, Preset};
+    let s = open_data(&bundled(), &DataOptions::default()).unwrap();
+    assert_eq!(
+        (s.format, s.train.len(), s.test.len(), s.train.channels()),
+        (Format::Idx, 60_000, 10_000, 1)
+    );
+    assert_eq!(s.train.classes()[9], "ankle boot");
+    let (t, e) = pipelines(
+        Preset::Chapter,
+        Some(96),
+        true,
+        &NormalizeSpec::Auto,
+        &*s.train,
+    )
+    .unwrap();
+    let (m, sd) = t.normalize.clone().unwrap();
+    assert_eq!(format!("{:.4} {:.4}", m[0], sd[0]), "0.2860 0.3530");
+    assert_eq!(e.normalize, t.normalize);
+    // The chapter preset through the general constructor gives the chapter loader's batches.
+    let test = Arc::new(
+        Dataset::load(&bundled(), Split::Test, false)
+            .unwrap()
+            .take(64),
+    );
+    let cfg = TransformConfig {
+        resize: Some(96),
+        normalize: Some((m[0], sd[0])),
+        augment: true,
+    };
+    let old = Loader::new(test.clone(), 32, true, 3, cfg).unwrap();
+    let new =
+        Loader::with_pipeline(test.clone(), 32, true, 3, cfg.pipeline(28, 28).unwrap()).unwrap();
+    assert_eq!(old.batch(1, 1).unwrap(), new.batch(1, 1).unwrap());
+    // RGB copies of the IDX images; imagenet preset sizes.
+    let rgb = DataOptions {
+        channels: Some(3),
+        ..Default::default()
+    };
+    let s = open_data(&bundled(), &rgb).unwrap();
+    assert_eq!(s.test.image(0).unwrap().pixels[..3], [test.image(0)[0]; 3]);
+    let (t, e) = pipelines(Preset::Imagenet, None, true, &NormalizeSpec::None, &*s.test).unwrap();
+    let l = Loader::with_pipeline(s.test.clone(), 4, true, 0, t).unwrap();
+    assert_eq!(
+        l.batch(0, 0).unwrap().unwrap().shape,
+        resnet::Shape4::new(4, 3, 224, 224)
+    );
+    let l = Loader::with_pipeline(s.test.clone(), 4, false, 0, e).unwrap();
+    assert_eq!(l.image_size(), (224, 224));
+    // Bad options.
+    let bad = DataOptions {
+        channels: Some(2),
+        ..Default::default()
+    };
+    assert!(open_data(&bundled(), &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("1 or 3"));
+    assert!("nope".parse::<Format>().is_err());
+    assert!("cifar".parse::<Preset>().is_ok());
+}
