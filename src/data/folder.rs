@@ -160,7 +160,6 @@ fn parallel_map<T: Sync, U: Send>(
 }
 
 /// A folder of images on disk, torchvision's `ImageFolder` (see the module documentation for the rules).
-#[derive(Debug)]
 pub struct ImageFolder {
     root: PathBuf,
     classes: Vec<String>,
@@ -324,6 +323,20 @@ impl ImageFolder {
     /// The files left out by `skip_bad`, each with its error (file name first).
     pub fn skipped(&self) -> &[String] {
         &self.skipped
+    }
+}
+
+impl std::fmt::Debug for ImageFolder {
+    /// A summary: the pixels of a cached folder are far too many to print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageFolder")
+            .field("root", &self.root)
+            .field("images", &self.files.len())
+            .field("classes", &self.classes.len())
+            .field("channels", &self.c)
+            .field("cached", &self.cache.is_some())
+            .field("skipped", &self.skipped.len())
+            .finish()
     }
 }
 

@@ -190,6 +190,37 @@ impl PilResize {
 /// Pillow's `ImagingResampleHorizontal_8bpc`: every row of `src` (width `in_w`, `ch` interleaved channels) to a
 /// row of `dst` (width `out_w`).
 fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: usize, ch: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { horizontal_pass_avx2(c, src, in_w, dst, out_w, ch) };
+    }
+    horizontal_pass_portable(c, src, in_w, dst, out_w, ch)
+}
+
+/// [`horizontal_pass_portable`] compiled for AVX2; same integer arithmetic, same result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_pass_avx2(
+    c: &Coeffs,
+    src: &[u8],
+    in_w: usize,
+    dst: &mut [u8],
+    out_w: usize,
+    ch: usize,
+) {
+    horizontal_pass_portable(c, src, in_w, dst, out_w, ch)
+}
+
+#[inline(always)]
+fn horizontal_pass_portable(
+    c: &Coeffs,
+    src: &[u8],
+    in_w: usize,
+    dst: &mut [u8],
+    out_w: usize,
+    ch: usize,
+) {
     let half = 1i32 << (PRECISION_BITS - 1);
     if ch == 3 {
         for (src_row, dst_row) in src
@@ -245,6 +276,24 @@ fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: u
 /// Pillow's `ImagingResampleVertical_8bpc`: columns of `src` to columns of `dst`, both of width `w` values (pixels
 /// times channels; every channel of a column is resampled alike) (accumulated a row at a time; the sums, and so the result, are the same as column by column).
 fn vertical_pass(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { vertical_pass_avx2(c, src, dst, w) };
+    }
+    vertical_pass_portable(c, src, dst, w)
+}
+
+/// [`vertical_pass_portable`] compiled for AVX2 (8 × i32 multiplies; SSE2 has no 32-bit multiply to vectorize
+/// with). Same integer arithmetic, same result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_pass_avx2(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
+    vertical_pass_portable(c, src, dst, w)
+}
+
+#[inline(always)]
+fn vertical_pass_portable(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut acc = vec![0i32; w];
     for (o, dst_row) in dst.chunks_exact_mut(w).enumerate() {
@@ -637,23 +686,23 @@ pub fn hflip_image(img: &mut Image) {
 pub fn to_tensor_chw(img: &Image, dst: &mut [f32], normalize: Option<(&[f32], &[f32])>) {
     let (plane, c) = (img.h * img.w, img.c);
     assert_eq!(dst.len(), plane * c, "to_tensor_chw: lengths differ");
-    if c == 1 {
-        let n = normalize.map(|(m, s)| Normalize {
-            mean: m[0],
-            std: s[0],
-        });
-        return to_tensor_into(&img.pixels, dst, n);
-    }
+    // u8 input has 256 values: each channel's results, computed with the same f32 operations, in a table.
     for (b, out) in dst.chunks_exact_mut(plane).enumerate() {
-        for (d, px) in out.iter_mut().zip(img.pixels.chunks_exact(c)) {
-            *d = px[b] as f32 / 255.0;
-        }
-        if let Some((m, s)) = normalize {
-            Normalize {
-                mean: m[b],
-                std: s[b],
+        let mut table = [0f32; 256];
+        for (v, t) in table.iter_mut().enumerate() {
+            *t = v as f32 / 255.0;
+            if let Some((m, s)) = normalize {
+                *t = (*t - m[b]) / s[b];
             }
-            .apply(out);
+        }
+        if c == 1 {
+            for (d, &p) in out.iter_mut().zip(&img.pixels) {
+                *d = table[p as usize];
+            }
+        } else {
+            for (d, px) in out.iter_mut().zip(img.pixels.chunks_exact(c)) {
+                *d = table[px[b] as usize];
+            }
         }
     }
 }
