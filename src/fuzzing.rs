@@ -6,7 +6,7 @@ use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
 use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
-use crate::data::image_file::{decode_gray, for_model};
+use crate::data::image_file::{decode_gray, decode_image, for_model};
 use crate::data::ImageDataset;
 use crate::train::Restored;
 use crate::Shape4;
@@ -44,8 +44,14 @@ pub fn checkpoint(data: &[u8]) {
     }
 }
 
-/// Image decoding for `predict`: grayscale pixels, then `Resize(28)` and `ToTensor` values in `[0, 1]`.
+/// Image decoding for `predict` (grayscale pixels, then `Resize(28)` and `ToTensor` values in `[0, 1]`) and for
+/// image folders (1 and 3 channels, the sizes agreeing with the gray decoding).
 pub fn image(data: &[u8]) {
+    for c in [1, 3] {
+        if let Ok(img) = decode_image(data, Path::new("fuzz-image"), c) {
+            assert_eq!((img.c, img.pixels.len()), (c, img.h * img.w * c));
+        }
+    }
     if let Ok(img) = decode_gray(data, Path::new("fuzz-image")) {
         assert_eq!(img.pixels.len(), img.h * img.w);
         let (x, h, w) = for_model(img, 28);

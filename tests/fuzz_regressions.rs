@@ -48,7 +48,7 @@ fn checkpoint_inputs() {
 
 #[test]
 fn image_inputs() {
-    check("image", resnet::fuzzing::image, 7);
+    check("image", resnet::fuzzing::image, 12);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 # Fuzzes resnet's parsers with libFuzzer:  tools/fuzz.sh [SECONDS] [TARGET...]
 #
 # Targets (fuzz/fuzz_targets/): idx (IDX files, raw and gzip), checkpoint (model files and training checkpoints
-# with metadata and optimizer state), image (PNG/JPEG decoding for predict), cli (argument lists and --input
+# with metadata and optimizer state), image (PNG, JPEG, BMP, PNM, TIFF, WebP decoding for predict and image folders), cli (argument lists and --input
 # shapes), cifar (CIFAR-10/100 binary records). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
 # fuzz/corpus/TARGET; logs go to fuzz/logs/TARGET.log and a crashing input to fuzz/artifacts/TARGET/.
 # Every crash found becomes a regression test (tests/fuzz_regressions.rs).

@@ -1,7 +1,7 @@
 """Writes the fuzz targets' seed corpus into fuzz/seeds/<target>/ (committed; rerun only to change it).
 
 IDX: slices of the bundled Fashion-MNIST, raw and gzip. Images: tiny PNGs (gray, gray 16-bit, RGB, RGBA,
-palette) and JPEGs (gray, RGB). CIFAR: records of CIFAR-10 (1 and 3 records) and CIFAR-100 (2 records) with
+palette), JPEGs (gray, RGB), BMP, PGM, PPM, TIFF and WebP. CIFAR: records of CIFAR-10 (1 and 3 records) and CIFAR-100 (2 records) with
 Fashion-MNIST pixels, one with an out-of-range label. CLI: NUL-separated argument lists and --input shapes. The checkpoint seeds were
 written by hand: `resnet train --widths 2 --resize 28 --limit-train 8 --limit-test 4 --batch-size 4 --epochs 1
 --out /tmp/seedrun` gave model.safetensors and checkpoint.safetensors, and pytorch-style.safetensors is that model
@@ -48,6 +48,12 @@ variants = {
     "palette.png": (first.convert("P").resize((4, 4)), "PNG"),
     "gray.jpg": (first.resize((12, 10)), "JPEG"),
     "rgb.jpg": (first.convert("RGB").resize((8, 8)), "JPEG"),
+    # The other formats image folders accept.
+    "rgb.bmp": (first.convert("RGB").resize((6, 5)), "BMP"),
+    "gray.pgm": (first.resize((6, 5)), "PPM"),
+    "rgb.ppm": (first.convert("RGB").resize((6, 5)), "PPM"),
+    "rgb.tif": (first.convert("RGB").resize((6, 5)), "TIFF"),
+    "rgb.webp": (first.convert("RGB").resize((6, 5)), "WEBP"),
 }
 for name, (img, fmt) in variants.items():
     buf = io.BytesIO()
