@@ -4,8 +4,10 @@
 
 use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
+use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
-use crate::data::image_file::{decode_gray, for_model};
+use crate::data::image_file::{decode_gray, decode_image, for_model};
+use crate::data::ImageDataset;
 use crate::nn::StateTensor;
 use crate::pth::read_state_dict;
 use crate::train::Restored;
@@ -44,8 +46,14 @@ pub fn checkpoint(data: &[u8]) {
     }
 }
 
-/// Image decoding for `predict`: grayscale pixels, then `Resize(28)` and `ToTensor` values in `[0, 1]`.
+/// Image decoding for `predict` (grayscale pixels, then `Resize(28)` and `ToTensor` values in `[0, 1]`) and for
+/// image folders (1 and 3 channels, the sizes agreeing with the gray decoding).
 pub fn image(data: &[u8]) {
+    for c in [1, 3] {
+        if let Ok(img) = decode_image(data, Path::new("fuzz-image"), c) {
+            assert_eq!((img.c, img.pixels.len()), (c, img.h * img.w * c));
+        }
+    }
     if let Ok(img) = decode_gray(data, Path::new("fuzz-image")) {
         assert_eq!(img.pixels.len(), img.h * img.w);
         let (x, h, w) = for_model(img, 28);
@@ -112,4 +120,27 @@ pub fn archive_around(pickle: &[u8]) -> Vec<u8> {
         Ok(w.finish()?.into_inner())
     })();
     written.expect("writing a zip archive to memory")
+}
+/// CIFAR binary parsing (the three record layouts): whole records with labels in range, or an error; what parses
+/// makes a dataset whose images are `32×32×3`.
+pub fn cifar(data: &[u8]) {
+    let origin = Path::new("fuzz.bin");
+    for kind in [
+        Kind::Cifar10,
+        Kind::Cifar100(Label::Fine),
+        Kind::Cifar100(Label::Coarse),
+    ] {
+        if let Ok((images, labels)) = cifar::parse(data, kind, origin) {
+            let n = labels.len();
+            assert_eq!(n * kind.record_size(), data.len());
+            assert_eq!(images.len(), labels.len() * cifar::PIXELS);
+            assert!(labels.iter().all(|&l| (l as usize) < kind.num_classes()));
+            let classes = (0..kind.num_classes()).map(|i| i.to_string()).collect();
+            let ds = crate::data::ArrayDataset::new(images, labels, (32, 32, 3), classes, "fuzz")
+                .expect("parsed records make a dataset");
+            let last = ds.image(ds.len() - 1).expect("in memory");
+            assert_eq!((last.h, last.w, last.c), (32, 32, 3));
+            assert_eq!(ds.with_channels(1).images.len(), n * 1024);
+        }
+    }
 }

@@ -295,6 +295,7 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
     let mut correct = 0usize;
     let mut count = 0usize;
     for batch in loader.epoch(0) {
+        let batch = batch?;
         let logits = net.forward(&batch.images, batch.shape)?;
         for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
             let pred = argmax(row);
@@ -547,6 +548,7 @@ impl Run {
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = cfg.lr;
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
+                let batch = batch?;
                 lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
                 self.net.forward(&batch.images, batch.shape)?;
                 let (loss, ok) = self.net.loss(&batch.labels)?;

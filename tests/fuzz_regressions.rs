@@ -48,7 +48,7 @@ fn checkpoint_inputs() {
 
 #[test]
 fn image_inputs() {
-    check("image", resnet::fuzzing::image, 7);
+    check("image", resnet::fuzzing::image, 12);
 }
 
 #[test]
@@ -59,4 +59,9 @@ fn cli_inputs() {
 #[test]
 fn pth_inputs() {
     check("pth", resnet::fuzzing::pth, 9);
+}
+
+#[test]
+fn cifar_inputs() {
+    check("cifar", resnet::fuzzing::cifar, 4);
 }

@@ -1,7 +1,8 @@
 """Writes the fuzz targets' seed corpus into fuzz/seeds/<target>/ (committed; rerun only to change it).
 
 IDX: slices of the bundled Fashion-MNIST, raw and gzip. Images: tiny PNGs (gray, gray 16-bit, RGB, RGBA,
-palette) and JPEGs (gray, RGB). CLI: NUL-separated argument lists and --input shapes. The checkpoint seeds were
+palette), JPEGs (gray, RGB), BMP, PGM, PPM, TIFF and WebP. CIFAR: records of CIFAR-10 (1 and 3 records) and CIFAR-100 (2 records) with
+Fashion-MNIST pixels, one with an out-of-range label. CLI: NUL-separated argument lists and --input shapes. The checkpoint seeds were
 written by hand: `resnet train --widths 2 --resize 28 --limit-train 8 --limit-test 4 --batch-size 4 --epochs 1
 --out /tmp/seedrun` gave model.safetensors and checkpoint.safetensors, and pytorch-style.safetensors is that model
 re-saved without metadata (`safetensors.numpy.save_file(load_file(...))`), as PyTorch's `save_file` writes it."""
@@ -47,6 +48,12 @@ variants = {
     "palette.png": (first.convert("P").resize((4, 4)), "PNG"),
     "gray.jpg": (first.resize((12, 10)), "JPEG"),
     "rgb.jpg": (first.convert("RGB").resize((8, 8)), "JPEG"),
+    # The other formats image folders accept.
+    "rgb.bmp": (first.convert("RGB").resize((6, 5)), "BMP"),
+    "gray.pgm": (first.resize((6, 5)), "PPM"),
+    "rgb.ppm": (first.convert("RGB").resize((6, 5)), "PPM"),
+    "rgb.tif": (first.convert("RGB").resize((6, 5)), "TIFF"),
+    "rgb.webp": (first.convert("RGB").resize((6, 5)), "WEBP"),
 }
 for name, (img, fmt) in variants.items():
     buf = io.BytesIO()
@@ -67,3 +74,19 @@ for i, args in enumerate([
     write("cli", f"args{i}", "\0".join(args).encode())
 for i, shape in enumerate(["1x1x224x244", "256x1x96x96", "1x3x32x32"]):
     write("cli", f"shape{i}", shape.encode())
+
+
+# CIFAR: label byte(s) + 3 planes of 32×32 (the planes cut from Fashion-MNIST test images, padded).
+def plane(i):
+    img = images[i * 784 : (i + 1) * 784]
+    return b"".join(img[r * 28 : (r + 1) * 28] + bytes(4) for r in range(28)) + bytes(4 * 32)
+
+
+def record(labels, i):
+    return bytes(labels) + plane(i) + plane(i + 1) + plane(i + 2)
+
+
+write("cifar", "cifar10_1.bin", record([3], 0))
+write("cifar", "cifar10_3.bin", record([0], 3) + record([9], 6) + record([5], 9))
+write("cifar", "cifar100_2.bin", record([19, 99], 12) + record([0, 0], 15))
+write("cifar", "cifar10_badlabel.bin", record([200], 18))

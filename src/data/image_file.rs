@@ -1,8 +1,9 @@
-//! Image files for `resnet predict`: PNG or JPEG of any size, to 8-bit grayscale as PIL's `convert('L')`,
-//! resized like training (`Resize(size)` on the shorter side, Pillow-exact bilinear), or to RGB with
-//! torchvision's ImageNet evaluation transform for torchvision's models.
+//! Image files: for `resnet predict`, PNG or JPEG of any size to 8-bit grayscale as PIL's `convert('L')`, resized
+//! like training (`Resize(size)` on the shorter side, Pillow-exact bilinear), or to RGB with torchvision's ImageNet
+//! evaluation transform for torchvision's models. For image folders, [`probe`] (header only) and [`decode_image`]
+//! (any supported format to 1 or 3 channels as PIL converts).
 
-use super::transforms::{resize_like_pil, resize_shorter_side};
+use super::transforms::{resize_like_pil, resize_shorter_side, Image};
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -164,4 +165,136 @@ pub fn for_model(img: GrayImage, size: usize) -> (Vec<f32>, usize, usize) {
         resize_like_pil(&img.pixels, img.h, img.w, oh, ow)
     };
     (super::transforms::to_tensor(&resized), oh, ow)
+}
+
+/// What [`probe`] reads from a file's header without decoding the pixels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Height, pixels.
+    pub h: usize,
+    /// Width, pixels.
+    pub w: usize,
+    /// Whether the pixels are gray (PIL modes `L`, `LA`, `I;16`): no colour to lose in `convert('L')`.
+    pub gray: bool,
+}
+
+fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    origin: &Path,
+) -> Result<image::ImageReader<R>> {
+    let mut reader = reader
+        .with_guessed_format()
+        .map_err(|e| Error::new(format!("{}: cannot read image: {e}", origin.display())))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    reader.limits(limits);
+    Ok(reader)
+}
+
+/// Reads the header of an image file (format from its first bytes, not its name): size and whether it is gray.
+/// Cheap (no pixel data is decoded), so a damaged pixel stream passes and is found by [`decode_image`].
+pub fn probe(path: &Path) -> Result<Header> {
+    use image::ImageDecoder;
+    let err = |e: &dyn std::fmt::Display| {
+        Error::new(format!("{}: cannot read image: {e}", path.display()))
+    };
+    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(err(&format_args!(
+            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
+        )));
+    }
+    let reader = image::ImageReader::open(path).map_err(|e| err(&e))?;
+    let decoder = reader_with_limits(reader, path)?
+        .into_decoder()
+        .map_err(|e| err(&e))?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        return Err(err(&"image has no pixels"));
+    }
+    if w > MAX_SIDE || h > MAX_SIDE {
+        return Err(err(&format_args!(
+            "{w}×{h} pixels is more than the {MAX_SIDE}-pixel limit on a side"
+        )));
+    }
+    use image::ColorType as C;
+    let gray = matches!(decoder.color_type(), C::L8 | C::La8 | C::L16 | C::La16);
+    Ok(Header {
+        h: h as usize,
+        w: w as usize,
+        gray,
+    })
+}
+
+/// Reads an image file ([`MAX_FILE_BYTES`] at most) and decodes it to `c` channels, as [`decode_image`].
+pub fn read_image(path: &Path, c: usize) -> Result<Image> {
+    let err = |e: &dyn std::fmt::Display| {
+        Error::new(format!("{}: cannot read image: {e}", path.display()))
+    };
+    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(err(&format_args!(
+            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
+    decode_image(&bytes, path, c)
+}
+
+/// Decodes an image (PNG, JPEG, BMP, PPM/PGM, TIFF, WebP; named `origin` in errors) to `c` channels (1 or 3) the
+/// way PIL's `Image.open(f).convert('L')` / `.convert('RGB')` does: gray replicated to RGB, palette expanded,
+/// alpha dropped (no compositing), RGB to L with [`luma`]; 16-bit gray clipped to 255 (PIL's `I;16` → `L`),
+/// 16-bit colour to its high byte (PIL reads such PNGs as 8-bit `RGB`). Lossless formats decode to PIL's pixels
+/// exactly; JPEG decoders differ from libjpeg by a level or two on some pixels.
+pub fn decode_image(bytes: &[u8], origin: &Path, c: usize) -> Result<Image> {
+    use image::DynamicImage as D;
+    assert!(c == 1 || c == 3, "decode_image: 1 or 3 channels, not {c}");
+    let err = |e: &dyn std::fmt::Display| {
+        Error::new(format!("{}: cannot read image: {e}", origin.display()))
+    };
+    let reader = reader_with_limits(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)?;
+    let img = reader.decode().map_err(|e| err(&e))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(err(&"image has no pixels"));
+    }
+    // (values, channels): gray or RGB, 8 bits, alpha dropped.
+    let (pixels, from) = match img {
+        D::ImageLuma8(g) => (g.into_raw(), 1),
+        D::ImageLumaA8(g) => (g.into_raw().chunks_exact(2).map(|p| p[0]).collect(), 1),
+        D::ImageLuma16(g) => (g.into_raw().iter().map(|&v| v.min(255) as u8).collect(), 1),
+        D::ImageLumaA16(g) => (
+            g.into_raw()
+                .chunks_exact(2)
+                .map(|p| p[0].min(255) as u8)
+                .collect(),
+            1,
+        ),
+        D::ImageRgb8(g) => (g.into_raw(), 3),
+        D::ImageRgba8(g) => (
+            g.into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [p[0], p[1], p[2]])
+                .collect(),
+            3,
+        ),
+        D::ImageRgb16(g) => (g.into_raw().iter().map(|&v| (v >> 8) as u8).collect(), 3),
+        D::ImageRgba16(g) => (
+            g.into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect(),
+            3,
+        ),
+        other => (other.to_rgb8().into_raw(), 3),
+    };
+    Ok(Image {
+        pixels,
+        h,
+        w,
+        c: from,
+    }
+    .with_channels(c))
 }

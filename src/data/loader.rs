@@ -1,12 +1,14 @@
-//! Batches for training and evaluation: a per-epoch order, the transforms, and a background thread that prepares
-//! the next batch while the caller trains on the current one.
+//! Batches for training and evaluation: a per-epoch order, the transforms, and a small pool of worker threads
+//! that decode and transform the next batches while the caller trains on the current one.
 //!
 //! Reproducibility: the order of epoch `e` is a function of `(seed, e)` only, and the augmentation of the item at
 //! position `p` of that order a function of `(seed, e, p)` only, so a run resumed at epoch `e` sees exactly the
-//! batches an uninterrupted run would have seen.
+//! batches an uninterrupted run would have seen, whatever the number of workers: worker `k` of `W` prepares batches
+//! `k, k + W, …` and the consumer takes them in order.
 //!
-//! The preparation runs on one plain thread, not on the rayon pool: resizing 28→96 costs ≈ 30 µs an image, about 1%
-//! of a training step, and the rayon pool's cores belong to the matrix multiplies.
+//! The workers are plain threads, not the rayon pool (whose cores belong to the matrix multiplies). The chapter's
+//! Fashion-MNIST loader ([`Loader::new`]) uses one (resizing 28→96 costs ≈ 30 µs an image, about 1% of a training
+//! step); image folders, whose decoding costs more, default to two ([`Loader::with_workers`]).
 
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -17,55 +19,97 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::fashion_mnist::Dataset;
-use super::transforms::{
-    augment, augment_padding, resize_shorter_side, to_tensor_into, Normalize, PilResize,
-};
-use crate::{bail, Result, Shape4};
+use super::source::ImageDataset;
+use super::transforms::{augment_padding, resize_shorter_side, to_tensor_chw, Pipeline, Step};
+use crate::{bail, Error, Result, Shape4};
 
-/// What the loader does to each image, in this order: `resize` (torchvision's `Resize(size)`: shorter side to
-/// `size`, Pillow bilinear, u8), `augment` (random crop with zero padding [`augment_padding`] and random horizontal
-/// flip), `ToTensor` (÷255), `normalize` (`(x − mean) / std`). The default does only `ToTensor`.
+/// The chapter's transforms (the `chapter` preset), in this order: `resize` (torchvision's `Resize(size)`: shorter
+/// side to `size`, Pillow bilinear, u8), `augment` (random crop with zero padding [`augment_padding`] and random
+/// horizontal flip), `ToTensor` (÷255), `normalize` (`(x − mean) / std`). The default does only `ToTensor`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TransformConfig {
     /// Target length of the shorter side (`Resize(size)`); `None` keeps the dataset's `h×w`.
     pub resize: Option<usize>,
-    /// `(mean, std)`.
+    /// `(mean, std)`, the same for every channel.
     pub normalize: Option<(f32, f32)>,
     /// Random crop (zero padding [`augment_padding`]) and random horizontal flip, seeded per epoch and position.
     pub augment: bool,
 }
 
-/// One batch: `images` is `n×1×h×w` f32 (with one channel this is also NHWC), `labels[i]` and `indices[i]` (the
-/// position in the dataset) belong to image `i`; `shape = Shape4 { n, c: 1, h, w }`.
+impl TransformConfig {
+    /// The [`Pipeline`] for images of `h×w`: `[Resize(size)] [RandomCrop(out, padding) RandomHorizontalFlip]`,
+    /// `padding = augment_padding(min side after the resize)`. Checks the sizes and the normalization.
+    pub fn pipeline(&self, h: usize, w: usize) -> Result<Pipeline> {
+        let (mut out_h, mut out_w) = (h, w);
+        let mut steps = Vec::new();
+        if let Some(size) = self.resize {
+            if size == 0 {
+                bail!("resize size must be at least 1");
+            }
+            (out_h, out_w) = resize_shorter_side(h, w, size);
+            if out_h == 0 || out_w == 0 {
+                bail!("resize to {size}: {h}×{w} images would become {out_h}×{out_w}");
+            }
+            steps.push(Step::Resize(size));
+        }
+        if self.augment {
+            let padding = augment_padding(out_h.min(out_w));
+            steps.push(Step::RandomCrop {
+                size: (out_h, out_w),
+                padding,
+            });
+            steps.push(Step::HorizontalFlip);
+        }
+        if let Some((mean, std)) = self.normalize {
+            if !(std > 0.0 && std.is_finite() && mean.is_finite()) {
+                bail!(
+                    "normalize: need a finite mean and a positive std, got mean {mean}, std {std}"
+                );
+            }
+        }
+        Ok(Pipeline {
+            steps,
+            normalize: self.normalize.map(|(m, s)| (vec![m], vec![s])),
+        })
+    }
+}
+
+/// One batch: `images` is `n×c×h×w` f32 (NCHW; with one channel this is also NHWC), `labels[i]` and `indices[i]`
+/// (the position in the dataset) belong to image `i`; `shape = Shape4 { n, c, h, w }`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
-    /// Transformed pixels, `[n, 1, h, w]` f32 (NCHW = NHWC with one channel), `shape.len()` values.
+    /// Transformed pixels, `[n, c, h, w]` f32, `shape.len()` values.
     pub images: Vec<f32>,
     /// Class of each image, `[n]`.
     pub labels: Vec<usize>,
     /// Position in the dataset of each image, `[n]`.
     pub indices: Vec<usize>,
-    /// `Shape4 { n, c: 1, h, w }` of `images` (`n` is less than the batch size for a short last batch).
+    /// `Shape4 { n, c, h, w }` of `images` (`n` is less than the batch size for a short last batch).
     pub shape: Shape4,
 }
 
-/// Streams a [`Dataset`] as batches of `batch_size` (the last one smaller if `n` is not a multiple), in dataset
-/// order or shuffled per epoch. Cheap to clone (the dataset is shared).
+/// Streams an [`ImageDataset`] as batches of `batch_size` (the last one smaller if `n` is not a multiple), in
+/// dataset order or shuffled per epoch, through a [`Pipeline`]. Cheap to clone (the dataset is shared).
 #[derive(Clone, Debug)]
 pub struct Loader {
-    dataset: Arc<Dataset>,
+    source: Arc<dyn ImageDataset>,
     batch_size: usize,
     shuffle: bool,
     seed: u64,
-    transform: TransformConfig,
-    resize: Option<Arc<PilResize>>,
+    pipeline: Arc<Pipeline>,
+    normalize: Option<(Vec<f32>, Vec<f32>)>,
+    c: usize,
     out_h: usize,
     out_w: usize,
+    workers: usize,
 }
 
 /// Purposes of the random streams, so that order and augmentation never share numbers.
 const STREAM_ORDER: u64 = 0;
 const STREAM_AUGMENT: u64 = 1;
+
+/// Most workers a loader starts.
+pub const MAX_WORKERS: usize = 64;
 
 /// A generator determined by `(seed, epoch, stream, index)` alone.
 fn rng_for(seed: u64, epoch: u64, stream: u64, index: u64) -> ChaCha8Rng {
@@ -77,8 +121,9 @@ fn rng_for(seed: u64, epoch: u64, stream: u64, index: u64) -> ChaCha8Rng {
 }
 
 impl Loader {
-    /// Checks the arguments (`batch_size > 0`, a consistent dataset, `resize` size > 0, `std > 0`) and plans the
-    /// transforms. Output images are `h×w` of the dataset, or [`resize_shorter_side`] of it with `resize`.
+    /// The chapter's loader of an IDX [`Dataset`]: checks the arguments (`batch_size > 0`, a consistent dataset,
+    /// `resize` size > 0, `std > 0`) and plans the transforms ([`TransformConfig::pipeline`]). Output images are
+    /// `h×w` of the dataset, or [`resize_shorter_side`] of it with `resize`. One worker thread.
     pub fn new(
         dataset: Arc<Dataset>,
         batch_size: usize,
@@ -86,9 +131,6 @@ impl Loader {
         seed: u64,
         transform: TransformConfig,
     ) -> Result<Loader> {
-        if batch_size == 0 {
-            bail!("batch size must be at least 1");
-        }
         let d = &*dataset;
         if d.h == 0 || d.w == 0 || d.images.len() != d.n * d.h * d.w || d.labels.len() != d.n {
             bail!(
@@ -100,49 +142,62 @@ impl Loader {
                 d.w
             );
         }
-        let (mut out_h, mut out_w) = (d.h, d.w);
-        let mut resize = None;
-        if let Some(size) = transform.resize {
-            if size == 0 {
-                bail!("resize size must be at least 1");
-            }
-            (out_h, out_w) = resize_shorter_side(d.h, d.w, size);
-            if out_h == 0 || out_w == 0 {
-                bail!(
-                    "resize to {size}: {}×{} images would become {out_h}×{out_w}",
-                    d.h,
-                    d.w
-                );
-            }
-            resize = Some(Arc::new(PilResize::new(d.h, d.w, out_h, out_w)));
+        let pipeline = transform.pipeline(d.h, d.w)?;
+        Ok(Loader::with_pipeline(dataset, batch_size, shuffle, seed, pipeline)?.with_workers(1))
+    }
+
+    /// A loader of any [`ImageDataset`] through `pipeline`, with two workers. Errors: `batch_size` 0, a channel
+    /// count other than 1 or 3, a pipeline whose output size is not fixed (variable-size images need a crop), a
+    /// normalization with the wrong number of values or a non-positive std.
+    pub fn with_pipeline(
+        source: Arc<dyn ImageDataset>,
+        batch_size: usize,
+        shuffle: bool,
+        seed: u64,
+        pipeline: Pipeline,
+    ) -> Result<Loader> {
+        if batch_size == 0 {
+            bail!("batch size must be at least 1");
         }
-        if let Some((mean, std)) = transform.normalize {
-            if !(std > 0.0 && std.is_finite() && mean.is_finite()) {
-                bail!(
-                    "normalize: need a finite mean and a positive std, got mean {mean}, std {std}"
-                );
-            }
+        let c = source.channels();
+        if !(c == 1 || c == 3) {
+            bail!("images must have 1 or 3 channels, the dataset has {c}");
         }
+        let (out_h, out_w) = pipeline.output_size(source.image_size())?;
+        let normalize = pipeline.normalize_for(c)?;
         Ok(Loader {
-            dataset,
+            source,
             batch_size,
             shuffle,
             seed,
-            transform,
-            resize,
+            pipeline: Arc::new(pipeline),
+            normalize,
+            c,
             out_h,
             out_w,
+            workers: 2,
         })
     }
 
-    /// Number of items per epoch (`n` of the dataset).
+    /// The same loader with `workers` threads (clamped to `1..=MAX_WORKERS`). The batches do not depend on it.
+    pub fn with_workers(mut self, workers: usize) -> Loader {
+        self.workers = workers.clamp(1, MAX_WORKERS);
+        self
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Number of items per epoch (`len()` of the dataset).
     pub fn len(&self) -> usize {
-        self.dataset.n
+        self.source.len()
     }
 
     /// Whether the dataset is empty.
     pub fn is_empty(&self) -> bool {
-        self.dataset.n == 0
+        self.source.is_empty()
     }
 
     /// The batch size given to [`Loader::new`].
@@ -152,7 +207,7 @@ impl Loader {
 
     /// Batches per epoch: `ceil(n / batch_size)`.
     pub fn num_batches(&self) -> usize {
-        self.dataset.n.div_ceil(self.batch_size)
+        self.len().div_ceil(self.batch_size)
     }
 
     /// Size `(h, w)` of the images in the batches.
@@ -160,15 +215,25 @@ impl Loader {
         (self.out_h, self.out_w)
     }
 
+    /// Channels `c` of the images in the batches (1 or 3).
+    pub fn channels(&self) -> usize {
+        self.c
+    }
+
     /// The dataset this loader reads.
-    pub fn dataset(&self) -> &Arc<Dataset> {
-        &self.dataset
+    pub fn source(&self) -> &Arc<dyn ImageDataset> {
+        &self.source
+    }
+
+    /// The transforms.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
     }
 
     /// The order of epoch `epoch`: a permutation of `0..n`, depending only on `(seed, epoch)` when shuffling,
     /// `0..n` otherwise.
     pub fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.dataset.n).collect();
+        let mut order: Vec<usize> = (0..self.len()).collect();
         if self.shuffle {
             order.shuffle(&mut rng_for(self.seed, epoch as u64, STREAM_ORDER, 0));
         }
@@ -176,99 +241,128 @@ impl Loader {
     }
 
     /// Batch `b` of epoch `epoch`, prepared on the calling thread (what [`Loader::epoch`] yields as its `b`-th
-    /// item). `None` if `b >= num_batches()`.
-    pub fn batch(&self, epoch: usize, b: usize) -> Option<Batch> {
-        (b < self.num_batches()).then(|| self.make_batch(&self.order(epoch), epoch, b))
+    /// item). `Ok(None)` if `b >= num_batches()`.
+    pub fn batch(&self, epoch: usize, b: usize) -> Result<Option<Batch>> {
+        if b >= self.num_batches() {
+            return Ok(None);
+        }
+        self.make_batch(&self.order(epoch), epoch, b).map(Some)
     }
 
-    /// The batches of epoch `epoch`, in order; each one is prepared on a background thread while the caller works
-    /// on the one before (at most two ahead). Dropping the iterator early stops the thread.
+    /// The batches of epoch `epoch`, in order; prepared by the worker threads while the caller works on earlier
+    /// ones (each worker at most one finished batch ahead). An image that cannot be read or transformed ends the
+    /// epoch with an `Err` naming it. Dropping the iterator early stops the threads.
     pub fn epoch(&self, epoch: usize) -> Epoch {
-        let (tx, rx) = sync_channel(1);
-        let loader = self.clone();
         let num_batches = self.num_batches();
-        let handle = std::thread::Builder::new()
-            .name("resnet-loader".into())
-            .spawn(move || {
-                let order = loader.order(epoch);
-                for b in 0..num_batches {
-                    if tx.send(loader.make_batch(&order, epoch, b)).is_err() {
-                        return; // the consumer is gone
+        let workers = self.workers.min(num_batches);
+        let order = Arc::new(self.order(epoch));
+        let mut rxs = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for k in 0..workers {
+            let (tx, rx) = sync_channel(1);
+            let loader = self.clone();
+            let order = order.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("resnet-loader-{k}"))
+                .spawn(move || {
+                    for b in (k..num_batches).step_by(workers) {
+                        let batch = loader.make_batch(&order, epoch, b);
+                        let failed = batch.is_err();
+                        if tx.send(batch).is_err() || failed {
+                            return; // the consumer is gone, or this epoch is over
+                        }
                     }
-                }
-            })
-            .expect("cannot start the data-loader thread");
+                })
+                .expect("cannot start a data-loader thread");
+            rxs.push(rx);
+            handles.push(handle);
+        }
         Epoch {
-            rx: Some(rx),
-            handle: Some(handle),
+            rxs,
+            handles,
+            next: 0,
             remaining: num_batches,
+            failed: false,
         }
     }
 
-    fn make_batch(&self, order: &[usize], epoch: usize, b: usize) -> Batch {
+    fn make_batch(&self, order: &[usize], epoch: usize, b: usize) -> Result<Batch> {
         let start = b * self.batch_size;
         let indices = order[start..(start + self.batch_size).min(order.len())].to_vec();
-        let (h, w) = (self.out_h, self.out_w);
-        let plane = h * w;
+        let (c, h, w) = (self.c, self.out_h, self.out_w);
+        let size = c * h * w;
         let normalize = self
-            .transform
             .normalize
-            .map(|(mean, std)| Normalize { mean, std });
-        let pad = augment_padding(h.min(w));
-        let mut images = vec![0.0f32; indices.len() * plane];
-        let mut resized = vec![0u8; if self.resize.is_some() { plane } else { 0 }];
+            .as_ref()
+            .map(|(m, s)| (m.as_slice(), s.as_slice()));
+        let mut images = vec![0.0f32; indices.len() * size];
         for (j, (&i, dst)) in indices
             .iter()
-            .zip(images.chunks_exact_mut(plane))
+            .zip(images.chunks_exact_mut(size))
             .enumerate()
         {
-            let mut img = self.dataset.image(i);
-            if let Some(r) = &self.resize {
-                r.apply(img, &mut resized);
-                img = &resized;
+            let img = self.source.image(i)?;
+            let mut rng = rng_for(self.seed, epoch as u64, STREAM_AUGMENT, (start + j) as u64);
+            let img = self
+                .pipeline
+                .apply(img, &mut rng)
+                .map_err(|e| Error::new(format!("{}: {e}", self.source.describe(i))))?;
+            if (img.h, img.w, img.c) != (h, w, c) {
+                bail!(
+                    "{}: {}×{}×{} after the transforms, but the batch holds {h}×{w}×{c} (images of different sizes \
+                     need a crop)",
+                    self.source.describe(i),
+                    img.h,
+                    img.w,
+                    img.c
+                );
             }
-            if self.transform.augment {
-                let mut rng = rng_for(self.seed, epoch as u64, STREAM_AUGMENT, (start + j) as u64);
-                to_tensor_into(&augment(img, h, w, pad, &mut rng), dst, normalize);
-            } else {
-                to_tensor_into(img, dst, normalize);
-            }
+            to_tensor_chw(&img, dst, normalize);
         }
-        let labels = indices.iter().map(|&i| self.dataset.label(i)).collect();
-        Batch {
+        let labels = indices.iter().map(|&i| self.source.label(i)).collect();
+        Ok(Batch {
             images,
             labels,
-            shape: Shape4::new(indices.len(), 1, h, w),
+            shape: Shape4::new(indices.len(), c, h, w),
             indices,
-        }
+        })
     }
 }
 
-/// Iterator over one epoch's batches (see [`Loader::epoch`]), fed by a background thread.
+/// Iterator over one epoch's batches (see [`Loader::epoch`]), fed by the worker threads.
 #[derive(Debug)]
 pub struct Epoch {
-    rx: Option<Receiver<Batch>>,
-    handle: Option<JoinHandle<()>>,
+    rxs: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
     remaining: usize,
+    failed: bool,
 }
 
 impl Iterator for Epoch {
-    type Item = Batch;
+    type Item = Result<Batch>;
 
-    fn next(&mut self) -> Option<Batch> {
-        let batch = self.rx.as_ref()?.recv().ok();
-        match batch {
-            Some(b) => {
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 || self.failed {
+            return None;
+        }
+        let k = self.next % self.rxs.len();
+        match self.rxs[k].recv() {
+            Ok(Ok(b)) => {
+                self.next += 1;
                 self.remaining -= 1;
-                Some(b)
+                Some(Ok(b))
             }
-            None => {
-                // The thread finished (or died): surface its panic instead of ending the epoch quietly.
-                self.rx = None;
-                if let Some(handle) = self.handle.take() {
-                    if let Err(panic) = handle.join() {
-                        std::panic::resume_unwind(panic);
-                    }
+            Ok(Err(e)) => {
+                self.failed = true;
+                Some(Err(e))
+            }
+            Err(_) => {
+                // The worker died: surface its panic instead of ending the epoch quietly.
+                self.failed = true;
+                let handle = self.handles.remove(k);
+                if let Err(panic) = handle.join() {
+                    std::panic::resume_unwind(panic);
                 }
                 None
             }
@@ -276,7 +370,8 @@ impl Iterator for Epoch {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.remaining, Some(self.remaining))
+        let n = if self.failed { 0 } else { self.remaining };
+        (n, Some(n))
     }
 }
 
@@ -284,8 +379,8 @@ impl ExactSizeIterator for Epoch {}
 
 impl Drop for Epoch {
     fn drop(&mut self) {
-        self.rx = None; // makes the thread's next send fail, so it stops
-        if let Some(handle) = self.handle.take() {
+        self.rxs.clear(); // makes the workers' next send fail, so they stop
+        for handle in self.handles.drain(..) {
             let _ = handle.join();
         }
     }
@@ -303,5 +398,53 @@ mod tests {
         assert_ne!(a, rng_for(1, 3, STREAM_ORDER, 0).next_u64());
         assert_ne!(a, rng_for(1, 2, STREAM_AUGMENT, 0).next_u64());
         assert_ne!(a, rng_for(2, 2, STREAM_ORDER, 0).next_u64());
+    }
+
+    /// The chapter's batches are what the loader made before the general pipeline: resize, then
+    /// `augment(img, h, w, augment_padding(min side), rng_for(seed, epoch, AUGMENT, position))`, then ToTensor and
+    /// Normalize — the same pixels, labels and order.
+    #[test]
+    fn chapter_batches_are_unchanged() {
+        use super::super::transforms::{augment, to_tensor_into, Normalize, PilResize};
+        let n = 50;
+        let images: Vec<u8> = (0..n * 28 * 28).map(|i| (i * 31 % 256) as u8).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        let ds = Arc::new(Dataset::new(images, labels, 28, 28).unwrap());
+        let cfg = TransformConfig {
+            resize: Some(40),
+            normalize: Some((0.3, 0.4)),
+            augment: true,
+        };
+        let loader = Loader::new(ds.clone(), 16, true, 11, cfg).unwrap();
+        let resize = PilResize::new(28, 28, 40, 40);
+        for epoch in [0, 3] {
+            let order = loader.order(epoch);
+            for (b, batch) in loader.epoch(epoch).enumerate() {
+                let batch = batch.unwrap();
+                for (j, &i) in batch.indices.iter().enumerate() {
+                    let pos = b * 16 + j;
+                    assert_eq!(i, order[pos]);
+                    let mut r = vec![0u8; 1600];
+                    resize.apply(ds.image(i), &mut r);
+                    let mut rng = rng_for(11, epoch as u64, STREAM_AUGMENT, pos as u64);
+                    let a = augment(&r, 40, 40, augment_padding(40), &mut rng);
+                    let mut want = vec![0f32; 1600];
+                    to_tensor_into(
+                        &a,
+                        &mut want,
+                        Some(Normalize {
+                            mean: 0.3,
+                            std: 0.4,
+                        }),
+                    );
+                    assert_eq!(
+                        &batch.images[j * 1600..][..1600],
+                        &want[..],
+                        "epoch {epoch} position {pos}"
+                    );
+                    assert_eq!(batch.labels[j], i % 10);
+                }
+            }
+        }
     }
 }

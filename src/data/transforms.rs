@@ -2,7 +2,13 @@
 //! bilinear resampling, result rounded to u8), `ToTensor` (÷255), optional `Normalize`, and optional augmentation
 //! (random crop with zero padding, random horizontal flip).
 //!
-//! All images here are one channel, `h×w` u8 or f32, row-major.
+//! The chapter's functions take one-channel `h×w` images; the general ones take an [`Image`] of 1 (L) or 3 (RGB)
+//! channels, interleaved `h×w×c` as PIL stores it, and follow torchvision's definitions on PIL images:
+//! [`resize`] (`Resize(size)`), [`center_crop`] (`CenterCrop`), [`resized_crop`] + [`random_resized_crop_params`]
+//! (`RandomResizedCrop`), [`pad_crop`] + [`random_crop_params`] (`RandomCrop(size, padding)`), [`hflip_image`]
+//! (`RandomHorizontalFlip`), [`to_tensor_chw`] (`ToTensor` + `Normalize(mean[c], std[c])`). A [`Pipeline`] chains
+//! them; the presets are [`Pipeline::cifar`], [`Pipeline::imagenet`] and [`TransformConfig`](super::TransformConfig)
+//! (the chapter's).
 
 use crate::{bail, Result};
 use rand::Rng;
@@ -109,6 +115,7 @@ fn clip8(sum: i32) -> u8 {
 /// 22-bit fixed point starting from ½ (rounding). Build once, apply to every image of that size.
 #[derive(Clone, Debug)]
 pub struct PilResize {
+    c: usize,
     in_h: usize,
     in_w: usize,
     out_h: usize,
@@ -120,11 +127,26 @@ pub struct PilResize {
 impl PilResize {
     /// Plans the resize. Panics if any size is 0 (Pillow refuses those too).
     pub fn new(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> PilResize {
+        PilResize::with_channels(in_h, in_w, out_h, out_w, 1)
+    }
+
+    /// Plans the resize of `c`-channel interleaved images (`h×w×c`, as PIL's `RGB` with `c = 3`): Pillow resamples
+    /// every band with the same weights, so each channel is the one-channel resize of that channel. Panics if any
+    /// size or `c` is 0.
+    pub fn with_channels(
+        in_h: usize,
+        in_w: usize,
+        out_h: usize,
+        out_w: usize,
+        c: usize,
+    ) -> PilResize {
+        assert!(c > 0, "resize: no channels");
         assert!(
             in_h > 0 && in_w > 0 && out_h > 0 && out_w > 0,
             "resize {in_h}×{in_w} → {out_h}×{out_w}: sizes must be positive"
         );
         PilResize {
+            c,
             in_h,
             in_w,
             out_h,
@@ -141,28 +163,104 @@ impl PilResize {
 
     /// Resizes `src` (`in_h×in_w` u8) into `dst` (`out_h×out_w` u8). Panics if the lengths differ from the plan.
     pub fn apply(&self, src: &[u8], dst: &mut [u8]) {
-        assert_eq!(src.len(), self.in_h * self.in_w, "resize: source length");
+        let c = self.c;
+        assert_eq!(
+            src.len(),
+            self.in_h * self.in_w * c,
+            "resize: source length"
+        );
         assert_eq!(
             dst.len(),
-            self.out_h * self.out_w,
+            self.out_h * self.out_w * c,
             "resize: destination length"
         );
         match (&self.horizontal, &self.vertical) {
             (None, None) => dst.copy_from_slice(src),
-            (Some(hc), None) => horizontal_pass(hc, src, self.in_w, dst, self.out_w),
-            (None, Some(vc)) => vertical_pass(vc, src, dst, self.out_w),
+            (Some(hc), None) => horizontal_pass(hc, src, self.in_w, dst, self.out_w, c),
+            (None, Some(vc)) => vertical_pass(vc, src, dst, self.out_w * c),
             (Some(hc), Some(vc)) => {
-                let mut tmp = vec![0u8; self.in_h * self.out_w];
-                horizontal_pass(hc, src, self.in_w, &mut tmp, self.out_w);
-                vertical_pass(vc, &tmp, dst, self.out_w);
+                let mut tmp = vec![0u8; self.in_h * self.out_w * c];
+                horizontal_pass(hc, src, self.in_w, &mut tmp, self.out_w, c);
+                vertical_pass(vc, &tmp, dst, self.out_w * c);
             }
         }
     }
 }
 
-/// Pillow's `ImagingResampleHorizontal_8bpc`: every row of `src` (width `in_w`) to a row of `dst` (width `out_w`).
-fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: usize) {
+/// Pillow's `ImagingResampleHorizontal_8bpc`: every row of `src` (width `in_w`, `ch` interleaved channels) to a
+/// row of `dst` (width `out_w`).
+fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: usize, ch: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { horizontal_pass_avx2(c, src, in_w, dst, out_w, ch) };
+    }
+    horizontal_pass_portable(c, src, in_w, dst, out_w, ch)
+}
+
+/// [`horizontal_pass_portable`] compiled for AVX2; same integer arithmetic, same result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_pass_avx2(
+    c: &Coeffs,
+    src: &[u8],
+    in_w: usize,
+    dst: &mut [u8],
+    out_w: usize,
+    ch: usize,
+) {
+    horizontal_pass_portable(c, src, in_w, dst, out_w, ch)
+}
+
+#[inline(always)]
+fn horizontal_pass_portable(
+    c: &Coeffs,
+    src: &[u8],
+    in_w: usize,
+    dst: &mut [u8],
+    out_w: usize,
+    ch: usize,
+) {
     let half = 1i32 << (PRECISION_BITS - 1);
+    if ch == 3 {
+        for (src_row, dst_row) in src
+            .chunks_exact(in_w * 3)
+            .zip(dst.chunks_exact_mut(out_w * 3))
+        {
+            for (o, px) in dst_row.chunks_exact_mut(3).enumerate() {
+                let (start, k) = c.row(o);
+                let (mut s0, mut s1, mut s2) = (half, half, half);
+                for (p, &kx) in src_row[start * 3..(start + k.len()) * 3]
+                    .chunks_exact(3)
+                    .zip(k)
+                {
+                    s0 += p[0] as i32 * kx;
+                    s1 += p[1] as i32 * kx;
+                    s2 += p[2] as i32 * kx;
+                }
+                px.copy_from_slice(&[clip8(s0), clip8(s1), clip8(s2)]);
+            }
+        }
+        return;
+    }
+    if ch != 1 {
+        for (src_row, dst_row) in src
+            .chunks_exact(in_w * ch)
+            .zip(dst.chunks_exact_mut(out_w * ch))
+        {
+            for (o, px) in dst_row.chunks_exact_mut(ch).enumerate() {
+                let (start, k) = c.row(o);
+                for (b, v) in px.iter_mut().enumerate() {
+                    let mut sum = half;
+                    for (x, &kx) in k.iter().enumerate() {
+                        sum += src_row[(start + x) * ch + b] as i32 * kx;
+                    }
+                    *v = clip8(sum);
+                }
+            }
+        }
+        return;
+    }
     for (src_row, dst_row) in src.chunks_exact(in_w).zip(dst.chunks_exact_mut(out_w)) {
         for (o, px) in dst_row.iter_mut().enumerate() {
             let (start, k) = c.row(o);
@@ -175,9 +273,27 @@ fn horizontal_pass(c: &Coeffs, src: &[u8], in_w: usize, dst: &mut [u8], out_w: u
     }
 }
 
-/// Pillow's `ImagingResampleVertical_8bpc`: columns of `src` to columns of `dst`, both of width `w`
-/// (accumulated a row at a time; the sums, and so the result, are the same as column by column).
+/// Pillow's `ImagingResampleVertical_8bpc`: columns of `src` to columns of `dst`, both of width `w` values (pixels
+/// times channels; every channel of a column is resampled alike) (accumulated a row at a time; the sums, and so the result, are the same as column by column).
 fn vertical_pass(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { vertical_pass_avx2(c, src, dst, w) };
+    }
+    vertical_pass_portable(c, src, dst, w)
+}
+
+/// [`vertical_pass_portable`] compiled for AVX2 (8 × i32 multiplies; SSE2 has no 32-bit multiply to vectorize
+/// with). Same integer arithmetic, same result.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn vertical_pass_avx2(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
+    vertical_pass_portable(c, src, dst, w)
+}
+
+#[inline(always)]
+fn vertical_pass_portable(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
     let half = 1i32 << (PRECISION_BITS - 1);
     let mut acc = vec![0i32; w];
     for (o, dst_row) in dst.chunks_exact_mut(w).enumerate() {
@@ -313,6 +429,485 @@ pub fn augment<R: Rng + ?Sized>(
     out
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// General images: 1 or 3 channels, interleaved, any size
+
+/// An 8-bit image as PIL holds it: `pixels` is `h×w×c` interleaved (row-major, the `c` channel values of a pixel
+/// side by side), `c` = 1 (PIL mode `L`) or 3 (`RGB`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// `[h, w, c]` u8.
+    pub pixels: Vec<u8>,
+    /// Height, pixels.
+    pub h: usize,
+    /// Width, pixels.
+    pub w: usize,
+    /// Channels: 1 or 3.
+    pub c: usize,
+}
+
+impl Image {
+    /// An image from its pixels; `None` unless `pixels.len() == h·w·c` and `h, w, c > 0`.
+    pub fn new(pixels: Vec<u8>, h: usize, w: usize, c: usize) -> Option<Image> {
+        (h > 0 && w > 0 && c > 0 && h.checked_mul(w)?.checked_mul(c)? == pixels.len())
+            .then_some(Image { pixels, h, w, c })
+    }
+
+    /// PIL's `convert('L')` of an RGB image (`L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`); a copy if `c = 1`.
+    pub fn to_gray(&self) -> Image {
+        if self.c == 1 {
+            return self.clone();
+        }
+        let pixels = self
+            .pixels
+            .chunks_exact(self.c)
+            .map(|p| luma(p[0], p[1], p[2]))
+            .collect();
+        Image {
+            pixels,
+            h: self.h,
+            w: self.w,
+            c: 1,
+        }
+    }
+
+    /// PIL's `convert('RGB')` of an L image (the value replicated); a copy if `c = 3`.
+    pub fn to_rgb(&self) -> Image {
+        if self.c == 3 {
+            return self.clone();
+        }
+        let pixels = self.pixels.iter().flat_map(|&v| [v, v, v]).collect();
+        Image {
+            pixels,
+            h: self.h,
+            w: self.w,
+            c: 3,
+        }
+    }
+
+    /// This image with `c` channels (1 or 3), converted as PIL's `convert` does; panics on another `c`.
+    pub fn with_channels(self, c: usize) -> Image {
+        match (self.c, c) {
+            (a, b) if a == b => self,
+            (_, 1) => self.to_gray(),
+            (_, 3) => self.to_rgb(),
+            _ => panic!("images have 1 or 3 channels, not {c}"),
+        }
+    }
+}
+
+/// PIL's ITU-R 601-2 luma of one RGB pixel (`L24(rgb) >> 16` in Pillow's Convert.c).
+#[inline]
+pub fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((19595 * r as u32 + 38470 * g as u32 + 7471 * b as u32 + 0x8000) >> 16) as u8
+}
+
+/// Python's `round()` of a float (ties to even, `round(2.5) == 2`), as torchvision's crops use it.
+fn py_round(x: f64) -> i64 {
+    x.round_ties_even() as i64
+}
+
+/// torchvision's `Resize(size)` on a PIL image: the shorter side to `size` ([`resize_shorter_side`]), Pillow
+/// bilinear with antialiasing; the image itself when the size does not change.
+pub fn resize(img: &Image, size: usize) -> Image {
+    let (oh, ow) = resize_shorter_side(img.h, img.w, size);
+    resize_to(img, oh, ow)
+}
+
+/// Pillow's `img.resize((out_w, out_h), Image.BILINEAR)` (a copy when the size is the same).
+pub fn resize_to(img: &Image, out_h: usize, out_w: usize) -> Image {
+    if (out_h, out_w) == (img.h, img.w) {
+        return img.clone();
+    }
+    let mut pixels = vec![0u8; out_h * out_w * img.c];
+    PilResize::with_channels(img.h, img.w, out_h, out_w, img.c).apply(&img.pixels, &mut pixels);
+    Image {
+        pixels,
+        h: out_h,
+        w: out_w,
+        c: img.c,
+    }
+}
+
+/// PIL's `img.crop((left, top, left + w, top + h))`: the `h×w` window at `(top, left)`, which may reach outside
+/// the image; pixels outside are 0.
+pub fn crop(img: &Image, top: isize, left: isize, h: usize, w: usize) -> Image {
+    let c = img.c;
+    let mut pixels = vec![0u8; h * w * c];
+    // Columns of the window that fall inside the image.
+    let x0 = (-left).clamp(0, w as isize) as usize;
+    let x1 = (img.w as isize - left).clamp(0, w as isize) as usize;
+    for (y, row) in pixels.chunks_exact_mut(w * c).enumerate() {
+        let sy = y as isize + top;
+        if sy < 0 || sy >= img.h as isize || x0 >= x1 {
+            continue;
+        }
+        let sx0 = (x0 as isize + left) as usize;
+        let src = &img.pixels[(sy as usize * img.w + sx0) * c..][..(x1 - x0) * c];
+        row[x0 * c..x1 * c].copy_from_slice(src);
+    }
+    Image { pixels, h, w, c }
+}
+
+/// Offset of a centered crop of `crop` pixels along an axis of `size`, as torchvision's `center_crop` computes it:
+/// zero padding `(crop − size) // 2` before when the crop is larger, else `int(round((size − crop) / 2.0))`.
+fn center_offset(size: usize, crop: usize) -> isize {
+    if crop > size {
+        -(((crop - size) / 2) as isize)
+    } else {
+        py_round((size - crop) as f64 / 2.0) as isize
+    }
+}
+
+/// torchvision's `CenterCrop((h, w))`, zero-padding an image smaller than the crop.
+pub fn center_crop(img: &Image, h: usize, w: usize) -> Image {
+    crop(img, center_offset(img.h, h), center_offset(img.w, w), h, w)
+}
+
+/// torchvision's `F.resized_crop` on a PIL image: `crop(top, left, h, w)`, then Pillow's bilinear resize of the
+/// crop to `out_h×out_w`.
+pub fn resized_crop(
+    img: &Image,
+    top: usize,
+    left: usize,
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+) -> Image {
+    let cut = crop(img, top as isize, left as isize, h, w);
+    resize_to(&cut, out_h, out_w)
+}
+
+/// `RandomResizedCrop.get_params` of torchvision for an `h×w` image: up to 10 tries of an area fraction uniform in
+/// `scale` and a log-uniform aspect ratio (width/height) in `ratio`, `w' = round(√(area·r))`,
+/// `h' = round(√(area/r))`, accepted when `0 < w' ≤ w` and `0 < h' ≤ h` with a uniform offset; otherwise the
+/// central crop of the whole image, clamped to the ratio range. Returns `(top, left, h', w')`. The numbers come from
+/// `rng`, not torch's generator, so the boxes differ from a PyTorch run; the rule is the same.
+pub fn random_resized_crop_params<R: Rng + ?Sized>(
+    h: usize,
+    w: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut R,
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let (lo, hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * uniform(rng, scale.0, scale.1);
+        let aspect = uniform(rng, lo, hi).exp();
+        let cw = py_round((target_area * aspect).sqrt());
+        let ch = py_round((target_area / aspect).sqrt());
+        if 0 < cw && cw as usize <= w && 0 < ch && ch as usize <= h {
+            let (cw, ch) = (cw as usize, ch as usize);
+            let top = rng.random_range(0..=h - ch);
+            let left = rng.random_range(0..=w - cw);
+            return (top, left, ch, cw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (min_r, max_r) = (ratio.0.min(ratio.1), ratio.0.max(ratio.1));
+    let (ch, cw) = if in_ratio < min_r {
+        ((py_round(w as f64 / min_r) as usize).max(1), w)
+    } else if in_ratio > max_r {
+        (h, (py_round(h as f64 * max_r) as usize).max(1))
+    } else {
+        (h, w)
+    };
+    (
+        (h - ch.min(h)) / 2,
+        (w - cw.min(w)) / 2,
+        ch.min(h),
+        cw.min(w),
+    )
+}
+
+/// torch's `uniform_(a, b)`: `a + (b − a)·u`, `u` uniform in `[0, 1)`.
+fn uniform<R: Rng + ?Sized>(rng: &mut R, a: f64, b: f64) -> f64 {
+    a + (b - a) * rng.random::<f64>()
+}
+
+/// `RandomCrop.get_params` after padding the `h×w` image by `padding` on every side: a uniform offset
+/// `(top, left)` into the padded image for a `th×tw` crop (`(0, 0)` without drawing when the sizes are equal).
+/// `None` when the padded image is smaller than the crop (torchvision raises `ValueError`).
+pub fn random_crop_params<R: Rng + ?Sized>(
+    h: usize,
+    w: usize,
+    th: usize,
+    tw: usize,
+    padding: usize,
+    rng: &mut R,
+) -> Option<(usize, usize)> {
+    let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+    if ph < th || pw < tw {
+        return None;
+    }
+    if (ph, pw) == (th, tw) {
+        return Some((0, 0));
+    }
+    let top = rng.random_range(0..=ph - th);
+    let left = rng.random_range(0..=pw - tw);
+    Some((top, left))
+}
+
+/// torchvision's `F.pad(img, padding)` (zeros) then `F.crop(top, left, th, tw)`, `(top, left)` counted in the
+/// padded image.
+pub fn pad_crop(
+    img: &Image,
+    padding: usize,
+    top: usize,
+    left: usize,
+    th: usize,
+    tw: usize,
+) -> Image {
+    let p = padding as isize;
+    crop(img, top as isize - p, left as isize - p, th, tw)
+}
+
+/// Mirrors an image left to right (`F.hflip`, PIL's `FLIP_LEFT_RIGHT`), in place.
+pub fn hflip_image(img: &mut Image) {
+    let (w, c) = (img.w, img.c);
+    if c == 1 {
+        hflip(&mut img.pixels, w);
+        return;
+    }
+    for row in img.pixels.chunks_exact_mut(w * c) {
+        for x in 0..w / 2 {
+            for b in 0..c {
+                row.swap(x * c + b, (w - 1 - x) * c + b);
+            }
+        }
+    }
+}
+
+/// `ToTensor` then `Normalize(mean, std)` (per channel, if given) of an interleaved image into `dst`, laid out
+/// `[c, h, w]` (planar, as torchvision's tensors): `dst[ch·h·w + y·w + x] = (pixel/255 − mean[ch]) / std[ch]`.
+/// For one channel this is [`to_tensor_into`].
+pub fn to_tensor_chw(img: &Image, dst: &mut [f32], normalize: Option<(&[f32], &[f32])>) {
+    let (plane, c) = (img.h * img.w, img.c);
+    assert_eq!(dst.len(), plane * c, "to_tensor_chw: lengths differ");
+    // u8 input has 256 values: each channel's results, computed with the same f32 operations, in a table.
+    for (b, out) in dst.chunks_exact_mut(plane).enumerate() {
+        let mut table = [0f32; 256];
+        for (v, t) in table.iter_mut().enumerate() {
+            *t = v as f32 / 255.0;
+            if let Some((m, s)) = normalize {
+                *t = (*t - m[b]) / s[b];
+            }
+        }
+        if c == 1 {
+            for (d, &p) in out.iter_mut().zip(&img.pixels) {
+                *d = table[p as usize];
+            }
+        } else {
+            for (d, px) in out.iter_mut().zip(img.pixels.chunks_exact(c)) {
+                *d = table[px[b] as usize];
+            }
+        }
+    }
+}
+
+/// One step of a [`Pipeline`], on u8 images (before `ToTensor`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// `Resize(size)`: shorter side to `size`.
+    Resize(usize),
+    /// `CenterCrop((h, w))`.
+    CenterCrop(usize, usize),
+    /// `RandomResizedCrop((h, w), scale, ratio)`.
+    RandomResizedCrop {
+        /// Output `(h, w)`.
+        size: (usize, usize),
+        /// Range of the crop's area as a fraction of the image's (torchvision: `(0.08, 1.0)`).
+        scale: (f64, f64),
+        /// Range of the crop's aspect ratio width/height (torchvision: `(3/4, 4/3)`).
+        ratio: (f64, f64),
+    },
+    /// `RandomCrop((h, w), padding)` with zero padding.
+    RandomCrop {
+        /// Output `(h, w)`.
+        size: (usize, usize),
+        /// Zeros added on every side first.
+        padding: usize,
+    },
+    /// `RandomHorizontalFlip(0.5)`.
+    HorizontalFlip,
+}
+
+impl Step {
+    /// Whether the step draws random numbers.
+    pub fn is_random(&self) -> bool {
+        matches!(
+            self,
+            Step::RandomResizedCrop { .. } | Step::RandomCrop { .. } | Step::HorizontalFlip
+        )
+    }
+}
+
+/// torchvision's `(0.08, 1.0)` area range of `RandomResizedCrop`.
+pub const RRC_SCALE: (f64, f64) = (0.08, 1.0);
+/// torchvision's `(3/4, 4/3)` aspect-ratio range of `RandomResizedCrop`.
+pub const RRC_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+
+/// A `transforms.Compose`: u8 [`Step`]s, then `ToTensor` and an optional per-channel `Normalize(mean, std)`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pipeline {
+    /// The u8 steps, in order.
+    pub steps: Vec<Step>,
+    /// `(mean, std)`, one value per channel (or one value for every channel).
+    pub normalize: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Pipeline {
+    /// The `cifar` preset: training `RandomCrop(32, padding=4)` + `RandomHorizontalFlip()`; evaluation nothing.
+    pub fn cifar(train: bool) -> Pipeline {
+        let steps = if train {
+            vec![
+                Step::RandomCrop {
+                    size: (32, 32),
+                    padding: 4,
+                },
+                Step::HorizontalFlip,
+            ]
+        } else {
+            Vec::new()
+        };
+        Pipeline {
+            steps,
+            normalize: None,
+        }
+    }
+
+    /// The `imagenet` preset: training `RandomResizedCrop(size)` + `RandomHorizontalFlip()`; evaluation
+    /// `Resize(size·256/224)` + `CenterCrop(size)` (`Resize(256)` + `CenterCrop(224)` for `size = 224`).
+    pub fn imagenet(train: bool, size: usize) -> Pipeline {
+        let steps = if train {
+            vec![
+                Step::RandomResizedCrop {
+                    size: (size, size),
+                    scale: RRC_SCALE,
+                    ratio: RRC_RATIO,
+                },
+                Step::HorizontalFlip,
+            ]
+        } else {
+            vec![Step::Resize(size * 256 / 224), Step::CenterCrop(size, size)]
+        };
+        Pipeline {
+            steps,
+            normalize: None,
+        }
+    }
+
+    /// This pipeline with `Normalize(mean, std)`.
+    pub fn with_normalize(mut self, mean: Vec<f32>, std: Vec<f32>) -> Pipeline {
+        self.normalize = Some((mean, std));
+        self
+    }
+
+    /// Whether any step draws random numbers.
+    pub fn is_random(&self) -> bool {
+        self.steps.iter().any(Step::is_random)
+    }
+
+    /// Size `(h, w)` of the output for inputs of size `input` (`None`: sizes vary). An error when the output size
+    /// would vary (no crop after the last size-changing step on variable inputs) or a size is 0.
+    pub fn output_size(&self, input: Option<(usize, usize)>) -> Result<(usize, usize)> {
+        let mut size = input;
+        for s in &self.steps {
+            size = match *s {
+                Step::Resize(n) => {
+                    if n == 0 {
+                        bail!("Resize: the size must be at least 1");
+                    }
+                    size.map(|(h, w)| resize_shorter_side(h, w, n))
+                }
+                Step::CenterCrop(h, w)
+                | Step::RandomResizedCrop { size: (h, w), .. }
+                | Step::RandomCrop { size: (h, w), .. } => {
+                    if h == 0 || w == 0 {
+                        bail!("crop to {h}×{w}: sizes must be at least 1");
+                    }
+                    Some((h, w))
+                }
+                Step::HorizontalFlip => size,
+            };
+        }
+        match size {
+            Some((h, w)) if h > 0 && w > 0 => Ok((h, w)),
+            Some((h, w)) => bail!("the transforms would make {h}×{w} images"),
+            None => bail!(
+                "the images have different sizes and the transforms do not crop them to one size (use a preset with \
+                 a crop, e.g. imagenet)"
+            ),
+        }
+    }
+
+    /// Checks the normalization against `c` channels: one value, or `c` values, finite means, positive stds.
+    /// Returns `(mean, std)` with `c` values each.
+    pub fn normalize_for(&self, c: usize) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+        let Some((mean, std)) = &self.normalize else {
+            return Ok(None);
+        };
+        let widen = |v: &Vec<f32>, what: &str| -> Result<Vec<f32>> {
+            match v.len() {
+                1 => Ok(vec![v[0]; c]),
+                n if n == c => Ok(v.clone()),
+                n => bail!("normalize: {n} {what} values for {c}-channel images (give 1 or {c})"),
+            }
+        };
+        let (mean, std) = (widen(mean, "mean")?, widen(std, "std")?);
+        if let Some((m, s)) = mean
+            .iter()
+            .zip(&std)
+            .find(|(m, s)| !(m.is_finite() && s.is_finite() && **s > 0.0))
+        {
+            bail!("normalize: need a finite mean and a positive std, got mean {m}, std {s}");
+        }
+        Ok(Some((mean, std)))
+    }
+
+    /// Applies the u8 steps to `img`, drawing from `rng` in step order. An error (naming nothing: the caller adds
+    /// the image) when a `RandomCrop` is larger than the padded image.
+    pub fn apply<R: Rng + ?Sized>(&self, mut img: Image, rng: &mut R) -> Result<Image> {
+        for s in &self.steps {
+            img = match *s {
+                Step::Resize(n) => resize(&img, n),
+                Step::CenterCrop(h, w) => center_crop(&img, h, w),
+                Step::RandomResizedCrop {
+                    size: (oh, ow),
+                    scale,
+                    ratio,
+                } => {
+                    let (t, l, h, w) = random_resized_crop_params(img.h, img.w, scale, ratio, rng);
+                    resized_crop(&img, t, l, h, w, oh, ow)
+                }
+                Step::RandomCrop {
+                    size: (th, tw),
+                    padding,
+                } => {
+                    let Some((t, l)) = random_crop_params(img.h, img.w, th, tw, padding, rng)
+                    else {
+                        bail!(
+                            "RandomCrop({th}×{tw}, padding={padding}): the image is only {}×{}",
+                            img.h,
+                            img.w
+                        );
+                    };
+                    pad_crop(&img, padding, t, l, th, tw)
+                }
+                Step::HorizontalFlip => {
+                    if rng.random_bool(0.5) {
+                        hflip_image(&mut img);
+                    }
+                    img
+                }
+            };
+        }
+        Ok(img)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,5 +975,102 @@ mod tests {
             }),
         );
         assert_eq!(d, [1.0, -1.0]);
+    }
+
+    #[test]
+    fn python_rounding_ties_to_even() {
+        assert_eq!(
+            [0.5, 1.5, 2.5, 6.5, 5.5, 2.4999].map(py_round),
+            [0, 2, 2, 6, 6, 2]
+        );
+        // CenterCrop offsets: int(round((size - crop) / 2.0)), or minus the padding before.
+        assert_eq!(center_offset(19, 8), 6);
+        assert_eq!(center_offset(20, 7), 6);
+        assert_eq!(center_offset(5, 9), -2);
+        assert_eq!(center_offset(6, 6), 0);
+    }
+
+    #[test]
+    fn random_resized_crop_params_bounds_fallback_and_seeds() {
+        for (h, w) in [(28, 28), (32, 32), (375, 500), (1, 1), (3, 200), (200, 3)] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(h as u64 * 1000 + w as u64);
+            for _ in 0..500 {
+                let (t, l, ch, cw) =
+                    random_resized_crop_params(h, w, RRC_SCALE, RRC_RATIO, &mut rng);
+                assert!(
+                    ch >= 1 && cw >= 1 && t + ch <= h && l + cw <= w,
+                    "{h}×{w}: {t} {l} {ch} {cw}"
+                );
+            }
+        }
+        // In range: area fraction within scale (up to rounding), ratio within range.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let (_, _, ch, cw) =
+                random_resized_crop_params(500, 500, RRC_SCALE, RRC_RATIO, &mut rng);
+            if (ch, cw) != (500, 500) {
+                let r = cw as f64 / ch as f64;
+                assert!((0.74..=1.35).contains(&r), "{ch}×{cw}");
+                let a = (ch * cw) as f64 / 250_000.0;
+                assert!((0.075..=1.0).contains(&a), "{ch}×{cw}");
+            }
+        }
+        // Fallback: an impossible scale gives the central crop clamped to the ratio range.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(
+            random_resized_crop_params(10, 100, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (0, 43, 10, 13) // in_ratio 10 > 4/3: h = 10, w = round(10 · 4/3) = 13
+        );
+        assert_eq!(
+            random_resized_crop_params(100, 10, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (43, 0, 13, 10) // in_ratio 0.1 < 3/4: w = 10, h = round(10 / 0.75) = 13
+        );
+        assert_eq!(
+            random_resized_crop_params(30, 32, (2.0, 3.0), RRC_RATIO, &mut rng),
+            (0, 0, 30, 32) // ratio in range: the whole image
+        );
+        // Determinism per seed.
+        let draw = |seed| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            (0..20)
+                .map(|_| random_resized_crop_params(64, 48, RRC_SCALE, RRC_RATIO, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+    }
+
+    #[test]
+    fn random_crop_params_bounds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let (t, l) = random_crop_params(32, 32, 32, 32, 4, &mut rng).unwrap();
+            assert!(t <= 8 && l <= 8);
+            seen.insert((t, l));
+        }
+        assert_eq!(seen.len(), 81); // every offset of the padded 40×40 image
+        assert_eq!(
+            random_crop_params(32, 32, 40, 40, 4, &mut rng),
+            Some((0, 0))
+        );
+        assert_eq!(random_crop_params(10, 32, 32, 32, 4, &mut rng), None);
+    }
+
+    #[test]
+    fn pipeline_sizes() {
+        let p = Pipeline::imagenet(false, 224);
+        assert_eq!(p.steps[0], Step::Resize(256));
+        assert_eq!(p.output_size(None).unwrap(), (224, 224));
+        assert_eq!(
+            Pipeline::cifar(false).output_size(Some((32, 32))).unwrap(),
+            (32, 32)
+        );
+        assert!(Pipeline::cifar(false).output_size(None).is_err());
+        let n = Pipeline::default().with_normalize(vec![0.5], vec![0.0]);
+        assert!(n.normalize_for(1).is_err());
+        let n = Pipeline::default().with_normalize(vec![0.5, 0.5], vec![1.0, 1.0]);
+        assert!(n.normalize_for(3).is_err());
+        assert_eq!(n.normalize_for(2).unwrap().unwrap().0.len(), 2);
     }
 }
