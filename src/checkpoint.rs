@@ -13,6 +13,10 @@ use std::path::Path;
 
 /// Metadata key holding the network's description ([`ResNetConfig`] as JSON).
 pub const META_ARCH: &str = "resnet.arch";
+/// Metadata key holding the class names in label order (a JSON list of strings).
+pub const META_CLASSES: &str = "resnet.classes";
+/// Metadata key holding the evaluation transforms the model was trained with (a JSON [`crate::data::Pipeline`]).
+pub const META_EVAL_TRANSFORM: &str = "resnet.eval_transform";
 /// Metadata key holding the input size (height = width after resizing) the weights were trained at.
 pub const META_INPUT_SIZE: &str = "resnet.input_size";
 

@@ -33,16 +33,24 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 pub enum Command {
-    /// Train on Fashion-MNIST; the defaults reproduce the chapter (resize 96, batch 256, Adam lr 0.001, 5 epochs).
-    Train(TrainArgs),
-    /// Evaluate saved weights on the Fashion-MNIST test set: accuracy, per-class accuracy, confusion matrix.
+    /// Train on Fashion-MNIST (the defaults reproduce the chapter: resize 96, batch 256, Adam lr 0.001, 5 epochs),
+    /// or on your own images: an image folder, CIFAR-10/100 or IDX files (--data).
+    Train(Box<TrainArgs>),
+    /// Evaluate saved weights on a test (or validation) set: accuracy, per-class accuracy, confusion matrix.
     Eval {
         /// A model file (ours, or `safetensors.torch.save_file(net.state_dict(), …)` from the chapter's code).
         #[arg(long)]
         weights: PathBuf,
-        /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
+        /// Dataset directory, any format `train --data` reads; the test (or validation) images are evaluated
+        /// (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Dataset format: auto, idx, cifar10, cifar100, cifar100-coarse, folder.
+        #[arg(long, default_value = "auto")]
+        format: String,
+        /// Image folders without val/ or test/: the validation fraction the model was trained with.
+        #[arg(long)]
+        val_split: Option<f64>,
         /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
         #[arg(long)]
         resize: Option<usize>,
@@ -124,15 +132,44 @@ pub struct TrainArgs {
     /// constant, step, cosine or onecycle.
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Resize images (shorter side) to N; 28 keeps Fashion-MNIST's size.
-    #[arg(long, default_value_t = 96)]
-    pub resize: usize,
-    /// Random crop with padding and horizontal flip.
+    /// Resize images (shorter side) to N with the chapter's transforms (default 96; 28 keeps Fashion-MNIST's
+    /// size); the crop size with `--transforms imagenet` (default 224).
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Random crop with padding and horizontal flip (the chapter's transforms; cifar and imagenet always augment).
     #[arg(long)]
     pub augment: bool,
-    /// Normalize with Fashion-MNIST's mean and std (0.2860, 0.3530) after ToTensor.
+    /// Normalize after ToTensor: with Fashion-MNIST's mean and std (0.2860, 0.3530) for one-channel IDX data,
+    /// else with each channel's mean and std over the training images (computed once, stored in the run).
     #[arg(long)]
     pub normalize: bool,
+    /// Dataset format: auto (from what --data holds), idx, cifar10, cifar100, cifar100-coarse, folder.
+    #[arg(long, default_value = "auto")]
+    pub format: String,
+    /// Convert images to 1 (PIL's convert('L')) or 3 (convert('RGB')) channels [default: the data's own].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Transform preset: chapter (resize, optional augment), cifar (pad 4 + crop 32 + flip), imagenet
+    /// (random-resized-crop 224 + flip; eval resize 256 + center crop 224).
+    #[arg(long, default_value = "chapter")]
+    pub transforms: String,
+    /// Image folders without train/ and val/ (or test/): hold out this fraction of each class for validation
+    /// (seeded, stratified) [default: 0.1].
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Image folders: keep decoded images in memory up to this many MiB (beyond it they are decoded every epoch).
+    #[arg(long, default_value_t = crate::data::folder::DEFAULT_CACHE_MB)]
+    pub cache_mb: usize,
+    /// Image folders: leave out files that cannot be decoded (and say how many) instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    /// Fine-tune: start from these weights (ours, or PyTorch's safetensors or .pth) instead of a fresh
+    /// initialization; the architecture flags must describe the same network.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub init: Option<PathBuf>,
+    /// With --init: start the classifier afresh (for a new class count) instead of loading it.
+    #[arg(long, requires = "init")]
+    pub reset_head: bool,
     /// Seed of the initialization, the shuffling and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -237,8 +274,21 @@ impl TrainArgs {
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
             schedule: self.schedule.clone(),
-            resize: (self.resize != 28).then_some(self.resize),
+            resize: match self.transforms.as_str() {
+                "chapter" => Some(self.resize.unwrap_or(96)).filter(|&r| r != 28),
+                _ => self.resize,
+            },
             normalize: self.normalize.then_some((0.2860, 0.3530)),
+            format: self.format.clone(),
+            channels: self.channels,
+            transforms: self.transforms.clone(),
+            val_split: self.val_split,
+            skip_bad: self.skip_bad,
+            in_channels: self.channels.unwrap_or(1),
+            classes: Vec::new(),
+            channel_norm: None,
+            init: self.init.clone(),
+            reset_head: self.reset_head,
             augment: self.augment,
             seed: self.seed,
             limit_train: self.limit_train,
@@ -275,8 +325,14 @@ impl Cli {
                 resize,
                 limit,
                 batch_size,
+                format,
+                val_split,
                 ..
             } => {
+                format.parse::<crate::data::Format>()?;
+                if let Some(f) = val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+                    bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
+                }
                 resize.map_or(Ok(()), check_resize)?;
                 if *batch_size == 0 || *batch_size > crate::train::MAX_BATCH {
                     bail!(

@@ -2,12 +2,15 @@
 
 use clap::Parser;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
+use resnet::checkpoint::{META_CLASSES, META_EVAL_TRANSFORM};
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
+use resnet::data::transforms::to_tensor_chw;
 use resnet::data::transforms::INPUT_SIZES;
 use resnet::data::{
-    find_data_dir, image_file, Dataset, Loader, Split, TransformConfig, CLASS_NAMES,
+    channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Pipeline,
+    Subset, TransformConfig, CLASS_NAMES,
 };
-use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+use resnet::nn::{ArchName, ResNet, ResNetConfig, SeedableRng, Stem};
 use resnet::train::{evaluate, Data, ProgressMode, Run};
 use resnet::{bail, Error, Result, Shape4};
 use std::collections::BTreeMap;
@@ -57,10 +60,23 @@ fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("run-{secs}"))
 }
 
+/// `--data DIR` as given (any format; checked when opened), else `$RESNET_DATA` or the bundled Fashion-MNIST.
+fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
+    match flag {
+        Some(dir) if !dir.is_dir() => bail!("--data {}: no such directory", dir.display()),
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => find_data_dir(None),
+    }
+}
+
+/// Whether the data comes from the bundled or system Fashion-MNIST, whose checksums are known.
+fn verify_bundled(flag: Option<&Path>) -> bool {
+    flag.is_none() && std::env::var_os(resnet::data::fashion_mnist::ENV_VAR).is_none()
+}
+
 fn train(a: TrainArgs) -> Result<()> {
-    let data_dir = find_data_dir(a.data.as_deref())?;
-    let verify =
-        a.data.is_none() && std::env::var_os(resnet::data::fashion_mnist::ENV_VAR).is_none();
+    let data_dir = data_dir(a.data.as_deref())?;
+    let verify = verify_bundled(a.data.as_deref());
     let (mut run, data) = match &a.resume {
         Some(dir) => {
             let run = Run::resume(dir, a.epochs)?;
@@ -70,22 +86,37 @@ fn train(a: TrainArgs) -> Result<()> {
                 run.progress.epochs_done,
                 run.config.epochs
             );
-            let data = Data::load(&data_dir, verify, &run.config)?;
+            let data = Data::load(&data_dir, verify, &run.config, a.cache_mb)?;
+            data.check_fits(&run.config)?;
             (run, data)
         }
         None => {
-            let config = a.config()?;
+            let mut config = a.config()?;
             // Load (and check) the data before the run directory is created, so bad data leaves nothing behind.
-            let data = Data::load(&data_dir, verify, &config)?;
+            let data = Data::load(&data_dir, verify, &config, a.cache_mb)?;
+            // The network follows the data: its channels and its classes.
+            config.in_channels = data.train.channels();
+            config.classes = data.train.classes().to_vec();
+            let fashion_like = data.format == Format::Idx && config.in_channels == 1;
+            if config.normalize.is_some() && !fashion_like {
+                config.normalize = None;
+                config.channel_norm = Some(channel_mean_std(&*data.train)?);
+            }
+            config.validate()?;
             let run = Run::create(&a.out.clone().unwrap_or_else(default_run_dir), config)?;
             (run, data)
         }
     };
+    for note in &data.notes {
+        println!("{note}");
+    }
     println!(
-        "training on cpu ({} threads), {} training and {} test images from {}, run directory {}",
+        "training on cpu ({} threads), {} training and {} test images ({} channels, {} classes) from {}, run directory {}",
         rayon::current_num_threads(),
         data.train.len(),
         data.test.len(),
+        run.config.in_channels,
+        run.config.num_classes(),
         data_dir.display(),
         run.dir.display()
     );
@@ -103,8 +134,10 @@ fn train(a: TrainArgs) -> Result<()> {
 enum Preprocess {
     /// Grayscale (PIL's `convert('L')`), `Resize(size)` on the shorter side, `ToTensor`: the chapter's.
     Gray { size: usize },
-    /// RGB, torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and std).
-    ImageNet,
+    /// Decoded to the model's channels, then these evaluation transforms: those stored in the model file by
+    /// `train`, or torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and
+    /// std) for a three-channel model without them.
+    Pipeline(Pipeline),
 }
 
 /// The input size of a one-channel model: `--resize`, else the size stored in the file.
@@ -129,73 +162,204 @@ fn input_size(
     })
 }
 
-/// The class names of a model's outputs: Fashion-MNIST's for one channel and 10 classes, ImageNet's for 1000
-/// classes, `class K` otherwise.
-fn class_names(config: &ResNetConfig) -> Vec<String> {
-    match (config.in_channels, config.num_classes) {
+/// A model file and its metadata, the metadata checked: a file that carries a bad value is refused even where
+/// another value would be used instead.
+fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
+    let (net, meta) = checkpoint::load_model(path)?;
+    if meta.contains_key(META_INPUT_SIZE) {
+        input_size(path, &meta, None)?;
+    }
+    stored_pipeline(path, &meta)?;
+    class_names(path, &net.config, &meta)?;
+    Ok((net, meta))
+}
+
+/// The evaluation transforms stored in a model file by `train`, checked (`None` for files without them).
+fn stored_pipeline(path: &Path, meta: &BTreeMap<String, String>) -> Result<Option<Pipeline>> {
+    let Some(text) = meta.get(META_EVAL_TRANSFORM) else {
+        return Ok(None);
+    };
+    let p: Pipeline = serde_json::from_str(text).map_err(|e| {
+        Error::new(format!(
+            "{}: bad `{META_EVAL_TRANSFORM}` metadata: {e}",
+            path.display()
+        ))
+    })?;
+    p.check_stored().map_err(|e| {
+        Error::new(format!(
+            "{}: bad `{META_EVAL_TRANSFORM}` metadata: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(Some(p))
+}
+
+/// How a model's inputs are prepared: its stored transforms, else the chapter's grayscale resize for one
+/// channel, else torchvision's ImageNet evaluation transform for three (`--resize` forces the chapter's).
+fn preprocess_for(
+    path: &Path,
+    meta: &BTreeMap<String, String>,
+    resize: Option<usize>,
+    channels: usize,
+) -> Result<Preprocess> {
+    if resize.is_none() {
+        if let Some(p) = stored_pipeline(path, meta)? {
+            return Ok(Preprocess::Pipeline(p));
+        }
+    }
+    Ok(match channels {
+        1 => Preprocess::Gray {
+            size: input_size(path, meta, resize)?,
+        },
+        3 => Preprocess::Pipeline(imagenet_eval()),
+        c => bail!(
+            "{}: a network for {c} channels; predict reads images as grayscale (1) or RGB (3)",
+            path.display()
+        ),
+    })
+}
+
+/// The class names of a model's outputs: those stored in the file by `train`, else Fashion-MNIST's for one
+/// channel and 10 classes, ImageNet's for 1000 classes, `class K` otherwise.
+fn class_names(
+    path: &Path,
+    config: &ResNetConfig,
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<String>> {
+    if let Some(text) = meta.get(META_CLASSES) {
+        let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
+            Error::new(format!(
+                "{}: bad `{META_CLASSES}` metadata: {e}",
+                path.display()
+            ))
+        })?;
+        if names.len() != config.num_classes {
+            bail!(
+                "{}: `{META_CLASSES}` names {} classes, the network has {}",
+                path.display(),
+                names.len(),
+                config.num_classes
+            );
+        }
+        return Ok(names);
+    }
+    Ok(match (config.in_channels, config.num_classes) {
         (1, 10) => CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
         (_, 1000) => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
         (_, k) => (0..k).map(|i| format!("class {i}")).collect(),
-    }
+    })
 }
 
-/// Loads weights for `eval` on Fashion-MNIST: a one-channel, 10-class network and its input size.
-fn load_for_fashion_mnist(path: &Path, resize: Option<usize>) -> Result<(ResNet, usize)> {
-    let (net, meta) = checkpoint::load_model(path)?;
-    if net.config.in_channels != 1 || net.config.num_classes != CLASS_NAMES.len() {
-        bail!(
-            "{}: a network for {} channels and {} classes, not Fashion-MNIST's 1 and 10",
-            path.display(),
-            net.config.in_channels,
-            net.config.num_classes
-        );
-    }
-    let size = input_size(path, &meta, resize)?;
-    Ok((net, size))
-}
-
+#[allow(clippy::too_many_arguments)]
 fn eval(
     weights: &Path,
     data: Option<&Path>,
+    format: &str,
+    val_split: Option<f64>,
     resize: Option<usize>,
     limit: Option<usize>,
     batch_size: usize,
 ) -> Result<()> {
-    let (mut net, size) = load_for_fashion_mnist(weights, resize)?;
-    let dir = find_data_dir(data)?;
-    let mut test = Dataset::load(&dir, Split::Test, data.is_none())?;
-    if let Some(n) = limit {
-        test = test.take(n);
-    }
-    let transform = TransformConfig {
-        resize: (size != 28).then_some(size),
-        normalize: None,
-        augment: false,
+    let (mut net, meta) = load_model(weights)?;
+    let names = class_names(weights, &net.config, &meta)?;
+    let stored = stored_pipeline(weights, &meta)?.filter(|_| resize.is_none());
+    let dir = data_dir(data)?;
+    let opts = DataOptions {
+        format: format.parse()?,
+        // A model trained here says how its images were prepared: convert the data to its channels.
+        channels: stored.as_ref().map(|_| net.config.in_channels),
+        val_split,
+        verify: verify_bundled(data),
+        test_only: true,
+        ..DataOptions::default()
     };
-    let loader = Loader::new(Arc::new(test), batch_size, false, 0, transform)?;
+    let splits = open_data(&dir, &opts)?;
+    let mut test = splits.test;
+    if let Some(n) = limit {
+        test = Arc::new(Subset::first(test, n));
+    }
+    let (c, k) = (test.channels(), test.classes().len());
+    if c != net.config.in_channels {
+        bail!(
+            "{}: a network for {} channels, but the images of {} have {c}",
+            weights.display(),
+            net.config.in_channels,
+            dir.display()
+        );
+    }
+    if k != net.config.num_classes {
+        bail!(
+            "{}: a network for {} classes, but {} holds {k}",
+            weights.display(),
+            net.config.num_classes,
+            dir.display()
+        );
+    }
+    if meta.contains_key(META_CLASSES) && test.classes() != names.as_slice() {
+        let i = (0..k).find(|&i| test.classes()[i] != names[i]).unwrap_or(0);
+        bail!(
+            "{}: class {i} is `{}`, but in {} it is `{}`: the labels would not mean the same classes",
+            weights.display(),
+            names[i],
+            dir.display(),
+            test.classes()[i]
+        );
+    }
+    let pipeline = match stored {
+        Some(p) => p,
+        None if c == 1 => {
+            let size = input_size(weights, &meta, resize)?;
+            let Some((h, w)) = test.image_size() else {
+                bail!("{}: the images differ in size; this model stores no transforms to bring them to one", dir.display());
+            };
+            let t = TransformConfig {
+                resize: (size != 28).then_some(size),
+                normalize: None,
+                augment: false,
+            };
+            t.pipeline(h, w)?
+        }
+        None => imagenet_eval(),
+    };
+    let loader = Loader::with_pipeline(test, batch_size, false, 0, pipeline)?;
     let ev = evaluate(&mut net, &loader)?;
+    let (h, w) = loader.image_size();
     println!(
-        "test acc {:.4} ({} images, input {size}×{size})",
+        "test acc {:.4} ({} images, input {h}×{w})",
         ev.accuracy, ev.count
     );
+    let width = names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(12, 32);
     println!("\nper-class accuracy:");
-    for (name, acc) in CLASS_NAMES.iter().zip(ev.per_class()) {
-        println!("  {name:<12} {acc:.3}");
+    for (name, acc) in names.iter().zip(ev.per_class()) {
+        println!("  {name:<width$} {acc:.3}");
     }
     println!("\nconfusion matrix (rows: true class, columns: predicted):");
-    print!("{:<12}", "");
-    for i in 0..CLASS_NAMES.len() {
+    print!("{:<width$}", "");
+    for i in 0..names.len() {
         print!("{i:>6}");
     }
     println!();
     for (i, row) in ev.confusion.iter().enumerate() {
-        print!("{:<12}", format!("{i} {}", CLASS_NAMES[i]));
+        let label: String = format!("{i} {}", names[i]).chars().take(width).collect();
+        print!("{label:<width$}");
         for v in row {
             print!("{v:>6}");
         }
         println!();
     }
     Ok(())
+}
+
+/// torchvision's ImageNet evaluation transform: `Resize(256)`, `CenterCrop(224)`, `ToTensor`,
+/// `Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])`.
+fn imagenet_eval() -> Pipeline {
+    Pipeline::imagenet(false, 224)
+        .with_normalize(vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
 }
 
 /// ImageNet's 1000 class names in label order (torchvision's `weights.meta["categories"]`).
@@ -215,18 +379,10 @@ fn predict(
     topk: usize,
     json: bool,
 ) -> Result<()> {
-    let (mut net, meta) = checkpoint::load_model(weights)?;
-    let preprocess = match net.config.in_channels {
-        1 => Preprocess::Gray {
-            size: input_size(weights, &meta, resize)?,
-        },
-        3 => Preprocess::ImageNet,
-        c => bail!(
-            "{}: a network for {c} channels; predict reads images as grayscale (1) or RGB (3)",
-            weights.display()
-        ),
-    };
-    let names = class_names(&net.config);
+    let (mut net, meta) = load_model(weights)?;
+    let preprocess = preprocess_for(weights, &meta, resize, net.config.in_channels)?;
+    let names = class_names(weights, &net.config, &meta)?;
+    let channels = net.config.in_channels;
     net.set_train(false);
     for path in images {
         let (x, xs) = match preprocess {
@@ -234,9 +390,17 @@ fn predict(
                 let (x, h, w) = image_file::load_for_model(path, size)?;
                 (x, Shape4::new(1, 1, h, w))
             }
-            Preprocess::ImageNet => {
-                let x = image_file::imagenet_eval(&image_file::read_rgb(path)?, path)?;
-                (x, Shape4::new(1, 3, 224, 224))
+            Preprocess::Pipeline(ref p) => {
+                let img = image_file::read_image(path, channels)?;
+                // An evaluation pipeline draws no random numbers; the generator only satisfies the signature.
+                let img = p
+                    .apply(img, &mut resnet::nn::InitRng::seed_from_u64(0))
+                    .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+                let mut x = vec![0.0; img.pixels.len()];
+                let norm = p.normalize_for(img.c)?;
+                let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
+                to_tensor_chw(&img, &mut x, norm);
+                (x, Shape4::new(1, img.c, img.h, img.w))
             }
         };
         let logits = net
@@ -281,14 +445,24 @@ fn run(cli: Cli) -> Result<()> {
         .build_global()
         .map_err(|e| Error::new(format!("thread pool: {e}")))?;
     match cli.command {
-        Command::Train(a) => train(a),
+        Command::Train(a) => train(*a),
         Command::Eval {
             weights,
             data,
+            format,
+            val_split,
             resize,
             limit,
             batch_size,
-        } => eval(&weights, data.as_deref(), resize, limit, batch_size),
+        } => eval(
+            &weights,
+            data.as_deref(),
+            &format,
+            val_split,
+            resize,
+            limit,
+            batch_size,
+        ),
         Command::Predict {
             weights,
             images,

@@ -7,9 +7,12 @@
 //!   atomically, so a crash leaves the previous epoch's checkpoint);
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 
-use crate::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
+use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::transforms::check_resize;
-use crate::data::{Dataset, Loader, TransformConfig, NUM_CLASSES};
+use crate::data::{
+    open_data, pipelines, DataOptions, Format, ImageDataset, Loader, NormalizeSpec, Pipeline,
+    Preset, Subset, CLASS_NAMES, NUM_CLASSES,
+};
 use crate::nn::{ArchName, ResNet, ResNetConfig, StateDict, StateTensor, Stem};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions, OptimizerState, Schedule};
 use crate::{bail, Error, Result};
@@ -70,6 +73,49 @@ pub struct TrainConfig {
     /// Start every block as the identity (its last batch-norm weight zero).
     #[serde(default)]
     pub zero_init_residual: bool,
+    /// Dataset format: `auto`, `idx`, `cifar10`, `cifar100`, `cifar100-coarse` or `folder`.
+    #[serde(default = "auto_format")]
+    pub format: String,
+    /// Channels the images are converted to, 1 or 3 (`None`: the data's own).
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// Transform preset: `chapter`, `cifar` or `imagenet`.
+    #[serde(default = "chapter_transforms")]
+    pub transforms: String,
+    /// Folder datasets without `val/` or `test/`: the fraction of each class held out for validation.
+    #[serde(default)]
+    pub val_split: Option<f64>,
+    /// Folder datasets: leave out files that cannot be read instead of stopping.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// Input channels of the network: the data's, set when the run starts.
+    #[serde(default = "one_channel")]
+    pub in_channels: usize,
+    /// Class names in label order, from the data when the run starts (empty: Fashion-MNIST's ten).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Per-channel `(mean, std)` for `Normalize`, computed once from the training images when the run starts
+    /// (`--normalize` on data other than one-channel IDX files).
+    #[serde(default)]
+    pub channel_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Fine-tuning: the weights file the run started from (ours, safetensors or `.pth` from PyTorch).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Fine-tuning: keep the classifier's fresh initialization instead of loading it (a new class count).
+    #[serde(default)]
+    pub reset_head: bool,
+}
+
+fn auto_format() -> String {
+    "auto".into()
+}
+
+fn chapter_transforms() -> String {
+    "chapter".into()
+}
+
+fn one_channel() -> usize {
+    1
 }
 
 fn chapter_arch() -> ArchName {
@@ -103,21 +149,76 @@ impl Default for TrainConfig {
             layers: vec![2, 2, 2, 2],
             stem: Stem::Imagenet,
             zero_init_residual: false,
+            format: auto_format(),
+            channels: None,
+            transforms: chapter_transforms(),
+            val_split: None,
+            skip_bad: false,
+            in_channels: 1,
+            classes: Vec::new(),
+            channel_norm: None,
+            init: None,
+            reset_head: false,
         }
     }
 }
 
 impl TrainConfig {
-    /// The network's description: the named `arch` for one input channel and Fashion-MNIST's 10 classes, with
-    /// this run's `widths`, `layers`, `stem` and `zero_init_residual`.
+    /// The network's description: the named `arch` for the data's channels and classes, with this run's
+    /// `widths`, `layers`, `stem` and `zero_init_residual`.
     pub fn arch(&self) -> ResNetConfig {
         ResNetConfig {
             widths: self.widths.clone(),
             layers: self.layers.clone(),
             stem: self.stem,
             zero_init_residual: self.zero_init_residual,
-            ..ResNetConfig::named(self.arch, 1, NUM_CLASSES)
+            ..ResNetConfig::named(self.arch, self.in_channels, self.num_classes())
         }
+    }
+    /// Number of classes: of the data the run started on (Fashion-MNIST's 10 for runs of earlier versions).
+    pub fn num_classes(&self) -> usize {
+        if self.classes.is_empty() {
+            NUM_CLASSES
+        } else {
+            self.classes.len()
+        }
+    }
+    /// Class names in label order.
+    pub fn class_names(&self) -> Vec<String> {
+        if self.classes.is_empty() {
+            CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.classes.clone()
+        }
+    }
+    /// How the data is opened.
+    pub fn data_options(&self, verify: bool, cache_mb: usize) -> Result<DataOptions> {
+        Ok(DataOptions {
+            format: self.format.parse()?,
+            channels: self.channels,
+            cache_mb,
+            skip_bad: self.skip_bad,
+            val_split: self.val_split,
+            seed: self.seed,
+            verify,
+            threads: 2,
+            test_only: false,
+        })
+    }
+    /// The training and evaluation pipelines of this run's preset for `train`.
+    pub fn pipelines(&self, train: &dyn ImageDataset) -> Result<(Pipeline, Pipeline)> {
+        let normalize = match (&self.channel_norm, self.normalize) {
+            (Some((m, s)), _) => NormalizeSpec::Given(m.clone(), s.clone()),
+            (None, Some((m, s))) => NormalizeSpec::Given(vec![m], vec![s]),
+            (None, None) => NormalizeSpec::None,
+        };
+        pipelines(
+            self.transforms.parse()?,
+            self.resize,
+            self.augment,
+            &normalize,
+            train,
+        )
     }
     /// Parses the `optimizer` field.
     pub fn optimizer_kind(&self) -> Result<OptimizerKind> {
@@ -126,13 +227,6 @@ impl TrainConfig {
     /// Parses the `schedule` field.
     pub fn schedule(&self) -> Result<Schedule> {
         self.schedule.parse()
-    }
-    fn transform(&self, augment: bool) -> TransformConfig {
-        TransformConfig {
-            resize: self.resize,
-            normalize: self.normalize,
-            augment,
-        }
     }
     /// Checks every value before any work starts.
     pub fn validate(&self) -> Result<()> {
@@ -167,6 +261,14 @@ impl TrainConfig {
         }
         self.optimizer_kind()?;
         self.schedule()?;
+        self.format.parse::<Format>()?;
+        self.transforms.parse::<Preset>()?;
+        if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
+            bail!("--channels must be 1 or 3, got {c}");
+        }
+        if let Some(f) = self.val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+            bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
+        }
         Ok(())
     }
     fn optimizer_options(&self) -> OptimizerOptions {
@@ -222,30 +324,54 @@ const META_PROGRESS: &str = "resnet.progress";
 const META_OPTIMIZER: &str = "resnet.optimizer";
 const OPT_PREFIX: &str = "optimizer.";
 
-/// The training and test data, already loaded (and sliced by the limits).
+/// The training and test (or validation) data, opened (and sliced by the limits).
 pub struct Data {
-    /// The training split (shared with the loader threads).
-    pub train: Arc<Dataset>,
-    /// The test split (shared with the loader threads).
-    pub test: Arc<Dataset>,
+    /// The training images (shared with the loader threads).
+    pub train: Arc<dyn ImageDataset>,
+    /// The test or validation images.
+    pub test: Arc<dyn ImageDataset>,
+    /// What the user should know about the data: where validation images came from, files skipped, caching.
+    pub notes: Vec<String>,
+    /// The format found.
+    pub format: Format,
 }
 
 impl Data {
-    /// Loads both splits from `dir` (checksums verified when `verify`), applying the config's limits.
-    pub fn load(dir: &Path, verify: bool, config: &TrainConfig) -> Result<Data> {
-        use crate::data::Split;
-        let mut train = Dataset::load(dir, Split::Train, verify)?;
-        let mut test = Dataset::load(dir, Split::Test, verify)?;
-        if let Some(n) = config.limit_train {
-            train = train.take(n);
-        }
-        if let Some(n) = config.limit_test {
-            test = test.take(n);
-        }
+    /// Opens both splits from `dir` as the config says (IDX checksums verified when `verify`; folder images
+    /// cached up to `cache_mb`), applying the config's limits.
+    pub fn load(dir: &Path, verify: bool, config: &TrainConfig, cache_mb: usize) -> Result<Data> {
+        let splits = open_data(dir, &config.data_options(verify, cache_mb)?)?;
+        let limit = |ds: Arc<dyn ImageDataset>, n: Option<usize>| -> Arc<dyn ImageDataset> {
+            match n {
+                Some(n) => Arc::new(Subset::first(ds, n)),
+                None => ds,
+            }
+        };
         Ok(Data {
-            train: Arc::new(train),
-            test: Arc::new(test),
+            train: limit(splits.train, config.limit_train),
+            test: limit(splits.test, config.limit_test),
+            notes: splits.notes,
+            format: splits.format,
         })
+    }
+
+    /// Checks that the data fits a run's configuration: its channels and its classes.
+    pub fn check_fits(&self, config: &TrainConfig) -> Result<()> {
+        let c = self.train.channels();
+        if c != config.in_channels {
+            bail!(
+                "the data has {c} channels, the run was started on {} (pass the same --channels)",
+                config.in_channels
+            );
+        }
+        let classes = self.train.classes().len();
+        if classes != config.num_classes() {
+            bail!(
+                "the data has {classes} classes, the run was started on {}",
+                config.num_classes()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -335,6 +461,9 @@ pub struct Run {
     pub optimizer: Box<dyn Optimizer>,
     /// Epochs done so far and their metrics.
     pub progress: Progress,
+    /// The evaluation transforms of the data being trained on (known once [`Run::train`] starts), stored in
+    /// `model.safetensors` so that `predict` and `eval` preprocess as training did.
+    eval_pipeline: Option<Pipeline>,
     /// Held for the run's lifetime: a second `resnet train` on the same directory is refused.
     _lock: RunLock,
 }
@@ -460,6 +589,9 @@ impl Run {
         config.validate()?;
         // Build everything that can fail on a bad config before touching the file system.
         let mut net = ResNet::new(config.arch(), config.seed)?;
+        if let Some(path) = &config.init {
+            load_init(&mut net, path, config.reset_head)?;
+        }
         let optimizer = build_optimizer(&config, &mut net)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(format!(
@@ -483,6 +615,7 @@ impl Run {
             net,
             optimizer,
             progress: Progress::default(),
+            eval_pipeline: None,
             _lock: lock,
         })
     }
@@ -502,6 +635,7 @@ impl Run {
             net: restored.net,
             optimizer: restored.optimizer,
             progress: restored.progress,
+            eval_pipeline: None,
             _lock: lock,
         })
     }
@@ -516,20 +650,23 @@ impl Run {
     ) -> Result<()> {
         let cfg = self.config.clone();
         let schedule = cfg.schedule()?;
-        let train_loader = Loader::new(
+        data.check_fits(&cfg)?;
+        let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
+        let train_loader = Loader::with_pipeline(
             data.train.clone(),
             cfg.batch_size,
             true,
             cfg.seed,
-            cfg.transform(cfg.augment),
+            train_pipeline,
         )?;
-        let test_loader = Loader::new(
+        let test_loader = Loader::with_pipeline(
             data.test.clone(),
             cfg.batch_size,
             false,
             cfg.seed,
-            cfg.transform(false),
+            eval_pipeline.clone(),
         )?;
+        self.eval_pipeline = Some(eval_pipeline);
         let steps = train_loader.num_batches();
         for epoch in self.progress.epochs_done..cfg.epochs {
             let kept = match self.progress.epochs_done {
@@ -609,6 +746,10 @@ impl Run {
             META_INPUT_SIZE.to_string(),
             self.config.resize.unwrap_or(28).to_string(),
         );
+        meta.insert(META_CLASSES.to_string(), json(&self.config.class_names()));
+        if let Some(p) = &self.eval_pipeline {
+            meta.insert(META_EVAL_TRANSFORM.to_string(), json(p));
+        }
         checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta)?;
 
         let mut sd = self.net.state_dict();
@@ -662,6 +803,24 @@ fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Opt
     config
         .optimizer_kind()?
         .build(&config.optimizer_options(), &lens)
+}
+
+/// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
+/// when `reset_head` (which then keeps its fresh initialization).
+fn load_init(net: &mut ResNet, path: &Path, reset_head: bool) -> Result<()> {
+    let origin = format!("--init {}", path.display());
+    let bytes = checkpoint::read_file_limited(path)?;
+    let (sd, _) = checkpoint::read_weights(&bytes, &origin)?;
+    let head = net.config.naming.fc();
+    net.load_state_dict_except(&sd, reset_head.then_some(head))
+        .map_err(|e| {
+            let hint = if !reset_head && e.to_string().contains(&format!("`{head}.")) {
+                " (a different class count? --reset-head starts a new classifier)"
+            } else {
+                ""
+            };
+            Error::new(format!("{origin}: {e}{hint}"))
+        })
 }
 
 /// The per-epoch progress display: an indicatif bar on a terminal, a plain line every ~10% otherwise.

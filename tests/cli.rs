@@ -619,7 +619,7 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(
             &["train", "--data", s(&empty_dir)],
-            &["no-data", "no dataset files"],
+            &["no-data", "no class folders"],
         ),
         row(
             &["eval", "--weights", w, "--data", "/nonexistent/fashion"],

@@ -200,7 +200,7 @@ fn ci_accuracy_full_network_28px() {
         vec![64, 128, 256, 512],
         "the chapter's network"
     );
-    let data = Data::load(&bundled(), true, &config).unwrap();
+    let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     assert_eq!((data.train.len(), data.test.len()), (2000, 1000));
     let dir = scratch("ci");
     let mut run = Run::create(&dir, config).unwrap();
@@ -238,7 +238,7 @@ fn ci_accuracy_full_network_28px() {
 #[test]
 fn resume_matches_uninterrupted_run() {
     let config = small_config(2);
-    let data = Data::load(&bundled(), true, &config).unwrap();
+    let data = Data::load(&bundled(), true, &config, 1024).unwrap();
 
     let dir_a = scratch("resume-a");
     let mut a = Run::create(&dir_a, config.clone()).unwrap();
@@ -367,7 +367,7 @@ fn nan_guard_keeps_last_good_checkpoint() {
     let mut config = small_config(1);
     config.optimizer = "sgd".into();
     config.lr = 0.05;
-    let data = Data::load(&bundled(), true, &config).unwrap();
+    let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     let dir = scratch("nan");
     let mut run = Run::create(&dir, config).unwrap();
     run.train(&data, ProgressMode::Quiet, |_| {}).unwrap();

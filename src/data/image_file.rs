@@ -1,7 +1,6 @@
 //! Image files: for `resnet predict`, PNG or JPEG of any size to 8-bit grayscale as PIL's `convert('L')`, resized
-//! like training (`Resize(size)` on the shorter side, Pillow-exact bilinear), or to RGB with torchvision's ImageNet
-//! evaluation transform for torchvision's models. For image folders, [`probe`] (header only) and [`decode_image`]
-//! (any supported format to 1 or 3 channels as PIL converts).
+//! like training (`Resize(size)` on the shorter side, Pillow-exact bilinear). For image folders and colour models,
+//! [`probe`] (header only) and [`decode_image`] (any supported format to 1 or 3 channels as PIL converts).
 
 use super::transforms::{resize_like_pil, resize_shorter_side, Image};
 use crate::{Error, Result};
@@ -82,73 +81,6 @@ pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
         }
     };
     Ok(GrayImage { pixels, h, w })
-}
-
-/// A decoded colour image: `pixels [h, w, 3]` row-major, interleaved R, G, B as PIL's `convert('RGB')` gives
-/// them (gray replicated, alpha dropped).
-pub struct RgbImage {
-    /// `[h, w, 3]` u8.
-    pub pixels: Vec<u8>,
-    /// Height, pixels.
-    pub h: usize,
-    /// Width, pixels.
-    pub w: usize,
-}
-
-/// Reads a PNG or JPEG as RGB (PIL's `convert('RGB')`).
-pub fn read_rgb(path: &Path) -> Result<RgbImage> {
-    decode_rgb(&read_limited(path)?, path)
-}
-
-/// Decodes image bytes (named `origin` in errors) to RGB, as [`read_rgb`].
-pub fn decode_rgb(bytes: &[u8], origin: &Path) -> Result<RgbImage> {
-    let img = decode(bytes, origin)?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    Ok(RgbImage {
-        pixels: img.to_rgb8().into_raw(),
-        h,
-        w,
-    })
-}
-
-/// torchvision's ImageNet evaluation transform: `Resize(256)` (shorter side, Pillow bilinear per channel),
-/// `CenterCrop(224)`, `ToTensor`, `Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])`.
-/// Returns `[3, 224, 224]` f32 (CHW, PyTorch's layout); an image so elongated that its resized longer side
-/// would pass [`MAX_SIDE`] is refused (`origin` names it).
-pub fn imagenet_eval(img: &RgbImage, origin: &Path) -> Result<Vec<f32>> {
-    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-    const STD: [f32; 3] = [0.229, 0.224, 0.225];
-    const CROP: usize = 224;
-    let (oh, ow) = resize_shorter_side(img.h, img.w, 256);
-    if oh.max(ow) > MAX_SIDE as usize {
-        return Err(Error::new(format!(
-            "{}: a {}×{} image resized to 256 on its shorter side would be {oh}×{ow}, beyond the {MAX_SIDE}-pixel limit",
-            origin.display(),
-            img.w,
-            img.h
-        )));
-    }
-    let plane = |c: usize| -> Vec<u8> {
-        let src: Vec<u8> = img.pixels.iter().skip(c).step_by(3).copied().collect();
-        if (oh, ow) == (img.h, img.w) {
-            src
-        } else {
-            resize_like_pil(&src, img.h, img.w, oh, ow)
-        }
-    };
-    // torchvision: top = int(round((h - crop) / 2.0)), Python's round (half to even).
-    let offset = |size: usize| ((size - CROP) as f64 / 2.0).round_ties_even() as usize;
-    let (top, left) = (offset(oh), offset(ow));
-    let mut out = Vec::with_capacity(3 * CROP * CROP);
-    for c in 0..3 {
-        let p = plane(c);
-        for y in top..top + CROP {
-            for &v in &p[y * ow + left..][..CROP] {
-                out.push((v as f32 / 255.0 - MEAN[c]) / STD[c]);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// `read_gray`, then `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255): returns `(values, h, w)`.

@@ -64,6 +64,8 @@ pub struct DataOptions {
     pub verify: bool,
     /// Threads for scanning and caching folders.
     pub threads: usize,
+    /// IDX and CIFAR: read only the test split (`Splits::train` is then the test split too), for `eval`.
+    pub test_only: bool,
 }
 
 impl Default for DataOptions {
@@ -77,6 +79,7 @@ impl Default for DataOptions {
             seed: 0,
             verify: false,
             threads: 2,
+            test_only: false,
         }
     }
 }
@@ -151,12 +154,10 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
     let (train, test): (Arc<dyn ImageDataset>, Arc<dyn ImageDataset>) = match format {
         Format::Idx => {
             let c = opts.channels.unwrap_or(1);
-            let train = Dataset::load(dir, Split::Train, opts.verify)?;
-            let test = Dataset::load(dir, Split::Test, opts.verify)?;
-            (
-                idx_with_channels(train, c, dir)?,
-                idx_with_channels(test, c, dir)?,
-            )
+            let load = |split| idx_with_channels(Dataset::load(dir, split, opts.verify)?, c, dir);
+            let train = (!opts.test_only).then(|| load(Split::Train)).transpose()?;
+            let test = load(Split::Test)?;
+            (train.unwrap_or_else(|| test.clone()), test)
         }
         Format::Cifar10 | Format::Cifar100(_) => {
             let kind = match format {
@@ -165,9 +166,12 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
                 _ => unreachable!(),
             };
             let c = opts.channels.unwrap_or(3);
-            let train = cifar::load(dir, kind, true)?.with_channels(c);
-            let test = cifar::load(dir, kind, false)?.with_channels(c);
-            (Arc::new(train), Arc::new(test))
+            let load = |train| -> Result<Arc<dyn ImageDataset>> {
+                Ok(Arc::new(cifar::load(dir, kind, train)?.with_channels(c)))
+            };
+            let train = (!opts.test_only).then(|| load(true)).transpose()?;
+            let test = load(false)?;
+            (train.unwrap_or_else(|| test.clone()), test)
         }
         Format::Folder => {
             let fo = FolderOptions {

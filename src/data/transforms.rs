@@ -708,7 +708,8 @@ pub fn to_tensor_chw(img: &Image, dst: &mut [f32], normalize: Option<(&[f32], &[
 }
 
 /// One step of a [`Pipeline`], on u8 images (before `ToTensor`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Step {
     /// `Resize(size)`: shorter side to `size`.
     Resize(usize),
@@ -744,13 +745,20 @@ impl Step {
     }
 }
 
+/// Longest side a `Resize` may produce (as decoders accept at most 16,384 pixels a side).
+pub const MAX_RESIZED_SIDE: usize = 16_384;
+
+/// Largest resize or crop side a pipeline stored in a model file may ask for.
+pub const MAX_STORED_SIZE: usize = 4096;
+
 /// torchvision's `(0.08, 1.0)` area range of `RandomResizedCrop`.
 pub const RRC_SCALE: (f64, f64) = (0.08, 1.0);
 /// torchvision's `(3/4, 4/3)` aspect-ratio range of `RandomResizedCrop`.
 pub const RRC_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 
 /// A `transforms.Compose`: u8 [`Step`]s, then `ToTensor` and an optional per-channel `Normalize(mean, std)`.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// A model file stores its evaluation pipeline as JSON, so `predict` and `eval` preprocess as training did.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Pipeline {
     /// The u8 steps, in order.
     pub steps: Vec<Step>,
@@ -869,10 +877,52 @@ impl Pipeline {
 
     /// Applies the u8 steps to `img`, drawing from `rng` in step order. An error (naming nothing: the caller adds
     /// the image) when a `RandomCrop` is larger than the padded image.
+    /// Checks a pipeline read from a model file before it runs on anything: evaluation steps only (no
+    /// randomness), every size between 1 and [`MAX_STORED_SIZE`], one or three normalization values per side
+    /// with finite means and positive finite stds.
+    pub fn check_stored(&self) -> Result<()> {
+        for s in &self.steps {
+            let sizes: &[usize] = match s {
+                Step::Resize(n) => &[*n],
+                Step::CenterCrop(h, w) => &[*h, *w],
+                _ => bail!("{s:?} is a training step; a stored evaluation pipeline has none"),
+            };
+            if let Some(bad) = sizes.iter().find(|&&n| n == 0 || n > MAX_STORED_SIZE) {
+                bail!("{s:?}: size {bad} is outside 1–{MAX_STORED_SIZE}");
+            }
+        }
+        if let Some((m, sd)) = &self.normalize {
+            let ok = m.len() == sd.len()
+                && (m.len() == 1 || m.len() == 3)
+                && m.iter().all(|v| v.is_finite())
+                && sd.iter().all(|v| v.is_finite() && *v > 0.0);
+            if !ok {
+                bail!(
+                    "normalize: need 1 or 3 finite means and positive stds, got {m:?} and {sd:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the steps to `img` (random steps draw from `rng`); `ToTensor` and `Normalize` are the caller's
+    /// ([`to_tensor_chw`]).
     pub fn apply<R: Rng + ?Sized>(&self, mut img: Image, rng: &mut R) -> Result<Image> {
         for s in &self.steps {
             img = match *s {
-                Step::Resize(n) => resize(&img, n),
+                Step::Resize(n) => {
+                    // A very elongated image would grow its longer side far past any real image.
+                    let (oh, ow) = resize_shorter_side(img.h, img.w, n);
+                    if oh.max(ow) > MAX_RESIZED_SIDE {
+                        bail!(
+                            "a {}×{} image resized to {n} on its shorter side would be {oh}×{ow}, beyond the \
+                             {MAX_RESIZED_SIDE}-pixel limit",
+                            img.w,
+                            img.h
+                        );
+                    }
+                    resize(&img, n)
+                }
                 Step::CenterCrop(h, w) => center_crop(&img, h, w),
                 Step::RandomResizedCrop {
                     size: (oh, ow),

@@ -279,12 +279,26 @@ impl ResNet {
     /// Loads a state dict strictly (like `load_state_dict(strict=True)`): every key present with its exact shape
     /// and dtype, no extra keys. On error the model is left unchanged.
     pub fn load_state_dict(&mut self, sd: &StateDict) -> Result<()> {
-        check_keys(&self.state_dict(), sd)?;
+        self.load_state_dict_except(sd, None)
+    }
+
+    /// [`ResNet::load_state_dict`] leaving one layer (by its key, e.g. the classifier's `fc`) as it is: its
+    /// entries must be absent from `sd` or are ignored, every other key is loaded strictly. For fine-tuning with
+    /// a new classifier.
+    pub fn load_state_dict_except(&mut self, sd: &StateDict, keep: Option<&str>) -> Result<()> {
+        let in_kept = |key: &str| {
+            keep.is_some_and(|k| key.strip_prefix(k).is_some_and(|r| r.starts_with('.')))
+        };
+        let mut expected = self.state_dict();
+        expected.retain(|(k, _)| !in_kept(k));
+        let given: StateDict = sd.iter().filter(|(k, _)| !in_kept(k)).cloned().collect();
+        check_keys(&expected, &given)?;
         // Everything checked: now copy (no partial loads).
         let mut result = Ok(());
         self.for_each_layer_mut(&mut |key, layer| {
-            if result.is_ok() {
-                result = load_layer(sd, &key.to_string(), layer);
+            let key = key.to_string();
+            if result.is_ok() && Some(key.as_str()) != keep {
+                result = load_layer(&given, &key, layer);
             }
         });
         result
