@@ -24,18 +24,31 @@ pub struct GrayImage {
     pub w: usize,
 }
 
+/// `path: cannot read image: {e}`, the one form of every error here.
+fn image_error(path: &Path, e: &dyn std::fmt::Display) -> Error {
+    Error::new(format!("{}: cannot read image: {e}", path.display()))
+}
+
+/// Refuses a file over [`MAX_FILE_BYTES`] (or one whose size cannot be read) before anything reads it.
+fn check_file_size(path: &Path) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| image_error(path, &e))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        return Err(image_error(
+            path,
+            &format_args!(
+                "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a whole image file, refusing files over [`MAX_FILE_BYTES`].
 fn read_limited(path: &Path) -> Result<Vec<u8>> {
-    let err = |e: &dyn std::fmt::Display| {
-        Error::new(format!("{}: cannot read image: {e}", path.display()))
-    };
-    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(err(&format_args!(
-            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
-        )));
-    }
-    std::fs::read(path).map_err(|e| err(&e))
+    check_file_size(path)?;
+    std::fs::read(path).map_err(|e| image_error(path, &e))
 }
 
 /// Reads a PNG or JPEG and converts it to grayscale with PIL's ITU-R 601-2 luma
@@ -46,20 +59,10 @@ pub fn read_gray(path: &Path) -> Result<GrayImage> {
 
 /// Decodes image bytes (named `origin` in errors) within the side and memory limits.
 fn decode(bytes: &[u8], origin: &Path) -> Result<image::DynamicImage> {
-    let err = |e: &dyn std::fmt::Display| {
-        Error::new(format!("{}: cannot read image: {e}", origin.display()))
-    };
-    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| err(&e))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| err(&e))?;
+    let reader = reader_with_limits(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)?;
+    let img = reader.decode().map_err(|e| image_error(origin, &e))?;
     if img.width() == 0 || img.height() == 0 {
-        return Err(err(&"image has no pixels"));
+        return Err(image_error(origin, &"image has no pixels"));
     }
     Ok(img)
 }
@@ -116,7 +119,7 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
 ) -> Result<image::ImageReader<R>> {
     let mut reader = reader
         .with_guessed_format()
-        .map_err(|e| Error::new(format!("{}: cannot read image: {e}", origin.display())))?;
+        .map_err(|e| image_error(origin, &e))?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
@@ -129,15 +132,8 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
 /// Cheap (no pixel data is decoded), so a damaged pixel stream passes and is found by [`decode_image`].
 pub fn probe(path: &Path) -> Result<Header> {
     use image::ImageDecoder;
-    let err = |e: &dyn std::fmt::Display| {
-        Error::new(format!("{}: cannot read image: {e}", path.display()))
-    };
-    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(err(&format_args!(
-            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
-        )));
-    }
+    let err = |e: &dyn std::fmt::Display| image_error(path, e);
+    check_file_size(path)?;
     let reader = image::ImageReader::open(path).map_err(|e| err(&e))?;
     let decoder = reader_with_limits(reader, path)?
         .into_decoder()
@@ -162,17 +158,7 @@ pub fn probe(path: &Path) -> Result<Header> {
 
 /// Reads an image file ([`MAX_FILE_BYTES`] at most) and decodes it to `c` channels, as [`decode_image`].
 pub fn read_image(path: &Path, c: usize) -> Result<Image> {
-    let err = |e: &dyn std::fmt::Display| {
-        Error::new(format!("{}: cannot read image: {e}", path.display()))
-    };
-    let len = std::fs::metadata(path).map_err(|e| err(&e))?.len();
-    if len > MAX_FILE_BYTES {
-        return Err(err(&format_args!(
-            "{len} bytes is more than the {MAX_FILE_BYTES}-byte limit for an image file"
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|e| err(&e))?;
-    decode_image(&bytes, path, c)
+    decode_image(&read_limited(path)?, path, c)
 }
 
 /// Decodes an image (PNG, JPEG, BMP, PPM/PGM, TIFF, WebP; named `origin` in errors) to `c` channels (1 or 3) the
@@ -183,15 +169,8 @@ pub fn read_image(path: &Path, c: usize) -> Result<Image> {
 pub fn decode_image(bytes: &[u8], origin: &Path, c: usize) -> Result<Image> {
     use image::DynamicImage as D;
     assert!(c == 1 || c == 3, "decode_image: 1 or 3 channels, not {c}");
-    let err = |e: &dyn std::fmt::Display| {
-        Error::new(format!("{}: cannot read image: {e}", origin.display()))
-    };
-    let reader = reader_with_limits(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)?;
-    let img = reader.decode().map_err(|e| err(&e))?;
+    let img = decode(bytes, origin)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    if w == 0 || h == 0 {
-        return Err(err(&"image has no pixels"));
-    }
     // (values, channels): gray or RGB, 8 bits, alpha dropped.
     let (pixels, from) = match img {
         D::ImageLuma8(g) => (g.into_raw(), 1),
