@@ -48,6 +48,9 @@ pub enum Command {
         /// Dataset format: auto, idx, cifar10, cifar100, cifar100-coarse, folder.
         #[arg(long, default_value = "auto")]
         format: String,
+        /// Refuse weights of another network than this one (the architecture is read from the file).
+        #[arg(long, value_enum)]
+        arch: Option<ArchName>,
         /// Image folders without val/ or test/: the validation fraction the model was trained with.
         #[arg(long)]
         val_split: Option<f64>,
@@ -81,6 +84,9 @@ pub enum Command {
         /// How many of the most probable classes to print.
         #[arg(long, default_value_t = 3)]
         topk: usize,
+        /// Refuse weights of another network than this one (the architecture is read from the file).
+        #[arg(long, value_enum)]
+        arch: Option<ArchName>,
         /// Print, per image, the logits, the probabilities, the predicted class and the top classes as JSON.
         #[arg(long)]
         json: bool,

@@ -164,8 +164,18 @@ fn input_size(
 
 /// A model file and its metadata, the metadata checked: a file that carries a bad value is refused even where
 /// another value would be used instead.
-fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
+fn load_model(path: &Path, arch: Option<ArchName>) -> Result<(ResNet, BTreeMap<String, String>)> {
     let (net, meta) = checkpoint::load_model(path)?;
+    if let Some(arch) = arch {
+        let found = net.config.name();
+        if found != arch.as_str() {
+            bail!(
+                "{}: holds {found}, not {} (--arch)",
+                path.display(),
+                arch.as_str()
+            );
+        }
+    }
     if meta.contains_key(META_INPUT_SIZE) {
         input_size(path, &meta, None)?;
     }
@@ -253,6 +263,7 @@ fn class_names(
 #[allow(clippy::too_many_arguments)]
 fn eval(
     weights: &Path,
+    arch: Option<ArchName>,
     data: Option<&Path>,
     format: &str,
     val_split: Option<f64>,
@@ -260,7 +271,7 @@ fn eval(
     limit: Option<usize>,
     batch_size: usize,
 ) -> Result<()> {
-    let (mut net, meta) = load_model(weights)?;
+    let (mut net, meta) = load_model(weights, arch)?;
     let names = class_names(weights, &net.config, &meta)?;
     let stored = stored_pipeline(weights, &meta)?.filter(|_| resize.is_none());
     let dir = data_dir(data)?;
@@ -374,12 +385,13 @@ fn softmax(logits: &[f32]) -> Vec<f64> {
 
 fn predict(
     weights: &Path,
+    arch: Option<ArchName>,
     images: &[PathBuf],
     resize: Option<usize>,
     topk: usize,
     json: bool,
 ) -> Result<()> {
-    let (mut net, meta) = load_model(weights)?;
+    let (mut net, meta) = load_model(weights, arch)?;
     let preprocess = preprocess_for(weights, &meta, resize, net.config.in_channels)?;
     let names = class_names(weights, &net.config, &meta)?;
     let channels = net.config.in_channels;
@@ -450,12 +462,14 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             data,
             format,
+            arch,
             val_split,
             resize,
             limit,
             batch_size,
         } => eval(
             &weights,
+            arch,
             data.as_deref(),
             &format,
             val_split,
@@ -468,8 +482,9 @@ fn run(cli: Cli) -> Result<()> {
             images,
             resize,
             topk,
+            arch,
             json,
-        } => predict(&weights, &images, resize, topk, json),
+        } => predict(&weights, arch, &images, resize, topk, json),
         Command::Summary {
             arch,
             input,

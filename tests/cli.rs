@@ -563,6 +563,10 @@ fn bad_invocations_fail_cleanly() {
         row(&["bench", "--arch", "vgg16"], &["--arch", "vgg16"]),
         row(&["summary", "--classes", "0"], &["--classes"]),
         row(
+            &["eval", "--weights", w, "--arch", "resnet50"],
+            &["holds", "not resnet50 (--arch)"],
+        ),
+        row(
             &["predict", "--topk", "0", "--weights", w, "x.png"],
             &["--topk"],
         ),
@@ -591,6 +595,10 @@ fn bad_invocations_fail_cleanly() {
         row(&["--threads", "0", "summary"], &["--threads"]),
         row(&["summary", "--threads", "0"], &["--threads"]),
         row(&["summary", "--classes", "0"], &["--classes"]),
+        row(
+            &["eval", "--weights", w, "--arch", "resnet50"],
+            &["holds", "not resnet50 (--arch)"],
+        ),
         row(&["train", "--limit-train", "0"], &["--limit-train"]),
         row(&["train", "--limit-test", "0"], &["--limit-test"]),
         row(&["train", "--widths", "16,abc"], &["--widths", "abc"]),
