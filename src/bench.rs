@@ -29,6 +29,51 @@ pub struct BenchArgs {
     /// channels, 1000 classes).
     #[arg(long, value_enum, default_value = "chapter")]
     pub arch: ArchName,
+    /// Time the data loader alone on this image folder (its `train/` if it has one) instead of the network:
+    /// one shuffled epoch of the training transforms, images/s.
+    #[arg(long, value_name = "DIR")]
+    pub loader: Option<std::path::PathBuf>,
+    /// With --loader: the transform preset (chapter, cifar, imagenet).
+    #[arg(long, default_value = "imagenet")]
+    pub transforms: String,
+    /// With --loader: worker threads decoding and transforming.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// With --loader: decoded-image cache in MiB (0: decode every image every epoch).
+    #[arg(long, default_value_t = crate::data::folder::DEFAULT_CACHE_MB)]
+    pub cache_mb: usize,
+}
+
+/// `bench --loader DIR`: one epoch of the loader on an image folder, printed as a line (or JSON).
+fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
+    let preset: crate::data::Preset = args.transforms.parse()?;
+    let opts = crate::data::FolderOptions {
+        cache_mb: args.cache_mb,
+        threads: args.workers.max(1),
+        ..Default::default()
+    };
+    let r = crate::data::bench_loader(dir, &opts, preset, args.batch, args.workers, None)?;
+    if args.json {
+        let v = serde_json::json!({
+            "loader": dir.display().to_string(), "transforms": args.transforms, "workers": args.workers,
+            "batch": args.batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
+            "open_seconds": r.open_seconds,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "loader {}: {} images in {:.2} s: {:.0} images/s ({} workers, batch {}, {} transforms; opening took {:.2} s)",
+            dir.display(),
+            r.images,
+            r.seconds,
+            r.images_per_s,
+            args.workers,
+            args.batch,
+            args.transforms,
+            r.open_seconds
+        );
+    }
+    Ok(())
 }
 
 /// The network `bench --arch` times: the chapter's for one channel and 10 classes, torchvision's for RGB
@@ -205,6 +250,10 @@ impl BenchArgs {
         if self.iters == 0 || self.iters > MAX_ITERS || self.warmup > MAX_ITERS {
             bail!("--iters must be between 1 and {MAX_ITERS} and --warmup at most {MAX_ITERS}");
         }
+        self.transforms.parse::<crate::data::Preset>()?;
+        if !(1..=64).contains(&self.workers) {
+            bail!("--workers must be between 1 and 64, got {}", self.workers);
+        }
         if !(2..=MAX_BATCH).contains(&self.batch) {
             bail!(
                 "--batch must be between 2 and {MAX_BATCH}, got {}",
@@ -218,6 +267,9 @@ impl BenchArgs {
 /// Runs the selected configurations and prints a table (or JSON).
 pub fn run(args: &BenchArgs) -> Result<()> {
     let selected = args.check()?;
+    if let Some(dir) = &args.loader {
+        return run_loader(args, dir);
+    }
     let engine = crate::kernels::conv::engine();
     if !args.json {
         println!("convolutions: {engine}");

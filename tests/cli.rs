@@ -561,6 +561,18 @@ fn bad_invocations_fail_cleanly() {
             &["--arch", "resnet51", "resnet50"],
         ),
         row(&["bench", "--arch", "vgg16"], &["--arch", "vgg16"]),
+        row(
+            &["bench", "--loader", "/nonexistent/photos"],
+            &["/nonexistent/photos"],
+        ),
+        row(
+            &["bench", "--loader", "/tmp", "--transforms", "foo"],
+            &["transforms", "foo"],
+        ),
+        row(
+            &["bench", "--loader", "/tmp", "--workers", "0"],
+            &["--workers"],
+        ),
         row(&["summary", "--classes", "0"], &["--classes"]),
         row(
             &["eval", "--weights", w, "--arch", "resnet50"],
