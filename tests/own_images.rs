@@ -219,3 +219,108 @@ fn train_on_cifar10_binaries_with_the_cifar_transforms() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Writes an IDX file (raw, big-endian header) of u8 data.
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Same data, same run: Fashion-MNIST images as IDX files and as an image folder of grayscale PNGs hold the same
+/// pixels and labels in the same order (the IDX files class-major, as ImageFolder lists a folder; class folders
+/// named so that their sorted order is the label order), so training on either with the same seed and flags —
+/// augmentation included — ends with bit-identical parameters.
+#[test]
+fn an_image_folder_trains_exactly_like_the_same_idx_files() {
+    let root = common::scratch_dir("own-images", "same-run");
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    let (idx_dir, folder) = (root.join("idx"), root.join("folder"));
+    std::fs::create_dir_all(&idx_dir).unwrap();
+    for (split, n, images_file, labels_file, sub) in [
+        (
+            Split::Train,
+            96,
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "train",
+        ),
+        (
+            Split::Test,
+            40,
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+            "val",
+        ),
+    ] {
+        let ds = Dataset::load(&bundled, split, false).unwrap();
+        // ImageFolder's order: by class, then by file name (the original index, zero-padded).
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| ds.label(i));
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for &i in &order {
+            let (img, label) = (ds.image(i), ds.label(i));
+            pixels.extend_from_slice(img);
+            labels.push(label as u8);
+            let dir = folder
+                .join(sub)
+                .join(format!("{label}-{}", resnet::data::CLASS_NAMES[label]));
+            std::fs::create_dir_all(&dir).unwrap();
+            image::GrayImage::from_raw(28, 28, img.to_vec())
+                .unwrap()
+                .save(dir.join(format!("{i:05}.png")))
+                .unwrap();
+        }
+        write_idx(&idx_dir.join(images_file), &[n as u32, 28, 28], &pixels);
+        write_idx(&idx_dir.join(labels_file), &[n as u32], &labels);
+    }
+    let train = |data: &Path, out: &Path| {
+        ok(&[
+            "train",
+            "--data",
+            s(data),
+            "--widths",
+            "4,4,4,4",
+            "--resize",
+            "32",
+            "--augment",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--seed",
+            "3",
+            "--quiet",
+            "--out",
+            s(out),
+        ])
+    };
+    let from_idx = train(&idx_dir, &root.join("run-idx"));
+    let from_folder = train(&folder, &root.join("run-folder"));
+    assert!(
+        from_idx.contains("96 training and 40 test images"),
+        "{from_idx}"
+    );
+    assert!(
+        from_folder.contains("96 training and 40 test images"),
+        "{from_folder}"
+    );
+    let weights = |run: &str| {
+        let bytes = std::fs::read(root.join(run).join("model.safetensors")).unwrap();
+        resnet::checkpoint::deserialize(&bytes, run).unwrap().0
+    };
+    let (a, b) = (weights("run-idx"), weights("run-folder"));
+    assert_eq!(a.len(), b.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(&b) {
+        assert_eq!(ka, kb);
+        assert!(
+            ta == tb,
+            "{ka} differs between the IDX run and the folder run"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
