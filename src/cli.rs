@@ -176,6 +176,13 @@ pub struct TrainArgs {
     /// With --init: start the classifier afresh (for a new class count) instead of loading it.
     #[arg(long, requires = "init")]
     pub reset_head: bool,
+    /// Train only the classifier: the stem and every stage stay fixed (their batch norms in eval mode, no
+    /// gradients computed for them).
+    #[arg(long, conflicts_with = "freeze_until")]
+    pub freeze_backbone: bool,
+    /// Hold the stem and stages 1..=STAGE fixed (0: the stem only) and train what follows.
+    #[arg(long, value_name = "STAGE")]
+    pub freeze_until: Option<usize>,
     /// Seed of the initialization, the shuffling and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -295,6 +302,11 @@ impl TrainArgs {
             channel_norm: None,
             init: self.init.clone(),
             reset_head: self.reset_head,
+            freeze: match (self.freeze_backbone, self.freeze_until) {
+                (true, _) => 1 + named.layers.len(),
+                (false, Some(k)) => k.saturating_add(1),
+                (false, None) => 0,
+            },
             augment: self.augment,
             seed: self.seed,
             limit_train: self.limit_train,

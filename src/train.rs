@@ -104,6 +104,10 @@ pub struct TrainConfig {
     /// Fine-tuning: keep the classifier's fresh initialization instead of loading it (a new class count).
     #[serde(default)]
     pub reset_head: bool,
+    /// Fine-tuning: leading parts held fixed (0 none, 1 the stem, `1 + k` the stem and the first `k` stages; see
+    /// [`ResNet::set_frozen`]).
+    #[serde(default)]
+    pub freeze: usize,
 }
 
 fn auto_format() -> String {
@@ -159,6 +163,7 @@ impl Default for TrainConfig {
             channel_norm: None,
             init: None,
             reset_head: false,
+            freeze: 0,
         }
     }
 }
@@ -265,6 +270,13 @@ impl TrainConfig {
         self.transforms.parse::<Preset>()?;
         if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
             bail!("--channels must be 1 or 3, got {c}");
+        }
+        if self.freeze > 1 + self.layers.len() {
+            bail!(
+                "--freeze-until: the network has {} stages, so at most stage {}",
+                self.layers.len(),
+                self.layers.len()
+            );
         }
         if let Some(f) = self.val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
             bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
@@ -517,6 +529,8 @@ impl Restored {
         let mut net = checkpoint::build_for(config.arch(), &model_sd, origin)?;
         net.load_state_dict(&model_sd)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        net.set_frozen(config.freeze)
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
         let mut optimizer = build_optimizer(&config, &mut net)?;
         let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
             .map_err(|e| Error::new(format!("{origin}: bad `{META_OPTIMIZER}`: {e}")))?;
@@ -592,6 +606,7 @@ impl Run {
         if let Some(path) = &config.init {
             load_init(&mut net, path, config.reset_head)?;
         }
+        net.set_frozen(config.freeze)?;
         let optimizer = build_optimizer(&config, &mut net)?;
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(format!(

@@ -767,3 +767,65 @@ fn network_case(label: &str, config: ResNetConfig, xs: Shape4, tensors: usize) {
         total.0
     );
 }
+
+/// Fine-tuning with the stem and the first stage frozen: only the later parameters are walked, the frozen ones
+/// (and their batch-norm statistics) stay as they were, and the gradients of the trainable ones match finite
+/// differences of the network as it runs frozen (the frozen part in eval mode).
+#[test]
+fn frozen_stem_and_first_stage() {
+    let config = ResNetConfig {
+        widths: vec![2, 4, 4],
+        stem: Stem::Small,
+        ..ResNetConfig::torchvision(BlockKind::Basic, &[1, 1, 1], 3, 4)
+    };
+    let mut net = ResNet::new(config, 5).unwrap();
+    let all = net.params_mut().len();
+    net.set_frozen(2).unwrap();
+    let names: Vec<String> = net.params_mut().into_iter().map(|p| p.name).collect();
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("layer2") || n.starts_with("layer3") || n.starts_with("fc")));
+    assert_eq!(
+        all - names.len(),
+        3 + 6,
+        "stem conv + bn, layer1's two convs and two bns"
+    );
+    assert!(net.set_frozen(5).is_err());
+    let before = net.state_dict();
+    let xs = Shape4::new(3, 3, 6, 6);
+    let mut r = rng(77);
+    let x = uniform(&mut r, xs.len(), 0.0, 1.0);
+    let dy = uniform(&mut r, xs.n * 4, -1.0, 1.0);
+    net.set_train(true);
+    net.forward(&x, xs).unwrap();
+    net.backward_from(&x, &dy, false);
+    let after = net.state_dict();
+    for ((k, a), (_, b)) in before.iter().zip(&after) {
+        if k.starts_with("conv1") || k.starts_with("bn1") || k.starts_with("layer1") {
+            assert_eq!(a, b, "{k}: a frozen layer changed in a training forward");
+        }
+    }
+    assert_ne!(
+        before
+            .iter()
+            .find(|(k, _)| k == "layer2.0.bn1.running_mean"),
+        after.iter().find(|(k, _)| k == "layer2.0.bn1.running_mean"),
+        "a trainable batch norm updates its statistics"
+    );
+    let snapshot: Vec<(String, Vec<f32>, Vec<f32>)> = net
+        .params_mut()
+        .into_iter()
+        .map(|p| (p.name, p.value.to_vec(), p.grad.to_vec()))
+        .collect();
+    for (pi, (name, v0, g)) in snapshot.iter().enumerate() {
+        Fd::kinked(format!("frozen net {name}"))
+            .samples(8)
+            .max_misses(2)
+            .run(v0, g, |i, val| {
+                net.params_mut()[pi].value[i] = val;
+                let l = dot(net.forward(&x, xs).unwrap(), &dy);
+                net.params_mut()[pi].value[i] = v0[i];
+                l
+            });
+    }
+}

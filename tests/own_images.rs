@@ -112,6 +112,44 @@ fn train_eval_predict_on_an_rgb_image_folder() {
     ];
     assert!(names.contains(&v["class"].as_str().unwrap()), "{v}");
 
+    // Fine-tuning the classifier alone: every other tensor (running statistics included) stays as loaded.
+    let tuned = root.join("tuned");
+    ok(&[
+        "train",
+        "--data",
+        s(&data),
+        "--arch",
+        "resnet18",
+        "--stem",
+        "small",
+        "--widths",
+        "4,4,4,4",
+        "--resize",
+        "28",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--init",
+        s(&model),
+        "--freeze-backbone",
+        "--out",
+        s(&tuned),
+    ]);
+    let read = |p: &Path| {
+        let bytes = std::fs::read(p).unwrap();
+        resnet::checkpoint::deserialize(&bytes, "model").unwrap().0
+    };
+    let (start, end) = (read(&model), read(&tuned.join("model.safetensors")));
+    for ((k, a), (_, b)) in start.iter().zip(&end) {
+        if k.starts_with("fc.") {
+            assert_ne!(a, b, "{k}: the classifier trains");
+        } else {
+            assert_eq!(a, b, "{k}: a frozen tensor changed");
+        }
+    }
+
     // The same labels in a different order are refused, not silently scored.
     let (success, _, err) = run(&["eval", "--weights", s(&model)]);
     assert!(

@@ -168,12 +168,21 @@ impl Residual {
 impl ResNet {
     /// Calls `f(key, value, grad)` for every trainable tensor in PyTorch's `named_parameters()` order.
     /// Keys are formatted only by a caller that wants them.
+    /// Frozen layers ([`ResNet::set_frozen`]) are left out.
     fn for_each_param<'a>(
         &'a mut self,
         f: &mut dyn FnMut(LayerKey, &'static str, &'a mut [f32], &'a [f32]),
     ) {
+        let frozen = self.frozen();
         self.for_each_layer_mut(&mut |key, layer| {
-            layer_params(layer, &mut |field, value, grad| f(key, field, value, grad))
+            let is_frozen = match key.block {
+                Some((_, k, _)) => frozen >= k + 1,
+                // The stem's conv and batch norm; the classifier always trains.
+                None => frozen >= 1 && !matches!(layer, LayerMut::Linear(_)),
+            };
+            if !is_frozen {
+                layer_params(layer, &mut |field, value, grad| f(key, field, value, grad))
+            }
         });
     }
 

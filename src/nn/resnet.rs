@@ -75,6 +75,9 @@ pub struct ResNet {
     last_shape: Shape4,
     /// The input shape and mode that last passed [`ResNet::validate_input`].
     validated_input: Option<(Shape4, bool)>,
+    /// Leading parts held fixed for fine-tuning ([`ResNet::set_frozen`]): 0 none, 1 the stem, `1 + k` the stem
+    /// and the first `k` stages.
+    frozen: usize,
 }
 
 /// The chapter's ResNet-18 for `in_channels`-channel images and `num_classes` classes (11,178,378 parameters for
@@ -126,12 +129,33 @@ impl ResNet {
             input_shape: Shape4::default(),
             last_shape: Shape4::default(),
             validated_input: None,
+            frozen: 0,
         })
     }
 
     /// Switches between training mode (batch statistics, running-statistics update) and eval mode.
     pub fn set_train(&mut self, train: bool) {
         self.train = train;
+    }
+
+    /// Holds the first `parts` parts fixed, for fine-tuning: 0 none, 1 the stem, `1 + k` the stem and the first
+    /// `k` stages (`1 + stages`: the whole backbone, only the classifier trains). Frozen layers run as in eval mode
+    /// even in training (their batch norms use and keep their running statistics), no gradient is computed for
+    /// them or through them, and the parameter walks ([`ResNet::params_mut`], the optimizer's) leave them out.
+    pub fn set_frozen(&mut self, parts: usize) -> Result<()> {
+        if parts > 1 + self.stages.len() {
+            bail!(
+                "cannot freeze {parts} parts of a network with a stem and {} stages",
+                self.stages.len()
+            );
+        }
+        self.frozen = parts;
+        Ok(())
+    }
+
+    /// The number of leading parts held fixed ([`ResNet::set_frozen`]).
+    pub fn frozen(&self) -> usize {
+        self.frozen
     }
 
     /// True in training mode (see [`ResNet::set_train`]); a new network starts in training mode.
@@ -231,9 +255,10 @@ impl ResNet {
         }
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
         let train = self.train;
+        let frozen = self.frozen;
         let ws = &mut self.workspace;
         self.input_shape = xs;
-        let mut s = if train {
+        let mut s = if train && frozen == 0 {
             let s = self.stem_conv.forward(x, xs, ws);
             self.stem_bn.forward(&self.stem_conv.out, s, train);
             s
@@ -259,7 +284,9 @@ impl ResNet {
             Some(_) => &self.pool_out,
             None => &self.stem_bn.out,
         };
-        for stage in self.stages.iter_mut() {
+        for (k, stage) in self.stages.iter_mut().enumerate() {
+            // A frozen stage runs as in eval mode.
+            let train = train && frozen < k + 2;
             for block in stage.iter_mut() {
                 s = block.forward(input, s, train, ws);
                 input = &block.out;
@@ -331,10 +358,16 @@ impl ResNet {
             Some(_) => &self.pool_out,
             None => &self.stem_bn.out,
         };
-        // Walk the blocks backwards; each block's input is the previous block's output (or the stem's).
+        // Walk the blocks backwards; each block's input is the previous block's output (or the stem's). Nothing
+        // below the trainable parts needs a gradient: stop there.
+        let frozen = self.frozen;
         for k in (0..self.stages.len()).rev() {
+            if frozen >= k + 2 {
+                return;
+            }
             let (earlier, rest) = self.stages.split_at_mut(k);
             for i in (0..rest[0].len()).rev() {
+                let first_trainable = i == 0 && frozen == k + 1;
                 let (before, rest) = rest[0].split_at_mut(i);
                 let block_input: &[f32] = match before.last() {
                     Some(prev) => &prev.out,
@@ -343,9 +376,12 @@ impl ResNet {
                         None => stem_input,
                     },
                 };
-                rest[0].backward_into(block_input, grad, dx, tmp, true, ws);
+                rest[0].backward_into(block_input, grad, dx, tmp, !first_trainable, ws);
                 std::mem::swap(grad, dx);
             }
+        }
+        if frozen >= 1 {
+            return;
         }
         let stem_grad: &mut [f32] = match &self.pool_geom {
             Some(pg) => {
