@@ -176,7 +176,7 @@ impl ResNet {
         let frozen = self.frozen();
         self.for_each_layer_mut(&mut |key, layer| {
             let is_frozen = match key.block {
-                Some((_, k, _)) => frozen >= k + 1,
+                Some((_, k, _)) => frozen > k, // stage k (1-based) is frozen from `frozen = k + 1` on
                 // The stem's conv and batch norm; the classifier always trains.
                 None => frozen >= 1 && !matches!(layer, LayerMut::Linear(_)),
             };
