@@ -48,26 +48,30 @@ fn train_eval_predict_on_an_rgb_image_folder() {
     export(Split::Train, 160, &data.join("train"));
     export(Split::Test, 60, &data.join("val"));
     let out = root.join("run");
-    let stdout = ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--arch",
-        "resnet18",
-        "--stem",
-        "small",
-        "--widths",
-        "4,4,4,4",
-        "--resize",
-        "28",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--quiet",
-        "--out",
-        s(&out),
-    ]);
+    // A small torchvision-layout network on the folder: one epoch, then `extra` flags.
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            s(&data),
+            "--arch",
+            "resnet18",
+            "--stem",
+            "small",
+            "--widths",
+            "4,4,4,4",
+            "--resize",
+            "28",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let stdout = train(&["--out", s(&out)]);
     assert!(stdout.contains("(3 channels, 10 classes)"), "{stdout}");
     let model = out.join("model.safetensors");
 
@@ -114,29 +118,7 @@ fn train_eval_predict_on_an_rgb_image_folder() {
 
     // Fine-tuning the classifier alone: every other tensor (running statistics included) stays as loaded.
     let tuned = root.join("tuned");
-    ok(&[
-        "train",
-        "--data",
-        s(&data),
-        "--arch",
-        "resnet18",
-        "--stem",
-        "small",
-        "--widths",
-        "4,4,4,4",
-        "--resize",
-        "28",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--quiet",
-        "--init",
-        s(&model),
-        "--freeze-backbone",
-        "--out",
-        s(&tuned),
-    ]);
+    train(&["--init", s(&model), "--freeze-backbone", "--out", s(&tuned)]);
     let read = |p: &Path| {
         let bytes = std::fs::read(p).unwrap();
         resnet::checkpoint::deserialize(&bytes, "model").unwrap().0
