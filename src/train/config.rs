@@ -1,0 +1,282 @@
+//! The run's configuration: everything that determines a training run, stored in its checkpoint.
+
+use crate::data::transforms::check_resize;
+use crate::data::{
+    pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline, Preset, CLASS_NAMES,
+    NUM_CLASSES,
+};
+use crate::nn::{ArchName, ResNetConfig, Stem};
+use crate::optim::{OptimizerKind, OptimizerOptions, Schedule};
+use crate::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Largest `--batch-size`.
+pub const MAX_BATCH: usize = 1 << 16;
+/// Largest input batch, in values (batch × height × width): 2^28, 1 GiB of f32.
+pub const MAX_BATCH_VALUES: usize = 1 << 28;
+
+/// Everything that determines a training run (stored in the checkpoint, so `--resume` continues the same run).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Total epochs of the run (a resumed run trains the ones not yet done).
+    pub epochs: usize,
+    /// Images per training and evaluation batch (at least 2, for batch norm).
+    pub batch_size: usize,
+    /// Base learning rate; the schedule scales it per step.
+    pub lr: f32,
+    /// `adam`, `adamw` or `sgd`.
+    pub optimizer: String,
+    /// SGD momentum (`None`: the optimizer's default, 0).
+    pub momentum: Option<f64>,
+    /// SGD Nesterov momentum (needs a momentum > 0).
+    pub nesterov: bool,
+    /// Weight decay (`None`: the optimizer's default; L2 for `adam`/`sgd`, decoupled for `adamw`).
+    pub weight_decay: Option<f64>,
+    /// `constant`, `step`, `cosine` or `onecycle`.
+    pub schedule: String,
+    /// Images are resized (shorter side) to this size; `None` keeps 28×28.
+    pub resize: Option<usize>,
+    /// `(mean, std)` applied after `ToTensor`; `None` leaves pixels in `[0, 1]`.
+    pub normalize: Option<(f32, f32)>,
+    /// Random crop and horizontal flip of the training images (never of the test images).
+    pub augment: bool,
+    /// Seeds the initialization, the per-epoch shuffle and the augmentation.
+    pub seed: u64,
+    /// Train on only the first this many training images.
+    pub limit_train: Option<usize>,
+    /// Evaluate on only the first this many test images.
+    pub limit_test: Option<usize>,
+    /// The named network (`--arch`); `widths`, `layers`, `stem` and `zero_init_residual` adjust it.
+    #[serde(default = "chapter_arch")]
+    pub arch: ArchName,
+    /// Network stage widths (the chapter's: 64,128,256,512).
+    pub widths: Vec<usize>,
+    /// Residual blocks per stage, one per entry of `widths` (the chapter's: 2,2,2,2).
+    #[serde(alias = "residuals")]
+    pub layers: Vec<usize>,
+    /// The layers before the first stage (the ImageNet stem, or the small one for 28×28 and 32×32 inputs).
+    #[serde(default = "imagenet_stem")]
+    pub stem: Stem,
+    /// Start every block as the identity (its last batch-norm weight zero).
+    #[serde(default)]
+    pub zero_init_residual: bool,
+    /// Dataset format: `auto`, `idx`, `cifar10`, `cifar100`, `cifar100-coarse` or `folder`.
+    #[serde(default = "auto_format")]
+    pub format: String,
+    /// Channels the images are converted to, 1 or 3 (`None`: the data's own).
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// Transform preset: `chapter`, `cifar` or `imagenet`.
+    #[serde(default = "chapter_transforms")]
+    pub transforms: String,
+    /// Folder datasets without `val/` or `test/`: the fraction of each class held out for validation.
+    #[serde(default)]
+    pub val_split: Option<f64>,
+    /// Folder datasets: leave out files that cannot be read instead of stopping.
+    #[serde(default)]
+    pub skip_bad: bool,
+    /// Input channels of the network: the data's, set when the run starts.
+    #[serde(default = "one_channel")]
+    pub in_channels: usize,
+    /// Class names in label order, from the data when the run starts (empty: Fashion-MNIST's ten).
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Per-channel `(mean, std)` for `Normalize`, computed once from the training images when the run starts
+    /// (`--normalize` on data other than one-channel IDX files).
+    #[serde(default)]
+    pub channel_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Fine-tuning: the weights file the run started from (ours, safetensors or `.pth` from PyTorch).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// Fine-tuning: keep the classifier's fresh initialization instead of loading it (a new class count).
+    #[serde(default)]
+    pub reset_head: bool,
+    /// Fine-tuning: leading parts held fixed (0 none, 1 the stem, `1 + k` the stem and the first `k` stages; see
+    /// [`ResNet::set_frozen`]).
+    #[serde(default)]
+    pub freeze: usize,
+}
+
+fn auto_format() -> String {
+    "auto".into()
+}
+
+fn chapter_transforms() -> String {
+    "chapter".into()
+}
+
+fn one_channel() -> usize {
+    1
+}
+
+fn chapter_arch() -> ArchName {
+    ArchName::Chapter
+}
+
+fn imagenet_stem() -> Stem {
+    Stem::Imagenet
+}
+
+impl Default for TrainConfig {
+    /// The chapter's run: resize 96, batch 256, Adam lr 0.001, 5 epochs, seed 0.
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 5,
+            batch_size: 256,
+            lr: 0.001,
+            optimizer: "adam".into(),
+            momentum: None,
+            nesterov: false,
+            weight_decay: None,
+            schedule: "constant".into(),
+            resize: Some(96),
+            normalize: None,
+            augment: false,
+            seed: 0,
+            limit_train: None,
+            limit_test: None,
+            arch: ArchName::Chapter,
+            widths: vec![64, 128, 256, 512],
+            layers: vec![2, 2, 2, 2],
+            stem: Stem::Imagenet,
+            zero_init_residual: false,
+            format: auto_format(),
+            channels: None,
+            transforms: chapter_transforms(),
+            val_split: None,
+            skip_bad: false,
+            in_channels: 1,
+            classes: Vec::new(),
+            channel_norm: None,
+            init: None,
+            reset_head: false,
+            freeze: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The network's description: the named `arch` for the data's channels and classes, with this run's
+    /// `widths`, `layers`, `stem` and `zero_init_residual`.
+    pub fn arch(&self) -> ResNetConfig {
+        ResNetConfig {
+            widths: self.widths.clone(),
+            layers: self.layers.clone(),
+            stem: self.stem,
+            zero_init_residual: self.zero_init_residual,
+            ..ResNetConfig::named(self.arch, self.in_channels, self.num_classes())
+        }
+    }
+    /// Number of classes: of the data the run started on (Fashion-MNIST's 10 for runs of earlier versions).
+    pub fn num_classes(&self) -> usize {
+        if self.classes.is_empty() {
+            NUM_CLASSES
+        } else {
+            self.classes.len()
+        }
+    }
+    /// Class names in label order.
+    pub fn class_names(&self) -> Vec<String> {
+        if self.classes.is_empty() {
+            CLASS_NAMES.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.classes.clone()
+        }
+    }
+    /// How the data is opened.
+    pub fn data_options(&self, verify: bool, cache_mb: usize) -> Result<DataOptions> {
+        Ok(DataOptions {
+            format: self.format.parse()?,
+            channels: self.channels,
+            cache_mb,
+            skip_bad: self.skip_bad,
+            val_split: self.val_split,
+            seed: self.seed,
+            verify,
+            threads: 2,
+            test_only: false,
+        })
+    }
+    /// The training and evaluation pipelines of this run's preset for `train`.
+    pub fn pipelines(&self, train: &dyn ImageDataset) -> Result<(Pipeline, Pipeline)> {
+        let normalize = match (&self.channel_norm, self.normalize) {
+            (Some((m, s)), _) => NormalizeSpec::Given(m.clone(), s.clone()),
+            (None, Some((m, s))) => NormalizeSpec::Given(vec![m], vec![s]),
+            (None, None) => NormalizeSpec::None,
+        };
+        pipelines(
+            self.transforms.parse()?,
+            self.resize,
+            self.augment,
+            &normalize,
+            train,
+        )
+    }
+    /// Parses the `optimizer` field.
+    pub fn optimizer_kind(&self) -> Result<OptimizerKind> {
+        self.optimizer.parse()
+    }
+    /// Parses the `schedule` field.
+    pub fn schedule(&self) -> Result<Schedule> {
+        self.schedule.parse()
+    }
+    /// Checks every value before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if self.batch_size < 2 {
+            bail!("--batch-size must be at least 2 (batch norm needs more than one value per channel)");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if let Some(r) = self.resize {
+            check_resize(r)?;
+        }
+        if self.batch_size > MAX_BATCH {
+            bail!(
+                "--batch-size must be at most {MAX_BATCH}, got {}",
+                self.batch_size
+            );
+        }
+        let side = self.resize.unwrap_or(28);
+        if self.batch_size * side * side > MAX_BATCH_VALUES {
+            bail!(
+                "--batch-size {} at {side}×{side} is more than {MAX_BATCH_VALUES} input values per batch",
+                self.batch_size
+            );
+        }
+        self.arch().check()?;
+        if self.limit_train == Some(0) || self.limit_test == Some(0) {
+            bail!("--limit-train / --limit-test must be at least 1");
+        }
+        self.optimizer_kind()?;
+        self.schedule()?;
+        self.format.parse::<Format>()?;
+        self.transforms.parse::<Preset>()?;
+        if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
+            bail!("--channels must be 1 or 3, got {c}");
+        }
+        if self.freeze > 1 + self.layers.len() {
+            bail!(
+                "--freeze-until: the network has {} stages, so at most stage {}",
+                self.layers.len(),
+                self.layers.len()
+            );
+        }
+        if let Some(f) = self.val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
+            bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
+        }
+        Ok(())
+    }
+    pub(super) fn optimizer_options(&self) -> OptimizerOptions {
+        OptimizerOptions {
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            nesterov: self.nesterov,
+            ..Default::default()
+        }
+    }
+}

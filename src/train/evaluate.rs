@@ -1,0 +1,70 @@
+//! Accuracy and confusion matrix of a network on a loader's data.
+
+use crate::data::Loader;
+use crate::nn::ResNet;
+use crate::Result;
+
+/// Accuracy and confusion matrix of `net` (eval mode, BN running statistics) on a dataset.
+pub struct Evaluation {
+    /// Fraction of images whose arg-max prediction equals the label (0 on an empty dataset).
+    pub accuracy: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+    /// Number of images evaluated.
+    pub count: usize,
+}
+
+impl Evaluation {
+    /// Accuracy of each true class (NaN-free: classes with no examples get 0).
+    pub fn per_class(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(c, row)| {
+                let n: usize = row.iter().sum();
+                if n == 0 {
+                    0.0
+                } else {
+                    row[c] as f64 / n as f64
+                }
+            })
+            .collect()
+    }
+}
+
+/// Evaluates `net` in eval mode on `loader`'s data (in order, epoch 0). Restores the previous mode.
+pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
+    let was_train = net.is_train();
+    net.set_train(false);
+    let k = net.config.num_classes;
+    let mut confusion = vec![vec![0usize; k]; k];
+    let mut correct = 0usize;
+    let mut count = 0usize;
+    for batch in loader.epoch(0) {
+        let batch = batch?;
+        let logits = net.forward(&batch.images, batch.shape)?;
+        for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
+            let pred = argmax(row);
+            confusion[label][pred] += 1;
+            correct += (pred == label) as usize;
+            count += 1;
+        }
+    }
+    net.set_train(was_train);
+    Ok(Evaluation {
+        accuracy: correct as f64 / count.max(1) as f64,
+        confusion,
+        count,
+    })
+}
+
+/// Index of the largest value (first one on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}

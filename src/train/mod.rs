@@ -1,0 +1,29 @@
+//! The training loop: epochs over a seeded loader, the chapter's per-epoch line, evaluation with BN running
+//! statistics, metrics, a training-curve plot, and atomic checkpoints that a run resumes from exactly.
+//!
+//! A run directory holds:
+//! - `model.safetensors`: the model alone, PyTorch's keys and layouts (loads with `load_state_dict(strict=True)`);
+//! - `checkpoint.safetensors`: model + optimizer state + progress, the one file `--resume` reads (written
+//!   atomically, so a crash leaves the previous epoch's checkpoint);
+//! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
+//!
+//! One file, one job: `config` (what determines a run), `data` (what it trains on), `run` (create, resume, the
+//! epoch loop, checkpoints), `evaluate`, `metrics`, `progress` (the bar), `plot` (the curve) and `lock` (the run
+//! directory's lock).
+
+mod config;
+mod data;
+mod evaluate;
+mod lock;
+mod metrics;
+mod plot;
+mod progress;
+mod run;
+
+pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
+pub use data::Data;
+pub use evaluate::{argmax, evaluate, Evaluation};
+pub use metrics::{EpochMetrics, Progress};
+pub use plot::curve_svg;
+pub use progress::ProgressMode;
+pub use run::{Restored, Run};

@@ -1,0 +1,358 @@
+//! A training run in a run directory: create, resume, train epochs, checkpoint.
+
+use super::lock::RunLock;
+use super::progress::Bar;
+use super::{curve_svg, evaluate, Data, EpochMetrics, Progress, ProgressMode, TrainConfig};
+use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use crate::data::{Loader, Pipeline};
+use crate::nn::{ResNet, StateDict, StateTensor};
+use crate::optim::{Optimizer, OptimizerState};
+use crate::{bail, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+const META_CONFIG: &str = "resnet.train_config";
+const META_PROGRESS: &str = "resnet.progress";
+const META_OPTIMIZER: &str = "resnet.optimizer";
+const OPT_PREFIX: &str = "optimizer.";
+
+/// A training run in a run directory: the model, its optimizer, and what has been done so far.
+pub struct Run {
+    /// The run directory (checkpoint, model, metrics and curve live here).
+    pub dir: PathBuf,
+    /// The run's configuration, as stored in its checkpoint.
+    pub config: TrainConfig,
+    /// The model being trained.
+    pub net: ResNet,
+    /// The optimizer, with its per-parameter state.
+    pub optimizer: Box<dyn Optimizer>,
+    /// Epochs done so far and their metrics.
+    pub progress: Progress,
+    /// The evaluation transforms of the data being trained on (known once [`Run::train`] starts), stored in
+    /// `model.safetensors` so that `predict` and `eval` preprocess as training did.
+    eval_pipeline: Option<Pipeline>,
+    /// Held for the run's lifetime: a second `resnet train` on the same directory is refused.
+    _lock: RunLock,
+}
+
+/// What a training checkpoint holds, parsed and checked: the configuration, the model, the optimizer with its
+/// state, and the progress.
+pub struct Restored {
+    /// The run's configuration (with `epochs` replaced when extending).
+    pub config: TrainConfig,
+    /// The model with the checkpoint's weights and running statistics.
+    pub net: ResNet,
+    /// The optimizer with its per-parameter state and step count.
+    pub optimizer: Box<dyn Optimizer>,
+    /// Epochs done and their metrics.
+    pub progress: Progress,
+}
+
+impl Restored {
+    /// Parses the bytes of a `checkpoint.safetensors` (`origin` names it in errors); `epochs` replaces the stored
+    /// total. Everything is checked — metadata, configuration, key set, shapes, optimizer state — and a file that
+    /// describes a larger network than the values it holds is refused before that network is allocated.
+    pub fn from_bytes(bytes: &[u8], origin: &str, epochs: Option<usize>) -> Result<Restored> {
+        let (sd, meta) = checkpoint::deserialize(bytes, origin)?;
+        let get = |k: &str| {
+            meta.get(k).ok_or_else(|| {
+                Error::new(format!(
+                    "{origin}: no `{k}` metadata: not a resnet training checkpoint"
+                ))
+            })
+        };
+        let mut config: TrainConfig = serde_json::from_str(get(META_CONFIG)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_CONFIG}`: {e}")))?;
+        let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_PROGRESS}`: {e}")))?;
+        if let Some(e) = epochs {
+            config.epochs = e;
+        }
+        config
+            .validate()
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        if progress.history.len() != progress.epochs_done {
+            bail!(
+                "{origin}: bad `{META_PROGRESS}`: {} epochs done but {} epochs of metrics",
+                progress.epochs_done,
+                progress.history.len()
+            );
+        }
+        let (model_sd, opt_sd): (StateDict, StateDict) = sd
+            .into_iter()
+            .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
+        let mut net = checkpoint::build_for(config.arch(), &model_sd, origin)?;
+        net.load_state_dict(&model_sd)
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        net.set_frozen(config.freeze)
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        let mut optimizer = build_optimizer(&config, &mut net)?;
+        let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
+            .map_err(|e| Error::new(format!("{origin}: bad `{META_OPTIMIZER}`: {e}")))?;
+        let tensors = opt_sd
+            .into_iter()
+            .map(|(k, t)| match t {
+                StateTensor::F32 { data, .. } => Ok((k[OPT_PREFIX.len()..].to_string(), data)),
+                _ => Err(Error::new(format!(
+                    "{origin}: optimizer tensor `{k}` is not F32"
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        optimizer
+            .load_state(OptimizerState {
+                kind: opt_meta.kind,
+                step: opt_meta.step,
+                tensors,
+            })
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        Ok(Restored {
+            config,
+            net,
+            optimizer,
+            progress,
+        })
+    }
+}
+
+impl Run {
+    /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
+    /// so a finished run is never overwritten by accident (use `--resume`).
+    pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
+        config.validate()?;
+        // Build everything that can fail on a bad config before touching the file system.
+        let mut net = ResNet::new(config.arch(), config.seed)?;
+        if let Some(path) = &config.init {
+            load_init(&mut net, path, config.reset_head)?;
+        }
+        net.set_frozen(config.freeze)?;
+        let optimizer = build_optimizer(&config, &mut net)?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::new(format!(
+                "{}: cannot create run directory: {e}",
+                dir.display()
+            ))
+        })?;
+        let refuse_existing = || -> Result<()> {
+            if dir.join("checkpoint.safetensors").exists() {
+                bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());
+            }
+            Ok(())
+        };
+        refuse_existing()?;
+        let lock = RunLock::acquire(dir)?;
+        // Again under the lock: another run may have written its first checkpoint meanwhile.
+        refuse_existing()?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            net,
+            optimizer,
+            progress: Progress::default(),
+            eval_pipeline: None,
+            _lock: lock,
+        })
+    }
+
+    /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
+    pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
+        let path = dir.join("checkpoint.safetensors");
+        // Refuse a directory without a checkpoint before creating the lock file in it.
+        std::fs::metadata(&path)
+            .map_err(|e| Error::new(format!("{}: {e} (nothing to resume)", path.display())))?;
+        let lock = RunLock::acquire(dir)?;
+        let bytes = checkpoint::read_file_limited(&path)?;
+        let restored = Restored::from_bytes(&bytes, &path.display().to_string(), epochs)?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config: restored.config,
+            net: restored.net,
+            optimizer: restored.optimizer,
+            progress: restored.progress,
+            eval_pipeline: None,
+            _lock: lock,
+        })
+    }
+
+    /// Trains the remaining epochs, printing the chapter's line after each and checkpointing atomically.
+    /// `on_epoch` sees each epoch's metrics (after its checkpoint is safely on disk).
+    pub fn train(
+        &mut self,
+        data: &Data,
+        mode: ProgressMode,
+        mut on_epoch: impl FnMut(&EpochMetrics),
+    ) -> Result<()> {
+        let cfg = self.config.clone();
+        let schedule = cfg.schedule()?;
+        data.check_fits(&cfg)?;
+        let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
+        let train_loader = Loader::with_pipeline(
+            data.train.clone(),
+            cfg.batch_size,
+            true,
+            cfg.seed,
+            train_pipeline,
+        )?;
+        let test_loader = Loader::with_pipeline(
+            data.test.clone(),
+            cfg.batch_size,
+            false,
+            cfg.seed,
+            eval_pipeline.clone(),
+        )?;
+        self.eval_pipeline = Some(eval_pipeline);
+        let steps = train_loader.num_batches();
+        for epoch in self.progress.epochs_done..cfg.epochs {
+            let kept = match self.progress.epochs_done {
+                0 => format!(
+                    "no epoch finished, so {} holds no checkpoint",
+                    self.dir.display()
+                ),
+                n => format!(
+                    "the checkpoint of epoch {n} in {} is kept",
+                    self.dir.display()
+                ),
+            };
+            let start = Instant::now();
+            self.net.set_train(true);
+            let bar = Bar::new(mode, steps, epoch + 1, cfg.epochs);
+            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+            let mut lr = cfg.lr;
+            for (b, batch) in train_loader.epoch(epoch).enumerate() {
+                let batch = batch?;
+                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
+                self.net.forward(&batch.images, batch.shape)?;
+                let (loss, ok) = self.net.loss(&batch.labels)?;
+                if !loss.is_finite() {
+                    bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
+                }
+                self.net.backward(&batch.images, false);
+                // The key is formatted only when a gradient is bad: a healthy step allocates nothing here.
+                if let Some(name) = self.net.non_finite_grad() {
+                    bail!("training diverged: gradient of `{name}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
+                }
+                self.net.optimizer_step(self.optimizer.as_mut(), lr);
+                loss_sum += loss as f64;
+                correct += ok;
+                seen += batch.labels.len();
+                bar.update(
+                    b + 1,
+                    loss_sum / (b + 1) as f64,
+                    correct as f64 / seen as f64,
+                    seen,
+                    start,
+                );
+            }
+            bar.finish();
+            let train_secs = start.elapsed().as_secs_f64();
+            let eval = evaluate(&mut self.net, &test_loader)?;
+            let metrics = EpochMetrics {
+                epoch: epoch + 1,
+                loss: loss_sum / steps as f64,
+                train_acc: correct as f64 / seen as f64,
+                test_acc: eval.accuracy,
+                time_sec: start.elapsed().as_secs_f64(),
+                images_per_sec: seen as f64 / train_secs,
+                lr: lr as f64,
+            };
+            // A last step can overflow the weights (or BN statistics) without a non-finite loss or gradient:
+            // never checkpoint such a model over the last good one.
+            let sd = self.net.state_dict();
+            let bad = sd.iter().find(|(_, t)| {
+                matches!(t, StateTensor::F32 { data, .. } if data.iter().any(|v| !v.is_finite()))
+            });
+            if let Some((name, _)) = bad {
+                bail!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr);
+            }
+            drop(sd);
+            self.progress.epochs_done = epoch + 1;
+            self.progress.history.push(metrics.clone());
+            self.save()?;
+            on_epoch(&metrics);
+        }
+        Ok(())
+    }
+
+    /// Writes `model.safetensors`, then `checkpoint.safetensors`, `metrics.jsonl` and `curve.svg`, each atomically.
+    pub fn save(&self) -> Result<()> {
+        let mut meta = BTreeMap::new();
+        meta.insert(
+            META_INPUT_SIZE.to_string(),
+            self.config.resize.unwrap_or(28).to_string(),
+        );
+        meta.insert(META_CLASSES.to_string(), json(&self.config.class_names()));
+        if let Some(p) = &self.eval_pipeline {
+            meta.insert(META_EVAL_TRANSFORM.to_string(), json(p));
+        }
+        checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta)?;
+
+        let mut sd = self.net.state_dict();
+        let state = self.optimizer.state();
+        for (k, data) in state.tensors {
+            let shape = vec![data.len()];
+            sd.push((format!("{OPT_PREFIX}{k}"), StateTensor::F32 { shape, data }));
+        }
+        meta.insert("format".into(), "pt".into());
+        meta.insert(META_ARCH.into(), checkpoint::arch_string(&self.net.config));
+        meta.insert(META_CONFIG.into(), json(&self.config));
+        meta.insert(META_PROGRESS.into(), json(&self.progress));
+        meta.insert(
+            META_OPTIMIZER.into(),
+            json(&OptimizerMeta {
+                kind: state.kind,
+                step: state.step,
+            }),
+        );
+        let bytes = checkpoint::serialize(&sd, &meta)?;
+        checkpoint::write_atomic(&self.dir.join("checkpoint.safetensors"), &bytes)?;
+
+        let lines: String = self
+            .progress
+            .history
+            .iter()
+            .map(|m| json(m) + "\n")
+            .collect();
+        checkpoint::write_atomic(&self.dir.join("metrics.jsonl"), lines.as_bytes())?;
+        checkpoint::write_atomic(
+            &self.dir.join("curve.svg"),
+            curve_svg(&self.progress.history).as_bytes(),
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct OptimizerMeta {
+    kind: String,
+    step: u64,
+}
+
+/// One of the run's records as a single JSON line.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain records serialize")
+}
+
+fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
+    let lens = net.param_lens();
+    config
+        .optimizer_kind()?
+        .build(&config.optimizer_options(), &lens)
+}
+
+/// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
+/// when `reset_head` (which then keeps its fresh initialization).
+fn load_init(net: &mut ResNet, path: &Path, reset_head: bool) -> Result<()> {
+    let origin = format!("--init {}", path.display());
+    let bytes = checkpoint::read_file_limited(path)?;
+    let (sd, _) = checkpoint::read_weights(&bytes, &origin)?;
+    let head = net.config.naming.fc();
+    net.load_state_dict_except(&sd, reset_head.then_some(head))
+        .map_err(|e| {
+            let hint = if !reset_head && e.to_string().contains(&format!("`{head}.")) {
+                " (a different class count? --reset-head starts a new classifier)"
+            } else {
+                ""
+            };
+            Error::new(format!("{origin}: {e}{hint}"))
+        })
+}
