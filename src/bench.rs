@@ -35,7 +35,7 @@ pub struct BenchArgs {
     pub loader: Option<std::path::PathBuf>,
     /// With --loader: the transform preset (chapter, cifar, imagenet).
     #[arg(long, default_value = "imagenet")]
-    pub transforms: String,
+    pub transforms: crate::data::Preset,
     /// With --loader: worker threads decoding and transforming.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
@@ -46,7 +46,7 @@ pub struct BenchArgs {
 
 /// `bench --loader DIR`: one epoch of the loader on an image folder, printed as a line (or JSON).
 fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
-    let preset: crate::data::Preset = args.transforms.parse()?;
+    let preset = args.transforms;
     let opts = crate::data::FolderOptions {
         cache_mb: args.cache_mb,
         threads: args.workers.max(1),
@@ -55,7 +55,7 @@ fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
     let r = crate::data::bench_loader(dir, &opts, preset, args.batch, args.workers, None)?;
     if args.json {
         let v = serde_json::json!({
-            "loader": dir.display().to_string(), "transforms": args.transforms, "workers": args.workers,
+            "loader": dir.display().to_string(), "transforms": args.transforms.to_string(), "workers": args.workers,
             "batch": args.batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
             "open_seconds": r.open_seconds,
         });
@@ -250,7 +250,6 @@ impl BenchArgs {
         if self.iters == 0 || self.iters > MAX_ITERS || self.warmup > MAX_ITERS {
             bail!("--iters must be between 1 and {MAX_ITERS} and --warmup at most {MAX_ITERS}");
         }
-        self.transforms.parse::<crate::data::Preset>()?;
         if !(1..=64).contains(&self.workers) {
             bail!("--workers must be between 1 and 64, got {}", self.workers);
         }

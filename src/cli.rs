@@ -2,7 +2,9 @@
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
 use crate::data::transforms::check_resize;
+use crate::data::{Format, Preset};
 use crate::nn::{ArchName, ResNetConfig, Stem};
+use crate::optim::{OptimizerKind, Schedule};
 use crate::train::TrainConfig;
 use crate::{bail, Error, Result, Shape4};
 use clap::{Args, Parser, Subcommand};
@@ -47,7 +49,7 @@ pub enum Command {
         data: Option<PathBuf>,
         /// Dataset format: auto, idx, cifar10, cifar100, cifar100-coarse, folder.
         #[arg(long, default_value = "auto")]
-        format: String,
+        format: Format,
         /// Refuse weights of another network than this one (the architecture is read from the file).
         #[arg(long, value_enum)]
         arch: Option<ArchName>,
@@ -125,7 +127,7 @@ pub struct TrainArgs {
     pub lr: f32,
     /// adam, adamw or sgd.
     #[arg(long, default_value = "adam")]
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// SGD momentum.
     #[arg(long, allow_negative_numbers = true)]
     pub momentum: Option<f64>,
@@ -137,7 +139,7 @@ pub struct TrainArgs {
     pub weight_decay: Option<f64>,
     /// constant, step, cosine or onecycle.
     #[arg(long, default_value = "constant")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// Resize images (shorter side) to N with the chapter's transforms (default 96; 28 keeps Fashion-MNIST's
     /// size); the crop size with `--transforms imagenet` (default 224).
     #[arg(long)]
@@ -151,14 +153,14 @@ pub struct TrainArgs {
     pub normalize: bool,
     /// Dataset format: auto (from what --data holds), idx, cifar10, cifar100, cifar100-coarse, folder.
     #[arg(long, default_value = "auto")]
-    pub format: String,
+    pub format: Format,
     /// Convert images to 1 (PIL's convert('L')) or 3 (convert('RGB')) channels [default: the data's own].
     #[arg(long)]
     pub channels: Option<usize>,
     /// Transform preset: chapter (resize, optional augment), cifar (pad 4 + crop 32 + flip), imagenet
     /// (random-resized-crop 224 + flip; eval resize 256 + center crop 224).
     #[arg(long, default_value = "chapter")]
-    pub transforms: String,
+    pub transforms: Preset,
     /// Image folders without train/ and val/ (or test/): hold out this fraction of each class for validation
     /// (seeded, stratified) [default: 0.1].
     #[arg(long)]
@@ -282,19 +284,19 @@ impl TrainArgs {
             epochs: self.epochs.unwrap_or(5),
             batch_size: self.batch_size,
             lr: self.lr,
-            optimizer: self.optimizer.clone(),
+            optimizer: self.optimizer,
             momentum: self.momentum,
             nesterov: self.nesterov,
             weight_decay: self.weight_decay,
             schedule: self.schedule.clone(),
-            resize: match self.transforms.as_str() {
-                "chapter" => Some(self.resize.unwrap_or(96)).filter(|&r| r != 28),
+            resize: match self.transforms {
+                Preset::Chapter => Some(self.resize.unwrap_or(96)).filter(|&r| r != 28),
                 _ => self.resize,
             },
             normalize: self.normalize.then_some((0.2860, 0.3530)),
-            format: self.format.clone(),
+            format: self.format,
             channels: self.channels,
-            transforms: self.transforms.clone(),
+            transforms: self.transforms,
             val_split: self.val_split,
             skip_bad: self.skip_bad,
             in_channels: self.channels.unwrap_or(1),
@@ -343,11 +345,9 @@ impl Cli {
                 resize,
                 limit,
                 batch_size,
-                format,
                 val_split,
                 ..
             } => {
-                format.parse::<crate::data::Format>()?;
                 if let Some(f) = val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
                     bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
                 }

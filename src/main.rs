@@ -265,7 +265,7 @@ fn eval(
     weights: &Path,
     arch: Option<ArchName>,
     data: Option<&Path>,
-    format: &str,
+    format: Format,
     val_split: Option<f64>,
     resize: Option<usize>,
     limit: Option<usize>,
@@ -276,7 +276,7 @@ fn eval(
     let stored = stored_pipeline(weights, &meta)?.filter(|_| resize.is_none());
     let dir = data_dir(data)?;
     let opts = DataOptions {
-        format: format.parse()?,
+        format,
         // A model trained here says how its images were prepared: convert the data to its channels.
         channels: stored.as_ref().map(|_| net.config.in_channels),
         val_split,
@@ -471,7 +471,7 @@ fn run(cli: Cli) -> Result<()> {
             &weights,
             arch,
             data.as_deref(),
-            &format,
+            format,
             val_split,
             resize,
             limit,

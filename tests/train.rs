@@ -28,7 +28,7 @@ fn small_config(epochs: usize) -> TrainConfig {
         epochs,
         batch_size: 32,
         resize: None,
-        schedule: "cosine".into(),
+        schedule: "cosine".parse().unwrap(),
         limit_train: Some(256),
         limit_test: Some(64),
         widths: vec![16, 32, 64, 128],
@@ -190,7 +190,7 @@ fn ci_accuracy_full_network_28px() {
         epochs: 2,
         batch_size: 32,
         resize: None,
-        schedule: "cosine".into(),
+        schedule: "cosine".parse().unwrap(),
         limit_train: Some(2000),
         limit_test: Some(1000),
         ..TrainConfig::default()
@@ -365,7 +365,7 @@ fn cli_resume_matches_uninterrupted_run() {
 #[test]
 fn nan_guard_keeps_last_good_checkpoint() {
     let mut config = small_config(1);
-    config.optimizer = "sgd".into();
+    config.optimizer = resnet::optim::OptimizerKind::Sgd;
     config.lr = 0.05;
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     let dir = scratch("nan");

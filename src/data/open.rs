@@ -45,6 +45,20 @@ impl FromStr for Format {
     }
 }
 
+impl std::fmt::Display for Format {
+    /// The spelling [`Format::from_str`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Auto => "auto",
+            Format::Idx => "idx",
+            Format::Cifar10 => "cifar10",
+            Format::Cifar100(Label::Fine) => "cifar100",
+            Format::Cifar100(Label::Coarse) => "cifar100-coarse",
+            Format::Folder => "folder",
+        })
+    }
+}
+
 /// How to open a dataset.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DataOptions {
@@ -235,6 +249,17 @@ impl FromStr for Preset {
             "cifar" => Preset::Cifar,
             "imagenet" => Preset::Imagenet,
             _ => bail!("unknown transforms {s:?} (chapter, cifar, imagenet)"),
+        })
+    }
+}
+
+impl std::fmt::Display for Preset {
+    /// The spelling [`Preset::from_str`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Preset::Chapter => "chapter",
+            Preset::Cifar => "cifar",
+            Preset::Imagenet => "imagenet",
         })
     }
 }

@@ -26,7 +26,8 @@ pub struct TrainConfig {
     /// Base learning rate; the schedule scales it per step.
     pub lr: f32,
     /// `adam`, `adamw` or `sgd`.
-    pub optimizer: String,
+    #[serde(with = "as_text")]
+    pub optimizer: OptimizerKind,
     /// SGD momentum (`None`: the optimizer's default, 0).
     pub momentum: Option<f64>,
     /// SGD Nesterov momentum (needs a momentum > 0).
@@ -34,7 +35,8 @@ pub struct TrainConfig {
     /// Weight decay (`None`: the optimizer's default; L2 for `adam`/`sgd`, decoupled for `adamw`).
     pub weight_decay: Option<f64>,
     /// `constant`, `step`, `cosine` or `onecycle`.
-    pub schedule: String,
+    #[serde(with = "as_text")]
+    pub schedule: Schedule,
     /// Images are resized (shorter side) to this size; `None` keeps 28×28.
     pub resize: Option<usize>,
     /// `(mean, std)` applied after `ToTensor`; `None` leaves pixels in `[0, 1]`.
@@ -62,14 +64,14 @@ pub struct TrainConfig {
     #[serde(default)]
     pub zero_init_residual: bool,
     /// Dataset format: `auto`, `idx`, `cifar10`, `cifar100`, `cifar100-coarse` or `folder`.
-    #[serde(default = "auto_format")]
-    pub format: String,
+    #[serde(default = "auto_format", with = "as_text")]
+    pub format: Format,
     /// Channels the images are converted to, 1 or 3 (`None`: the data's own).
     #[serde(default)]
     pub channels: Option<usize>,
     /// Transform preset: `chapter`, `cifar` or `imagenet`.
-    #[serde(default = "chapter_transforms")]
-    pub transforms: String,
+    #[serde(default = "chapter_transforms", with = "as_text")]
+    pub transforms: Preset,
     /// Folder datasets without `val/` or `test/`: the fraction of each class held out for validation.
     #[serde(default)]
     pub val_split: Option<f64>,
@@ -98,12 +100,33 @@ pub struct TrainConfig {
     pub freeze: usize,
 }
 
-fn auto_format() -> String {
-    "auto".into()
+fn auto_format() -> Format {
+    Format::Auto
 }
 
-fn chapter_transforms() -> String {
-    "chapter".into()
+fn chapter_transforms() -> Preset {
+    Preset::Chapter
+}
+
+/// Stores a value as the text its `FromStr` reads (`"adam"`, `"step:5:0.1"`, `"cifar100-coarse"`), so the JSON
+/// in checkpoints stays what earlier versions wrote.
+mod as_text {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
 }
 
 fn one_channel() -> usize {
@@ -125,11 +148,11 @@ impl Default for TrainConfig {
             epochs: 5,
             batch_size: 256,
             lr: 0.001,
-            optimizer: "adam".into(),
+            optimizer: OptimizerKind::Adam,
             momentum: None,
             nesterov: false,
             weight_decay: None,
-            schedule: "constant".into(),
+            schedule: Schedule::Constant,
             resize: Some(96),
             normalize: None,
             augment: false,
@@ -187,7 +210,7 @@ impl TrainConfig {
     /// How the data is opened.
     pub fn data_options(&self, verify: bool, cache_mb: usize) -> Result<DataOptions> {
         Ok(DataOptions {
-            format: self.format.parse()?,
+            format: self.format,
             channels: self.channels,
             cache_mb,
             skip_bad: self.skip_bad,
@@ -206,20 +229,12 @@ impl TrainConfig {
             (None, None) => NormalizeSpec::None,
         };
         pipelines(
-            self.transforms.parse()?,
+            self.transforms,
             self.resize,
             self.augment,
             &normalize,
             train,
         )
-    }
-    /// Parses the `optimizer` field.
-    pub fn optimizer_kind(&self) -> Result<OptimizerKind> {
-        self.optimizer.parse()
-    }
-    /// Parses the `schedule` field.
-    pub fn schedule(&self) -> Result<Schedule> {
-        self.schedule.parse()
     }
     /// Checks every value before any work starts.
     pub fn validate(&self) -> Result<()> {
@@ -252,10 +267,6 @@ impl TrainConfig {
         if self.limit_train == Some(0) || self.limit_test == Some(0) {
             bail!("--limit-train / --limit-test must be at least 1");
         }
-        self.optimizer_kind()?;
-        self.schedule()?;
-        self.format.parse::<Format>()?;
-        self.transforms.parse::<Preset>()?;
         if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
             bail!("--channels must be 1 or 3, got {c}");
         }

@@ -183,7 +183,7 @@ impl Run {
         mut on_epoch: impl FnMut(&EpochMetrics),
     ) -> Result<()> {
         let cfg = self.config.clone();
-        let schedule = cfg.schedule()?;
+        let schedule = cfg.schedule.clone();
         data.check_fits(&cfg)?;
         let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
         let train_loader = Loader::with_pipeline(
@@ -334,9 +334,7 @@ fn json<T: Serialize>(v: &T) -> String {
 
 fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
     let lens = net.param_lens();
-    config
-        .optimizer_kind()?
-        .build(&config.optimizer_options(), &lens)
+    config.optimizer.build(&config.optimizer_options(), &lens)
 }
 
 /// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
