@@ -115,14 +115,19 @@ fn expect_failure(out: &Out, what: &str) -> String {
     err.clone()
 }
 
-/// Every file under `dir` (recursively) with its bytes.
+/// Every file under `dir` (recursively) with its bytes; a symbolic link with its target.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
+            let e = e.unwrap();
+            let (p, kind) = (e.path(), e.file_type().unwrap());
+            if kind.is_symlink() {
+                // A link (a loop among the fixtures) is recorded by where it points, not followed.
+                let target = std::fs::read_link(&p).unwrap();
+                out.insert(p, target.into_os_string().into_encoded_bytes());
+            } else if kind.is_dir() {
                 stack.push(p);
             } else {
                 out.insert(p.clone(), std::fs::read(&p).unwrap());
@@ -448,6 +453,55 @@ fn bad_invocations_fail_cleanly() {
     std::fs::write(raw.join(TRAIN_LABELS), gzip(&idx(&[10], &[0; 10]))).unwrap();
     let empty_dir = fx.join("no-data");
     std::fs::create_dir_all(&empty_dir).unwrap();
+    // Image folders: a class without images; an undecodable image; a symbolic link loop; a CIFAR file of the wrong
+    // length.
+    let png = {
+        let mut bytes = Vec::new();
+        image::GrayImage::from_raw(2, 2, vec![0, 64, 128, 255])
+            .unwrap()
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    };
+    let folder = |name: &str, files: &[(&str, &[u8])], dirs: &[&str]| -> PathBuf {
+        let root = fx.join(name);
+        for d in dirs {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (f, bytes) in files {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        root
+    };
+    let empty_class = folder("empty-class", &[("cat/1.png", &png)], &["dog"]);
+    let bad_image = folder(
+        "bad-image",
+        &[
+            ("cat/1.png", &png),
+            ("cat/2.png", b"not a png at all"),
+            ("dog/3.png", &png),
+        ],
+        &[],
+    );
+    let link_loop = folder(
+        "link-loop",
+        &[("cat/1.png", &png), ("dog/2.png", &png)],
+        &[],
+    );
+    std::os::unix::fs::symlink(&link_loop, link_loop.join("cat/again")).unwrap();
+    let cifar_short = folder(
+        "cifar-short",
+        &[
+            ("data_batch_1.bin", &[0u8; 3073 + 7]),
+            ("test_batch.bin", &[0u8; 3073]),
+        ],
+        &[],
+    );
 
     // Weights.
     let model_bytes = std::fs::read(&m.weights).unwrap();
@@ -644,6 +698,30 @@ fn bad_invocations_fail_cleanly() {
         row(
             &["eval", "--weights", w, "--data", "/nonexistent/fashion"],
             &["--data", "no such directory"],
+        ),
+        row(
+            &["train", "--data", s(&empty_class)],
+            &["empty-class", "found no valid file for the classes dog"],
+        ),
+        row(
+            &["train", "--data", s(&bad_image)],
+            &["2.png", "cannot read image"],
+        ),
+        row(
+            &["train", "--data", s(&link_loop)],
+            &["link-loop", "symbolic link loop"],
+        ),
+        row(
+            &["train", "--data", s(&cifar_short)],
+            &["data_batch_1.bin", "3080 bytes", "3073"],
+        ),
+        row(
+            &["train", "--data", s(&bad_image), "--val-split", "1.5"],
+            &["--val-split", "1.5"],
+        ),
+        row(
+            &["train", "--data", s(&bad_image), "--channels", "2"],
+            &["--channels", "2"],
         ),
         // Run directories.
         row(

@@ -344,3 +344,52 @@ fn an_image_folder_trains_exactly_like_the_same_idx_files() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `--skip-bad` trains on what can be read and says how many files it left out.
+#[test]
+fn skip_bad_leaves_out_unreadable_files_and_counts_them() {
+    let root = common::scratch_dir("own-images", "skip-bad");
+    for (i, class) in ["cat", "cat", "cat", "dog", "dog", "dog"]
+        .iter()
+        .enumerate()
+    {
+        let dir = root.join("photos").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = (0..16 * 16)
+            .map(|p| ((p * 7 + i * 40) % 256) as u8)
+            .collect();
+        image::GrayImage::from_raw(16, 16, pixels)
+            .unwrap()
+            .save(dir.join(format!("{i}.png")))
+            .unwrap();
+    }
+    std::fs::write(
+        root.join("photos/dog/broken.png"),
+        b"\x89PNG\r\n\x1a\n truncated",
+    )
+    .unwrap();
+    let photos = root.join("photos");
+    let (success, _, err) = run(&["train", "--data", s(&photos), "--out", s(&root.join("r1"))]);
+    assert!(!success && err.contains("broken.png"), "{err}");
+    let stdout = ok(&[
+        "train",
+        "--data",
+        s(&photos),
+        "--skip-bad",
+        "--val-split",
+        "0.34",
+        "--widths",
+        "4,4",
+        "--resize",
+        "16",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--quiet",
+        "--out",
+        s(&root.join("r2")),
+    ]);
+    assert!(stdout.contains("skipped 1 unreadable files"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&root);
+}
