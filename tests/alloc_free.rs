@@ -1,5 +1,5 @@
-//! A steady-state training step (forward, loss, backward, Adam) allocates nothing: every buffer is sized by
-//! the first step and reused. Counted by a global allocator that tallies every allocation and reallocation
+//! A steady-state training step (forward, loss, backward, Adam) allocates nothing, on the network alone and as
+//! the training loop runs it (`Run::train_step`): every buffer is sized by the first step and reused. Counted by a global allocator that tallies every allocation and reallocation
 //! made by any thread (rayon's workers included) while counting is switched on.
 //!
 //! The direct AVX2 kernels are what make the step allocation-free; the portable path (a CPU without AVX2, or
@@ -9,9 +9,11 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use resnet::data::Loader;
 use resnet::kernels::conv_direct::cpu_supported;
 use resnet::nn::{ArchName, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
+use resnet::train::{Data, Run, Step, TrainConfig};
 use resnet::Shape4;
 
 struct Counting;
@@ -51,6 +53,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Held by each test for its whole run: the counter sees every thread, so two tests must not overlap.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Allocations and bytes made while `f` runs.
 fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
@@ -67,6 +72,7 @@ fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
 
 #[test]
 fn a_steady_state_training_step_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The chapter's network at 48×48 (every stage above 1×1, stride-2 blocks, the stem) and a 28×28 batch
     // (the last stage at 1×1, where dead taps are skipped), batch 8, two threads as in CI.
     let pool = rayon::ThreadPoolBuilder::new()
@@ -112,5 +118,49 @@ fn a_steady_state_training_step_allocates_nothing() {
                 eprintln!("portable path: the second step made {allocations} allocations ({bytes} bytes)");
             }
         }
+    });
+}
+
+#[test]
+fn the_training_loops_step_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // `Run::train_step`, the body of the training loop (forward, loss, backward, the finite checks, the
+    // optimizer), on a run created as `resnet train` creates one; the batch comes from the run's own loader.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let dir = std::env::temp_dir().join(format!("resnet-alloc-free-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+        let config = TrainConfig {
+            resize: Some(48),
+            batch_size: 8,
+            limit_train: Some(16),
+            limit_test: Some(8),
+            ..TrainConfig::default()
+        };
+        let data = Data::load(&bundled, false, &config, 64).unwrap();
+        let (pipeline, _) = config.pipelines(&*data.train).unwrap();
+        let loader = Loader::with_pipeline(data.train.clone(), 8, true, 0, pipeline).unwrap();
+        // Prepared on this thread: no loader worker runs while the allocator counts.
+        let batch = loader.batch(0, 0).unwrap().unwrap();
+        let mut run = Run::create(&dir, config).unwrap();
+        assert!(matches!(
+            run.train_step(&batch, 1e-3).unwrap(),
+            Step::Done { .. }
+        ));
+        let (step, allocations, bytes) = count(|| run.train_step(&batch, 1e-3).unwrap());
+        assert!(matches!(step, Step::Done { .. }));
+        if cpu_supported() {
+            assert_eq!(
+                (allocations, bytes),
+                (0, 0),
+                "the training loop's second step made {allocations} allocations ({bytes} bytes)"
+            );
+        }
+        drop(run);
+        let _ = std::fs::remove_dir_all(&dir);
     });
 }

@@ -26,4 +26,4 @@ pub use evaluate::{argmax, evaluate, Evaluation};
 pub use metrics::{EpochMetrics, Progress};
 pub use plot::curve_svg;
 pub use progress::ProgressMode;
-pub use run::{Restored, Run};
+pub use run::{Restored, Run, Step};

@@ -4,7 +4,7 @@ use super::lock::RunLock;
 use super::progress::Bar;
 use super::{curve_svg, evaluate, Data, EpochMetrics, Progress, ProgressMode, TrainConfig};
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
-use crate::data::{Loader, Pipeline};
+use crate::data::{Batch, Loader, Pipeline};
 use crate::nn::{ResNet, StateDict, StateTensor};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::{bail, Error, Result};
@@ -34,6 +34,20 @@ pub struct Run {
     eval_pipeline: Option<Pipeline>,
     /// Held for the run's lifetime: a second `resnet train` on the same directory is refused.
     _lock: RunLock,
+}
+
+/// What one training step did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// The weights moved: the batch's mean loss and how many of its images were classified correctly.
+    Done {
+        /// Mean cross-entropy of the batch.
+        loss: f32,
+        /// Correct arg-max predictions in the batch.
+        correct: usize,
+    },
+    /// The loss or a gradient was not finite; nothing was updated. Says which.
+    Diverged(String),
 }
 
 /// What a training checkpoint holds, parsed and checked: the configuration, the model, the optimizer with its
@@ -174,6 +188,25 @@ impl Run {
         })
     }
 
+    /// One training step on `batch` at learning rate `lr`: forward, loss, backward, the finite checks and the
+    /// optimizer step, the body of [`Run::train`]'s loop. A steady-state step allocates nothing
+    /// (`tests/alloc_free.rs`); the names of a bad loss or gradient are formatted only when one is found.
+    pub fn train_step(&mut self, batch: &Batch, lr: f32) -> Result<Step> {
+        self.net.forward(&batch.images, batch.shape)?;
+        let (loss, correct) = self.net.loss(&batch.labels)?;
+        if !loss.is_finite() {
+            return Ok(Step::Diverged(format!("loss is {loss}")));
+        }
+        self.net.backward(&batch.images, false);
+        if let Some(name) = self.net.non_finite_grad() {
+            return Ok(Step::Diverged(format!(
+                "gradient of `{name}` is not finite"
+            )));
+        }
+        self.net.optimizer_step(self.optimizer.as_mut(), lr);
+        Ok(Step::Done { loss, correct })
+    }
+
     /// Trains the remaining epochs, printing the chapter's line after each and checkpointing atomically.
     /// `on_epoch` sees each epoch's metrics (after its checkpoint is safely on disk).
     pub fn train(
@@ -221,17 +254,10 @@ impl Run {
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
                 let batch = batch?;
                 lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
-                self.net.forward(&batch.images, batch.shape)?;
-                let (loss, ok) = self.net.loss(&batch.labels)?;
-                if !loss.is_finite() {
-                    bail!("training diverged: loss is {loss} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
-                }
-                self.net.backward(&batch.images, false);
-                // The key is formatted only when a gradient is bad: a healthy step allocates nothing here.
-                if let Some(name) = self.net.non_finite_grad() {
-                    bail!("training diverged: gradient of `{name}` is not finite at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr);
-                }
-                self.net.optimizer_step(self.optimizer.as_mut(), lr);
+                let (loss, ok) = match self.train_step(&batch, lr)? {
+                    Step::Done { loss, correct } => (loss, correct),
+                    Step::Diverged(what) => bail!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr),
+                };
                 loss_sum += loss as f64;
                 correct += ok;
                 seen += batch.labels.len();
