@@ -149,8 +149,20 @@ pub struct TrainArgs {
     pub augment: bool,
     /// Normalize after ToTensor: with Fashion-MNIST's mean and std (0.2860, 0.3530) for one-channel IDX data,
     /// else with each channel's mean and std over the training images (computed once, stored in the run).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mean")]
     pub normalize: bool,
+    /// Normalize after ToTensor with these per-channel means (one value, or one per channel), e.g.
+    /// 0.485,0.456,0.406; needs --std.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "std",
+        allow_negative_numbers = true
+    )]
+    pub mean: Option<Vec<f32>>,
+    /// The per-channel standard deviations that go with --mean, e.g. 0.229,0.224,0.225.
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Option<Vec<f32>>,
     /// Dataset format: auto (from what --data holds), idx, cifar10, cifar100, cifar100-coarse, folder.
     #[arg(long, default_value = "auto")]
     pub format: Format,
@@ -301,7 +313,7 @@ impl TrainArgs {
             skip_bad: self.skip_bad,
             in_channels: self.channels.unwrap_or(1),
             classes: Vec::new(),
-            channel_norm: None,
+            channel_norm: self.mean.clone().zip(self.std.clone()),
             init: self.init.clone(),
             reset_head: self.reset_head,
             freeze: match (self.freeze_backbone, self.freeze_until) {

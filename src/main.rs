@@ -97,6 +97,15 @@ fn train(a: TrainArgs) -> Result<()> {
             // The network follows the data: its channels and its classes.
             config.in_channels = data.train.channels();
             config.classes = data.train.classes().to_vec();
+            if let Some((m, _)) = config.channel_norm.as_ref().filter(|(m, _)| m.len() != 1) {
+                if m.len() != config.in_channels {
+                    bail!(
+                        "--mean / --std: {} values, but the images have {} channels",
+                        m.len(),
+                        config.in_channels
+                    );
+                }
+            }
             let fashion_like = data.format == Format::Idx && config.in_channels == 1;
             if config.normalize.is_some() && !fashion_like {
                 config.normalize = None;

@@ -723,6 +723,23 @@ fn bad_invocations_fail_cleanly() {
             &["train", "--data", s(&bad_image), "--channels", "2"],
             &["--channels", "2"],
         ),
+        row(
+            &["train", "--mean", "0.5,0.5", "--std", "0.2,0.2"],
+            &["--mean", "1 or 3"],
+        ),
+        row(
+            &[
+                "train",
+                "--mean",
+                "0.5,0.5,0.5",
+                "--std",
+                "0.2,0.2,0.2",
+                "--resize",
+                "28",
+            ],
+            &["--mean", "3 values", "1 channels"],
+        ),
+        row(&["train", "--mean", "0.5"], &["--std"]),
         // Run directories.
         row(
             &["train", "--out", run_dir, "--resize", "28", "--epochs", "1"],

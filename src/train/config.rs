@@ -270,6 +270,17 @@ impl TrainConfig {
         if let Some(c) = self.channels.filter(|c| *c != 1 && *c != 3) {
             bail!("--channels must be 1 or 3, got {c}");
         }
+        if let Some((m, s)) = &self.channel_norm {
+            let ok = m.len() == s.len()
+                && (m.len() == 1 || m.len() == 3)
+                && m.iter().all(|v| v.is_finite())
+                && s.iter().all(|v| v.is_finite() && *v > 0.0);
+            if !ok {
+                bail!(
+                    "--mean / --std: need 1 or 3 finite means and as many positive stds, got {m:?} and {s:?}"
+                );
+            }
+        }
         if self.freeze > 1 + self.layers.len() {
             bail!(
                 "--freeze-until: the network has {} stages, so at most stage {}",
