@@ -56,6 +56,15 @@ static GLOBAL: Counting = Counting;
 /// Held by each test for its whole run: the counter sees every thread, so two tests must not overlap.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `f` on a two-thread pool, as CI's machine has.
+fn on_two_threads(f: impl FnOnce() + Send) {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+        .install(f);
+}
+
 /// Allocations and bytes made while `f` runs.
 fn count<R>(f: impl FnOnce() -> R) -> (R, usize, usize) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
@@ -75,11 +84,7 @@ fn a_steady_state_training_step_allocates_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // The chapter's network at 48×48 (every stage above 1×1, stride-2 blocks, the stem) and a 28×28 batch
     // (the last stage at 1×1, where dead taps are skipped), batch 8, two threads as in CI.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    on_two_threads(|| {
         // torchvision's resnet18 (RGB, so the NCHW → NHWC conversion runs, convs without bias, BN on the
         // downsample shortcuts) at 48×48.
         let torchvision18 = ResNetConfig::named(ArchName::Resnet18, 3, 10);
@@ -93,7 +98,9 @@ fn a_steady_state_training_step_allocates_nothing() {
             let mut net = ResNet::new(config, 0).unwrap();
             net.set_train(true);
             let xs = Shape4::new(8, channels, side, side);
-            let x: Vec<f32> = (0..xs.len()).map(|i| (i * 37 % 101) as f32 / 101.0).collect();
+            let x: Vec<f32> = (0..xs.len())
+                .map(|i| (i * 37 % 101) as f32 / 101.0)
+                .collect();
             let labels: Vec<usize> = (0..8).map(|i| i % 10).collect();
             let mut opt = OptimizerKind::Adam
                 .build(&OptimizerOptions::default(), &net.param_lens())
@@ -115,7 +122,9 @@ fn a_steady_state_training_step_allocates_nothing() {
                     "{name} at {side}×{side}: the second training step made {allocations} allocations ({bytes} bytes)"
                 );
             } else {
-                eprintln!("portable path: the second step made {allocations} allocations ({bytes} bytes)");
+                eprintln!(
+                    "portable path: the second step made {allocations} allocations ({bytes} bytes)"
+                );
             }
         }
     });
@@ -126,11 +135,7 @@ fn the_training_loops_step_allocates_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // `Run::train_step`, the body of the training loop (forward, loss, backward, the finite checks, the
     // optimizer), on a run created as `resnet train` creates one; the batch comes from the run's own loader.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    pool.install(|| {
+    on_two_threads(|| {
         let dir = std::env::temp_dir().join(format!("resnet-alloc-free-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");

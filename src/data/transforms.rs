@@ -10,7 +10,7 @@
 //! them; the presets are [`Pipeline::cifar`], [`Pipeline::imagenet`] and [`TransformConfig`](super::TransformConfig)
 //! (the chapter's).
 
-use crate::{bail, Result};
+use crate::{bail, Error, Result};
 use rand::Rng;
 
 /// Input sizes (the shorter side after resizing, `--resize`) every command accepts.
@@ -745,6 +745,19 @@ impl Step {
     }
 }
 
+/// Checks `Normalize`'s values wherever they come from (flags, a model file): one or three finite means and as
+/// many positive, finite stds.
+pub fn check_normalize_values(mean: &[f32], std: &[f32]) -> Result<()> {
+    let ok = mean.len() == std.len()
+        && (mean.len() == 1 || mean.len() == 3)
+        && mean.iter().all(|v| v.is_finite())
+        && std.iter().all(|v| v.is_finite() && *v > 0.0);
+    if !ok {
+        bail!("need 1 or 3 finite means and as many positive stds, got {mean:?} and {std:?}");
+    }
+    Ok(())
+}
+
 /// Longest side a `Resize` may produce (as decoders accept at most 16,384 pixels a side).
 pub const MAX_RESIZED_SIDE: usize = 16_384;
 
@@ -892,15 +905,7 @@ impl Pipeline {
             }
         }
         if let Some((m, sd)) = &self.normalize {
-            let ok = m.len() == sd.len()
-                && (m.len() == 1 || m.len() == 3)
-                && m.iter().all(|v| v.is_finite())
-                && sd.iter().all(|v| v.is_finite() && *v > 0.0);
-            if !ok {
-                bail!(
-                    "normalize: need 1 or 3 finite means and positive stds, got {m:?} and {sd:?}"
-                );
-            }
+            check_normalize_values(m, sd).map_err(|e| Error::new(format!("normalize: {e}")))?;
         }
         Ok(())
     }

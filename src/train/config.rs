@@ -1,13 +1,13 @@
 //! The run's configuration: everything that determines a training run, stored in its checkpoint.
 
-use crate::data::transforms::check_resize;
+use crate::data::transforms::{check_normalize_values, check_resize};
 use crate::data::{
     pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline, Preset, CLASS_NAMES,
     NUM_CLASSES,
 };
 use crate::nn::{ArchName, ResNetConfig, Stem};
 use crate::optim::{OptimizerKind, OptimizerOptions, Schedule};
-use crate::{bail, Result};
+use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -271,15 +271,7 @@ impl TrainConfig {
             bail!("--channels must be 1 or 3, got {c}");
         }
         if let Some((m, s)) = &self.channel_norm {
-            let ok = m.len() == s.len()
-                && (m.len() == 1 || m.len() == 3)
-                && m.iter().all(|v| v.is_finite())
-                && s.iter().all(|v| v.is_finite() && *v > 0.0);
-            if !ok {
-                bail!(
-                    "--mean / --std: need 1 or 3 finite means and as many positive stds, got {m:?} and {s:?}"
-                );
-            }
+            check_normalize_values(m, s).map_err(|e| Error::new(format!("--mean / --std: {e}")))?;
         }
         if self.freeze > 1 + self.layers.len() {
             bail!(
