@@ -6,8 +6,10 @@ use crate::checkpoint::model_from_bytes;
 use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
 use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
-use crate::data::image_file::{decode_gray, decode_image, for_model};
+use crate::data::image_file::decode_image;
+use crate::data::transforms::{to_tensor_chw, Pipeline, Step};
 use crate::data::ImageDataset;
+use crate::nn::SeedableRng;
 use crate::nn::StateTensor;
 use crate::pth::read_state_dict;
 use crate::train::Restored;
@@ -54,12 +56,18 @@ pub fn image(data: &[u8]) {
             assert_eq!((img.c, img.pixels.len()), (c, img.h * img.w * c));
         }
     }
-    if let Ok(img) = decode_gray(data, Path::new("fuzz-image")) {
-        assert_eq!(img.pixels.len(), img.h * img.w);
-        let (x, h, w) = for_model(img, 28);
-        assert_eq!(x.len(), h * w);
-        assert_eq!(h.min(w), 28);
-        assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+    // What `predict` does for a one-channel model: gray, `Resize(28)`, `ToTensor` to values in [0, 1].
+    if let Ok(img) = decode_image(data, Path::new("fuzz-image"), 1) {
+        let resize = Pipeline {
+            steps: vec![Step::Resize(28)],
+            normalize: None,
+        };
+        if let Ok(img) = resize.apply(img, &mut crate::nn::InitRng::seed_from_u64(0)) {
+            assert_eq!(img.h.min(img.w), 28);
+            let mut x = vec![0.0; img.pixels.len()];
+            to_tensor_chw(&img, &mut x, None);
+            assert!(x.iter().all(|v| (0.0..=1.0).contains(v)));
+        }
     }
 }
 

@@ -4,8 +4,8 @@ use clap::Parser;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
 use resnet::checkpoint::{META_CLASSES, META_EVAL_TRANSFORM};
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
-use resnet::data::transforms::to_tensor_chw;
 use resnet::data::transforms::INPUT_SIZES;
+use resnet::data::transforms::{to_tensor_chw, Step};
 use resnet::data::{
     channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Pipeline,
     Subset, TransformConfig, CLASS_NAMES,
@@ -86,8 +86,8 @@ fn train(a: TrainArgs) -> Result<()> {
                 run.progress.epochs_done,
                 run.config.epochs
             );
+            // Run::train checks that the data fits the run (channels, classes).
             let data = Data::load(&data_dir, verify, &run.config, a.cache_mb)?;
-            data.check_fits(&run.config)?;
             (run, data)
         }
         None => {
@@ -137,16 +137,6 @@ fn train(a: TrainArgs) -> Result<()> {
     run.train(&data, mode, |m| println!("{}", m.line()))?;
     println!("saved {}", run.dir.join("model.safetensors").display());
     Ok(())
-}
-
-/// How `predict` turns an image file into the network's input.
-enum Preprocess {
-    /// Grayscale (PIL's `convert('L')`), `Resize(size)` on the shorter side, `ToTensor`: the chapter's.
-    Gray { size: usize },
-    /// Decoded to the model's channels, then these evaluation transforms: those stored in the model file by
-    /// `train`, or torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and
-    /// std) for a three-channel model without them.
-    Pipeline(Pipeline),
 }
 
 /// The input size of a one-channel model: `--resize`, else the size stored in the file.
@@ -213,24 +203,26 @@ fn stored_pipeline(path: &Path, meta: &BTreeMap<String, String>) -> Result<Optio
     Ok(Some(p))
 }
 
-/// How a model's inputs are prepared: its stored transforms, else the chapter's grayscale resize for one
-/// channel, else torchvision's ImageNet evaluation transform for three (`--resize` forces the chapter's).
+/// How a model's inputs are prepared, after decoding to its channels: its stored transforms, else the chapter's
+/// `Resize(size)` for one channel, else torchvision's ImageNet evaluation transform for three (`--resize` forces
+/// the chapter's).
 fn preprocess_for(
     path: &Path,
     meta: &BTreeMap<String, String>,
     resize: Option<usize>,
     channels: usize,
-) -> Result<Preprocess> {
+) -> Result<Pipeline> {
     if resize.is_none() {
         if let Some(p) = stored_pipeline(path, meta)? {
-            return Ok(Preprocess::Pipeline(p));
+            return Ok(p);
         }
     }
     Ok(match channels {
-        1 => Preprocess::Gray {
-            size: input_size(path, meta, resize)?,
+        1 => Pipeline {
+            steps: vec![Step::Resize(input_size(path, meta, resize)?)],
+            normalize: None,
         },
-        3 => Preprocess::Pipeline(imagenet_eval()),
+        3 => imagenet_eval(),
         c => bail!(
             "{}: a network for {c} channels; predict reads images as grayscale (1) or RGB (3)",
             path.display()
@@ -406,24 +398,16 @@ fn predict(
     let channels = net.config.in_channels;
     net.set_train(false);
     for path in images {
-        let (x, xs) = match preprocess {
-            Preprocess::Gray { size } => {
-                let (x, h, w) = image_file::load_for_model(path, size)?;
-                (x, Shape4::new(1, 1, h, w))
-            }
-            Preprocess::Pipeline(ref p) => {
-                let img = image_file::read_image(path, channels)?;
-                // An evaluation pipeline draws no random numbers; the generator only satisfies the signature.
-                let img = p
-                    .apply(img, &mut resnet::nn::InitRng::seed_from_u64(0))
-                    .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-                let mut x = vec![0.0; img.pixels.len()];
-                let norm = p.normalize_for(img.c)?;
-                let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
-                to_tensor_chw(&img, &mut x, norm);
-                (x, Shape4::new(1, img.c, img.h, img.w))
-            }
-        };
+        let img = image_file::read_image(path, channels)?;
+        // An evaluation pipeline draws no random numbers; the generator only satisfies the signature.
+        let img = preprocess
+            .apply(img, &mut resnet::nn::InitRng::seed_from_u64(0))
+            .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        let mut x = vec![0.0; img.pixels.len()];
+        let norm = preprocess.normalize_for(img.c)?;
+        let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
+        to_tensor_chw(&img, &mut x, norm);
+        let xs = Shape4::new(1, img.c, img.h, img.w);
         let logits = net
             .forward(&x, xs)
             .map_err(|e| Error::new(format!("{}: {e}", path.display())))?

@@ -1,8 +1,8 @@
-//! Image files: for `resnet predict`, PNG or JPEG of any size to 8-bit grayscale as PIL's `convert('L')`, resized
-//! like training (`Resize(size)` on the shorter side, Pillow-exact bilinear). For image folders and colour models,
-//! [`probe`] (header only) and [`decode_image`] (any supported format to 1 or 3 channels as PIL converts).
+//! Image files for image folders and `resnet predict`: [`probe`] (header only) and [`read_image`] /
+//! [`decode_image`] (any supported format to 1 or 3 channels as PIL's `convert('L')` / `convert('RGB')`), within
+//! size and decoder limits; the transforms that follow are [`super::transforms::Pipeline`]'s.
 
-use super::transforms::{resize_like_pil, resize_shorter_side, Image};
+use super::transforms::Image;
 use crate::{Error, Result};
 use std::path::Path;
 
@@ -13,16 +13,6 @@ pub const MAX_SIDE: u32 = 16_384;
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// Decoder memory budget (512 MiB): an image whose decoding would allocate more is refused.
 pub const MAX_DECODE_BYTES: u64 = 512 << 20;
-
-/// A decoded grayscale image: `pixels [h, w]` row-major.
-pub struct GrayImage {
-    /// Luma values, `[h, w]` row-major, 0 (black) to 255 (white).
-    pub pixels: Vec<u8>,
-    /// Height, pixels.
-    pub h: usize,
-    /// Width, pixels.
-    pub w: usize,
-}
 
 /// `path: cannot read image: {e}`, the one form of every error here.
 fn image_error(path: &Path, e: &dyn std::fmt::Display) -> Error {
@@ -51,12 +41,6 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| image_error(path, &e))
 }
 
-/// Reads a PNG or JPEG and converts it to grayscale with PIL's ITU-R 601-2 luma
-/// (`L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`; alpha ignored, as `Image.convert('L')` does).
-pub fn read_gray(path: &Path) -> Result<GrayImage> {
-    decode_gray(&read_limited(path)?, path)
-}
-
 /// Decodes image bytes (named `origin` in errors) within the side and memory limits.
 fn decode(bytes: &[u8], origin: &Path) -> Result<image::DynamicImage> {
     let reader = reader_with_limits(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)?;
@@ -65,41 +49,6 @@ fn decode(bytes: &[u8], origin: &Path) -> Result<image::DynamicImage> {
         return Err(image_error(origin, &"image has no pixels"));
     }
     Ok(img)
-}
-
-/// Decodes the bytes of a PNG or JPEG file (named `origin` in errors) to grayscale, as [`read_gray`].
-pub fn decode_gray(bytes: &[u8], origin: &Path) -> Result<GrayImage> {
-    let img = decode(bytes, origin)?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let pixels = match img {
-        image::DynamicImage::ImageLuma8(g) => g.into_raw(),
-        other => {
-            let rgb = other.to_rgb8();
-            rgb.pixels()
-                .map(|p| {
-                    let [r, g, b] = p.0;
-                    ((19595 * r as u32 + 38470 * g as u32 + 7471 * b as u32 + 0x8000) >> 16) as u8
-                })
-                .collect()
-        }
-    };
-    Ok(GrayImage { pixels, h, w })
-}
-
-/// `read_gray`, then `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255): returns `(values, h, w)`.
-pub fn load_for_model(path: &Path, size: usize) -> Result<(Vec<f32>, usize, usize)> {
-    Ok(for_model(read_gray(path)?, size))
-}
-
-/// `Resize(size)` (shorter side to `size`) and `ToTensor` (÷255) of a decoded image: returns `(values, h, w)`.
-pub fn for_model(img: GrayImage, size: usize) -> (Vec<f32>, usize, usize) {
-    let (oh, ow) = resize_shorter_side(img.h, img.w, size);
-    let resized = if (oh, ow) == (img.h, img.w) {
-        img.pixels
-    } else {
-        resize_like_pil(&img.pixels, img.h, img.w, oh, ow)
-    };
-    (super::transforms::to_tensor(&resized), oh, ow)
 }
 
 /// What [`probe`] reads from a file's header without decoding the pixels.
