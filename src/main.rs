@@ -8,7 +8,7 @@ use resnet::data::transforms::INPUT_SIZES;
 use resnet::data::transforms::{to_tensor_chw, Step};
 use resnet::data::{
     channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Pipeline,
-    Subset, TransformConfig, CLASS_NAMES,
+    Subset, CLASS_NAMES,
 };
 use resnet::nn::{ArchName, ResNet, ResNetConfig, SeedableRng, Stem};
 use resnet::train::{evaluate, Data, ProgressMode, Run};
@@ -203,7 +203,7 @@ fn stored_pipeline(path: &Path, meta: &BTreeMap<String, String>) -> Result<Optio
     Ok(Some(p))
 }
 
-/// How a model's inputs are prepared, after decoding to its channels: its stored transforms, else the chapter's
+/// How a model's inputs are prepared (`predict`, `eval`), after decoding to its channels: its stored transforms, else the chapter's
 /// `Resize(size)` for one channel, else torchvision's ImageNet evaluation transform for three (`--resize` forces
 /// the chapter's).
 fn preprocess_for(
@@ -224,7 +224,7 @@ fn preprocess_for(
         },
         3 => imagenet_eval(),
         c => bail!(
-            "{}: a network for {c} channels; predict reads images as grayscale (1) or RGB (3)",
+            "{}: a network for {c} channels; images are read as grayscale (1) or RGB (3)",
             path.display()
         ),
     })
@@ -317,22 +317,7 @@ fn eval(
             test.classes()[i]
         );
     }
-    let pipeline = match stored {
-        Some(p) => p,
-        None if c == 1 => {
-            let size = input_size(weights, &meta, resize)?;
-            let Some((h, w)) = test.image_size() else {
-                bail!("{}: the images differ in size; this model stores no transforms to bring them to one", dir.display());
-            };
-            let t = TransformConfig {
-                resize: (size != 28).then_some(size),
-                normalize: None,
-                augment: false,
-            };
-            t.pipeline(h, w)?
-        }
-        None => imagenet_eval(),
-    };
+    let pipeline = preprocess_for(weights, &meta, resize, c)?;
     let loader = Loader::with_pipeline(test, batch_size, false, 0, pipeline)?;
     let ev = evaluate(&mut net, &loader)?;
     let (h, w) = loader.image_size();
