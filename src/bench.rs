@@ -16,10 +16,12 @@ pub struct BenchArgs {
     /// Untimed warm-up iterations per configuration.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
-    /// Batch size of the training and inference configurations.
-    #[arg(long, default_value_t = 256)]
-    pub batch: usize,
-    /// Comma-separated subset of: train28, train96, infer28, infer96, latency224 (default: all).
+    /// Batch size of the training and inference configurations (default: 256 for the chapter's network, 32
+    /// for torchvision's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Comma-separated subset of the configurations; `all` runs the network's default set: train28, train96,
+    /// infer28, infer96, latency224 for the chapter's network, train224, infer224, latency224 for torchvision's.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Print one JSON object instead of a table.
@@ -52,11 +54,12 @@ fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         threads: args.workers.max(1),
         ..Default::default()
     };
-    let r = crate::data::bench_loader(dir, &opts, preset, args.batch, args.workers, None)?;
+    let batch = args.batch();
+    let r = crate::data::bench_loader(dir, &opts, preset, batch, args.workers, None)?;
     if args.json {
         let v = serde_json::json!({
             "loader": dir.display().to_string(), "transforms": args.transforms.to_string(), "workers": args.workers,
-            "batch": args.batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
+            "batch": batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
             "open_seconds": r.open_seconds,
         });
         println!("{v}");
@@ -68,7 +71,7 @@ fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
             r.seconds,
             r.images_per_s,
             args.workers,
-            args.batch,
+            batch,
             args.transforms,
             r.open_seconds
         );
@@ -229,20 +232,48 @@ pub const MAX_BATCH: usize = 4096;
 /// Most `--iters` or `--warmup`.
 pub const MAX_ITERS: usize = 100_000;
 
+/// Every configuration: name, training (or inference), input side. Latency configurations run batch 1.
+const CONFIGS: [(&str, bool, usize); 7] = [
+    ("train28", true, 28),
+    ("train96", true, 96),
+    ("infer28", false, 28),
+    ("infer96", false, 96),
+    ("train224", true, 224),
+    ("infer224", false, 224),
+    ("latency224", false, 224),
+];
+
 impl BenchArgs {
+    /// The batch of the training and inference configurations.
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(if self.arch == ArchName::Chapter {
+            256
+        } else {
+            32
+        })
+    }
+
+    /// The configurations `--only all` runs for this network: the chapter's small images, or ImageNet's 224.
+    fn default_set(&self) -> &'static [&'static str] {
+        if self.arch == ArchName::Chapter {
+            &["train28", "train96", "infer28", "infer96", "latency224"]
+        } else {
+            &["train224", "infer224", "latency224"]
+        }
+    }
+
     /// Checks the arguments; returns the selected configurations.
     pub fn check(&self) -> Result<Vec<&'static str>> {
-        const ALL: [&str; 5] = ["train28", "train96", "infer28", "infer96", "latency224"];
         let mut selected = Vec::new();
         if self.only == "all" {
-            selected = ALL.to_vec();
+            selected = self.default_set().to_vec();
         } else {
             for s in self.only.split(',').map(str::trim) {
-                match ALL.iter().find(|&&a| a == s) {
-                    Some(&a) => selected.push(a),
+                match CONFIGS.iter().find(|c| c.0 == s) {
+                    Some(c) => selected.push(c.0),
                     None => bail!(
                         "--only: unknown configuration `{s}`; choose from {}",
-                        ALL.join(", ")
+                        CONFIGS.map(|c| c.0).join(", ")
                     ),
                 }
             }
@@ -253,10 +284,10 @@ impl BenchArgs {
         if !(1..=64).contains(&self.workers) {
             bail!("--workers must be between 1 and 64, got {}", self.workers);
         }
-        if !(2..=MAX_BATCH).contains(&self.batch) {
+        if !(2..=MAX_BATCH).contains(&self.batch()) {
             bail!(
                 "--batch must be between 2 and {MAX_BATCH}, got {}",
-                self.batch
+                self.batch()
             );
         }
         Ok(selected)
@@ -285,12 +316,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut results = Vec::new();
     for name in selected {
-        let (train, batch, size) = match name {
-            "train28" => (true, args.batch, 28),
-            "train96" => (true, args.batch, 96),
-            "infer28" => (false, args.batch, 28),
-            "infer96" => (false, args.batch, 96),
-            _ => (false, 1, 224),
+        let &(_, train, size) = CONFIGS
+            .iter()
+            .find(|c| c.0 == name)
+            .expect("check() selects from CONFIGS");
+        let batch = if name.starts_with("latency") {
+            1
+        } else {
+            args.batch()
         };
         let (warmup, iters) = if batch == 1 {
             (args.warmup.max(3), args.iters.max(20))
