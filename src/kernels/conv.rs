@@ -12,141 +12,32 @@
 //!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
 use super::conv_direct;
-use super::conv_winograd::{self, Epilogue};
+use super::conv_winograd;
 use super::gemm::{matmul, MatRef};
+use super::geom::bits;
+pub use super::geom::{ConvGeom, MAX_KERNEL};
+use super::tile::{self, Epilogue};
 use rayon::prelude::*;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
 pub fn engine() -> &'static str {
     if conv_winograd::enabled() {
         "Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, direct AVX2 kernels for the others"
-    } else if conv_direct::cpu_supported() {
+    } else if tile::cpu_supported() {
         "direct AVX2 kernels (Winograd off: RESNET_WINOGRAD=0)"
     } else {
         "portable im2col + gemm"
     }
 }
 
-/// Geometry of one convolution: channels, kernel, stride, padding and the input/output plane sizes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Input channels (last axis of `x [n, h, w, cin]`).
-    pub cin: usize,
-    /// Output channels (last axis of `y [n, oh, ow, cout]`).
-    pub cout: usize,
-    /// Kernel height.
-    pub kh: usize,
-    /// Kernel width.
-    pub kw: usize,
-    /// Stride, in both directions.
-    pub stride: usize,
-    /// Zero padding on each side, in both directions.
-    pub pad: usize,
-    /// Input height.
-    pub h: usize,
-    /// Input width.
-    pub w: usize,
-    /// Output height, `(h + 2·pad − kh) / stride + 1`.
-    pub oh: usize,
-    /// Output width, `(w + 2·pad − kw) / stride + 1`.
-    pub ow: usize,
-    /// Bit `ky` set when kernel row `ky` reads the input for at least one output row.
-    live_rows: u32,
-    /// Bit `kx` set when kernel column `kx` reads the input for at least one output column.
-    live_cols: u32,
-}
-
 /// The im2col matrix of a chunk of images is kept under this many floats (8 MiB), so it stays in the last-level
 /// cache between being written and being read by the GEMM, and the workspace stays small for any batch.
 const MAX_CHUNK_FLOATS: usize = 2 << 20;
 
-/// Largest kernel side supported (the tap masks are `u32`).
-pub const MAX_KERNEL: usize = 32;
-
-fn live_mask(k: usize, stride: usize, pad: usize, size: usize, out: usize) -> u32 {
-    let mut mask = 0;
-    for t in 0..k {
-        if (0..out).any(|o| {
-            let i = (o * stride + t) as isize - pad as isize;
-            i >= 0 && i < size as isize
-        }) {
-            mask |= 1 << t;
-        }
-    }
-    mask
-}
-
-fn bits(mask: u32) -> impl Iterator<Item = usize> + Clone {
-    (0..32).filter(move |b| mask & (1 << b) != 0)
-}
-
 impl ConvGeom {
-    /// Output size `(h + 2·pad − k) / stride + 1`, as PyTorch computes it. Returns `None` when the kernel does
-    /// not fit the padded input (or is larger than [`MAX_KERNEL`]).
-    pub fn new(
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        pad: usize,
-        h: usize,
-        w: usize,
-    ) -> Option<Self> {
-        if stride == 0 || k == 0 || k > MAX_KERNEL || h + 2 * pad < k || w + 2 * pad < k {
-            return None;
-        }
-        let oh = (h + 2 * pad - k) / stride + 1;
-        let ow = (w + 2 * pad - k) / stride + 1;
-        let live_rows = live_mask(k, stride, pad, h, oh);
-        let live_cols = live_mask(k, stride, pad, w, ow);
-        Some(ConvGeom {
-            cin,
-            cout,
-            kh: k,
-            kw: k,
-            stride,
-            pad,
-            h,
-            w,
-            oh,
-            ow,
-            live_rows,
-            live_cols,
-        })
-    }
-    /// Rows of the full weight matrix: `kh·kw·cin`.
-    pub fn patch_len(&self) -> usize {
-        self.kh * self.kw * self.cin
-    }
-    /// Kernel taps that read the input somewhere.
-    pub fn live_taps(&self) -> usize {
-        (self.live_rows.count_ones() * self.live_cols.count_ones()) as usize
-    }
-    /// Columns of the im2col matrix: `live_taps·cin`.
-    pub fn live_patch_len(&self) -> usize {
-        self.live_taps() * self.cin
-    }
-    /// The pixel (`iy·w + ix`, within an image) that tap `(ky, kx)` reads for output position `(oy, ox)`, or
-    /// `None` where the tap falls in the padding.
-    pub(crate) fn input_pixel(&self, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<usize> {
-        let iy = (oy * self.stride + ky).checked_sub(self.pad)?;
-        let ix = (ox * self.stride + kx).checked_sub(self.pad)?;
-        (iy < self.h && ix < self.w).then_some(iy * self.w + ix)
-    }
-    /// The live taps `(ky, kx)` in row-major order (the order of the column matrix's tap blocks).
-    pub(crate) fn live_taps_iter(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        bits(self.live_rows).flat_map(move |ky| bits(self.live_cols).map(move |kx| (ky, kx)))
-    }
     /// True when this convolution runs on the direct kernels ([`conv_direct`]) on this CPU.
     pub fn runs_direct(&self) -> bool {
-        !self.is_pointwise() && conv_direct::handles(self) && conv_direct::cpu_supported()
-    }
-    fn all_taps_live(&self) -> bool {
-        self.live_taps() == self.kh * self.kw
-    }
-    /// True when `x` is its own column matrix (1×1 kernel, stride 1, no padding).
-    pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+        !self.is_pointwise() && conv_direct::handles(self) && tile::cpu_supported()
     }
     /// Images per GEMM chunk for a batch of `n`.
     pub fn chunk_images(&self, n: usize) -> usize {
@@ -159,23 +50,6 @@ impl ConvGeom {
         } else {
             self.chunk_images(n) * self.oh * self.ow * self.live_patch_len()
         }
-    }
-    /// The convolution that computes this one's input gradient when the stride is 1: `dy` convolved with the
-    /// rotated, channel-swapped kernel, padded by `k − 1 − pad` (same-size output = this conv's input).
-    fn transposed(&self) -> Option<ConvGeom> {
-        if self.stride != 1 || self.pad >= self.kh || !self.all_taps_live() {
-            return None;
-        }
-        let g = ConvGeom::new(
-            self.cout,
-            self.cin,
-            self.kh,
-            1,
-            self.kh - 1 - self.pad,
-            self.oh,
-            self.ow,
-        )?;
-        (g.oh == self.h && g.ow == self.w && g.all_taps_live()).then_some(g)
     }
     /// Floats of workspace [`conv2d_forward`] and [`conv2d_backward`] need for a batch of `n`.
     pub fn workspace_len(&self, n: usize) -> usize {
@@ -348,7 +222,7 @@ fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
 /// True when [`conv_direct::conv_direct`] can multiply `[rows, k] × [k, n]` as a 1×1 convolution with `k` input
 /// and `n` output channels on this CPU.
 fn direct_gemm_handles(k: usize, n: usize) -> bool {
-    conv_direct::cpu_supported()
+    tile::cpu_supported()
         && ConvGeom::new(k, n, 1, 1, 0, 1, 1).is_some_and(|g| conv_direct::handles(&g))
 }
 
@@ -365,7 +239,7 @@ fn direct_gemm(
     accumulate: bool,
 ) {
     let g = ConvGeom::new(k, n, 1, 1, 0, rows, 1).expect("a 1×1 kernel fits any plane");
-    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, None);
+    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, Epilogue::default());
 }
 
 /// `y [rows, cout] (+)= im2col(x) × w` over chunks of images. `w` is the live-tap weight matrix.
@@ -458,7 +332,7 @@ pub fn conv2d_forward(
     }
     if g.runs_direct() {
         let weights = direct_weights(g, w, workspace);
-        conv_direct::conv_direct(g, n, x, weights, y, accumulate, None);
+        conv_direct::conv_direct(g, n, x, weights, y, accumulate, Epilogue::default());
     } else if g.all_taps_live() {
         conv_gemm(g, n, x, w, y, accumulate, workspace);
     } else {
@@ -550,16 +424,12 @@ pub fn conv2d_forward_affine(
             conv_winograd::conv_winograd(g, n, x, u, y, affine, scratch);
             return;
         }
-        let affine = conv_direct::Affine {
-            scale,
-            shift: folded_shift,
-            relu,
-        };
+        let affine = Epilogue::affine(scale, folded_shift, relu);
         let weights = match prepared {
             Some(p) => conv_direct::Weights::Packed(p),
             None => direct_weights(g, w, workspace),
         };
-        conv_direct::conv_direct(g, n, x, weights, y, false, Some(affine));
+        conv_direct::conv_direct(g, n, x, weights, y, false, affine);
         return;
     }
     conv2d_forward(g, n, x, w, bias, y, workspace);
@@ -682,7 +552,7 @@ pub fn conv2d_backward(
             conv_winograd::conv_winograd(&t, n, dy, u, dx, Epilogue::default(), scratch);
         } else if t.runs_direct() {
             let weights = direct_weights(&t, flipped, cols);
-            conv_direct::conv_direct(&t, n, dy, weights, dx, false, None);
+            conv_direct::conv_direct(&t, n, dy, weights, dx, false, Epilogue::default());
         } else {
             conv_gemm(&t, n, dy, flipped, dx, false, cols);
         }
@@ -724,7 +594,7 @@ pub fn conv2d_backward(
 /// Writes `wᵀ` for `w [k, cout]` packed as the direct kernels read a `[cout, k]` weight matrix:
 /// `packed [k / 16, cout, 16]` (see [`conv_direct::pack_weights`]). `k` is a multiple of 16.
 fn pack_transposed(k: usize, cout: usize, w: &[f32], packed: &mut [f32]) {
-    let nr = conv_direct::NR;
+    let nr = tile::NR;
     packed[..k * cout]
         .par_chunks_mut(cout * nr)
         .enumerate()
@@ -940,21 +810,21 @@ mod tests {
                     );
                 }
             }
-            if !(conv_direct::handles(&g) && conv_direct::cpu_supported()) {
+            if !(conv_direct::handles(&g) && tile::cpu_supported()) {
                 continue;
             }
             let w_in_place = conv_direct::Weights::Hwio(&wt);
-            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y, false, None);
+            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y, false, Epilogue::default());
             close(&y, "direct");
             // Accumulating onto a bias-filled output adds exactly the bias.
             let mut y2 = vec![0.5f32; want.len()];
-            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y2, true, None);
+            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y2, true, Epilogue::default());
             // Packed weights give the same sums.
             let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
             conv_direct::pack_weights(&g, &wt, &mut packed);
             let mut y3 = vec![f32::NAN; want.len()];
             let w_packed = conv_direct::Weights::Packed(&packed);
-            conv_direct::conv_direct(&g, n, &x, w_packed, &mut y3, false, None);
+            conv_direct::conv_direct(&g, n, &x, w_packed, &mut y3, false, Epilogue::default());
             close(&y3, "direct packed");
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));

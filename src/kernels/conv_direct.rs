@@ -12,48 +12,19 @@
 //! FMAs. Rayon tasks own groups of tiles; within a group one 16-column weight panel is reused by every tile
 //! while it sits in L2.
 
-use super::conv::ConvGeom;
+use super::geom::ConvGeom;
+use super::tile::{
+    cm_tile_rows_of, cpu_supported, store_dw_tile, tile_6x16, Epilogue, SendPtr, MAX_CIN, MIN_CIN,
+    MR, NR, ZEROS,
+};
 use rayon::prelude::*;
 
-/// Rows per register tile.
-pub(crate) const MR: usize = 6;
-/// Output channels per register tile (two AVX vectors).
-pub const NR: usize = 16;
 /// Most register tiles per rayon task (96 output rows): a pass's weights are reused by every tile of the task.
 const TILES_PER_TASK: usize = 16;
 /// Weight floats per pass over a task's tiles (64 KiB, measured best of 16–64 KiB with 8–32 tiles per task).
 const TAP_PASS_FLOATS: usize = 16 * 1024;
 /// Most live taps the direct path handles (a 7×7 kernel); beyond it the im2col path runs.
 pub const MAX_TAPS: usize = 49;
-/// Most input channels the direct path handles (the length of the zero block that stands for padding).
-pub const MAX_CIN: usize = 2048;
-
-/// Fewest input channels the direct path takes.
-pub const MIN_CIN: usize = 16;
-
-pub(crate) static ZEROS: [f32; MAX_CIN] = [0.0; MAX_CIN];
-
-/// True when this CPU can run the direct kernels (checked once). `RESNET_PORTABLE=1` in the environment
-/// forces the portable im2col + `gemm` path, which is what a CPU without AVX2 runs.
-pub fn cpu_supported() -> bool {
-    use std::sync::OnceLock;
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let forced_portable =
-            std::env::var_os("RESNET_PORTABLE").is_some_and(|v| v != "0" && !v.is_empty());
-        !forced_portable && detect()
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-fn detect() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn detect() -> bool {
-    false
-}
 
 /// True when [`conv_direct`] can compute this geometry (on a CPU where [`cpu_supported`] holds).
 ///
@@ -112,20 +83,8 @@ pub enum Weights<'a> {
     Packed(&'a [f32]),
 }
 
-/// A per-output-channel affine map applied as each tile is stored: `v·scale + shift`, then `max(·, 0)` when
-/// `relu` (an eval-mode batch norm, with the conv bias folded into `shift`).
-#[derive(Clone, Copy)]
-pub struct Affine<'a> {
-    /// `[cout]`
-    pub scale: &'a [f32],
-    /// `[cout]`
-    pub shift: &'a [f32],
-    /// Clamp at zero after the affine map.
-    pub relu: bool,
-}
-
 /// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], w)`: adds onto `y` when `accumulate`, else overwrites;
-/// with `affine`, the map is applied to the (accumulated) sum before it is stored.
+/// the epilogue is applied to the (accumulated) sum before it is stored.
 ///
 /// Panics unless [`cpu_supported`] and [`handles`]`(g)` hold and the slices fit their shapes.
 pub fn conv_direct(
@@ -135,7 +94,7 @@ pub fn conv_direct(
     w: Weights<'_>,
     y: &mut [f32],
     accumulate: bool,
-    affine: Option<Affine<'_>>,
+    epilogue: Epilogue<'_>,
 ) {
     assert!(cpu_supported() && handles(g), "conv_direct: unsupported");
     let rows = n * g.oh * g.ow;
@@ -166,12 +125,7 @@ pub fn conv_direct(
         }
     };
     let y = &mut y[..rows * g.cout];
-    if let Some(a) = &affine {
-        assert!(
-            a.scale.len() >= g.cout && a.shift.len() >= g.cout,
-            "conv_direct: affine too short"
-        );
-    }
+    epilogue.check(g.cout);
     if n >= POSITION_MAJOR_MIN_BATCH && padding_tap_share(g) >= POSITION_MAJOR_MIN_PADDING {
         let weights = WeightView {
             w,
@@ -179,7 +133,7 @@ pub fn conv_direct(
             panel_stride,
             tap_offsets,
         };
-        conv_by_position(g, n, x, &weights, y, accumulate, affine);
+        conv_by_position(g, n, x, &weights, y, accumulate, epilogue);
         return;
     }
     // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
@@ -237,14 +191,10 @@ pub fn conv_direct(
                     for (t, wt) in wtaps[..pass_taps].iter_mut().enumerate() {
                         *wt = w[tap_offsets[first_tap + t] + panel * panel_stride..].as_ptr();
                     }
-                    // The affine map goes with the last pass, once the sum is complete.
-                    let store_affine = affine.filter(|_| first_tap + pass_taps == taps).map(|a| {
-                        (
-                            a.scale[panel * NR..].as_ptr(),
-                            a.shift[panel * NR..].as_ptr(),
-                            a.relu,
-                        )
-                    });
+                    // The epilogue goes with the last pass, once the sum is complete.
+                    let store = epilogue
+                        .columns(panel * NR)
+                        .filter(|_| first_tap + pass_taps == taps);
                     for tile in 0..tiles {
                         let tile_rows = (task_rows - tile * MR).min(MR);
                         let tile_ptrs =
@@ -266,7 +216,7 @@ pub fn conv_direct(
                                 g.cout,
                                 tile_rows,
                                 accumulate || first_tap > 0,
-                                store_affine,
+                                store,
                             );
                         }
                     }
@@ -316,7 +266,7 @@ fn conv_by_position(
     wv: &WeightView<'_>,
     y: &mut [f32],
     accumulate: bool,
-    affine: Option<Affine<'_>>,
+    epilogue: Epilogue<'_>,
 ) {
     let plane = g.oh * g.ow;
     let plane_in = g.h * g.w * g.cin;
@@ -360,7 +310,7 @@ fn conv_by_position(
         }
         for panel in 0..panels {
             let mut first_tap = 0;
-            // At least one pass, so that a position with no tap in the input still stores its zeros / affine.
+            // At least one pass, so that a position with no tap in the input still stores its zeros / epilogue.
             loop {
                 let pass_taps = taps_per_pass.min(valid - first_tap);
                 let mut wtaps = [core::ptr::null::<f32>(); MAX_TAPS];
@@ -369,13 +319,7 @@ fn conv_by_position(
                         .as_ptr();
                 }
                 let last = first_tap + pass_taps == valid;
-                let store_affine = affine.filter(|_| last).map(|a| {
-                    (
-                        a.scale[panel * NR..].as_ptr(),
-                        a.shift[panel * NR..].as_ptr(),
-                        a.relu,
-                    )
-                });
+                let store = epilogue.columns(panel * NR).filter(|_| last);
                 for tile in 0..tiles {
                     let tile_rows = (task_imgs - tile * MR).min(MR);
                     let tile_ptrs = &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
@@ -394,7 +338,7 @@ fn conv_by_position(
                             plane * g.cout,
                             tile_rows,
                             accumulate || first_tap > 0,
-                            store_affine,
+                            store,
                         );
                     }
                 }
@@ -405,97 +349,6 @@ fn conv_by_position(
             }
         }
     });
-}
-
-/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · wtaps[t][c·w_stride + 0..16]` for `i < rows`,
-/// then, with `affine = (scale, shift, relu)`, `dst = relu?(dst·scale + shift)`.
-///
-/// # Safety
-/// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, each `wtaps` entry
-/// for `(cin − 1)·w_stride + 16`, `dst` writable at `i·dst_stride + 0..16` for `i < rows`, and the affine pointers readable
-/// for 16 floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_6x16(
-    ptrs: &[*const f32],
-    cin: usize,
-    wtaps: &[*const f32],
-    w_stride: usize,
-    dst: *mut f32,
-    dst_stride: usize,
-    rows: usize,
-    accumulate: bool,
-    affine: Option<(*const f32, *const f32, bool)>,
-) {
-    use core::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for (t, &w_tap) in wtaps.iter().enumerate() {
-        let p = &ptrs[t * MR..t * MR + MR];
-        let (p0, p1, p2, p3, p4, p5) = (p[0], p[1], p[2], p[3], p[4], p[5]);
-        let mut wp = w_tap;
-        for c in 0..cin {
-            let b0 = _mm256_loadu_ps(wp);
-            let b1 = _mm256_loadu_ps(wp.add(8));
-            wp = wp.add(w_stride);
-            let a = _mm256_broadcast_ss(&*p0.add(c));
-            acc[0][0] = _mm256_fmadd_ps(a, b0, acc[0][0]);
-            acc[0][1] = _mm256_fmadd_ps(a, b1, acc[0][1]);
-            let a = _mm256_broadcast_ss(&*p1.add(c));
-            acc[1][0] = _mm256_fmadd_ps(a, b0, acc[1][0]);
-            acc[1][1] = _mm256_fmadd_ps(a, b1, acc[1][1]);
-            let a = _mm256_broadcast_ss(&*p2.add(c));
-            acc[2][0] = _mm256_fmadd_ps(a, b0, acc[2][0]);
-            acc[2][1] = _mm256_fmadd_ps(a, b1, acc[2][1]);
-            let a = _mm256_broadcast_ss(&*p3.add(c));
-            acc[3][0] = _mm256_fmadd_ps(a, b0, acc[3][0]);
-            acc[3][1] = _mm256_fmadd_ps(a, b1, acc[3][1]);
-            let a = _mm256_broadcast_ss(&*p4.add(c));
-            acc[4][0] = _mm256_fmadd_ps(a, b0, acc[4][0]);
-            acc[4][1] = _mm256_fmadd_ps(a, b1, acc[4][1]);
-            let a = _mm256_broadcast_ss(&*p5.add(c));
-            acc[5][0] = _mm256_fmadd_ps(a, b0, acc[5][0]);
-            acc[5][1] = _mm256_fmadd_ps(a, b1, acc[5][1]);
-        }
-    }
-    for (i, acc_row) in acc.iter().enumerate().take(rows) {
-        let d = dst.add(i * dst_stride);
-        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
-        if accumulate {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
-        }
-        if let Some((scale, shift, relu)) = affine {
-            v0 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(scale), _mm256_loadu_ps(shift));
-            v1 = _mm256_fmadd_ps(
-                v1,
-                _mm256_loadu_ps(scale.add(8)),
-                _mm256_loadu_ps(shift.add(8)),
-            );
-            if relu {
-                v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-                v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
-            }
-        }
-        _mm256_storeu_ps(d, v0);
-        _mm256_storeu_ps(d.add(8), v1);
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_6x16(
-    _ptrs: &[*const f32],
-    _cin: usize,
-    _wtaps: &[*const f32],
-    _w_stride: usize,
-    _dst: *mut f32,
-    _dst_stride: usize,
-    _rows: usize,
-    _accumulate: bool,
-    _affine: Option<(*const f32, *const f32, bool)>,
-) {
-    unreachable!("cpu_supported() is false off x86-64")
 }
 
 /// Floats of channel-major, padded input one weight-gradient chunk holds (8 MiB, as the im2col chunks).
@@ -861,83 +714,6 @@ fn pack_tile_rows(g: &ConvGeom, tiling: &DwTiling, tile: usize, x: &[f32], strea
     }
 }
 
-/// [`cm_tile_packed`] for `m ≤ 6` rows known at run time.
-///
-/// # Safety
-/// As for [`cm_tile_packed`] with `M = m`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn cm_tile_rows_of(
-    m: usize,
-    a: *const f32,
-    a_stride: usize,
-    b: *const f32,
-    b_stride: usize,
-    len: usize,
-    dw: *mut f32,
-    dst: &[usize; MR],
-    overwrite: bool,
-) {
-    let (sa, sb) = (a_stride, b_stride);
-    match m {
-        6 => cm_tile_packed::<6>(a, sa, b, sb, len, dw, dst, overwrite),
-        5 => cm_tile_packed::<5>(a, sa, b, sb, len, dw, dst, overwrite),
-        4 => cm_tile_packed::<4>(a, sa, b, sb, len, dw, dst, overwrite),
-        3 => cm_tile_packed::<3>(a, sa, b, sb, len, dw, dst, overwrite),
-        2 => cm_tile_packed::<2>(a, sa, b, sb, len, dw, dst, overwrite),
-        _ => cm_tile_packed::<1>(a, sa, b, sb, len, dw, dst, overwrite),
-    }
-}
-
-/// One `M × 16` tile of the weight gradient over `len` positions:
-/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·a_stride + i] · b[q·b_stride + 0..16]`; overwrites when `overwrite`.
-/// Packed operands have strides 6 and 16.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `a` readable at `q·a_stride + 0..M` and `b` at `q·b_stride + 0..16` for
-/// `q < len`, `dw` writable at `dst[i] + 0..16` for `i < M`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cm_tile_packed<const M: usize>(
-    a: *const f32,
-    a_stride: usize,
-    b: *const f32,
-    b_stride: usize,
-    len: usize,
-    dw: *mut f32,
-    dst: &[usize; MR],
-    overwrite: bool,
-) {
-    use core::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; M];
-    for q in 0..len {
-        let b0 = _mm256_loadu_ps(b.add(q * b_stride));
-        let b1 = _mm256_loadu_ps(b.add(q * b_stride + 8));
-        let a_row = a.add(q * a_stride);
-        for (i, acc_row) in acc.iter_mut().enumerate() {
-            let v = _mm256_broadcast_ss(&*a_row.add(i));
-            acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
-            acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
-        }
-    }
-    store_dw_tile(&acc, dw, dst, overwrite);
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cm_tile_packed<const M: usize>(
-    _a: *const f32,
-    _a_stride: usize,
-    _b: *const f32,
-    _b_stride: usize,
-    _len: usize,
-    _dw: *mut f32,
-    _dst: &[usize; MR],
-    _overwrite: bool,
-) {
-    unreachable!("cpu_supported() is false off x86-64")
-}
-
 /// Shape arguments shared by the [`cm_tile`] calls of one group of output rows.
 struct CmArgs<'a> {
     g: &'a ConvGeom,
@@ -953,20 +729,6 @@ struct CmArgs<'a> {
     rows: usize,
     /// Store the sums instead of adding them to `dw`.
     overwrite: bool,
-}
-
-/// A raw pointer that rayon tasks may share; each task writes a disjoint part (see the SAFETY notes).
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: only used where tasks write disjoint elements.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its raw field).
-    pub(crate) fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// One `M × 16` tile of the weight gradient over a group of output rows `r = image·oh + oy`:
@@ -1015,31 +777,6 @@ unsafe fn cm_tile<const M: usize>(
         }
     }
     store_dw_tile(&acc, dw, dst, args.overwrite);
-}
-
-/// Stores (or, unless `overwrite`, adds) a weight-gradient tile's `M × 16` sums at `dw[dst[i] + 0..16]`.
-///
-/// # Safety
-/// AVX2 must be available; `dw` writable at `dst[i] + 0..16` for `i < M`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn store_dw_tile<const M: usize>(
-    acc: &[[core::arch::x86_64::__m256; 2]; M],
-    dw: *mut f32,
-    dst: &[usize; MR],
-    overwrite: bool,
-) {
-    use core::arch::x86_64::*;
-    for (acc_row, &at) in acc.iter().zip(dst.iter()) {
-        let d = dw.add(at);
-        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
-        if !overwrite {
-            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
-            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
-        }
-        _mm256_storeu_ps(d, v0);
-        _mm256_storeu_ps(d.add(8), v1);
-    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

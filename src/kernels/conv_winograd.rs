@@ -21,8 +21,10 @@
 //! convolution; the largest error is about 1e-5 of the output's scale for F(4×4), 4e-6 for F(3×3) and 5e-7
 //! for F(2×2) (the tests' measurements).
 
-use super::conv::ConvGeom;
-use super::conv_direct::{self, SendPtr, MAX_CIN, MIN_CIN, MR, NR};
+use super::geom::ConvGeom;
+use super::tile::{
+    cm_tile_rows_of, cpu_supported, tile_6x16, Epilogue, SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
+};
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 use rayon::prelude::*;
@@ -48,7 +50,7 @@ pub fn enabled() -> bool {
     use std::sync::OnceLock;
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        conv_direct::cpu_supported() && std::env::var_os("RESNET_WINOGRAD").is_none_or(|v| v != "0")
+        cpu_supported() && std::env::var_os("RESNET_WINOGRAD").is_none_or(|v| v != "0")
     })
 }
 
@@ -465,18 +467,6 @@ fn transform_weights_for(tile: Tile, g: &ConvGeom, w: &[f32], u: &mut [f32]) {
         });
 }
 
-/// What [`conv_winograd`] applies to each output before storing it: `relu?(v·scale + shift)`, each part
-/// optional (`shift` alone is a bias).
-#[derive(Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    /// `[cout]`
-    pub scale: Option<&'a [f32]>,
-    /// `[cout]`
-    pub shift: Option<&'a [f32]>,
-    /// Clamp at zero last.
-    pub relu: bool,
-}
-
 /// `y [n, h, w, cout] = epilogue(conv3×3(x [n, h, w, cin]))` (stride 1, padding 1; `y` overwritten), with the
 /// weights as [`transform_weights`] wrote them into `u`. `scratch` holds at least [`scratch_len`] floats.
 ///
@@ -695,7 +685,7 @@ unsafe fn transform_tiles<T: Transform, const OUTPUT_GRAD: bool>(
     } else {
         (a, g.cin, (g.h, g.w), 1)
     };
-    let zeros = conv_direct::ZEROS.as_ptr();
+    let zeros = ZEROS.as_ptr();
     for i in 0..span.count {
         let (img, ty, tx) = tile_coords(g, m, span.first + i);
         let mut patch = [zeros; MAX_ALPHA * MAX_ALPHA];
@@ -820,7 +810,7 @@ unsafe fn products(g: &ConvGeom, xi: usize, u: &[f32], v: &[f32], m: &mut [f32],
                 for (r, p) in ptrs.iter_mut().enumerate().take(rows) {
                     *p = v_x[(tile * MR + r) * cin..][..cin].as_ptr();
                 }
-                conv_direct::tile_6x16(
+                tile_6x16(
                     &ptrs,
                     cin,
                     &u_slice,
@@ -862,7 +852,7 @@ unsafe fn weight_products(
                 *d = (c0 + i) * cout;
             }
             for panel in 0..cout / NR {
-                conv_direct::cm_tile_rows_of(
+                cm_tile_rows_of(
                     rows,
                     v_x.add(c0),
                     cin,

@@ -7,11 +7,13 @@ pub mod conv;
 pub mod conv_direct;
 pub mod conv_winograd;
 pub mod gemm;
+pub mod geom;
 pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod pointwise;
 pub mod pool;
+pub mod tile;
 
 use rayon::prelude::*;
 

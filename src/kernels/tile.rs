@@ -1,0 +1,307 @@
+//! The pieces every register-tile kernel shares: the tile sizes, the CPU check, the zero block that stands for
+//! padding, a pointer rayon tasks may share, what is applied to a tile as it is stored ([`Epilogue`]), and
+//! the AVX2 micro-kernels themselves: a 6×16 tile of `y = a·b` with `a` read through six row pointers
+//! ([`tile_6x16`], the forward kernels' and Winograd's), and one with `a` read six floats at a time down a strided
+//! column ([`cm_tile_rows_of`], the weight gradients').
+
+/// Rows per register tile.
+pub(crate) const MR: usize = 6;
+/// Output channels per register tile (two AVX vectors).
+pub const NR: usize = 16;
+
+/// Most input channels the direct path handles (the length of the zero block that stands for padding).
+pub const MAX_CIN: usize = 2048;
+
+/// Fewest input channels the direct path takes.
+pub const MIN_CIN: usize = 16;
+
+pub(crate) static ZEROS: [f32; MAX_CIN] = [0.0; MAX_CIN];
+
+/// True when this CPU can run the direct kernels (checked once). `RESNET_PORTABLE=1` in the environment
+/// forces the portable im2col + `gemm` path, which is what a CPU without AVX2 runs.
+pub fn cpu_supported() -> bool {
+    use std::sync::OnceLock;
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let forced_portable =
+            std::env::var_os("RESNET_PORTABLE").is_some_and(|v| v != "0" && !v.is_empty());
+        !forced_portable && detect()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> bool {
+    false
+}
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint part (see the SAFETY notes).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: only used where tasks write disjoint elements.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its raw field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// What a kernel applies to each output as it stores it: `relu?(v·scale + shift)` per output channel, each part
+/// optional (`shift` alone is a bias; an eval-mode batch norm is `scale` and `shift` with the conv bias folded
+/// in; nothing at all stores the plain sum).
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Epilogue<'a> {
+    /// `[cout]`
+    pub scale: Option<&'a [f32]>,
+    /// `[cout]`
+    pub shift: Option<&'a [f32]>,
+    /// Clamp at zero last.
+    pub relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// `relu?(v·scale + shift)`.
+    pub fn affine(scale: &'a [f32], shift: &'a [f32], relu: bool) -> Self {
+        Epilogue {
+            scale: Some(scale),
+            shift: Some(shift),
+            relu,
+        }
+    }
+
+    /// True when nothing is applied.
+    pub fn is_identity(&self) -> bool {
+        self.scale.is_none() && self.shift.is_none() && !self.relu
+    }
+
+    /// Panics unless the given parts hold `cout` values.
+    pub(crate) fn check(&self, cout: usize) {
+        assert!(
+            self.scale.is_none_or(|s| s.len() >= cout)
+                && self.shift.is_none_or(|s| s.len() >= cout),
+            "epilogue shorter than the output channels"
+        );
+    }
+
+    /// The epilogue from output channel `col` on, as the micro-kernels read it (`None`: nothing to apply).
+    pub(crate) fn columns(&self, col: usize) -> Option<Columns> {
+        (!self.is_identity()).then(|| Columns {
+            scale: self.scale.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
+            shift: self.shift.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
+            relu: self.relu,
+        })
+    }
+}
+
+/// An [`Epilogue`] from one output channel on, for the micro-kernels: null `scale` means 1, null `shift` 0.
+#[derive(Clone, Copy)]
+pub(crate) struct Columns {
+    pub(crate) scale: *const f32,
+    pub(crate) shift: *const f32,
+    pub(crate) relu: bool,
+}
+
+/// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · wtaps[t][c·w_stride + 0..16]` for `i < rows`,
+/// then, with `epilogue`, `dst = relu?(dst·scale + shift)`.
+///
+/// # Safety
+/// AVX2 and FMA must be available; each `ptrs` entry must be readable for `cin` floats, each `wtaps` entry
+/// for `(cin − 1)·w_stride + 16`, `dst` writable at `i·dst_stride + 0..16` for `i < rows`, and the epilogue's pointers readable
+/// for 16 floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_6x16(
+    ptrs: &[*const f32],
+    cin: usize,
+    wtaps: &[*const f32],
+    w_stride: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+    rows: usize,
+    accumulate: bool,
+    epilogue: Option<Columns>,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for (t, &w_tap) in wtaps.iter().enumerate() {
+        let p = &ptrs[t * MR..t * MR + MR];
+        let (p0, p1, p2, p3, p4, p5) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+        let mut wp = w_tap;
+        for c in 0..cin {
+            let b0 = _mm256_loadu_ps(wp);
+            let b1 = _mm256_loadu_ps(wp.add(8));
+            wp = wp.add(w_stride);
+            let a = _mm256_broadcast_ss(&*p0.add(c));
+            acc[0][0] = _mm256_fmadd_ps(a, b0, acc[0][0]);
+            acc[0][1] = _mm256_fmadd_ps(a, b1, acc[0][1]);
+            let a = _mm256_broadcast_ss(&*p1.add(c));
+            acc[1][0] = _mm256_fmadd_ps(a, b0, acc[1][0]);
+            acc[1][1] = _mm256_fmadd_ps(a, b1, acc[1][1]);
+            let a = _mm256_broadcast_ss(&*p2.add(c));
+            acc[2][0] = _mm256_fmadd_ps(a, b0, acc[2][0]);
+            acc[2][1] = _mm256_fmadd_ps(a, b1, acc[2][1]);
+            let a = _mm256_broadcast_ss(&*p3.add(c));
+            acc[3][0] = _mm256_fmadd_ps(a, b0, acc[3][0]);
+            acc[3][1] = _mm256_fmadd_ps(a, b1, acc[3][1]);
+            let a = _mm256_broadcast_ss(&*p4.add(c));
+            acc[4][0] = _mm256_fmadd_ps(a, b0, acc[4][0]);
+            acc[4][1] = _mm256_fmadd_ps(a, b1, acc[4][1]);
+            let a = _mm256_broadcast_ss(&*p5.add(c));
+            acc[5][0] = _mm256_fmadd_ps(a, b0, acc[5][0]);
+            acc[5][1] = _mm256_fmadd_ps(a, b1, acc[5][1]);
+        }
+    }
+    for (i, acc_row) in acc.iter().enumerate().take(rows) {
+        let d = dst.add(i * dst_stride);
+        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
+        if accumulate {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+        }
+        if let Some(e) = epilogue {
+            let one = _mm256_set1_ps(1.0);
+            let (s0, s1) = match e.scale.is_null() {
+                true => (one, one),
+                false => (_mm256_loadu_ps(e.scale), _mm256_loadu_ps(e.scale.add(8))),
+            };
+            let (t0, t1) = match e.shift.is_null() {
+                true => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                false => (_mm256_loadu_ps(e.shift), _mm256_loadu_ps(e.shift.add(8))),
+            };
+            v0 = _mm256_fmadd_ps(v0, s0, t0);
+            v1 = _mm256_fmadd_ps(v1, s1, t1);
+            if e.relu {
+                v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+                v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+            }
+        }
+        _mm256_storeu_ps(d, v0);
+        _mm256_storeu_ps(d.add(8), v1);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_6x16(
+    _ptrs: &[*const f32],
+    _cin: usize,
+    _wtaps: &[*const f32],
+    _w_stride: usize,
+    _dst: *mut f32,
+    _dst_stride: usize,
+    _rows: usize,
+    _accumulate: bool,
+    _epilogue: Option<Columns>,
+) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
+
+/// Stores (or, unless `overwrite`, adds) a weight-gradient tile's `M × 16` sums at `dw[dst[i] + 0..16]`.
+///
+/// # Safety
+/// AVX2 must be available; `dw` writable at `dst[i] + 0..16` for `i < M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn store_dw_tile<const M: usize>(
+    acc: &[[core::arch::x86_64::__m256; 2]; M],
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
+    for (acc_row, &at) in acc.iter().zip(dst.iter()) {
+        let d = dw.add(at);
+        let (mut v0, mut v1) = (acc_row[0], acc_row[1]);
+        if !overwrite {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(d));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(d.add(8)));
+        }
+        _mm256_storeu_ps(d, v0);
+        _mm256_storeu_ps(d.add(8), v1);
+    }
+}
+
+/// [`cm_tile_packed`] for `m ≤ 6` rows known at run time.
+///
+/// # Safety
+/// As for [`cm_tile_packed`] with `M = m`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn cm_tile_rows_of(
+    m: usize,
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    len: usize,
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    let (sa, sb) = (a_stride, b_stride);
+    match m {
+        6 => cm_tile_packed::<6>(a, sa, b, sb, len, dw, dst, overwrite),
+        5 => cm_tile_packed::<5>(a, sa, b, sb, len, dw, dst, overwrite),
+        4 => cm_tile_packed::<4>(a, sa, b, sb, len, dw, dst, overwrite),
+        3 => cm_tile_packed::<3>(a, sa, b, sb, len, dw, dst, overwrite),
+        2 => cm_tile_packed::<2>(a, sa, b, sb, len, dw, dst, overwrite),
+        _ => cm_tile_packed::<1>(a, sa, b, sb, len, dw, dst, overwrite),
+    }
+}
+
+/// One `M × 16` tile of the weight gradient over `len` positions:
+/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·a_stride + i] · b[q·b_stride + 0..16]`; overwrites when `overwrite`.
+/// Packed operands have strides 6 and 16.
+///
+/// # Safety
+/// AVX2 and FMA must be available; `a` readable at `q·a_stride + 0..M` and `b` at `q·b_stride + 0..16` for
+/// `q < len`, `dw` writable at `dst[i] + 0..16` for `i < M`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cm_tile_packed<const M: usize>(
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    len: usize,
+    dw: *mut f32,
+    dst: &[usize; MR],
+    overwrite: bool,
+) {
+    use core::arch::x86_64::*;
+    let mut acc = [[_mm256_setzero_ps(); 2]; M];
+    for q in 0..len {
+        let b0 = _mm256_loadu_ps(b.add(q * b_stride));
+        let b1 = _mm256_loadu_ps(b.add(q * b_stride + 8));
+        let a_row = a.add(q * a_stride);
+        for (i, acc_row) in acc.iter_mut().enumerate() {
+            let v = _mm256_broadcast_ss(&*a_row.add(i));
+            acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
+            acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
+        }
+    }
+    store_dw_tile(&acc, dw, dst, overwrite);
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cm_tile_packed<const M: usize>(
+    _a: *const f32,
+    _a_stride: usize,
+    _b: *const f32,
+    _b_stride: usize,
+    _len: usize,
+    _dw: *mut f32,
+    _dst: &[usize; MR],
+    _overwrite: bool,
+) {
+    unreachable!("cpu_supported() is false off x86-64")
+}
