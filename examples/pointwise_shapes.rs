@@ -56,9 +56,9 @@ fn main() {
         let mut packed = vec![0.0f32; cin * cout];
         conv_direct::pack_weights(&g, &w, &mut packed);
         let td =
-            best(|| conv_direct::conv_direct(&g, 1, &x, Weights::Hwio(&w), &mut y, false, None));
+            best(|| conv_direct::conv_direct(&g, 1, &x, Weights::Hwio(&w), &mut y, false, Default::default()));
         let tp = best(|| {
-            conv_direct::conv_direct(&g, 1, &x, Weights::Packed(&packed), &mut y, false, None)
+            conv_direct::conv_direct(&g, 1, &x, Weights::Packed(&packed), &mut y, false, Default::default())
         });
         // dw = xᵀ dy
         let dy = y.clone();
