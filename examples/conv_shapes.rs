@@ -1,6 +1,6 @@
 //! GFLOP/s of the chapter's convolutions at 96×96, batch 256: forward, and backward (weights + input).
 //! `cargo run --release --example conv_shapes` (set `RESNET_PORTABLE=1` for the im2col + gemm path).
-use resnet::kernels::conv::{conv2d_backward, conv2d_forward, ConvGeom};
+use resnet::kernels::conv::{ConvGeom, ConvPlan};
 use std::time::Instant;
 
 fn main() {
@@ -25,7 +25,8 @@ fn main() {
             .collect();
         let bias = vec![0.1f32; cout];
         let mut y = vec![0.0f32; n * g.oh * g.ow * cout];
-        let mut ws = vec![0.0f32; g.workspace_len(n)];
+        let plan = ConvPlan::new(g, n);
+        let mut ws = vec![0.0f32; plan.workspace_len()];
         let mut dw = vec![0.0f32; w.len()];
         let mut db = vec![0.0f32; cout];
         let mut dx = vec![0.0f32; x.len()];
@@ -33,19 +34,19 @@ fn main() {
         let (mut fwd, mut bwd) = (f64::MAX, f64::MAX);
         for _ in 0..4 {
             let t = Instant::now();
-            conv2d_forward(&g, n, &x, &w, &bias, &mut y, &mut ws);
+            plan.forward(&x, &w, &bias, &mut y, &mut ws);
             fwd = fwd.min(t.elapsed().as_secs_f64());
             let t = Instant::now();
-            conv2d_backward(&g, n, &x, &w, &y, &mut dw, &mut db, Some(&mut dx), &mut ws);
+            plan.backward(&x, &w, &y, &mut dw, &mut db, Some(&mut dx), &mut ws);
             bwd = bwd.min(t.elapsed().as_secs_f64());
         }
         println!(
-            "{name:<14} fwd {:6.1} ms {:6.1} GFLOP/s   bwd {:6.1} ms {:6.1} GFLOP/s  direct {}",
+            "{name:<14} fwd {:6.1} ms {:6.1} GFLOP/s   bwd {:6.1} ms {:6.1} GFLOP/s  {}",
             fwd * 1e3,
             2.0 * macs / fwd / 1e9,
             bwd * 1e3,
             4.0 * macs / bwd / 1e9,
-            g.runs_direct()
+            plan
         );
     }
 }

@@ -1,6 +1,7 @@
 //! GFLOP/s of ResNet-50's 1×1 convolutions at 224×224, batch 32: the gemm crate against the direct kernels.
 //! `cargo run --release --example pointwise_shapes`
 use resnet::kernels::conv_direct::{self, Weights};
+use resnet::kernels::conv_pointwise;
 use resnet::kernels::gemm::{matmul, MatRef};
 use resnet::kernels::geom::ConvGeom;
 use std::time::Instant;
@@ -55,11 +56,34 @@ fn main() {
         let g = ConvGeom::new(cin, cout, 1, 1, 0, rows, 1).unwrap();
         let mut packed = vec![0.0f32; cin * cout];
         conv_direct::pack_weights(&g, &w, &mut packed);
-        let td =
-            best(|| conv_direct::conv_direct(&g, 1, &x, Weights::Hwio(&w), &mut y, false, Default::default()));
-        let tp = best(|| {
-            conv_direct::conv_direct(&g, 1, &x, Weights::Packed(&packed), &mut y, false, Default::default())
+        let td = best(|| {
+            conv_direct::conv_direct(
+                &g,
+                1,
+                &x,
+                Weights::Hwio(&w),
+                &mut y,
+                false,
+                Default::default(),
+                false,
+            )
         });
+        let tp = best(|| {
+            conv_direct::conv_direct(
+                &g,
+                1,
+                &x,
+                Weights::Packed(&packed),
+                &mut y,
+                false,
+                Default::default(),
+                false,
+            )
+        });
+        let gp = ConvGeom::new(cin, cout, 1, 1, 0, side, side).unwrap();
+        let mut pws = vec![0.0f32; conv_pointwise::workspace_len(&gp)];
+        let tpw =
+            best(|| conv_pointwise::forward(&gp, n, &x, &w, &mut y, Default::default(), &mut pws));
         // dw = xᵀ dy
         let dy = y.clone();
         let mut dw = vec![0.0f32; cin * cout];
@@ -74,10 +98,10 @@ fn main() {
                 MatRef::row_major(&dy, cout),
             )
         });
-        let gp = ConvGeom::new(cin, cout, 1, 1, 0, side, side).unwrap();
         let (_, wl) = conv_direct::weight_grad_chunk(&gp, n);
         let mut ws = vec![0.0f32; wl];
         let tcw = best(|| conv_direct::conv_weight_grad_cm(&gp, n, &x, &dy, &mut dw, &mut ws));
+        let tpdw = best(|| conv_pointwise::weight_grad(&gp, n, &x, &dy, &mut dw));
         // dx = dy wᵀ
         let mut dx = vec![0.0f32; rows * cin];
         let tgx = best(|| {
@@ -91,7 +115,8 @@ fn main() {
                 MatRef::transposed(&w, cout),
             )
         });
-        println!("{cin:>4}->{cout:<4} {side:>2}²: fwd gemm {:6.1} direct {:6.1} packed {:6.1} | dw gemm {:6.1} cm {:6.1} | dx gemm {:6.1} GFLOP/s",
-            flops / tg, flops / td, flops / tp, flops / tgw, flops / tcw, flops / tgx);
+        let tpdx = best(|| conv_pointwise::input_grad(&gp, n, &dy, &w, &mut dx, &mut pws));
+        println!("{cin:>4}->{cout:<4} {side:>2}²: fwd gemm {:6.1} direct {:6.1} packed {:6.1} ours {:6.1} | dw gemm {:6.1} cm {:6.1} ours {:6.1} | dx gemm {:6.1} ours {:6.1} GFLOP/s",
+            flops / tg, flops / td, flops / tp, flops / tpw, flops / tgw, flops / tcw, flops / tpdw, flops / tgx, flops / tpdx);
     }
 }

@@ -1,6 +1,7 @@
 //! `resnet bench`: the chapter's ResNet-18 (or, with `--arch`, torchvision's models) timed the way `tools/bench_pytorch.py` times PyTorch — training step
 //! (forward, loss, backward, Adam) and eval-mode inference in images/s, batch-1 latency, peak memory.
 
+use crate::kernels::conv::ConvGeom;
 use crate::nn::{ArchName, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
 use crate::{bail, Result, Shape4};
@@ -24,6 +25,10 @@ pub struct BenchArgs {
     /// infer28, infer96, latency224 for the chapter's network, train224, infer224, latency224 for torchvision's.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Print each convolution's plan (the algorithm of its forward pass and gradients on this CPU) and time it
+    /// alone: milliseconds and GFLOP/s per layer and per algorithm, instead of the whole-network timings.
+    #[arg(long, conflicts_with_all = ["json", "loader"])]
+    pub plan: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -121,24 +126,110 @@ pub struct BenchResult {
 
 /// Multiply-accumulates of one forward pass of `net` on input `xs` (convolutions and the final Linear).
 pub fn forward_macs(net: &ResNet, xs: Shape4) -> Result<u64> {
-    net.shape_walk(xs)?;
-    let mut macs = 0u64;
-    let mut conv = |c: &crate::nn::Conv2d, s: Shape4| -> Shape4 {
-        let o = c.output_shape(s).expect("checked by shape_walk");
-        macs += (o.rows() * o.c * c.kernel * c.kernel * c.in_channels) as u64;
-        o
-    };
-    let mut s = conv(&net.stem_conv, xs);
-    if net.config.stem == crate::nn::Stem::Imagenet {
-        s = Shape4::new(s.n, s.c, (s.h - 1) / 2 + 1, (s.w - 1) / 2 + 1); // max pool 3/2/1
-    }
-    for b in net.stages.iter().flatten() {
-        if let Some(c) = &b.shortcut_conv {
-            conv(c, s);
+    let convs: u64 = net
+        .conv_plans(xs)?
+        .iter()
+        .map(|(_, p)| conv_macs(&p.geom, p.batch))
+        .sum();
+    Ok(convs + (xs.n * net.fc.in_features * net.fc.out_features) as u64)
+}
+
+/// Multiply-accumulates of one convolution's forward pass over `n` images.
+fn conv_macs(g: &ConvGeom, n: usize) -> u64 {
+    (n * g.oh * g.ow * g.cout * g.kh * g.kw * g.cin) as u64
+}
+
+/// `bench --plan`: every convolution of `config` at `batch`×`size`², its plan, and its forward (and, when
+/// `train`, backward) pass timed alone: milliseconds and GFLOP/s per layer, then per forward algorithm.
+fn plan_report(
+    config: &ResNetConfig,
+    name: &str,
+    train: bool,
+    batch: usize,
+    size: usize,
+    iters: usize,
+) -> Result<()> {
+    let net = ResNet::new(config.clone(), 0)?;
+    let xs = Shape4::new(batch, config.in_channels, size, size);
+    let plans = net.conv_plans(xs)?;
+    println!(
+        "{name}: {} convolutions at batch {batch}, {size}×{size}",
+        plans.len()
+    );
+    let mut by_algo: Vec<(String, f64, f64)> = Vec::new();
+    let (mut total_s, mut total_flop) = (0.0, 0.0);
+    for (layer, plan) in &plans {
+        let g = &plan.geom;
+        let fill = |len: usize, k: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| ((i * k) % 255) as f32 / 255.0 - 0.5)
+                .collect()
+        };
+        let x = fill(batch * g.h * g.w * g.cin, 7919);
+        let w = fill(g.patch_len() * g.cout, 104729);
+        let mut y = vec![0.0f32; batch * g.oh * g.ow * g.cout];
+        let mut ws = vec![0.0f32; plan.workspace_len()];
+        let macs = conv_macs(g, batch) as f64;
+        let (fwd, _, _) = time_it(1, iters, || {
+            plan.forward(&x, &w, &[], &mut y, &mut ws);
+            Ok(())
+        })?;
+        let mut line = format!(
+            "  {layer:<22} {plan}\n  {:<22} fwd {:8.2} ms {:6.1} GFLOP/s",
+            "",
+            fwd * 1e3,
+            2.0 * macs / fwd / 1e9
+        );
+        let (mut seconds, mut flop) = (fwd, 2.0 * macs);
+        if train {
+            let mut dw = vec![0.0f32; w.len()];
+            let mut dx = vec![0.0f32; x.len()];
+            let (bwd, _, _) = time_it(1, iters, || {
+                plan.backward(&x, &w, &y, &mut dw, &mut [], Some(&mut dx), &mut ws);
+                Ok(())
+            })?;
+            line += &format!(
+                "   bwd {:8.2} ms {:6.1} GFLOP/s",
+                bwd * 1e3,
+                4.0 * macs / bwd / 1e9
+            );
+            seconds += bwd;
+            flop += 4.0 * macs;
         }
-        s = b.convs.iter().fold(s, |s, c| conv(c, s));
+        println!("{line}");
+        let kind = plan.forward.to_string();
+        match by_algo.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += seconds;
+                k.2 += flop;
+            }
+            None => by_algo.push((kind, seconds, flop)),
+        }
+        total_s += seconds;
+        total_flop += flop;
     }
-    Ok(macs + (xs.n * net.fc.in_features * net.fc.out_features) as u64)
+    println!(
+        "  by forward algorithm ({}):",
+        if train {
+            "forward + backward"
+        } else {
+            "forward"
+        }
+    );
+    for (kind, seconds, flop) in &by_algo {
+        println!(
+            "    {kind:<28} {:8.1} ms {:6.1} GFLOP/s  {:4.1} % of the convolutions' time",
+            seconds * 1e3,
+            flop / seconds / 1e9,
+            100.0 * seconds / total_s
+        );
+    }
+    println!(
+        "  all convolutions: {:.1} ms, {:.1} GFLOP/s",
+        total_s * 1e3,
+        total_flop / total_s / 1e9
+    );
+    Ok(())
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).
@@ -330,6 +421,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         } else {
             (args.warmup, args.iters)
         };
+        if args.plan {
+            plan_report(&config, name, train, batch, size, iters)?;
+            continue;
+        }
         let r = bench_one(&config, name, train, batch, size, warmup, iters)?;
         if !args.json {
             println!(

@@ -108,6 +108,10 @@ pub enum Command {
         /// The stem: `imagenet` (7×7 stride 2 + max pool) or `small` (3×3 stride 1, no pool).
         #[arg(long, value_enum, default_value = "imagenet")]
         stem: Stem,
+        /// Also print each convolution's plan on this CPU for this input (batch = its N): the algorithm of the
+        /// forward pass, the weight gradient and the input gradient.
+        #[arg(long)]
+        plan: bool,
     },
     /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
     Bench(crate::bench::BenchArgs),

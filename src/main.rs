@@ -18,7 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-fn summary(arch: ArchName, input: Option<&str>, classes: Option<usize>, stem: Stem) -> Result<()> {
+fn summary(
+    arch: ArchName,
+    input: Option<&str>,
+    classes: Option<usize>,
+    stem: Stem,
+    plan: bool,
+) -> Result<()> {
     let xs = parse_shape(input.unwrap_or(default_summary_input(arch)))?;
     let classes = classes.unwrap_or(default_classes(arch));
     let config = ResNetConfig {
@@ -37,6 +43,16 @@ fn summary(arch: ArchName, input: Option<&str>, classes: Option<usize>, stem: St
         println!("{name}  output shape:\t torch.Size([{}])", dims.join(", "));
     }
     println!("parameters: {}", group_thousands(net.num_params()));
+    if plan {
+        println!(
+            "convolution plans at batch {} ({}):",
+            xs.n,
+            resnet::kernels::conv::engine()
+        );
+        for (name, p) in net.conv_plans(xs)? {
+            println!("  {name:<22} {p}");
+        }
+    }
     Ok(())
 }
 
@@ -468,7 +484,8 @@ fn run(cli: Cli) -> Result<()> {
             input,
             classes,
             stem,
-        } => summary(arch, input.as_deref(), classes, stem),
+            plan,
+        } => summary(arch, input.as_deref(), classes, stem, plan),
         Command::Bench(args) => resnet::bench::run(&args),
     }
 }

@@ -12,21 +12,29 @@
 //!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
 use super::conv_direct;
+use super::conv_pointwise;
 use super::conv_winograd;
 use super::gemm::{matmul, MatRef};
 use super::geom::bits;
 pub use super::geom::{ConvGeom, MAX_KERNEL};
+use super::plan::direct_gemm_handles;
+pub use super::plan::{Algo, ConvPlan, InputGradAlgo, WeightGradAlgo};
 use super::tile::{self, Epilogue};
 use rayon::prelude::*;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
-pub fn engine() -> &'static str {
-    if conv_winograd::enabled() {
-        "Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, direct AVX2 kernels for the others"
-    } else if tile::cpu_supported() {
-        "direct AVX2 kernels (Winograd off: RESNET_WINOGRAD=0)"
+pub fn engine() -> String {
+    let pointwise = if conv_pointwise::avx512() {
+        "1x1 convs as AVX-512 GEMM tiles"
     } else {
-        "portable im2col + gemm"
+        "1x1 convs as AVX2 GEMM tiles"
+    };
+    if conv_winograd::enabled() {
+        format!("Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, {pointwise}, direct AVX2 kernels for the others")
+    } else if tile::cpu_supported() {
+        format!("direct AVX2 kernels, {pointwise} (Winograd off: RESNET_WINOGRAD=0)")
+    } else {
+        "portable im2col + gemm".to_string()
     }
 }
 
@@ -35,77 +43,18 @@ pub fn engine() -> &'static str {
 const MAX_CHUNK_FLOATS: usize = 2 << 20;
 
 impl ConvGeom {
-    /// True when this convolution runs on the direct kernels ([`conv_direct`]) on this CPU.
-    pub fn runs_direct(&self) -> bool {
-        !self.is_pointwise() && conv_direct::handles(self) && tile::cpu_supported()
-    }
-    /// Images per GEMM chunk for a batch of `n`.
+    /// Images per im2col chunk for a batch of `n`.
     pub fn chunk_images(&self, n: usize) -> usize {
         let per_image = self.oh * self.ow * self.live_patch_len();
         (MAX_CHUNK_FLOATS / per_image.max(1)).clamp(1, n.max(1))
     }
+    /// Floats of one chunk's column matrix (none for a 1×1 stride-1 unpadded conv: `x` is its own).
     fn cols_len(&self, n: usize) -> usize {
         if self.is_pointwise() {
             0
         } else {
             self.chunk_images(n) * self.oh * self.ow * self.live_patch_len()
         }
-    }
-    /// Floats of workspace [`conv2d_forward`] and [`conv2d_backward`] need for a batch of `n`.
-    pub fn workspace_len(&self, n: usize) -> usize {
-        let weights = if self.all_taps_live() {
-            0
-        } else {
-            2 * self.live_patch_len() * self.cout
-        };
-        let cols = self
-            .cols_len(n)
-            .max(self.transposed().map_or(0, |t| t.cols_len(n)));
-        let flipped = if self.transposed().is_some() {
-            self.patch_len() * self.cout
-        } else {
-            0
-        };
-        let folded_shift =
-            if self.runs_direct() || self.transposed().is_some_and(|t| t.runs_direct()) {
-                // the folded shift of conv2d_forward_affine, and packed weights for wide layers
-                self.cout + conv_direct::packed_len(self)
-            } else {
-                0
-            };
-        let cols = if conv_direct::weight_grad_handles(self) {
-            cols.max(conv_direct::weight_grad_chunk(self, n).1)
-        } else {
-            cols
-        };
-        // The transposed, packed weights of the input gradient's direct GEMM (stride 2, dead taps).
-        let packed_wt = if self.transposed().is_none()
-            && !self.is_pointwise()
-            && direct_gemm_handles(self.cout, self.live_patch_len())
-        {
-            self.live_patch_len() * self.cout
-        } else {
-            0
-        };
-        let direct = cols + weights.max(flipped) + folded_shift + packed_wt;
-        // Winograd: the folded shift, transformed weights and the workers' scratch forward, the workers' sums
-        // and scratch for the weight gradient; the rotated kernel, its transform and the scratch for the
-        // input gradient.
-        let winograd_forward = if conv_winograd::handles(self, n) {
-            let forward = self.cout
-                + conv_winograd::weights_len(self, n)
-                + conv_winograd::scratch_len(self, n);
-            forward.max(conv_winograd::weight_grad_scratch_len(self, n))
-        } else {
-            0
-        };
-        let winograd_backward = match self.transposed() {
-            Some(t) if conv_winograd::handles(&t, n) => {
-                flipped + conv_winograd::weights_len(&t, n) + conv_winograd::scratch_len(&t, n)
-            }
-            _ => 0,
-        };
-        direct.max(winograd_forward).max(winograd_backward)
     }
 }
 
@@ -219,13 +168,6 @@ fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
     }
 }
 
-/// True when [`conv_direct::conv_direct`] can multiply `[rows, k] × [k, n]` as a 1×1 convolution with `k` input
-/// and `n` output channels on this CPU.
-fn direct_gemm_handles(k: usize, n: usize) -> bool {
-    tile::cpu_supported()
-        && ConvGeom::new(k, n, 1, 1, 0, 1, 1).is_some_and(|g| conv_direct::handles(&g))
-}
-
 /// `y [rows, n] (+)= a [rows, k] × b` on the direct kernels, `b` being a `[k, n]` matrix as the weights of a 1×1
 /// convolution (HWIO in place, or packed). Needs [`direct_gemm_handles`]`(k, n)`. Unlike the `gemm` crate, it
 /// allocates nothing.
@@ -239,7 +181,7 @@ fn direct_gemm(
     accumulate: bool,
 ) {
     let g = ConvGeom::new(k, n, 1, 1, 0, rows, 1).expect("a 1×1 kernel fits any plane");
-    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, Epilogue::default());
+    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, Epilogue::default(), false);
 }
 
 /// `y [rows, cout] (+)= im2col(x) × w` over chunks of images. `w` is the live-tap weight matrix.
@@ -295,119 +237,64 @@ fn conv_gemm(
     }
 }
 
-/// Forward convolution: `y [n, oh, ow, cout] = conv(x [n, h, w, cin], w [kh·kw·cin, cout]) + bias [cout]`.
-/// An empty `bias` means a convolution without one (torchvision's): nothing is added.
-/// `workspace` holds at least `g.workspace_len(n)` floats.
-pub fn conv2d_forward(
-    g: &ConvGeom,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    y: &mut [f32],
-    workspace: &mut [f32],
-) {
-    let out_rows = n * g.oh * g.ow;
-    let y = &mut y[..out_rows * g.cout];
-    if conv_winograd::handles(g, n) {
-        let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
-        conv_winograd::transform_weights(g, n, w, u);
-        let bias = Epilogue {
-            shift: (!bias.is_empty()).then_some(bias),
-            ..Epilogue::default()
-        };
-        conv_winograd::conv_winograd(g, n, x, u, y, bias, scratch);
-        return;
-    }
-    // Start from the broadcast bias and let the GEMM accumulate onto it: one write pass instead of a second
-    // read-modify-write pass after it. Without a bias the GEMM overwrites.
-    let accumulate = !bias.is_empty();
-    if accumulate {
-        let piece = super::piece_len(out_rows, 256) * g.cout;
-        super::par_pieces(y, piece, |_, rows| {
-            for row in rows.chunks_exact_mut(g.cout) {
-                row.copy_from_slice(bias);
-            }
-        });
-    }
-    if g.runs_direct() {
-        let weights = direct_weights(g, w, workspace);
-        conv_direct::conv_direct(g, n, x, weights, y, accumulate, Epilogue::default());
-    } else if g.all_taps_live() {
-        conv_gemm(g, n, x, w, y, accumulate, workspace);
-    } else {
-        let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
-        gather_live_weights(g, w, wl);
-        conv_gemm(g, n, x, wl, y, accumulate, cols);
-    }
-}
-
-/// Floats of the weights [`prepare_weights`] writes for this geometry and batch, or `None` where
-/// [`conv2d_forward_affine`] reads the weights as they are.
-pub fn prepared_len(g: &ConvGeom, n: usize) -> Option<usize> {
-    if conv_winograd::handles(g, n) {
-        Some(conv_winograd::weights_len(g, n))
-    } else if g.runs_direct() && conv_direct::packs_weights(g) {
-        Some(conv_direct::packed_len(g))
-    } else {
-        None
-    }
-}
-
-/// Writes `w` as [`conv2d_forward_affine`] reads it for this geometry (Winograd-transformed, or packed for the
-/// direct kernels) into `out` (at least [`prepared_len`] floats), so that a caller can keep it.
-pub fn prepare_weights(g: &ConvGeom, n: usize, w: &[f32], out: &mut [f32]) {
-    if conv_winograd::handles(g, n) {
-        conv_winograd::transform_weights(g, n, w, out);
-    } else {
-        conv_direct::pack_weights(g, w, out);
-    }
-}
-
-/// The direct kernels' view of `w`: packed into `workspace` for wide layers, in place otherwise.
+/// The direct kernels' view of `w`: packed into `workspace` when `packed`, in place otherwise.
 fn direct_weights<'a>(
     g: &ConvGeom,
+    packed: bool,
     w: &'a [f32],
     workspace: &'a mut [f32],
 ) -> conv_direct::Weights<'a> {
-    if conv_direct::packs_weights(g) {
-        let packed = &mut workspace[..conv_direct::packed_len(g)];
-        conv_direct::pack_weights(g, w, packed);
-        conv_direct::Weights::Packed(packed)
+    if packed {
+        let out = &mut workspace[..conv_direct::packed_len(g)];
+        conv_direct::pack_weights(g, w, out);
+        conv_direct::Weights::Packed(out)
     } else {
         conv_direct::Weights::Hwio(w)
     }
 }
 
-/// Eval-mode convolution followed by a per-channel affine map (a batch norm with running statistics) and an
-/// optional ReLU: `y [n, oh, ow, cout] = relu?((conv(x, w) + bias)·scale + shift)`, in one pass over `y` on the
-/// direct or Winograd kernels (the bias is folded into the shift), in two otherwise. `prepared`: the weights
-/// as [`prepare_weights`] wrote them, when the caller keeps them.
-/// `workspace` as for [`conv2d_forward`].
+/// Floats of workspace `algo` needs to compute `g`'s output for a batch of `n` (weights as they are).
+fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
+    match algo {
+        Algo::Winograd(_) => conv_winograd::weights_len(g, n) + conv_winograd::scratch_len(g, n),
+        Algo::Pointwise { .. } => conv_pointwise::workspace_len(g),
+        Algo::Direct { packed, .. } => {
+            if packed {
+                conv_direct::packed_len(g)
+            } else {
+                0
+            }
+        }
+        Algo::Im2col { .. } => {
+            let live_weights = if g.all_taps_live() {
+                0
+            } else {
+                g.live_patch_len() * g.cout
+            };
+            g.cols_len(n) + live_weights
+        }
+    }
+}
+
+/// `y [n, oh, ow, cout] = conv(x, w)` by `algo`, then the epilogue; the epilogue's `shift` alone (a bias)
+/// is added by the GEMM paths as the sum's starting value. `prepared`: the weights as
+/// [`ConvPlan::prepare_weights`] wrote them.
 #[allow(clippy::too_many_arguments)]
-pub fn conv2d_forward_affine(
+fn run_algo(
+    algo: Algo,
     g: &ConvGeom,
     n: usize,
     x: &[f32],
     w: &[f32],
     prepared: Option<&[f32]>,
-    bias: &[f32],
-    scale: &[f32],
-    shift: &[f32],
-    relu: bool,
+    epilogue: Epilogue<'_>,
     y: &mut [f32],
     workspace: &mut [f32],
 ) {
-    let winograd = conv_winograd::handles(g, n);
-    if winograd || g.runs_direct() {
-        // One pass: the kernels apply the map as they store, with the conv bias folded into the shift.
-        let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
-        for (co, f) in folded_shift.iter_mut().enumerate() {
-            *f = bias
-                .get(co)
-                .map_or(shift[co], |b| b * scale[co] + shift[co]);
-        }
-        if winograd {
+    let out_rows = n * g.oh * g.ow;
+    let y = &mut y[..out_rows * g.cout];
+    match algo {
+        Algo::Winograd(_) => {
             let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
             let u = match prepared {
                 Some(p) => p,
@@ -416,60 +303,257 @@ pub fn conv2d_forward_affine(
                     u
                 }
             };
-            let affine = Epilogue {
-                scale: Some(scale),
-                shift: Some(folded_shift),
-                relu,
-            };
-            conv_winograd::conv_winograd(g, n, x, u, y, affine, scratch);
-            return;
+            conv_winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
         }
-        let affine = Epilogue::affine(scale, folded_shift, relu);
-        let weights = match prepared {
-            Some(p) => conv_direct::Weights::Packed(p),
-            None => direct_weights(g, w, workspace),
-        };
-        conv_direct::conv_direct(g, n, x, weights, y, false, affine);
-        return;
-    }
-    conv2d_forward(g, n, x, w, bias, y, workspace);
-    let out = &mut y[..n * g.oh * g.ow * g.cout];
-    let piece = super::piece_len(n * g.oh * g.ow, 64) * g.cout;
-    super::par_pieces(out, piece, |_, rows| {
-        for row in rows.chunks_exact_mut(g.cout) {
-            for ((v, s), t) in row.iter_mut().zip(scale).zip(shift) {
-                let a = *v * s + t;
-                *v = if relu { a.max(0.0) } else { a };
+        Algo::Pointwise { .. } => conv_pointwise::forward(g, n, x, w, y, epilogue, workspace),
+        Algo::Direct {
+            packed,
+            by_position,
+        } => {
+            // A bias alone: start from it and let the kernel accumulate (one write pass); an affine map goes
+            // with the kernel's store.
+            let bias_only = epilogue.scale.is_none() && !epilogue.relu;
+            let accumulate = bias_only && epilogue.shift.is_some();
+            if accumulate {
+                fill_rows(y, g.cout, epilogue.shift.unwrap_or_default());
             }
+            let weights = match prepared {
+                Some(p) => conv_direct::Weights::Packed(p),
+                None => direct_weights(g, packed, w, workspace),
+            };
+            let epilogue = if bias_only {
+                Epilogue::default()
+            } else {
+                epilogue
+            };
+            conv_direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
+        }
+        Algo::Im2col { .. } => {
+            // A bias alone is the GEMM's starting value; an affine map is a second pass over the sums.
+            let affine = epilogue.scale.is_some() || epilogue.relu;
+            let accumulate = !affine && epilogue.shift.is_some();
+            if accumulate {
+                fill_rows(y, g.cout, epilogue.shift.unwrap_or_default());
+            }
+            if g.all_taps_live() {
+                conv_gemm(g, n, x, w, y, accumulate, workspace);
+            } else {
+                let (wl, cols) = workspace.split_at_mut(g.live_patch_len() * g.cout);
+                gather_live_weights(g, w, wl);
+                conv_gemm(g, n, x, wl, y, accumulate, cols);
+            }
+            if affine {
+                let Epilogue { scale, shift, relu } = epilogue;
+                let piece = super::piece_len(out_rows, 64) * g.cout;
+                super::par_pieces(y, piece, |_, rows| {
+                    for row in rows.chunks_exact_mut(g.cout) {
+                        for (co, v) in row.iter_mut().enumerate() {
+                            let a = v.mul_add(
+                                scale.map_or(1.0, |s| s[co]),
+                                shift.map_or(0.0, |s| s[co]),
+                            );
+                            *v = if relu { a.max(0.0) } else { a };
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Writes `row` into every `cout`-wide row of `y`.
+fn fill_rows(y: &mut [f32], cout: usize, row: &[f32]) {
+    let piece = super::piece_len(y.len() / cout, 256) * cout;
+    super::par_pieces(y, piece, |_, rows| {
+        for r in rows.chunks_exact_mut(cout) {
+            r.copy_from_slice(&row[..cout]);
         }
     });
 }
 
-/// Backward convolution. Given `dy [n, oh, ow, cout]` and the forward input `x`, writes (overwrites)
-/// `dw [kh·kw·cin, cout]`, `dbias [cout]` (skipped when empty: a convolution without bias) and, when asked,
-/// `dx [n, h, w, cin]`.
-/// `workspace` holds at least `g.workspace_len(n)` floats.
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward(
+impl ConvPlan {
+    /// Floats of workspace [`ConvPlan::forward`], [`ConvPlan::forward_affine`] and [`ConvPlan::backward`] need.
+    pub fn workspace_len(&self) -> usize {
+        let (g, n) = (&self.geom, self.batch);
+        // The eval forward's folded shift comes first.
+        let forward = g.cout + algo_workspace(self.forward, g, n);
+        let weight_grad = match self.weight_grad {
+            WeightGradAlgo::Winograd(_) => conv_winograd::weight_grad_scratch_len(g, n),
+            WeightGradAlgo::ChannelMajor { .. } => conv_direct::weight_grad_chunk(g, n).1,
+            WeightGradAlgo::Pointwise { .. } => 0,
+            WeightGradAlgo::Im2col => {
+                let compact = if g.all_taps_live() {
+                    0
+                } else {
+                    2 * g.live_patch_len() * g.cout
+                };
+                compact + g.cols_len(n)
+            }
+        };
+        let input_grad = match self.input_grad {
+            InputGradAlgo::Transposed(algo) => {
+                let t = g.transposed().expect("planned for a transposable conv");
+                g.patch_len() * g.cout + algo_workspace(algo, &t, n)
+            }
+            InputGradAlgo::Pointwise { .. } => conv_pointwise::workspace_len(g),
+            InputGradAlgo::Col2im { direct_gemm } => {
+                let k = g.live_patch_len();
+                let live_weights = if g.all_taps_live() { 0 } else { k * g.cout };
+                let packed_wt = if direct_gemm { k * g.cout } else { 0 };
+                live_weights + packed_wt + g.cols_len(n)
+            }
+        };
+        forward.max(weight_grad).max(input_grad)
+    }
+
+    /// Floats of the weights [`ConvPlan::prepare_weights`] writes, or `None` where the forward pass reads
+    /// the weights as they are (so there is nothing to keep).
+    pub fn prepared_len(&self) -> Option<usize> {
+        match self.forward {
+            Algo::Winograd(_) => Some(conv_winograd::weights_len(&self.geom, self.batch)),
+            Algo::Direct { packed: true, .. } => Some(conv_direct::packed_len(&self.geom)),
+            _ => None,
+        }
+    }
+
+    /// Writes `w` as the forward pass reads it (Winograd-transformed, or packed for the direct kernels) into
+    /// `out` (at least [`ConvPlan::prepared_len`] floats), so that a caller can keep it.
+    pub fn prepare_weights(&self, w: &[f32], out: &mut [f32]) {
+        match self.forward {
+            Algo::Winograd(_) => conv_winograd::transform_weights(&self.geom, self.batch, w, out),
+            Algo::Direct { packed: true, .. } => conv_direct::pack_weights(&self.geom, w, out),
+            _ => {}
+        }
+    }
+
+    /// Forward convolution: `y [n, oh, ow, cout] = conv(x [n, h, w, cin], w [kh·kw·cin, cout]) + bias [cout]`.
+    /// An empty `bias` means a convolution without one (torchvision's): nothing is added.
+    /// `workspace` holds at least [`ConvPlan::workspace_len`] floats.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        y: &mut [f32],
+        workspace: &mut [f32],
+    ) {
+        let epilogue = Epilogue {
+            shift: (!bias.is_empty()).then_some(bias),
+            ..Epilogue::default()
+        };
+        let (g, n) = (&self.geom, self.batch);
+        run_algo(self.forward, g, n, x, w, None, epilogue, y, workspace);
+    }
+
+    /// Eval-mode convolution followed by a per-channel affine map (a batch norm with running statistics) and an
+    /// optional ReLU: `y = relu?((conv(x, w) + bias)·scale + shift)`, in one pass over `y` where the kernels
+    /// apply the map as they store (the bias folded into the shift), in two otherwise. `prepared`: the weights as
+    /// [`ConvPlan::prepare_weights`] wrote them, when the caller keeps them. `workspace` as for
+    /// [`ConvPlan::forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_affine(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        prepared: Option<&[f32]>,
+        bias: &[f32],
+        scale: &[f32],
+        shift: &[f32],
+        relu: bool,
+        y: &mut [f32],
+        workspace: &mut [f32],
+    ) {
+        let (g, n) = (&self.geom, self.batch);
+        let (folded_shift, workspace) = workspace.split_at_mut(g.cout);
+        for (co, f) in folded_shift.iter_mut().enumerate() {
+            *f = bias
+                .get(co)
+                .map_or(shift[co], |b| b * scale[co] + shift[co]);
+        }
+        let epilogue = Epilogue::affine(scale, folded_shift, relu);
+        run_algo(self.forward, g, n, x, w, prepared, epilogue, y, workspace);
+    }
+
+    /// Backward convolution. Given `dy [n, oh, ow, cout]` and the forward input `x`, writes (overwrites)
+    /// `dw [kh·kw·cin, cout]`, `dbias [cout]` (skipped when empty: a convolution without bias) and, when asked,
+    /// `dx [n, h, w, cin]`. `workspace` holds at least [`ConvPlan::workspace_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        dw: &mut [f32],
+        dbias: &mut [f32],
+        dx: Option<&mut [f32]>,
+        workspace: &mut [f32],
+    ) {
+        let (g, n) = (&self.geom, self.batch);
+        let dy = &dy[..n * g.oh * g.ow * g.cout];
+        if !dbias.is_empty() {
+            super::pointwise::column_sums(dy, g.cout, dbias);
+        }
+        match self.weight_grad {
+            WeightGradAlgo::Pointwise { .. } => conv_pointwise::weight_grad(g, n, x, dy, dw),
+            WeightGradAlgo::Winograd(_) => {
+                conv_winograd::conv_winograd_weight_grad(g, n, x, dy, dw, workspace)
+            }
+            WeightGradAlgo::ChannelMajor { .. } => {
+                conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, workspace)
+            }
+            WeightGradAlgo::Im2col => im2col_weight_grad(g, n, x, dy, dw, workspace),
+        }
+        let Some(dx) = dx else { return };
+        match self.input_grad {
+            InputGradAlgo::Pointwise { .. } => {
+                conv_pointwise::input_grad(g, n, dy, w, dx, workspace)
+            }
+            InputGradAlgo::Transposed(algo) => {
+                // dx = conv(dy, rot180(w) with in/out swapped), stride 1.
+                let t = g.transposed().expect("planned for a transposable conv");
+                let (flipped, rest) = workspace.split_at_mut(g.patch_len() * g.cout);
+                let kk = g.kh * g.kw;
+                for tap in 0..kk {
+                    let src_tap = kk - 1 - tap;
+                    for co in 0..g.cout {
+                        for ci in 0..g.cin {
+                            flipped[(tap * g.cout + co) * g.cin + ci] =
+                                w[(src_tap * g.cin + ci) * g.cout + co];
+                        }
+                    }
+                }
+                run_algo(
+                    algo,
+                    &t,
+                    n,
+                    dy,
+                    flipped,
+                    None,
+                    Epilogue::default(),
+                    dx,
+                    rest,
+                );
+            }
+            InputGradAlgo::Col2im { direct_gemm } => {
+                col2im_input_grad(g, n, w, dy, dx, direct_gemm, workspace)
+            }
+        }
+    }
+}
+
+/// `dw = Σ_chunks im2col(x)ᵀ · dy` on the `gemm` crate, over the live taps (dead taps' rows zero).
+fn im2col_weight_grad(
     g: &ConvGeom,
     n: usize,
     x: &[f32],
-    w: &[f32],
     dy: &[f32],
     dw: &mut [f32],
-    dbias: &mut [f32],
-    dx: Option<&mut [f32]>,
     workspace: &mut [f32],
 ) {
-    let rows_per_image = g.oh * g.ow;
-    let out_rows = n * rows_per_image;
-    let dy = &dy[..out_rows * g.cout];
-    if !dbias.is_empty() {
-        super::pointwise::column_sums(dy, g.cout, dbias);
-    }
     let k = g.live_patch_len();
-    let dyt = MatRef::row_major(dy, g.cout);
+    let out_rows = n * g.oh * g.ow;
     if g.is_pointwise() {
+        let dyt = MatRef::row_major(dy, g.cout);
         matmul(
             k,
             g.cout,
@@ -479,93 +563,77 @@ pub fn conv2d_backward(
             MatRef::transposed(x, k),
             dyt,
         );
-        if let Some(dx) = dx {
-            matmul(
-                out_rows,
-                k,
-                g.cout,
-                dx,
-                false,
-                dyt,
-                MatRef::transposed(w, g.cout),
-            );
-        }
         return;
     }
-    // Weight and weight-gradient matrices restricted to the live taps.
     let compact = !g.all_taps_live();
-    let (wbuf, cols) = workspace.split_at_mut(if compact { 2 * k * g.cout } else { 0 });
-    let (w_live, dw_live) = wbuf.split_at_mut(if compact { k * g.cout } else { 0 });
+    let (dw_live, cols) = workspace.split_at_mut(if compact { k * g.cout } else { 0 });
+    let rows_per_image = g.oh * g.ow;
+    let chunk = g.chunk_images(n);
+    let plane_in = g.h * g.w * g.cin;
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let rows = images * rows_per_image;
+        let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
+        im2col(g, images, &x[first * plane_in..], cols);
+        let dw_target: &mut [f32] = if compact { dw_live } else { dw };
+        matmul(
+            k,
+            g.cout,
+            rows,
+            dw_target,
+            first > 0,
+            MatRef::transposed(&cols[..rows * k], k),
+            MatRef::row_major(dy_chunk, g.cout),
+        );
+        first += images;
+    }
+    if compact {
+        scatter_live_weights(g, dw_live, dw);
+    }
+}
+
+/// The input gradient of a conv whose transpose is not a stride-1 conv (stride 2, dead taps):
+/// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `direct_gemm`: the product on the direct
+/// kernels, else the `gemm` crate.
+fn col2im_input_grad(
+    g: &ConvGeom,
+    n: usize,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    direct: bool,
+    workspace: &mut [f32],
+) {
+    let k = g.live_patch_len();
+    let rows_per_image = g.oh * g.ow;
+    let out_rows = n * rows_per_image;
+    let plane_in = g.h * g.w * g.cin;
+    if g.is_pointwise() {
+        let dyt = MatRef::row_major(dy, g.cout);
+        matmul(
+            out_rows,
+            k,
+            g.cout,
+            dx,
+            false,
+            dyt,
+            MatRef::transposed(w, g.cout),
+        );
+        return;
+    }
+    let compact = !g.all_taps_live();
+    let (w_live, rest) = workspace.split_at_mut(if compact { k * g.cout } else { 0 });
     if compact {
         gather_live_weights(g, w, w_live);
     }
     let w_live: &[f32] = if compact { w_live } else { w };
-
-    // dw = Σ_chunks im2col(x)ᵀ · dy
-    let chunk = g.chunk_images(n);
-    let plane_in = g.h * g.w * g.cin;
-    if conv_winograd::handles(g, n) {
-        conv_winograd::conv_winograd_weight_grad(g, n, x, dy, dw, cols);
-    } else if conv_direct::weight_grad_handles(g) {
-        conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, cols);
-    } else {
-        let mut first = 0;
-        while first < n {
-            let images = chunk.min(n - first);
-            let rows = images * rows_per_image;
-            let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
-            im2col(g, images, &x[first * plane_in..], cols);
-            let dw_target: &mut [f32] = if compact { dw_live } else { dw };
-            matmul(
-                k,
-                g.cout,
-                rows,
-                dw_target,
-                first > 0,
-                MatRef::transposed(&cols[..rows * k], k),
-                MatRef::row_major(dy_chunk, g.cout),
-            );
-            first += images;
-        }
-        if compact {
-            scatter_live_weights(g, dw_live, dw);
-        }
-    }
-    let Some(dx) = dx else { return };
-
-    if let Some(t) = g.transposed() {
-        // dx = conv(dy, rot180(w) with in/out swapped), stride 1.
-        let (flipped, cols) = cols.split_at_mut(g.patch_len() * g.cout);
-        let kk = g.kh * g.kw;
-        for tap in 0..kk {
-            let src_tap = kk - 1 - tap;
-            for co in 0..g.cout {
-                for ci in 0..g.cin {
-                    flipped[(tap * g.cout + co) * g.cin + ci] =
-                        w[(src_tap * g.cin + ci) * g.cout + co];
-                }
-            }
-        }
-        if conv_winograd::handles(&t, n) {
-            let (u, scratch) = cols.split_at_mut(conv_winograd::weights_len(&t, n));
-            conv_winograd::transform_weights(&t, n, flipped, u);
-            conv_winograd::conv_winograd(&t, n, dy, u, dx, Epilogue::default(), scratch);
-        } else if t.runs_direct() {
-            let weights = direct_weights(&t, flipped, cols);
-            conv_direct::conv_direct(&t, n, dy, weights, dx, false, Epilogue::default());
-        } else {
-            conv_gemm(&t, n, dy, flipped, dx, false, cols);
-        }
-        return;
-    }
-
-    // General case (stride 2, dead taps): dcols = dy · wᵀ per chunk, scattered back with col2im.
     dx[..n * plane_in].fill(0.0);
-    let direct = direct_gemm_handles(g.cout, k);
-    let (packed_wt, cols) = cols.split_at_mut(if direct { k * g.cout } else { 0 });
+    let (packed_wt, cols) = rest.split_at_mut(if direct { k * g.cout } else { 0 });
     if direct {
         pack_transposed(k, g.cout, w_live, packed_wt);
     }
+    let chunk = g.chunk_images(n);
     let mut first = 0;
     while first < n {
         let images = chunk.min(n - first);
@@ -589,6 +657,35 @@ pub fn conv2d_backward(
         col2im_add(g, images, dcols, &mut dx[first * plane_in..]);
         first += images;
     }
+}
+
+/// Forward convolution by the plan for `(g, n)` (see [`ConvPlan::forward`]).
+pub fn conv2d_forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    y: &mut [f32],
+    workspace: &mut [f32],
+) {
+    ConvPlan::new(*g, n).forward(x, w, bias, y, workspace);
+}
+
+/// Backward convolution by the plan for `(g, n)` (see [`ConvPlan::backward`]).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    dbias: &mut [f32],
+    dx: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) {
+    ConvPlan::new(*g, n).backward(x, w, dy, dw, dbias, dx, workspace);
 }
 
 /// Writes `wᵀ` for `w [k, cout]` packed as the direct kernels read a `[cout, k]` weight matrix:
@@ -741,7 +838,10 @@ mod tests {
                 }
             };
             // Portable path: im2col + gemm over the live taps.
-            let mut ws = vec![0.0f32; g.workspace_len(n)];
+            let plan = ConvPlan::new(g, n);
+            // Enough for the plan and for the im2col path tried first.
+            let im2col_len = g.cols_len(n) + g.live_patch_len() * g.cout;
+            let mut ws = vec![0.0f32; plan.workspace_len().max(im2col_len)];
             let mut y = vec![0.0f32; want.len()];
             if g.all_taps_live() {
                 conv_gemm(&g, n, &x, &wt, &mut y, false, &mut ws);
@@ -797,9 +897,7 @@ mod tests {
             let shift: Vec<f32> = (0..cout).map(|co| 0.3 - co as f32 / 11.0).collect();
             for relu in [false, true] {
                 let mut ya = vec![f32::NAN; want.len()];
-                conv2d_forward_affine(
-                    &g, n, &x, &wt, None, &bias, &scale, &shift, relu, &mut ya, &mut ws,
-                );
+                plan.forward_affine(&x, &wt, None, &bias, &scale, &shift, relu, &mut ya, &mut ws);
                 for (i, (a, b)) in ya.iter().zip(&want).enumerate() {
                     let co = i % cout;
                     let v = (b + bias[co]) * scale[co] + shift[co];
@@ -814,17 +912,44 @@ mod tests {
                 continue;
             }
             let w_in_place = conv_direct::Weights::Hwio(&wt);
-            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y, false, Epilogue::default());
+            conv_direct::conv_direct(
+                &g,
+                n,
+                &x,
+                w_in_place,
+                &mut y,
+                false,
+                Epilogue::default(),
+                conv_direct::by_position(&g, n),
+            );
             close(&y, "direct");
             // Accumulating onto a bias-filled output adds exactly the bias.
             let mut y2 = vec![0.5f32; want.len()];
-            conv_direct::conv_direct(&g, n, &x, w_in_place, &mut y2, true, Epilogue::default());
+            conv_direct::conv_direct(
+                &g,
+                n,
+                &x,
+                w_in_place,
+                &mut y2,
+                true,
+                Epilogue::default(),
+                conv_direct::by_position(&g, n),
+            );
             // Packed weights give the same sums.
             let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
             conv_direct::pack_weights(&g, &wt, &mut packed);
             let mut y3 = vec![f32::NAN; want.len()];
             let w_packed = conv_direct::Weights::Packed(&packed);
-            conv_direct::conv_direct(&g, n, &x, w_packed, &mut y3, false, Epilogue::default());
+            conv_direct::conv_direct(
+                &g,
+                n,
+                &x,
+                w_packed,
+                &mut y3,
+                false,
+                Epilogue::default(),
+                conv_direct::by_position(&g, n),
+            );
             close(&y3, "direct packed");
             for (a, b) in y2.iter().zip(&y) {
                 assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));

@@ -86,7 +86,10 @@ pub enum Weights<'a> {
 /// `y [n·oh·ow, cout] (+)= conv(x [n, h, w, cin], w)`: adds onto `y` when `accumulate`, else overwrites;
 /// the epilogue is applied to the (accumulated) sum before it is stored.
 ///
+/// `by_position`: position-major tiles ([`by_position`] says when they pay).
+///
 /// Panics unless [`cpu_supported`] and [`handles`]`(g)` hold and the slices fit their shapes.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_direct(
     g: &ConvGeom,
     n: usize,
@@ -95,6 +98,7 @@ pub fn conv_direct(
     y: &mut [f32],
     accumulate: bool,
     epilogue: Epilogue<'_>,
+    by_position: bool,
 ) {
     assert!(cpu_supported() && handles(g), "conv_direct: unsupported");
     let rows = n * g.oh * g.ow;
@@ -126,7 +130,7 @@ pub fn conv_direct(
     };
     let y = &mut y[..rows * g.cout];
     epilogue.check(g.cout);
-    if n >= POSITION_MAJOR_MIN_BATCH && padding_tap_share(g) >= POSITION_MAJOR_MIN_PADDING {
+    if by_position {
         let weights = WeightView {
             w,
             w_stride,
@@ -246,6 +250,12 @@ fn padding_tap_share(g: &ConvGeom) -> f64 {
 
 /// Smallest batch for position-major tiles (a tile holds six images at one position).
 const POSITION_MAJOR_MIN_BATCH: usize = 24;
+
+/// True when [`conv_direct`] should run position-major tiles for this geometry and batch: small planes with
+/// many taps in the padding, and batches of at least 24.
+pub fn by_position(g: &ConvGeom, n: usize) -> bool {
+    n >= POSITION_MAJOR_MIN_BATCH && padding_tap_share(g) >= POSITION_MAJOR_MIN_PADDING
+}
 
 /// Where [`conv_direct`]'s weights are: live tap `t`, panel `p`, channel `c` starts at
 /// `w[tap_offsets[t] + p·panel_stride + c·w_stride]`.
@@ -374,7 +384,7 @@ pub fn weight_grad_handles(g: &ConvGeom) -> bool {
 const DW_COLUMNS_MAX_OW: usize = 8;
 
 /// Whether [`conv_weight_grad_cm`] sums over the chunk's im2col matrix rather than a channel-major copy.
-fn dw_by_columns(g: &ConvGeom) -> bool {
+pub fn dw_by_columns(g: &ConvGeom) -> bool {
     g.ow < DW_COLUMNS_MAX_OW
 }
 

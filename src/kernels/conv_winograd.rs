@@ -66,6 +66,17 @@ pub enum Tile {
     F4,
 }
 
+impl std::fmt::Display for Tile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = match self {
+            Tile::F2 => 2,
+            Tile::F3 => 3,
+            Tile::F4 => 4,
+        };
+        write!(f, "F({m}x{m})")
+    }
+}
+
 /// A tile size as compile-time constants, so that each size gets its own transforms (the 1-D transforms
 /// below, fully unrolled).
 trait Transform {

@@ -5,12 +5,14 @@
 
 pub mod conv;
 pub mod conv_direct;
+pub mod conv_pointwise;
 pub mod conv_winograd;
 pub mod gemm;
 pub mod geom;
 pub mod linear;
 pub mod loss;
 pub mod norm;
+pub mod plan;
 pub mod pointwise;
 pub mod pool;
 pub mod tile;

@@ -4,9 +4,7 @@
 use super::arch::Init;
 use super::batch_norm::BatchNorm2d;
 use super::{ensure_len, kaiming_normal_fan_out, uniform_init, InitRng, Workspace};
-use crate::kernels::conv::{
-    conv2d_backward, conv2d_forward, conv2d_forward_affine, prepare_weights, prepared_len, ConvGeom,
-};
+use crate::kernels::conv::{ConvGeom, ConvPlan};
 use crate::Shape4;
 
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
@@ -42,9 +40,11 @@ pub struct Conv2d {
     /// or packed for the direct kernels' wide layers); emptied whenever the weight may change. Preparing it every
     /// forward costs a pass over the weights, a fifth of the batch-1 latency.
     packed: Vec<f32>,
-    /// The geometry `packed` was prepared for and its length (the layout depends on the plane and the batch:
-    /// live taps, Winograd or not).
-    packed_for: Option<(ConvGeom, usize)>,
+    /// The plan `packed` was prepared for (the layout depends on the plane and the batch: live taps, Winograd
+    /// tile or not).
+    packed_for: Option<ConvPlan>,
+    /// The plan of the last call: chosen once per input shape, kept while the shape stays.
+    plan: Option<ConvPlan>,
 }
 
 impl Conv2d {
@@ -125,6 +125,7 @@ impl Conv2d {
             in_shape: Shape4::default(),
             packed: Vec::new(),
             packed_for: None,
+            plan: None,
         };
         conv.set_weight_oihw(&oihw);
         conv
@@ -146,6 +147,24 @@ impl Conv2d {
         )
     }
 
+    /// How this convolution runs on input shape `xs` (`None` as for [`Conv2d::geom`]).
+    pub fn plan(&self, xs: Shape4) -> Option<ConvPlan> {
+        let g = self.geom(xs)?;
+        Some(match self.plan {
+            Some(p) if p.geom == g && p.batch == xs.n => p,
+            _ => ConvPlan::new(g, xs.n),
+        })
+    }
+
+    /// [`Conv2d::plan`] for a shape the model has checked, kept for the next call.
+    fn planned(&mut self, xs: Shape4) -> ConvPlan {
+        let plan = self
+            .plan(xs)
+            .expect("conv2d: input shape checked by the model");
+        self.plan = Some(plan);
+        plan
+    }
+
     /// Whether the convolution has a bias.
     pub fn has_bias(&self) -> bool {
         !self.bias.is_empty()
@@ -164,22 +183,12 @@ impl Conv2d {
 
     /// `out = conv(x) + bias` for `x` NHWC of shape `xs`. The caller has checked the shape with [`Conv2d::geom`].
     pub fn forward(&mut self, x: &[f32], xs: Shape4, ws: &mut Workspace) -> Shape4 {
-        let g = self
-            .geom(xs)
-            .expect("conv2d: input shape checked by the model");
+        let plan = self.planned(xs);
         self.in_shape = xs;
-        self.out_shape = Shape4::new(xs.n, self.out_channels, g.oh, g.ow);
+        self.out_shape = Shape4::new(xs.n, self.out_channels, plan.geom.oh, plan.geom.ow);
         ensure_len(&mut self.out, self.out_shape.len());
-        let workspace = ws.get(g.workspace_len(xs.n));
-        conv2d_forward(
-            &g,
-            xs.n,
-            x,
-            &self.weight,
-            &self.bias,
-            &mut self.out,
-            workspace,
-        );
+        let workspace = ws.get(plan.workspace_len());
+        plan.forward(x, &self.weight, &self.bias, &mut self.out, workspace);
         self.out_shape
     }
 
@@ -193,32 +202,27 @@ impl Conv2d {
         bn: &mut BatchNorm2d,
         ws: &mut Workspace,
     ) -> Shape4 {
-        let g = self
-            .geom(xs)
-            .expect("conv2d: input shape checked by the model");
+        let plan = self.planned(xs);
         self.in_shape = xs;
-        self.out_shape = Shape4::new(xs.n, self.out_channels, g.oh, g.ow);
+        self.out_shape = Shape4::new(xs.n, self.out_channels, plan.geom.oh, plan.geom.ow);
         let relu = bn.relu;
         let mut out = std::mem::take(&mut bn.out);
         ensure_len(&mut out, self.out_shape.len());
         let (scale, shift) = bn.eval_affine();
-        let workspace = ws.get(g.workspace_len(xs.n));
-        // Prepare the weights once per geometry, reuse them until the weight changes.
-        let packed = match prepared_len(&g, xs.n) {
+        let workspace = ws.get(plan.workspace_len());
+        // Prepare the weights once per plan, reuse them until the weight changes.
+        let packed = match plan.prepared_len() {
             Some(len) => {
-                // The length tells the layouts apart (16 Winograd positions, at most 9 live taps).
-                if self.packed_for != Some((g, len)) {
+                if self.packed_for != Some(plan) {
                     ensure_len(&mut self.packed, len);
-                    prepare_weights(&g, xs.n, &self.weight, &mut self.packed);
-                    self.packed_for = Some((g, len));
+                    plan.prepare_weights(&self.weight, &mut self.packed);
+                    self.packed_for = Some(plan);
                 }
                 Some(&self.packed[..])
             }
             None => None,
         };
-        conv2d_forward_affine(
-            &g,
-            xs.n,
+        plan.forward_affine(
             x,
             &self.weight,
             packed,
@@ -254,12 +258,9 @@ impl Conv2d {
         grad_input: Option<&mut [f32]>,
         ws: &mut Workspace,
     ) {
-        let xs = self.in_shape;
-        let g = self.geom(xs).expect("conv2d: backward after forward");
-        let workspace = ws.get(g.workspace_len(xs.n));
-        conv2d_backward(
-            &g,
-            xs.n,
+        let plan = self.planned(self.in_shape);
+        let workspace = ws.get(plan.workspace_len());
+        plan.backward(
             x,
             &self.weight,
             dy,

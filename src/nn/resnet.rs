@@ -2,8 +2,9 @@
 //! built from a [`ResNetConfig`]. The chapter's builder, `resnet_block`, reads like the chapter; the layer walk,
 //! keys and state dict live in [`super::keys`].
 
-use super::arch::{ResNetConfig, Stem};
+use super::arch::{ResNetConfig, Role, Stem};
 use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Linear, Residual, Workspace};
+use crate::kernels::conv::ConvPlan;
 use crate::kernels::loss::softmax_cross_entropy;
 use crate::kernels::pool::{
     global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward,
@@ -215,6 +216,43 @@ impl ResNet {
         // The classifier's child is `fc` in both schemes (the chapter's is `Sequential(Flatten, Linear)`).
         steps.push(("fc".to_string(), vec![s.n, self.config.num_classes]));
         Ok(steps)
+    }
+
+    /// Every convolution of the network for input `xs`, in forward order, with its state-dict name and the
+    /// plan the kernels follow for it (see [`ConvPlan`]).
+    pub fn conv_plans(&self, xs: Shape4) -> Result<Vec<(String, ConvPlan)>> {
+        self.shape_walk(xs)?;
+        let naming = self.config.naming;
+        let plan = |c: &Conv2d, s: Shape4| c.plan(s).expect("checked by shape_walk");
+        let mut plans = vec![(naming.stem_conv().to_string(), plan(&self.stem_conv, xs))];
+        let mut s = Shape4::new(
+            xs.n,
+            self.stem_conv.out_channels,
+            plans[0].1.geom.oh,
+            plans[0].1.geom.ow,
+        );
+        if self.has_pool() {
+            let p = self.pool_geom_for(s).expect("checked by shape_walk");
+            s = Shape4::new(s.n, s.c, p.oh, p.ow);
+        }
+        for (k, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let layers = naming.block_layers(block.convs.len());
+                let name = |role: Role| {
+                    let key = layers.iter().find(|(r, _)| *r == role).map_or("?", |l| l.1);
+                    format!("{}{}.{b}.{key}", naming.stage(), k + 1)
+                };
+                if let Some(c) = &block.shortcut_conv {
+                    plans.push((name(Role::ShortcutConv), plan(c, s)));
+                }
+                for (i, c) in block.convs.iter().enumerate() {
+                    let p = plan(c, s);
+                    s = Shape4::new(s.n, c.out_channels, p.geom.oh, p.geom.ow);
+                    plans.push((name(Role::Conv(i)), p));
+                }
+            }
+        }
+        Ok(plans)
     }
 
     /// Checks that an input of shape `xs` fits the network ([`ResNet::shape_walk`]) and, in training mode,

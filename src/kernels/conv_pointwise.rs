@@ -1,0 +1,586 @@
+//! 1×1 convolutions without padding (ResNet's bottleneck reductions and expansions, stride 1, and its
+//! downsampling shortcuts, stride 2) as matrix products on register tiles, forward and both gradients, with
+//! nothing allocated per call:
+//!
+//! - forward:         `y [rows, cout] = x_s [rows, cin] · w [cin, cout]`, then the epilogue;
+//! - input gradient:  `dx_s [rows, cin] = dy [rows, cout] · wᵀ` (and `dx` zero off the stride grid);
+//! - weight gradient: `dw [cin, cout] = x_sᵀ · dy`,
+//!
+//! where `rows = n·oh·ow` and `x_s` is `x` on the stride grid (row `r` of it is a pixel of `x`, read in place).
+//!
+//! The right-hand matrix (`w` or `wᵀ`, at most a few MiB) is packed once per call into column panels
+//! `[n / W, k, W]` in the caller's workspace; the left one is read in place through six row pointers. A rayon
+//! task owns a block of rows (and, when rows are few, a share of the panels) and walks the reduction in slices
+//! whose panel stays in L1 while every tile of the block uses it. The weight gradient sums down the rows with
+//! its `6 × W` tile of `dw` in registers, reading six channels of an `x` row and `W` channels of a `dy` row
+//! per step; a task owns a range of `dw` tiles and all tasks walk the rows in the same blocks, so the blocks
+//! are shared in the caches, and the sum's order does not depend on the thread count.
+//!
+//! Tile width `W`: 64 output columns (four 16-float vectors) on CPUs with AVX-512, 16 (two 8-float vectors)
+//! with AVX2; the two kernels are one body ([`micro_kernels!`]).
+
+use super::geom::ConvGeom;
+use super::tile::{cpu_supported, Columns, Epilogue, SendPtr, MR, NR};
+use rayon::prelude::*;
+
+/// Floats of a panel slice `[kc, W]` one pass of a task's tiles reuses (32 KiB: L1 holds it with the rows).
+const PANEL_SLICE_FLOATS: usize = 8 * 1024;
+/// Most register tiles per task (the block of rows a task multiplies with every panel slice).
+const TILES_PER_TASK: usize = 16;
+/// Rows of `x_s` and `dy` per block of the weight gradient: the block's rows stay in L2 while the task's
+/// tiles read them.
+const DW_ROW_BLOCK: usize = 256;
+
+/// True when AVX-512F is available and not switched off with `RESNET_AVX512=0` (checked once).
+pub fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var_os("RESNET_AVX512").is_some_and(|v| v == "0");
+        cpu_supported() && !off && detect_avx512()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512() -> bool {
+    false
+}
+
+/// True when this module computes the convolution: a 1×1 kernel without padding, any stride, both channel
+/// counts multiples of 16 (each is the output width of one of the products), on a CPU with AVX2.
+pub fn handles(g: &ConvGeom) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.pad == 0
+        && g.cin.is_multiple_of(NR)
+        && g.cout.is_multiple_of(NR)
+        && g.cin > 0
+        && g.cout > 0
+        && cpu_supported()
+}
+
+/// Columns per register tile for a product with `n` output columns: 64 with AVX-512 where `n` allows, else 16.
+pub fn tile_width(n: usize) -> usize {
+    if avx512() && n.is_multiple_of(64) {
+        64
+    } else {
+        NR
+    }
+}
+
+/// Floats of workspace [`forward`] and [`input_grad`] need (the packed weights); [`weight_grad`] needs none.
+pub fn workspace_len(g: &ConvGeom) -> usize {
+    g.cin * g.cout
+}
+
+/// Packs `b` into panels `[n / W, k, W]` (W = [`tile_width`]`(n)`): `b [k, n]` row-major, or, when
+/// `transposed`, `b [n, k]` row-major read as its transpose.
+fn pack(k: usize, n: usize, b: &[f32], transposed: bool, packed: &mut [f32]) {
+    let width = tile_width(n);
+    packed[..k * n]
+        .par_chunks_mut(k * width)
+        .enumerate()
+        .for_each(|(panel, out)| {
+            let col0 = panel * width;
+            for (q, row) in out.chunks_exact_mut(width).enumerate() {
+                if transposed {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = b[(col0 + j) * k + q];
+                    }
+                } else {
+                    row.copy_from_slice(&b[q * n + col0..][..width]);
+                }
+            }
+        });
+}
+
+/// Where row `r` of `x_s` (output position `r`) is in `x`: the first channel of its pixel.
+fn grid_pixel(g: &ConvGeom, r: usize) -> usize {
+    if g.stride == 1 {
+        return r * g.cin;
+    }
+    let (img, pos) = (r / (g.oh * g.ow), r % (g.oh * g.ow));
+    let (oy, ox) = (pos / g.ow, pos % g.ow);
+    ((img * g.h + oy * g.stride) * g.w + ox * g.stride) * g.cin
+}
+
+/// `y [n·oh·ow, cout] = epilogue(x_s · w)` (overwritten) for `x [n, h, w, cin]` and `w [cin, cout]`;
+/// `workspace` holds [`workspace_len`] floats. Panics unless [`handles`]`(g)`.
+pub fn forward(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    epilogue: Epilogue<'_>,
+    workspace: &mut [f32],
+) {
+    assert!(handles(g), "conv_pointwise: unsupported");
+    let rows = n * g.oh * g.ow;
+    assert!(x.len() >= n * g.h * g.w * g.cin && w.len() >= g.cin * g.cout);
+    let y = &mut y[..rows * g.cout];
+    epilogue.check(g.cout);
+    let packed = &mut workspace[..g.cin * g.cout];
+    pack(g.cin, g.cout, w, false, packed);
+    let a_row = |r: usize| grid_pixel(g, r);
+    let c_row = |r: usize| r * g.cout;
+    gemm(rows, g.cin, g.cout, x, &a_row, packed, y, &c_row, epilogue);
+}
+
+/// `dx [n, h, w, cin] = (dy · wᵀ)` on the stride grid, zero elsewhere (overwritten), for `dy [n·oh·ow, cout]`;
+/// `workspace` holds [`workspace_len`] floats.
+pub fn input_grad(
+    g: &ConvGeom,
+    n: usize,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    workspace: &mut [f32],
+) {
+    assert!(handles(g), "conv_pointwise: unsupported");
+    let rows = n * g.oh * g.ow;
+    assert!(dy.len() >= rows * g.cout && w.len() >= g.cin * g.cout);
+    let dx = &mut dx[..n * g.h * g.w * g.cin];
+    if g.stride > 1 {
+        // Pixels off the stride grid get no gradient (and, with an odd plane, neither do the last row and column).
+        let piece = super::piece_len(dx.len(), 1 << 14);
+        super::par_pieces(dx, piece, |_, d| d.fill(0.0));
+    }
+    let packed = &mut workspace[..g.cin * g.cout];
+    pack(g.cout, g.cin, w, true, packed);
+    let a_row = |r: usize| r * g.cout;
+    let c_row = |r: usize| grid_pixel(g, r);
+    gemm(
+        rows,
+        g.cout,
+        g.cin,
+        dy,
+        &a_row,
+        packed,
+        dx,
+        &c_row,
+        Epilogue::default(),
+    );
+}
+
+/// `c[c_row(r) + 0..n] = epilogue(Σ_q a[a_row(r) + q] · b[q, 0..n])` for `r < rows`, `b` packed by [`pack`].
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    a_row: &(dyn Fn(usize) -> usize + Sync),
+    b: &[f32],
+    c: &mut [f32],
+    c_row: &(dyn Fn(usize) -> usize + Sync),
+    epilogue: Epilogue<'_>,
+) {
+    assert!(rows > 0 && a_row(rows - 1) + k <= a.len() && c_row(rows - 1) + n <= c.len());
+    let width = tile_width(n);
+    let panels = n / width;
+    let threads = rayon::current_num_threads().max(1);
+    let tiles_total = rows.div_ceil(MR);
+    let tiles_per_task = tiles_total.div_ceil(4 * threads).clamp(1, TILES_PER_TASK);
+    let rows_per_task = MR * tiles_per_task;
+    let row_tasks = rows.div_ceil(rows_per_task);
+    // Few rows (batch 1, the last stage): the panels are split among tasks too, so that each task reads its
+    // share of the weights once.
+    let panels_per_task = panels.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, panels));
+    let panel_tasks = panels.div_ceil(panels_per_task);
+    let kc = (PANEL_SLICE_FLOATS / width).clamp(1, k);
+    let c_ptr = SendPtr(c.as_mut_ptr());
+    let a_ptr = a.as_ptr() as usize;
+    (0..row_tasks * panel_tasks)
+        .into_par_iter()
+        .for_each(|task| {
+            let first_row = (task / panel_tasks) * rows_per_task;
+            let task_rows = rows_per_task.min(rows - first_row);
+            let first_panel = (task % panel_tasks) * panels_per_task;
+            let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+            let tiles = task_rows.div_ceil(MR);
+            // Rows past the end repeat the tile's first row: computed, never stored.
+            let row_of = |tile: usize, i: usize| {
+                first_row + tile * MR + if tile * MR + i < task_rows { i } else { 0 }
+            };
+            let mut k0 = 0;
+            while k0 < k {
+                let len = kc.min(k - k0);
+                let last = k0 + len == k;
+                for panel in task_panels.clone() {
+                    let col0 = panel * width;
+                    let store = epilogue.columns(col0).filter(|_| last);
+                    let b_slice = b[panel * k * width + k0 * width..][..len * width].as_ptr();
+                    for tile in 0..tiles {
+                        let a_rows: [*const f32; MR] = core::array::from_fn(|i| {
+                            (a_ptr as *const f32).wrapping_add(a_row(row_of(tile, i)) + k0)
+                        });
+                        let c_rows: [*mut f32; MR] = core::array::from_fn(|i| {
+                            c_ptr.get().wrapping_add(c_row(row_of(tile, i)) + col0)
+                        });
+                        let tile_rows = (task_rows - tile * MR).min(MR);
+                        // SAFETY: AVX2 (and AVX-512 for width 64) checked; each a row has k floats from a_row
+                        // (asserted for the last row, rows increase), the slice reads len·width floats of the
+                        // packed panel, and each c row has n floats from c_row; tasks write disjoint
+                        // (rows × panels) blocks.
+                        unsafe {
+                            if width == 64 {
+                                rows_tile_64(
+                                    &a_rows,
+                                    len,
+                                    b_slice,
+                                    &c_rows,
+                                    tile_rows,
+                                    k0 > 0,
+                                    store,
+                                );
+                            } else {
+                                rows_tile_16(
+                                    &a_rows,
+                                    len,
+                                    b_slice,
+                                    &c_rows,
+                                    tile_rows,
+                                    k0 > 0,
+                                    store,
+                                );
+                            }
+                        }
+                    }
+                }
+                k0 += len;
+            }
+        });
+}
+
+/// `dw [cin, cout] = x_sᵀ · dy` (overwritten) for `x [n, h, w, cin]` and `dy [n·oh·ow, cout]`. Panics unless
+/// [`handles`]`(g)`.
+pub fn weight_grad(g: &ConvGeom, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+    assert!(handles(g), "conv_pointwise: unsupported");
+    let rows = n * g.oh * g.ow;
+    assert!(x.len() >= n * g.h * g.w * g.cin && dy.len() >= rows * g.cout);
+    let dw = &mut dw[..g.cin * g.cout];
+    let width = tile_width(g.cout);
+    let panels = g.cout / width;
+    let channel_blocks = g.cin.div_ceil(MR);
+    let tiles = channel_blocks * panels;
+    let tasks = (4 * rayon::current_num_threads()).clamp(1, tiles);
+    let tiles_per_task = tiles.div_ceil(tasks);
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let (x_ptr, dy_ptr) = (x.as_ptr() as usize, dy.as_ptr() as usize);
+    (0..tiles.div_ceil(tiles_per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let my_tiles = task * tiles_per_task..((task + 1) * tiles_per_task).min(tiles);
+            let mut r0 = 0;
+            while r0 < rows {
+                let len = DW_ROW_BLOCK.min(rows - r0);
+                for tile in my_tiles.clone() {
+                    let (block, panel) = (tile / panels, tile % panels);
+                    let c0 = block * MR;
+                    let m = (g.cin - c0).min(MR);
+                    let dst: [*mut f32; MR] = core::array::from_fn(|i| {
+                        dw_ptr
+                            .get()
+                            .wrapping_add((c0 + i.min(m - 1)) * g.cout + panel * width)
+                    });
+                    let b = (dy_ptr as *const f32).wrapping_add(r0 * g.cout + panel * width);
+                    // SAFETY: AVX2 (AVX-512 for width 64) checked. Row r of x_s holds cin floats from
+                    // grid_pixel(r) (x's length asserted), so channels c0..c0 + m are inside; dy rows are cout
+                    // floats apart with the panel's width columns inside; dw rows c0..c0 + m of the panel
+                    // belong to this task's tile alone.
+                    unsafe {
+                        let a = |q: usize| {
+                            (x_ptr as *const f32).wrapping_add(grid_pixel(g, r0 + q) + c0)
+                        };
+                        if width == 64 {
+                            cols_tile_64(&a, m, len, b, g.cout, &dst, r0 > 0);
+                        } else {
+                            cols_tile_16(&a, m, len, b, g.cout, &dst, r0 > 0);
+                        }
+                    }
+                }
+                r0 += len;
+            }
+        });
+}
+
+/// The two micro-kernels for one tile width, from one body:
+///
+/// - `rows_tile`: `c[i][0..W] (+)= Σ_q a[i][q] · b[q·W + 0..W]` for `i < rows` (`a`: six row pointers,
+///   `b`: a packed panel slice), then the epilogue; adds onto `c` when `accumulate`;
+/// - `cols_tile`: `dst[i][0..W] (+)= Σ_q a(q)[i] · b[q·b_stride + 0..W]` for `i < m` (six channels of one
+///   `x_s` row per step, one `dy` row), overwriting unless `accumulate`.
+macro_rules! micro_kernels {
+    ($features:literal, $rows_tile:ident, $cols_tile:ident, $vec:ty, $lanes:literal, $nv:literal,
+     $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident, $max:ident, $zero:ident) => {
+        /// # Safety
+        /// The CPU has the target features; `a[i]` readable for `k` floats, `b` for `k·W`, `c[i]` writable
+        /// for `W` floats for `i < rows`, the epilogue's columns readable for `W`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $rows_tile(
+            a: &[*const f32; MR],
+            k: usize,
+            b: *const f32,
+            c: &[*mut f32; MR],
+            rows: usize,
+            accumulate: bool,
+            epilogue: Option<Columns>,
+        ) {
+            use core::arch::x86_64::*;
+            const W: usize = $lanes * $nv;
+            let mut acc: [[$vec; $nv]; MR] = [[$zero(); $nv]; MR];
+            let [a0, a1, a2, a3, a4, a5] = *a;
+            for q in 0..k {
+                let bq = b.add(q * W);
+                let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bq.add(j * $lanes)));
+                for (i, p) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate() {
+                    let av = $set1(*p.add(q));
+                    for j in 0..$nv {
+                        acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..rows {
+                for j in 0..$nv {
+                    let d = c[i].add(j * $lanes);
+                    let mut v = acc[i][j];
+                    if accumulate {
+                        v = $add(v, $load(d));
+                    }
+                    if let Some(e) = epilogue {
+                        let s = if e.scale.is_null() {
+                            $set1(1.0)
+                        } else {
+                            $load(e.scale.add(j * $lanes))
+                        };
+                        let t = if e.shift.is_null() {
+                            $zero()
+                        } else {
+                            $load(e.shift.add(j * $lanes))
+                        };
+                        v = $fmadd(v, s, t);
+                        if e.relu {
+                            v = $max(v, $zero());
+                        }
+                    }
+                    $store(d, v);
+                }
+            }
+        }
+
+        /// # Safety
+        /// The CPU has the target features; `a(q)` readable for `m` floats and `b` at `q·b_stride + 0..W` for
+        /// `q < len`; `dst[i]` writable for `W` floats for `i < m`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $cols_tile(
+            a: &dyn Fn(usize) -> *const f32,
+            m: usize,
+            len: usize,
+            b: *const f32,
+            b_stride: usize,
+            dst: &[*mut f32; MR],
+            accumulate: bool,
+        ) {
+            use core::arch::x86_64::*;
+            let mut acc: [[$vec; $nv]; MR] = [[$zero(); $nv]; MR];
+            if m == MR {
+                for q in 0..len {
+                    let bq = b.add(q * b_stride);
+                    let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bq.add(j * $lanes)));
+                    let aq = a(q);
+                    for i in 0..MR {
+                        let av = $set1(*aq.add(i));
+                        for j in 0..$nv {
+                            acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                        }
+                    }
+                }
+            } else {
+                for q in 0..len {
+                    let bq = b.add(q * b_stride);
+                    let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bq.add(j * $lanes)));
+                    let aq = a(q);
+                    for i in 0..m {
+                        let av = $set1(*aq.add(i));
+                        for j in 0..$nv {
+                            acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                        }
+                    }
+                }
+            }
+            for i in 0..m {
+                for j in 0..$nv {
+                    let d = dst[i].add(j * $lanes);
+                    let v = if accumulate {
+                        $add(acc[i][j], $load(d))
+                    } else {
+                        acc[i][j]
+                    };
+                    $store(d, v);
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $rows_tile(
+            _: &[*const f32; MR],
+            _: usize,
+            _: *const f32,
+            _: &[*mut f32; MR],
+            _: usize,
+            _: bool,
+            _: Option<Columns>,
+        ) {
+            unreachable!("cpu_supported() is false off x86-64")
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $cols_tile(
+            _: &dyn Fn(usize) -> *const f32,
+            _: usize,
+            _: usize,
+            _: *const f32,
+            _: usize,
+            _: &[*mut f32; MR],
+            _: bool,
+        ) {
+            unreachable!("cpu_supported() is false off x86-64")
+        }
+    };
+}
+
+micro_kernels!(
+    "avx2,fma",
+    rows_tile_16,
+    cols_tile_16,
+    __m256,
+    8,
+    2,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_max_ps,
+    _mm256_setzero_ps
+);
+micro_kernels!(
+    "avx512f",
+    rows_tile_64,
+    cols_tile_64,
+    __m512,
+    16,
+    4,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_max_ps,
+    _mm512_setzero_ps
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive `y = x_s · w` (+ epilogue), `dx`, `dw` over the stride grid.
+    fn naive(
+        g: &ConvGeom,
+        n: usize,
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let rows = n * g.oh * g.ow;
+        let mut y = vec![0.0f32; rows * g.cout];
+        let mut dx = vec![0.0f32; n * g.h * g.w * g.cin];
+        let mut dw = vec![0.0f32; g.cin * g.cout];
+        for r in 0..rows {
+            let p = grid_pixel(g, r);
+            for ci in 0..g.cin {
+                for co in 0..g.cout {
+                    y[r * g.cout + co] += x[p + ci] * w[ci * g.cout + co];
+                    dx[p + ci] += dy[r * g.cout + co] * w[ci * g.cout + co];
+                    dw[ci * g.cout + co] += x[p + ci] * dy[r * g.cout + co];
+                }
+            }
+        }
+        (y, dx, dw)
+    }
+
+    #[test]
+    fn products_match_the_definition() {
+        if !cpu_supported() {
+            return;
+        }
+        // (cin, cout, stride, side, n): tiles that are partial in rows and channels (the weight gradient's
+        // six-channel blocks), a reduction longer than one panel slice (cin 1024 at width 16 and 64), stride 2
+        // on even and odd planes, and widths that take the 16- and 64-column tiles.
+        for (cin, cout, stride, side, n) in [
+            (16, 16, 1, 3, 1),
+            (64, 256, 1, 5, 3),
+            (256, 64, 2, 6, 2),
+            (32, 64, 2, 7, 3),
+            (1024, 128, 1, 2, 2),
+            (144, 48, 1, 3, 5),
+        ] {
+            let g = ConvGeom::new(cin, cout, 1, stride, 0, side, side).unwrap();
+            let x: Vec<f32> = (0..n * side * side * cin)
+                .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
+                .collect();
+            let w: Vec<f32> = (0..cin * cout)
+                .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
+                .collect();
+            let rows = n * g.oh * g.ow;
+            let dy: Vec<f32> = (0..rows * cout)
+                .map(|i| ((i * 613 % 101) as f32 - 50.0) / 77.0)
+                .collect();
+            let (want_y, want_dx, want_dw) = naive(&g, n, &x, &w, &dy);
+            let close = |got: &[f32], want: &[f32], what: &str| {
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{what} {cin}->{cout} /{stride} {side}²×{n}: [{i}] = {a}, want {b}"
+                    );
+                }
+            };
+            let mut ws = vec![0.0f32; workspace_len(&g)];
+            let mut y = vec![f32::NAN; want_y.len()];
+            forward(&g, n, &x, &w, &mut y, Epilogue::default(), &mut ws);
+            close(&y, &want_y, "y");
+            let scale: Vec<f32> = (0..cout).map(|c| 0.5 + c as f32 / 9.0).collect();
+            let shift: Vec<f32> = (0..cout).map(|c| 0.3 - c as f32 / 11.0).collect();
+            forward(
+                &g,
+                n,
+                &x,
+                &w,
+                &mut y,
+                Epilogue::affine(&scale, &shift, true),
+                &mut ws,
+            );
+            let want_affine: Vec<f32> = want_y
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v * scale[i % cout] + shift[i % cout]).max(0.0))
+                .collect();
+            close(&y, &want_affine, "affine");
+            let mut dx = vec![f32::NAN; want_dx.len()];
+            input_grad(&g, n, &dy, &w, &mut dx, &mut ws);
+            close(&dx, &want_dx, "dx");
+            let mut dw = vec![f32::NAN; want_dw.len()];
+            weight_grad(&g, n, &x, &dy, &mut dw);
+            close(&dw, &want_dw, "dw");
+        }
+    }
+}
