@@ -4,23 +4,63 @@
 # ratio ours/PyTorch in images/s (medians of the per-round medians); then the peak memory of training at 96×96,
 # each side measured in a fresh process.
 #
+# The family section (ONLY=all, or a list that contains `family`) does the same for torchvision's networks at
+# 3×224×224, alternating A B C each round: ours, PyTorch, ONNX Runtime (tools/bench_onnxruntime.py, inference only):
+# resnet50 train224, infer224 (batch 32) and latency224 (batch 1), and resnet18 train224 at batch 64; then the
+# peak memory of resnet50 train224 at batch 32, each side in a fresh process.
+#
 #   tools/compare.sh [ROUNDS=3] [ITERS=3] [THREADS=2] [ONLY=all]
-# Needs: cargo, python3 with the pinned PyTorch (pip install -r tools/requirements.txt).
+#   e.g. tools/compare.sh 3 3 2 family          (the family section alone)
+#        tools/compare.sh 3 3 2 train96,infer96  (two chapter configurations, no family section)
+# The positional arguments default to the environment variables ROUNDS, ITERS, THREADS and ONLY, then to the
+# values above.
+# Needs: cargo, python3 with the pinned PyTorch, torchvision, onnx and onnxruntime
+# (pip install -r tools/requirements.txt); without onnxruntime the ONNX Runtime columns show '-'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-3}
-iters=${2:-3}
-threads=${3:-2}
-only=${4:-all}
+printf 'command:'
+printf ' %q' "$0" "$@"
+echo
+rounds=${1:-${ROUNDS:-3}}
+iters=${2:-${ITERS:-3}}
+threads=${3:-${THREADS:-2}}
+only=${4:-${ONLY:-all}}
+# The chapter's configurations (all, a list, or nothing) and whether the family section runs.
+family=no
+if [[ $only == all ]]; then
+  chapter=all
+  family=yes
+else
+  chapter=
+  IFS=, read -ra items <<< "$only"
+  for item in "${items[@]}"; do
+    if [[ $item == family ]]; then
+      family=yes
+    else
+      chapter=${chapter:+$chapter,}$item
+    fi
+  done
+fi
+echo "rounds $rounds, iters $iters, threads $threads, only $only"
 out=$(mktemp -d)
 cargo build --release --quiet
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); threads $threads; $(date -u +%F)"
-for r in $(seq 1 "$rounds"); do
-  ./target/release/resnet --threads "$threads" bench --json --iters "$iters" --only "$only" > "$out/ours.$r.json"
-  python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" --only "$only" > "$out/torch.$r.json"
-  echo "round $r done" >&2
-done
-python3 - "$out" "$rounds" <<'PY'
+resnet=${CARGO_TARGET_DIR:-target}/release/resnet
+ort_version=$(python3 -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || echo none)
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); onnxruntime $ort_version; threads $threads; $(date -u +%F)"
+
+# Peak RSS (MiB, rounded) of the one result that a `--json` benchmark prints on standard input.
+rss() {
+  python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"][0]["peak_rss_mib"]))'
+}
+
+if [[ -n $chapter ]]; then
+  echo "== the chapter's ResNet-18 ($chapter)"
+  for r in $(seq 1 "$rounds"); do
+    "$resnet" --threads "$threads" bench --json --iters "$iters" --only "$chapter" > "$out/ours.$r.json"
+    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" --only "$chapter" > "$out/torch.$r.json"
+    echo "round $r done" >&2
+  done
+  python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 def load(kind):
@@ -48,15 +88,89 @@ for name in ours:
     print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {per_round:>10.2f} {og:>13.1f} {tg:>14.1f}  {fmt}")
 print("(per-round values in", out, ")")
 PY
-# Peak memory of training at 96×96, batch 256: each side in a fresh process that runs only that configuration
-# (one warm-up and one timed step), PyTorch once per layout, so no earlier configuration's peak is counted.
-if [[ $only == all || $only == *train96* ]]; then
-  ours_rss=$(./target/release/resnet --threads "$threads" bench --json --iters 1 --warmup 1 --only train96 |
-    python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"][0]["peak_rss_mib"]))')
-  rss_line="peak RSS, train96 alone: ours $ours_rss MiB"
+  # Peak memory of training at 96×96, batch 256: each side in a fresh process that runs only that configuration
+  # (one warm-up and one timed step), PyTorch once per layout, so no earlier configuration's peak is counted.
+  if [[ $chapter == all || $chapter == *train96* ]]; then
+    ours_rss=$("$resnet" --threads "$threads" bench --json --iters 1 --warmup 1 --only train96 | rss)
+    rss_line="peak RSS, train96 alone: ours $ours_rss MiB"
+    for fmt in nchw channels_last; do
+      t_rss=$(python3 tools/bench_pytorch.py --json --threads "$threads" --iters 1 --warmup 1 --only train96 --formats "$fmt" | rss)
+      rss_line="$rss_line, PyTorch $fmt $t_rss MiB"
+    done
+    echo "$rss_line"
+  fi
+fi
+
+if [[ $family == yes ]]; then
+  echo "== torchvision's networks at 3×224×224: resnet50 train224, infer224 (batch 32), latency224 (batch 1); resnet18 train224 (batch 64)"
+  r50=(--arch resnet50 --only "train224,infer224,latency224")
+  r18=(--arch resnet18 --batch 64 --only train224)
+  for r in $(seq 1 "$rounds"); do
+    "$resnet" --threads "$threads" bench --json --iters "$iters" "${r50[@]}" > "$out/fam.ours.r50.$r.json"
+    "$resnet" --threads "$threads" bench --json --iters "$iters" "${r18[@]}" > "$out/fam.ours.r18.$r.json"
+    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" "${r50[@]}" > "$out/fam.torch.r50.$r.json"
+    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" "${r18[@]}" > "$out/fam.torch.r18.$r.json"
+    if [[ $ort_version != none ]]; then
+      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
+        --only infer224,latency224 > "$out/fam.ort.r50.$r.json"
+    fi
+    echo "family round $r done" >&2
+  done
+  python3 - "$out" "$rounds" <<'PY'
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+ROWS = [("resnet50", "train224", 32), ("resnet50", "infer224", 32), ("resnet50", "latency224", 1), ("resnet18", "train224", 64)]
+def load(kind):
+    """{(arch, name, batch): [result of round 1, round 2, …]}; rounds whose file is missing are skipped."""
+    res = {}
+    for r in range(1, rounds + 1):
+        for net in ("r50", "r18"):
+            path = f"{out}/fam.{kind}.{net}.{r}.json"
+            if os.path.exists(path):
+                for x in json.load(open(path))["results"]:
+                    res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
+    return res
+ours, torch, ort = load("ours"), load("torch"), load("ort")
+med = statistics.median
+def speed(rs):
+    """Median images/s of the rounds, with the median latency in ms for batch 1."""
+    if not rs:
+        return "-"
+    s = f"{med(x['images_per_s'] for x in rs):.1f}"
+    if rs[0]["batch"] == 1:
+        s += f" ({med(x['median_s'] for x in rs) * 1e3:.1f} ms)"
+    return s
+def ratios(o, t):
+    """ours/other: of the medians, and the median of the rounds' own ratios."""
+    if not o or not t:
+        return "-", "-"
+    a = med(x["images_per_s"] for x in o) / med(x["images_per_s"] for x in t)
+    b = med(x["images_per_s"] / y["images_per_s"] for x, y in zip(o, t))
+    return f"{a:.2f}", f"{b:.2f}"
+print("ours:", json.load(open(f"{out}/fam.ours.r50.1.json")).get("engine", "?"))
+# ratio: of the two medians; per round: the median of the rounds' own ratios (see the chapter's table).
+print(f"{'config':<23} {'ours img/s':>17} {'PyTorch img/s':>17} {'ours/PT':>7} {'per round':>9} "
+      f"{'ORT img/s':>17} {'ours/ORT':>8} {'per round':>9} {'GFLOP/s ours':>12} {'torch':>6}  torch layout")
+for key in ROWS:
+    arch, name, batch = key
+    o, t, x = ours.get(key, []), torch.get(key, []), ort.get(key, [])
+    pt, pt_round = ratios(o, t)
+    ox, ox_round = ratios(o, x)
+    og = f"{med(r['gflops'] for r in o):.1f}" if o else "-"
+    tg = f"{med(r['gflops'] for r in t):.1f}" if t else "-"
+    fmts = [r["format"] for r in t]
+    fmt = max(set(fmts), key=fmts.count) if fmts else "-"
+    label = f"{arch} {name} b{batch}"
+    print(f"{label:<23} {speed(o):>17} {speed(t):>17} {pt:>7} {pt_round:>9} "
+          f"{speed(x):>17} {ox:>8} {ox_round:>9} {og:>12} {tg:>6}  {fmt}")
+print("(ONNX Runtime: inference only; per-round values in", out, ")")
+PY
+  # Peak memory of resnet50 training at 224×224, batch 32: each side in a fresh process that runs only that
+  # configuration (one warm-up and one timed step), PyTorch once per layout.
+  ours_rss=$("$resnet" --threads "$threads" bench --json --iters 1 --warmup 1 --arch resnet50 --only train224 | rss)
+  rss_line="peak RSS, resnet50 train224 b32 alone: ours $ours_rss MiB"
   for fmt in nchw channels_last; do
-    t_rss=$(python3 tools/bench_pytorch.py --json --threads "$threads" --iters 1 --warmup 1 --only train96 --formats $fmt |
-      python3 -c 'import json,sys; print(round(json.load(sys.stdin)["results"][0]["peak_rss_mib"]))')
+    t_rss=$(python3 tools/bench_pytorch.py --json --threads "$threads" --iters 1 --warmup 1 --arch resnet50 --only train224 --formats "$fmt" | rss)
     rss_line="$rss_line, PyTorch $fmt $t_rss MiB"
   done
   echo "$rss_line"
