@@ -88,10 +88,18 @@ fn a_steady_state_training_step_allocates_nothing() {
         // torchvision's resnet18 (RGB, so the NCHW → NHWC conversion runs, convs without bias, BN on the
         // downsample shortcuts) at 48×48.
         let torchvision18 = ResNetConfig::named(ArchName::Resnet18, 3, 10);
+        // A narrow Bottleneck network (resnet50's layout, one block per stage): its 1×1 convolutions, stride 1
+        // and the stride-2 downsample shortcuts, run on the pointwise register tiles.
+        let bottleneck = ResNetConfig {
+            layers: vec![1, 1, 1, 1],
+            widths: vec![16, 32, 48, 64],
+            ..ResNetConfig::named(ArchName::Resnet50, 3, 10)
+        };
         for (config, side) in [
             (ResNetConfig::chapter(1, 10), 48),
             (ResNetConfig::chapter(1, 10), 28),
             (torchvision18, 48),
+            (bottleneck, 64),
         ] {
             let name = config.name();
             let channels = config.in_channels;

@@ -282,6 +282,43 @@ fn summary_prints_the_torchvision_family() {
         "summary resnet50",
     );
     assert_eq!(out, RESNET50_SUMMARY);
+    // --plan adds one line per convolution, named as in the state dict, with its geometry and its three
+    // algorithms (which ones depends on the CPU).
+    let out = expect_success(
+        &resnet(
+            &[
+                "summary",
+                "--arch",
+                "resnet50",
+                "--input",
+                "1x3x224x224",
+                "--plan",
+            ],
+            &cwd,
+        ),
+        "summary --plan",
+    );
+    assert!(
+        out.starts_with(RESNET50_SUMMARY.split("parameters").next().unwrap()),
+        "{out}"
+    );
+    assert!(out.contains("convolution plans at batch 1"), "{out}");
+    let plans: Vec<&str> = out.lines().filter(|l| l.contains(" fwd: ")).collect();
+    assert_eq!(plans.len(), 53, "{out}");
+    for (name, geometry) in [
+        ("conv1 ", "7x7 /2    3->64   224x224"),
+        ("layer1.0.downsample.0 ", "1x1 /1   64->256   56x56"),
+        ("layer2.0.conv2 ", "3x3 /2  128->128   56x56"),
+        ("layer4.2.conv3 ", "1x1 /1  512->2048   7x7"),
+    ] {
+        let line = plans.iter().find(|l| l.trim_start().starts_with(name));
+        assert!(
+            line.is_some_and(|l| l.contains(geometry)
+                && l.contains(" dW: ")
+                && l.contains(" dX: ")),
+            "{name}: {line:?}"
+        );
+    }
     // torchvision's published parameter counts, at 3 channels and 1000 classes (the defaults).
     for (arch, count) in [
         ("resnet18", "11,689,512"),
@@ -686,6 +723,11 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(&["bench", "--only", "nope"], &["--only", "nope", "train28"]),
         row(&["bench", "--batch", "0"], &["batch"]),
+        row(&["bench", "--plan", "--json"], &["--plan", "--json"]),
+        row(
+            &["bench", "--arch", "resnet50", "--only", "train512"],
+            &["--only", "train512", "train224"],
+        ),
         // Data.
         row(
             &["train", "--data", "/nonexistent/fashion"],

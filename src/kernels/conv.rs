@@ -17,7 +17,6 @@ use super::conv_winograd;
 use super::gemm::{matmul, MatRef};
 use super::geom::bits;
 pub use super::geom::{ConvGeom, MAX_KERNEL};
-use super::plan::direct_gemm_handles;
 pub use super::plan::{Algo, ConvPlan, InputGradAlgo, WeightGradAlgo};
 use super::tile::{self, Epilogue};
 use rayon::prelude::*;
@@ -168,23 +167,8 @@ fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
     }
 }
 
-/// `y [rows, n] (+)= a [rows, k] × b` on the direct kernels, `b` being a `[k, n]` matrix as the weights of a 1×1
-/// convolution (HWIO in place, or packed). Needs [`direct_gemm_handles`]`(k, n)`. Unlike the `gemm` crate, it
-/// allocates nothing.
-fn direct_gemm(
-    rows: usize,
-    k: usize,
-    n: usize,
-    a: &[f32],
-    b: conv_direct::Weights<'_>,
-    y: &mut [f32],
-    accumulate: bool,
-) {
-    let g = ConvGeom::new(k, n, 1, 1, 0, rows, 1).expect("a 1×1 kernel fits any plane");
-    conv_direct::conv_direct(&g, 1, a, b, y, accumulate, Epilogue::default(), false);
-}
-
-/// `y [rows, cout] (+)= im2col(x) × w` over chunks of images. `w` is the live-tap weight matrix.
+/// `y [rows, cout] (+)= im2col(x) × w` over chunks of images on the `gemm` crate (the portable path). `w` is
+/// the live-tap weight matrix.
 fn conv_gemm(
     g: &ConvGeom,
     n: usize,
@@ -197,42 +181,50 @@ fn conv_gemm(
     let k = g.live_patch_len();
     let wmat = MatRef::row_major(w, g.cout);
     if g.is_pointwise() {
-        matmul(
-            n * g.h * g.w,
-            g.cout,
-            k,
-            y,
-            accumulate,
-            MatRef::row_major(x, k),
-            wmat,
-        );
+        let x = MatRef::row_major(x, k);
+        matmul(n * g.h * g.w, g.cout, k, y, accumulate, x, wmat);
         return;
     }
-    let chunk = g.chunk_images(n);
     let rows_per_image = g.oh * g.ow;
     let plane_in = g.h * g.w * g.cin;
+    let chunk = g.chunk_images(n);
     let mut first = 0;
     while first < n {
         let images = chunk.min(n - first);
         let rows = images * rows_per_image;
         im2col(g, images, &x[first * plane_in..], cols);
         let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
-        if direct_gemm_handles(k, g.cout) {
-            // The stem (one input channel, so no direct convolution): its 49-wide column matrix times the
-            // weights, in place.
-            let w = conv_direct::Weights::Hwio(w);
-            direct_gemm(rows, k, g.cout, cols, w, y_chunk, accumulate);
-        } else {
-            matmul(
-                rows,
-                g.cout,
-                k,
-                y_chunk,
-                accumulate,
-                MatRef::row_major(&cols[..rows * k], k),
-                wmat,
-            );
-        }
+        let cols = MatRef::row_major(&cols[..rows * k], k);
+        matmul(rows, g.cout, k, y_chunk, accumulate, cols, wmat);
+        first += images;
+    }
+}
+
+/// `y = epilogue(im2col(x) × w)` over chunks of images on the register tiles of [`conv_pointwise::matmul`]
+/// (`w [live_taps·cin, cout]` packed into `packed` first), the epilogue applied as the tiles are stored.
+#[allow(clippy::too_many_arguments)]
+fn conv_gemm_tiles(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    epilogue: Epilogue<'_>,
+    packed: &mut [f32],
+    cols: &mut [f32],
+) {
+    let k = g.live_patch_len();
+    conv_pointwise::pack(k, g.cout, w, false, packed);
+    let rows_per_image = g.oh * g.ow;
+    let plane_in = g.h * g.w * g.cin;
+    let chunk = g.chunk_images(n);
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let rows = images * rows_per_image;
+        im2col(g, images, &x[first * plane_in..], cols);
+        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
+        conv_pointwise::matmul(rows, k, g.cout, cols, packed, y_chunk, epilogue);
         first += images;
     }
 }
@@ -265,13 +257,18 @@ fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
                 0
             }
         }
-        Algo::Im2col { .. } => {
+        Algo::Im2col { direct_gemm } => {
             let live_weights = if g.all_taps_live() {
                 0
             } else {
                 g.live_patch_len() * g.cout
             };
-            g.cols_len(n) + live_weights
+            let packed = if direct_gemm {
+                g.live_patch_len() * g.cout
+            } else {
+                0
+            };
+            g.cols_len(n) + live_weights + packed
         }
     }
 }
@@ -328,7 +325,22 @@ fn run_algo(
             };
             conv_direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
         }
-        Algo::Im2col { .. } => {
+        Algo::Im2col { direct_gemm: true } => {
+            let (wl, rest) = workspace.split_at_mut(if g.all_taps_live() {
+                0
+            } else {
+                g.live_patch_len() * g.cout
+            });
+            let w = if g.all_taps_live() {
+                w
+            } else {
+                gather_live_weights(g, w, wl);
+                &*wl
+            };
+            let (packed, cols) = rest.split_at_mut(g.live_patch_len() * g.cout);
+            conv_gemm_tiles(g, n, x, w, y, epilogue, packed, cols);
+        }
+        Algo::Im2col { direct_gemm: false } => {
             // A bias alone is the GEMM's starting value; an affine map is a second pass over the sums.
             let affine = epilogue.scale.is_some() || epilogue.relu;
             let accumulate = !affine && epilogue.shift.is_some();
@@ -380,7 +392,7 @@ impl ConvPlan {
         let weight_grad = match self.weight_grad {
             WeightGradAlgo::Winograd(_) => conv_winograd::weight_grad_scratch_len(g, n),
             WeightGradAlgo::ChannelMajor { .. } => conv_direct::weight_grad_chunk(g, n).1,
-            WeightGradAlgo::Pointwise { .. } => 0,
+            WeightGradAlgo::Pointwise { .. } => conv_pointwise::weight_grad_workspace_len(g, n),
             WeightGradAlgo::Im2col => {
                 let compact = if g.all_taps_live() {
                     0
@@ -494,7 +506,9 @@ impl ConvPlan {
             super::pointwise::column_sums(dy, g.cout, dbias);
         }
         match self.weight_grad {
-            WeightGradAlgo::Pointwise { .. } => conv_pointwise::weight_grad(g, n, x, dy, dw),
+            WeightGradAlgo::Pointwise { .. } => {
+                conv_pointwise::weight_grad(g, n, x, dy, dw, workspace)
+            }
             WeightGradAlgo::Winograd(_) => {
                 conv_winograd::conv_winograd_weight_grad(g, n, x, dy, dw, workspace)
             }
@@ -631,7 +645,8 @@ fn col2im_input_grad(
     dx[..n * plane_in].fill(0.0);
     let (packed_wt, cols) = rest.split_at_mut(if direct { k * g.cout } else { 0 });
     if direct {
-        pack_transposed(k, g.cout, w_live, packed_wt);
+        // dcols = dy · w_liveᵀ: the right-hand matrix is w_live [k, cout] read transposed.
+        conv_pointwise::pack(g.cout, k, w_live, true, packed_wt);
     }
     let chunk = g.chunk_images(n);
     let mut first = 0;
@@ -641,8 +656,8 @@ fn col2im_input_grad(
         let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
         let dcols = &mut cols[..rows * k];
         if direct {
-            let wt = conv_direct::Weights::Packed(packed_wt);
-            direct_gemm(rows, g.cout, k, dy_chunk, wt, dcols, false);
+            let none = Epilogue::default();
+            conv_pointwise::matmul(rows, g.cout, k, dy_chunk, packed_wt, dcols, none);
         } else {
             matmul(
                 rows,
@@ -686,25 +701,6 @@ pub fn conv2d_backward(
     workspace: &mut [f32],
 ) {
     ConvPlan::new(*g, n).backward(x, w, dy, dw, dbias, dx, workspace);
-}
-
-/// Writes `wᵀ` for `w [k, cout]` packed as the direct kernels read a `[cout, k]` weight matrix:
-/// `packed [k / 16, cout, 16]` (see [`conv_direct::pack_weights`]). `k` is a multiple of 16.
-fn pack_transposed(k: usize, cout: usize, w: &[f32], packed: &mut [f32]) {
-    let nr = tile::NR;
-    packed[..k * cout]
-        .par_chunks_mut(cout * nr)
-        .enumerate()
-        .for_each(|(panel, out)| {
-            for (j, wrow) in w[panel * nr * cout..][..nr * cout]
-                .chunks_exact(cout)
-                .enumerate()
-            {
-                for (co, &v) in wrow.iter().enumerate() {
-                    out[co * nr + j] = v;
-                }
-            }
-        });
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ use rayon::prelude::*;
 const PANEL_SLICE_FLOATS: usize = 8 * 1024;
 /// Most register tiles per task (the block of rows a task multiplies with every panel slice).
 const TILES_PER_TASK: usize = 16;
-/// Rows of `x_s` and `dy` per block of the weight gradient: the block's rows stay in L2 while the task's
-/// tiles read them.
-const DW_ROW_BLOCK: usize = 256;
+/// Floats of `x_s` and `dy` one block of the weight gradient packs (1 MiB: the block stays in L2 while the
+/// tiles read it).
+const DW_BLOCK_FLOATS: usize = 256 * 1024;
 
 /// True when AVX-512F is available and not switched off with `RESNET_AVX512=0` (checked once).
 pub fn avx512() -> bool {
@@ -73,14 +73,51 @@ pub fn tile_width(n: usize) -> usize {
     }
 }
 
-/// Floats of workspace [`forward`] and [`input_grad`] need (the packed weights); [`weight_grad`] needs none.
+/// Floats of workspace [`forward`] and [`input_grad`] need (the packed weights).
 pub fn workspace_len(g: &ConvGeom) -> usize {
     g.cin * g.cout
 }
 
-/// Packs `b` into panels `[n / W, k, W]` (W = [`tile_width`]`(n)`): `b [k, n]` row-major, or, when
-/// `transposed`, `b [n, k]` row-major read as its transpose.
-fn pack(k: usize, n: usize, b: &[f32], transposed: bool, packed: &mut [f32]) {
+/// True when [`matmul`] can compute a product with `n` output columns on this CPU.
+pub fn matmul_handles(n: usize) -> bool {
+    cpu_supported() && n > 0 && n.is_multiple_of(NR)
+}
+
+/// `c [rows, n] = epilogue(a [rows, k] · b)` (overwritten), both row-major, `b` as [`pack`] wrote it: the
+/// products of the im2col paths (the stem's column matrix, the column gradient of strided convs) on the same
+/// register tiles. Needs [`matmul_handles`]`(n)`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    rows: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b_packed: &[f32],
+    c: &mut [f32],
+    epilogue: Epilogue<'_>,
+) {
+    assert!(matmul_handles(n), "conv_pointwise::matmul: unsupported");
+    if rows == 0 {
+        return;
+    }
+    epilogue.check(n);
+    let (a_row, c_row) = (|r: usize| r * k, |r: usize| r * n);
+    gemm(
+        rows,
+        k,
+        n,
+        a,
+        &a_row,
+        &b_packed[..k * n],
+        c,
+        &c_row,
+        epilogue,
+    );
+}
+
+/// Packs `b` into panels `[n / W, k, W]` (W = [`tile_width`]`(n)`) for [`matmul`]: `b [k, n]` row-major, or,
+/// when `transposed`, `b [n, k]` row-major read as its transpose. `packed` holds `k·n` floats.
+pub fn pack(k: usize, n: usize, b: &[f32], transposed: bool, packed: &mut [f32]) {
     let width = tile_width(n);
     packed[..k * n]
         .par_chunks_mut(k * width)
@@ -204,10 +241,17 @@ fn gemm(
             let first_panel = (task % panel_tasks) * panels_per_task;
             let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
             let tiles = task_rows.div_ceil(MR);
-            // Rows past the end repeat the tile's first row: computed, never stored.
-            let row_of = |tile: usize, i: usize| {
-                first_row + tile * MR + if tile * MR + i < task_rows { i } else { 0 }
-            };
+            // The task's row pointers, once; rows past the end repeat the tile's first row (computed, never
+            // stored).
+            let mut a_rows = [[core::ptr::null::<f32>(); MR]; TILES_PER_TASK];
+            let mut c_rows = [[core::ptr::null_mut::<f32>(); MR]; TILES_PER_TASK];
+            for tile in 0..tiles {
+                for i in 0..MR {
+                    let r = first_row + tile * MR + if tile * MR + i < task_rows { i } else { 0 };
+                    a_rows[tile][i] = (a_ptr as *const f32).wrapping_add(a_row(r));
+                    c_rows[tile][i] = c_ptr.get().wrapping_add(c_row(r));
+                }
+            }
             let mut k0 = 0;
             while k0 < k {
                 let len = kc.min(k - k0);
@@ -217,12 +261,8 @@ fn gemm(
                     let store = epilogue.columns(col0).filter(|_| last);
                     let b_slice = b[panel * k * width + k0 * width..][..len * width].as_ptr();
                     for tile in 0..tiles {
-                        let a_rows: [*const f32; MR] = core::array::from_fn(|i| {
-                            (a_ptr as *const f32).wrapping_add(a_row(row_of(tile, i)) + k0)
-                        });
-                        let c_rows: [*mut f32; MR] = core::array::from_fn(|i| {
-                            c_ptr.get().wrapping_add(c_row(row_of(tile, i)) + col0)
-                        });
+                        let a_rows = a_rows[tile].map(|p| p.wrapping_add(k0));
+                        let c_rows = c_rows[tile].map(|p| p.wrapping_add(col0));
                         let tile_rows = (task_rows - tile * MR).min(MR);
                         // SAFETY: AVX2 (and AVX-512 for width 64) checked; each a row has k floats from a_row
                         // (asserted for the last row, rows increase), the slice reads len·width floats of the
@@ -258,9 +298,31 @@ fn gemm(
         });
 }
 
-/// `dw [cin, cout] = x_sᵀ · dy` (overwritten) for `x [n, h, w, cin]` and `dy [n·oh·ow, cout]`. Panics unless
-/// [`handles`]`(g)`.
-pub fn weight_grad(g: &ConvGeom, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]) {
+/// Rows of `x_s` and `dy` a block of the weight gradient packs, for `cin + cout` floats per row.
+fn dw_block_rows(g: &ConvGeom, rows: usize) -> usize {
+    (DW_BLOCK_FLOATS / (g.cin.next_multiple_of(MR) + g.cout)).clamp(1, rows.max(1))
+}
+
+/// Floats of workspace [`weight_grad`] needs for a batch of `n`: one packed block of rows.
+pub fn weight_grad_workspace_len(g: &ConvGeom, n: usize) -> usize {
+    let rows = n * g.oh * g.ow;
+    dw_block_rows(g, rows) * (g.cin.next_multiple_of(MR) + g.cout)
+}
+
+/// `dw [cin, cout] = x_sᵀ · dy` (overwritten) for `x [n, h, w, cin]` and `dy [n·oh·ow, cout]`; `workspace`
+/// holds [`weight_grad_workspace_len`] floats. Panics unless [`handles`]`(g)`.
+///
+/// Block by block of rows, `x_s` is packed six channels at a time, `[cin / 6, rows, 6]` (zeros past `cin`),
+/// and `dy` panel by panel, `[cout / W, rows, W]`, so that every tile then reads both operands as two
+/// sequential streams; tiles sum the blocks in order, so the result does not depend on the thread count.
+pub fn weight_grad(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    workspace: &mut [f32],
+) {
     assert!(handles(g), "conv_pointwise: unsupported");
     let rows = n * g.oh * g.ow;
     assert!(x.len() >= n * g.h * g.w * g.cin && dy.len() >= rows * g.cout);
@@ -269,53 +331,64 @@ pub fn weight_grad(g: &ConvGeom, n: usize, x: &[f32], dy: &[f32], dw: &mut [f32]
     let panels = g.cout / width;
     let channel_blocks = g.cin.div_ceil(MR);
     let tiles = channel_blocks * panels;
-    let tasks = (4 * rayon::current_num_threads()).clamp(1, tiles);
-    let tiles_per_task = tiles.div_ceil(tasks);
+    let block_rows = dw_block_rows(g, rows);
+    let (xp, dyp) = workspace[..block_rows * (channel_blocks * MR + g.cout)]
+        .split_at_mut(block_rows * channel_blocks * MR);
     let dw_ptr = SendPtr(dw.as_mut_ptr());
-    let (x_ptr, dy_ptr) = (x.as_ptr() as usize, dy.as_ptr() as usize);
-    (0..tiles.div_ceil(tiles_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let my_tiles = task * tiles_per_task..((task + 1) * tiles_per_task).min(tiles);
-            let mut r0 = 0;
-            while r0 < rows {
-                let len = DW_ROW_BLOCK.min(rows - r0);
-                for tile in my_tiles.clone() {
-                    let (block, panel) = (tile / panels, tile % panels);
-                    let c0 = block * MR;
-                    let m = (g.cin - c0).min(MR);
-                    let dst: [*mut f32; MR] = core::array::from_fn(|i| {
-                        dw_ptr
-                            .get()
-                            .wrapping_add((c0 + i.min(m - 1)) * g.cout + panel * width)
-                    });
-                    let b = (dy_ptr as *const f32).wrapping_add(r0 * g.cout + panel * width);
-                    // SAFETY: AVX2 (AVX-512 for width 64) checked. Row r of x_s holds cin floats from
-                    // grid_pixel(r) (x's length asserted), so channels c0..c0 + m are inside; dy rows are cout
-                    // floats apart with the panel's width columns inside; dw rows c0..c0 + m of the panel
-                    // belong to this task's tile alone.
-                    unsafe {
-                        let a = |q: usize| {
-                            (x_ptr as *const f32).wrapping_add(grid_pixel(g, r0 + q) + c0)
-                        };
-                        if width == 64 {
-                            cols_tile_64(&a, m, len, b, g.cout, &dst, r0 > 0);
-                        } else {
-                            cols_tile_16(&a, m, len, b, g.cout, &dst, r0 > 0);
-                        }
-                    }
+    let mut r0 = 0;
+    while r0 < rows {
+        let len = block_rows.min(rows - r0);
+        xp.par_chunks_mut(block_rows * MR)
+            .enumerate()
+            .for_each(|(block, out)| {
+                let c0 = block * MR;
+                let m = (g.cin - c0).min(MR);
+                for (q, o) in out[..len * MR].chunks_exact_mut(MR).enumerate() {
+                    let p = grid_pixel(g, r0 + q) + c0;
+                    o[..m].copy_from_slice(&x[p..][..m]);
+                    o[m..].fill(0.0);
                 }
-                r0 += len;
+            });
+        dyp.par_chunks_mut(block_rows * width)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                for (q, o) in out[..len * width].chunks_exact_mut(width).enumerate() {
+                    o.copy_from_slice(&dy[(r0 + q) * g.cout + panel * width..][..width]);
+                }
+            });
+        let (xp, dyp) = (&*xp, &*dyp);
+        (0..tiles).into_par_iter().for_each(|tile| {
+            let (block, panel) = (tile / panels, tile % panels);
+            let c0 = block * MR;
+            let m = (g.cin - c0).min(MR);
+            let dst: [*mut f32; MR] = core::array::from_fn(|i| {
+                dw_ptr
+                    .get()
+                    .wrapping_add((c0 + i.min(m - 1)) * g.cout + panel * width)
+            });
+            let a = xp[block * block_rows * MR..][..len * MR].as_ptr();
+            let b = dyp[panel * block_rows * width..][..len * width].as_ptr();
+            // SAFETY: AVX2 (AVX-512 for width 64) checked; the packed blocks hold len rows of 6 and of
+            // width floats (sliced above); dw rows c0..c0 + m of the panel belong to this tile alone.
+            unsafe {
+                if width == 64 {
+                    cols_tile_64(a, MR, b, width, &[(0, 0, len)], MR, &dst, r0 > 0, m);
+                } else {
+                    cols_tile_16(a, MR, b, width, &[(0, 0, len)], MR, &dst, r0 > 0, m);
+                }
             }
         });
+        r0 += len;
+    }
 }
 
 /// The two micro-kernels for one tile width, from one body:
 ///
 /// - `rows_tile`: `c[i][0..W] (+)= Σ_q a[i][q] · b[q·W + 0..W]` for `i < rows` (`a`: six row pointers,
 ///   `b`: a packed panel slice), then the epilogue; adds onto `c` when `accumulate`;
-/// - `cols_tile`: `dst[i][0..W] (+)= Σ_q a(q)[i] · b[q·b_stride + 0..W]` for `i < m` (six channels of one
-///   `x_s` row per step, one `dy` row), overwriting unless `accumulate`.
+/// - `cols_tile`: `dst[i][0..W] (+)= Σ_runs Σ_q a[a_off + q·a_step + i] · b[b_off + q·b_step + 0..W]` for
+///   `i < m` (six channels of one `x_s` row per step, one `dy` row), the first `stored` rows stored,
+///   overwriting unless `accumulate`.
 macro_rules! micro_kernels {
     ($features:literal, $rows_tile:ident, $cols_tile:ident, $vec:ty, $lanes:literal, $nv:literal,
      $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident, $max:ident, $zero:ident) => {
@@ -376,47 +449,54 @@ macro_rules! micro_kernels {
         }
 
         /// # Safety
-        /// The CPU has the target features; `a(q)` readable for `m` floats and `b` at `q·b_stride + 0..W` for
-        /// `q < len`; `dst[i]` writable for `W` floats for `i < m`.
+        /// The CPU has the target features; for each run `(a_off, b_off, len)`, `a` readable at
+        /// `a_off + q·a_step + 0..m` and `b` at `b_off + q·b_step + 0..W` for `q < len`; `dst[i]` writable for
+        /// `W` floats for `i < stored`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
         unsafe fn $cols_tile(
-            a: &dyn Fn(usize) -> *const f32,
-            m: usize,
-            len: usize,
+            a: *const f32,
+            a_step: usize,
             b: *const f32,
-            b_stride: usize,
+            b_step: usize,
+            runs: &[(usize, usize, usize)],
+            m: usize,
             dst: &[*mut f32; MR],
             accumulate: bool,
+            stored: usize,
         ) {
             use core::arch::x86_64::*;
             let mut acc: [[$vec; $nv]; MR] = [[$zero(); $nv]; MR];
-            if m == MR {
-                for q in 0..len {
-                    let bq = b.add(q * b_stride);
-                    let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bq.add(j * $lanes)));
-                    let aq = a(q);
-                    for i in 0..MR {
-                        let av = $set1(*aq.add(i));
-                        for j in 0..$nv {
-                            acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+            for &(a_off, b_off, len) in runs {
+                let (mut ap, mut bp) = (a.add(a_off), b.add(b_off));
+                if m == MR {
+                    for _ in 0..len {
+                        let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bp.add(j * $lanes)));
+                        for i in 0..MR {
+                            let av = $set1(*ap.add(i));
+                            for j in 0..$nv {
+                                acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                            }
                         }
+                        ap = ap.add(a_step);
+                        bp = bp.add(b_step);
                     }
-                }
-            } else {
-                for q in 0..len {
-                    let bq = b.add(q * b_stride);
-                    let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bq.add(j * $lanes)));
-                    let aq = a(q);
-                    for i in 0..m {
-                        let av = $set1(*aq.add(i));
-                        for j in 0..$nv {
-                            acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                } else {
+                    for _ in 0..len {
+                        let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bp.add(j * $lanes)));
+                        for i in 0..m {
+                            let av = $set1(*ap.add(i));
+                            for j in 0..$nv {
+                                acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                            }
                         }
+                        ap = ap.add(a_step);
+                        bp = bp.add(b_step);
                     }
                 }
             }
-            for i in 0..m {
+            for i in 0..stored.min(m) {
                 for j in 0..$nv {
                     let d = dst[i].add(j * $lanes);
                     let v = if accumulate {
@@ -579,7 +659,8 @@ mod tests {
             input_grad(&g, n, &dy, &w, &mut dx, &mut ws);
             close(&dx, &want_dx, "dx");
             let mut dw = vec![f32::NAN; want_dw.len()];
-            weight_grad(&g, n, &x, &dy, &mut dw);
+            let mut dw_ws = vec![0.0f32; weight_grad_workspace_len(&g, n)];
+            weight_grad(&g, n, &x, &dy, &mut dw, &mut dw_ws);
             close(&dw, &want_dw, "dw");
         }
     }

@@ -31,7 +31,8 @@ pub enum Algo {
         width: usize,
     },
     /// The column matrix of the live taps (im2col) times the weights; `direct_gemm`: the product on the
-    /// direct kernels (no allocation), else the `gemm` crate (the portable path, and narrow column matrices).
+    /// register tiles of [`conv_pointwise::matmul`] (no allocation, the epilogue fused), else the `gemm` crate
+    /// (the portable path).
     Im2col {
         /// The product runs on the direct kernels.
         direct_gemm: bool,
@@ -90,13 +91,6 @@ pub struct ConvPlan {
     pub input_grad: InputGradAlgo,
 }
 
-/// True when the direct kernels can multiply `[rows, k] × [k, n]` as a 1×1 convolution with `k` input and
-/// `n` output channels on this CPU.
-pub(crate) fn direct_gemm_handles(k: usize, n: usize) -> bool {
-    tile::cpu_supported()
-        && ConvGeom::new(k, n, 1, 1, 0, 1, 1).is_some_and(|g| conv_direct::handles(&g))
-}
-
 /// The forward algorithm for `g` at batch `n`.
 fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
     if let Some(tile) = conv_winograd::tile_for(g, n).filter(|_| conv_winograd::handles(g, n)) {
@@ -112,7 +106,7 @@ fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
         }
     } else {
         Algo::Im2col {
-            direct_gemm: !g.is_pointwise() && direct_gemm_handles(g.live_patch_len(), g.cout),
+            direct_gemm: !g.is_pointwise() && conv_pointwise::matmul_handles(g.cout),
         }
     }
 }
@@ -144,7 +138,8 @@ impl ConvPlan {
             InputGradAlgo::Transposed(forward_algo(&t, n))
         } else {
             InputGradAlgo::Col2im {
-                direct_gemm: direct_gemm_handles(g.cout, g.live_patch_len()),
+                direct_gemm: !g.is_pointwise()
+                    && conv_pointwise::matmul_handles(g.live_patch_len()),
             }
         };
         ConvPlan {
@@ -171,7 +166,7 @@ impl fmt::Display for Algo {
                 if *packed { " packed" } else { "" }
             ),
             Algo::Pointwise { width } => write!(f, "1x1 gemm {}x{width}", tile::MR),
-            Algo::Im2col { direct_gemm: true } => write!(f, "im2col + direct gemm"),
+            Algo::Im2col { direct_gemm: true } => write!(f, "im2col + gemm tiles"),
             Algo::Im2col { direct_gemm: false } => write!(f, "im2col + gemm crate"),
         }
     }
@@ -194,7 +189,7 @@ impl fmt::Display for InputGradAlgo {
         match self {
             InputGradAlgo::Transposed(a) => write!(f, "transposed conv, {a}"),
             InputGradAlgo::Pointwise { width } => write!(f, "1x1 gemm {}x{width}", tile::MR),
-            InputGradAlgo::Col2im { direct_gemm: true } => write!(f, "direct gemm + col2im"),
+            InputGradAlgo::Col2im { direct_gemm: true } => write!(f, "gemm tiles + col2im"),
             InputGradAlgo::Col2im { direct_gemm: false } => write!(f, "gemm crate + col2im"),
         }
     }
