@@ -302,7 +302,10 @@ fn run_algo(
             };
             conv_winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
         }
-        Algo::Pointwise { .. } => conv_pointwise::forward(g, n, x, w, y, epilogue, workspace),
+        Algo::Pointwise { .. } => match prepared {
+            Some(p) => conv_pointwise::forward_packed(g, n, x, p, y, epilogue),
+            None => conv_pointwise::forward(g, n, x, w, y, epilogue, workspace),
+        },
         Algo::Direct {
             packed,
             by_position,
@@ -424,16 +427,18 @@ impl ConvPlan {
         match self.forward {
             Algo::Winograd(_) => Some(conv_winograd::weights_len(&self.geom, self.batch)),
             Algo::Direct { packed: true, .. } => Some(conv_direct::packed_len(&self.geom)),
+            Algo::Pointwise { .. } => Some(conv_pointwise::workspace_len(&self.geom)),
             _ => None,
         }
     }
 
-    /// Writes `w` as the forward pass reads it (Winograd-transformed, or packed for the direct kernels) into
+    /// Writes `w` as the forward pass reads it (Winograd-transformed, or packed for the direct or 1×1 tiles) into
     /// `out` (at least [`ConvPlan::prepared_len`] floats), so that a caller can keep it.
     pub fn prepare_weights(&self, w: &[f32], out: &mut [f32]) {
         match self.forward {
             Algo::Winograd(_) => conv_winograd::transform_weights(&self.geom, self.batch, w, out),
             Algo::Direct { packed: true, .. } => conv_direct::pack_weights(&self.geom, w, out),
+            Algo::Pointwise { .. } => conv_pointwise::pack_weights(&self.geom, w, out),
             _ => {}
         }
     }

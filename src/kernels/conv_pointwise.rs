@@ -157,13 +157,32 @@ pub fn forward(
     epilogue: Epilogue<'_>,
     workspace: &mut [f32],
 ) {
+    let packed = &mut workspace[..g.cin * g.cout];
+    pack_weights(g, w, packed);
+    forward_packed(g, n, x, packed, y, epilogue);
+}
+
+/// Packs `w [cin, cout]` as [`forward_packed`] reads it into `packed` ([`workspace_len`] floats), so that a
+/// caller can keep it (eval mode).
+pub fn pack_weights(g: &ConvGeom, w: &[f32], packed: &mut [f32]) {
+    assert!(w.len() >= g.cin * g.cout);
+    pack(g.cin, g.cout, w, false, packed);
+}
+
+/// [`forward`] with the weights as [`pack_weights`] wrote them.
+pub fn forward_packed(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    packed: &[f32],
+    y: &mut [f32],
+    epilogue: Epilogue<'_>,
+) {
     assert!(handles(g), "conv_pointwise: unsupported");
     let rows = n * g.oh * g.ow;
-    assert!(x.len() >= n * g.h * g.w * g.cin && w.len() >= g.cin * g.cout);
+    assert!(x.len() >= n * g.h * g.w * g.cin && packed.len() >= g.cin * g.cout);
     let y = &mut y[..rows * g.cout];
     epilogue.check(g.cout);
-    let packed = &mut workspace[..g.cin * g.cout];
-    pack(g.cin, g.cout, w, false, packed);
     let a_row = |r: usize| grid_pixel(g, r);
     let c_row = |r: usize| r * g.cout;
     gemm(rows, g.cin, g.cout, x, &a_row, packed, y, &c_row, epilogue);
