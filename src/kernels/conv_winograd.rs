@@ -23,7 +23,8 @@
 
 use super::geom::ConvGeom;
 use super::tile::{
-    cm_tile_rows_of, cpu_supported, tile_6x16, Epilogue, SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
+    avx512, cm_tile_rows_of, cols_tile_64, cpu_supported, rows_tile_64, tile_6x16, Epilogue,
+    SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
 };
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
@@ -809,22 +810,34 @@ unsafe fn output_transform<T: Transform>(
 unsafe fn products(g: &ConvGeom, xi: usize, u: &[f32], v: &[f32], m: &mut [f32], span: Span) {
     let (cin, cout, count, chunk) = (g.cin, g.cout, span.count, span.chunk);
     let register_tiles = count.div_ceil(MR);
+    // With AVX-512 a 6 × 64 tile reads four 16-column panels at once (one 16-float vector each).
+    let wide = avx512() && cout.is_multiple_of(64);
     for x in 0..xi {
         let v_x = &v[x * chunk * cin..][..count * cin];
         let m_x = m[x * chunk * cout..].as_mut_ptr();
-        for panel in 0..cout / NR {
-            let u_slice = [u[(panel * xi + x) * cin * NR..][..cin * NR].as_ptr()];
-            for tile in 0..register_tiles {
-                let rows = (count - tile * MR).min(MR);
-                // Rows past `count` repeat the tile's first row; they are computed and never stored.
-                let mut ptrs = [v_x[tile * MR * cin..].as_ptr(); MR];
-                for (r, p) in ptrs.iter_mut().enumerate().take(rows) {
-                    *p = v_x[(tile * MR + r) * cin..][..cin].as_ptr();
+        let panel_of = |panel: usize| u[(panel * xi + x) * cin * NR..][..cin * NR].as_ptr();
+        for tile in 0..register_tiles {
+            let rows = (count - tile * MR).min(MR);
+            // Rows past `count` repeat the tile's first row; they are computed and never stored.
+            let mut ptrs = [v_x[tile * MR * cin..].as_ptr(); MR];
+            for (r, p) in ptrs.iter_mut().enumerate().take(rows) {
+                *p = v_x[(tile * MR + r) * cin..][..cin].as_ptr();
+            }
+            let m_rows: [*mut f32; MR] =
+                core::array::from_fn(|r| m_x.add((tile * MR + r.min(rows - 1)) * cout));
+            if wide {
+                for panel in (0..cout / NR).step_by(4) {
+                    let b = [0, 1, 2, 3].map(|j| panel_of(panel + j));
+                    let c = m_rows.map(|p| p.add(panel * NR));
+                    rows_tile_64(&ptrs, cin, &b, NR, &c, rows, false, None);
                 }
+                continue;
+            }
+            for panel in 0..cout / NR {
                 tile_6x16(
                     &ptrs,
                     cin,
-                    &u_slice,
+                    &[panel_of(panel)],
                     NR,
                     m_x.add(tile * MR * cout + panel * NR),
                     cout,
@@ -861,6 +874,17 @@ unsafe fn weight_products(
             let mut dst = [0usize; MR];
             for (i, d) in dst.iter_mut().enumerate().take(rows) {
                 *d = (c0 + i) * cout;
+            }
+            if avx512() && cout.is_multiple_of(64) {
+                let dst_rows: [*mut f32; MR] =
+                    core::array::from_fn(|i| sums_x.add(dst[i.min(rows - 1)]));
+                for panel in 0..cout / 64 {
+                    let d = dst_rows.map(|p| p.add(panel * 64));
+                    let runs = [(0, 0, count)];
+                    let b = w_x.add(panel * 64);
+                    cols_tile_64(v_x.add(c0), cin, b, cout, &runs, rows, &d, !overwrite, rows);
+                }
+                continue;
             }
             for panel in 0..cout / NR {
                 cm_tile_rows_of(
@@ -972,9 +996,12 @@ mod tests {
             return;
         }
         // (cin, cout, side, batch): planes each tile size divides and planes it does not (tiles partly
-        // outside), several chunks, a partial register tile, a plane smaller than a tile.
+        // outside), several chunks, a partial register tile, a plane smaller than a tile; output channels in
+        // multiples of 64 (the 6 × 64 tile with AVX-512).
         for (cin, cout, side, n) in [
             (16, 16, 4, 3),
+            (40, 64, 7, 5),
+            (16, 128, 4, 3),
             (24, 32, 7, 5),
             (64, 48, 12, 2),
             (16, 16, 1, 7),
@@ -1036,9 +1063,11 @@ mod tests {
             return;
         }
         // (cin, cout, side, batch): planes each tile size divides and planes it does not, several chunks per
-        // worker, channel counts that leave a partial 6-channel block.
+        // worker, channel counts that leave a partial 6-channel block, output channels in multiples of 64.
         for (cin, cout, side, n) in [
             (16, 32, 4, 9),
+            (40, 64, 7, 5),
+            (40, 128, 6, 4),
             (40, 16, 7, 5),
             (64, 48, 12, 3),
             (16, 16, 6, 8),

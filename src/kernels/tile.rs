@@ -2,7 +2,8 @@
 //! padding, a pointer rayon tasks may share, what is applied to a tile as it is stored ([`Epilogue`]), and
 //! the AVX2 micro-kernels themselves: a 6×16 tile of `y = a·b` with `a` read through six row pointers
 //! ([`tile_6x16`], the forward kernels' and Winograd's), and one with `a` read six floats at a time down a strided
-//! column ([`cm_tile_rows_of`], the weight gradients').
+//! column ([`cm_tile_rows_of`], the weight gradients'); and the same two shapes generated for AVX2 (6 × 16) and
+//! AVX-512 (6 × 64) from one body ([`micro_kernels!`]: `rows_tile_16/64`, `cols_tile_16/64`).
 
 /// Rows per register tile.
 pub(crate) const MR: usize = 6;
@@ -36,6 +37,26 @@ fn detect() -> bool {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn detect() -> bool {
+    false
+}
+
+/// True when AVX-512F is available and not switched off with `RESNET_AVX512=0` (checked once).
+pub fn avx512() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var_os("RESNET_AVX512").is_some_and(|v| v == "0");
+        cpu_supported() && !off && detect_avx512()
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_avx512() -> bool {
+    std::is_x86_feature_detected!("avx512f")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_avx512() -> bool {
     false
 }
 
@@ -305,3 +326,190 @@ unsafe fn cm_tile_packed<const M: usize>(
 ) {
     unreachable!("cpu_supported() is false off x86-64")
 }
+
+/// The two micro-kernels for one tile width, from one body:
+///
+/// - `rows_tile`: `c[i][v·L..(v + 1)·L] (+)= Σ_q a[i][q] · b[v][q·b_step + 0..L]` for `i < rows` and each of
+///   the tile's vectors `v` (`a`: six row pointers; `b`: one pointer per vector of `L` lanes, into packed panels),
+///   then the epilogue; adds onto `c` when `accumulate`;
+/// - `cols_tile`: `dst[i][0..W] (+)= Σ_runs Σ_q a[a_off + q·a_step + i] · b[b_off + q·b_step + 0..W]` for
+///   `i < m` (six channels of one `x_s` row per step, one `dy` row), the first `stored` rows stored,
+///   overwriting unless `accumulate`.
+macro_rules! micro_kernels {
+    ($features:literal, $rows_tile:ident, $cols_tile:ident, $vec:ty, $lanes:literal, $nv:literal,
+     $load:ident, $store:ident, $set1:ident, $fmadd:ident, $add:ident, $max:ident, $zero:ident) => {
+        /// # Safety
+        /// The CPU has the target features; `a[i]` readable for `k` floats, `b[v]` at `q·b_step + 0..L` for
+        /// `q < k`, `c[i]` writable for `W` floats for `i < rows`, the epilogue's columns readable for `W`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $rows_tile(
+            a: &[*const f32; MR],
+            k: usize,
+            b: &[*const f32; $nv],
+            b_step: usize,
+            c: &[*mut f32; MR],
+            rows: usize,
+            accumulate: bool,
+            epilogue: Option<Columns>,
+        ) {
+            use core::arch::x86_64::*;
+            let mut acc: [[$vec; $nv]; MR] = [[$zero(); $nv]; MR];
+            let [a0, a1, a2, a3, a4, a5] = *a;
+            for q in 0..k {
+                let bv: [$vec; $nv] = core::array::from_fn(|j| $load(b[j].add(q * b_step)));
+                for (i, p) in [a0, a1, a2, a3, a4, a5].into_iter().enumerate() {
+                    let av = $set1(*p.add(q));
+                    for j in 0..$nv {
+                        acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..rows {
+                for j in 0..$nv {
+                    let d = c[i].add(j * $lanes);
+                    let mut v = acc[i][j];
+                    if accumulate {
+                        v = $add(v, $load(d));
+                    }
+                    if let Some(e) = epilogue {
+                        let s = if e.scale.is_null() {
+                            $set1(1.0)
+                        } else {
+                            $load(e.scale.add(j * $lanes))
+                        };
+                        let t = if e.shift.is_null() {
+                            $zero()
+                        } else {
+                            $load(e.shift.add(j * $lanes))
+                        };
+                        v = $fmadd(v, s, t);
+                        if e.relu {
+                            v = $max(v, $zero());
+                        }
+                    }
+                    $store(d, v);
+                }
+            }
+        }
+
+        /// # Safety
+        /// The CPU has the target features; for each run `(a_off, b_off, len)`, `a` readable at
+        /// `a_off + q·a_step + 0..m` and `b` at `b_off + q·b_step + 0..W` for `q < len`; `dst[i]` writable for
+        /// `W` floats for `i < stored`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) unsafe fn $cols_tile(
+            a: *const f32,
+            a_step: usize,
+            b: *const f32,
+            b_step: usize,
+            runs: &[(usize, usize, usize)],
+            m: usize,
+            dst: &[*mut f32; MR],
+            accumulate: bool,
+            stored: usize,
+        ) {
+            use core::arch::x86_64::*;
+            let mut acc: [[$vec; $nv]; MR] = [[$zero(); $nv]; MR];
+            for &(a_off, b_off, len) in runs {
+                let (mut ap, mut bp) = (a.add(a_off), b.add(b_off));
+                if m == MR {
+                    for _ in 0..len {
+                        let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bp.add(j * $lanes)));
+                        for i in 0..MR {
+                            let av = $set1(*ap.add(i));
+                            for j in 0..$nv {
+                                acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                            }
+                        }
+                        ap = ap.add(a_step);
+                        bp = bp.add(b_step);
+                    }
+                } else {
+                    for _ in 0..len {
+                        let bv: [$vec; $nv] = core::array::from_fn(|j| $load(bp.add(j * $lanes)));
+                        for i in 0..m {
+                            let av = $set1(*ap.add(i));
+                            for j in 0..$nv {
+                                acc[i][j] = $fmadd(av, bv[j], acc[i][j]);
+                            }
+                        }
+                        ap = ap.add(a_step);
+                        bp = bp.add(b_step);
+                    }
+                }
+            }
+            for i in 0..stored.min(m) {
+                for j in 0..$nv {
+                    let d = dst[i].add(j * $lanes);
+                    let v = if accumulate {
+                        $add(acc[i][j], $load(d))
+                    } else {
+                        acc[i][j]
+                    };
+                    $store(d, v);
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $rows_tile(
+            _: &[*const f32; MR],
+            _: usize,
+            _: *const f32,
+            _: &[*mut f32; MR],
+            _: usize,
+            _: bool,
+            _: Option<Columns>,
+        ) {
+            unreachable!("cpu_supported() is false off x86-64")
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $cols_tile(
+            _: &dyn Fn(usize) -> *const f32,
+            _: usize,
+            _: usize,
+            _: *const f32,
+            _: usize,
+            _: &[*mut f32; MR],
+            _: bool,
+        ) {
+            unreachable!("cpu_supported() is false off x86-64")
+        }
+    };
+}
+
+micro_kernels!(
+    "avx2,fma",
+    rows_tile_16,
+    cols_tile_16,
+    __m256,
+    8,
+    2,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_max_ps,
+    _mm256_setzero_ps
+);
+micro_kernels!(
+    "avx512f",
+    rows_tile_64,
+    cols_tile_64,
+    __m512,
+    16,
+    4,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_max_ps,
+    _mm512_setzero_ps
+);
