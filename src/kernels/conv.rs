@@ -802,7 +802,9 @@ mod tests {
         // planes with batches of 24 or more (position-major tiles): a partial last tile, stride 2, dead taps,
         // two tap passes, and border positions of a padded 1×1 conv that see no input at all. The 3×3 stride-1
         // convs over 8×8, 12×12 and 7×7 planes with 64 tiles or more run forward, both gradients and the eval
-        // affine on the Winograd kernels (the 7×7 one with tiles partly outside the plane).
+        // affine on the Winograd kernels (the 7×7 one with tiles partly outside the plane). Last, 64 and 128
+        // output channels (the AVX-512 tile over four panels): position-major, a padded 1×1 whose border
+        // positions see no input, stride 2.
         let cases = [
             (16, 16, 3, 1, 1, 5, 7, 3),
             (32, 48, 3, 2, 1, 9, 9, 2),
@@ -820,6 +822,9 @@ mod tests {
             (128, 32, 3, 1, 1, 3, 3, 26),
             (16, 16, 1, 1, 1, 2, 2, 24),
             (16, 32, 3, 1, 1, 7, 7, 6),
+            (32, 64, 3, 1, 1, 3, 3, 25),
+            (16, 64, 1, 1, 1, 2, 2, 24),
+            (64, 128, 3, 2, 1, 9, 9, 2),
         ];
         for (cin, cout, k, s, p, h, w, n) in cases {
             let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();

@@ -14,8 +14,8 @@
 
 use super::geom::ConvGeom;
 use super::tile::{
-    cm_tile_rows_of, cpu_supported, store_dw_tile, tile_6x16, Epilogue, SendPtr, MAX_CIN, MIN_CIN,
-    MR, NR, ZEROS,
+    avx512, cm_tile_rows_of, cpu_supported, rows_tile_64, store_dw_tile, tile_6x16, Columns,
+    Epilogue, SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
 };
 use rayon::prelude::*;
 
@@ -148,9 +148,13 @@ pub fn conv_direct(
     let row_tasks = rows.div_ceil(rows_per_task);
     // Few rows (batch 1, or the last stages): the column panels are split among tasks as well, so that each
     // task reads its share of the weights once instead of every task reading all of them.
+    // Panels are walked in groups: four 16-column panels per AVX-512 tile, one per AVX2 tile.
+    let group = panel_group(g);
+    let groups = g.cout / (NR * group);
+    let groups_per_task = groups.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, groups));
+    let panels_per_task = groups_per_task * group;
     let panels = g.cout / NR;
-    let panels_per_task = panels.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, panels));
-    let panel_tasks = panels.div_ceil(panels_per_task);
+    let panel_tasks = groups.div_ceil(groups_per_task);
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..row_tasks * panel_tasks)
         .into_par_iter()
@@ -185,8 +189,8 @@ pub fn conv_direct(
             }
             // Taps per pass: a pass's slice of the weight panel (taps·cin·16 floats) stays within 64 KiB so
             // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
-            let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, taps);
-            for panel in task_panels {
+            let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR * group)).clamp(1, taps);
+            for panel in task_panels.step_by(group) {
                 let mut first_tap = 0;
                 while first_tap < taps {
                     let pass_taps = taps_per_pass.min(taps - first_tap);
@@ -211,11 +215,12 @@ pub fn conv_direct(
                         // (< rows) have 16 columns from the panel on; tasks write disjoint blocks (their rows ×
                         // their panels).
                         unsafe {
-                            tile_6x16(
+                            pass_tile(
+                                group,
                                 tile_ptrs,
                                 g.cin,
                                 &wtaps[..pass_taps],
-                                w_stride,
+                                (w_stride, panel_stride),
                                 y_ptr.get().add(dst),
                                 g.cout,
                                 tile_rows,
@@ -257,6 +262,57 @@ pub fn by_position(g: &ConvGeom, n: usize) -> bool {
     n >= POSITION_MAJOR_MIN_BATCH && padding_tap_share(g) >= POSITION_MAJOR_MIN_PADDING
 }
 
+/// 16-column panels per register tile: four (one AVX-512 6 × 64 tile) where the CPU has AVX-512 and the output
+/// channels are a multiple of 64, else one (the AVX2 6 × 16 tile).
+fn panel_group(g: &ConvGeom) -> usize {
+    if avx512() && g.cout.is_multiple_of(64) {
+        4
+    } else {
+        1
+    }
+}
+
+/// One register tile over a pass of taps: [`tile_6x16`] on `group = 1` panel, or, for `group = 4`, the AVX-512
+/// `rows_tile_64` once per tap (the sums stay in `dst` between taps; the epilogue goes with the last tap).
+/// `strides = (w_stride, panel_stride)`: the distance between a tap's weight rows and between its panels.
+///
+/// # Safety
+/// As for [`tile_6x16`], with `group·16` columns of `dst` and of each weight row; AVX-512 for `group = 4`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn pass_tile(
+    group: usize,
+    ptrs: &[*const f32],
+    cin: usize,
+    wtaps: &[*const f32],
+    strides: (usize, usize),
+    dst: *mut f32,
+    dst_stride: usize,
+    rows: usize,
+    accumulate: bool,
+    store: Option<Columns>,
+) {
+    let (w_stride, panel_stride) = strides;
+    if group == 1 {
+        return tile_6x16(
+            ptrs, cin, wtaps, w_stride, dst, dst_stride, rows, accumulate, store,
+        );
+    }
+    let c: [*mut f32; MR] = core::array::from_fn(|i| dst.add(i.min(rows - 1) * dst_stride));
+    if wtaps.is_empty() {
+        // No tap reads the input here: store zeros (and the epilogue).
+        let a = [ZEROS.as_ptr(); MR];
+        let b = [ZEROS.as_ptr(); 4];
+        return rows_tile_64(&a, 0, &b, 0, &c, rows, accumulate, store);
+    }
+    let last = wtaps.len() - 1;
+    for (t, &w) in wtaps.iter().enumerate() {
+        let a: [*const f32; MR] = ptrs[t * MR..][..MR].try_into().expect("six rows");
+        let b = [0, 1, 2, 3].map(|j| w.add(j * panel_stride));
+        let store = store.filter(|_| t == last);
+        rows_tile_64(&a, cin, &b, w_stride, &c, rows, accumulate || t > 0, store);
+    }
+}
+
 /// Where [`conv_direct`]'s weights are: live tap `t`, panel `p`, channel `c` starts at
 /// `w[tap_offsets[t] + p·panel_stride + c·w_stride]`.
 struct WeightView<'a> {
@@ -284,7 +340,8 @@ fn conv_by_position(
     let image_tiles = n.div_ceil(MR);
     let tiles_per_task = TILES_PER_TASK.min(image_tiles);
     let tile_tasks = image_tiles.div_ceil(tiles_per_task);
-    let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR)).clamp(1, MAX_TAPS);
+    let group = panel_group(g);
+    let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR * group)).clamp(1, MAX_TAPS);
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..plane * tile_tasks).into_par_iter().for_each(|task| {
         let pos = task / tile_tasks;
@@ -318,7 +375,7 @@ fn conv_by_position(
                 }
             }
         }
-        for panel in 0..panels {
+        for panel in (0..panels).step_by(group) {
             let mut first_tap = 0;
             // At least one pass, so that a position with no tap in the input still stores its zeros / epilogue.
             loop {
@@ -339,11 +396,12 @@ fn conv_by_position(
                     // conv_direct); the tile's rows are images < n at position `pos`, plane·cout apart, each
                     // with 16 columns from the panel inside y; tasks write disjoint (position, images) rows.
                     unsafe {
-                        tile_6x16(
+                        pass_tile(
+                            group,
                             tile_ptrs,
                             g.cin,
                             &wtaps[..pass_taps],
-                            wv.w_stride,
+                            (wv.w_stride, wv.panel_stride),
                             y_ptr.get().add(dst),
                             plane * g.cout,
                             tile_rows,
