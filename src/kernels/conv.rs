@@ -23,15 +23,15 @@ use rayon::prelude::*;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
 pub fn engine() -> String {
-    let pointwise = if conv_pointwise::avx512() {
-        "1x1 convs as AVX-512 GEMM tiles"
+    let tiles = if conv_pointwise::avx512() {
+        "AVX-512 6x64 tiles where output channels are a multiple of 64, AVX2 6x16 tiles elsewhere"
     } else {
-        "1x1 convs as AVX2 GEMM tiles"
+        "AVX2 6x16 tiles"
     };
     if conv_winograd::enabled() {
-        format!("Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, {pointwise}, direct AVX2 kernels for the others")
+        format!("Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, 1x1 GEMM and direct kernels for the others; {tiles}")
     } else if tile::cpu_supported() {
-        format!("direct AVX2 kernels, {pointwise} (Winograd off: RESNET_WINOGRAD=0)")
+        format!("1x1 GEMM and direct kernels (Winograd off: RESNET_WINOGRAD=0); {tiles}")
     } else {
         "portable im2col + gemm".to_string()
     }
@@ -167,6 +167,31 @@ fn scatter_live_weights(g: &ConvGeom, compact: &[f32], dw: &mut [f32]) {
     }
 }
 
+/// Calls `product(rows, cols, y_chunk)` for each chunk of images: `cols [rows, live_taps·cin]` is the chunk's
+/// column matrix (written into `cols`), `y_chunk [rows, cout]` its part of `y`.
+fn for_each_chunk(
+    g: &ConvGeom,
+    n: usize,
+    x: &[f32],
+    y: &mut [f32],
+    cols: &mut [f32],
+    mut product: impl FnMut(usize, &[f32], &mut [f32]),
+) {
+    let k = g.live_patch_len();
+    let rows_per_image = g.oh * g.ow;
+    let plane_in = g.h * g.w * g.cin;
+    let chunk = g.chunk_images(n);
+    let mut first = 0;
+    while first < n {
+        let images = chunk.min(n - first);
+        let rows = images * rows_per_image;
+        im2col(g, images, &x[first * plane_in..], cols);
+        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
+        product(rows, &cols[..rows * k], y_chunk);
+        first += images;
+    }
+}
+
 /// `y [rows, cout] (+)= im2col(x) × w` over chunks of images on the `gemm` crate (the portable path). `w` is
 /// the live-tap weight matrix.
 fn conv_gemm(
@@ -185,19 +210,10 @@ fn conv_gemm(
         matmul(n * g.h * g.w, g.cout, k, y, accumulate, x, wmat);
         return;
     }
-    let rows_per_image = g.oh * g.ow;
-    let plane_in = g.h * g.w * g.cin;
-    let chunk = g.chunk_images(n);
-    let mut first = 0;
-    while first < n {
-        let images = chunk.min(n - first);
-        let rows = images * rows_per_image;
-        im2col(g, images, &x[first * plane_in..], cols);
-        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
-        let cols = MatRef::row_major(&cols[..rows * k], k);
+    for_each_chunk(g, n, x, y, cols, |rows, cols, y_chunk| {
+        let cols = MatRef::row_major(cols, k);
         matmul(rows, g.cout, k, y_chunk, accumulate, cols, wmat);
-        first += images;
-    }
+    });
 }
 
 /// `y = epilogue(im2col(x) × w)` over chunks of images on the register tiles of [`conv_pointwise::matmul`]
@@ -215,18 +231,10 @@ fn conv_gemm_tiles(
 ) {
     let k = g.live_patch_len();
     conv_pointwise::pack(k, g.cout, w, false, packed);
-    let rows_per_image = g.oh * g.ow;
-    let plane_in = g.h * g.w * g.cin;
-    let chunk = g.chunk_images(n);
-    let mut first = 0;
-    while first < n {
-        let images = chunk.min(n - first);
-        let rows = images * rows_per_image;
-        im2col(g, images, &x[first * plane_in..], cols);
-        let y_chunk = &mut y[first * rows_per_image * g.cout..][..rows * g.cout];
+    let packed = &*packed;
+    for_each_chunk(g, n, x, y, cols, |rows, cols, y_chunk| {
         conv_pointwise::matmul(rows, k, g.cout, cols, packed, y_chunk, epilogue);
-        first += images;
-    }
+    });
 }
 
 /// The direct kernels' view of `w`: packed into `workspace` when `packed`, in place otherwise.
