@@ -222,6 +222,45 @@ impl ResNet {
         opt.step_each(lr, &mut |update| self.visit_params_mut(update));
     }
 
+    /// [`ResNet::optimizer_step`] with the gradients taken from `grads`, every trainable tensor's gradient
+    /// concatenated in [`ResNet::params_mut`] order (what [`ResNet::copy_grads`] writes): for gradients
+    /// combined outside the network, e.g. summed over the ranks of a data-parallel job.
+    pub fn optimizer_step_with(&mut self, opt: &mut dyn Optimizer, lr: f32, grads: &[f32]) {
+        opt.step_each(lr, &mut |update| {
+            let mut at = 0;
+            self.visit_params_mut(&mut |value, _| {
+                let len = value.len();
+                update(value, &grads[at..at + len]);
+                at += len;
+            });
+            assert_eq!(at, grads.len(), "one gradient value per parameter");
+        });
+    }
+
+    /// Writes every trainable tensor's gradient, concatenated in [`ResNet::params_mut`] order, to
+    /// `out[..n]`, `n` the number of trainable values; returns `n`.
+    pub fn copy_grads(&mut self, out: &mut [f32]) -> usize {
+        let mut at = 0;
+        self.visit_params_mut(&mut |_, grad| {
+            out[at..at + grad.len()].copy_from_slice(grad);
+            at += grad.len();
+        });
+        at
+    }
+
+    /// The key of the trainable tensor that holds value `index` of [`ResNet::copy_grads`]'s concatenation.
+    pub fn param_name_at(&mut self, index: usize) -> Option<String> {
+        let mut at = 0;
+        let mut found = None;
+        self.for_each_param(&mut |key, field, value, _| {
+            if found.is_none() && (at..at + value.len()).contains(&index) {
+                found = Some(full_key(key, field));
+            }
+            at += value.len();
+        });
+        found
+    }
+
     /// Lengths of the trainable tensors, in [`ResNet::params_mut`] order (what optimizers size their state by).
     pub fn param_lens(&mut self) -> Vec<usize> {
         let mut lens = Vec::new();

@@ -320,6 +320,15 @@ impl ResNet {
         ))
     }
 
+    /// Multiplies the loss gradient kept by [`ResNet::loss`] by `factor`: a rank of a data-parallel job holding
+    /// `n` of a global batch of `N` images scales by `n / N`, so that the ranks' gradients sum to the gradient
+    /// of the mean loss over the global batch.
+    pub fn scale_loss_grad(&mut self, factor: f32) {
+        for g in &mut self.grad_logits {
+            *g *= factor;
+        }
+    }
+
     /// Backward pass from the gradient of the loss computed by [`ResNet::loss`], for the input `x` (NCHW) given
     /// to the last (training-mode) forward. Fills every parameter's gradient, and the input gradient when asked
     /// ([`ResNet::grad_input`]).

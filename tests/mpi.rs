@@ -1,0 +1,242 @@
+//! Data-parallel training under `mpirun` (feature `mpi`; `.ci/run` installs OpenMPI and runs these): N ranks
+//! train to the parameters of one process with the same global batch, a rank launched with other flags or
+//! without readable data is refused at start, and every rank says who it is.
+#![cfg(feature = "mpi")]
+
+mod common;
+use resnet::checkpoint;
+use resnet::nn::{StateDict, StateTensor};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_resnet");
+
+/// A narrow network on a small slice at 28×28, in batches of 25, which two ranks split 13 + 12 (uneven
+/// shares), and three ranks 9 + 8 + 8; 200 training images unless `--limit-train` is given.
+const SLICE: &[&str] = &[
+    "--resize",
+    "28",
+    "--limit-test",
+    "100",
+    "--batch-size",
+    "25",
+    "--widths",
+    "8,16,16,32",
+    "--quiet",
+];
+
+fn scratch(name: &str) -> PathBuf {
+    common::scratch_dir("resnet-mpi-test-", name)
+}
+
+/// `resnet --threads 1 train SLICE... EXTRA...` as argument strings.
+fn train_args(extra: &[&str]) -> Vec<String> {
+    let limit: &[&str] = match extra.contains(&"--limit-train") {
+        true => &[],
+        false => &["--limit-train", "200"],
+    };
+    ["--threads", "1", "train"]
+        .iter()
+        .chain(SLICE)
+        .chain(limit)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn mpirun() -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--allow-run-as-root", "--oversubscribe"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RESNET_DATA")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// `mpirun -np N resnet ARGS...`.
+fn launch(np: usize, args: &[String]) -> Output {
+    mpirun()
+        .arg("-np")
+        .arg(np.to_string())
+        .arg(BIN)
+        .args(args)
+        .output()
+        .expect("start mpirun (OpenMPI's openmpi-bin)")
+}
+
+/// `mpirun -np 1 resnet ARGS0... : -np 1 resnet ARGS1...`: two ranks launched with different arguments.
+fn launch_two(args0: &[String], args1: &[String]) -> Output {
+    mpirun()
+        .args(["-np", "1", BIN])
+        .args(args0)
+        .args([":", "-np", "1", BIN])
+        .args(args1)
+        .output()
+        .expect("start mpirun (OpenMPI's openmpi-bin)")
+}
+
+/// The same run as one process.
+fn single(args: &[String]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("RESNET_DATA")
+        .stdin(Stdio::null())
+        .output()
+        .expect("start the resnet binary")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn expect_success(out: &Output, what: &str) -> String {
+    let (stdout, stderr) = text(out);
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// Our own `error:` lines (mpirun adds its own banner, which is not ours to shape); asserts the job failed.
+fn error_lines(out: &Output, what: &str) -> Vec<String> {
+    let (stdout, stderr) = text(out);
+    assert!(
+        !out.status.success(),
+        "{what} succeeded:\n{stdout}\n{stderr}"
+    );
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn model(dir: &Path) -> StateDict {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    checkpoint::deserialize(&bytes, "model").unwrap().0
+}
+
+/// The largest difference of any F32 tensor between two models, relative to that tensor's largest value; integer
+/// tensors (BN batch counters) must be equal.
+fn largest_difference(a: &StateDict, b: &StateDict) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f64;
+    for ((ka, ta), (kb, tb)) in a.iter().zip(b) {
+        assert_eq!(ka, kb);
+        match (ta, tb) {
+            (StateTensor::F32 { data: x, .. }, StateTensor::F32 { data: y, .. }) => {
+                let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+                let diff = x
+                    .iter()
+                    .zip(y)
+                    .fold(0.0f64, |m, (p, q)| m.max((p - q).abs() as f64));
+                worst = worst.max(diff / scale.max(1e-30));
+            }
+            (x, y) => assert_eq!(x, y, "{ka}"),
+        }
+    }
+    worst
+}
+
+fn epoch_lines(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| l.split(", time").next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn two_ranks_with_a_frozen_backbone_train_the_parameters_of_one_process() {
+    // With the backbone frozen every batch norm uses its running statistics, so the ranks' sum of weighted
+    // gradients is the global batch's gradient whatever their shares (13 + 12 here).
+    let dir = scratch("frozen");
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let extra = ["--epochs", "2", "--freeze-backbone", "--lr", "0.01"];
+    let mut a = train_args(&extra);
+    a.extend(["--out".into(), two.display().to_string()]);
+    let stdout = expect_success(&launch(2, &a), "mpirun -np 2");
+    for rank in 0..2 {
+        assert!(
+            stdout.contains(&format!("rank {rank} of 2 on ")),
+            "rank {rank} did not log itself:\n{stdout}"
+        );
+    }
+    let mut b = train_args(&extra);
+    b.extend(["--out".into(), one.display().to_string()]);
+    let single_out = expect_success(&single(&b), "one process");
+    let diff = largest_difference(&model(&two), &model(&one));
+    assert!(diff <= 1e-5, "largest difference {diff:e} of scale");
+    // Rank 0 alone printed the epochs, with the same loss and accuracies as the single process.
+    assert_eq!(epoch_lines(&stdout), epoch_lines(&single_out));
+    assert_eq!(epoch_lines(&stdout).len(), 2);
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"allreduce_bytes_per_step\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_rank_launched_with_other_flags_is_refused_before_training() {
+    let dir = scratch("mismatch").join("run");
+    let mut a = train_args(&["--epochs", "1"]);
+    a.extend(["--out".into(), dir.display().to_string()]);
+    let mut b = a.clone();
+    b.extend(["--seed".into(), "7".into()]);
+    let out = launch_two(&a, &b);
+    let errors = error_lines(&out, "ranks with different seeds");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("rank 1 on ")
+            && errors[0].contains("training configuration or data differs from rank 0's"),
+        "{}",
+        errors[0]
+    );
+    assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn a_rank_that_cannot_read_the_data_fails_the_job_at_start() {
+    let root = scratch("nodata");
+    let dir = root.join("run");
+    let missing = root.join("no-such-data");
+    let mut a = train_args(&["--epochs", "1"]);
+    a.extend(["--out".into(), dir.display().to_string()]);
+    let mut b = a.clone();
+    b.extend(["--data".into(), missing.display().to_string()]);
+    let out = launch_two(&a, &b);
+    let errors = error_lines(&out, "a rank without data");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("rank 1 on ") && errors[0].contains("no such directory"),
+        "{}",
+        errors[0]
+    );
+    assert!(!dir.exists(), "the run directory was created");
+}
+
+#[test]
+fn too_small_a_share_is_refused_with_the_batch_and_rank_count() {
+    let dir = scratch("shares").join("run");
+    // 203 images in batches of 25: the last batch of 3 leaves the second rank one image.
+    let mut a = train_args(&["--epochs", "1", "--limit-train", "203"]);
+    a.extend(["--out".into(), dir.display().to_string()]);
+    let out = launch(2, &a);
+    let errors = error_lines(&out, "2 ranks on a last batch of 3");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains(
+            "--batch-size 25 over 2 ranks leaves the last rank 1 image(s) of a 3-image batch"
+        ),
+        "{}",
+        errors[0]
+    );
+}
