@@ -231,6 +231,11 @@ pub struct TrainArgs {
     /// No progress output (the per-epoch lines are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel runs (`mpirun -np N resnet train`, feature `mpi`): batch norm uses the statistics of the
+    /// whole global batch, summed over the ranks in forward and backward (PyTorch's SyncBatchNorm), instead of
+    /// each rank's own share's.
+    #[arg(long)]
+    pub sync_bn: bool,
 }
 
 /// Most classes `--classes` accepts.
@@ -330,6 +335,7 @@ impl TrainArgs {
             layers: named.layers.clone(),
             stem: self.stem,
             zero_init_residual: self.zero_init_residual,
+            sync_bn: self.sync_bn,
         };
         config.validate()?;
         Ok(config)

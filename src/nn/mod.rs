@@ -13,6 +13,7 @@ pub mod linear;
 pub mod residual;
 pub mod resnet;
 pub mod state;
+pub mod sync_bn;
 
 pub use arch::{ArchName, BlockKind, Init, Naming, ResNetConfig, Shortcut, Stem, MAX_PARAMS};
 pub use batch_norm::BatchNorm2d;

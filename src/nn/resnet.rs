@@ -3,7 +3,9 @@
 //! keys and state dict live in [`super::keys`].
 
 use super::arch::{ResNetConfig, Stem};
+use super::keys::LayerMut;
 use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Linear, Residual, Workspace};
+use crate::dist::Collective;
 use crate::kernels::loss::softmax_cross_entropy;
 use crate::kernels::pool::{
     global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward,
@@ -12,6 +14,7 @@ use crate::kernels::pool::{
 use crate::tensor::{nchw_to_nhwc_into, nhwc_to_nchw_into};
 use crate::{bail, Error, Result, Shape4};
 use rand::SeedableRng;
+use std::sync::Arc;
 
 pub use super::keys::load_residual;
 
@@ -131,6 +134,16 @@ impl ResNet {
             validated_input: None,
             frozen: 0,
         })
+    }
+
+    /// `--sync-bn`: every batch norm normalizes with the statistics of the global batch of `comm`'s job and
+    /// sums its backward over it (`None`: each process's own batch, the default).
+    pub fn set_sync_bn(&mut self, comm: Option<Arc<dyn Collective>>) {
+        self.for_each_layer_mut(&mut |_, layer| {
+            if let LayerMut::Bn(b) = layer {
+                b.sync = comm.clone();
+            }
+        });
     }
 
     /// Switches between training mode (batch statistics, running-statistics update) and eval mode.

@@ -157,7 +157,8 @@ impl Distributed {
     /// Replaces each batch norm's running mean and variance by their mean over the ranks. Without `--sync-bn`
     /// each rank's statistics follow its own shares; the running averages are linear in the batch statistics,
     /// so averaging them once before evaluation equals updating them every step with the ranks' mean batch
-    /// statistics.
+    /// statistics. With `--sync-bn` they are already equal and this changes nothing but rounding, so it is
+    /// skipped.
     pub fn average_running_stats(&self, net: &mut ResNet) {
         let mut buf = Vec::new();
         net.for_each_layer_mut(&mut |_, layer| {

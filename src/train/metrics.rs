@@ -31,7 +31,8 @@ pub struct DistStats {
     pub ranks: usize,
     /// Training steps in the epoch.
     pub steps: usize,
-    /// Mean seconds per step of forward, backward and optimizer step.
+    /// Mean seconds per step of forward, backward and optimizer step (including the share of batch norm's
+    /// synchronized sums with `--sync-bn`).
     pub compute_sec_per_step: f64,
     /// Mean seconds per step of the gradient allreduce (copying into the flat buffer included): the time
     /// this rank waited for the slowest rank as well as the transfer.

@@ -162,7 +162,10 @@ impl Run {
         comm: Arc<dyn Collective>,
     ) -> Result<Run> {
         let dist = Distributed::new(comm);
-        let (net, optimizer) = dist.agree(Self::build(&config))?;
+        let (mut net, optimizer) = dist.agree(Self::build(&config))?;
+        if config.sync_bn {
+            net.set_sync_bn(Some(dist.comm.clone()));
+        }
         let lock = dist.agree(match dist.leads() {
             true => Self::claim(dir).map(Some),
             false => Ok(None),
@@ -235,7 +238,10 @@ impl Run {
         })?;
         dist.comm.broadcast_bytes(0, &mut bytes);
         let origin = dir.join("checkpoint.safetensors").display().to_string();
-        let restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
+        let mut restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
+        if restored.config.sync_bn {
+            restored.net.set_sync_bn(Some(dist.comm.clone()));
+        }
         Ok(Self::restore(dir, restored, lock, Some(dist)))
     }
 
@@ -409,7 +415,7 @@ impl Run {
             }
             bar.finish();
             let train_secs = start.elapsed().as_secs_f64();
-            if let Some(d) = &self.dist {
+            if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
                 d.average_running_stats(&mut self.net);
             }
             let eval = evaluate(&mut self.net, &test_loader);
