@@ -1,6 +1,7 @@
 //! Data-parallel training under `mpirun` (feature `mpi`; `.ci/run` installs OpenMPI and runs these): N ranks
 //! train to the parameters of one process with the same global batch, a rank launched with other flags or
-//! without readable data is refused at start, and every rank says who it is.
+//! without readable data is refused at start, a job whose rank is killed stops within seconds with a
+//! resumable checkpoint, and every rank says who it is.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -339,4 +340,99 @@ fn sync_bn_ranks_train_the_parameters_of_one_process_and_resume_with_another_ran
         diff > 1e-3,
         "without --sync-bn: only {diff:e} of scale apart"
     );
+}
+#[test]
+fn killing_a_rank_stops_the_job_within_seconds_and_the_checkpoint_resumes() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let dir = scratch("kill").join("run");
+    let mut a = train_args(&["--epochs", "40"]);
+    a.extend(["--out".into(), dir.display().to_string()]);
+    let mut child = mpirun()
+        .args(["-np", "2", BIN])
+        .args(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mpirun");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Rank 1's pid from its start-up line, then wait for the first epoch's checkpoint.
+    let mut pid = None;
+    let mut epochs_seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while (pid.is_none() || epochs_seen == 0) && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if let Some(rest) = line.strip_prefix("rank 1 of 2 on ") {
+            let p = rest.rsplit("(pid ").next().unwrap().trim_end_matches(')');
+            pid = Some(p.parse::<u32>().unwrap());
+        }
+        epochs_seen += usize::from(line.starts_with("epoch "));
+    }
+    let pid = pid.expect("rank 1 logged its pid");
+    assert!(epochs_seen > 0, "no epoch finished in time");
+    let killed = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "the job still runs 20 s after rank 1 was killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stopped = killed.elapsed();
+    assert!(!status.success());
+    assert!(
+        stopped < Duration::from_secs(10),
+        "the job took {stopped:?} to stop"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("exited on signal 9"), "{stderr}");
+    // The last checkpoint is intact: the run resumes from it and finishes.
+    let epochs_done = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        (1..40).contains(&epochs_done),
+        "{epochs_done} epochs logged"
+    );
+    let target = (epochs_done + 1).to_string();
+    let resume = [
+        "--threads",
+        "1",
+        "train",
+        "--quiet",
+        "--epochs",
+        &target,
+        "--resume",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([dir.display().to_string()])
+    .collect::<Vec<_>>();
+    let stdout = expect_success(&launch(2, &resume), "resume after the kill");
+    assert!(
+        stdout.contains(&format!(
+            "resuming {} after epoch {epochs_done} of {target}",
+            dir.display()
+        )),
+        "{stdout}"
+    );
+    assert_eq!(epoch_lines(&stdout).len(), 1, "{stdout}");
 }
