@@ -436,3 +436,77 @@ fn killing_a_rank_stops_the_job_within_seconds_and_the_checkpoint_resumes() {
     );
     assert_eq!(epoch_lines(&stdout).len(), 1, "{stdout}");
 }
+
+#[test]
+fn an_image_one_rank_cannot_decode_mid_run_fails_every_rank_with_its_name() {
+    use std::time::{Duration, Instant};
+    // 2 × 30 small PNGs decoded on access (--cache-mb 0), one of them cut short after its header. With seed 0 it
+    // falls in rank 1's share of the fifth batch: rank 1 fails in the middle of the epoch, the step's allreduce
+    // tells every rank, and the job ends with one line naming the file; no rank is left waiting in a collective.
+    let root = scratch("broken");
+    let photos = root.join("photos");
+    let mut good = Vec::new();
+    for (i, class) in ["cat", "dog"].iter().flat_map(|c| [c; 30]).enumerate() {
+        let dir = photos.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        let pixels: Vec<u8> = (0..16 * 16)
+            .map(|p| ((p * 7 + i * 13) % 256) as u8)
+            .collect();
+        let path = dir.join(format!("{i:02}.png"));
+        image::GrayImage::from_raw(16, 16, pixels)
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        good.push(path);
+    }
+    let whole = std::fs::read(&good[41]).unwrap();
+    std::fs::write(photos.join("dog/41-broken.png"), &whole[..whole.len() - 20]).unwrap();
+    let args: Vec<String> = [
+        "--threads",
+        "1",
+        "train",
+        "--data",
+        &photos.display().to_string(),
+        "--cache-mb",
+        "0",
+        "--resize",
+        "16",
+        "--widths",
+        "4,4",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "3",
+        "--out",
+        &root.join("run").display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut child = mpirun()
+        .args(["-np", "2", BIN])
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mpirun");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the job still ran after 120 s: a rank waits for one that failed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let errors = error_lines(&out, "a broken image");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("error: rank 1 on ") && errors[0].contains("41-broken.png"),
+        "{}",
+        errors[0]
+    );
+    // Rank 0's progress lines (stderr is not a terminal) show that four steps ran before the failure.
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("epoch 1/3 batch 4/7"), "{stderr}");
+    assert!(!stderr.contains("batch 5/7"), "{stderr}");
+}
