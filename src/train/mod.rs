@@ -8,8 +8,8 @@
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 //!
 //! One file, one job: `config` (what determines a run), `data` (what it trains on), `run` (create, resume, the
-//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate`, `metrics`, `progress` (the bar), `plot` (the curve) and `lock` (the run
-//! directory's lock).
+//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate`, `metrics`,
+//! `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
 
 mod config;
 mod data;

@@ -274,11 +274,6 @@ impl Run {
         }
     }
 
-    /// This process's part in a data-parallel job, if it is one.
-    pub fn distributed(&self) -> Option<&Distributed> {
-        self.dist.as_ref()
-    }
-
     /// Whether this process writes the run directory and reports progress: a single process, or rank 0.
     pub fn leads(&self) -> bool {
         self.dist.as_ref().is_none_or(Distributed::leads)
