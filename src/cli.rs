@@ -236,6 +236,11 @@ pub struct TrainArgs {
     /// each rank's own share's.
     #[arg(long)]
     pub sync_bn: bool,
+    /// Data-parallel runs: sum gradients in buckets of about this many MiB, each started as soon as the backward
+    /// pass has produced it, instead of one allreduce of all gradients after the backward pass (not with
+    /// --sync-bn).
+    #[arg(long, value_name = "MIB", conflicts_with = "sync_bn")]
+    pub bucket_mb: Option<f64>,
 }
 
 /// Most classes `--classes` accepts.
@@ -352,6 +357,9 @@ impl Cli {
         }
         match &self.command {
             Command::Train(a) => {
+                if let Some(mb) = a.bucket_mb.filter(|mb| !(mb.is_finite() && *mb > 0.0)) {
+                    bail!("--bucket-mb must be a positive number of MiB, got {mb}");
+                }
                 if a.resume.is_none() {
                     a.config()?;
                 } else if a.epochs == Some(0) {

@@ -149,6 +149,7 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
             run.dir.display()
         );
     }
+    run.set_bucket_mb(a.bucket_mb)?;
     let mode = if a.quiet {
         ProgressMode::Quiet
     } else {

@@ -147,6 +147,48 @@ fn layer_params<'a>(
     }
 }
 
+/// A part of the network whose parameter gradients are final, as [`ResNet::backward_with`] reports them during
+/// the backward pass: the classifier first, then the blocks from the last to the first, then the stem, which is
+/// the reverse of [`ResNet::params_mut`]'s order of parts (frozen parts are never reported).
+pub enum GradsReady<'a> {
+    /// The classifier.
+    Classifier(&'a Linear),
+    /// A residual block.
+    Block(&'a Residual),
+    /// The stem's convolution and batch norm.
+    Stem(&'a Conv2d, &'a BatchNorm2d),
+}
+
+impl GradsReady<'_> {
+    /// Calls `f` with each of the part's gradients in [`ResNet::params_mut`] order.
+    pub fn visit(&self, naming: Naming, f: &mut dyn FnMut(&[f32])) {
+        let mut layer = |layer: LayerRef<'_>| match layer {
+            LayerRef::Conv(c) => {
+                f(&c.grad_weight);
+                if c.has_bias() {
+                    f(&c.grad_bias);
+                }
+            }
+            LayerRef::Bn(b) => {
+                f(&b.grad_weight);
+                f(&b.grad_bias);
+            }
+            LayerRef::Linear(l) => {
+                f(&l.grad_weight);
+                f(&l.grad_bias);
+            }
+        };
+        match self {
+            GradsReady::Classifier(l) => layer(LayerRef::Linear(l)),
+            GradsReady::Block(b) => block_layers(b, naming, &mut |_, l| layer(l)),
+            GradsReady::Stem(c, b) => {
+                layer(LayerRef::Conv(c));
+                layer(LayerRef::Bn(b));
+            }
+        }
+    }
+}
+
 impl Residual {
     /// The block's trainable tensors with their gradients, named relative to the block in `naming`'s scheme
     /// (`conv1.weight`, `downsample.1.bias`, …), in registration order.
@@ -259,6 +301,23 @@ impl ResNet {
             at += value.len();
         });
         found
+    }
+
+    /// Trainable values of each part [`ResNet::backward_with`] reports, in the order it reports them: the
+    /// classifier, the blocks from the last, the stem (frozen parts left out).
+    pub fn grad_parts(&mut self) -> Vec<usize> {
+        // A part is the block `(k, i)` a tensor belongs to, or outside the blocks the classifier or the stem.
+        type Part = (Option<(usize, usize)>, bool);
+        let fc = self.config.naming.fc();
+        let mut parts: Vec<(Part, usize)> = Vec::new();
+        self.for_each_param(&mut |key, _, value, _| {
+            let part = (key.block.map(|(_, k, i)| (k, i)), key.name == fc);
+            match parts.last_mut() {
+                Some((p, n)) if *p == part => *n += value.len(),
+                _ => parts.push((part, value.len())),
+            }
+        });
+        parts.iter().rev().map(|p| p.1).collect()
     }
 
     /// Lengths of the trainable tensors, in [`ResNet::params_mut`] order (what optimizers size their state by).

@@ -21,6 +21,8 @@ pub struct Distributed {
     pub comm: Arc<dyn Collective>,
     /// Gradients of every trainable tensor, then [`EXTRAS`]; summed over ranks each step.
     flat: Vec<f32>,
+    /// Values in each bucket, from the buffer's end (empty: one allreduce of the whole buffer).
+    bucket_plan: Vec<usize>,
     compute_secs: f64,
     allreduce_secs: f64,
     steps: usize,
@@ -32,6 +34,7 @@ impl Distributed {
         Distributed {
             comm,
             flat: Vec::new(),
+            bucket_plan: Vec::new(),
             compute_secs: 0.0,
             allreduce_secs: 0.0,
             steps: 0,
@@ -49,10 +52,12 @@ impl Distributed {
     }
 
     /// One data-parallel step: this rank's share `batch` (or the error reading it) of a global batch of
-    /// `global_n` images. Forward, the loss gradient weighted by `n / global_n`, backward, then one allreduce
-    /// (sum) of the gradients together with the weighted loss, the correct count and a failure flag; every
-    /// rank then takes the same decision and, unless something diverged, the same optimizer step. Returns the
-    /// global batch's mean loss and correct count. A rank's failure fails every rank with its message.
+    /// `global_n` images. Forward, the loss gradient weighted by `n / global_n`, backward, and the sum over ranks
+    /// of the gradients together with the weighted loss, the correct count and a failure flag: one allreduce of
+    /// the flat buffer after the backward pass, or with buckets ([`Distributed::set_buckets`]) one allreduce a
+    /// bucket, started while the backward pass goes on. Every rank then takes the same decision and, unless
+    /// something diverged, the same optimizer step. Returns the global batch's mean loss and correct count. A
+    /// rank's failure fails every rank with its message.
     pub fn step(
         &mut self,
         net: &mut ResNet,
@@ -67,24 +72,18 @@ impl Distributed {
             let (loss, correct) = net.loss(&b.labels)?;
             let weight = b.labels.len() as f32 / global_n as f32;
             net.scale_loss_grad(weight);
-            net.backward(&b.images, false);
-            Ok((loss * weight, correct))
+            Ok((b, loss * weight, correct))
         });
         let params = self.params(net);
-        let (flat, extras) = self.flat.split_at_mut(params);
-        match &local {
-            Ok((loss, correct)) => {
-                net.copy_grads(flat);
-                extras.copy_from_slice(&[*loss, *correct as f32, 0.0]);
-            }
-            Err(_) => {
-                flat.fill(0.0);
-                extras.copy_from_slice(&[0.0, 0.0, 1.0]);
-            }
-        }
-        let reduce = Instant::now();
-        self.comm.sum_f32(&mut self.flat);
-        let reduced = Instant::now();
+        self.flat[params..].copy_from_slice(&match &local {
+            Ok((_, loss, correct)) => [*loss, *correct as f32, 0.0],
+            Err(_) => [0.0, 0.0, 1.0],
+        });
+        let images = local.as_ref().ok().map(|(b, _, _)| b.images.as_slice());
+        let (reduce, reduced) = match self.bucket_plan.is_empty() {
+            true => self.reduce_flat(net, images, params),
+            false => self.reduce_buckets(net, images, params),
+        };
         let (grads, extras) = self.flat.split_at(params);
         if extras[2] != 0.0 {
             // Some rank failed: every rank agrees on the lowest failing rank's error.
@@ -107,6 +106,126 @@ impl Distributed {
         Ok(outcome)
     }
 
+    /// Backward (unless this rank failed: `images` `None`), the gradients into the flat buffer, one allreduce.
+    /// Returns when the allreduce started and ended.
+    fn reduce_flat(
+        &mut self,
+        net: &mut ResNet,
+        images: Option<&[f32]>,
+        params: usize,
+    ) -> (Instant, Instant) {
+        match images {
+            Some(x) => {
+                net.backward(x, false);
+                net.copy_grads(&mut self.flat[..params]);
+            }
+            None => self.flat[..params].fill(0.0),
+        }
+        let reduce = Instant::now();
+        self.comm.sum_f32(&mut self.flat);
+        (reduce, Instant::now())
+    }
+
+    /// Backward with the buckets of [`Distributed::set_buckets`]: as each part of the network reports its final
+    /// gradients (classifier first, stem last, so the flat buffer fills from its end), they are copied in; each
+    /// full bucket goes to a communication thread that sums it over the ranks while the backward pass goes on.
+    /// A rank that failed sends zeros in the same buckets, so every rank makes the same calls. Returns when the
+    /// backward pass ended and when the last bucket's sum did: the communication the backward did not hide.
+    fn reduce_buckets(
+        &mut self,
+        net: &mut ResNet,
+        images: Option<&[f32]>,
+        params: usize,
+    ) -> (Instant, Instant) {
+        let naming = net.config.naming;
+        let comm = &*self.comm;
+        let plan = &self.bucket_plan;
+        let flat = &mut self.flat[..];
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::channel::<&mut [f32]>();
+            let worker = scope.spawn(move || {
+                for bucket in rx {
+                    comm.sum_f32(bucket);
+                }
+            });
+            let mut out = Buckets {
+                rest: flat,
+                filled: EXTRAS,
+                plan: plan.iter(),
+                want: 0,
+                tx,
+            };
+            out.want = *out.plan.next().expect("a bucket plan is never empty");
+            match images {
+                Some(x) => net.backward_with(x, &mut |part| {
+                    let mut len = 0;
+                    part.visit(naming, &mut |g| len += g.len());
+                    let mut at = out.rest.len() - out.filled - len;
+                    part.visit(naming, &mut |g| {
+                        out.rest[at..at + g.len()].copy_from_slice(g);
+                        at += g.len();
+                    });
+                    out.filled += len;
+                    out.send_if_full();
+                }),
+                None => {
+                    out.rest[..params].fill(0.0);
+                    while !out.rest.is_empty() {
+                        out.filled = out.want;
+                        out.send_if_full();
+                    }
+                }
+            }
+            let Buckets { rest, tx, .. } = out;
+            assert!(rest.is_empty(), "the bucket plan covers every gradient");
+            let done = Instant::now();
+            drop(tx);
+            worker.join().expect("the communication thread ends");
+            (done, Instant::now())
+        })
+    }
+
+    /// Sums gradients in buckets of about `mb` MiB started during the backward pass (`None`: one allreduce of
+    /// the whole flat buffer after it). The buckets follow the parts [`ResNet::backward_with`] reports, each
+    /// closed once it holds `mb` MiB or more. Not with `--sync-bn`, whose batch norms sum over the ranks inside
+    /// the backward pass: the two would contend for the one communicator.
+    pub fn set_buckets(&mut self, net: &mut ResNet, mb: Option<f64>, sync_bn: bool) -> Result<()> {
+        self.bucket_plan.clear();
+        // Ranks that bucket differently would make different calls: compare the flag like the configuration.
+        check_same(
+            &*self.comm,
+            "--bucket-mb",
+            "launch every rank with the same flags",
+            format!("{mb:?}").as_bytes(),
+        )?;
+        let Some(mb) = mb else {
+            return Ok(());
+        };
+        if sync_bn {
+            return self.agree(Err(Error::new(
+                "--bucket-mb and --sync-bn do not go together (batch norm sums over the ranks during the backward pass); drop one",
+            )));
+        }
+        if !(mb.is_finite() && mb > 0.0) {
+            return self.agree(Err(Error::new(format!(
+                "--bucket-mb must be a positive number of MiB, got {mb}"
+            ))));
+        }
+        let limit = ((mb * (1 << 20) as f64) as usize / std::mem::size_of::<f32>()).max(1);
+        let mut size = EXTRAS;
+        for part in net.grad_parts() {
+            size += part;
+            if size >= limit {
+                self.bucket_plan.push(size);
+                size = 0;
+            }
+        }
+        if size > 0 {
+            self.bucket_plan.push(size);
+        }
+        Ok(())
+    }
+
     /// Trainable values of `net`, with the flat buffer sized for them (allocates only the first time).
     fn params(&mut self, net: &mut ResNet) -> usize {
         let params = self.flat.len().saturating_sub(EXTRAS);
@@ -127,6 +246,7 @@ impl Distributed {
             compute_sec_per_step: self.compute_secs / steps,
             allreduce_sec_per_step: self.allreduce_secs / steps,
             allreduce_bytes_per_step: self.flat.len() * std::mem::size_of::<f32>(),
+            allreduces_per_step: self.bucket_plan.len().max(1),
         };
         (self.compute_secs, self.allreduce_secs, self.steps) = (0.0, 0.0, 0);
         stats
@@ -222,6 +342,29 @@ impl Distributed {
             "the ranks diverged (a rank with a different build or CPU features?)",
             &hasher.finalize(),
         )
+    }
+}
+
+/// The flat buffer being handed out in buckets during a backward pass: `rest` is the part not yet sent, its
+/// last `filled` values belong to the bucket being filled, which is sent once it holds `want`.
+struct Buckets<'a, 'p> {
+    rest: &'a mut [f32],
+    filled: usize,
+    plan: std::slice::Iter<'p, usize>,
+    want: usize,
+    tx: std::sync::mpsc::Sender<&'a mut [f32]>,
+}
+
+impl Buckets<'_, '_> {
+    fn send_if_full(&mut self) {
+        if self.filled == self.want {
+            let at = self.rest.len() - self.filled;
+            let (front, bucket) = std::mem::take(&mut self.rest).split_at_mut(at);
+            self.tx.send(bucket).expect("the communication thread runs");
+            self.rest = front;
+            self.filled = 0;
+            self.want = self.plan.next().copied().unwrap_or(0);
+        }
     }
 }
 

@@ -34,22 +34,32 @@ pub struct DistStats {
     /// Mean seconds per step of forward, backward and optimizer step (including the share of batch norm's
     /// synchronized sums with `--sync-bn`).
     pub compute_sec_per_step: f64,
-    /// Mean seconds per step of the gradient allreduce (copying into the flat buffer included): the time
-    /// this rank waited for the slowest rank as well as the transfer.
+    /// Mean seconds per step of the gradient allreduce that the step waited for: with one flat buffer the
+    /// whole allreduce after the backward pass, with buckets what was left of it when the backward pass
+    /// ended. Includes waiting for the slowest rank as well as the transfer.
     pub allreduce_sec_per_step: f64,
     /// Bytes each rank contributes to the gradient allreduce per step.
     pub allreduce_bytes_per_step: usize,
+    /// Allreduces of gradients per step: 1 for the flat buffer, else the number of buckets.
+    #[serde(default = "one")]
+    pub allreduces_per_step: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl DistStats {
-    /// `2 ranks: compute 1.234 s/step, allreduce 0.045 s/step, 44.7 MB allreduced per step`.
+    /// `2 ranks: compute 1.234 s/step, allreduce 0.045 s/step, 44.7 MB allreduced per step in 1 allreduce`.
     pub fn line(&self) -> String {
         format!(
-            "{} ranks: compute {:.3} s/step, allreduce {:.3} s/step, {:.1} MB allreduced per step",
+            "{} ranks: compute {:.3} s/step, allreduce {:.3} s/step, {:.1} MB allreduced per step in {} allreduce{}",
             self.ranks,
             self.compute_sec_per_step,
             self.allreduce_sec_per_step,
-            self.allreduce_bytes_per_step as f64 / 1e6
+            self.allreduce_bytes_per_step as f64 / 1e6,
+            self.allreduces_per_step,
+            if self.allreduces_per_step == 1 { "" } else { "s" }
         )
     }
 }

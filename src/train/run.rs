@@ -279,6 +279,15 @@ impl Run {
         self.dist.as_ref().is_none_or(Distributed::leads)
     }
 
+    /// A data-parallel job's gradient buckets (see [`Distributed::set_buckets`]; `None`: one flat allreduce
+    /// after the backward pass). Nothing for a single process.
+    pub fn set_bucket_mb(&mut self, mb: Option<f64>) -> Result<()> {
+        match &mut self.dist {
+            Some(d) => d.set_buckets(&mut self.net, mb, self.config.sync_bn),
+            None => Ok(()),
+        }
+    }
+
     /// Fails every rank of a data-parallel job with rank 0's error if any rank's `local` failed; a single
     /// process's `local` as it is.
     fn agree<T>(&self, local: Result<T>) -> Result<T> {
