@@ -1,6 +1,7 @@
-//! A run's part in a data-parallel job (`mpirun -np N resnet train`, see [`crate::dist`]): the step with one
-//! allreduce of the flat gradient buffer, the batch-norm running statistics averaged before evaluation, the
-//! sharded evaluation summed, and the weights compared by digest at the start and after every epoch.
+//! A run's part in a data-parallel job (`mpirun -np N resnet train`, see [`crate::dist`]): the step with its
+//! gradient allreduce (one flat buffer after the backward pass, or buckets during it), the batch-norm running
+//! statistics averaged before evaluation, the sharded evaluation summed, and the weights compared by digest at
+//! the start and after every epoch.
 
 use super::{Data, DistStats, Evaluation, Step, TrainConfig};
 use crate::data::Batch;
