@@ -204,17 +204,21 @@ fn fresh_config(a: &TrainArgs, data_dir: &Path, verify: bool) -> Result<(TrainCo
 }
 
 /// `resnet train` as one rank of an MPI job (`mpirun -np N resnet train …`), or as a single process when
-/// started alone. Errors that all ranks agreed on are printed once, by rank 0, and every rank exits with status
-/// 1; an error only this rank knows of is printed with its rank and host and ends the whole job (`MPI_Abort`),
-/// since the others would wait for it forever.
+/// started alone; `check` is the flags' check ([`Cli::check`]), `threads` the `--threads` flag. Errors that all
+/// ranks agreed on are printed once, by rank 0, and every rank exits with status 1; an error only this rank knows
+/// of is printed with its rank and host and ends the whole job (`MPI_Abort`), since the others would wait for it
+/// forever.
 #[cfg(feature = "mpi")]
-fn train_mpi(a: TrainArgs) -> Result<()> {
+fn train_mpi(check: Result<()>, threads: Option<usize>, a: TrainArgs) -> Result<()> {
     use resnet::dist::mpi::Mpi;
     let Some(mpi) = Mpi::init()? else {
+        check?;
+        thread_pool(threads)?;
         return train(a, None);
     };
     let mpi = Arc::new(mpi);
-    let result = train(a, Some(mpi.clone()));
+    let result = agree(&*mpi, check.and_then(|()| thread_pool(threads)))
+        .and_then(|()| train(a, Some(mpi.clone())));
     let Err(e) = result else {
         return Ok(());
     };
@@ -515,20 +519,26 @@ fn predict(
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
-    cli.check()?;
-    let threads = cli
-        .threads
-        .unwrap_or_else(|| num_cpus::get_physical().max(1));
-    // One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
+/// One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
+fn thread_pool(threads: Option<usize>) -> Result<()> {
+    let threads = threads.unwrap_or_else(|| num_cpus::get_physical().max(1));
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
-        .map_err(|e| Error::new(format!("thread pool: {e}")))?;
+        .map_err(|e| Error::new(format!("thread pool: {e}")))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let check = cli.check();
+    // Under mpirun the ranks check their flags together, so that a bad one is reported once.
+    #[cfg(feature = "mpi")]
+    let cli = match cli.command {
+        Command::Train(a) => return train_mpi(check, cli.threads, *a),
+        command => Cli { command, ..cli },
+    };
+    check?;
+    thread_pool(cli.threads)?;
     match cli.command {
-        #[cfg(feature = "mpi")]
-        Command::Train(a) => train_mpi(*a),
-        #[cfg(not(feature = "mpi"))]
         Command::Train(a) => train(*a, None),
         Command::Eval {
             weights,

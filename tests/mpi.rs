@@ -554,3 +554,11 @@ fn gradient_buckets_summed_during_the_backward_pass_give_the_flat_buffers_parame
     let n = v["dist"]["allreduces_per_step"].as_u64().unwrap();
     assert!(n >= 5, "{metrics}");
 }
+
+#[test]
+fn a_bad_flag_is_reported_once_not_by_every_rank() {
+    let args = ["train", "--epochs", "0"].map(String::from);
+    let out = launch(2, &args);
+    let errors = error_lines(&out, "--epochs 0 on two ranks");
+    assert_eq!(errors, ["error: --epochs must be at least 1"]);
+}
