@@ -235,6 +235,16 @@ pub struct TrainArgs {
     /// No progress output (the per-epoch lines are still printed).
     #[arg(long)]
     pub quiet: bool,
+    /// Data-parallel runs (`mpirun -np N resnet train`, feature `mpi`): batch norm uses the statistics of the
+    /// whole global batch, summed over the ranks in forward and backward (PyTorch's SyncBatchNorm), instead of
+    /// each rank's own share's.
+    #[arg(long)]
+    pub sync_bn: bool,
+    /// Data-parallel runs: sum gradients in buckets of about this many MiB, each started as soon as the backward
+    /// pass has produced it, instead of one allreduce of all gradients after the backward pass (not with
+    /// --sync-bn).
+    #[arg(long, value_name = "MIB", conflicts_with = "sync_bn")]
+    pub bucket_mb: Option<f64>,
 }
 
 /// Most classes `--classes` accepts.
@@ -334,6 +344,7 @@ impl TrainArgs {
             layers: named.layers.clone(),
             stem: self.stem,
             zero_init_residual: self.zero_init_residual,
+            sync_bn: self.sync_bn,
         };
         config.validate()?;
         Ok(config)
@@ -350,6 +361,9 @@ impl Cli {
         }
         match &self.command {
             Command::Train(a) => {
+                if let Some(mb) = a.bucket_mb.filter(|mb| !(mb.is_finite() && *mb > 0.0)) {
+                    bail!("--bucket-mb must be a positive number of MiB, got {mb}");
+                }
                 if a.resume.is_none() {
                     a.config()?;
                 } else if a.epochs == Some(0) {

@@ -102,6 +102,8 @@ pub struct Loader {
     out_h: usize,
     out_w: usize,
     workers: usize,
+    /// `(rank, ranks)`: this loader yields rank `rank`'s share ([`crate::dist::share`]) of every batch.
+    shard: (usize, usize),
 }
 
 /// Purposes of the random streams, so that order and augmentation never share numbers.
@@ -176,6 +178,7 @@ impl Loader {
             out_h,
             out_w,
             workers: 2,
+            shard: (0, 1),
         })
     }
 
@@ -183,6 +186,24 @@ impl Loader {
     pub fn with_workers(mut self, workers: usize) -> Loader {
         self.workers = workers.clamp(1, MAX_WORKERS);
         self
+    }
+
+    /// The same loader yielding only rank `rank`'s contiguous share of every batch of `ranks` ranks
+    /// ([`crate::dist::share`]): the same images, in the same order and with the same augmentation, that the
+    /// unsharded loader puts at those positions. A share may be empty.
+    pub fn with_shard(mut self, rank: usize, ranks: usize) -> Result<Loader> {
+        if ranks == 0 || rank >= ranks {
+            bail!("rank {rank} of {ranks}: no such rank");
+        }
+        self.shard = (rank, ranks);
+        Ok(self)
+    }
+
+    /// Images in the whole batch `b` (over all ranks): the batch size, less for a short last batch.
+    pub fn global_batch_len(&self, b: usize) -> usize {
+        self.len()
+            .saturating_sub(b * self.batch_size)
+            .min(self.batch_size)
     }
 
     /// Number of worker threads.
@@ -287,8 +308,10 @@ impl Loader {
     }
 
     fn make_batch(&self, order: &[usize], epoch: usize, b: usize) -> Result<Batch> {
-        let start = b * self.batch_size;
-        let indices = order[start..(start + self.batch_size).min(order.len())].to_vec();
+        let (rank, ranks) = self.shard;
+        let mine = crate::dist::share(self.global_batch_len(b), rank, ranks);
+        let start = b * self.batch_size + mine.start;
+        let indices = order[start..start + mine.len()].to_vec();
         let (c, h, w) = (self.c, self.out_h, self.out_w);
         let size = c * h * w;
         let normalize = self

@@ -1,11 +1,14 @@
 //! `BatchNorm2d`, optionally fused with the ReLU that follows it in the chapter's network.
 
 use super::ensure_len;
+use super::sync_bn::{correct_input_grad, global_stats};
+use crate::dist::Collective;
 use crate::kernels::norm::{
     batch_norm_add_relu, batch_norm_affine, batch_norm_apply, batch_norm_backward,
     batch_norm_backward_in_place, batch_stats, sums_scratch_len,
 };
 use crate::Shape4;
+use std::sync::Arc;
 
 /// PyTorch's `nn.BatchNorm2d(c)` (eps 1e-5, momentum 0.1, affine, tracking running statistics).
 /// With `relu` set, the output is `max(bn(x), 0)` and backward masks by it: the chapter's `BN → ReLU` pairs
@@ -48,6 +51,12 @@ pub struct BatchNorm2d {
     /// coefficients `[3, c]`.
     sums: Vec<f64>,
     coeffs: Vec<f32>,
+    /// `--sync-bn`: the job whose global batch the statistics and backward sums cover (`None`: this
+    /// process's batch, as `nn.BatchNorm2d`).
+    pub sync: Option<Arc<dyn Collective>>,
+    /// Rows of the global batch of the last synchronized training forward, and the sums' scratch.
+    sync_rows: usize,
+    sync_buf: Vec<f64>,
 }
 
 impl BatchNorm2d {
@@ -76,6 +85,9 @@ impl BatchNorm2d {
             shift: vec![0.0; c],
             sums: Vec::new(),
             coeffs: vec![0.0; 3 * c],
+            sync: None,
+            sync_rows: 0,
+            sync_buf: Vec::new(),
         }
     }
 
@@ -124,7 +136,19 @@ impl BatchNorm2d {
                 &mut self.batch_var,
                 &mut self.sums,
             );
-            let m = xs.rows() as f32;
+            if let Some(comm) = &self.sync {
+                self.sync_rows = global_stats(
+                    &**comm,
+                    xs.rows(),
+                    &mut self.save_mean,
+                    &mut self.batch_var,
+                    &mut self.sync_buf,
+                );
+            }
+            let m = match self.sync {
+                Some(_) => self.sync_rows,
+                None => xs.rows(),
+            } as f32;
             let unbias = m / (m - 1.0).max(1.0);
             for ch in 0..c {
                 self.save_invstd[ch] = 1.0 / (self.batch_var[ch] + self.eps).sqrt();
@@ -185,6 +209,22 @@ impl BatchNorm2d {
             &mut self.sums,
             &mut self.coeffs,
         );
+        if let Some(comm) = &self.sync {
+            let local = self.local_sums();
+            correct_input_grad(
+                &**comm,
+                x,
+                &mut self.grad_input,
+                &self.save_mean,
+                &self.save_invstd,
+                &self.weight,
+                &local,
+                &mut self.grad_weight,
+                &mut self.grad_bias,
+                self.sync_rows,
+                &mut self.sync_buf,
+            );
+        }
     }
 
     /// [`BatchNorm2d::backward`] that overwrites `dy` with the input gradient instead of filling `grad_input`:
@@ -206,6 +246,38 @@ impl BatchNorm2d {
             &mut self.sums,
             &mut self.coeffs,
         );
+        if let Some(comm) = &self.sync {
+            let local = self.local_sums();
+            correct_input_grad(
+                &**comm,
+                x,
+                dy,
+                &self.save_mean,
+                &self.save_invstd,
+                &self.weight,
+                &local,
+                &mut self.grad_weight,
+                &mut self.grad_bias,
+                self.sync_rows,
+                &mut self.sync_buf,
+            );
+        }
+    }
+
+    /// The last backward's per-channel sums `[Σg, Σg(x−mean)]` (`[2, c]`, f64) for `--sync-bn`: the backward
+    /// kernels leave their f64 totals at the start of their scratch. Checked against the f32 gradients they
+    /// wrote, so a kernel that stops doing so fails the synchronized runs' tests instead of training wrongly.
+    fn local_sums(&self) -> Vec<f64> {
+        let c = self.num_features;
+        let local = self.sums[..2 * c].to_vec();
+        for ch in 0..c {
+            assert!(
+                local[ch] as f32 == self.grad_bias[ch]
+                    && (local[c + ch] * self.save_invstd[ch] as f64) as f32 == self.grad_weight[ch],
+                "the batch-norm backward kernel no longer leaves its sums in its scratch"
+            );
+        }
+        local
     }
 
     /// Number of trainable values (weight and bias).

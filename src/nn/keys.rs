@@ -147,6 +147,48 @@ fn layer_params<'a>(
     }
 }
 
+/// A part of the network whose parameter gradients are final, as [`ResNet::backward_with`] reports them during
+/// the backward pass: the classifier first, then the blocks from the last to the first, then the stem, which is
+/// the reverse of [`ResNet::params_mut`]'s order of parts (frozen parts are never reported).
+pub enum GradsReady<'a> {
+    /// The classifier.
+    Classifier(&'a Linear),
+    /// A residual block.
+    Block(&'a Residual),
+    /// The stem's convolution and batch norm.
+    Stem(&'a Conv2d, &'a BatchNorm2d),
+}
+
+impl GradsReady<'_> {
+    /// Calls `f` with each of the part's gradients in [`ResNet::params_mut`] order.
+    pub fn visit(&self, naming: Naming, f: &mut dyn FnMut(&[f32])) {
+        let mut layer = |layer: LayerRef<'_>| match layer {
+            LayerRef::Conv(c) => {
+                f(&c.grad_weight);
+                if c.has_bias() {
+                    f(&c.grad_bias);
+                }
+            }
+            LayerRef::Bn(b) => {
+                f(&b.grad_weight);
+                f(&b.grad_bias);
+            }
+            LayerRef::Linear(l) => {
+                f(&l.grad_weight);
+                f(&l.grad_bias);
+            }
+        };
+        match self {
+            GradsReady::Classifier(l) => layer(LayerRef::Linear(l)),
+            GradsReady::Block(b) => block_layers(b, naming, &mut |_, l| layer(l)),
+            GradsReady::Stem(c, b) => {
+                layer(LayerRef::Conv(c));
+                layer(LayerRef::Bn(b));
+            }
+        }
+    }
+}
+
 impl Residual {
     /// The block's trainable tensors with their gradients, named relative to the block in `naming`'s scheme
     /// (`conv1.weight`, `downsample.1.bias`, …), in registration order.
@@ -220,6 +262,62 @@ impl ResNet {
     /// `opt.step(&mut net.params_mut(), lr)` does, without allocating the named list.
     pub fn optimizer_step(&mut self, opt: &mut dyn Optimizer, lr: f32) {
         opt.step_each(lr, &mut |update| self.visit_params_mut(update));
+    }
+
+    /// [`ResNet::optimizer_step`] with the gradients taken from `grads`, every trainable tensor's gradient
+    /// concatenated in [`ResNet::params_mut`] order (what [`ResNet::copy_grads`] writes): for gradients
+    /// combined outside the network, e.g. summed over the ranks of a data-parallel job.
+    pub fn optimizer_step_with(&mut self, opt: &mut dyn Optimizer, lr: f32, grads: &[f32]) {
+        opt.step_each(lr, &mut |update| {
+            let mut at = 0;
+            self.visit_params_mut(&mut |value, _| {
+                let len = value.len();
+                update(value, &grads[at..at + len]);
+                at += len;
+            });
+            assert_eq!(at, grads.len(), "one gradient value per parameter");
+        });
+    }
+
+    /// Writes every trainable tensor's gradient, concatenated in [`ResNet::params_mut`] order, to
+    /// `out[..n]`, `n` the number of trainable values; returns `n`.
+    pub fn copy_grads(&mut self, out: &mut [f32]) -> usize {
+        let mut at = 0;
+        self.visit_params_mut(&mut |_, grad| {
+            out[at..at + grad.len()].copy_from_slice(grad);
+            at += grad.len();
+        });
+        at
+    }
+
+    /// The key of the trainable tensor that holds value `index` of [`ResNet::copy_grads`]'s concatenation.
+    pub fn param_name_at(&mut self, index: usize) -> Option<String> {
+        let mut at = 0;
+        let mut found = None;
+        self.for_each_param(&mut |key, field, value, _| {
+            if found.is_none() && (at..at + value.len()).contains(&index) {
+                found = Some(full_key(key, field));
+            }
+            at += value.len();
+        });
+        found
+    }
+
+    /// Trainable values of each part [`ResNet::backward_with`] reports, in the order it reports them: the
+    /// classifier, the blocks from the last, the stem (frozen parts left out).
+    pub fn grad_parts(&mut self) -> Vec<usize> {
+        // A part is the block `(k, i)` a tensor belongs to, or outside the blocks the classifier or the stem.
+        type Part = (Option<(usize, usize)>, bool);
+        let fc = self.config.naming.fc();
+        let mut parts: Vec<(Part, usize)> = Vec::new();
+        self.for_each_param(&mut |key, _, value, _| {
+            let part = (key.block.map(|(_, k, i)| (k, i)), key.name == fc);
+            match parts.last_mut() {
+                Some((p, n)) if *p == part => *n += value.len(),
+                _ => parts.push((part, value.len())),
+            }
+        });
+        parts.iter().rev().map(|p| p.1).collect()
     }
 
     /// Lengths of the trainable tensors, in [`ResNet::params_mut`] order (what optimizers size their state by).

@@ -13,11 +13,12 @@ pub mod linear;
 pub mod residual;
 pub mod resnet;
 pub mod state;
+pub mod sync_bn;
 
 pub use arch::{ArchName, BlockKind, Init, Naming, ResNetConfig, Shortcut, Stem, MAX_PARAMS};
 pub use batch_norm::BatchNorm2d;
 pub use conv2d::Conv2d;
-pub use keys::{load_residual, LayerKey, LayerMut, LayerRef};
+pub use keys::{load_residual, GradsReady, LayerKey, LayerMut, LayerRef};
 pub use linear::Linear;
 pub use residual::Residual;
 pub use resnet::{resnet18, resnet_block, ResNet};

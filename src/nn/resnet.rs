@@ -3,7 +3,9 @@
 //! keys and state dict live in [`super::keys`].
 
 use super::arch::{ResNetConfig, Role, Stem};
+use super::keys::{GradsReady, LayerMut};
 use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Linear, Residual, Workspace};
+use crate::dist::Collective;
 use crate::kernels::conv::ConvPlan;
 use crate::kernels::loss::softmax_cross_entropy;
 use crate::kernels::pool::{
@@ -13,6 +15,7 @@ use crate::kernels::pool::{
 use crate::tensor::{nchw_to_nhwc_into, nhwc_to_nchw_into};
 use crate::{bail, Error, Result, Shape4};
 use rand::SeedableRng;
+use std::sync::Arc;
 
 pub use super::keys::load_residual;
 
@@ -132,6 +135,16 @@ impl ResNet {
             validated_input: None,
             frozen: 0,
         })
+    }
+
+    /// `--sync-bn`: every batch norm normalizes with the statistics of the global batch of `comm`'s job and
+    /// sums its backward over it (`None`: each process's own batch, the default).
+    pub fn set_sync_bn(&mut self, comm: Option<Arc<dyn Collective>>) {
+        self.for_each_layer_mut(&mut |_, layer| {
+            if let LayerMut::Bn(b) = layer {
+                b.sync = comm.clone();
+            }
+        });
     }
 
     /// Switches between training mode (batch statistics, running-statistics update) and eval mode.
@@ -358,6 +371,15 @@ impl ResNet {
         ))
     }
 
+    /// Multiplies the loss gradient kept by [`ResNet::loss`] by `factor`: a rank of a data-parallel job holding
+    /// `n` of a global batch of `N` images scales by `n / N`, so that the ranks' gradients sum to the gradient
+    /// of the mean loss over the global batch.
+    pub fn scale_loss_grad(&mut self, factor: f32) {
+        for g in &mut self.grad_logits {
+            *g *= factor;
+        }
+    }
+
     /// Backward pass from the gradient of the loss computed by [`ResNet::loss`], for the input `x` (NCHW) given
     /// to the last (training-mode) forward. Fills every parameter's gradient, and the input gradient when asked
     /// ([`ResNet::grad_input`]).
@@ -367,11 +389,31 @@ impl ResNet {
         self.grad_logits = grad_logits;
     }
 
+    /// [`ResNet::backward`] that reports each part of the network as soon as its parameter gradients are final
+    /// ([`GradsReady`]; the classifier, the blocks from the last, the stem): for a data-parallel job that starts
+    /// summing gradients while the backward pass still runs.
+    pub fn backward_with(&mut self, x: &[f32], ready: &mut dyn FnMut(GradsReady<'_>)) {
+        let grad_logits = std::mem::take(&mut self.grad_logits);
+        self.backward_impl(x, &grad_logits, false, ready);
+        self.grad_logits = grad_logits;
+    }
+
     /// Backward pass from an explicit `grad_logits [n, num_classes]`.
     pub fn backward_from(&mut self, x: &[f32], grad_logits: &[f32], need_grad_input: bool) {
+        self.backward_impl(x, grad_logits, need_grad_input, &mut |_| {});
+    }
+
+    fn backward_impl(
+        &mut self,
+        x: &[f32],
+        grad_logits: &[f32],
+        need_grad_input: bool,
+        ready: &mut dyn FnMut(GradsReady<'_>),
+    ) {
         let s = self.last_shape;
         let ws = &mut self.workspace;
         self.fc.backward(&self.gap_out, grad_logits);
+        ready(GradsReady::Classifier(&self.fc));
         // Every block's gradients run through three buffers shared by all blocks: `grad` holds d(block output)
         // on the way in and d(block input) on the way out (after a swap with `dx`).
         let stem_out = self.stem_bn.out.len();
@@ -415,6 +457,7 @@ impl ResNet {
                     },
                 };
                 rest[0].backward_into(block_input, grad, dx, tmp, !first_trainable, ws);
+                ready(GradsReady::Block(&rest[0]));
                 std::mem::swap(grad, dx);
             }
         }
@@ -441,6 +484,7 @@ impl ResNet {
         let xs = self.input_shape;
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
         self.stem_conv.backward(x, stem_grad, need_grad_input, ws);
+        ready(GradsReady::Stem(&self.stem_conv, &self.stem_bn));
         if need_grad_input && xs.c > 1 {
             ensure_len(&mut self.grad_input_nchw, xs.len());
             nhwc_to_nchw_into(&self.stem_conv.grad_input, xs, &mut self.grad_input_nchw);

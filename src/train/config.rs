@@ -98,6 +98,10 @@ pub struct TrainConfig {
     /// [`ResNet::set_frozen`]).
     #[serde(default)]
     pub freeze: usize,
+    /// Data-parallel jobs: batch norm normalizes with the global batch's statistics (`SyncBatchNorm`) instead
+    /// of each rank's own. No effect on a single process.
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 fn auto_format() -> Format {
@@ -175,6 +179,7 @@ impl Default for TrainConfig {
             init: None,
             reset_head: false,
             freeze: 0,
+            sync_bn: false,
         }
     }
 }

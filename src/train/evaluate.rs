@@ -42,6 +42,10 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
     let mut count = 0usize;
     for batch in loader.epoch(0) {
         let batch = batch?;
+        // A rank's share of a short last batch of a data-parallel evaluation may be empty.
+        if batch.labels.is_empty() {
+            continue;
+        }
         let logits = net.forward(&batch.images, batch.shape)?;
         for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
             let pred = argmax(row);

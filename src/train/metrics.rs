@@ -19,6 +19,49 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Learning rate of the epoch's last step (after the schedule).
     pub lr: f64,
+    /// A data-parallel run's communication, as rank 0 measured it (absent for a single process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dist: Option<DistStats>,
+}
+
+/// What a data-parallel epoch spent, measured on rank 0.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistStats {
+    /// Ranks in the job.
+    pub ranks: usize,
+    /// Training steps in the epoch.
+    pub steps: usize,
+    /// Mean seconds per step of forward, backward and optimizer step (including the share of batch norm's
+    /// synchronized sums with `--sync-bn`).
+    pub compute_sec_per_step: f64,
+    /// Mean seconds per step of the gradient allreduce that the step waited for: with one flat buffer the
+    /// whole allreduce after the backward pass, with buckets what was left of it when the backward pass
+    /// ended. Includes waiting for the slowest rank as well as the transfer.
+    pub allreduce_sec_per_step: f64,
+    /// Bytes each rank contributes to the gradient allreduce per step.
+    pub allreduce_bytes_per_step: usize,
+    /// Allreduces of gradients per step: 1 for the flat buffer, else the number of buckets.
+    #[serde(default = "one")]
+    pub allreduces_per_step: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl DistStats {
+    /// `2 ranks: compute 1.234 s/step, allreduce 0.045 s/step, 44.7 MB allreduced per step in 1 allreduce`.
+    pub fn line(&self) -> String {
+        format!(
+            "{} ranks: compute {:.3} s/step, allreduce {:.3} s/step, {:.1} MB allreduced per step in {} allreduce{}",
+            self.ranks,
+            self.compute_sec_per_step,
+            self.allreduce_sec_per_step,
+            self.allreduce_bytes_per_step as f64 / 1e6,
+            self.allreduces_per_step,
+            if self.allreduces_per_step == 1 { "" } else { "s" }
+        )
+    }
 }
 
 impl EpochMetrics {

@@ -8,11 +8,12 @@
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 //!
 //! One file, one job: `config` (what determines a run), `data` (what it trains on), `run` (create, resume, the
-//! epoch loop, checkpoints), `evaluate`, `metrics`, `progress` (the bar), `plot` (the curve) and `lock` (the run
-//! directory's lock).
+//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate`, `metrics`,
+//! `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
 
 mod config;
 mod data;
+mod distributed;
 mod evaluate;
 mod lock;
 mod metrics;
@@ -22,8 +23,9 @@ mod run;
 
 pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
 pub use data::Data;
+pub use distributed::{check_identity, run_identity, Distributed};
 pub use evaluate::{argmax, evaluate, Evaluation};
-pub use metrics::{EpochMetrics, Progress};
+pub use metrics::{DistStats, EpochMetrics, Progress};
 pub use plot::curve_svg;
 pub use progress::ProgressMode;
 pub use run::{Restored, Run, Step};

@@ -1,16 +1,19 @@
 //! A training run in a run directory: create, resume, train epochs, checkpoint.
 
+use super::distributed::Distributed;
 use super::lock::RunLock;
 use super::progress::Bar;
 use super::{curve_svg, evaluate, Data, EpochMetrics, Progress, ProgressMode, TrainConfig};
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::{Batch, Loader, Pipeline};
+use crate::dist::Collective;
 use crate::nn::{ResNet, StateDict, StateTensor};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 const META_CONFIG: &str = "resnet.train_config";
 const META_PROGRESS: &str = "resnet.progress";
@@ -32,8 +35,11 @@ pub struct Run {
     /// The evaluation transforms of the data being trained on (known once [`Run::train`] starts), stored in
     /// `model.safetensors` so that `predict` and `eval` preprocess as training did.
     eval_pipeline: Option<Pipeline>,
-    /// Held for the run's lifetime: a second `resnet train` on the same directory is refused.
-    _lock: RunLock,
+    /// Held for the run's lifetime: a second `resnet train` on the same directory is refused. Only the process
+    /// that writes the directory holds it (rank 0 of a data-parallel job).
+    _lock: Option<RunLock>,
+    /// This process's part in a data-parallel job (`None`: a single process).
+    dist: Option<Distributed>,
 }
 
 /// What one training step did.
@@ -133,14 +139,63 @@ impl Run {
     /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
     /// so a finished run is never overwritten by accident (use `--resume`).
     pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
-        config.validate()?;
         // Build everything that can fail on a bad config before touching the file system.
+        let (net, optimizer) = Self::build(&config)?;
+        let lock = Self::claim(dir)?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            net,
+            optimizer,
+            progress: Progress::default(),
+            eval_pipeline: None,
+            _lock: Some(lock),
+            dist: None,
+        })
+    }
+
+    /// [`Run::create`] for every rank of a data-parallel job: each builds the same network from the seed (and
+    /// `--init`, which every rank reads); rank 0 alone creates and locks `dir`. A failure on any rank fails all.
+    pub fn create_distributed(
+        dir: &Path,
+        config: TrainConfig,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Run> {
+        let dist = Distributed::new(comm);
+        let (mut net, optimizer) = dist.agree(Self::build(&config))?;
+        if config.sync_bn {
+            net.set_sync_bn(Some(dist.comm.clone()));
+        }
+        let lock = dist.agree(match dist.leads() {
+            true => Self::claim(dir).map(Some),
+            false => Ok(None),
+        })?;
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            net,
+            optimizer,
+            progress: Progress::default(),
+            eval_pipeline: None,
+            _lock: lock,
+            dist: Some(dist),
+        })
+    }
+
+    /// The network and optimizer a fresh run of `config` starts with.
+    fn build(config: &TrainConfig) -> Result<(ResNet, Box<dyn Optimizer>)> {
+        config.validate()?;
         let mut net = ResNet::new(config.arch(), config.seed)?;
         if let Some(path) = &config.init {
             load_init(&mut net, path, config.reset_head)?;
         }
         net.set_frozen(config.freeze)?;
-        let optimizer = build_optimizer(&config, &mut net)?;
+        let optimizer = build_optimizer(config, &mut net)?;
+        Ok((net, optimizer))
+    }
+
+    /// Creates `dir` if needed and locks it for a fresh run, refusing one that holds a checkpoint.
+    fn claim(dir: &Path) -> Result<RunLock> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::new(format!(
                 "{}: cannot create run directory: {e}",
@@ -157,27 +212,57 @@ impl Run {
         let lock = RunLock::acquire(dir)?;
         // Again under the lock: another run may have written its first checkpoint meanwhile.
         refuse_existing()?;
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            config,
-            net,
-            optimizer,
-            progress: Progress::default(),
-            eval_pipeline: None,
-            _lock: lock,
-        })
+        Ok(lock)
     }
 
     /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
     pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
+        let (lock, bytes) = Self::open_checkpoint(dir)?;
+        let origin = dir.join("checkpoint.safetensors").display().to_string();
+        let restored = Restored::from_bytes(&bytes, &origin, epochs)?;
+        Ok(Self::restore(dir, restored, Some(lock), None))
+    }
+
+    /// [`Run::resume`] for every rank of a data-parallel job: rank 0 locks `dir` and reads the checkpoint, every
+    /// rank receives its bytes (no shared file system needed) and restores from them. A checkpoint does not
+    /// depend on the number of ranks that wrote it.
+    pub fn resume_distributed(
+        dir: &Path,
+        epochs: Option<usize>,
+        comm: Arc<dyn Collective>,
+    ) -> Result<Run> {
+        let dist = Distributed::new(comm);
+        let (lock, mut bytes) = dist.agree(match dist.leads() {
+            true => Self::open_checkpoint(dir).map(|(l, b)| (Some(l), b)),
+            false => Ok((None, Vec::new())),
+        })?;
+        dist.comm.broadcast_bytes(0, &mut bytes);
+        let origin = dir.join("checkpoint.safetensors").display().to_string();
+        let mut restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
+        if restored.config.sync_bn {
+            restored.net.set_sync_bn(Some(dist.comm.clone()));
+        }
+        Ok(Self::restore(dir, restored, lock, Some(dist)))
+    }
+
+    /// Locks `dir` and reads its checkpoint's bytes.
+    fn open_checkpoint(dir: &Path) -> Result<(RunLock, Vec<u8>)> {
         let path = dir.join("checkpoint.safetensors");
         // Refuse a directory without a checkpoint before creating the lock file in it.
         std::fs::metadata(&path)
             .map_err(|e| Error::new(format!("{}: {e} (nothing to resume)", path.display())))?;
         let lock = RunLock::acquire(dir)?;
         let bytes = checkpoint::read_file_limited(&path)?;
-        let restored = Restored::from_bytes(&bytes, &path.display().to_string(), epochs)?;
-        Ok(Run {
+        Ok((lock, bytes))
+    }
+
+    fn restore(
+        dir: &Path,
+        restored: Restored,
+        lock: Option<RunLock>,
+        dist: Option<Distributed>,
+    ) -> Run {
+        Run {
             dir: dir.to_path_buf(),
             config: restored.config,
             net: restored.net,
@@ -185,7 +270,31 @@ impl Run {
             progress: restored.progress,
             eval_pipeline: None,
             _lock: lock,
-        })
+            dist,
+        }
+    }
+
+    /// Whether this process writes the run directory and reports progress: a single process, or rank 0.
+    pub fn leads(&self) -> bool {
+        self.dist.as_ref().is_none_or(Distributed::leads)
+    }
+
+    /// A data-parallel job's gradient buckets (see [`Distributed::set_buckets`]; `None`: one flat allreduce
+    /// after the backward pass). Nothing for a single process.
+    pub fn set_bucket_mb(&mut self, mb: Option<f64>) -> Result<()> {
+        match &mut self.dist {
+            Some(d) => d.set_buckets(&mut self.net, mb, self.config.sync_bn),
+            None => Ok(()),
+        }
+    }
+
+    /// Fails every rank of a data-parallel job with rank 0's error if any rank's `local` failed; a single
+    /// process's `local` as it is.
+    fn agree<T>(&self, local: Result<T>) -> Result<T> {
+        match &self.dist {
+            Some(d) => d.agree(local),
+            None => local,
+        }
     }
 
     /// One training step on `batch` at learning rate `lr`: forward, loss, backward, the finite checks and the
@@ -209,6 +318,11 @@ impl Run {
 
     /// Trains the remaining epochs, printing the chapter's line after each and checkpointing atomically.
     /// `on_epoch` sees each epoch's metrics (after its checkpoint is safely on disk).
+    ///
+    /// In a data-parallel job every rank calls this: each trains on its share of every batch and evaluates its
+    /// share of the test set; rank 0 alone shows progress and writes the run directory; every rank's
+    /// `on_epoch` sees the same metrics. The weights are compared across ranks at the start and after every
+    /// epoch.
     pub fn train(
         &mut self,
         data: &Data,
@@ -217,24 +331,49 @@ impl Run {
     ) -> Result<()> {
         let cfg = self.config.clone();
         let schedule = cfg.schedule.clone();
-        data.check_fits(&cfg)?;
-        let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
-        let train_loader = Loader::with_pipeline(
-            data.train.clone(),
-            cfg.batch_size,
-            true,
-            cfg.seed,
-            train_pipeline,
-        )?;
-        let test_loader = Loader::with_pipeline(
-            data.test.clone(),
-            cfg.batch_size,
-            false,
-            cfg.seed,
-            eval_pipeline.clone(),
-        )?;
+        let (rank, ranks) = match &self.dist {
+            Some(d) => (d.comm.rank(), d.comm.size()),
+            None => (0, 1),
+        };
+        let mode = if self.leads() {
+            mode
+        } else {
+            ProgressMode::Quiet
+        };
+        let (train_loader, test_loader, eval_pipeline) = self.agree((|| {
+            data.check_fits(&cfg)?;
+            let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
+            let train_loader = Loader::with_pipeline(
+                data.train.clone(),
+                cfg.batch_size,
+                true,
+                cfg.seed,
+                train_pipeline,
+            )?
+            .with_shard(rank, ranks)?;
+            let test_loader = Loader::with_pipeline(
+                data.test.clone(),
+                cfg.batch_size,
+                false,
+                cfg.seed,
+                eval_pipeline.clone(),
+            )?
+            .with_shard(rank, ranks)?;
+            Ok((train_loader, test_loader, eval_pipeline))
+        })())?;
         self.eval_pipeline = Some(eval_pipeline);
         let steps = train_loader.num_batches();
+        if let Some(d) = &self.dist {
+            d.check_shares(cfg.batch_size, train_loader.len())?;
+            // Every rank reads its first shares now: data a rank cannot read fails the job before training.
+            d.agree(
+                train_loader
+                    .batch(self.progress.epochs_done, 0)
+                    .and_then(|_| test_loader.batch(0, 0))
+                    .map(|_| ()),
+            )?;
+            d.check_weights(&self.net, "at the start")?;
+        }
         for epoch in self.progress.epochs_done..cfg.epochs {
             let kept = match self.progress.epochs_done {
                 0 => format!(
@@ -252,15 +391,24 @@ impl Run {
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = cfg.lr;
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
-                let batch = batch?;
                 lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
-                let (loss, ok) = match self.train_step(&batch, lr)? {
+                let global_n = train_loader.global_batch_len(b);
+                let step = match &mut self.dist {
+                    Some(d) => {
+                        d.step(&mut self.net, self.optimizer.as_mut(), batch, global_n, lr)?
+                    }
+                    None => self.train_step(&batch?, lr)?,
+                };
+                let (loss, ok) = match step {
                     Step::Done { loss, correct } => (loss, correct),
-                    Step::Diverged(what) => bail!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr),
+                    // Every rank of a job sees the same summed loss and gradients, so all stop here together.
+                    Step::Diverged(what) => {
+                        return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr))))
+                    }
                 };
                 loss_sum += loss as f64;
                 correct += ok;
-                seen += batch.labels.len();
+                seen += global_n;
                 bar.update(
                     b + 1,
                     loss_sum / (b + 1) as f64,
@@ -271,7 +419,15 @@ impl Run {
             }
             bar.finish();
             let train_secs = start.elapsed().as_secs_f64();
-            let eval = evaluate(&mut self.net, &test_loader)?;
+            if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
+                d.average_running_stats(&mut self.net);
+            }
+            let eval = evaluate(&mut self.net, &test_loader);
+            let eval = self.agree(eval)?;
+            let eval = match &self.dist {
+                Some(d) => d.sum_evaluation(eval),
+                None => eval,
+            };
             let metrics = EpochMetrics {
                 epoch: epoch + 1,
                 loss: loss_sum / steps as f64,
@@ -280,6 +436,7 @@ impl Run {
                 time_sec: start.elapsed().as_secs_f64(),
                 images_per_sec: seen as f64 / train_secs,
                 lr: lr as f64,
+                dist: self.dist.as_mut().map(Distributed::take_stats),
             };
             // A last step can overflow the weights (or BN statistics) without a non-finite loss or gradient:
             // never checkpoint such a model over the last good one.
@@ -288,12 +445,17 @@ impl Run {
                 matches!(t, StateTensor::F32 { data, .. } if data.iter().any(|v| !v.is_finite()))
             });
             if let Some((name, _)) = bad {
-                bail!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr);
+                let name = name.clone();
+                return self.agree(Err(Error::new(format!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr))));
             }
             drop(sd);
+            if let Some(d) = &self.dist {
+                d.check_weights(&self.net, &format!("after epoch {}", epoch + 1))?;
+            }
             self.progress.epochs_done = epoch + 1;
             self.progress.history.push(metrics.clone());
-            self.save()?;
+            let saved = if self.leads() { self.save() } else { Ok(()) };
+            self.agree(saved)?;
             on_epoch(&metrics);
         }
         Ok(())
