@@ -265,13 +265,13 @@ fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
                 0
             }
         }
-        Algo::Im2col { direct_gemm } => {
+        Algo::Im2col { tiles } => {
             let live_weights = if g.all_taps_live() {
                 0
             } else {
                 g.live_patch_len() * g.cout
             };
-            let packed = if direct_gemm {
+            let packed = if tiles {
                 g.live_patch_len() * g.cout
             } else {
                 0
@@ -336,7 +336,7 @@ fn run_algo(
             };
             conv_direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
         }
-        Algo::Im2col { direct_gemm: true } => {
+        Algo::Im2col { tiles: true } => {
             let (wl, rest) = workspace.split_at_mut(if g.all_taps_live() {
                 0
             } else {
@@ -351,7 +351,7 @@ fn run_algo(
             let (packed, cols) = rest.split_at_mut(g.live_patch_len() * g.cout);
             conv_gemm_tiles(g, n, x, w, y, epilogue, packed, cols);
         }
-        Algo::Im2col { direct_gemm: false } => {
+        Algo::Im2col { tiles: false } => {
             // A bias alone is the GEMM's starting value; an affine map is a second pass over the sums.
             let affine = epilogue.scale.is_some() || epilogue.relu;
             let accumulate = !affine && epilogue.shift.is_some();
@@ -419,10 +419,10 @@ impl ConvPlan {
                 g.patch_len() * g.cout + algo_workspace(algo, &t, n)
             }
             InputGradAlgo::Pointwise { .. } => conv_pointwise::workspace_len(g),
-            InputGradAlgo::Col2im { direct_gemm } => {
+            InputGradAlgo::Col2im { tiles } => {
                 let k = g.live_patch_len();
                 let live_weights = if g.all_taps_live() { 0 } else { k * g.cout };
-                let packed_wt = if direct_gemm { k * g.cout } else { 0 };
+                let packed_wt = if tiles { k * g.cout } else { 0 };
                 live_weights + packed_wt + g.cols_len(n)
             }
         };
@@ -561,9 +561,7 @@ impl ConvPlan {
                     rest,
                 );
             }
-            InputGradAlgo::Col2im { direct_gemm } => {
-                col2im_input_grad(g, n, w, dy, dx, direct_gemm, workspace)
-            }
+            InputGradAlgo::Col2im { tiles } => col2im_input_grad(g, n, w, dy, dx, tiles, workspace),
         }
     }
 }
@@ -621,8 +619,8 @@ fn im2col_weight_grad(
 }
 
 /// The input gradient of a conv whose transpose is not a stride-1 conv (stride 2, dead taps):
-/// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `direct_gemm`: the product on the direct
-/// kernels, else the `gemm` crate.
+/// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `direct`: the product on the 1×1 GEMM tiles
+/// ([`conv_pointwise::matmul`]), else the `gemm` crate.
 fn col2im_input_grad(
     g: &ConvGeom,
     n: usize,

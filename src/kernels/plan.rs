@@ -30,12 +30,12 @@ pub enum Algo {
         /// Output columns per register tile (64 with AVX-512, 16 with AVX2).
         width: usize,
     },
-    /// The column matrix of the live taps (im2col) times the weights; `direct_gemm`: the product on the
+    /// The column matrix of the live taps (im2col) times the weights; `tiles`: the product on the
     /// register tiles of [`conv_pointwise::matmul`] (no allocation, the epilogue fused), else the `gemm` crate
     /// (the portable path).
     Im2col {
-        /// The product runs on the direct kernels.
-        direct_gemm: bool,
+        /// The product runs on the 1×1 GEMM tiles.
+        tiles: bool,
     },
 }
 
@@ -69,10 +69,10 @@ pub enum InputGradAlgo {
         /// Output columns per register tile.
         width: usize,
     },
-    /// `dcols = dy · wᵀ` per chunk, added back with col2im; `direct_gemm` as for [`Algo::Im2col`].
+    /// `dcols = dy · wᵀ` per chunk, added back with col2im; `tiles` as for [`Algo::Im2col`].
     Col2im {
-        /// The product runs on the direct kernels.
-        direct_gemm: bool,
+        /// The product runs on the 1×1 GEMM tiles.
+        tiles: bool,
     },
 }
 
@@ -106,7 +106,7 @@ fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
         }
     } else {
         Algo::Im2col {
-            direct_gemm: !g.is_pointwise() && conv_pointwise::matmul_handles(g.cout),
+            tiles: !g.is_pointwise() && conv_pointwise::matmul_handles(g.cout),
         }
     }
 }
@@ -138,8 +138,7 @@ impl ConvPlan {
             InputGradAlgo::Transposed(forward_algo(&t, n))
         } else {
             InputGradAlgo::Col2im {
-                direct_gemm: !g.is_pointwise()
-                    && conv_pointwise::matmul_handles(g.live_patch_len()),
+                tiles: !g.is_pointwise() && conv_pointwise::matmul_handles(g.live_patch_len()),
             }
         };
         ConvPlan {
@@ -166,8 +165,8 @@ impl fmt::Display for Algo {
                 if *packed { " packed" } else { "" }
             ),
             Algo::Pointwise { width } => write!(f, "1x1 gemm {}x{width}", tile::MR),
-            Algo::Im2col { direct_gemm: true } => write!(f, "im2col + gemm tiles"),
-            Algo::Im2col { direct_gemm: false } => write!(f, "im2col + gemm crate"),
+            Algo::Im2col { tiles: true } => write!(f, "im2col + gemm tiles"),
+            Algo::Im2col { tiles: false } => write!(f, "im2col + gemm crate"),
         }
     }
 }
@@ -189,8 +188,8 @@ impl fmt::Display for InputGradAlgo {
         match self {
             InputGradAlgo::Transposed(a) => write!(f, "transposed conv, {a}"),
             InputGradAlgo::Pointwise { width } => write!(f, "1x1 gemm {}x{width}", tile::MR),
-            InputGradAlgo::Col2im { direct_gemm: true } => write!(f, "gemm tiles + col2im"),
-            InputGradAlgo::Col2im { direct_gemm: false } => write!(f, "gemm crate + col2im"),
+            InputGradAlgo::Col2im { tiles: true } => write!(f, "gemm tiles + col2im"),
+            InputGradAlgo::Col2im { tiles: false } => write!(f, "gemm crate + col2im"),
         }
     }
 }
