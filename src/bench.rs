@@ -158,7 +158,7 @@ fn plan_report(
     );
     let mut by_algo: Vec<(String, f64, f64)> = Vec::new();
     let (mut total_s, mut total_flop) = (0.0, 0.0);
-    for (layer, plan) in &plans {
+    for (index, (layer, plan)) in plans.iter().enumerate() {
         let g = &plan.geom;
         let fill = |len: usize, k: usize| -> Vec<f32> {
             (0..len)
@@ -184,8 +184,11 @@ fn plan_report(
         if train {
             let mut dw = vec![0.0f32; w.len()];
             let mut dx = vec![0.0f32; x.len()];
+            // The stem's input gradient is never computed in training (nothing upstream learns).
+            let stem = index == 0;
             let (bwd, _, _) = time_it(1, iters, || {
-                plan.backward(&x, &w, &y, &mut dw, &mut [], Some(&mut dx), &mut ws);
+                let dx = (!stem).then_some(&mut dx[..]);
+                plan.backward(&x, &w, &y, &mut dw, &mut [], dx, &mut ws);
                 Ok(())
             })?;
             line += &format!(
