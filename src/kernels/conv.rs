@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
 pub fn engine() -> String {
-    let tiles = if conv_pointwise::avx512() {
+    let tiles = if tile::avx512() {
         "AVX-512 6x64 tiles where output channels are a multiple of 64, AVX2 6x16 tiles elsewhere"
     } else {
         "AVX2 6x16 tiles"
@@ -618,8 +618,9 @@ fn im2col_weight_grad(
     }
 }
 
-/// The input gradient of a conv whose transpose is not a stride-1 conv (stride 2, dead taps):
-/// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `direct`: the product on the 1×1 GEMM tiles
+/// The input gradient of a conv whose transpose is not a stride-1 conv (stride 2, dead taps; never a 1×1
+/// stride-1 conv, whose transpose is one):
+/// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `tiles`: the product on the 1×1 GEMM tiles
 /// ([`conv_pointwise::matmul`]), else the `gemm` crate.
 fn col2im_input_grad(
     g: &ConvGeom,
@@ -627,26 +628,12 @@ fn col2im_input_grad(
     w: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    direct: bool,
+    tiles: bool,
     workspace: &mut [f32],
 ) {
     let k = g.live_patch_len();
     let rows_per_image = g.oh * g.ow;
-    let out_rows = n * rows_per_image;
     let plane_in = g.h * g.w * g.cin;
-    if g.is_pointwise() {
-        let dyt = MatRef::row_major(dy, g.cout);
-        matmul(
-            out_rows,
-            k,
-            g.cout,
-            dx,
-            false,
-            dyt,
-            MatRef::transposed(w, g.cout),
-        );
-        return;
-    }
     let compact = !g.all_taps_live();
     let (w_live, rest) = workspace.split_at_mut(if compact { k * g.cout } else { 0 });
     if compact {
@@ -654,8 +641,8 @@ fn col2im_input_grad(
     }
     let w_live: &[f32] = if compact { w_live } else { w };
     dx[..n * plane_in].fill(0.0);
-    let (packed_wt, cols) = rest.split_at_mut(if direct { k * g.cout } else { 0 });
-    if direct {
+    let (packed_wt, cols) = rest.split_at_mut(if tiles { k * g.cout } else { 0 });
+    if tiles {
         // dcols = dy · w_liveᵀ: the right-hand matrix is w_live [k, cout] read transposed.
         conv_pointwise::pack(g.cout, k, w_live, true, packed_wt);
     }
@@ -666,7 +653,7 @@ fn col2im_input_grad(
         let rows = images * rows_per_image;
         let dy_chunk = &dy[first * rows_per_image * g.cout..][..rows * g.cout];
         let dcols = &mut cols[..rows * k];
-        if direct {
+        if tiles {
             let none = Epilogue::default();
             conv_pointwise::matmul(rows, g.cout, k, dy_chunk, packed_wt, dcols, none);
         } else {
@@ -683,35 +670,6 @@ fn col2im_input_grad(
         col2im_add(g, images, dcols, &mut dx[first * plane_in..]);
         first += images;
     }
-}
-
-/// Forward convolution by the plan for `(g, n)` (see [`ConvPlan::forward`]).
-pub fn conv2d_forward(
-    g: &ConvGeom,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    bias: &[f32],
-    y: &mut [f32],
-    workspace: &mut [f32],
-) {
-    ConvPlan::new(*g, n).forward(x, w, bias, y, workspace);
-}
-
-/// Backward convolution by the plan for `(g, n)` (see [`ConvPlan::backward`]).
-#[allow(clippy::too_many_arguments)]
-pub fn conv2d_backward(
-    g: &ConvGeom,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    dw: &mut [f32],
-    dbias: &mut [f32],
-    dx: Option<&mut [f32]>,
-    workspace: &mut [f32],
-) {
-    ConvPlan::new(*g, n).backward(x, w, dy, dw, dbias, dx, workspace);
 }
 
 #[cfg(test)]
@@ -866,7 +824,7 @@ mod tests {
             // The training forward (direct, Winograd or im2col, as dispatched), with a bias.
             let bias: Vec<f32> = (0..cout).map(|co| co as f32 / 7.0 - 1.0).collect();
             let mut yb = vec![f32::NAN; want.len()];
-            conv2d_forward(&g, n, &x, &wt, &bias, &mut yb, &mut ws);
+            plan.forward(&x, &wt, &bias, &mut yb, &mut ws);
             for (i, (a, b)) in yb.iter().zip(&want).enumerate() {
                 let v = b + bias[i % cout];
                 assert!(
@@ -874,24 +832,14 @@ mod tests {
                     "forward {cin}->{cout} k{k} s{s} p{p} {h}x{w}: y[{i}] = {a}, want {v}"
                 );
             }
-            // Weight and input gradients through conv2d_backward (the channel-major kernel and the direct
+            // Weight and input gradients through the plan's backward (the channel-major kernel and the direct
             // GEMM where they apply), dy = y.
             let want_dw = naive_weight_grad(&g, n, &x, &want);
             let want_dx = naive_input_grad(&g, n, &want, &wt);
             let mut dw = vec![f32::NAN; want_dw.len()];
             let mut db = vec![0.0f32; cout];
             let mut dx = vec![f32::NAN; want_dx.len()];
-            conv2d_backward(
-                &g,
-                n,
-                &x,
-                &wt,
-                &want,
-                &mut dw,
-                &mut db,
-                Some(&mut dx),
-                &mut ws,
-            );
+            plan.backward(&x, &wt, &want, &mut dw, &mut db, Some(&mut dx), &mut ws);
             for (i, (a, b)) in dx.iter().zip(&want_dx).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-3 * (1.0 + b.abs()),

@@ -14,8 +14,8 @@
 
 use super::geom::ConvGeom;
 use super::tile::{
-    avx512, cm_tile_rows_of, cpu_supported, rows_tile_64, store_dw_tile, tile_6x16, Columns,
-    Epilogue, SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
+    cols_tile_16, cpu_supported, rows_tile_64, store_dw_tile, tile_6x16, wide, Columns, Epilogue,
+    SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
 };
 use rayon::prelude::*;
 
@@ -265,7 +265,7 @@ pub fn by_position(g: &ConvGeom, n: usize) -> bool {
 /// 16-column panels per register tile: four (one AVX-512 6 × 64 tile) where the CPU has AVX-512 and the output
 /// channels are a multiple of 64, else one (the AVX2 6 × 16 tile).
 fn panel_group(g: &ConvGeom) -> usize {
-    if avx512() && g.cout.is_multiple_of(64) {
+    if wide(g.cout) {
         4
     } else {
         1
@@ -738,7 +738,9 @@ fn weight_grad_by_columns(
                         // each); this task alone writes the tile's patch rows of dw (tiles are disjoint).
                         unsafe {
                             let dw = dw_ptr.get().add(panel * NR);
-                            cm_tile_rows_of(m, a, MR, b, NR, len, dw, &dst, overwrite);
+                            let d = core::array::from_fn(|i| dw.add(dst[i.min(m - 1)]));
+                            let runs = [(0, 0, len)];
+                            cols_tile_16(a, MR, b, NR, &runs, m, &d, !overwrite, m);
                         }
                     }
                 }

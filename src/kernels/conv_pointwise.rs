@@ -20,10 +20,9 @@
 //! with AVX2 (the micro-kernels are in [`super::tile`]).
 
 use super::geom::ConvGeom;
-pub use super::tile::avx512;
 use super::tile::{
-    cols_tile_16, cols_tile_64, cpu_supported, rows_tile_16, rows_tile_64, Epilogue, SendPtr, MR,
-    NR,
+    cols_tile_16, cols_tile_64, cpu_supported, rows_tile_16, rows_tile_64, wide, Epilogue, SendPtr,
+    MR, NR,
 };
 use rayon::prelude::*;
 
@@ -50,7 +49,7 @@ pub fn handles(g: &ConvGeom) -> bool {
 
 /// Columns per register tile for a product with `n` output columns: 64 with AVX-512 where `n` allows, else 16.
 pub fn tile_width(n: usize) -> usize {
-    if avx512() && n.is_multiple_of(64) {
+    if wide(n) {
         64
     } else {
         NR

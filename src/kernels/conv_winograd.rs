@@ -23,8 +23,8 @@
 
 use super::geom::ConvGeom;
 use super::tile::{
-    avx512, cm_tile_rows_of, cols_tile_64, cpu_supported, rows_tile_64, tile_6x16, Epilogue,
-    SendPtr, MAX_CIN, MIN_CIN, MR, NR, ZEROS,
+    cols_tile_16, cols_tile_64, cpu_supported, rows_tile_64, tile_6x16, wide, Epilogue, SendPtr,
+    MAX_CIN, MIN_CIN, MR, NR, ZEROS,
 };
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
@@ -811,7 +811,7 @@ unsafe fn products(g: &ConvGeom, xi: usize, u: &[f32], v: &[f32], m: &mut [f32],
     let (cin, cout, count, chunk) = (g.cin, g.cout, span.count, span.chunk);
     let register_tiles = count.div_ceil(MR);
     // With AVX-512 a 6 × 64 tile reads four 16-column panels at once (one 16-float vector each).
-    let wide = avx512() && cout.is_multiple_of(64);
+    let wide = wide(cout);
     for x in 0..xi {
         let v_x = &v[x * chunk * cin..][..count * cin];
         let m_x = m[x * chunk * cout..].as_mut_ptr();
@@ -871,33 +871,22 @@ unsafe fn weight_products(
         let sums_x = sums[x * cin * cout..][..cin * cout].as_mut_ptr();
         for c0 in (0..cin).step_by(MR) {
             let rows = (cin - c0).min(MR);
-            let mut dst = [0usize; MR];
-            for (i, d) in dst.iter_mut().enumerate().take(rows) {
-                *d = (c0 + i) * cout;
-            }
-            if avx512() && cout.is_multiple_of(64) {
-                let dst_rows: [*mut f32; MR] =
-                    core::array::from_fn(|i| sums_x.add(dst[i.min(rows - 1)]));
+            let dst: [*mut f32; MR] =
+                core::array::from_fn(|i| sums_x.add((c0 + i.min(rows - 1)) * cout));
+            let runs = [(0, 0, count)];
+            let a = v_x.add(c0);
+            if wide(cout) {
                 for panel in 0..cout / 64 {
-                    let d = dst_rows.map(|p| p.add(panel * 64));
-                    let runs = [(0, 0, count)];
+                    let d = dst.map(|p| p.add(panel * 64));
                     let b = w_x.add(panel * 64);
-                    cols_tile_64(v_x.add(c0), cin, b, cout, &runs, rows, &d, !overwrite, rows);
+                    cols_tile_64(a, cin, b, cout, &runs, rows, &d, !overwrite, rows);
                 }
-                continue;
-            }
-            for panel in 0..cout / NR {
-                cm_tile_rows_of(
-                    rows,
-                    v_x.add(c0),
-                    cin,
-                    w_x.add(panel * NR),
-                    cout,
-                    count,
-                    sums_x.add(panel * NR),
-                    &dst,
-                    overwrite,
-                );
+            } else {
+                for panel in 0..cout / NR {
+                    let d = dst.map(|p| p.add(panel * NR));
+                    let b = w_x.add(panel * NR);
+                    cols_tile_16(a, cin, b, cout, &runs, rows, &d, !overwrite, rows);
+                }
             }
         }
     }

@@ -93,7 +93,7 @@ pub struct ConvPlan {
 
 /// The forward algorithm for `g` at batch `n`.
 fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
-    if let Some(tile) = conv_winograd::tile_for(g, n).filter(|_| conv_winograd::handles(g, n)) {
+    if let Some(tile) = conv_winograd::tile_for(g, n) {
         Algo::Winograd(tile)
     } else if conv_pointwise::handles(g) {
         Algo::Pointwise {
@@ -119,9 +119,7 @@ impl ConvPlan {
             WeightGradAlgo::Pointwise {
                 width: conv_pointwise::tile_width(g.cout),
             }
-        } else if let Some(tile) =
-            conv_winograd::tile_for(&g, n).filter(|_| conv_winograd::handles(&g, n))
-        {
+        } else if let Some(tile) = conv_winograd::tile_for(&g, n) {
             WeightGradAlgo::Winograd(tile)
         } else if conv_direct::weight_grad_handles(&g) {
             WeightGradAlgo::ChannelMajor {
@@ -138,7 +136,7 @@ impl ConvPlan {
             InputGradAlgo::Transposed(forward_algo(&t, n))
         } else {
             InputGradAlgo::Col2im {
-                tiles: !g.is_pointwise() && conv_pointwise::matmul_handles(g.live_patch_len()),
+                tiles: conv_pointwise::matmul_handles(g.live_patch_len()),
             }
         };
         ConvPlan {

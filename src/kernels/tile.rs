@@ -1,9 +1,9 @@
 //! The pieces every register-tile kernel shares: the tile sizes, the CPU check, the zero block that stands for
 //! padding, a pointer rayon tasks may share, what is applied to a tile as it is stored ([`Epilogue`]), and
 //! the AVX2 micro-kernels themselves: a 6×16 tile of `y = a·b` with `a` read through six row pointers
-//! ([`tile_6x16`], the forward kernels' and Winograd's), and one with `a` read six floats at a time down a strided
-//! column ([`cm_tile_rows_of`], the weight gradients'); and the same two shapes generated for AVX2 (6 × 16) and
-//! AVX-512 (6 × 64) from one body ([`micro_kernels!`]: `rows_tile_16/64`, `cols_tile_16/64`).
+//! ([`tile_6x16`], the direct kernels' over several taps), and the two shapes generated for AVX2 (6 × 16) and
+//! AVX-512 (6 × 64) from one body ([`micro_kernels!`]): `rows_tile_16/64` (`a` through six row pointers) and
+//! `cols_tile_16/64` (`a` read six floats at a time down a strided column: the weight gradients').
 
 /// Rows per register tile.
 pub(crate) const MR: usize = 6;
@@ -58,6 +58,12 @@ fn detect_avx512() -> bool {
 #[cfg(not(target_arch = "x86_64"))]
 fn detect_avx512() -> bool {
     false
+}
+
+/// True when a product with `n` output columns runs on the AVX-512 6 × 64 tiles (four 16-column panels per
+/// tile): AVX-512 available and `n` a multiple of 64. Every kernel asks this one question.
+pub(crate) fn wide(n: usize) -> bool {
+    avx512() && n.is_multiple_of(64)
 }
 
 /// A raw pointer that rayon tasks may share; each task writes a disjoint part (see the SAFETY notes).
@@ -248,83 +254,6 @@ pub(crate) unsafe fn store_dw_tile<const M: usize>(
         _mm256_storeu_ps(d, v0);
         _mm256_storeu_ps(d.add(8), v1);
     }
-}
-
-/// [`cm_tile_packed`] for `m ≤ 6` rows known at run time.
-///
-/// # Safety
-/// As for [`cm_tile_packed`] with `M = m`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn cm_tile_rows_of(
-    m: usize,
-    a: *const f32,
-    a_stride: usize,
-    b: *const f32,
-    b_stride: usize,
-    len: usize,
-    dw: *mut f32,
-    dst: &[usize; MR],
-    overwrite: bool,
-) {
-    let (sa, sb) = (a_stride, b_stride);
-    match m {
-        6 => cm_tile_packed::<6>(a, sa, b, sb, len, dw, dst, overwrite),
-        5 => cm_tile_packed::<5>(a, sa, b, sb, len, dw, dst, overwrite),
-        4 => cm_tile_packed::<4>(a, sa, b, sb, len, dw, dst, overwrite),
-        3 => cm_tile_packed::<3>(a, sa, b, sb, len, dw, dst, overwrite),
-        2 => cm_tile_packed::<2>(a, sa, b, sb, len, dw, dst, overwrite),
-        _ => cm_tile_packed::<1>(a, sa, b, sb, len, dw, dst, overwrite),
-    }
-}
-
-/// One `M × 16` tile of the weight gradient over `len` positions:
-/// `dw[dst[i] + 0..16] (+)= Σ_q a[q·a_stride + i] · b[q·b_stride + 0..16]`; overwrites when `overwrite`.
-/// Packed operands have strides 6 and 16.
-///
-/// # Safety
-/// AVX2 and FMA must be available; `a` readable at `q·a_stride + 0..M` and `b` at `q·b_stride + 0..16` for
-/// `q < len`, `dw` writable at `dst[i] + 0..16` for `i < M`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cm_tile_packed<const M: usize>(
-    a: *const f32,
-    a_stride: usize,
-    b: *const f32,
-    b_stride: usize,
-    len: usize,
-    dw: *mut f32,
-    dst: &[usize; MR],
-    overwrite: bool,
-) {
-    use core::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; M];
-    for q in 0..len {
-        let b0 = _mm256_loadu_ps(b.add(q * b_stride));
-        let b1 = _mm256_loadu_ps(b.add(q * b_stride + 8));
-        let a_row = a.add(q * a_stride);
-        for (i, acc_row) in acc.iter_mut().enumerate() {
-            let v = _mm256_broadcast_ss(&*a_row.add(i));
-            acc_row[0] = _mm256_fmadd_ps(v, b0, acc_row[0]);
-            acc_row[1] = _mm256_fmadd_ps(v, b1, acc_row[1]);
-        }
-    }
-    store_dw_tile(&acc, dw, dst, overwrite);
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn cm_tile_packed<const M: usize>(
-    _a: *const f32,
-    _a_stride: usize,
-    _b: *const f32,
-    _b_stride: usize,
-    _len: usize,
-    _dw: *mut f32,
-    _dst: &[usize; MR],
-    _overwrite: bool,
-) {
-    unreachable!("cpu_supported() is false off x86-64")
 }
 
 /// The two micro-kernels for one tile width, from one body:
