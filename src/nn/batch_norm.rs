@@ -209,22 +209,9 @@ impl BatchNorm2d {
             &mut self.sums,
             &mut self.coeffs,
         );
-        if let Some(comm) = &self.sync {
-            let local = self.local_sums();
-            correct_input_grad(
-                &**comm,
-                x,
-                &mut self.grad_input,
-                &self.save_mean,
-                &self.save_invstd,
-                &self.weight,
-                &local,
-                &mut self.grad_weight,
-                &mut self.grad_bias,
-                self.sync_rows,
-                &mut self.sync_buf,
-            );
-        }
+        let mut grad_input = std::mem::take(&mut self.grad_input);
+        self.sync_input_grad(x, &mut grad_input);
+        self.grad_input = grad_input;
     }
 
     /// [`BatchNorm2d::backward`] that overwrites `dy` with the input gradient instead of filling `grad_input`:
@@ -246,30 +233,17 @@ impl BatchNorm2d {
             &mut self.sums,
             &mut self.coeffs,
         );
-        if let Some(comm) = &self.sync {
-            let local = self.local_sums();
-            correct_input_grad(
-                &**comm,
-                x,
-                dy,
-                &self.save_mean,
-                &self.save_invstd,
-                &self.weight,
-                &local,
-                &mut self.grad_weight,
-                &mut self.grad_bias,
-                self.sync_rows,
-                &mut self.sync_buf,
-            );
-        }
+        self.sync_input_grad(x, dy);
     }
 
-    /// The last backward's per-channel sums `[Σg, Σg(x−mean)]` (`[2, c]`, f64) for `--sync-bn`: the backward
-    /// kernels leave their f64 totals at the start of their scratch. Checked against the f32 gradients they
-    /// wrote, so a kernel that stops doing so fails the synchronized runs' tests instead of training wrongly.
-    fn local_sums(&self) -> Vec<f64> {
+    /// With `--sync-bn`: turns `grad` (the input gradient from this rank's batch alone) into the global batch's,
+    /// from the per-channel sums `[Σg, Σg(x−mean)]` (`[2, c]`, f64) the backward kernels leave at the start of
+    /// their scratch. The sums are checked against the f32 gradients the kernels wrote, so a kernel that stops
+    /// leaving them fails the synchronized runs' tests instead of training wrongly.
+    fn sync_input_grad(&mut self, x: &[f32], grad: &mut [f32]) {
+        let Some(comm) = &self.sync else { return };
         let c = self.num_features;
-        let local = self.sums[..2 * c].to_vec();
+        let local = &self.sums[..2 * c];
         for ch in 0..c {
             assert!(
                 local[ch] as f32 == self.grad_bias[ch]
@@ -277,7 +251,19 @@ impl BatchNorm2d {
                 "the batch-norm backward kernel no longer leaves its sums in its scratch"
             );
         }
-        local
+        correct_input_grad(
+            &**comm,
+            x,
+            grad,
+            &self.save_mean,
+            &self.save_invstd,
+            &self.weight,
+            local,
+            &mut self.grad_weight,
+            &mut self.grad_bias,
+            self.sync_rows,
+            &mut self.sync_buf,
+        );
     }
 
     /// Number of trainable values (weight and bias).

@@ -70,6 +70,16 @@ pub struct Restored {
 }
 
 impl Restored {
+    /// The parts of a run that starts now: no epochs done.
+    fn fresh(config: TrainConfig, net: ResNet, optimizer: Box<dyn Optimizer>) -> Restored {
+        Restored {
+            config,
+            net,
+            optimizer,
+            progress: Progress::default(),
+        }
+    }
+
     /// Parses the bytes of a `checkpoint.safetensors` (`origin` names it in errors); `epochs` replaces the stored
     /// total. Everything is checked — metadata, configuration, key set, shapes, optimizer state — and a file that
     /// describes a larger network than the values it holds is refused before that network is allocated.
@@ -142,16 +152,8 @@ impl Run {
         // Build everything that can fail on a bad config before touching the file system.
         let (net, optimizer) = Self::build(&config)?;
         let lock = Self::claim(dir)?;
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            config,
-            net,
-            optimizer,
-            progress: Progress::default(),
-            eval_pipeline: None,
-            _lock: Some(lock),
-            dist: None,
-        })
+        let fresh = Restored::fresh(config, net, optimizer);
+        Ok(Self::from_parts(dir, fresh, Some(lock), None))
     }
 
     /// [`Run::create`] for every rank of a data-parallel job: each builds the same network from the seed (and
@@ -170,16 +172,8 @@ impl Run {
             true => Self::claim(dir).map(Some),
             false => Ok(None),
         })?;
-        Ok(Run {
-            dir: dir.to_path_buf(),
-            config,
-            net,
-            optimizer,
-            progress: Progress::default(),
-            eval_pipeline: None,
-            _lock: lock,
-            dist: Some(dist),
-        })
+        let fresh = Restored::fresh(config, net, optimizer);
+        Ok(Self::from_parts(dir, fresh, lock, Some(dist)))
     }
 
     /// The network and optimizer a fresh run of `config` starts with.
@@ -220,7 +214,7 @@ impl Run {
         let (lock, bytes) = Self::open_checkpoint(dir)?;
         let origin = dir.join("checkpoint.safetensors").display().to_string();
         let restored = Restored::from_bytes(&bytes, &origin, epochs)?;
-        Ok(Self::restore(dir, restored, Some(lock), None))
+        Ok(Self::from_parts(dir, restored, Some(lock), None))
     }
 
     /// [`Run::resume`] for every rank of a data-parallel job: rank 0 locks `dir` and reads the checkpoint, every
@@ -242,7 +236,7 @@ impl Run {
         if restored.config.sync_bn {
             restored.net.set_sync_bn(Some(dist.comm.clone()));
         }
-        Ok(Self::restore(dir, restored, lock, Some(dist)))
+        Ok(Self::from_parts(dir, restored, lock, Some(dist)))
     }
 
     /// Locks `dir` and reads its checkpoint's bytes.
@@ -256,7 +250,9 @@ impl Run {
         Ok((lock, bytes))
     }
 
-    fn restore(
+    /// The run in `dir` from its parts: a fresh or restored model, optimizer and progress, the lock (rank 0 and a
+    /// single process hold it) and the data-parallel job, if any.
+    fn from_parts(
         dir: &Path,
         restored: Restored,
         lock: Option<RunLock>,
