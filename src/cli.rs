@@ -53,9 +53,13 @@ pub enum Command {
         /// Refuse weights of another network than this one (the architecture is read from the file).
         #[arg(long, value_enum)]
         arch: Option<ArchName>,
-        /// Image folders without val/ or test/: the validation fraction the model was trained with.
+        /// Evaluate on the validation images a run held out with `train --val-split F --seed S` (the same F and
+        /// S; image folders without val/ or test/ always split, with 0.1 by default).
         #[arg(long)]
         val_split: Option<f64>,
+        /// The seed of `--val-split`'s draw (the training run's --seed).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
         #[arg(long)]
         resize: Option<usize>,
@@ -177,8 +181,9 @@ pub struct TrainArgs {
     /// (random-resized-crop 224 + flip; eval resize 256 + center crop 224).
     #[arg(long, default_value = "chapter")]
     pub transforms: Preset,
-    /// Image folders without train/ and val/ (or test/): hold out this fraction of each class for validation
-    /// (seeded, stratified) [default: 0.1].
+    /// Hold out this fraction of each class of the training images for validation (stratified, drawn with
+    /// --seed) and evaluate on it instead of the test images, to choose settings honestly [image folders without
+    /// val/ or test/: default 0.1].
     #[arg(long)]
     pub val_split: Option<f64>,
     /// Image folders: keep decoded images in memory up to this many MiB (beyond it they are decoded every epoch).

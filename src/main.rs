@@ -379,6 +379,7 @@ fn eval(
     data: Option<&Path>,
     format: Format,
     val_split: Option<f64>,
+    seed: u64,
     resize: Option<usize>,
     limit: Option<usize>,
     batch_size: usize,
@@ -392,6 +393,7 @@ fn eval(
         // A model trained here says how its images were prepared: convert the data to its channels.
         channels: stored.as_ref().map(|_| net.config.in_channels),
         val_split,
+        seed,
         verify: verify_bundled(data),
         test_only: true,
         ..DataOptions::default()
@@ -562,6 +564,7 @@ fn run(cli: Cli) -> Result<()> {
             format,
             arch,
             val_split,
+            seed,
             resize,
             limit,
             batch_size,
@@ -571,6 +574,7 @@ fn run(cli: Cli) -> Result<()> {
             data.as_deref(),
             format,
             val_split,
+            seed,
             resize,
             limit,
             batch_size,

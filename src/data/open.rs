@@ -9,7 +9,7 @@ use super::cifar::{self, Kind, Label};
 use super::fashion_mnist::{Dataset, Split, CLASS_NAMES};
 use super::folder::{self, FolderOptions, DEFAULT_CACHE_MB};
 use super::loader::TransformConfig;
-use super::source::{channel_mean_std, ArrayDataset, ImageDataset};
+use super::source::{channel_mean_std, ArrayDataset, ImageDataset, Subset};
 use super::transforms::{resize_shorter_side, Pipeline};
 use crate::{bail, Error, Result};
 
@@ -70,7 +70,8 @@ pub struct DataOptions {
     pub cache_mb: usize,
     /// Folder datasets: leave out unreadable files (counted in [`Splits::notes`]) instead of failing.
     pub skip_bad: bool,
-    /// Folder datasets without `val/` or `test/`: the fraction held out for validation (default 0.1).
+    /// The fraction of the training images held out for validation, which replaces the test images (IDX,
+    /// CIFAR, and folders with `train/` only or no split; folders without `val/` or `test/` default to 0.1).
     pub val_split: Option<f64>,
     /// Seed of the validation split.
     pub seed: u64,
@@ -169,9 +170,14 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
         Format::Idx => {
             let c = opts.channels.unwrap_or(1);
             let load = |split| idx_with_channels(Dataset::load(dir, split, opts.verify)?, c, dir);
-            let train = (!opts.test_only).then(|| load(Split::Train)).transpose()?;
-            let test = load(Split::Test)?;
-            (train.unwrap_or_else(|| test.clone()), test)
+            match opts.val_split {
+                Some(f) => split_training(load(Split::Train)?, f, opts.seed, dir, &mut notes)?,
+                None => {
+                    let train = (!opts.test_only).then(|| load(Split::Train)).transpose()?;
+                    let test = load(Split::Test)?;
+                    (train.unwrap_or_else(|| test.clone()), test)
+                }
+            }
         }
         Format::Cifar10 | Format::Cifar100(_) => {
             let kind = match format {
@@ -183,9 +189,14 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
             let load = |train| -> Result<Arc<dyn ImageDataset>> {
                 Ok(Arc::new(cifar::load(dir, kind, train)?.with_channels(c)))
             };
-            let train = (!opts.test_only).then(|| load(true)).transpose()?;
-            let test = load(false)?;
-            (train.unwrap_or_else(|| test.clone()), test)
+            match opts.val_split {
+                Some(f) => split_training(load(true)?, f, opts.seed, dir, &mut notes)?,
+                None => {
+                    let train = (!opts.test_only).then(|| load(true)).transpose()?;
+                    let test = load(false)?;
+                    (train.unwrap_or_else(|| test.clone()), test)
+                }
+            }
         }
         Format::Folder => {
             let fo = FolderOptions {
@@ -227,6 +238,32 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
         format,
         notes,
     })
+}
+
+/// IDX and CIFAR with `--val-split`: `fraction` of each class of the training images held out for validation
+/// ([`folder::stratified_split`], seeded), which then stands in for the test images; the test files are not read.
+fn split_training(
+    train: Arc<dyn ImageDataset>,
+    fraction: f64,
+    seed: u64,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
+    let labels: Vec<usize> = (0..train.len()).map(|i| train.label(i)).collect();
+    let (t, v) = folder::stratified_split(&labels, fraction, seed)?;
+    notes.push(format!(
+        "validation images: {} of the {} training images of {} (--val-split {fraction}, seed {seed}); the test images are not used",
+        v.len(),
+        labels.len(),
+        dir.display()
+    ));
+    let part = |indices| -> Arc<dyn ImageDataset> {
+        Arc::new(Subset {
+            base: train.clone(),
+            indices,
+        })
+    };
+    Ok((part(t), part(v)))
 }
 
 /// A transform preset (`--transforms`).
