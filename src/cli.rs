@@ -4,8 +4,7 @@
 use crate::data::transforms::check_resize;
 use crate::data::{Format, Preset};
 use crate::nn::{ArchName, ResNetConfig, Stem};
-use crate::optim::{OptimizerKind, Schedule};
-use crate::train::TrainConfig;
+use crate::train::{Recipe, Settings, TrainConfig};
 use crate::{bail, Error, Result, Shape4};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -124,41 +123,16 @@ pub enum Command {
 /// `resnet train` arguments.
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Epochs to train [default: 5]; with --resume, the total the run is extended to.
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    /// Images per batch (training and evaluation).
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 0.001, allow_negative_numbers = true)]
-    pub lr: f32,
-    /// adam, adamw or sgd.
-    #[arg(long, default_value = "adam")]
-    pub optimizer: OptimizerKind,
-    /// SGD momentum.
-    #[arg(long, allow_negative_numbers = true)]
-    pub momentum: Option<f64>,
-    /// SGD Nesterov momentum.
-    #[arg(long)]
-    pub nesterov: bool,
-    /// Weight decay (L2 for adam and sgd, decoupled for adamw).
-    #[arg(long, allow_negative_numbers = true)]
-    pub weight_decay: Option<f64>,
-    /// constant, step, cosine or onecycle.
-    #[arg(long, default_value = "constant")]
-    pub schedule: Schedule,
-    /// Resize images (shorter side) to N with the chapter's transforms (default 96; 28 keeps Fashion-MNIST's
-    /// size); the crop size with `--transforms imagenet` (default 224).
-    #[arg(long)]
-    pub resize: Option<usize>,
-    /// Random crop with padding and horizontal flip (the chapter's transforms; cifar and imagenet always augment).
-    #[arg(long)]
-    pub augment: bool,
-    /// Normalize after ToTensor: with Fashion-MNIST's mean and std (0.2860, 0.3530) for one-channel IDX data,
-    /// else with each channel's mean and std over the training images (computed once, stored in the run).
-    #[arg(long, conflicts_with = "mean")]
-    pub normalize: bool,
+    /// A named bundle of settings: chapter (the chapter's run), fast or best (see the README); each flag given
+    /// overrides the recipe's value. The settings in effect are printed at the start and stored in the run.
+    #[arg(long, default_value = "chapter")]
+    pub recipe: Recipe,
+    /// The settings a recipe decides.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Stop after the first evaluation at or above this accuracy (e.g. 0.93) and report the time to reach it.
+    #[arg(long, value_name = "ACC")]
+    pub target_acc: Option<f64>,
     /// Normalize after ToTensor with these per-channel means (one value, or one per channel), e.g.
     /// 0.485,0.456,0.406; needs --std.
     #[arg(
@@ -231,9 +205,6 @@ pub struct TrainArgs {
     /// chapter's network takes any number of stages of 2 blocks).
     #[arg(long, value_delimiter = ',')]
     pub widths: Option<Vec<usize>>,
-    /// The stem: `imagenet` (7×7 stride 2 + max pool, the chapter's) or `small` (3×3 stride 1, no pool).
-    #[arg(long, value_enum, default_value = "imagenet")]
-    pub stem: Stem,
     /// Start every residual block as the identity (its last batch-norm weight zero), as torchvision's option.
     #[arg(long)]
     pub zero_init_residual: bool,
@@ -311,20 +282,22 @@ impl TrainArgs {
             }
             named.widths = w.clone();
         }
+        let s = self.settings.clone().or(self.recipe.settings());
+        let chapter = TrainConfig::default();
         let config = TrainConfig {
-            epochs: self.epochs.unwrap_or(5),
-            batch_size: self.batch_size,
-            lr: self.lr,
-            optimizer: self.optimizer,
-            momentum: self.momentum,
-            nesterov: self.nesterov,
-            weight_decay: self.weight_decay,
-            schedule: self.schedule.clone(),
+            epochs: s.epochs.unwrap_or(chapter.epochs),
+            batch_size: s.batch_size.unwrap_or(chapter.batch_size),
+            lr: s.lr.unwrap_or(chapter.lr),
+            optimizer: s.optimizer.unwrap_or(chapter.optimizer),
+            momentum: s.momentum,
+            nesterov: s.nesterov.unwrap_or(false),
+            weight_decay: s.weight_decay,
+            schedule: s.schedule.unwrap_or(chapter.schedule),
             resize: match self.transforms {
-                Preset::Chapter => Some(self.resize.unwrap_or(96)).filter(|&r| r != 28),
-                _ => self.resize,
+                Preset::Chapter => Some(s.resize.unwrap_or(96)).filter(|&r| r != 28),
+                _ => s.resize,
             },
-            normalize: self.normalize.then_some((0.2860, 0.3530)),
+            normalize: s.normalize.unwrap_or(false).then_some((0.2860, 0.3530)),
             format: self.format,
             channels: self.channels,
             transforms: self.transforms,
@@ -340,16 +313,24 @@ impl TrainArgs {
                 (false, Some(k)) => k.saturating_add(1),
                 (false, None) => 0,
             },
-            augment: self.augment,
+            augment: s.augment.unwrap_or(false),
             seed: self.seed,
             limit_train: self.limit_train,
             limit_test: self.limit_test,
             arch: self.arch,
             widths: named.widths.clone(),
             layers: named.layers.clone(),
-            stem: self.stem,
+            stem: s.stem.unwrap_or(chapter.stem),
             zero_init_residual: self.zero_init_residual,
             sync_bn: self.sync_bn,
+            recipe: self.recipe,
+            label_smoothing: s.label_smoothing.unwrap_or(0.0),
+            random_erasing: s.random_erasing.unwrap_or(0.0),
+            ema: s.ema,
+            tta: s.tta.unwrap_or(false),
+            wd_skip_norm: s.wd_skip_norm.unwrap_or(false),
+            warmup_epochs: s.warmup_epochs.unwrap_or(0.0),
+            target_acc: self.target_acc,
         };
         config.validate()?;
         Ok(config)
@@ -371,7 +352,7 @@ impl Cli {
                 }
                 if a.resume.is_none() {
                     a.config()?;
-                } else if a.epochs == Some(0) {
+                } else if a.settings.epochs == Some(0) {
                     bail!("--epochs must be at least 1");
                 }
                 Ok(())

@@ -108,8 +108,8 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
     let (mut run, data) = match &a.resume {
         Some(dir) => {
             let run = match &comm {
-                Some(c) => Run::resume_distributed(dir, a.epochs, c.clone())?,
-                None => Run::resume(dir, a.epochs)?,
+                Some(c) => Run::resume_distributed(dir, a.settings.epochs, c.clone())?,
+                None => Run::resume(dir, a.settings.epochs)?,
             };
             if lead {
                 println!(
@@ -156,13 +156,21 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
             None => format!("{} threads", rayon::current_num_threads()),
         };
         println!(
-            "training on cpu ({ranks}), {} training and {} test images ({} channels, {} classes) from {}, run directory {}",
+            "training on cpu ({ranks}), {} training and {} {} images ({} channels, {} classes) from {}, run directory {}",
             data.train.len(),
             data.test.len(),
+            if run.config.val_split.is_some() { "validation" } else { "test" },
             run.config.in_channels,
             run.config.num_classes(),
             data_dir.display(),
             run.dir.display()
+        );
+    }
+    if lead {
+        println!(
+            "recipe {}: {}",
+            run.config.recipe,
+            run.config.settings_flags()
         );
     }
     run.set_bucket_mb(a.bucket_mb)?;
@@ -180,6 +188,17 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
         }
     })?;
     if lead {
+        if let (Some(target), Some(m)) = (run.config.target_acc, run.target_reached()) {
+            println!(
+                "reached --target-acc {target} at epoch {}: accuracy {:.4} after {:.1} s of training and evaluation",
+                m.epoch, m.test_acc, m.elapsed_sec
+            );
+        } else if let Some(target) = run.config.target_acc {
+            println!(
+                "--target-acc {target} not reached in {} epochs",
+                run.config.epochs
+            );
+        }
         println!("saved {}", run.dir.join("model.safetensors").display());
     }
     Ok(())

@@ -121,6 +121,15 @@ fn full_key(layer: impl std::fmt::Display, field: &str) -> String {
     format!("{layer}.{field}")
 }
 
+/// Whether the layer at `key` trains when the first `frozen` parts are held fixed (see [`ResNet::set_frozen`]).
+fn trains(frozen: usize, key: LayerKey, layer: &LayerMut<'_>) -> bool {
+    match key.block {
+        Some((_, k, _)) => frozen <= k, // stage k (1-based) is frozen from `frozen = k + 1` on
+        // The stem's conv and batch norm; the classifier always trains.
+        None => frozen == 0 || matches!(layer, LayerMut::Linear(_)),
+    }
+}
+
 /// A layer's trainable tensors in `named_parameters()` order (weight, then bias), as `f(field, value, grad)`,
 /// after dropping a conv's eval-mode packed weights (the values may change).
 fn layer_params<'a>(
@@ -217,13 +226,48 @@ impl ResNet {
     ) {
         let frozen = self.frozen();
         self.for_each_layer_mut(&mut |key, layer| {
-            let is_frozen = match key.block {
-                Some((_, k, _)) => frozen > k, // stage k (1-based) is frozen from `frozen = k + 1` on
-                // The stem's conv and batch norm; the classifier always trains.
-                None => frozen >= 1 && !matches!(layer, LayerMut::Linear(_)),
-            };
-            if !is_frozen {
+            if trains(frozen, key, &layer) {
                 layer_params(layer, &mut |field, value, grad| f(key, field, value, grad))
+            }
+        });
+    }
+
+    /// For each trainable tensor, in [`ResNet::params_mut`] order: whether it is a batch norm's weight or bias
+    /// or any bias, the one-dimensional tensors that `--wd-skip-norm` exempts from weight decay (timm's
+    /// `param.ndim <= 1` rule).
+    pub fn norm_and_bias_mask(&mut self) -> Vec<bool> {
+        let frozen = self.frozen();
+        let mut mask = Vec::new();
+        self.for_each_layer_mut(&mut |key, layer| {
+            if trains(frozen, key, &layer) {
+                let norm = matches!(layer, LayerMut::Bn(_));
+                layer_params(layer, &mut |field, _, _| mask.push(norm || field == "bias"));
+            }
+        });
+        mask
+    }
+
+    /// Calls `f` with every floating-point tensor of the state dict, in its order: the parameters (frozen ones
+    /// included) and the batch norms' running statistics, not their batch counters. What a weight average
+    /// ([`crate::train::Ema`]) averages; allocates nothing.
+    pub fn visit_float_state_mut(&mut self, f: &mut dyn FnMut(&mut [f32])) {
+        self.for_each_layer_mut(&mut |_, layer| match layer {
+            LayerMut::Conv(c) => {
+                c.invalidate_packed();
+                f(&mut c.weight);
+                if c.has_bias() {
+                    f(&mut c.bias);
+                }
+            }
+            LayerMut::Bn(b) => {
+                f(&mut b.weight);
+                f(&mut b.bias);
+                f(&mut b.running_mean);
+                f(&mut b.running_var);
+            }
+            LayerMut::Linear(l) => {
+                f(&mut l.weight);
+                f(&mut l.bias);
             }
         });
     }

@@ -18,8 +18,8 @@
 //! module documentation of [`crate::optim`]).
 
 use super::{
-    check_count, check_param, check_params, decimal_f64, each_of, take_state, Optimizer,
-    OptimizerState, ParamVisitor, CHUNK,
+    check_count, check_mask, check_param, check_params, decimal_f64, each_of, take_state,
+    Optimizer, OptimizerState, ParamVisitor, CHUNK,
 };
 use crate::tensor::ParamMut;
 use crate::Result;
@@ -106,6 +106,8 @@ pub struct Adam {
     step: u64,
     exp_avg: Vec<Vec<f32>>,
     exp_avg_sq: Vec<Vec<f32>>,
+    /// Per parameter: exempt from weight decay (torch: a parameter group with `weight_decay=0`).
+    no_decay: Vec<bool>,
 }
 
 /// The per-step scalars, already rounded to f32 the way torch rounds them.
@@ -134,7 +136,16 @@ impl Adam {
             step: 0,
             exp_avg: param_lens.iter().map(|&n| vec![0.0; n]).collect(),
             exp_avg_sq: param_lens.iter().map(|&n| vec![0.0; n]).collect(),
+            no_decay: Vec::new(),
         })
+    }
+
+    /// Exempts the parameters marked `true` from weight decay, as a second torch parameter group with
+    /// `weight_decay=0` does (`--wd-skip-norm`); one entry per parameter, or empty for none.
+    pub fn set_no_decay(&mut self, no_decay: Vec<bool>) -> Result<()> {
+        check_mask(&self.lens, &no_decay)?;
+        self.no_decay = no_decay;
+        Ok(())
     }
 
     /// The hyper-parameters.
@@ -185,6 +196,10 @@ impl Optimizer for Adam {
         params(&mut |value, grad| {
             check_param(kind, &self.lens, index, value, grad);
             let (m, v) = (&mut self.exp_avg[index], &mut self.exp_avg_sq[index]);
+            let mode = match self.no_decay.get(index) {
+                Some(true) => Mode::Plain,
+                _ => mode,
+            };
             if value.len() < 2 * CHUNK {
                 update(mode, value, grad, m, v, &k);
             } else {

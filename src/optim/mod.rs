@@ -36,7 +36,7 @@ mod schedule;
 mod sgd;
 
 pub use adam::{Adam, AdamConfig};
-pub use schedule::Schedule;
+pub use schedule::{warmup_factor, Schedule};
 pub use sgd::{Sgd, SgdConfig};
 
 use crate::tensor::ParamMut;
@@ -151,7 +151,9 @@ impl OptimizerKind {
                 if let Some(wd) = options.weight_decay {
                     config.weight_decay = wd;
                 }
-                Ok(Box::new(Adam::new(config, param_lens)?))
+                let mut adam = Adam::new(config, param_lens)?;
+                adam.set_no_decay(options.no_decay.clone())?;
+                Ok(Box::new(adam))
             }
             OptimizerKind::Sgd => {
                 if options.betas.is_some() || options.eps.is_some() {
@@ -163,7 +165,9 @@ impl OptimizerKind {
                     nesterov: options.nesterov,
                     weight_decay: options.weight_decay.unwrap_or(0.0),
                 };
-                Ok(Box::new(Sgd::new(config, param_lens)?))
+                let mut sgd = Sgd::new(config, param_lens)?;
+                sgd.set_no_decay(options.no_decay.clone())?;
+                Ok(Box::new(sgd))
             }
         }
     }
@@ -203,6 +207,21 @@ pub struct OptimizerOptions {
     pub betas: Option<(f64, f64)>,
     /// Adam's epsilon (default 1e-8).
     pub eps: Option<f64>,
+    /// Per parameter (in the order the optimizer is built for): exempt from weight decay, as a second torch
+    /// parameter group with `weight_decay=0` would be. Empty: every parameter decays.
+    pub no_decay: Vec<bool>,
+}
+
+/// Checks a [`OptimizerOptions::no_decay`] mask against the parameters: empty, or one entry per parameter.
+pub(crate) fn check_mask(lens: &[usize], no_decay: &[bool]) -> Result<()> {
+    if !no_decay.is_empty() && no_decay.len() != lens.len() {
+        crate::bail!(
+            "a weight-decay mask of {} entries for {} parameters",
+            no_decay.len(),
+            lens.len()
+        );
+    }
+    Ok(())
 }
 
 /// The f64 a user meant when they wrote the f32 `x`: the value of its shortest round-tripping decimal

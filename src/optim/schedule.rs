@@ -139,6 +139,17 @@ impl Schedule {
     }
 }
 
+/// The factor of a linear warm-up over the first `warmup_steps` steps of a run, which multiplies any schedule's
+/// rate (as torch's `LambdaLR(lambda s: min(1, (s + 1) / warmup_steps))` chained with it would): `(step + 1) /
+/// warmup_steps` for `step` (0-based, counted over the whole run) before `warmup_steps`, then 1.
+pub fn warmup_factor(step: usize, warmup_steps: usize) -> f32 {
+    if step < warmup_steps {
+        ((step + 1) as f64 / warmup_steps as f64) as f32
+    } else {
+        1.0
+    }
+}
+
 /// OneCycleLR's `(step_num - start_step) / (end_step - start_step)`; 1 for a phase of zero length.
 fn phase_pct(step: f64, start: f64, end: f64) -> f64 {
     if end == start {
@@ -380,6 +391,15 @@ mod tests {
         );
         assert!(o.per_batch() && !c.per_batch());
         assert_eq!(Schedule::default().lr(0.3, 7, 3, 10, 10), 0.3);
+    }
+
+    #[test]
+    fn warmup_rises_linearly_then_stays_at_one() {
+        assert_eq!(warmup_factor(0, 4), 0.25);
+        assert_eq!(warmup_factor(1, 4), 0.5);
+        assert_eq!(warmup_factor(3, 4), 1.0);
+        assert_eq!(warmup_factor(4, 4), 1.0);
+        assert_eq!(warmup_factor(0, 0), 1.0, "no warm-up");
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! `add` with `alpha` is a fused multiply-add in torch's CPU kernels, so these match torch to the bit.
 
 use super::{
-    check_count, check_param, check_params, each_of, take_state, Optimizer, OptimizerState,
-    ParamVisitor, CHUNK,
+    check_count, check_mask, check_param, check_params, each_of, take_state, Optimizer,
+    OptimizerState, ParamVisitor, CHUNK,
 };
 use crate::tensor::ParamMut;
 use crate::Result;
@@ -65,6 +65,8 @@ pub struct Sgd {
     /// One buffer per parameter when momentum ≠ 0, else empty. Before the first step they hold zeros and are
     /// not read (torch's buffers do not exist yet; the first step copies the gradient in).
     momentum_buffer: Vec<Vec<f32>>,
+    /// Per parameter: exempt from weight decay.
+    no_decay: Vec<bool>,
 }
 
 #[derive(Clone, Copy)]
@@ -100,7 +102,16 @@ impl Sgd {
             lens: param_lens.to_vec(),
             step: 0,
             momentum_buffer,
+            no_decay: Vec::new(),
         })
+    }
+
+    /// Exempts the parameters marked `true` from weight decay, as a second torch parameter group with
+    /// `weight_decay=0` does (`--wd-skip-norm`); one entry per parameter, or empty for none.
+    pub fn set_no_decay(&mut self, no_decay: Vec<bool>) -> Result<()> {
+        check_mask(&self.lens, &no_decay)?;
+        self.no_decay = no_decay;
+        Ok(())
     }
 
     /// The hyper-parameters.
@@ -146,6 +157,13 @@ impl Optimizer for Sgd {
         let mut index = 0;
         params(&mut |value, grad| {
             check_param("sgd", &self.lens, index, value, grad);
+            let variant = match self.no_decay.get(index) {
+                Some(true) => Variant {
+                    wd: false,
+                    ..variant
+                },
+                _ => variant,
+            };
             let buf: &mut [f32] = match self.momentum_buffer.get_mut(index) {
                 Some(b) => b,
                 None => &mut [],

@@ -1,5 +1,6 @@
 //! The run's configuration: everything that determines a training run, stored in its checkpoint.
 
+use super::Recipe;
 use crate::data::transforms::{check_normalize_values, check_resize};
 use crate::data::{
     pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline, Preset, CLASS_NAMES,
@@ -102,6 +103,31 @@ pub struct TrainConfig {
     /// of each rank's own. No effect on a single process.
     #[serde(default)]
     pub sync_bn: bool,
+    /// The `--recipe` the run's defaults came from (`chapter`, `fast`, `best`); flags given override it.
+    #[serde(default, with = "as_text")]
+    pub recipe: Recipe,
+    /// Label smoothing of the loss, `CrossEntropyLoss(label_smoothing=…)` (0: none).
+    #[serde(default)]
+    pub label_smoothing: f32,
+    /// Probability of torchvision's `RandomErasing` on each training image, after `Normalize` (0: none).
+    #[serde(default)]
+    pub random_erasing: f64,
+    /// Decay of an exponential moving average of the weights (and batch-norm statistics), updated every step
+    /// and evaluated and saved in place of the raw weights (`None`: no average).
+    #[serde(default)]
+    pub ema: Option<f64>,
+    /// Evaluate with flip test-time augmentation: the mean of the logits of each image and its mirror.
+    #[serde(default)]
+    pub tta: bool,
+    /// Exempt the batch norms' weights and biases and every bias from weight decay.
+    #[serde(default)]
+    pub wd_skip_norm: bool,
+    /// Epochs (fractions allowed) of linear learning-rate warm-up, multiplying the schedule's rate.
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Stop after the first evaluation at or above this accuracy.
+    #[serde(default)]
+    pub target_acc: Option<f64>,
 }
 
 fn auto_format() -> Format {
@@ -180,6 +206,14 @@ impl Default for TrainConfig {
             reset_head: false,
             freeze: 0,
             sync_bn: false,
+            recipe: Recipe::Chapter,
+            label_smoothing: 0.0,
+            random_erasing: 0.0,
+            ema: None,
+            tta: false,
+            wd_skip_norm: false,
+            warmup_epochs: 0.0,
+            target_acc: None,
         }
     }
 }
@@ -285,6 +319,30 @@ impl TrainConfig {
                 self.layers.len()
             );
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!(
+                "--label-smoothing must be at least 0 and below 1, got {}",
+                self.label_smoothing
+            );
+        }
+        if !(0.0..=1.0).contains(&self.random_erasing) {
+            bail!(
+                "--random-erasing is a probability between 0 and 1, got {}",
+                self.random_erasing
+            );
+        }
+        if let Some(d) = self.ema.filter(|d| !(0.0..1.0).contains(d)) {
+            bail!("--ema: the decay must be at least 0 and below 1 (e.g. 0.999), got {d}");
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            bail!(
+                "--warmup-epochs must be a number of epochs >= 0, got {}",
+                self.warmup_epochs
+            );
+        }
+        if let Some(a) = self.target_acc.filter(|a| !(*a > 0.0 && *a <= 1.0)) {
+            bail!("--target-acc is an accuracy above 0 and at most 1, got {a}");
+        }
         if let Some(f) = self.val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
             bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
         }
@@ -297,5 +355,51 @@ impl TrainConfig {
             nesterov: self.nesterov,
             ..Default::default()
         }
+    }
+    /// The settings a recipe decides, as the `resnet train` flags that give them: what `--recipe` resolved to,
+    /// printed at the start of a run.
+    pub fn settings_flags(&self) -> String {
+        let mut f = vec![
+            format!("--epochs {}", self.epochs),
+            format!("--batch-size {}", self.batch_size),
+            format!("--optimizer {}", self.optimizer),
+            format!("--lr {}", self.lr),
+        ];
+        if let Some(m) = self.momentum {
+            f.push(format!("--momentum {m}"));
+        }
+        f.push(format!("--nesterov={}", self.nesterov));
+        if let Some(wd) = self.weight_decay {
+            f.push(format!("--weight-decay {wd}"));
+        }
+        f.push(format!("--wd-skip-norm={}", self.wd_skip_norm));
+        f.push(format!("--schedule {}", self.schedule));
+        f.push(format!("--warmup-epochs {}", self.warmup_epochs));
+        if self.transforms == Preset::Chapter || self.resize.is_some() {
+            f.push(format!("--resize {}", self.resize.unwrap_or(28)));
+        }
+        f.push(format!("--augment={}", self.augment));
+        f.push(format!(
+            "--normalize={}",
+            self.normalize.is_some() || self.channel_norm.is_some()
+        ));
+        f.push(format!(
+            "--stem {}",
+            match self.stem {
+                Stem::Imagenet => "imagenet",
+                Stem::Small => "small",
+            }
+        ));
+        f.push(format!("--label-smoothing {}", self.label_smoothing));
+        f.push(format!("--random-erasing {}", self.random_erasing));
+        if let Some(d) = self.ema {
+            f.push(format!("--ema {d}"));
+        }
+        f.push(format!("--tta={}", self.tta));
+        f.join(" ")
+    }
+    /// Steps of learning-rate warm-up for epochs of `steps_per_epoch` batches.
+    pub fn warmup_steps(&self, steps_per_epoch: usize) -> usize {
+        (self.warmup_epochs * steps_per_epoch as f64).round() as usize
     }
 }

@@ -19,6 +19,10 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Learning rate of the epoch's last step (after the schedule).
     pub lr: f64,
+    /// Seconds of training and evaluation since the run started, up to the end of this epoch (summed over
+    /// resumed sessions; the time to reach an accuracy, DAWNBench's measure).
+    #[serde(default)]
+    pub elapsed_sec: f64,
     /// A data-parallel run's communication, as rank 0 measured it (absent for a single process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dist: Option<DistStats>,

@@ -7,25 +7,30 @@
 //!   atomically, so a crash leaves the previous epoch's checkpoint);
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 //!
-//! One file, one job: `config` (what determines a run), `data` (what it trains on), `run` (create, resume, the
-//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate`, `metrics`,
-//! `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
+//! One file, one job: `config` (what determines a run), `recipe` (named bundles of its settings), `data` (what
+//! it trains on), `run` (create, resume, the epoch loop, checkpoints), `distributed` (a rank's part in a
+//! data-parallel job), `ema` (the weight average), `evaluate`, `metrics`, `progress` (the bar), `plot` (the
+//! curve) and `lock` (the run directory's lock).
 
 mod config;
 mod data;
 mod distributed;
+mod ema;
 mod evaluate;
 mod lock;
 mod metrics;
 mod plot;
 mod progress;
+mod recipe;
 mod run;
 
 pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
 pub use data::Data;
 pub use distributed::{check_identity, run_identity, Distributed};
+pub use ema::Ema;
 pub use evaluate::{argmax, evaluate, Evaluation};
 pub use metrics::{DistStats, EpochMetrics, Progress};
 pub use plot::curve_svg;
 pub use progress::ProgressMode;
+pub use recipe::{Recipe, Settings};
 pub use run::{Restored, Run, Step};

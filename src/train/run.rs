@@ -3,12 +3,12 @@
 use super::distributed::Distributed;
 use super::lock::RunLock;
 use super::progress::Bar;
-use super::{curve_svg, evaluate, Data, EpochMetrics, Progress, ProgressMode, TrainConfig};
+use super::{curve_svg, evaluate, Data, Ema, EpochMetrics, Progress, ProgressMode, TrainConfig};
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::{Batch, Loader, Pipeline};
 use crate::dist::Collective;
 use crate::nn::{ResNet, StateDict, StateTensor};
-use crate::optim::{Optimizer, OptimizerState};
+use crate::optim::{warmup_factor, Optimizer, OptimizerState};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,6 +19,9 @@ const META_CONFIG: &str = "resnet.train_config";
 const META_PROGRESS: &str = "resnet.progress";
 const META_OPTIMIZER: &str = "resnet.optimizer";
 const OPT_PREFIX: &str = "optimizer.";
+/// The weight average's values in a checkpoint (one flat tensor) and its update count.
+const EMA_KEY: &str = "ema.values";
+const META_EMA_UPDATES: &str = "resnet.ema_updates";
 
 /// A training run in a run directory: the model, its optimizer, and what has been done so far.
 pub struct Run {
@@ -32,6 +35,8 @@ pub struct Run {
     pub optimizer: Box<dyn Optimizer>,
     /// Epochs done so far and their metrics.
     pub progress: Progress,
+    /// The moving average of the weights (`--ema`), evaluated and saved in place of the raw weights.
+    pub ema: Option<Ema>,
     /// The evaluation transforms of the data being trained on (known once [`Run::train`] starts), stored in
     /// `model.safetensors` so that `predict` and `eval` preprocess as training did.
     eval_pipeline: Option<Pipeline>,
@@ -67,17 +72,21 @@ pub struct Restored {
     pub optimizer: Box<dyn Optimizer>,
     /// Epochs done and their metrics.
     pub progress: Progress,
+    /// The weight average (`--ema`), as far as it got.
+    pub ema: Option<Ema>,
 }
 
 impl Restored {
     /// The parts of a run that starts now: no epochs done.
-    fn fresh(config: TrainConfig, net: ResNet, optimizer: Box<dyn Optimizer>) -> Restored {
-        Restored {
+    fn fresh(config: TrainConfig, net: ResNet, optimizer: Box<dyn Optimizer>) -> Result<Restored> {
+        let ema = config.ema.map(Ema::new).transpose()?;
+        Ok(Restored {
             config,
             net,
             optimizer,
             progress: Progress::default(),
-        }
+            ema,
+        })
     }
 
     /// Parses the bytes of a `checkpoint.safetensors` (`origin` names it in errors); `epochs` replaces the stored
@@ -109,6 +118,8 @@ impl Restored {
                 progress.history.len()
             );
         }
+        let (mut ema_sd, sd): (StateDict, StateDict) =
+            sd.into_iter().partition(|(k, _)| k == EMA_KEY);
         let (model_sd, opt_sd): (StateDict, StateDict) = sd
             .into_iter()
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
@@ -136,11 +147,29 @@ impl Restored {
                 tensors,
             })
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        let ema = match config.ema {
+            None => None,
+            Some(decay) => {
+                let updates: u64 = meta
+                    .get(META_EMA_UPDATES)
+                    .and_then(|u| u.parse().ok())
+                    .unwrap_or(0);
+                let values = match ema_sd.pop() {
+                    Some((_, StateTensor::F32 { data, .. })) => data,
+                    Some(_) => bail!("{origin}: `{EMA_KEY}` is not F32"),
+                    None => Vec::new(),
+                };
+                let ema = Ema::restore(decay, updates, values, &mut net)
+                    .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+                Some(ema)
+            }
+        };
         Ok(Restored {
             config,
             net,
             optimizer,
             progress,
+            ema,
         })
     }
 }
@@ -151,8 +180,8 @@ impl Run {
     pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
         // Build everything that can fail on a bad config before touching the file system.
         let (net, optimizer) = Self::build(&config)?;
+        let fresh = Restored::fresh(config, net, optimizer)?;
         let lock = Self::claim(dir)?;
-        let fresh = Restored::fresh(config, net, optimizer);
         Ok(Self::from_parts(dir, fresh, Some(lock), None))
     }
 
@@ -172,7 +201,7 @@ impl Run {
             true => Self::claim(dir).map(Some),
             false => Ok(None),
         })?;
-        let fresh = Restored::fresh(config, net, optimizer);
+        let fresh = dist.agree(Restored::fresh(config, net, optimizer))?;
         Ok(Self::from_parts(dir, fresh, lock, Some(dist)))
     }
 
@@ -264,6 +293,7 @@ impl Run {
             net: restored.net,
             optimizer: restored.optimizer,
             progress: restored.progress,
+            ema: restored.ema,
             eval_pipeline: None,
             _lock: lock,
             dist,
@@ -359,6 +389,7 @@ impl Run {
         })())?;
         self.eval_pipeline = Some(eval_pipeline);
         let steps = train_loader.num_batches();
+        let warmup_steps = cfg.warmup_steps(steps);
         if let Some(d) = &self.dist {
             d.check_shares(cfg.batch_size, train_loader.len())?;
             // Every rank reads its first shares now: data a rank cannot read fails the job before training.
@@ -388,6 +419,9 @@ impl Run {
             let mut lr = cfg.lr;
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
                 lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
+                if epoch * steps + b < warmup_steps {
+                    lr *= warmup_factor(epoch * steps + b, warmup_steps);
+                }
                 let global_n = train_loader.global_batch_len(b);
                 let step = match &mut self.dist {
                     Some(d) => {
@@ -402,6 +436,9 @@ impl Run {
                         return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr))))
                     }
                 };
+                if let Some(ema) = &mut self.ema {
+                    ema.update(&mut self.net);
+                }
                 loss_sum += loss as f64;
                 correct += ok;
                 seen += global_n;
@@ -418,7 +455,14 @@ impl Run {
             if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
                 d.average_running_stats(&mut self.net);
             }
+            // The average is what a run with `--ema` evaluates and saves; the raw weights go on training.
+            if let Some(ema) = &mut self.ema {
+                ema.swap(&mut self.net);
+            }
             let eval = evaluate(&mut self.net, &test_loader);
+            if let Some(ema) = &mut self.ema {
+                ema.swap(&mut self.net);
+            }
             let eval = self.agree(eval)?;
             let eval = match &self.dist {
                 Some(d) => d.sum_evaluation(eval),
@@ -432,6 +476,8 @@ impl Run {
                 time_sec: start.elapsed().as_secs_f64(),
                 images_per_sec: seen as f64 / train_secs,
                 lr: lr as f64,
+                elapsed_sec: self.progress.history.last().map_or(0.0, |m| m.elapsed_sec)
+                    + start.elapsed().as_secs_f64(),
                 dist: self.dist.as_mut().map(Distributed::take_stats),
             };
             // A last step can overflow the weights (or BN statistics) without a non-finite loss or gradient:
@@ -453,12 +499,22 @@ impl Run {
             let saved = if self.leads() { self.save() } else { Ok(()) };
             self.agree(saved)?;
             on_epoch(&metrics);
+            // Every rank sees the same summed evaluation, so all stop together.
+            if cfg.target_acc.is_some_and(|a| metrics.test_acc >= a) {
+                break;
+            }
         }
         Ok(())
     }
 
+    /// The first epoch whose evaluation reached `--target-acc`, if the run has one and reached it.
+    pub fn target_reached(&self) -> Option<&EpochMetrics> {
+        let target = self.config.target_acc?;
+        self.progress.history.iter().find(|m| m.test_acc >= target)
+    }
+
     /// Writes `model.safetensors`, then `checkpoint.safetensors`, `metrics.jsonl` and `curve.svg`, each atomically.
-    pub fn save(&self) -> Result<()> {
+    pub fn save(&mut self) -> Result<()> {
         let mut meta = BTreeMap::new();
         meta.insert(
             META_INPUT_SIZE.to_string(),
@@ -468,9 +524,29 @@ impl Run {
         if let Some(p) = &self.eval_pipeline {
             meta.insert(META_EVAL_TRANSFORM.to_string(), json(p));
         }
-        checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta)?;
+        // model.safetensors holds what is evaluated: the weight average when there is one.
+        if let Some(ema) = &mut self.ema {
+            ema.swap(&mut self.net);
+        }
+        let saved = checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta);
+        if let Some(ema) = &mut self.ema {
+            ema.swap(&mut self.net);
+        }
+        saved?;
 
+        // The checkpoint holds the raw weights, which training continues from, and the average apart.
         let mut sd = self.net.state_dict();
+        if let Some(ema) = self.ema.as_ref().filter(|e| e.updates > 0) {
+            let data = ema.values.clone();
+            sd.push((
+                EMA_KEY.to_string(),
+                StateTensor::F32 {
+                    shape: vec![data.len()],
+                    data,
+                },
+            ));
+            meta.insert(META_EMA_UPDATES.into(), ema.updates.to_string());
+        }
         let state = self.optimizer.state();
         for (k, data) in state.tensors {
             let shape = vec![data.len()];
@@ -490,6 +566,8 @@ impl Run {
         let bytes = checkpoint::serialize(&sd, &meta)?;
         checkpoint::write_atomic(&self.dir.join("checkpoint.safetensors"), &bytes)?;
 
+        let config = serde_json::to_string_pretty(&self.config).expect("plain records serialize");
+        checkpoint::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
         let lines: String = self
             .progress
             .history
@@ -518,7 +596,11 @@ fn json<T: Serialize>(v: &T) -> String {
 
 fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
     let lens = net.param_lens();
-    config.optimizer.build(&config.optimizer_options(), &lens)
+    let mut options = config.optimizer_options();
+    if config.wd_skip_norm {
+        options.no_decay = net.norm_and_bias_mask();
+    }
+    config.optimizer.build(&options, &lens)
 }
 
 /// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
