@@ -131,7 +131,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub settings: Settings,
     /// Stop after the first evaluation at or above this accuracy (e.g. 0.93) and report the time to reach it.
-    #[arg(long, value_name = "ACC")]
+    #[arg(long, value_name = "ACC", allow_negative_numbers = true)]
     pub target_acc: Option<f64>,
     /// Normalize after ToTensor with these per-channel means (one value, or one per channel), e.g.
     /// 0.485,0.456,0.406; needs --std.

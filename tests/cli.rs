@@ -702,6 +702,23 @@ fn bad_invocations_fail_cleanly() {
             &["eval", "--weights", w, "--arch", "resnet50"],
             &["holds", "not resnet50 (--arch)"],
         ),
+        row(
+            &["train", "--recipe", "quick"],
+            &["quick", "chapter, fast, best"],
+        ),
+        row(
+            &["train", "--label-smoothing", "1"],
+            &["--label-smoothing", "1"],
+        ),
+        row(
+            &["train", "--random-erasing", "1.5"],
+            &["--random-erasing", "1.5"],
+        ),
+        row(&["train", "--ema", "1"], &["--ema", "1"]),
+        row(&["train", "--warmup-epochs", "-1"], &["--warmup-epochs"]),
+        row(&["train", "--target-acc", "0"], &["--target-acc", "0"]),
+        row(&["train", "--target-acc", "1.5"], &["--target-acc", "1.5"]),
+        row(&["train", "--augment=maybe"], &["--augment", "maybe"]),
         row(&["train", "--limit-train", "0"], &["--limit-train"]),
         row(&["train", "--limit-test", "0"], &["--limit-test"]),
         row(&["train", "--widths", "16,abc"], &["--widths", "abc"]),

@@ -532,3 +532,81 @@ fn schedules_match_torch() {
         "schedules vs torch: max relative difference {worst:.3e} (f32 rounding of torch's f64)"
     );
 }
+
+/// `OptimizerOptions::no_decay` (`--wd-skip-norm`) exempts exactly the marked parameters, for each kind of weight
+/// decay: an exempt parameter moves as with `weight_decay=0` (a second torch parameter group), the other as with it.
+#[test]
+fn no_decay_mask_exempts_exactly_the_marked_parameters() {
+    for kind in ["sgd", "adam", "adamw"] {
+        let kind: OptimizerKind = kind.parse().unwrap();
+        let mut step = |wd: f64, no_decay: Vec<bool>| -> (Vec<f32>, Vec<f32>) {
+            let options = OptimizerOptions {
+                weight_decay: Some(wd),
+                momentum: (kind == OptimizerKind::Sgd).then_some(0.9),
+                no_decay,
+                ..Default::default()
+            };
+            let mut opt = kind.build(&options, &[3, 2]).unwrap();
+            let (mut a, mut b) = (vec![1.0f32, -2.0, 0.5], vec![3.0f32, -1.0]);
+            let (ga, gb) = (vec![0.1f32, 0.2, -0.3], vec![0.05f32, -0.4]);
+            for _ in 0..3 {
+                opt.step(
+                    &mut [
+                        ParamMut {
+                            name: "a".into(),
+                            value: &mut a,
+                            grad: &ga,
+                        },
+                        ParamMut {
+                            name: "b".into(),
+                            value: &mut b,
+                            grad: &gb,
+                        },
+                    ],
+                    0.01,
+                );
+            }
+            (a, b)
+        };
+        let (decayed_a, decayed_b) = step(0.1, Vec::new());
+        let (plain_a, plain_b) = step(0.0, Vec::new());
+        let (masked_a, masked_b) = step(0.1, vec![false, true]);
+        assert_ne!(decayed_b, plain_b, "{kind}: the decay must matter");
+        assert_eq!(masked_a, decayed_a, "{kind}: `a` still decays");
+        assert_eq!(masked_b, plain_b, "{kind}: `b` is exempt");
+        let bad = OptimizerOptions {
+            no_decay: vec![true],
+            ..Default::default()
+        };
+        assert!(
+            kind.build(&bad, &[3, 2]).is_err(),
+            "{kind}: a mask of the wrong length"
+        );
+    }
+}
+
+/// The mask `--wd-skip-norm` builds is timm's rule: the trainable tensors of one dimension (batch-norm weights and
+/// biases, every bias), in the optimizer's order.
+#[test]
+fn norm_and_bias_mask_marks_the_one_dimensional_tensors() {
+    for arch in [
+        resnet::nn::ArchName::Chapter,
+        resnet::nn::ArchName::Resnet50,
+    ] {
+        let mut config = resnet::nn::ResNetConfig::named(arch, 1, 10);
+        config.widths = config.widths.iter().map(|w| w / 8).collect();
+        let mut net = resnet::nn::ResNet::new(config, 0).unwrap();
+        let mask = net.norm_and_bias_mask();
+        let sd = net.state_dict();
+        let shapes: HashMap<String, usize> = sd
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape().len()))
+            .collect();
+        let names: Vec<String> = net.params_mut().iter().map(|p| p.name.clone()).collect();
+        assert_eq!(mask.len(), names.len());
+        for (name, exempt) in names.iter().zip(&mask) {
+            assert_eq!(*exempt, shapes[name] == 1, "{arch:?} {name}");
+        }
+        assert!(mask.iter().any(|m| *m) && mask.iter().any(|m| !*m));
+    }
+}

@@ -459,7 +459,7 @@ fn nan_guard_keeps_last_good_checkpoint() {
 #[test]
 fn run_dir_with_checkpoint_is_refused() {
     let dir = scratch("refuse");
-    let run = Run::create(&dir, small_config(1)).unwrap();
+    let mut run = Run::create(&dir, small_config(1)).unwrap();
     run.save().unwrap();
     drop(run);
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
@@ -489,4 +489,139 @@ fn run_dir_with_checkpoint_is_refused() {
     for d in [dir, cwd] {
         let _ = std::fs::remove_dir_all(d);
     }
+}
+
+/// A run with the recipe ingredients that keep state or change the step (`--ema`, `--wd-skip-norm`,
+/// `--warmup-epochs`, SGD with Nesterov momentum) resumes bit-exactly, and saves the weight average as its model.
+#[test]
+fn recipe_ingredients_resume_exactly_and_save_the_average() {
+    let with_ingredients = |epochs| TrainConfig {
+        optimizer: "sgd".parse().unwrap(),
+        lr: 0.05,
+        momentum: Some(0.9),
+        nesterov: true,
+        weight_decay: Some(5e-4),
+        wd_skip_norm: true,
+        warmup_epochs: 1.5,
+        ema: Some(0.9),
+        augment: true,
+        ..small_config(epochs)
+    };
+    let config = with_ingredients(3);
+    let data = Data::load(&bundled(), true, &config, 1024).unwrap();
+
+    let dir_a = scratch("ingredients-a");
+    let mut a = Run::create(&dir_a, config.clone()).unwrap();
+    a.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
+
+    let dir_b = scratch("ingredients-b");
+    let mut b = Run::create(&dir_b, with_ingredients(1)).unwrap();
+    b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
+    drop(b);
+    let mut b = Run::resume(&dir_b, Some(3)).unwrap();
+    assert_eq!(b.config, config, "resume keeps the stored settings");
+    assert_eq!(
+        b.ema.as_ref().map(|e| e.updates),
+        Some(8),
+        "one update per step"
+    );
+    b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
+
+    assert_bit_identical(&a.net.state_dict(), &b.net.state_dict(), "raw weights");
+    for file in ["model.safetensors", "checkpoint.safetensors"] {
+        assert_bit_identical(
+            &load_sd(&dir_a.join(file)),
+            &load_sd(&dir_b.join(file)),
+            file,
+        );
+    }
+    // model.safetensors holds the average, not the raw weights; swapping it in gives that file's tensors.
+    let saved = load_sd(&dir_a.join("model.safetensors"));
+    assert_ne!(
+        saved,
+        a.net.state_dict(),
+        "the average differs from the raw weights"
+    );
+    let ema = a.ema.as_mut().unwrap();
+    ema.swap(&mut a.net);
+    let averaged = a.net.state_dict();
+    ema.swap(&mut a.net);
+    assert_eq!(saved.len(), averaged.len());
+    for (k, x) in &saved {
+        let y = averaged.iter().find(|(name, _)| name == k).map(|(_, t)| t);
+        assert_eq!(Some(x), y, "{k}");
+    }
+    // The warm-up: the first epoch's last step ran at 8/12 of the schedule's rate.
+    let m = metrics(&dir_a);
+    let schedule: resnet::optim::Schedule = "cosine".parse().unwrap();
+    let expected = schedule.lr(0.05, 0, 7, 8, 3) * resnet::optim::warmup_factor(7, 12);
+    assert_eq!(m[0].lr, expected as f64);
+    assert!(m[1].elapsed_sec > m[0].elapsed_sec && m[0].elapsed_sec >= m[0].time_sec);
+    for d in [dir_a, dir_b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// `--recipe fast` on a slice of the data: the settings are printed in full and stored, a flag overrides the
+/// recipe, and `--target-acc` stops the run at the first evaluation that reaches it.
+#[test]
+fn cli_recipe_fast_runs_and_target_acc_stops_it() {
+    let cwd = scratch("recipe-fast");
+    let out_dir = cwd.join("run");
+    let out = expect_success(
+        &resnet(
+            &[
+                "train",
+                "--recipe",
+                "fast",
+                "--limit-train",
+                "512",
+                "--limit-test",
+                "128",
+                "--val-split",
+                "0.2",
+                "--lr",
+                "0.02",
+                "--target-acc",
+                "0.05",
+                "--quiet",
+                "--out",
+                out_dir.to_str().unwrap(),
+            ],
+            &cwd,
+        ),
+        "train --recipe fast",
+    );
+    let settings = out
+        .lines()
+        .find(|l| l.starts_with("recipe fast: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    for part in [
+        "--epochs 7",
+        "--optimizer sgd",
+        "--lr 0.02",
+        "--label-smoothing 0.1",
+        "--tta=true",
+    ] {
+        assert!(settings.contains(part), "{part} in {settings}");
+    }
+    assert!(
+        out.contains("training on cpu") && out.contains("validation images"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("epoch ")).count(),
+        1,
+        "stops after epoch 1:\n{out}"
+    );
+    assert!(
+        out.contains("reached --target-acc 0.05 at epoch 1"),
+        "{out}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["recipe"], "fast");
+    assert_eq!(config["target_acc"], 0.05);
+    assert_eq!(metrics(&out_dir).len(), 1);
+    let _ = std::fs::remove_dir_all(&cwd);
 }

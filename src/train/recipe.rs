@@ -125,7 +125,7 @@ pub struct Settings {
     #[arg(long)]
     pub schedule: Option<Schedule>,
     /// Linear warm-up of the learning rate over this many epochs (fractions allowed), multiplying any schedule.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_epochs: Option<f64>,
     /// Resize images (shorter side) to N with the chapter's transforms [chapter: 96; 28 keeps Fashion-MNIST's
     /// size]; the crop size with `--transforms imagenet` (default 224).
@@ -148,15 +148,15 @@ pub struct Settings {
     #[arg(long, value_enum)]
     pub stem: Option<Stem>,
     /// Label smoothing of the loss, as `CrossEntropyLoss(label_smoothing=…)` [chapter: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
     /// Erase a random rectangle of each training image with this probability (torchvision's RandomErasing,
     /// scale 0.02–0.33, ratio 0.3–3.3, value 0, after Normalize) [chapter: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub random_erasing: Option<f64>,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999), evaluated and saved in
     /// place of the raw weights.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub ema: Option<f64>,
     /// Evaluate with flip test-time augmentation (the mean of the logits of each image and of its mirror).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
