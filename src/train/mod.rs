@@ -27,7 +27,7 @@ mod run;
 pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
 pub use data::Data;
 pub use distributed::{check_identity, run_identity, Distributed};
-pub use ema::Ema;
+pub use ema::{average_into, Ema};
 pub use evaluate::{argmax, evaluate, Evaluation};
 pub use metrics::{DistStats, EpochMetrics, Progress};
 pub use plot::curve_svg;
