@@ -332,6 +332,7 @@ fn preprocess_for(
         1 => Pipeline {
             steps: vec![Step::Resize(input_size(path, meta, resize)?)],
             normalize: None,
+            erasing: None,
         },
         3 => imagenet_eval(),
         c => bail!(
