@@ -8,8 +8,8 @@
 //! - `metrics.jsonl` (one JSON object per epoch) and `curve.svg` (loss, train and test accuracy per epoch).
 //!
 //! One file, one job: `config` (what determines a run), `data` (what it trains on), `run` (create, resume, the
-//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate`, `metrics`,
-//! `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
+//! epoch loop, checkpoints), `distributed` (a rank's part in a data-parallel job), `evaluate` (and `tta`, its flip
+//! test-time augmentation), `metrics`, `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
 
 mod config;
 mod data;
@@ -20,6 +20,7 @@ mod metrics;
 mod plot;
 mod progress;
 mod run;
+mod tta;
 
 pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
 pub use data::Data;
@@ -29,3 +30,4 @@ pub use metrics::{DistStats, EpochMetrics, Progress};
 pub use plot::curve_svg;
 pub use progress::ProgressMode;
 pub use run::{Restored, Run, Step};
+pub use tta::{forward_flip_tta, hflip_nchw};

@@ -418,7 +418,7 @@ impl Run {
             if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
                 d.average_running_stats(&mut self.net);
             }
-            let eval = evaluate(&mut self.net, &test_loader);
+            let eval = evaluate(&mut self.net, &test_loader, false);
             let eval = self.agree(eval)?;
             let eval = match &self.dist {
                 Some(d) => d.sum_evaluation(eval),
