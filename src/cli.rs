@@ -68,6 +68,10 @@ pub enum Command {
         /// Images per evaluation batch.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Test-time augmentation: classify each image by the mean of the logits of the image and its horizontal
+        /// mirror (twice the work).
+        #[arg(long)]
+        tta: bool,
     },
     /// Classify PNG/JPEG images: the top classes with probabilities.
     ///
@@ -95,6 +99,10 @@ pub enum Command {
         /// Print, per image, the logits, the probabilities, the predicted class and the top classes as JSON.
         #[arg(long)]
         json: bool,
+        /// Test-time augmentation: the mean of the logits of each image and its horizontal mirror (the JSON's
+        /// `logits` are then that mean).
+        #[arg(long)]
+        tta: bool,
     },
     /// Print a network's layer-by-layer shape walk and its parameter count (the chapter's by default).
     Summary {

@@ -61,6 +61,7 @@ pub fn image(data: &[u8]) {
         let resize = Pipeline {
             steps: vec![Step::Resize(28)],
             normalize: None,
+            erasing: None,
         };
         if let Ok(img) = resize.apply(img, &mut crate::nn::InitRng::seed_from_u64(0)) {
             assert_eq!(img.h.min(img.w), 28);

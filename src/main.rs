@@ -12,7 +12,9 @@ use resnet::data::{
 };
 use resnet::dist::{agree, Collective};
 use resnet::nn::{ArchName, ResNet, ResNetConfig, SeedableRng, Stem};
-use resnet::train::{check_identity, evaluate, Data, ProgressMode, Run, TrainConfig};
+use resnet::train::{
+    check_identity, evaluate, forward_flip_tta, Data, ProgressMode, Run, TrainConfig,
+};
 use resnet::{bail, Error, Result, Shape4};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -351,6 +353,7 @@ fn preprocess_for(
         1 => Pipeline {
             steps: vec![Step::Resize(input_size(path, meta, resize)?)],
             normalize: None,
+            erasing: None,
         },
         3 => imagenet_eval(),
         c => bail!(
@@ -402,6 +405,7 @@ fn eval(
     resize: Option<usize>,
     limit: Option<usize>,
     batch_size: usize,
+    tta: bool,
 ) -> Result<()> {
     let (mut net, meta) = load_model(weights, arch)?;
     let names = class_names(weights, &net.config, &meta)?;
@@ -451,7 +455,7 @@ fn eval(
     }
     let pipeline = preprocess_for(weights, &meta, resize, c)?;
     let loader = Loader::with_pipeline(test, batch_size, false, 0, pipeline)?;
-    let ev = evaluate(&mut net, &loader)?;
+    let ev = evaluate(&mut net, &loader, tta)?;
     let (h, w) = loader.image_size();
     println!(
         "test acc {:.4} ({} images, input {h}×{w})",
@@ -508,6 +512,7 @@ fn predict(
     resize: Option<usize>,
     topk: usize,
     json: bool,
+    tta: bool,
 ) -> Result<()> {
     let (mut net, meta) = load_model(weights, arch)?;
     let preprocess = preprocess_for(weights, &meta, resize, net.config.in_channels)?;
@@ -525,10 +530,12 @@ fn predict(
         let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
         to_tensor_chw(&img, &mut x, norm);
         let xs = Shape4::new(1, img.c, img.h, img.w);
-        let logits = net
-            .forward(&x, xs)
-            .map_err(|e| Error::new(format!("{}: {e}", path.display())))?
-            .to_vec();
+        let logits = if tta {
+            forward_flip_tta(&mut net, &x, xs)
+        } else {
+            net.forward(&x, xs).map(<[f32]>::to_vec)
+        }
+        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
         let probs = softmax(&logits);
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
@@ -587,6 +594,7 @@ fn run(cli: Cli) -> Result<()> {
             resize,
             limit,
             batch_size,
+            tta,
         } => eval(
             &weights,
             arch,
@@ -597,6 +605,7 @@ fn run(cli: Cli) -> Result<()> {
             resize,
             limit,
             batch_size,
+            tta,
         ),
         Command::Predict {
             weights,
@@ -605,7 +614,8 @@ fn run(cli: Cli) -> Result<()> {
             topk,
             arch,
             json,
-        } => predict(&weights, arch, &images, resize, topk, json),
+            tta,
+        } => predict(&weights, arch, &images, resize, topk, json, tta),
         Command::Summary {
             arch,
             input,

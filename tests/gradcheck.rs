@@ -510,15 +510,20 @@ fn softmax_cross_entropy_logits() {
     let mut r = rng(15);
     let logits = uniform(&mut r, n * k, -3.0, 3.0);
     let labels = [0usize, 3, 4, 1];
-    let mut grad = vec![0.0; n * k];
-    softmax_cross_entropy(n, k, &logits, &labels, &mut grad);
-    let mut scratch = vec![0.0; n * k];
-    // The objective is the loss itself (mean over the batch of −log softmax[label]).
-    Fd::smooth("softmax cross-entropy logits").run(&logits, &grad, |i, v| {
-        let mut z = logits.clone();
-        z[i] = v;
-        softmax_cross_entropy(n, k, &z, &labels, &mut scratch).0 as f64
-    });
+    for eps in [0.0, 0.2] {
+        let mut grad = vec![0.0; n * k];
+        softmax_cross_entropy(n, k, &logits, &labels, eps, &mut grad);
+        let mut scratch = vec![0.0; n * k];
+        // The objective is the loss itself (mean over the batch of the smoothed −log softmax).
+        Fd::smooth(format!(
+            "softmax cross-entropy logits, label smoothing {eps}"
+        ))
+        .run(&logits, &grad, |i, v| {
+            let mut z = logits.clone();
+            z[i] = v;
+            softmax_cross_entropy(n, k, &z, &labels, eps, &mut scratch).0 as f64
+        });
+    }
 }
 
 // ------------------------------------------------------------------------------------------- residual

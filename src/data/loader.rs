@@ -2,9 +2,9 @@
 //! that decode and transform the next batches while the caller trains on the current one.
 //!
 //! Reproducibility: the order of epoch `e` is a function of `(seed, e)` only, and the augmentation of the item at
-//! position `p` of that order a function of `(seed, e, p)` only, so a run resumed at epoch `e` sees exactly the
-//! batches an uninterrupted run would have seen, whatever the number of workers: worker `k` of `W` prepares batches
-//! `k, k + W, …` and the consumer takes them in order.
+//! position `p` of that order (its u8 steps, then random erasing, from one generator) a function of `(seed, e, p)`
+//! only, so a run resumed at epoch `e` sees exactly the batches an uninterrupted run would have seen, whatever the
+//! number of workers: worker `k` of `W` prepares batches `k, k + W, …` and the consumer takes them in order.
 //!
 //! The workers are plain threads, not the rayon pool (whose cores belong to the matrix multiplies). The chapter's
 //! Fashion-MNIST loader ([`Loader::new`]) uses one (resizing 28→96 costs ≈ 30 µs an image, about 1% of a training
@@ -70,6 +70,7 @@ impl TransformConfig {
         Ok(Pipeline {
             steps,
             normalize: self.normalize.map(|(m, s)| (vec![m], vec![s])),
+            erasing: None,
         })
     }
 }
@@ -167,6 +168,9 @@ impl Loader {
         }
         let (out_h, out_w) = pipeline.output_size(source.image_size())?;
         let normalize = pipeline.normalize_for(c)?;
+        if let Some(e) = &pipeline.erasing {
+            e.check()?;
+        }
         Ok(Loader {
             source,
             batch_size,
@@ -341,6 +345,11 @@ impl Loader {
                 );
             }
             to_tensor_chw(&img, dst, normalize);
+            // After the u8 steps, from the same generator: a pipeline without erasing draws exactly what it
+            // always drew, so its batches (and resumed runs) are unchanged.
+            if let Some(erasing) = &self.pipeline.erasing {
+                erasing.apply(dst, c, h, w, &mut rng);
+            }
         }
         let labels = indices.iter().map(|&i| self.source.label(i)).collect();
         Ok(Batch {
@@ -421,6 +430,53 @@ mod tests {
         assert_ne!(a, rng_for(1, 3, STREAM_ORDER, 0).next_u64());
         assert_ne!(a, rng_for(1, 2, STREAM_AUGMENT, 0).next_u64());
         assert_ne!(a, rng_for(2, 2, STREAM_ORDER, 0).next_u64());
+    }
+
+    /// Random erasing draws after the u8 steps from the same generator: a loader with it yields the batches of
+    /// the loader without it (same crops and flips) with one rectangle of some images set to 0, reproducibly.
+    #[test]
+    fn erasing_follows_the_u8_steps() {
+        use super::super::transforms::RandomErasing;
+        let n = 24;
+        let images: Vec<u8> = (0..n * 28 * 28).map(|i| (i * 31 % 255 + 1) as u8).collect();
+        let labels = (0..n).map(|i| (i % 10) as u8).collect();
+        let ds: Arc<dyn ImageDataset> = Arc::new(Dataset::new(images, labels, 28, 28).unwrap());
+        let pipeline = TransformConfig {
+            augment: true,
+            ..Default::default()
+        }
+        .pipeline(28, 28)
+        .unwrap();
+        let erasing = RandomErasing::new(0.5).unwrap();
+        let plain = Loader::with_pipeline(ds.clone(), 8, true, 5, pipeline.clone()).unwrap();
+        let erased = Loader::with_pipeline(ds, 8, true, 5, pipeline.with_erasing(erasing)).unwrap();
+        let mut count = 0;
+        for (b, (p, e)) in plain.epoch(1).zip(erased.epoch(1)).enumerate() {
+            let (p, e) = (p.unwrap(), e.unwrap());
+            assert_eq!(p.indices, e.indices);
+            for j in 0..p.labels.len() {
+                let (pi, ei) = (&p.images[j * 784..][..784], &e.images[j * 784..][..784]);
+                // The generator of this position, past the crop and flip, decides the rectangle.
+                let mut rng = rng_for(5, 1, STREAM_AUGMENT, (b * 8 + j) as u64);
+                let img = ds_image(&plain, p.indices[j]);
+                plain.pipeline().apply(img, &mut rng).unwrap();
+                let mut want = pi.to_vec();
+                if erasing.apply(&mut want, 1, 28, 28, &mut rng).is_some() {
+                    count += 1;
+                    assert_ne!(pi, ei);
+                }
+                assert_eq!(ei, &want[..]);
+            }
+        }
+        assert!(count > 4 && count < 20, "{count} of 24 erased");
+        assert_eq!(
+            erased.batch(1, 0).unwrap().unwrap(),
+            erased.batch(1, 0).unwrap().unwrap()
+        );
+    }
+
+    fn ds_image(loader: &Loader, i: usize) -> super::super::transforms::Image {
+        loader.source().image(i).unwrap()
     }
 
     /// The chapter's batches are what the loader made before the general pipeline: resize, then

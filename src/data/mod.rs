@@ -28,5 +28,6 @@ pub use loader::{Batch, Epoch, Loader, TransformConfig};
 pub use open::{open_data, pipelines, DataOptions, Format, NormalizeSpec, Preset, Splits};
 pub use source::{channel_mean_std, class_counts, ArrayDataset, ImageDataset, Subset};
 pub use transforms::{
-    resize_like_pil, resize_shorter_side, to_tensor, Image, Normalize, PilResize, Pipeline, Step,
+    resize_like_pil, resize_shorter_side, to_tensor, Image, Normalize, PilResize, Pipeline,
+    RandomErasing, Step,
 };

@@ -351,8 +351,18 @@ impl ResNet {
     }
 
     /// Mean cross-entropy of the last forward's logits against `labels`, and the count of correct arg-max
-    /// predictions; keeps the gradient for [`ResNet::backward`].
+    /// predictions; keeps the gradient for [`ResNet::backward`]. [`ResNet::loss_smoothed`] without smoothing.
     pub fn loss(&mut self, labels: &[usize]) -> Result<(f32, usize)> {
+        self.loss_smoothed(labels, 0.0)
+    }
+
+    /// [`ResNet::loss`] with label smoothing `label_smoothing` in `[0, 1)`, as PyTorch's
+    /// `CrossEntropyLoss(label_smoothing=eps)`: the target is `1 − eps + eps/k` on the label and `eps/k` elsewhere.
+    pub fn loss_smoothed(
+        &mut self,
+        labels: &[usize],
+        label_smoothing: f32,
+    ) -> Result<(f32, usize)> {
         let n = self.input_shape.n;
         let k = self.config.num_classes;
         if labels.len() != n {
@@ -361,12 +371,16 @@ impl ResNet {
         if let Some(&bad) = labels.iter().find(|&&l| l >= k) {
             bail!("label {bad} out of range for {k} classes");
         }
+        if !(0.0..1.0).contains(&label_smoothing) {
+            bail!("label smoothing must be at least 0 and less than 1, got {label_smoothing}");
+        }
         ensure_len(&mut self.grad_logits, n * k);
         Ok(softmax_cross_entropy(
             n,
             k,
             &self.fc.out,
             labels,
+            label_smoothing,
             &mut self.grad_logits,
         ))
     }

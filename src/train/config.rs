@@ -3,8 +3,8 @@
 use super::Recipe;
 use crate::data::transforms::{check_normalize_values, check_resize};
 use crate::data::{
-    pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline, Preset, CLASS_NAMES,
-    NUM_CLASSES,
+    pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline, Preset, RandomErasing,
+    CLASS_NAMES, NUM_CLASSES,
 };
 use crate::nn::{ArchName, ResNetConfig, Stem};
 use crate::optim::{OptimizerKind, OptimizerOptions, Schedule};
@@ -260,20 +260,26 @@ impl TrainConfig {
             test_only: false,
         })
     }
-    /// The training and evaluation pipelines of this run's preset for `train`.
+    /// The training and evaluation pipelines of this run's preset for `train`, the training one ending in
+    /// `RandomErasing` when the run asks for it.
     pub fn pipelines(&self, train: &dyn ImageDataset) -> Result<(Pipeline, Pipeline)> {
         let normalize = match (&self.channel_norm, self.normalize) {
             (Some((m, s)), _) => NormalizeSpec::Given(m.clone(), s.clone()),
             (None, Some((m, s))) => NormalizeSpec::Given(vec![m], vec![s]),
             (None, None) => NormalizeSpec::None,
         };
-        pipelines(
+        let (t, e) = pipelines(
             self.transforms,
             self.resize,
             self.augment,
             &normalize,
             train,
-        )
+        )?;
+        let t = match self.random_erasing {
+            p if p > 0.0 => t.with_erasing(RandomErasing::new(p)?),
+            _ => t,
+        };
+        Ok((t, e))
     }
     /// Checks every value before any work starts.
     pub fn validate(&self) -> Result<()> {

@@ -66,11 +66,12 @@ impl Distributed {
         batch: Result<Batch>,
         global_n: usize,
         lr: f32,
+        label_smoothing: f32,
     ) -> Result<Step> {
         let start = Instant::now();
         let local = batch.and_then(|b| {
             net.forward(&b.images, b.shape)?;
-            let (loss, correct) = net.loss(&b.labels)?;
+            let (loss, correct) = net.loss_smoothed(&b.labels, label_smoothing)?;
             let weight = b.labels.len() as f32 / global_n as f32;
             net.scale_loss_grad(weight);
             Ok((b, loss * weight, correct))

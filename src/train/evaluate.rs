@@ -1,5 +1,6 @@
 //! Accuracy and confusion matrix of a network on a loader's data.
 
+use super::tta::forward_flip_tta;
 use crate::data::Loader;
 use crate::nn::ResNet;
 use crate::Result;
@@ -32,8 +33,9 @@ impl Evaluation {
     }
 }
 
-/// Evaluates `net` in eval mode on `loader`'s data (in order, epoch 0). Restores the previous mode.
-pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
+/// Evaluates `net` in eval mode on `loader`'s data (in order, epoch 0); with `tta`, on the mean of the logits of
+/// each image and its mirror ([`forward_flip_tta`]). Restores the previous mode.
+pub fn evaluate(net: &mut ResNet, loader: &Loader, tta: bool) -> Result<Evaluation> {
     let was_train = net.is_train();
     net.set_train(false);
     let k = net.config.num_classes;
@@ -46,7 +48,13 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader) -> Result<Evaluation> {
         if batch.labels.is_empty() {
             continue;
         }
-        let logits = net.forward(&batch.images, batch.shape)?;
+        let averaged;
+        let logits = if tta {
+            averaged = forward_flip_tta(net, &batch.images, batch.shape)?;
+            &averaged[..]
+        } else {
+            net.forward(&batch.images, batch.shape)?
+        };
         for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
             let pred = argmax(row);
             confusion[label][pred] += 1;

@@ -9,8 +9,8 @@
 //!
 //! One file, one job: `config` (what determines a run), `recipe` (named bundles of its settings), `data` (what
 //! it trains on), `run` (create, resume, the epoch loop, checkpoints), `distributed` (a rank's part in a
-//! data-parallel job), `ema` (the weight average), `evaluate`, `metrics`, `progress` (the bar), `plot` (the
-//! curve) and `lock` (the run directory's lock).
+//! data-parallel job), `ema` (the weight average), `evaluate` (and `tta`, its flip test-time augmentation),
+//! `metrics`, `progress` (the bar), `plot` (the curve) and `lock` (the run directory's lock).
 
 mod config;
 mod data;
@@ -23,6 +23,7 @@ mod plot;
 mod progress;
 mod recipe;
 mod run;
+mod tta;
 
 pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
 pub use data::Data;
@@ -34,3 +35,4 @@ pub use plot::curve_svg;
 pub use progress::ProgressMode;
 pub use recipe::{Recipe, Settings};
 pub use run::{Restored, Run, Step};
+pub use tta::{forward_flip_tta, hflip_nchw};

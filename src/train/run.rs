@@ -328,7 +328,9 @@ impl Run {
     /// (`tests/alloc_free.rs`); the names of a bad loss or gradient are formatted only when one is found.
     pub fn train_step(&mut self, batch: &Batch, lr: f32) -> Result<Step> {
         self.net.forward(&batch.images, batch.shape)?;
-        let (loss, correct) = self.net.loss(&batch.labels)?;
+        let (loss, correct) = self
+            .net
+            .loss_smoothed(&batch.labels, self.config.label_smoothing)?;
         if !loss.is_finite() {
             return Ok(Step::Diverged(format!("loss is {loss}")));
         }
@@ -424,9 +426,14 @@ impl Run {
                 }
                 let global_n = train_loader.global_batch_len(b);
                 let step = match &mut self.dist {
-                    Some(d) => {
-                        d.step(&mut self.net, self.optimizer.as_mut(), batch, global_n, lr)?
-                    }
+                    Some(d) => d.step(
+                        &mut self.net,
+                        self.optimizer.as_mut(),
+                        batch,
+                        global_n,
+                        lr,
+                        cfg.label_smoothing,
+                    )?,
                     None => self.train_step(&batch?, lr)?,
                 };
                 let (loss, ok) = match step {
@@ -459,7 +466,7 @@ impl Run {
             if let Some(ema) = &mut self.ema {
                 ema.swap(&mut self.net);
             }
-            let eval = evaluate(&mut self.net, &test_loader);
+            let eval = evaluate(&mut self.net, &test_loader, cfg.tta);
             if let Some(ema) = &mut self.ema {
                 ema.swap(&mut self.net);
             }

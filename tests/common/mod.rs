@@ -130,3 +130,25 @@ pub fn scratch_dir(prefix: &str, name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// Makes every convolution kernel of `net` mirror-symmetric along its width axis (`w[…, kx] = w[…, K−1−kx]`, the
+/// left half copied onto the right) through the state dict. With the small stem and odd input sides that every
+/// stride-2 layer keeps odd (33 → 17 → 9 → 5), the network is then exactly invariant under horizontal flips (up to
+/// the rounding of the convolution algorithms).
+pub fn make_flip_symmetric(net: &mut resnet::nn::ResNet) {
+    let mut sd = net.state_dict();
+    for (_, t) in sd.iter_mut() {
+        if let StateTensor::F32 { shape, data } = t {
+            if shape.len() != 4 {
+                continue;
+            }
+            let k = shape[3];
+            for row in data.chunks_exact_mut(k) {
+                for kx in 0..k / 2 {
+                    row[k - 1 - kx] = row[kx];
+                }
+            }
+        }
+    }
+    net.load_state_dict(&sd).unwrap();
+}
