@@ -209,10 +209,6 @@ pub struct TrainArgs {
     /// The network: the chapter's ResNet-18, or torchvision's resnet18/34/50/101/152.
     #[arg(long, value_enum, default_value = "chapter")]
     pub arch: ArchName,
-    /// Stage widths, for narrower networks than the named one's 64,128,256,512 (e.g. 16,32,64,128; the
-    /// chapter's network takes any number of stages of 2 blocks).
-    #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
     /// Start every residual block as the identity (its last batch-norm weight zero), as torchvision's option.
     #[arg(long)]
     pub zero_init_residual: bool,
@@ -275,8 +271,9 @@ pub fn parse_shape(s: &str) -> Result<Shape4> {
 impl TrainArgs {
     /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated.
     pub fn config(&self) -> Result<TrainConfig> {
+        let s = self.settings.clone().or(self.recipe.settings());
         let mut named = ResNetConfig::named(self.arch, 1, crate::data::NUM_CLASSES);
-        if let Some(w) = &self.widths {
+        if let Some(w) = &s.widths {
             if self.arch == ArchName::Chapter {
                 named.layers = vec![2; w.len()];
             } else if w.len() != named.layers.len() {
@@ -290,7 +287,6 @@ impl TrainArgs {
             }
             named.widths = w.clone();
         }
-        let s = self.settings.clone().or(self.recipe.settings());
         let chapter = TrainConfig::default();
         let config = TrainConfig {
             epochs: s.epochs.unwrap_or(chapter.epochs),

@@ -458,8 +458,15 @@ fn eval(
     let ev = evaluate(&mut net, &loader, tta)?;
     let (h, w) = loader.image_size();
     println!(
-        "test acc {:.4} ({} images, input {h}×{w})",
-        ev.accuracy, ev.count
+        "{} acc {:.4} ({} images, input {h}×{w}{})",
+        if val_split.is_some() {
+            "validation"
+        } else {
+            "test"
+        },
+        ev.accuracy,
+        ev.count,
+        if tta { ", flip TTA" } else { "" }
     );
     let width = names
         .iter()

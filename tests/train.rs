@@ -597,8 +597,10 @@ fn cli_recipe_fast_runs_and_target_acc_stops_it() {
         .find(|l| l.starts_with("recipe fast: "))
         .unwrap_or_else(|| panic!("{out}"));
     for part in [
-        "--epochs 7",
+        "--epochs 6",
         "--optimizer sgd",
+        "--stem small",
+        "--widths 16,32,64,128",
         "--lr 0.02",
         "--label-smoothing 0.1",
         "--tta=true",

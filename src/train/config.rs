@@ -396,6 +396,8 @@ impl TrainConfig {
                 Stem::Small => "small",
             }
         ));
+        let widths: Vec<String> = self.widths.iter().map(|w| w.to_string()).collect();
+        f.push(format!("--widths {}", widths.join(",")));
         f.push(format!("--label-smoothing {}", self.label_smoothing));
         f.push(format!("--random-erasing {}", self.random_erasing));
         if let Some(d) = self.ema {

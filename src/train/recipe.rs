@@ -30,7 +30,7 @@ impl Recipe {
         match self {
             Recipe::Chapter => Settings::default(),
             Recipe::Fast => Settings {
-                epochs: Some(7),
+                epochs: Some(6),
                 batch_size: Some(256),
                 lr: Some(0.1),
                 optimizer: Some(OptimizerKind::Sgd),
@@ -43,7 +43,8 @@ impl Recipe {
                 resize: Some(28),
                 augment: Some(true),
                 normalize: Some(true),
-                stem: Some(Stem::Imagenet),
+                stem: Some(Stem::Small),
+                widths: Some(vec![16, 32, 64, 128]),
                 label_smoothing: Some(0.1),
                 random_erasing: Some(0.0),
                 ema: None,
@@ -64,6 +65,7 @@ impl Recipe {
                 augment: Some(true),
                 normalize: Some(true),
                 stem: Some(Stem::Imagenet),
+                widths: None,
                 label_smoothing: Some(0.1),
                 random_erasing: Some(0.25),
                 ema: Some(0.999),
@@ -147,6 +149,10 @@ pub struct Settings {
     /// The stem: `imagenet` (7×7 stride 2 + max pool, the chapter's) or `small` (3×3 stride 1, no pool).
     #[arg(long, value_enum)]
     pub stem: Option<Stem>,
+    /// Stage widths, for narrower networks than the named one's 64,128,256,512 (e.g. 16,32,64,128; the
+    /// chapter's network takes any number of stages of 2 blocks).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Option<Vec<usize>>,
     /// Label smoothing of the loss, as `CrossEntropyLoss(label_smoothing=…)` [chapter: 0].
     #[arg(long, allow_negative_numbers = true)]
     pub label_smoothing: Option<f32>,
@@ -181,6 +187,7 @@ impl Settings {
             augment: self.augment.or(fallback.augment),
             normalize: self.normalize.or(fallback.normalize),
             stem: self.stem.or(fallback.stem),
+            widths: self.widths.or(fallback.widths),
             label_smoothing: self.label_smoothing.or(fallback.label_smoothing),
             random_erasing: self.random_erasing.or(fallback.random_erasing),
             ema: self.ema.or(fallback.ema),
