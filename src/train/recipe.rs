@@ -43,7 +43,7 @@ impl Recipe {
                 schedule: Some(Schedule::onecycle_default()),
                 warmup_epochs: Some(0.0),
                 resize: Some(28),
-                augment: Some(true),
+                augment: Some(false),
                 normalize: Some(true),
                 stem: Some(Stem::Small),
                 widths: Some(vec![16, 32, 64, 128]),
