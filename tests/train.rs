@@ -603,7 +603,7 @@ fn cli_recipe_fast_runs_and_target_acc_stops_it() {
         "--widths 16,32,64,128",
         "--lr 0.02",
         "--label-smoothing 0.1",
-        "--tta=true",
+        "--tta=false",
     ] {
         assert!(settings.contains(part), "{part} in {settings}");
     }
