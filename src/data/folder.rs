@@ -421,6 +421,23 @@ pub fn stratified_split(
     Ok((t, v))
 }
 
+/// `base` split by [`stratified_split`] into `(train, val)` subsets of it.
+pub fn split_dataset(
+    base: Arc<dyn ImageDataset>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
+    let labels: Vec<usize> = (0..base.len()).map(|i| base.label(i)).collect();
+    let (t, v) = stratified_split(&labels, fraction, seed)?;
+    let part = |indices| -> Arc<dyn ImageDataset> {
+        Arc::new(Subset {
+            base: base.clone(),
+            indices,
+        })
+    };
+    Ok((part(t), part(v)))
+}
+
 /// Opens a folder dataset: `dir/train` and `dir/val` (or `dir/test`) when `dir/train` exists, else `dir` itself
 /// split by [`stratified_split`] with `val_split` (default 0.1) and `seed`. With `dir/train` but neither `val` nor
 /// `test`, `val_split` of `dir/train` is held out. Both halves get the same channel count (1 only if every image of
@@ -486,19 +503,11 @@ pub fn open_splits(
     };
     let fraction = val_split.unwrap_or(0.1);
     let all = ImageFolder::open(&root, opts)?;
-    let labels: Vec<usize> = (0..all.len()).map(|i| all.label(i)).collect();
-    let (t, v) = stratified_split(&labels, fraction, seed)?;
     let (skipped, cached) = (all.skipped.clone(), all.is_cached());
-    let all: Arc<dyn ImageDataset> = Arc::new(all);
+    let (train, val) = split_dataset(Arc::new(all), fraction, seed)?;
     Ok(FolderSplits {
-        train: Arc::new(Subset {
-            base: all.clone(),
-            indices: t,
-        }),
-        val: Arc::new(Subset {
-            base: all,
-            indices: v,
-        }),
+        train,
+        val,
         val_source: format!("val_split {fraction} of {} (seed {seed})", root.display()),
         skipped,
         cached,

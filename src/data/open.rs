@@ -9,7 +9,7 @@ use super::cifar::{self, Kind, Label};
 use super::fashion_mnist::{Dataset, Split, CLASS_NAMES};
 use super::folder::{self, FolderOptions, DEFAULT_CACHE_MB};
 use super::loader::TransformConfig;
-use super::source::{channel_mean_std, ArrayDataset, ImageDataset, Subset};
+use super::source::{channel_mean_std, ArrayDataset, ImageDataset};
 use super::transforms::{resize_shorter_side, Pipeline};
 use crate::{bail, Error, Result};
 
@@ -169,15 +169,11 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
     let (train, test): (Arc<dyn ImageDataset>, Arc<dyn ImageDataset>) = match format {
         Format::Idx => {
             let c = opts.channels.unwrap_or(1);
-            let load = |split| idx_with_channels(Dataset::load(dir, split, opts.verify)?, c, dir);
-            match opts.val_split {
-                Some(f) => split_training(load(Split::Train)?, f, opts.seed, dir, &mut notes)?,
-                None => {
-                    let train = (!opts.test_only).then(|| load(Split::Train)).transpose()?;
-                    let test = load(Split::Test)?;
-                    (train.unwrap_or_else(|| test.clone()), test)
-                }
-            }
+            let load = |train| {
+                let split = if train { Split::Train } else { Split::Test };
+                idx_with_channels(Dataset::load(dir, split, opts.verify)?, c, dir)
+            };
+            train_and_test(load, opts, dir, &mut notes)?
         }
         Format::Cifar10 | Format::Cifar100(_) => {
             let kind = match format {
@@ -189,14 +185,7 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
             let load = |train| -> Result<Arc<dyn ImageDataset>> {
                 Ok(Arc::new(cifar::load(dir, kind, train)?.with_channels(c)))
             };
-            match opts.val_split {
-                Some(f) => split_training(load(true)?, f, opts.seed, dir, &mut notes)?,
-                None => {
-                    let train = (!opts.test_only).then(|| load(true)).transpose()?;
-                    let test = load(false)?;
-                    (train.unwrap_or_else(|| test.clone()), test)
-                }
-            }
+            train_and_test(load, opts, dir, &mut notes)?
         }
         Format::Folder => {
             let fo = FolderOptions {
@@ -240,30 +229,30 @@ pub fn open_data(dir: &Path, opts: &DataOptions) -> Result<Splits> {
     })
 }
 
-/// IDX and CIFAR with `--val-split`: `fraction` of each class of the training images held out for validation
-/// ([`folder::stratified_split`], seeded), which then stands in for the test images; the test files are not read.
-fn split_training(
-    train: Arc<dyn ImageDataset>,
-    fraction: f64,
-    seed: u64,
+/// The training and test images of IDX or CIFAR data, `load(true)` and `load(false)`. With `--val-split`, a
+/// seeded, stratified share of the training images ([`folder::split_dataset`]) stands in for the test images,
+/// which are not read; for `eval` (`test_only`) the test images also stand in for the training ones.
+fn train_and_test(
+    load: impl Fn(bool) -> Result<Arc<dyn ImageDataset>>,
+    opts: &DataOptions,
     dir: &Path,
     notes: &mut Vec<String>,
 ) -> Result<(Arc<dyn ImageDataset>, Arc<dyn ImageDataset>)> {
-    let labels: Vec<usize> = (0..train.len()).map(|i| train.label(i)).collect();
-    let (t, v) = folder::stratified_split(&labels, fraction, seed)?;
-    notes.push(format!(
-        "validation images: {} of the {} training images of {} (--val-split {fraction}, seed {seed}); the test images are not used",
-        v.len(),
-        labels.len(),
-        dir.display()
-    ));
-    let part = |indices| -> Arc<dyn ImageDataset> {
-        Arc::new(Subset {
-            base: train.clone(),
-            indices,
-        })
-    };
-    Ok((part(t), part(v)))
+    if let Some(fraction) = opts.val_split {
+        let all = load(true)?;
+        let n = all.len();
+        let (train, val) = folder::split_dataset(all, fraction, opts.seed)?;
+        notes.push(format!(
+            "validation images: {} of the {n} training images of {} (--val-split {fraction}, seed {}); the test images are not used",
+            val.len(),
+            dir.display(),
+            opts.seed
+        ));
+        return Ok((train, val));
+    }
+    let train = (!opts.test_only).then(|| load(true)).transpose()?;
+    let test = load(false)?;
+    Ok((train.unwrap_or_else(|| test.clone()), test))
 }
 
 /// A transform preset (`--transforms`).
