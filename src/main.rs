@@ -167,8 +167,6 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
             data_dir.display(),
             run.dir.display()
         );
-    }
-    if lead {
         println!(
             "recipe {}: {}",
             run.config.recipe,
@@ -190,16 +188,17 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
         }
     })?;
     if lead {
-        if let (Some(target), Some(m)) = (run.config.target_acc, run.target_reached()) {
-            println!(
-                "reached --target-acc {target} at epoch {}: accuracy {:.4} after {:.1} s of training and evaluation",
-                m.epoch, m.test_acc, m.elapsed_sec
-            );
-        } else if let Some(target) = run.config.target_acc {
-            println!(
-                "--target-acc {target} not reached in {} epochs",
-                run.config.epochs
-            );
+        if let Some(target) = run.config.target_acc {
+            match run.target_reached() {
+                Some(m) => println!(
+                    "reached --target-acc {target} at epoch {}: accuracy {:.4} after {:.1} s of training and evaluation",
+                    m.epoch, m.test_acc, m.elapsed_sec
+                ),
+                None => println!(
+                    "--target-acc {target} not reached in {} epochs",
+                    run.config.epochs
+                ),
+            }
         }
         println!("saved {}", run.dir.join("model.safetensors").display());
     }

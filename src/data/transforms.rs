@@ -406,8 +406,9 @@ pub fn random_crop<R: Rng + ?Sized>(
     out
 }
 
-/// Mirrors an `h×w` image left to right, in place.
-pub fn hflip(img: &mut [u8], w: usize) {
+/// Mirrors an `h×w` image left to right, in place: every row of `w` values reversed, so also a flip along W of
+/// an NCHW tensor (`torch.flip(x, [3])`).
+pub fn hflip<T>(img: &mut [T], w: usize) {
     for row in img.chunks_exact_mut(w) {
         row.reverse();
     }

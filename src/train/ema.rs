@@ -65,6 +65,24 @@ impl Ema {
         self.updates += 1;
     }
 
+    /// Runs `f` on `net` holding the average in place of its own weights (on `net` as it is without an average
+    /// or before its first update), then puts the raw weights back: what is evaluated and saved.
+    pub fn applied<T>(
+        ema: Option<&mut Ema>,
+        net: &mut ResNet,
+        f: impl FnOnce(&mut ResNet) -> T,
+    ) -> T {
+        match ema {
+            Some(ema) => {
+                ema.swap(net);
+                let out = f(net);
+                ema.swap(net);
+                out
+            }
+            None => f(net),
+        }
+    }
+
     /// Exchanges the averaged values with the network's own: call once to evaluate or save the average, and
     /// again to continue training the raw weights. Nothing happens before the first update.
     pub fn swap(&mut self, net: &mut ResNet) {

@@ -35,4 +35,4 @@ pub use plot::curve_svg;
 pub use progress::ProgressMode;
 pub use recipe::{Recipe, Settings};
 pub use run::{Restored, Run, Step};
-pub use tta::{forward_flip_tta, hflip_nchw};
+pub use tta::forward_flip_tta;

@@ -420,10 +420,9 @@ impl Run {
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
             let mut lr = cfg.lr;
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
-                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs);
-                if epoch * steps + b < warmup_steps {
-                    lr *= warmup_factor(epoch * steps + b, warmup_steps);
-                }
+                // The warm-up's factor is 1 after it, and x·1 is x in f32: runs without one are unchanged.
+                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs)
+                    * warmup_factor(epoch * steps + b, warmup_steps);
                 let global_n = train_loader.global_batch_len(b);
                 let step = match &mut self.dist {
                     Some(d) => d.step(
@@ -463,13 +462,9 @@ impl Run {
                 d.average_running_stats(&mut self.net);
             }
             // The average is what a run with `--ema` evaluates and saves; the raw weights go on training.
-            if let Some(ema) = &mut self.ema {
-                ema.swap(&mut self.net);
-            }
-            let eval = evaluate(&mut self.net, &test_loader, cfg.tta);
-            if let Some(ema) = &mut self.ema {
-                ema.swap(&mut self.net);
-            }
+            let eval = Ema::applied(self.ema.as_mut(), &mut self.net, |net| {
+                evaluate(net, &test_loader, cfg.tta)
+            });
             let eval = self.agree(eval)?;
             let eval = match &self.dist {
                 Some(d) => d.sum_evaluation(eval),
@@ -532,14 +527,10 @@ impl Run {
             meta.insert(META_EVAL_TRANSFORM.to_string(), json(p));
         }
         // model.safetensors holds what is evaluated: the weight average when there is one.
-        if let Some(ema) = &mut self.ema {
-            ema.swap(&mut self.net);
-        }
-        let saved = checkpoint::save_model(&self.dir.join("model.safetensors"), &self.net, &meta);
-        if let Some(ema) = &mut self.ema {
-            ema.swap(&mut self.net);
-        }
-        saved?;
+        let model_path = self.dir.join("model.safetensors");
+        Ema::applied(self.ema.as_mut(), &mut self.net, |net| {
+            checkpoint::save_model(&model_path, net, &meta)
+        })?;
 
         // The checkpoint holds the raw weights, which training continues from, and the average apart.
         let mut sd = self.net.state_dict();
