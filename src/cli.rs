@@ -126,6 +126,116 @@ pub enum Command {
     },
     /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
     Bench(crate::bench::BenchArgs),
+    /// Serve a model over HTTP: POST /v1/predict (PNG/JPEG or multipart), GET /v1/model, /healthz, /metrics,
+    /// and a page at / to try it; concurrent requests are batched into one forward pass.
+    Serve(ServeArgs),
+}
+
+/// Most images `serve --max-batch` gathers into one forward pass.
+pub const MAX_SERVE_BATCH: usize = 1024;
+/// Most images `serve --queue` lets wait.
+pub const MAX_SERVE_QUEUE: usize = 1 << 16;
+
+/// `resnet serve` arguments.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model file: ours, safetensors saved from PyTorch, or torchvision's `.pth` state dict.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Address to listen on (port 0: any free port; the one taken is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// Refuse weights of another network than this one.
+    #[arg(long, value_enum)]
+    pub arch: Option<ArchName>,
+    /// Input size (shorter side) of a one-channel model; default: the size stored in the weights.
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Most images in one forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    /// Longest the first image of a batch waits for more, milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Most images waiting for a forward pass; beyond it requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub queue: usize,
+    /// Largest request body, MiB.
+    #[arg(long, default_value_t = 16)]
+    pub max_body_mb: usize,
+    /// Most images in one multipart request.
+    #[arg(long, default_value_t = 64)]
+    pub max_images: usize,
+    /// Longest a request may take, seconds: reading the body (else 408), then waiting for the answer (else 503).
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// Classes returned when a request does not say (`?topk=`).
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Test-time augmentation for every image: the mean of its and its mirror's logits.
+    #[arg(long)]
+    pub tta: bool,
+}
+
+impl ServeArgs {
+    /// The checked options (no file is read).
+    pub fn options(&self) -> Result<crate::serve::ServeOptions> {
+        if self.max_batch == 0 || self.max_batch > MAX_SERVE_BATCH {
+            bail!(
+                "--max-batch must be between 1 and {MAX_SERVE_BATCH}, got {}",
+                self.max_batch
+            );
+        }
+        if self.queue == 0 || self.queue > MAX_SERVE_QUEUE {
+            bail!(
+                "--queue must be between 1 and {MAX_SERVE_QUEUE}, got {}",
+                self.queue
+            );
+        }
+        if self.max_wait_ms > 10_000 {
+            bail!(
+                "--max-wait-ms must be at most 10000, got {}",
+                self.max_wait_ms
+            );
+        }
+        if self.max_body_mb == 0 || self.max_body_mb > 1024 {
+            bail!(
+                "--max-body-mb must be between 1 and 1024, got {}",
+                self.max_body_mb
+            );
+        }
+        if self.max_images == 0 || self.max_images > MAX_SERVE_BATCH {
+            bail!(
+                "--max-images must be between 1 and {MAX_SERVE_BATCH}, got {}",
+                self.max_images
+            );
+        }
+        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 3600.0) {
+            bail!(
+                "--timeout must be a number of seconds above 0 and at most 3600, got {}",
+                self.timeout
+            );
+        }
+        if self.topk == 0 {
+            bail!("--topk must be at least 1");
+        }
+        self.resize.map_or(Ok(()), check_resize)?;
+        Ok(crate::serve::ServeOptions {
+            addr: self.addr,
+            batch: crate::serve::BatchOptions {
+                max_batch: self.max_batch,
+                max_wait: std::time::Duration::from_millis(self.max_wait_ms),
+                queue: self.queue,
+                tta: self.tta,
+            },
+            max_body: self.max_body_mb << 20,
+            max_images: self.max_images,
+            timeout: std::time::Duration::from_secs_f64(self.timeout),
+            max_decode_bytes: crate::serve::MAX_DECODE_BYTES,
+            max_input_side: crate::serve::MAX_INPUT_SIDE,
+            topk: self.topk,
+        })
+    }
 }
 
 /// `resnet train` arguments.
@@ -404,6 +514,7 @@ impl Cli {
                 }
             }
             Command::Bench(b) => b.check().map(|_| ()),
+            Command::Serve(a) => a.options().map(|_| ()),
         }
     }
 }

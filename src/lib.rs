@@ -13,10 +13,12 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod fuzzing;
+pub mod infer;
 pub mod kernels;
 pub mod nn;
 pub mod optim;
 pub mod pth;
+pub mod serve;
 pub mod tensor;
 pub mod train;
 

@@ -1,22 +1,18 @@
 //! The `resnet` command line: train, eval, predict, summary, bench.
 
 use clap::Parser;
-use resnet::checkpoint::{self, META_INPUT_SIZE};
-use resnet::checkpoint::{META_CLASSES, META_EVAL_TRANSFORM};
+use resnet::checkpoint::META_CLASSES;
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
-use resnet::data::transforms::INPUT_SIZES;
-use resnet::data::transforms::{to_tensor_chw, Step};
 use resnet::data::{
-    channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Pipeline,
-    Subset, CLASS_NAMES,
+    channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Subset,
 };
 use resnet::dist::{agree, Collective};
-use resnet::nn::{ArchName, ResNet, ResNetConfig, SeedableRng, Stem};
-use resnet::train::{
-    check_identity, evaluate, forward_flip_tta, Data, ProgressMode, Run, TrainConfig,
+use resnet::infer::{
+    class_names, load_model, preprocess_for, ranked, softmax, stored_pipeline, Model,
 };
-use resnet::{bail, Error, Result, Shape4};
-use std::collections::BTreeMap;
+use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+use resnet::train::{check_identity, evaluate, Data, ProgressMode, Run, TrainConfig};
+use resnet::{bail, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -270,129 +266,6 @@ fn train_mpi(check: Result<()>, threads: Option<usize>, a: TrainArgs) -> Result<
     std::process::exit(1)
 }
 
-/// The input size of a one-channel model: `--resize`, else the size stored in the file.
-fn input_size(
-    path: &Path,
-    meta: &BTreeMap<String, String>,
-    resize: Option<usize>,
-) -> Result<usize> {
-    Ok(match (resize, meta.get(META_INPUT_SIZE)) {
-        // `--resize` was range-checked with the other arguments (`Cli::check`).
-        (Some(r), _) => r,
-        (None, Some(s)) => match s.parse() {
-            Ok(r) if INPUT_SIZES.contains(&r) => r,
-            _ => bail!(
-                "{}: bad `{META_INPUT_SIZE}` metadata `{s}` (expected a size between {} and {}); pass --resize N to override it",
-                path.display(),
-                INPUT_SIZES.start(),
-                INPUT_SIZES.end()
-            ),
-        },
-        (None, None) => bail!("{}: the file does not say what input size it was trained at (PyTorch files don't): pass --resize N (the chapter trains at 96)", path.display()),
-    })
-}
-
-/// A model file and its metadata, the metadata checked: a file that carries a bad value is refused even where
-/// another value would be used instead.
-fn load_model(path: &Path, arch: Option<ArchName>) -> Result<(ResNet, BTreeMap<String, String>)> {
-    let (net, meta) = checkpoint::load_model(path)?;
-    if let Some(arch) = arch {
-        let found = net.config.name();
-        if found != arch.as_str() {
-            bail!(
-                "{}: holds {found}, not {} (--arch)",
-                path.display(),
-                arch.as_str()
-            );
-        }
-    }
-    if meta.contains_key(META_INPUT_SIZE) {
-        input_size(path, &meta, None)?;
-    }
-    stored_pipeline(path, &meta)?;
-    class_names(path, &net.config, &meta)?;
-    Ok((net, meta))
-}
-
-/// The evaluation transforms stored in a model file by `train`, checked (`None` for files without them).
-fn stored_pipeline(path: &Path, meta: &BTreeMap<String, String>) -> Result<Option<Pipeline>> {
-    let Some(text) = meta.get(META_EVAL_TRANSFORM) else {
-        return Ok(None);
-    };
-    let p: Pipeline = serde_json::from_str(text).map_err(|e| {
-        Error::new(format!(
-            "{}: bad `{META_EVAL_TRANSFORM}` metadata: {e}",
-            path.display()
-        ))
-    })?;
-    p.check_stored().map_err(|e| {
-        Error::new(format!(
-            "{}: bad `{META_EVAL_TRANSFORM}` metadata: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(Some(p))
-}
-
-/// How a model's inputs are prepared (`predict`, `eval`), after decoding to its channels: its stored transforms, else the chapter's
-/// `Resize(size)` for one channel, else torchvision's ImageNet evaluation transform for three (`--resize` forces
-/// the chapter's).
-fn preprocess_for(
-    path: &Path,
-    meta: &BTreeMap<String, String>,
-    resize: Option<usize>,
-    channels: usize,
-) -> Result<Pipeline> {
-    if resize.is_none() {
-        if let Some(p) = stored_pipeline(path, meta)? {
-            return Ok(p);
-        }
-    }
-    Ok(match channels {
-        1 => Pipeline {
-            steps: vec![Step::Resize(input_size(path, meta, resize)?)],
-            normalize: None,
-            erasing: None,
-        },
-        3 => imagenet_eval(),
-        c => bail!(
-            "{}: a network for {c} channels; images are read as grayscale (1) or RGB (3)",
-            path.display()
-        ),
-    })
-}
-
-/// The class names of a model's outputs: those stored in the file by `train`, else Fashion-MNIST's for one
-/// channel and 10 classes, ImageNet's for 1000 classes, `class K` otherwise.
-fn class_names(
-    path: &Path,
-    config: &ResNetConfig,
-    meta: &BTreeMap<String, String>,
-) -> Result<Vec<String>> {
-    if let Some(text) = meta.get(META_CLASSES) {
-        let names: Vec<String> = serde_json::from_str(text).map_err(|e| {
-            Error::new(format!(
-                "{}: bad `{META_CLASSES}` metadata: {e}",
-                path.display()
-            ))
-        })?;
-        if names.len() != config.num_classes {
-            bail!(
-                "{}: `{META_CLASSES}` names {} classes, the network has {}",
-                path.display(),
-                names.len(),
-                config.num_classes
-            );
-        }
-        return Ok(names);
-    }
-    Ok(match (config.in_channels, config.num_classes) {
-        (1, 10) => CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-        (_, 1000) => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
-        (_, k) => (0..k).map(|i| format!("class {i}")).collect(),
-    })
-}
-
 #[allow(clippy::too_many_arguments)]
 fn eval(
     weights: &Path,
@@ -494,23 +367,6 @@ fn eval(
     Ok(())
 }
 
-/// torchvision's ImageNet evaluation transform: `Resize(256)`, `CenterCrop(224)`, `ToTensor`,
-/// `Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])`.
-fn imagenet_eval() -> Pipeline {
-    Pipeline::imagenet(false, 224)
-        .with_normalize(vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
-}
-
-/// ImageNet's 1000 class names in label order (torchvision's `weights.meta["categories"]`).
-const IMAGENET_CLASSES: &str = include_str!("data/imagenet_classes.txt");
-
-fn softmax(logits: &[f32]) -> Vec<f64> {
-    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    let e: Vec<f64> = logits.iter().map(|&v| (v as f64 - m).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
-}
-
 fn predict(
     weights: &Path,
     arch: Option<ArchName>,
@@ -520,35 +376,21 @@ fn predict(
     json: bool,
     tta: bool,
 ) -> Result<()> {
-    let (mut net, meta) = load_model(weights, arch)?;
-    let preprocess = preprocess_for(weights, &meta, resize, net.config.in_channels)?;
-    let names = class_names(weights, &net.config, &meta)?;
-    let channels = net.config.in_channels;
-    net.set_train(false);
+    let mut model = Model::load(weights, arch, resize)?;
     for path in images {
-        let img = image_file::read_image(path, channels)?;
-        // An evaluation pipeline draws no random numbers; the generator only satisfies the signature.
-        let img = preprocess
-            .apply(img, &mut resnet::nn::InitRng::seed_from_u64(0))
-            .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        let mut x = vec![0.0; img.pixels.len()];
-        let norm = preprocess.normalize_for(img.c)?;
-        let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
-        to_tensor_chw(&img, &mut x, norm);
-        let xs = Shape4::new(1, img.c, img.h, img.w);
-        let logits = if tta {
-            forward_flip_tta(&mut net, &x, xs)
-        } else {
-            net.forward(&x, xs).map(<[f32]>::to_vec)
-        }
-        .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+        let origin = path.display().to_string();
+        let img = image_file::read_image(path, model.channels())?;
+        let (x, xs) = model.input(img, &origin)?;
+        let logits = model
+            .logits(&x, xs, tta)
+            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
         let probs = softmax(&logits);
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let order = ranked(&probs);
         let top = &order[..topk.min(order.len())];
+        let names = &model.names;
         if json {
             let v = serde_json::json!({
-                "image": path.display().to_string(),
+                "image": origin,
                 "logits": logits,
                 "probabilities": probs,
                 "predicted": order[0],
@@ -563,7 +405,7 @@ fn predict(
                 .iter()
                 .map(|&c| format!("{} {:.3}", names[c], probs[c]))
                 .collect();
-            println!("{}: {}", path.display(), top.join(", "));
+            println!("{origin}: {}", top.join(", "));
         }
     }
     Ok(())
@@ -630,6 +472,18 @@ fn run(cli: Cli) -> Result<()> {
             plan,
         } => summary(arch, input.as_deref(), classes, stem, plan),
         Command::Bench(args) => resnet::bench::run(&args),
+        Command::Serve(args) => {
+            let opts = args.options()?;
+            let model = Model::load(&args.weights, args.arch, args.resize)?;
+            println!(
+                "serving {} ({}, {} classes) from {}",
+                model.net.config.name(),
+                group_thousands(model.net.num_params()),
+                model.names.len(),
+                args.weights.display()
+            );
+            resnet::serve::serve(model, opts)
+        }
     }
 }
 

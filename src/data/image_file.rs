@@ -42,8 +42,12 @@ fn read_limited(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Decodes image bytes (named `origin` in errors) within the side and memory limits.
-fn decode(bytes: &[u8], origin: &Path) -> Result<image::DynamicImage> {
-    let reader = reader_with_limits(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)?;
+fn decode(bytes: &[u8], origin: &Path, max_alloc: u64) -> Result<image::DynamicImage> {
+    let reader = reader_with_limits(
+        image::ImageReader::new(std::io::Cursor::new(bytes)),
+        origin,
+        max_alloc,
+    )?;
     let img = reader.decode().map_err(|e| image_error(origin, &e))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(image_error(origin, &"image has no pixels"));
@@ -65,6 +69,7 @@ pub struct Header {
 fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
     reader: image::ImageReader<R>,
     origin: &Path,
+    max_alloc: u64,
 ) -> Result<image::ImageReader<R>> {
     let mut reader = reader
         .with_guessed_format()
@@ -72,7 +77,7 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_alloc = Some(max_alloc);
     reader.limits(limits);
     Ok(reader)
 }
@@ -84,7 +89,7 @@ pub fn probe(path: &Path) -> Result<Header> {
     let err = |e: &dyn std::fmt::Display| image_error(path, e);
     check_file_size(path)?;
     let reader = image::ImageReader::open(path).map_err(|e| err(&e))?;
-    let decoder = reader_with_limits(reader, path)?
+    let decoder = reader_with_limits(reader, path, MAX_DECODE_BYTES)?
         .into_decoder()
         .map_err(|e| err(&e))?;
     let (w, h) = decoder.dimensions();
@@ -116,9 +121,15 @@ pub fn read_image(path: &Path, c: usize) -> Result<Image> {
 /// 16-bit colour to its high byte (PIL reads such PNGs as 8-bit `RGB`). Lossless formats decode to PIL's pixels
 /// exactly; JPEG decoders differ from libjpeg by a level or two on some pixels.
 pub fn decode_image(bytes: &[u8], origin: &Path, c: usize) -> Result<Image> {
+    decode_image_within(bytes, origin, c, MAX_DECODE_BYTES)
+}
+
+/// [`decode_image`] with a decoder memory budget of `max_alloc` bytes instead of [`MAX_DECODE_BYTES`] (`serve`
+/// decodes uploads within a smaller one).
+pub fn decode_image_within(bytes: &[u8], origin: &Path, c: usize, max_alloc: u64) -> Result<Image> {
     use image::DynamicImage as D;
     assert!(c == 1 || c == 3, "decode_image: 1 or 3 channels, not {c}");
-    let img = decode(bytes, origin)?;
+    let img = decode(bytes, origin, max_alloc)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     // (values, channels): gray or RGB, 8 bits, alpha dropped.
     let (pixels, from) = match img {
