@@ -151,9 +151,12 @@ fn batched_logits_match_single_images() {
             tta: false,
         };
         let (batcher, worker) = Batcher::start(model, opts, metrics.clone());
+        // Announced together (as concurrent requests decoding), queued one after another.
+        let announced: Vec<_> = inputs.iter().map(|_| batcher.announce()).collect();
         let replies: Vec<_> = inputs
             .into_iter()
-            .map(|(x, xs)| batcher.submit(x, xs).ok().unwrap())
+            .zip(announced)
+            .map(|((x, xs), a)| batcher.submit(a, x, xs).ok().unwrap())
             .collect();
         for (i, reply) in replies.into_iter().enumerate() {
             let got = reply.blocking_recv().unwrap().unwrap();

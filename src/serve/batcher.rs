@@ -1,6 +1,12 @@
 //! Dynamic batching: requests from many connections wait in one bounded queue; a single thread owns the model,
-//! takes the first waiting image, gathers more for up to `max_wait` (or until `max_batch`), and runs one
-//! forward pass per input shape on the engine's thread pool. Each image's logits go back to its request.
+//! takes every waiting image (up to `max_batch`) and runs one forward pass per input shape on the engine's
+//! thread pool. Each image's logits go back to its request.
+//!
+//! It waits for more images (at most `max_wait`) only while some are being decoded (an image announces itself,
+//! [`Batcher::announce`], before its decoding starts) or while it has fewer than the last pass had. So a lone
+//! client never waits (measured with the chapter's network at 96×96, a fixed 5 ms wait halved its
+//! throughput), and concurrent clients are gathered into one pass (with no wait at all, 8 clients got 30 %
+//! less throughput than with a fixed 5 ms).
 //!
 //! In eval mode every layer computes each image of a batch on its own (batch norm uses its running
 //! statistics), so an image's logits do not depend on what it was batched with, except in their last bits: the
@@ -10,6 +16,7 @@
 use super::metrics::Metrics;
 use crate::infer::Model;
 use crate::{Error, Result, Shape4};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,7 +28,7 @@ use tokio::sync::oneshot;
 pub struct BatchOptions {
     /// Most images in one forward pass.
     pub max_batch: usize,
-    /// Longest an image waits for others once it is first in line.
+    /// Longest an image waits for others being decoded once it is first in line.
     pub max_wait: Duration,
     /// Most images waiting (beyond it, [`Batcher::submit`] refuses: the server answers 503).
     pub queue: usize,
@@ -53,6 +60,19 @@ pub enum Refused {
 pub struct Batcher {
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    /// Images announced and not yet queued (being decoded and prepared).
+    preparing: Arc<AtomicUsize>,
+}
+
+/// An image on its way to the queue (see [`Batcher::announce`]); dropping it withdraws the announcement.
+pub struct Announced {
+    preparing: Arc<AtomicUsize>,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.preparing.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Batcher {
@@ -64,23 +84,46 @@ impl Batcher {
     ) -> (Batcher, JoinHandle<()>) {
         let (tx, rx) = sync_channel(opts.queue.max(1));
         let m = metrics.clone();
+        let preparing = Arc::new(AtomicUsize::new(0));
+        let p = preparing.clone();
         let handle = std::thread::Builder::new()
             .name("resnet-batcher".into())
-            .spawn(move || run(model, opts, rx, &m))
+            .spawn(move || run(model, opts, rx, &p, &m))
             .expect("spawn the batching thread");
-        (Batcher { tx, metrics }, handle)
+        (
+            Batcher {
+                tx,
+                metrics,
+                preparing,
+            },
+            handle,
+        )
     }
 
-    /// Queues one image (`x`, shape `xs` with `n` = 1) without waiting; its logits arrive on the receiver.
+    /// Says that an image will be submitted soon (its decoding starts), so that a forward pass about to start
+    /// may wait for it.
+    pub fn announce(&self) -> Announced {
+        self.preparing.fetch_add(1, Ordering::SeqCst);
+        Announced {
+            preparing: self.preparing.clone(),
+        }
+    }
+
+    /// Queues one announced image (`x`, shape `xs` with `n` = 1) without waiting; its logits arrive on the
+    /// receiver.
     pub fn submit(
         &self,
+        announced: Announced,
         x: Vec<f32>,
         xs: Shape4,
     ) -> std::result::Result<oneshot::Receiver<Result<Vec<f32>>>, Refused> {
         let (reply, rx) = oneshot::channel();
         // Counted before sending, so that the batcher's decrement can never come first.
         self.metrics.queue_depth.inc();
-        match self.tx.try_send(Job { x, xs, reply }) {
+        let sent = self.tx.try_send(Job { x, xs, reply });
+        // Queued (or refused): no longer on its way.
+        drop(announced);
+        match sent {
             Ok(()) => Ok(rx),
             Err(e) => {
                 self.metrics.queue_depth.dec();
@@ -94,19 +137,35 @@ impl Batcher {
 }
 
 /// The batching thread: gather, group by shape, forward, reply; until the queue is closed and empty.
-fn run(mut model: Model, opts: BatchOptions, rx: Receiver<Job>, metrics: &Metrics) {
+fn run(
+    mut model: Model,
+    opts: BatchOptions,
+    rx: Receiver<Job>,
+    preparing: &AtomicUsize,
+    metrics: &Metrics,
+) {
     let mut jobs: Vec<Job> = Vec::with_capacity(opts.max_batch);
+    // Images in the last forward pass(es).
+    let mut last = 1;
     while let Ok(first) = rx.recv() {
         jobs.push(first);
         let deadline = Instant::now() + opts.max_wait;
         while jobs.len() < opts.max_batch {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
+            // Everything already queued; then, until the deadline, whatever is still being decoded, and as many
+            // images as the last pass had (under steady load the next requests are still on the wire).
+            let wait = if preparing.load(Ordering::SeqCst) > 0 || jobs.len() < last {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            match rx.recv_timeout(wait.min(POLL)) {
                 Ok(job) => jobs.push(job),
+                Err(RecvTimeoutError::Timeout) if !wait.is_zero() => continue,
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
         metrics.queue_depth.dec_by(jobs.len() as i64);
+        last = jobs.len();
         // Images of one shape share a forward pass (a stored pipeline may keep each image's aspect ratio).
         while !jobs.is_empty() {
             let xs = jobs[0].xs;
@@ -116,6 +175,9 @@ fn run(mut model: Model, opts: BatchOptions, rx: Receiver<Job>, metrics: &Metric
         }
     }
 }
+
+/// How often a waiting batcher looks again at the images being decoded.
+const POLL: Duration = Duration::from_micros(200);
 
 /// One forward pass over `group` (all of one shape), each image's logits sent to its request.
 fn forward_group(model: &mut Model, tta: bool, group: Vec<Job>, metrics: &Metrics) {

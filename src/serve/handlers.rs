@@ -410,20 +410,21 @@ async fn classify(
 ) -> std::result::Result<Vec<(String, Vec<f32>)>, ApiError> {
     let mut prepared = Vec::with_capacity(images.len());
     for (name, bytes) in images {
+        let announced = s.batcher.announce();
         let (tx, rx) = oneshot::channel();
         let app = s.app.clone();
         let origin = name.clone();
         rayon::spawn(move || {
             let _ = tx.send(prepare_upload(&app, &bytes, &origin));
         });
-        prepared.push((name, rx));
+        prepared.push((name, announced, rx));
     }
     let mut waiting = Vec::with_capacity(prepared.len());
-    for (name, rx) in prepared {
+    for (name, announced, rx) in prepared {
         let (x, xs) = rx
             .await
             .map_err(|_| ApiError::bad_request(format!("{name}: could not be prepared")))??;
-        let reply = s.batcher.submit(x, xs).map_err(|r| match r {
+        let reply = s.batcher.submit(announced, x, xs).map_err(|r| match r {
             Refused::Full => ApiError::overloaded(format!(
                 "the queue holds {} images already: retry later",
                 s.app.opts.batch.queue
