@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// Most images in one forward pass.
     #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
+    /// Most input pixels (images × height × width) in one forward pass: 8 images of 224×224 by default
+    /// (resnet50's throughput at batch 8 is its throughput at 32, in a third of the memory); the chapter's 96×96
+    /// images still go 32 at a time.
+    #[arg(long, default_value_t = 8 * 224 * 224)]
+    pub max_batch_pixels: usize,
     /// Longest the first image of a batch waits for more, milliseconds.
     #[arg(long, default_value_t = 5)]
     pub max_wait_ms: u64,
@@ -184,6 +189,13 @@ impl ServeArgs {
             bail!(
                 "--max-batch must be between 1 and {MAX_SERVE_BATCH}, got {}",
                 self.max_batch
+            );
+        }
+        if self.max_batch_pixels == 0 || self.max_batch_pixels > 1 << 26 {
+            bail!(
+                "--max-batch-pixels must be between 1 and {}, got {}",
+                1 << 26,
+                self.max_batch_pixels
             );
         }
         if self.queue == 0 || self.queue > MAX_SERVE_QUEUE {
@@ -224,6 +236,7 @@ impl ServeArgs {
             addr: self.addr,
             batch: crate::serve::BatchOptions {
                 max_batch: self.max_batch,
+                max_batch_pixels: self.max_batch_pixels,
                 max_wait: std::time::Duration::from_millis(self.max_wait_ms),
                 queue: self.queue,
                 tta: self.tta,

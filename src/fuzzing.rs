@@ -153,3 +153,63 @@ pub fn cifar(data: &[u8]) {
         }
     }
 }
+
+/// `resnet serve`'s request parsing (`POST /v1/predict`): the input is `query\ncontent-type\nbody`. Whatever the
+/// bytes, the answer is prepared inputs of the model's shape within the size limit, or a 4xx error, never a 5xx
+/// one (and never a panic).
+pub fn request(data: &[u8]) {
+    use crate::serve::{parse_predict, BatchOptions, ServeOptions};
+    let mut parts = data.splitn(3, |&b| b == b'\n');
+    let query = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let content_type = parts
+        .next()
+        .map(|ct| String::from_utf8_lossy(ct).into_owned());
+    let body = parts.next().unwrap_or_default().to_vec();
+    let opts = ServeOptions {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        batch: BatchOptions {
+            max_batch: 4,
+            max_batch_pixels: 1 << 20,
+            max_wait: std::time::Duration::ZERO,
+            queue: 4,
+            tta: false,
+        },
+        max_body: 1 << 20,
+        max_images: 4,
+        timeout: std::time::Duration::from_secs(10),
+        max_decode_bytes: 16 << 20,
+        max_input_side: 256,
+        topk: 5,
+    };
+    for (preprocess, channels) in [
+        (
+            Pipeline {
+                steps: vec![Step::Resize(32)],
+                ..Pipeline::default()
+            },
+            1,
+        ),
+        (Pipeline::default(), 3),
+    ] {
+        match parse_predict(
+            &query,
+            content_type.as_deref(),
+            body.clone(),
+            &preprocess,
+            channels,
+            &opts,
+        ) {
+            Ok(inputs) => {
+                assert!(!inputs.is_empty() && inputs.len() <= opts.max_images);
+                for (x, xs) in inputs {
+                    assert_eq!((xs.n, xs.c, x.len()), (1, channels, xs.len()));
+                    assert!(xs.h <= opts.max_input_side && xs.w <= opts.max_input_side);
+                    assert!(x.iter().all(|v| v.is_finite()));
+                }
+            }
+            Err((status, message)) => {
+                assert!((400..500).contains(&status), "{status}: {message}");
+            }
+        }
+    }
+}

@@ -55,7 +55,8 @@ impl Model {
         if tta {
             forward_flip_tta(&mut self.net, x, xs)
         } else {
-            self.net.forward(x, xs).map(<[f32]>::to_vec)
+            // Inference only: the activations on a few shared buffers (what a large served batch needs).
+            self.net.forward_lean(x, xs).map(<[f32]>::to_vec)
         }
     }
 }

@@ -623,6 +623,9 @@ fn bad_invocations_fail_cleanly() {
 
     let w = s(&m.weights);
     let run_dir = s(&m.run_dir);
+    // A port something already listens on (held until the table has run).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
     let d = |name: &str| s(&dirs[name]).to_string();
     let small = [
         "--resize",
@@ -911,6 +914,30 @@ fn bad_invocations_fail_cleanly() {
         row(
             &["predict", "--weights", w, s(&missing_png)],
             &["missing.png", "cannot read image"],
+        ),
+        // `serve`: its limits, its address, its model file.
+        row(
+            &["serve", "--weights", w, "--max-batch", "0"],
+            &["--max-batch"],
+        ),
+        row(
+            &["serve", "--weights", w, "--queue", "100000"],
+            &["--queue", "100000"],
+        ),
+        row(&["serve", "--weights", w, "--timeout", "0"], &["--timeout"]),
+        row(
+            &["serve", "--weights", w, "--max-body-mb", "0"],
+            &["--max-body-mb"],
+        ),
+        row(&["serve", "--weights", w, "--topk", "0"], &["--topk"]),
+        row(
+            &["serve", "--weights", w, "--addr", "localhost"],
+            &["--addr", "localhost"],
+        ),
+        row(&["serve", "--weights", s(&x_png)], &["x.png"]),
+        row(
+            &["serve", "--weights", w, "--addr", &taken_addr],
+            &["cannot listen on", &taken_addr],
         ),
     ];
     let mut env_row = row(

@@ -65,3 +65,8 @@ fn pth_inputs() {
 fn cifar_inputs() {
     check("cifar", resnet::fuzzing::cifar, 4);
 }
+
+#[test]
+fn request_inputs() {
+    check("request", resnet::fuzzing::request, 8);
+}

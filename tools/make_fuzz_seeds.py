@@ -10,6 +10,7 @@ import gzip
 import io
 import pathlib
 import struct
+import zlib
 
 from PIL import Image
 
@@ -90,3 +91,29 @@ write("cifar", "cifar10_1.bin", record([3], 0))
 write("cifar", "cifar10_3.bin", record([0], 3) + record([9], 6) + record([5], 9))
 write("cifar", "cifar100_2.bin", record([19, 99], 12) + record([0, 0], 15))
 write("cifar", "cifar10_badlabel.bin", record([200], 18))
+
+# `resnet serve` requests (resnet::fuzzing::request): "query\ncontent-type\nbody". Valid PNGs raw and in multipart,
+# bad queries, a broken multipart body, a header-only PNG claiming a huge image.
+png = (seeds / "image" / "gray.png").read_bytes()
+rgb = (seeds / "image" / "rgb.png").read_bytes()
+boundary = b"fuzz-boundary"
+
+
+def multipart(*parts):
+    body = b""
+    for i, p in enumerate(parts):
+        body += (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"image\"; filename=\"" +
+                 str(i).encode() + b".png\"\r\nContent-Type: image/png\r\n\r\n" + p + b"\r\n")
+    return body + b"--" + boundary + b"--\r\n"
+
+
+mp = b"multipart/form-data; boundary=" + boundary
+write("request", "raw_png", b"topk=3&logits=true\nimage/png\n" + png)
+write("request", "raw_rgb", b"\napplication/octet-stream\n" + rgb)
+write("request", "multipart_two", b"logits=false\n" + mp + b"\n" + multipart(png, rgb))
+write("request", "multipart_five", b"\n" + mp + b"\n" + multipart(png, png, png, png, png))
+write("request", "multipart_empty", b"\n" + mp + b"\n" + multipart())
+write("request", "multipart_broken", b"\n" + mp + b"\n--fuzz-boundary\r\nContent-Disposition: form-da")
+write("request", "bad_query", b"topk=0&colour=blue\nimage/png\n" + png)
+huge = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 100000, 100000) + bytes([8, 2, 0, 0, 0])
+write("request", "huge_dims", b"\nimage/png\n" + huge + struct.pack(">I", zlib.crc32(huge[12:29])))

@@ -213,7 +213,10 @@ impl Conv2d {
         // Prepare the weights once per plan, reuse them until the weight changes.
         let packed = match plan.prepared_len() {
             Some(len) => {
-                if self.packed_for != Some(plan) {
+                // Keyed by geometry and algorithm, not batch: a server's batches vary in size, and the same
+                // algorithm (Winograd tile included) prepares the same weights for any of them.
+                let same = |p: ConvPlan| p.geom == plan.geom && p.forward == plan.forward;
+                if !self.packed_for.is_some_and(same) {
                     ensure_len(&mut self.packed, len);
                     plan.prepare_weights(&self.weight, &mut self.packed);
                     self.packed_for = Some(plan);

@@ -168,6 +168,38 @@ impl Residual {
         s
     }
 
+    /// Eval-mode [`Residual::forward`] on borrowed memory: every activation the block writes lives in a buffer
+    /// lent from `spare` for the call; all but [`Residual::out`] go back to `spare` afterwards (the caller takes
+    /// `out` once the next block has read it). The same kernels in the same order: the same values.
+    pub fn forward_eval_lent(
+        &mut self,
+        x: &[f32],
+        xs: Shape4,
+        ws: &mut Workspace,
+        spare: &mut Vec<Vec<f32>>,
+    ) -> Shape4 {
+        let mut lend = |buf: &mut Vec<f32>| *buf = spare.pop().unwrap_or_default();
+        for bn in &mut self.bns {
+            lend(&mut bn.out);
+        }
+        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(_), Some(bn)) => lend(&mut bn.out),
+            (Some(c), None) => lend(&mut c.out),
+            _ => {}
+        }
+        lend(&mut self.out);
+        let s = self.forward(x, xs, false, ws);
+        for bn in &mut self.bns {
+            spare.push(std::mem::take(&mut bn.out));
+        }
+        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(_), Some(bn)) => spare.push(std::mem::take(&mut bn.out)),
+            (Some(c), None) => spare.push(std::mem::take(&mut c.out)),
+            _ => {}
+        }
+        s
+    }
+
     /// Floats each of [`Residual::backward_into`]'s buffers needs after the last forward: the longest of the
     /// block's input, output and inner activations.
     pub fn grad_buffer_len(&self) -> usize {

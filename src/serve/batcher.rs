@@ -28,6 +28,9 @@ use tokio::sync::oneshot;
 pub struct BatchOptions {
     /// Most images in one forward pass.
     pub max_batch: usize,
+    /// Most input pixels (images × height × width) in one forward pass: large images go in smaller batches, so
+    /// that the activations stay in memory that the batch size alone would not bound.
+    pub max_batch_pixels: usize,
     /// Longest an image waits for others being decoded once it is first in line.
     pub max_wait: Duration,
     /// Most images waiting (beyond it, [`Batcher::submit`] refuses: the server answers 503).
@@ -169,8 +172,14 @@ fn run(
         // Images of one shape share a forward pass (a stored pipeline may keep each image's aspect ratio).
         while !jobs.is_empty() {
             let xs = jobs[0].xs;
-            let (group, rest): (Vec<Job>, Vec<Job>) = jobs.drain(..).partition(|j| j.xs == xs);
+            let (mut group, rest): (Vec<Job>, Vec<Job>) = jobs.drain(..).partition(|j| j.xs == xs);
             jobs = rest;
+            let most = (opts.max_batch_pixels / (xs.h * xs.w).max(1)).max(1);
+            while group.len() > most {
+                let tail = group.split_off(most);
+                forward_group(&mut model, opts.tta, group, metrics);
+                group = tail;
+            }
             forward_group(&mut model, opts.tta, group, metrics);
         }
     }

@@ -276,12 +276,8 @@ async fn predict(
 ) -> std::result::Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let opts = &s.app.opts;
-    let Query(q) = Query::<PredictQuery>::try_from_uri(req.uri())
-        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let q = parse_query(req.uri())?;
     let topk = q.topk.unwrap_or(opts.topk);
-    if topk == 0 {
-        return Err(ApiError::bad_request("topk must be at least 1"));
-    }
     let images = tokio::time::timeout(opts.timeout, read_images(req, opts))
         .await
         .map_err(|_| {
@@ -327,6 +323,60 @@ async fn predict(
         })
         .collect();
     Ok(Json(json!({ "predictions": predictions })))
+}
+
+/// `?topk=K&logits=BOOL`, both optional, nothing else.
+fn parse_query(uri: &axum::http::Uri) -> std::result::Result<PredictQuery, ApiError> {
+    let Query(q) = Query::<PredictQuery>::try_from_uri(uri)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    if q.topk == Some(0) {
+        return Err(ApiError::bad_request("topk must be at least 1"));
+    }
+    Ok(q)
+}
+
+/// One image ready for the network: its `[c, h, w]` values and shape (`n` = 1).
+pub type Prepared = (Vec<f32>, Shape4);
+
+/// What `POST /v1/predict` makes of a request before it queues the images (query, body, decoding,
+/// preprocessing, limits), run to completion on the calling thread: the prepared inputs, or the error answer's
+/// status and message. The fuzz target `request` drives it (`crate::fuzzing::request`).
+pub fn parse_predict(
+    query: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+    preprocess: &Pipeline,
+    channels: usize,
+    opts: &ServeOptions,
+) -> std::result::Result<Vec<Prepared>, (u16, String)> {
+    let fail = |e: ApiError| (e.status.as_u16(), e.message);
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/predict?{query}"));
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct);
+    }
+    // What hyper would refuse before any handler ran.
+    let req = req
+        .body(axum::body::Body::from(body))
+        .map_err(|e| (400, e.to_string()))?;
+    parse_query(req.uri()).map_err(fail)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| (500, e.to_string()))?;
+    let images = runtime.block_on(read_images(req, opts)).map_err(fail)?;
+    let app = App {
+        metrics: Arc::new(Metrics::new(1)),
+        preprocess: Arc::new(preprocess.clone()),
+        channels,
+        names: Arc::new(Vec::new()),
+        model_info: Value::Null,
+        opts: opts.clone(),
+    };
+    images
+        .iter()
+        .map(|(name, bytes)| prepare_upload(&app, bytes, name).map_err(fail))
+        .collect()
 }
 
 /// The request's images with their names: a multipart body's parts (their file names, else field names), or the

@@ -14,10 +14,11 @@
 //! queue is full.
 
 pub mod batcher;
-mod handlers;
+pub mod handlers;
 pub mod metrics;
 
 pub use batcher::{BatchOptions, Batcher};
+pub use handlers::parse_predict;
 pub use metrics::Metrics;
 
 use crate::infer::Model;

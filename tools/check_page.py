@@ -1,0 +1,106 @@
+"""Checks the page of `resnet serve` in a real headless browser (Debian's chromium, driven by Playwright), by hand:
+
+    apt-get install chromium && pip install playwright==1.58.0
+    python3 tools/check_page.py --weights runs/fast/seed-0/model.safetensors --image IMAGE.png \
+        --expect-class "ankle boot" --screenshot /tmp/page.png
+
+Starts the server on a free loopback port, opens `/`, drops IMAGE on the drop zone the way a file dragged from
+the desktop arrives (a `drop` event whose DataTransfer holds the file), waits for the bars, and asserts: the page
+shows the model line, the dropped image is displayed, five bars are drawn in decreasing order summing to at most
+100 %, the top-1 class shown is the one `resnet predict --json` gives for the same file (and --expect-class, when
+given), no request failed and nothing was fetched from another origin. Then it saves a screenshot.
+"""
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+
+from playwright.sync_api import sync_playwright
+
+root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--weights', required=True)
+    ap.add_argument('--image', required=True)
+    ap.add_argument('--expect-class')
+    ap.add_argument('--screenshot', default='page.png')
+    ap.add_argument('--bin', default=os.path.join(root, 'target/release/resnet'))
+    ap.add_argument('--chromium', default='/usr/bin/chromium')
+    a = ap.parse_args()
+
+    cli = json.loads(subprocess.run([a.bin, 'predict', '--weights', a.weights, '--json', '--topk', '5', a.image],
+                                    check=True, capture_output=True, text=True).stdout)
+    server = subprocess.Popen([a.bin, 'serve', '--weights', a.weights, '--addr', '127.0.0.1:0'],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        for line in server.stdout:
+            m = re.match(r'listening on (http://\S+)', line)
+            if m:
+                url = m.group(1)
+                break
+        else:
+            sys.exit('the server did not start')
+        check(url, a, cli)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def check(url, a, cli):
+    data = base64.b64encode(open(a.image, 'rb').read()).decode()
+    name = os.path.basename(a.image)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=a.chromium, args=['--no-sandbox'])
+        page = browser.new_page(viewport={'width': 900, 'height': 650})
+        requests, failures = [], []
+        page.on('request', lambda r: requests.append(r.url))
+        page.on('requestfailed', lambda r: failures.append(r.url))
+        page.goto(url + '/')
+        page.wait_for_function("document.getElementById('model').textContent.includes('parameters')")
+        page.evaluate("""([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const file = new File([bytes], name, { type: 'image/png' });
+            const dt = new DataTransfer();
+            dt.items.add(file);
+            const zone = document.getElementById('drop');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                zone.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+            }
+        }""", [data, name])
+        page.wait_for_selector('#bars .row')
+        rows = page.eval_on_selector_all('#bars .row', """rows => rows.map(r => ({
+            cls: r.dataset.class,
+            width: parseFloat(r.querySelector('.bar').style.width),
+            text: r.querySelector('.p').textContent }))""")
+        shown = page.eval_on_selector('#preview', 'img => img.complete && img.naturalWidth > 0')
+        model_line = page.text_content('#model')
+        error = page.text_content('#error')
+        page.screenshot(path=a.screenshot, full_page=True)
+        browser.close()
+
+    top1 = rows[0]['cls']
+    print(f'model line: {model_line}')
+    print('bars: ' + ', '.join(f"{r['cls']} {r['text']}" for r in rows))
+    print(f'`resnet predict` top-1: {cli["class"]}; page top-1: {top1}')
+    assert not error, f'the page shows an error: {error}'
+    assert shown, 'the dropped image is not displayed'
+    assert len(rows) == min(5, len(cli['probabilities'])), rows
+    widths = [r['width'] for r in rows]
+    assert widths == sorted(widths, reverse=True) and sum(widths) <= 100.5, widths
+    assert top1 == cli['class'], (top1, cli['class'])
+    assert [r['cls'] for r in rows] == [t['class'] for t in cli['top']], (rows, cli['top'])
+    if a.expect_class:
+        assert top1 == a.expect_class, (top1, a.expect_class)
+    assert not failures, f'failed requests: {failures}'
+    foreign = [u for u in requests if not u.startswith(url) and not u.startswith('blob:')]
+    assert not foreign, f'fetched from elsewhere: {foreign}'
+    print(f'PASS ({len(requests)} requests, all to {url}); screenshot: {a.screenshot}')
+
+
+if __name__ == '__main__':
+    main()
