@@ -233,8 +233,9 @@ impl Server {
 
     /// SIGTERM, as `kill`, systemd and Kubernetes send it.
     fn terminate(&self) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's builtin `kill`: a minimal system may have no kill executable.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status()
             .unwrap()
             .success();

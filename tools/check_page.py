@@ -1,6 +1,6 @@
 """Checks the page of `resnet serve` in a real headless browser (Debian's chromium, driven by Playwright), by hand:
 
-    apt-get install chromium && pip install playwright==1.58.0
+    apt-get install chromium && pip install playwright==1.65.2
     python3 tools/check_page.py --weights runs/fast/seed-0/model.safetensors --image IMAGE.png \
         --expect-class "ankle boot" --screenshot /tmp/page.png
 
@@ -78,6 +78,7 @@ def check(url, a, cli):
             width: parseFloat(r.querySelector('.bar').style.width),
             text: r.querySelector('.p').textContent }))""")
         shown = page.eval_on_selector('#preview', 'img => img.complete && img.naturalWidth > 0')
+        boxes = {k: page.locator(k).bounding_box() for k in ['#model', '#drop', '#preview', '#bars']}
         model_line = page.text_content('#model')
         error = page.text_content('#error')
         page.screenshot(path=a.screenshot, full_page=True)
@@ -89,6 +90,11 @@ def check(url, a, cli):
     print(f'`resnet predict` top-1: {cli["class"]}; page top-1: {top1}')
     assert not error, f'the page shows an error: {error}'
     assert shown, 'the dropped image is not displayed'
+    # Layout: the model line above the drop zone, the image (at least 200 px) left of the bars, below the zone.
+    m, d, p, b = (boxes[k] for k in ['#model', '#drop', '#preview', '#bars'])
+    assert m['y'] + m['height'] <= d['y'], ('the drop zone overlaps the model line', m, d)
+    assert p['width'] >= 200 and p['height'] >= 200, ('the image is shown too small', p)
+    assert d['y'] + d['height'] <= p['y'] and p['x'] + p['width'] <= b['x'], ('overlap', d, p, b)
     assert len(rows) == min(5, len(cli['probabilities'])), rows
     widths = [r['width'] for r in rows]
     assert widths == sorted(widths, reverse=True) and sum(widths) <= 100.5, widths
