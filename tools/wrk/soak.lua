@@ -8,10 +8,7 @@ local function read(name)
   return s
 end
 
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-end
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "statuses.lua")
 
 function init(args)
   counts = {}
@@ -48,23 +45,4 @@ end
 function request()
   i = i % #reqs + 1
   return reqs[i]
-end
-
-function response(status, headers, body)
-  counts[status] = (counts[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-  local total = {}
-  for _, t in ipairs(threads) do
-    for s, n in pairs(t:get("counts")) do
-      total[s] = (total[s] or 0) + n
-    end
-  end
-  local parts = {}
-  for s, n in pairs(total) do
-    table.insert(parts, s .. "=" .. n)
-  end
-  table.sort(parts)
-  io.write("statuses " .. table.concat(parts, " ") .. "\n")
 end
