@@ -21,6 +21,8 @@ pub struct Model {
     pub names: Vec<String>,
     /// The file it came from (named in errors).
     pub path: PathBuf,
+    /// The input size it was trained at, where the file says (`resnet.input_size`).
+    pub trained_size: Option<usize>,
 }
 
 impl Model {
@@ -30,11 +32,16 @@ impl Model {
         let preprocess = preprocess_for(path, &meta, resize, net.config.in_channels)?;
         let names = class_names(path, &net.config, &meta)?;
         net.set_train(false);
+        let trained_size = match meta.contains_key(META_INPUT_SIZE) {
+            true => Some(input_size(path, &meta, None)?),
+            false => None,
+        };
         Ok(Model {
             net,
             preprocess,
             names,
             path: path.to_path_buf(),
+            trained_size,
         })
     }
 

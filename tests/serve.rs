@@ -3,7 +3,7 @@
 //! one to f32 rounding, the same classes), each class of bad request, overload (503 with Retry-After) and graceful shutdown on SIGTERM.
 
 mod common;
-use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM};
+use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use resnet::data::transforms::Step;
 use resnet::data::Pipeline;
 use resnet::infer::Model;
@@ -56,6 +56,7 @@ fn model_file(dir: &Path, resize: Option<usize>) -> PathBuf {
         META_EVAL_TRANSFORM.to_string(),
         serde_json::to_string(&pipeline(resize)).unwrap(),
     );
+    meta.insert(META_INPUT_SIZE.to_string(), "32".to_string());
     let path = dir.join("model.safetensors");
     checkpoint::save_model(&path, &net, &meta).unwrap();
     path
@@ -128,6 +129,7 @@ fn batched_logits_match_single_images() {
             preprocess: pipeline(Some(40)),
             names: (0..5).map(|i| format!("c{i}")).collect(),
             path: PathBuf::from("memory"),
+            trained_size: None,
         };
         let images: Vec<Vec<u8>> = (0..7)
             .map(|i| png(&picture(i + 10 * k as u32, 50, 45)))
@@ -405,6 +407,7 @@ fn endpoints_answer_and_predictions_match_the_library() {
     assert_eq!(info["num_classes"], 4);
     assert_eq!(info["input_channels"], 3);
     assert_eq!(info["input_size"], serde_json::json!([32, 32]));
+    assert_eq!(info["trained_size"], 32);
     assert_eq!(info["parameters"], lib.net.num_params());
     assert_eq!(info["architecture"], lib.net.config.name());
 
@@ -694,5 +697,28 @@ fn sigterm_finishes_requests_in_flight_then_refuses_new_ones() {
     assert!(
         TcpStream::connect(addr).is_err(),
         "a stopped server still accepts connections"
+    );
+}
+
+#[test]
+fn a_body_that_never_ends_gets_408_and_others_are_served_meanwhile() {
+    let dir = common::scratch_dir("resnet-serve-", "timeout");
+    let weights = model_file(&dir, Some(32));
+    let server = Server::start(&weights, &["--timeout", "1"]);
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 100000\r\n\r\n\x89PNG",
+    )
+    .unwrap();
+    // While that body hangs, the server answers others.
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.predict("", &png(&picture(3, 32, 32))).status, 200);
+    let r = read_reply(slow);
+    r.expect_error(408, "took longer than 1 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
+        "408 after {waited:?}"
     );
 }

@@ -60,6 +60,7 @@ impl App {
             "architecture": model.net.config.name(),
             "input_channels": model.channels(),
             "input_size": input_size,
+            "trained_size": model.trained_size,
             "preprocess": p,
             "num_classes": model.names.len(),
             "classes": model.names,
