@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// Test-time augmentation for every image: the mean of its and its mirror's logits.
     #[arg(long)]
     pub tta: bool,
+    /// Run each convolution with the algorithm a batch of one gets, so that an image's answer is bit for bit the
+    /// same whatever it is batched with; `--batch-invariant=false` lets large batches pick faster algorithms
+    /// (answers then equal to f32 rounding).
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub batch_invariant: bool,
 }
 
 impl ServeArgs {

@@ -32,6 +32,9 @@ impl Model {
         let preprocess = preprocess_for(path, &meta, resize, net.config.in_channels)?;
         let names = class_names(path, &net.config, &meta)?;
         net.set_train(false);
+        // An image's answer must not depend on the images it is batched with (`serve`); a batch of one, as
+        // `predict` runs, gets the same plans either way.
+        net.set_batch_independent(true);
         let trained_size = match meta.contains_key(META_INPUT_SIZE) {
             true => Some(input_size(path, &meta, None)?),
             false => None,

@@ -474,7 +474,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => resnet::bench::run(&args),
         Command::Serve(args) => {
             let opts = args.options()?;
-            let model = Model::load(&args.weights, args.arch, args.resize)?;
+            let mut model = Model::load(&args.weights, args.arch, args.resize)?;
+            model.net.set_batch_independent(args.batch_invariant);
             println!(
                 "serving {} ({}, {} classes) from {}",
                 model.net.config.name(),

@@ -112,6 +112,17 @@ fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
 }
 
 impl ConvPlan {
+    /// The plan for `g` at batch `n` whose forward algorithm is the one a batch of one gets: each image is then
+    /// computed by the same algorithm, in the same order, whatever the batch, so its output does not depend on
+    /// what it was batched with (`resnet serve`). Large batches may lose the algorithms that only pay with many
+    /// images (Winograd on small planes, position-major direct tiles).
+    pub fn batch_independent(g: ConvGeom, n: usize) -> ConvPlan {
+        ConvPlan {
+            forward: forward_algo(&g, 1),
+            ..ConvPlan::new(g, n)
+        }
+    }
+
     /// The plan for `g` at batch `n` on this CPU.
     pub fn new(g: ConvGeom, n: usize) -> ConvPlan {
         let forward = forward_algo(&g, n);

@@ -45,6 +45,8 @@ pub struct Conv2d {
     packed_for: Option<ConvPlan>,
     /// The plan of the last call: chosen once per input shape, kept while the shape stays.
     plan: Option<ConvPlan>,
+    /// Plans chosen as for a batch of one ([`ConvPlan::batch_independent`]).
+    batch_independent: bool,
 }
 
 impl Conv2d {
@@ -126,6 +128,7 @@ impl Conv2d {
             packed: Vec::new(),
             packed_for: None,
             plan: None,
+            batch_independent: false,
         };
         conv.set_weight_oihw(&oihw);
         conv
@@ -152,8 +155,15 @@ impl Conv2d {
         let g = self.geom(xs)?;
         Some(match self.plan {
             Some(p) if p.geom == g && p.batch == xs.n => p,
+            _ if self.batch_independent => ConvPlan::batch_independent(g, xs.n),
             _ => ConvPlan::new(g, xs.n),
         })
+    }
+
+    /// Chooses every later plan as for a batch of one (see [`ConvPlan::batch_independent`]), or not.
+    pub fn set_batch_independent(&mut self, on: bool) {
+        self.batch_independent = on;
+        self.plan = None;
     }
 
     /// [`Conv2d::plan`] for a shape the model has checked, kept for the next call.

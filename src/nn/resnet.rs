@@ -155,6 +155,18 @@ impl ResNet {
         self.train = train;
     }
 
+    /// Runs every convolution with the algorithm a batch of one gets, so that an image's logits do not depend on
+    /// the batch it is in (bit for bit; `resnet serve` batches unrelated requests). Off by default: large batches
+    /// may then be slower.
+    pub fn set_batch_independent(&mut self, on: bool) {
+        self.stem_conv.set_batch_independent(on);
+        for block in self.stages.iter_mut().flatten() {
+            for conv in block.convs.iter_mut().chain(block.shortcut_conv.as_mut()) {
+                conv.set_batch_independent(on);
+            }
+        }
+    }
+
     /// Holds the first `parts` parts fixed, for fine-tuning: 0 none, 1 the stem, `1 + k` the stem and the first
     /// `k` stages (`1 + stages`: the whole backbone, only the classifier trains). Frozen layers run as in eval mode
     /// even in training (their batch norms use and keep their running statistics), no gradient is computed for
