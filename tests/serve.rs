@@ -251,6 +251,16 @@ impl Server {
         self.request("POST", &format!("/v1/predict{query}"), &[], body)
     }
 
+    /// Asserts that `GET /metrics` answers 200 with every one of `needles` in its text.
+    fn assert_metrics(&self, needles: &[&str]) {
+        let m = self.get("/metrics");
+        assert_eq!(m.status, 200);
+        let text = String::from_utf8(m.body).unwrap();
+        for needle in needles {
+            assert!(text.contains(needle), "`{needle}` not in /metrics:\n{text}");
+        }
+    }
+
     /// SIGTERM, as `kill`, systemd and Kubernetes send it.
     fn terminate(&self) {
         // The shell's builtin `kill`: a minimal system may have no kill executable.
@@ -491,10 +501,7 @@ fn endpoints_answer_and_predictions_match_the_library() {
     }
 
     // The metrics count what was asked.
-    let m = server.get("/metrics");
-    assert_eq!(m.status, 200);
-    let text = String::from_utf8(m.body).unwrap();
-    for needle in [
+    server.assert_metrics(&[
         "resnet_http_requests_total{path=\"/v1/predict\",status=\"200\"} 4",
         "resnet_http_requests_total{path=\"/v1/model\",status=\"200\"} 1",
         "resnet_images_total 6",
@@ -502,9 +509,7 @@ fn endpoints_answer_and_predictions_match_the_library() {
         "resnet_http_request_duration_seconds_bucket",
         "resnet_queue_depth 0",
         "# EOF",
-    ] {
-        assert!(text.contains(needle), "`{needle}` not in /metrics:\n{text}");
-    }
+    ]);
 }
 
 #[test]
@@ -630,16 +635,13 @@ fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     // Still serving, and every error was counted by kind.
     let r = server.predict("", &good);
     assert_eq!(r.status, 200);
-    let text = String::from_utf8(server.get("/metrics").body).unwrap();
-    for needle in [
+    server.assert_metrics(&[
         "resnet_http_errors_total{kind=\"bad_request\"}",
         "resnet_http_errors_total{kind=\"too_large\"} 2",
         "resnet_http_errors_total{kind=\"not_found\"} 2",
         "resnet_http_errors_total{kind=\"method_not_allowed\"} 2",
         "resnet_http_requests_total{path=\"other\",status=\"404\"} 2",
-    ] {
-        assert!(text.contains(needle), "`{needle}` not in /metrics:\n{text}");
-    }
+    ]);
 }
 
 #[test]

@@ -15,24 +15,11 @@ dur=${1:-15}
 models=${2:-"chapter resnet50"}
 clients=${3:-"1 8 64"}
 repeats=${4:-2}
-bin=${RESNET_BIN:-target/release/resnet}
-fx=${FIXTURES:-/tmp/serve-fixtures}
-command -v wrk >/dev/null || { echo "serve_load.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-[ -x "$bin" ] || cargo build --release
-[ -f "$fx/resnet50.pth" ] || python3 tools/serve_fixtures.py "$fx"
+source "$(dirname "$0")/serve_common.sh"
 rs_port=18181
 py_port=18182
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-
-wait_healthy() {
-    for _ in $(seq 600); do
-        curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2
-    exit 1
-}
 
 # run NAME PORT BODY CLIENTS SECONDS: one wrk run, one row.
 run() {
@@ -48,11 +35,8 @@ run() {
 }
 
 for model in $models; do
-    case $model in
-        chapter) weights=$fx/chapter.safetensors body=$fx/fmnist.png flags="--resize 96" ;;
-        resnet50) weights=$fx/resnet50.pth body=$fx/photo.jpg flags="" ;;
-        *) echo "unknown model $model" >&2; exit 1 ;;
-    esac
+    model_files "$model"
+    body=$fx/$image
     # shellcheck disable=SC2086
     "$bin" serve --weights "$weights" $flags ${SERVE_FLAGS:-} --addr 127.0.0.1:$rs_port >/tmp/serve-load-rs.log 2>&1 &
     rs=$!

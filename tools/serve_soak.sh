@@ -10,21 +10,14 @@ set -euo pipefail
 secs=${1:-300}
 conns=${2:-32}
 model=${3:-chapter}
-bin=${RESNET_BIN:-target/release/resnet}
-fx=${FIXTURES:-/tmp/serve-fixtures}
+source "$(dirname "$0")/serve_common.sh"
 port=18183
-command -v wrk >/dev/null || { echo "serve_soak.sh: needs wrk (apt-get install wrk)" >&2; exit 1; }
-[ -x "$bin" ] || cargo build --release
-[ -f "$fx/resnet50.pth" ] || python3 tools/serve_fixtures.py "$fx"
-case $model in
-    chapter) weights=$fx/chapter.safetensors good=fmnist.png flags="--resize 96" ;;
-    resnet50) weights=$fx/resnet50.pth good=photo.jpg flags="" ;;
-esac
+model_files "$model"
 # shellcheck disable=SC2086
 "$bin" serve --weights "$weights" $flags ${SERVE_FLAGS:-} --addr 127.0.0.1:$port >/tmp/serve-soak.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 600); do curl -sf http://127.0.0.1:$port/healthz >/dev/null && break; sleep 0.1; done
+wait_healthy $port
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' /proc/$pid/status; }
 echo "start: RSS $(rss) MiB"
 (
@@ -35,7 +28,7 @@ echo "start: RSS $(rss) MiB"
     done
 ) &
 sampler=$!
-out=$(FIXTURES=$fx GOOD=$good OVERSIZED=1 wrk -t1 -c"$conns" -d"$secs"s --timeout 60s -s tools/wrk/soak.lua "http://127.0.0.1:$port/")
+out=$(FIXTURES=$fx GOOD=$image OVERSIZED=1 wrk -t1 -c"$conns" -d"$secs"s --timeout 60s -s tools/wrk/soak.lua "http://127.0.0.1:$port/")
 wait $sampler || true
 echo "$out" | grep -E "requests in|Socket errors|Non-2xx|statuses"
 kill -0 $pid 2>/dev/null || { echo "FAIL: the server died"; exit 1; }

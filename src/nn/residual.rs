@@ -178,26 +178,24 @@ impl Residual {
         ws: &mut Workspace,
         spare: &mut Vec<Vec<f32>>,
     ) -> Shape4 {
-        let mut lend = |buf: &mut Vec<f32>| *buf = spare.pop().unwrap_or_default();
-        for bn in &mut self.bns {
-            lend(&mut bn.out);
+        for buf in self.inner_outputs() {
+            *buf = spare.pop().unwrap_or_default();
         }
-        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
-            (Some(_), Some(bn)) => lend(&mut bn.out),
-            (Some(c), None) => lend(&mut c.out),
-            _ => {}
-        }
-        lend(&mut self.out);
+        self.out = spare.pop().unwrap_or_default();
         let s = self.forward(x, xs, false, ws);
-        for bn in &mut self.bns {
-            spare.push(std::mem::take(&mut bn.out));
-        }
-        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
-            (Some(_), Some(bn)) => spare.push(std::mem::take(&mut bn.out)),
-            (Some(c), None) => spare.push(std::mem::take(&mut c.out)),
-            _ => {}
-        }
+        spare.extend(self.inner_outputs().map(std::mem::take));
         s
+    }
+
+    /// The buffers an eval-mode forward writes besides [`Residual::out`]: each batch norm's output and the
+    /// shortcut's (its batch norm's, or its convolution's where it has none).
+    fn inner_outputs(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
+        let shortcut = match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(_), Some(bn)) => Some(&mut bn.out),
+            (Some(c), None) => Some(&mut c.out),
+            _ => None,
+        };
+        self.bns.iter_mut().map(|bn| &mut bn.out).chain(shortcut)
     }
 
     /// Floats each of [`Residual::backward_into`]'s buffers needs after the last forward: the longest of the

@@ -300,8 +300,10 @@ impl ResNet {
         Ok(())
     }
 
-    /// Forward pass over `x`, NCHW of shape `xs` (PyTorch's layout). Returns the logits `[n, num_classes]`.
-    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+    /// Checks the NCHW input `x` against its shape `xs` (the shape walk only for a new shape or mode, so that a
+    /// steady-state step allocates nothing) and, for more than one channel, converts it into `input_nhwc`: the
+    /// one place the public NCHW layout becomes the engine's NHWC (the same memory for one channel).
+    fn take_input(&mut self, x: &[f32], xs: Shape4) -> Result<()> {
         if x.len() != xs.len() {
             bail!(
                 "input holds {} values, shape {xs} needs {}",
@@ -309,16 +311,20 @@ impl ResNet {
                 xs.len()
             );
         }
-        // The walk allocates: run it for a new shape or mode only, so a steady-state step allocates nothing.
         if self.validated_input != Some((xs, self.train)) {
             self.validate_input(xs)?;
             self.validated_input = Some((xs, self.train));
         }
-        // The one place the public NCHW layout becomes the engine's NHWC (the same memory for one channel).
         if xs.c > 1 {
             ensure_len(&mut self.input_nhwc, xs.len());
             nchw_to_nhwc_into(x, xs, &mut self.input_nhwc);
         }
+        Ok(())
+    }
+
+    /// Forward pass over `x`, NCHW of shape `xs` (PyTorch's layout). Returns the logits `[n, num_classes]`.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.take_input(x, xs)?;
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
         let train = self.train;
         let frozen = self.frozen;
@@ -374,21 +380,7 @@ impl ResNet {
         if self.train {
             bail!("forward_lean: the network is in training mode");
         }
-        if x.len() != xs.len() {
-            bail!(
-                "input holds {} values, shape {xs} needs {}",
-                x.len(),
-                xs.len()
-            );
-        }
-        if self.validated_input != Some((xs, false)) {
-            self.validate_input(xs)?;
-            self.validated_input = Some((xs, false));
-        }
-        if xs.c > 1 {
-            ensure_len(&mut self.input_nhwc, xs.len());
-            nchw_to_nhwc_into(x, xs, &mut self.input_nhwc);
-        }
+        self.take_input(x, xs)?;
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
         let ws = &mut self.workspace;
         let spare = &mut self.spare;

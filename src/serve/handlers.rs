@@ -39,22 +39,15 @@ pub(super) struct App {
 impl App {
     pub(super) fn new(model: &Model, opts: &ServeOptions, metrics: Arc<Metrics>) -> App {
         let p = &model.preprocess;
-        // The input size, where the preprocessing fixes it: run it on a blank image.
+        // The input size, where the preprocessing fixes it (what it makes of a square image).
         let sized = p
             .steps
             .iter()
             .any(|s| matches!(s, Step::Resize(_) | Step::CenterCrop(..)));
-        let input_size = sized
-            .then(|| {
-                let blank = crate::data::transforms::Image {
-                    pixels: vec![0; 256 * 256 * model.channels()],
-                    h: 256,
-                    w: 256,
-                    c: model.channels(),
-                };
-                prepare(p, blank, "").ok().map(|(_, xs)| [xs.h, xs.w])
-            })
-            .flatten();
+        let input_size = sized.then(|| {
+            let (h, w) = prepared_size(p, 256, 256);
+            [h, w]
+        });
         let model_info = json!({
             "weights": model.path.file_name().map(|f| f.to_string_lossy().to_string()),
             "architecture": model.net.config.name(),
@@ -366,17 +359,9 @@ pub fn parse_predict(
         .build()
         .map_err(|e| (500, e.to_string()))?;
     let images = runtime.block_on(read_images(req, opts)).map_err(fail)?;
-    let app = App {
-        metrics: Arc::new(Metrics::new(1)),
-        preprocess: Arc::new(preprocess.clone()),
-        channels,
-        names: Arc::new(Vec::new()),
-        model_info: Value::Null,
-        opts: opts.clone(),
-    };
     images
         .iter()
-        .map(|(name, bytes)| prepare_upload(&app, bytes, name).map_err(fail))
+        .map(|(name, bytes)| prepare_upload(preprocess, channels, opts, bytes, name).map_err(fail))
         .collect()
 }
 
@@ -466,7 +451,13 @@ async fn classify(
         let app = s.app.clone();
         let origin = name.clone();
         rayon::spawn(move || {
-            let _ = tx.send(prepare_upload(&app, &bytes, &origin));
+            let _ = tx.send(prepare_upload(
+                &app.preprocess,
+                app.channels,
+                &app.opts,
+                &bytes,
+                &origin,
+            ));
         });
         prepared.push((name, announced, rx));
     }
@@ -503,19 +494,16 @@ async fn classify(
 
 /// One upload decoded (within the decoder budget) and prepared, its prepared size checked.
 fn prepare_upload(
-    app: &App,
+    preprocess: &Pipeline,
+    channels: usize,
+    opts: &ServeOptions,
     bytes: &[u8],
     origin: &str,
-) -> std::result::Result<(Vec<f32>, Shape4), ApiError> {
-    let img = decode_image_within(
-        bytes,
-        Path::new(origin),
-        app.channels,
-        app.opts.max_decode_bytes,
-    )
-    .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let side = app.opts.max_input_side;
-    let (h, w) = prepared_size(&app.preprocess, img.h, img.w);
+) -> std::result::Result<Prepared, ApiError> {
+    let img = decode_image_within(bytes, Path::new(origin), channels, opts.max_decode_bytes)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let side = opts.max_input_side;
+    let (h, w) = prepared_size(preprocess, img.h, img.w);
     if h > side || w > side {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -526,9 +514,7 @@ fn prepare_upload(
             ),
         ));
     }
-    let (x, xs) =
-        prepare(&app.preprocess, img, origin).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok((x, xs))
+    prepare(preprocess, img, origin).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// The `(h, w)` that `p`'s steps make of an `h × w` image, computed before any pixel is touched (a pipeline

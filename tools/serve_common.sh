@@ -1,0 +1,26 @@
+# Sourced by tools/serve_load.sh and tools/serve_soak.sh: the binary, the fixtures and wrk checked or made,
+# which weights, image and flags each model is served with, and a wait for a server's /healthz.
+bin=${RESNET_BIN:-target/release/resnet}
+fx=${FIXTURES:-/tmp/serve-fixtures}
+command -v wrk >/dev/null || { echo "$(basename "$0"): needs wrk (apt-get install wrk)" >&2; exit 1; }
+[ -x "$bin" ] || cargo build --release
+[ -f "$fx/resnet50.pth" ] || python3 tools/serve_fixtures.py "$fx"
+
+# model_files MODEL: sets weights, image (a file name in $fx) and flags (for `resnet serve`).
+model_files() {
+    case $1 in
+        chapter) weights=$fx/chapter.safetensors image=fmnist.png flags="--resize 96" ;;
+        resnet50) weights=$fx/resnet50.pth image=photo.jpg flags="" ;;
+        *) echo "unknown model $1" >&2; exit 1 ;;
+    esac
+}
+
+# wait_healthy PORT: until the server there answers /healthz (a minute at most).
+wait_healthy() {
+    for _ in $(seq 600); do
+        curl -sf "http://127.0.0.1:$1/healthz" >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not start" >&2
+    exit 1
+}
