@@ -25,9 +25,10 @@ for s in $seeds; do
     fi
     start=$(date +%s.%N)
     if [ -f "$dir/checkpoint.safetensors" ]; then
-        # A run stopped part-way (killed, machine shut down): continue it from its last finished epoch.
+        # A run stopped part-way (killed, machine shut down): continue it from its last finished epoch. The
+        # checkpoint holds the settings; the flags still matter for what it does not hold (--threads, --data).
         echo "seed $s: resuming $dir"
-        "$bin" train --resume "$dir" --quiet >> "$out/seed-$s.log" 2>&1
+        "$bin" train "$@" --resume "$dir" --quiet >> "$out/seed-$s.log" 2>&1
         how=resumed
     else
         "$bin" train "$@" --seed "$s" --quiet --out "$dir" > "$out/seed-$s.log" 2>&1
