@@ -20,7 +20,8 @@ pub enum Recipe {
     /// (a network that never saw a mirrored image is hurt by one; see the README's recipes).
     Fast,
     /// For the highest accuracy in at most 3 hours on 2 cores: the fast recipe's network at half the chapter's
-    /// widths, with random erasing, 24 epochs of batch 128 (see the README: not yet measured over seeds).
+    /// widths, with random erasing, 24 epochs of batch 128 (0.9498 ± 0.0010 over 3 seeds in about 2 h 15 min;
+    /// see the README).
     Best,
 }
 
