@@ -285,7 +285,7 @@ fn sync_bn_ranks_train_the_parameters_of_one_process_and_resume_with_another_ran
     // process, and so does a run of one epoch on two ranks resumed on three. This needs a well-conditioned
     // trajectory: training amplifies rounding differences, and on the configurations this replaced one process
     // with RESNET_PORTABLE=1 (other convolution kernels, equally exact) drifted from the default by up to 0.1 of
-    // scale in four steps, as far as the ranks did (README, "Training on many processes").
+    // scale in four steps, as far as the ranks did (docs/results/mpi.md).
     let dir = scratch("syncbn");
     let (one, three, resumed, unsynced) = (
         dir.join("one"),
