@@ -11,8 +11,9 @@
 //! → [`train`] (the training loop, its checkpoints and metrics), with [`dist`] for a data-parallel job.
 //!
 //! Around them: [`tensor`] (shapes, layouts), [`checkpoint`] and [`pth`] (weights to and from PyTorch's files),
-//! [`infer`] (a model file turned into predictions), [`serve`] (`resnet serve`), [`bench`] (`resnet bench`),
-//! [`cli`] (the command line's arguments), [`fuzzing`] (the fuzz targets' bodies) and [`error`].
+//! [`infer`] (a model file turned into predictions), [`serve`] (`resnet serve`), [`bench`](mod@bench)
+//! (`resnet bench`), [`cli`] (the command line's arguments), [`fuzzing`] (the fuzz targets' bodies) and
+//! [`error`].
 //!
 //! # Example
 //!
