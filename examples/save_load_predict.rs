@@ -18,8 +18,9 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut net = ResNet::new(config, 0)?;
     net.set_train(false);
 
-    // The file is safetensors with PyTorch's keys (it loads with `load_state_dict(..., strict=True)`); its metadata
-    // records the architecture, so loading needs no config, and here the input size predictions are resized to.
+    // The file is safetensors with PyTorch's keys (it loads with `load_state_dict(..., strict=True)`) and records
+    // the architecture, so loading needs no config. A one-channel model must also say the size images are resized
+    // to before a prediction (`resnet train` stores it; `resnet predict --resize` overrides it).
     let path =
         std::env::temp_dir().join(format!("resnet-example-{}.safetensors", std::process::id()));
     let meta = BTreeMap::from([(META_INPUT_SIZE.to_string(), "28".to_string())]);
