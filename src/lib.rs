@@ -1,8 +1,50 @@
-//! `resnet`: the "Dive into Deep Learning" ResNet chapter in Rust, from scratch.
+//! ResNet from scratch on the CPU: the "Dive into Deep Learning" chapter's ResNet-18 and torchvision's resnet18 to
+//! resnet152, with hand-written kernels, training and fine-tuning, weights interchangeable with PyTorch's
+//! (safetensors and `.pth`), inference, data-parallel training over MPI (feature `mpi`) and an HTTP server. The
+//! `resnet` binary drives it all from the command line; this library is the same code, for use from Rust.
+//!
+//! # Modules
 //!
 //! Layering (nothing imports upward): [`kernels`] (pure numeric functions on slices) → [`nn`] (layers with
-//! parameters, forward and backward side by side, and the chapter's model builders) → [`optim`] →
-//! [`data`] → [`train`]. [`checkpoint`] moves weights to and from PyTorch's safetensors files.
+//! parameters, forward and backward side by side, and the networks an [`nn::ResNetConfig`] describes) →
+//! [`optim`] (torch's optimizers and schedules) → [`data`] (datasets, torchvision's transforms, the batch loader)
+//! → [`train`] (the training loop, its checkpoints and metrics), with [`dist`] for a data-parallel job.
+//!
+//! Around them: [`tensor`] (shapes, layouts), [`checkpoint`] and [`pth`] (weights to and from PyTorch's files),
+//! [`infer`] (a model file turned into predictions), [`serve`] (`resnet serve`), [`bench`](mod@bench)
+//! (`resnet bench`), [`cli`] (the command line's arguments), [`fuzzing`] (the fuzz targets' bodies) and
+//! [`error`].
+//!
+//! # Example
+//!
+//! A network is built from its description, as torchvision's `ResNet(block, layers)` is; inputs are NCHW
+//! `f32` slices with a [`Shape4`], as PyTorch's tensors are.
+//!
+//! ```
+//! use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+//! use resnet::Shape4;
+//!
+//! // torchvision's resnet18 at an eighth of its widths, with the small stem CIFAR-sized images use.
+//! let config = ResNetConfig {
+//!     widths: vec![8, 16, 32, 64],
+//!     stem: Stem::Small,
+//!     ..ResNetConfig::named(ArchName::Resnet18, 3, 10)
+//! };
+//! let mut net = ResNet::new(config, 0)?;
+//! net.set_train(false);
+//!
+//! let xs = Shape4::new(2, 3, 32, 32);
+//! let x = vec![0.5f32; xs.len()];
+//! let logits = net.forward(&x, xs)?;
+//! assert_eq!(logits.len(), 2 * 10);
+//! assert_eq!(net.shape_walk(xs)?.last().unwrap().1, [2, 10]);
+//! # Ok::<(), resnet::Error>(())
+//! ```
+//!
+//! The examples go further: `torchvision_resnet18` (build, shape walk, parameter count, top 5),
+//! `train_tensors` (an optimizer's training loop on tensors in memory), `save_load_predict` (a model file
+//! written, read back and asked for a prediction), `chapter` (the chapter's cells) and `export_folder` (the
+//! bundled Fashion-MNIST written as an image folder); run one with `cargo run --release --example NAME`.
 
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! GFLOP/s of the GEMM shapes the chapter's convs produce at 96×96 (2M-float im2col chunks).
-//! `cargo run --release --example gemm_shapes`
+//! `cargo bench --bench gemm_shapes`
 use resnet::kernels::gemm::{matmul, MatRef};
 use std::time::Instant;
 

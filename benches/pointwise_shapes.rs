@@ -1,5 +1,5 @@
 //! GFLOP/s of ResNet-50's 1×1 convolutions at 224×224, batch 32: the gemm crate against the direct kernels.
-//! `cargo run --release --example pointwise_shapes`
+//! `cargo bench --bench pointwise_shapes [-- CIN-COUT]`, e.g. `-- 64-256`
 use resnet::kernels::conv_direct::{self, Weights};
 use resnet::kernels::conv_pointwise;
 use resnet::kernels::gemm::{matmul, MatRef};
@@ -31,7 +31,8 @@ fn main() {
 
 fn run() {
     let n = 32;
-    let only: Option<String> = std::env::args().nth(1);
+    // `cargo bench` appends `--bench` to the arguments given after `--`.
+    let only = std::env::args().skip(1).find(|a| a != "--bench");
     for (cin, cout, side) in [
         (64, 64, 56),
         (64, 256, 56),

@@ -1,5 +1,5 @@
 //! GFLOP/s of the chapter's convolutions at 96×96, batch 256: forward, and backward (weights + input).
-//! `cargo run --release --example conv_shapes` (set `RESNET_PORTABLE=1` for the im2col + gemm path).
+//! `cargo bench --bench conv_shapes` (set `RESNET_PORTABLE=1` for the im2col + gemm path).
 use resnet::kernels::conv::{ConvGeom, ConvPlan};
 use std::time::Instant;
 

@@ -1,6 +1,6 @@
 //! Weight-gradient kernels at the chapter's 96×96 shapes, batch 256: the channel-major direct kernel vs
 //! im2col + gemm, alternating, best of 5 each.
-//! `cargo run --release --example dw_shapes [NAME-FILTER]`, e.g. `-- 3×3/2`
+//! `cargo bench --bench dw_shapes [-- NAME-FILTER]`, e.g. `-- 3×3/2`
 use resnet::kernels::conv::{im2col, ConvGeom};
 use resnet::kernels::conv_direct::{conv_weight_grad_cm, weight_grad_chunk, weight_grad_handles};
 use resnet::kernels::gemm::{matmul, MatRef};
@@ -20,7 +20,11 @@ fn main() {
         (64, 128, 1, 2, 0, 24, "stage2 1×1/2"),
         (256, 512, 1, 2, 0, 6, "stage4 1×1/2"),
     ];
-    let only = std::env::args().nth(1).unwrap_or_default();
+    // `cargo bench` appends `--bench` to the arguments given after `--`.
+    let only = std::env::args()
+        .skip(1)
+        .find(|a| a != "--bench")
+        .unwrap_or_default();
     for (cin, cout, k, s, p, h, name) in convs {
         if !name.contains(only.as_str()) {
             continue;

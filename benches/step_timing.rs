@@ -1,5 +1,5 @@
 //! Times forward + loss + backward of the chapter's ResNet-18 at batch 256 (1×28×28 by default).
-//! `cargo run --release --example step_timing -- [size] [batch] [iters]`
+//! `cargo bench --bench step_timing [-- SIZE [BATCH [ITERS]]]`
 use resnet::nn::resnet18;
 use resnet::Shape4;
 use std::time::Instant;
@@ -7,6 +7,8 @@ use std::time::Instant;
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
+        // `cargo bench` appends `--bench` to the arguments given after `--`.
+        .filter(|a| a != "--bench")
         .map(|a| a.parse().expect("numbers"))
         .collect();
     let size = args.first().copied().unwrap_or(28);

@@ -1,0 +1,36 @@
+//! torchvision's `resnet18()` from Rust: build it, walk its shapes, count its parameters and classify a random
+//! image, as `model = models.resnet18(); model.eval(); model(torch.rand(1, 3, 224, 224)).topk(5)` does.
+//! `cargo run --release --example torchvision_resnet18`
+use rand::Rng;
+use resnet::infer::{class_names, ranked, softmax};
+use resnet::nn::{ArchName, InitRng, ResNet, ResNetConfig, SeedableRng};
+use resnet::Shape4;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn main() -> resnet::Result<()> {
+    // The description comes first: torchvision's BasicBlock layers 2-2-2-2, its init and its state-dict keys, so
+    // that `resnet18-f37072fd.pth` loads into it (`resnet::checkpoint::load_model` builds it from the file).
+    let config = ResNetConfig::named(ArchName::Resnet18, 3, 1000);
+    let mut net = ResNet::new(config, 0)?;
+    // model.eval(): batch norms normalize with their running statistics instead of the batch's.
+    net.set_train(false);
+
+    // Inputs are NCHW, as in PyTorch; the walk checks the shape without running the network.
+    let xs = Shape4::new(1, 3, 224, 224);
+    for (name, dims) in net.shape_walk(xs)? {
+        println!("{name:<8} {dims:?}");
+    }
+    println!("parameters: {}", net.num_params());
+
+    let mut rng = InitRng::seed_from_u64(0);
+    let x: Vec<f32> = (0..xs.len()).map(|_| rng.random()).collect();
+    let probs = softmax(net.forward(&x, xs)?);
+    // Untrained weights rank the classes arbitrarily; the names are ImageNet's, as for any 1000-class model.
+    let names = class_names(Path::new("resnet18"), &net.config, &BTreeMap::new())?;
+    println!("top 5:");
+    for &k in ranked(&probs).iter().take(5) {
+        println!("  {:.4}  {k:>3} {}", probs[k], names[k]);
+    }
+    Ok(())
+}
