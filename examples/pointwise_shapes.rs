@@ -1,9 +1,9 @@
 //! GFLOP/s of ResNet-50's 1×1 convolutions at 224×224, batch 32: the gemm crate against the direct kernels.
 //! `cargo run --release --example pointwise_shapes`
-use resnet::kernels::conv_direct::{self, Weights};
-use resnet::kernels::conv_pointwise;
+use resnet::kernels::conv::direct::{self as conv_direct, Weights};
+use resnet::kernels::conv::pointwise as conv_pointwise;
+use resnet::kernels::conv::ConvGeom;
 use resnet::kernels::gemm::{matmul, MatRef};
-use resnet::kernels::geom::ConvGeom;
 use std::time::Instant;
 
 fn best(mut f: impl FnMut()) -> f64 {

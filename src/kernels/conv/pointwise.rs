@@ -187,8 +187,8 @@ pub fn input_grad(
     let dx = &mut dx[..n * g.h * g.w * g.cin];
     if g.stride > 1 {
         // Pixels off the stride grid get no gradient (and, with an odd plane, neither do the last row and column).
-        let piece = super::piece_len(dx.len(), 1 << 14);
-        super::par_pieces(dx, piece, |_, d| d.fill(0.0));
+        let piece = crate::kernels::piece_len(dx.len(), 1 << 14);
+        crate::kernels::par_pieces(dx, piece, |_, d| d.fill(0.0));
     }
     let packed = &mut workspace[..g.cin * g.cout];
     pack(g.cout, g.cin, w, true, packed);

@@ -1,22 +1,22 @@
 //! How one convolution runs: the algorithm of its forward pass, its weight gradient and its input gradient,
 //! chosen once per (geometry, batch) on this CPU. The forward pass, the eval-mode forward with its fused batch
-//! norm, the backward pass and the workspace sizing in [`super::conv`] all follow the plan; `resnet summary
+//! norm, the backward pass and the workspace sizing in [`super`] all follow the plan; `resnet summary
 //! --plan` and `resnet bench --plan` print it.
 
-use super::conv_direct;
-use super::conv_pointwise;
-use super::conv_winograd::{self, Tile};
+use super::direct;
 use super::geom::ConvGeom;
+use super::pointwise;
 use super::tile;
+use super::winograd::{self, Tile};
 use std::fmt;
 
 /// An algorithm that computes a convolution's output (the forward pass, or the input gradient as the
 /// forward pass of the transposed convolution).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algo {
-    /// Winograd F(m×m, 3×3) ([`conv_winograd`]): 3×3, stride 1, padding 1, enough tiles.
+    /// Winograd F(m×m, 3×3) ([`winograd`]): 3×3, stride 1, padding 1, enough tiles.
     Winograd(Tile),
-    /// Direct ("implicit GEMM") register tiles reading patches in place ([`conv_direct`]); `packed`: the
+    /// Direct ("implicit GEMM") register tiles reading patches in place ([`direct`]); `packed`: the
     /// weights packed into column panels first (wide layers); `by_position`: tiles of six images at one
     /// position, skipping the taps in the padding (small planes, large batches).
     Direct {
@@ -25,13 +25,13 @@ pub enum Algo {
         /// Position-major tiles.
         by_position: bool,
     },
-    /// A 1×1 convolution as a matrix product on register tiles ([`conv_pointwise`]), `width` columns per tile.
+    /// A 1×1 convolution as a matrix product on register tiles ([`pointwise`]), `width` columns per tile.
     Pointwise {
         /// Output columns per register tile (64 with AVX-512, 16 with AVX2).
         width: usize,
     },
     /// The column matrix of the live taps (im2col) times the weights; `tiles`: the product on the
-    /// register tiles of [`conv_pointwise::matmul`] (no allocation, the epilogue fused), else the `gemm` crate
+    /// register tiles of [`pointwise::matmul`] (no allocation, the epilogue fused), else the `gemm` crate
     /// (the portable path).
     Im2col {
         /// The product runs on the 1×1 GEMM tiles.
@@ -42,15 +42,15 @@ pub enum Algo {
 /// An algorithm for the weight gradient `dw = im2col(x)ᵀ · dy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightGradAlgo {
-    /// Winograd's transformed products ([`conv_winograd::conv_winograd_weight_grad`]).
+    /// Winograd's transformed products ([`winograd::conv_winograd_weight_grad`]).
     Winograd(Tile),
     /// Register tiles over a channel-major copy of the input, or over packed patch rows when the output plane
-    /// is narrow (`by_columns`) ([`conv_direct::conv_weight_grad_cm`]).
+    /// is narrow (`by_columns`) ([`direct::conv_weight_grad_cm`]).
     ChannelMajor {
         /// Narrow output plane: packed patch rows.
         by_columns: bool,
     },
-    /// `x_sᵀ · dy` on register tiles ([`conv_pointwise::weight_grad`]).
+    /// `x_sᵀ · dy` on register tiles ([`pointwise::weight_grad`]).
     Pointwise {
         /// Output columns per register tile.
         width: usize,
@@ -64,7 +64,7 @@ pub enum WeightGradAlgo {
 pub enum InputGradAlgo {
     /// A stride-1 convolution of `dy` with the rotated, channel-swapped kernel, run by this algorithm.
     Transposed(Algo),
-    /// `dy · wᵀ` on register tiles, scattered onto the stride grid ([`conv_pointwise::input_grad`]).
+    /// `dy · wᵀ` on register tiles, scattered onto the stride grid ([`pointwise::input_grad`]).
     Pointwise {
         /// Output columns per register tile.
         width: usize,
@@ -93,20 +93,20 @@ pub struct ConvPlan {
 
 /// The forward algorithm for `g` at batch `n`.
 fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
-    if let Some(tile) = conv_winograd::tile_for(g, n) {
+    if let Some(tile) = winograd::tile_for(g, n) {
         Algo::Winograd(tile)
-    } else if conv_pointwise::handles(g) {
+    } else if pointwise::handles(g) {
         Algo::Pointwise {
-            width: conv_pointwise::tile_width(g.cout),
+            width: pointwise::tile_width(g.cout),
         }
-    } else if !g.is_pointwise() && tile::cpu_supported() && conv_direct::handles(g) {
+    } else if !g.is_pointwise() && tile::cpu_supported() && direct::handles(g) {
         Algo::Direct {
-            packed: conv_direct::packs_weights(g),
-            by_position: conv_direct::by_position(g, n),
+            packed: direct::packs_weights(g),
+            by_position: direct::by_position(g, n),
         }
     } else {
         Algo::Im2col {
-            tiles: !g.is_pointwise() && conv_pointwise::matmul_handles(g.cout),
+            tiles: !g.is_pointwise() && pointwise::matmul_handles(g.cout),
         }
     }
 }
@@ -126,28 +126,28 @@ impl ConvPlan {
     /// The plan for `g` at batch `n` on this CPU.
     pub fn new(g: ConvGeom, n: usize) -> ConvPlan {
         let forward = forward_algo(&g, n);
-        let weight_grad = if conv_pointwise::handles(&g) {
+        let weight_grad = if pointwise::handles(&g) {
             WeightGradAlgo::Pointwise {
-                width: conv_pointwise::tile_width(g.cout),
+                width: pointwise::tile_width(g.cout),
             }
-        } else if let Some(tile) = conv_winograd::tile_for(&g, n) {
+        } else if let Some(tile) = winograd::tile_for(&g, n) {
             WeightGradAlgo::Winograd(tile)
-        } else if conv_direct::weight_grad_handles(&g) {
+        } else if direct::weight_grad_handles(&g) {
             WeightGradAlgo::ChannelMajor {
-                by_columns: conv_direct::dw_by_columns(&g),
+                by_columns: direct::dw_by_columns(&g),
             }
         } else {
             WeightGradAlgo::Im2col
         };
-        let input_grad = if conv_pointwise::handles(&g) {
+        let input_grad = if pointwise::handles(&g) {
             InputGradAlgo::Pointwise {
-                width: conv_pointwise::tile_width(g.cin),
+                width: pointwise::tile_width(g.cin),
             }
         } else if let Some(t) = g.transposed() {
             InputGradAlgo::Transposed(forward_algo(&t, n))
         } else {
             InputGradAlgo::Col2im {
-                tiles: conv_pointwise::matmul_handles(g.live_patch_len()),
+                tiles: pointwise::matmul_handles(g.live_patch_len()),
             }
         };
         ConvPlan {

@@ -11,15 +11,19 @@
 //!   and its channel axes swapped, so it runs as im2col + a GEMM with the full `k·k·cout` depth instead of a
 //!   shallow GEMM into a huge column gradient followed by a scatter-add (col2im).
 
-use super::conv_direct;
-use super::conv_pointwise;
-use super::conv_winograd;
+pub mod direct;
+pub mod geom;
+pub mod plan;
+pub mod pointwise;
+pub mod tile;
+pub mod winograd;
+
 use super::gemm::{matmul, MatRef};
-use super::geom::bits;
-pub use super::geom::{ConvGeom, MAX_KERNEL};
-pub use super::plan::{Algo, ConvPlan, InputGradAlgo, WeightGradAlgo};
-use super::tile::{self, Epilogue};
+use geom::bits;
+pub use geom::{ConvGeom, MAX_KERNEL};
+pub use plan::{Algo, ConvPlan, InputGradAlgo, WeightGradAlgo};
 use rayon::prelude::*;
+use tile::Epilogue;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
 pub fn engine() -> String {
@@ -28,7 +32,7 @@ pub fn engine() -> String {
     } else {
         "AVX2 6x16 tiles"
     };
-    if conv_winograd::enabled() {
+    if winograd::enabled() {
         format!("Winograd F(2x2)-F(4x4) for 3x3 stride-1 convs, 1x1 GEMM and direct kernels for the others; {tiles}")
     } else if tile::cpu_supported() {
         format!("1x1 GEMM and direct kernels (Winograd off: RESNET_WINOGRAD=0); {tiles}")
@@ -216,7 +220,7 @@ fn conv_gemm(
     });
 }
 
-/// `y = epilogue(im2col(x) × w)` over chunks of images on the register tiles of [`conv_pointwise::matmul`]
+/// `y = epilogue(im2col(x) × w)` over chunks of images on the register tiles of [`pointwise::matmul`]
 /// (`w [live_taps·cin, cout]` packed into `packed` first), the epilogue applied as the tiles are stored.
 #[allow(clippy::too_many_arguments)]
 fn conv_gemm_tiles(
@@ -230,10 +234,10 @@ fn conv_gemm_tiles(
     cols: &mut [f32],
 ) {
     let k = g.live_patch_len();
-    conv_pointwise::pack(k, g.cout, w, false, packed);
+    pointwise::pack(k, g.cout, w, false, packed);
     let packed = &*packed;
     for_each_chunk(g, n, x, y, cols, |rows, cols, y_chunk| {
-        conv_pointwise::matmul(rows, k, g.cout, cols, packed, y_chunk, epilogue);
+        pointwise::matmul(rows, k, g.cout, cols, packed, y_chunk, epilogue);
     });
 }
 
@@ -243,24 +247,24 @@ fn direct_weights<'a>(
     packed: bool,
     w: &'a [f32],
     workspace: &'a mut [f32],
-) -> conv_direct::Weights<'a> {
+) -> direct::Weights<'a> {
     if packed {
-        let out = &mut workspace[..conv_direct::packed_len(g)];
-        conv_direct::pack_weights(g, w, out);
-        conv_direct::Weights::Packed(out)
+        let out = &mut workspace[..direct::packed_len(g)];
+        direct::pack_weights(g, w, out);
+        direct::Weights::Packed(out)
     } else {
-        conv_direct::Weights::Hwio(w)
+        direct::Weights::Hwio(w)
     }
 }
 
 /// Floats of workspace `algo` needs to compute `g`'s output for a batch of `n` (weights as they are).
 fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
     match algo {
-        Algo::Winograd(_) => conv_winograd::weights_len(g, n) + conv_winograd::scratch_len(g, n),
-        Algo::Pointwise { .. } => conv_pointwise::workspace_len(g),
+        Algo::Winograd(_) => winograd::weights_len(g, n) + winograd::scratch_len(g, n),
+        Algo::Pointwise { .. } => pointwise::workspace_len(g),
         Algo::Direct { packed, .. } => {
             if packed {
-                conv_direct::packed_len(g)
+                direct::packed_len(g)
             } else {
                 0
             }
@@ -300,19 +304,19 @@ fn run_algo(
     let y = &mut y[..out_rows * g.cout];
     match algo {
         Algo::Winograd(_) => {
-            let (u, scratch) = workspace.split_at_mut(conv_winograd::weights_len(g, n));
+            let (u, scratch) = workspace.split_at_mut(winograd::weights_len(g, n));
             let u = match prepared {
                 Some(p) => p,
                 None => {
-                    conv_winograd::transform_weights(g, n, w, u);
+                    winograd::transform_weights(g, n, w, u);
                     u
                 }
             };
-            conv_winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
+            winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
         }
         Algo::Pointwise { .. } => match prepared {
-            Some(p) => conv_pointwise::forward_packed(g, n, x, p, y, epilogue),
-            None => conv_pointwise::forward(g, n, x, w, y, epilogue, workspace),
+            Some(p) => pointwise::forward_packed(g, n, x, p, y, epilogue),
+            None => pointwise::forward(g, n, x, w, y, epilogue, workspace),
         },
         Algo::Direct {
             packed,
@@ -326,7 +330,7 @@ fn run_algo(
                 fill_rows(y, g.cout, epilogue.shift.unwrap_or_default());
             }
             let weights = match prepared {
-                Some(p) => conv_direct::Weights::Packed(p),
+                Some(p) => direct::Weights::Packed(p),
                 None => direct_weights(g, packed, w, workspace),
             };
             let epilogue = if bias_only {
@@ -334,7 +338,7 @@ fn run_algo(
             } else {
                 epilogue
             };
-            conv_direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
+            direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
         }
         Algo::Im2col { tiles: true } => {
             let (wl, rest) = workspace.split_at_mut(if g.all_taps_live() {
@@ -401,9 +405,9 @@ impl ConvPlan {
         // The eval forward's folded shift comes first.
         let forward = g.cout + algo_workspace(self.forward, g, n);
         let weight_grad = match self.weight_grad {
-            WeightGradAlgo::Winograd(_) => conv_winograd::weight_grad_scratch_len(g, n),
-            WeightGradAlgo::ChannelMajor { .. } => conv_direct::weight_grad_chunk(g, n).1,
-            WeightGradAlgo::Pointwise { .. } => conv_pointwise::weight_grad_workspace_len(g, n),
+            WeightGradAlgo::Winograd(_) => winograd::weight_grad_scratch_len(g, n),
+            WeightGradAlgo::ChannelMajor { .. } => direct::weight_grad_chunk(g, n).1,
+            WeightGradAlgo::Pointwise { .. } => pointwise::weight_grad_workspace_len(g, n),
             WeightGradAlgo::Im2col => {
                 let compact = if g.all_taps_live() {
                     0
@@ -418,7 +422,7 @@ impl ConvPlan {
                 let t = g.transposed().expect("planned for a transposable conv");
                 g.patch_len() * g.cout + algo_workspace(algo, &t, n)
             }
-            InputGradAlgo::Pointwise { .. } => conv_pointwise::workspace_len(g),
+            InputGradAlgo::Pointwise { .. } => pointwise::workspace_len(g),
             InputGradAlgo::Col2im { tiles } => {
                 let k = g.live_patch_len();
                 let live_weights = if g.all_taps_live() { 0 } else { k * g.cout };
@@ -433,9 +437,9 @@ impl ConvPlan {
     /// the weights as they are (so there is nothing to keep).
     pub fn prepared_len(&self) -> Option<usize> {
         match self.forward {
-            Algo::Winograd(_) => Some(conv_winograd::weights_len(&self.geom, self.batch)),
-            Algo::Direct { packed: true, .. } => Some(conv_direct::packed_len(&self.geom)),
-            Algo::Pointwise { .. } => Some(conv_pointwise::workspace_len(&self.geom)),
+            Algo::Winograd(_) => Some(winograd::weights_len(&self.geom, self.batch)),
+            Algo::Direct { packed: true, .. } => Some(direct::packed_len(&self.geom)),
+            Algo::Pointwise { .. } => Some(pointwise::workspace_len(&self.geom)),
             _ => None,
         }
     }
@@ -444,9 +448,9 @@ impl ConvPlan {
     /// `out` (at least [`ConvPlan::prepared_len`] floats), so that a caller can keep it.
     pub fn prepare_weights(&self, w: &[f32], out: &mut [f32]) {
         match self.forward {
-            Algo::Winograd(_) => conv_winograd::transform_weights(&self.geom, self.batch, w, out),
-            Algo::Direct { packed: true, .. } => conv_direct::pack_weights(&self.geom, w, out),
-            Algo::Pointwise { .. } => conv_pointwise::pack_weights(&self.geom, w, out),
+            Algo::Winograd(_) => winograd::transform_weights(&self.geom, self.batch, w, out),
+            Algo::Direct { packed: true, .. } => direct::pack_weights(&self.geom, w, out),
+            Algo::Pointwise { .. } => pointwise::pack_weights(&self.geom, w, out),
             _ => {}
         }
     }
@@ -519,22 +523,18 @@ impl ConvPlan {
             super::pointwise::column_sums(dy, g.cout, dbias);
         }
         match self.weight_grad {
-            WeightGradAlgo::Pointwise { .. } => {
-                conv_pointwise::weight_grad(g, n, x, dy, dw, workspace)
-            }
+            WeightGradAlgo::Pointwise { .. } => pointwise::weight_grad(g, n, x, dy, dw, workspace),
             WeightGradAlgo::Winograd(_) => {
-                conv_winograd::conv_winograd_weight_grad(g, n, x, dy, dw, workspace)
+                winograd::conv_winograd_weight_grad(g, n, x, dy, dw, workspace)
             }
             WeightGradAlgo::ChannelMajor { .. } => {
-                conv_direct::conv_weight_grad_cm(g, n, x, dy, dw, workspace)
+                direct::conv_weight_grad_cm(g, n, x, dy, dw, workspace)
             }
             WeightGradAlgo::Im2col => im2col_weight_grad(g, n, x, dy, dw, workspace),
         }
         let Some(dx) = dx else { return };
         match self.input_grad {
-            InputGradAlgo::Pointwise { .. } => {
-                conv_pointwise::input_grad(g, n, dy, w, dx, workspace)
-            }
+            InputGradAlgo::Pointwise { .. } => pointwise::input_grad(g, n, dy, w, dx, workspace),
             InputGradAlgo::Transposed(algo) => {
                 // dx = conv(dy, rot180(w) with in/out swapped), stride 1.
                 let t = g.transposed().expect("planned for a transposable conv");
@@ -621,7 +621,7 @@ fn im2col_weight_grad(
 /// The input gradient of a conv whose transpose is not a stride-1 conv (stride 2, dead taps; never a 1×1
 /// stride-1 conv, whose transpose is one):
 /// `dcols = dy · wᵀ` per chunk, scattered back with col2im. `tiles`: the product on the 1×1 GEMM tiles
-/// ([`conv_pointwise::matmul`]), else the `gemm` crate.
+/// ([`pointwise::matmul`]), else the `gemm` crate.
 fn col2im_input_grad(
     g: &ConvGeom,
     n: usize,
@@ -644,7 +644,7 @@ fn col2im_input_grad(
     let (packed_wt, cols) = rest.split_at_mut(if tiles { k * g.cout } else { 0 });
     if tiles {
         // dcols = dy · w_liveᵀ: the right-hand matrix is w_live [k, cout] read transposed.
-        conv_pointwise::pack(g.cout, k, w_live, true, packed_wt);
+        pointwise::pack(g.cout, k, w_live, true, packed_wt);
     }
     let chunk = g.chunk_images(n);
     let mut first = 0;
@@ -655,7 +655,7 @@ fn col2im_input_grad(
         let dcols = &mut cols[..rows * k];
         if tiles {
             let none = Epilogue::default();
-            conv_pointwise::matmul(rows, g.cout, k, dy_chunk, packed_wt, dcols, none);
+            pointwise::matmul(rows, g.cout, k, dy_chunk, packed_wt, dcols, none);
         } else {
             matmul(
                 rows,
@@ -868,11 +868,11 @@ mod tests {
                     );
                 }
             }
-            if !(conv_direct::handles(&g) && tile::cpu_supported()) {
+            if !(direct::handles(&g) && tile::cpu_supported()) {
                 continue;
             }
-            let w_in_place = conv_direct::Weights::Hwio(&wt);
-            conv_direct::conv_direct(
+            let w_in_place = direct::Weights::Hwio(&wt);
+            direct::conv_direct(
                 &g,
                 n,
                 &x,
@@ -880,12 +880,12 @@ mod tests {
                 &mut y,
                 false,
                 Epilogue::default(),
-                conv_direct::by_position(&g, n),
+                direct::by_position(&g, n),
             );
             close(&y, "direct");
             // Accumulating onto a bias-filled output adds exactly the bias.
             let mut y2 = vec![0.5f32; want.len()];
-            conv_direct::conv_direct(
+            direct::conv_direct(
                 &g,
                 n,
                 &x,
@@ -893,14 +893,14 @@ mod tests {
                 &mut y2,
                 true,
                 Epilogue::default(),
-                conv_direct::by_position(&g, n),
+                direct::by_position(&g, n),
             );
             // Packed weights give the same sums.
-            let mut packed = vec![0.0f32; conv_direct::packed_len(&g)];
-            conv_direct::pack_weights(&g, &wt, &mut packed);
+            let mut packed = vec![0.0f32; direct::packed_len(&g)];
+            direct::pack_weights(&g, &wt, &mut packed);
             let mut y3 = vec![f32::NAN; want.len()];
-            let w_packed = conv_direct::Weights::Packed(&packed);
-            conv_direct::conv_direct(
+            let w_packed = direct::Weights::Packed(&packed);
+            direct::conv_direct(
                 &g,
                 n,
                 &x,
@@ -908,7 +908,7 @@ mod tests {
                 &mut y3,
                 false,
                 Epilogue::default(),
-                conv_direct::by_position(&g, n),
+                direct::by_position(&g, n),
             );
             close(&y3, "direct packed");
             for (a, b) in y2.iter().zip(&y) {
@@ -929,7 +929,7 @@ mod tests {
             (1, 32, 7, 2, 3, 8, 11),
         ] {
             let g = ConvGeom::new(cin, cout, k, stride, pad, side, side).unwrap();
-            if !conv_direct::weight_grad_handles(&g) {
+            if !direct::weight_grad_handles(&g) {
                 return;
             }
             assert!(g.ow < 8, "the narrow-plane path");
@@ -940,9 +940,9 @@ mod tests {
                 .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
                 .collect();
             let want = naive_weight_grad(&g, n, &x, &dy);
-            let mut ws = vec![0.0f32; conv_direct::weight_grad_chunk(&g, n).1];
+            let mut ws = vec![0.0f32; direct::weight_grad_chunk(&g, n).1];
             let mut dw = vec![f32::NAN; want.len()];
-            conv_direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
+            direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
             for (i, (a, b)) in dw.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
@@ -957,10 +957,10 @@ mod tests {
         // 64 channels on a 64×64 plane: 7 images per chunk, so 9 images take two chunks.
         let (n, cin, cout, side) = (9, 64, 16, 64);
         let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
-        if !conv_direct::weight_grad_handles(&g) {
+        if !direct::weight_grad_handles(&g) {
             return;
         }
-        assert!(conv_direct::weight_grad_chunk(&g, n).0 < n);
+        assert!(direct::weight_grad_chunk(&g, n).0 < n);
         let x: Vec<f32> = (0..n * side * side * cin)
             .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
             .collect();
@@ -982,9 +982,9 @@ mod tests {
                 MatRef::row_major(&dy[img * side * side * cout..][..side * side * cout], cout),
             );
         }
-        let mut ws = vec![0.0f32; conv_direct::weight_grad_chunk(&g, n).1];
+        let mut ws = vec![0.0f32; direct::weight_grad_chunk(&g, n).1];
         let mut dw = vec![f32::NAN; k * cout];
-        conv_direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
+        direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);
         for (i, (a, b)) in dw.iter().zip(&want).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
