@@ -15,6 +15,7 @@ pub mod direct;
 pub mod geom;
 pub mod plan;
 pub mod pointwise;
+pub mod reference;
 pub mod tile;
 pub mod winograd;
 
@@ -691,72 +692,6 @@ mod tests {
         );
     }
 
-    /// Calls `f(out_row, x_start, w_row)` for every (output position, tap) pair whose tap reads the input:
-    /// `out_row` indexes `y [n·oh·ow, cout]`, `x_start` is the pixel's first channel in `x`, and `w_row` the
-    /// tap's first row in `w [kh·kw·cin, cout]`.
-    fn for_each_product(g: &ConvGeom, n: usize, mut f: impl FnMut(usize, usize, usize)) {
-        for img in 0..n {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    for ky in 0..g.kh {
-                        for kx in 0..g.kw {
-                            if let Some(pixel) = g.input_pixel(oy, ox, ky, kx) {
-                                let out_row = (img * g.oh + oy) * g.ow + ox;
-                                let x_start = (img * g.h * g.w + pixel) * g.cin;
-                                f(out_row, x_start, (ky * g.kw + kx) * g.cin);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Naive NHWC convolution: `y [n, oh, ow, cout] = conv(x, w [kh·kw·cin, cout])`.
-    fn naive_conv(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
-        let mut y = vec![0.0f32; n * g.oh * g.ow * g.cout];
-        for_each_product(g, n, |out_row, x_start, w_row| {
-            let out = &mut y[out_row * g.cout..][..g.cout];
-            for ci in 0..g.cin {
-                let v = x[x_start + ci];
-                let w_ci = &w[(w_row + ci) * g.cout..][..g.cout];
-                for (o, wv) in out.iter_mut().zip(w_ci) {
-                    *o += v * wv;
-                }
-            }
-        });
-        y
-    }
-
-    /// Naive weight gradient: `dw [kh·kw·cin, cout] = im2col(x)ᵀ · dy`.
-    fn naive_weight_grad(g: &ConvGeom, n: usize, x: &[f32], dy: &[f32]) -> Vec<f32> {
-        let mut dw = vec![0.0f32; g.patch_len() * g.cout];
-        for_each_product(g, n, |out_row, x_start, w_row| {
-            let d = &dy[out_row * g.cout..][..g.cout];
-            for ci in 0..g.cin {
-                let v = x[x_start + ci];
-                let row = &mut dw[(w_row + ci) * g.cout..][..g.cout];
-                for (o, dv) in row.iter_mut().zip(d) {
-                    *o += v * dv;
-                }
-            }
-        });
-        dw
-    }
-
-    /// Naive input gradient: `dx [n, h, w, cin] = Σ dy · wᵀ` over every (position, tap) pair that reads `x`.
-    fn naive_input_grad(g: &ConvGeom, n: usize, dy: &[f32], w: &[f32]) -> Vec<f32> {
-        let mut dx = vec![0.0f32; n * g.h * g.w * g.cin];
-        for_each_product(g, n, |out_row, x_start, w_row| {
-            let d = &dy[out_row * g.cout..][..g.cout];
-            for ci in 0..g.cin {
-                let w_ci = &w[(w_row + ci) * g.cout..][..g.cout];
-                dx[x_start + ci] += d.iter().zip(w_ci).map(|(a, b)| a * b).sum::<f32>();
-            }
-        });
-        dx
-    }
-
     #[test]
     fn direct_and_im2col_paths_match_a_naive_convolution() {
         // (cin, cout, k, stride, pad, h, w, n): odd planes, stride 2, dead taps (1×1 plane), a 1×1 stride-2
@@ -798,7 +733,7 @@ mod tests {
             let wt: Vec<f32> = (0..k * k * cin * cout)
                 .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
                 .collect();
-            let want = naive_conv(&g, n, &x, &wt);
+            let want = reference::forward(&g, n, &x, &wt, &[]);
             let close = |got: &[f32], what: &str| {
                 for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                     assert!(
@@ -834,8 +769,8 @@ mod tests {
             }
             // Weight and input gradients through the plan's backward (the channel-major kernel and the direct
             // GEMM where they apply), dy = y.
-            let want_dw = naive_weight_grad(&g, n, &x, &want);
-            let want_dx = naive_input_grad(&g, n, &want, &wt);
+            let want_dw = reference::weight_grad(&g, n, &x, &want);
+            let want_dx = reference::input_grad(&g, n, &want, &wt);
             let mut dw = vec![f32::NAN; want_dw.len()];
             let mut db = vec![0.0f32; cout];
             let mut dx = vec![f32::NAN; want_dx.len()];
@@ -939,7 +874,7 @@ mod tests {
             let dy: Vec<f32> = (0..n * g.oh * g.ow * cout)
                 .map(|i| ((i * 104729 % 197) as f32 - 98.0) / 491.0)
                 .collect();
-            let want = naive_weight_grad(&g, n, &x, &dy);
+            let want = reference::weight_grad(&g, n, &x, &dy);
             let mut ws = vec![0.0f32; direct::weight_grad_chunk(&g, n).1];
             let mut dw = vec![f32::NAN; want.len()];
             direct::conv_weight_grad_cm(&g, n, &x, &dy, &mut dw, &mut ws);

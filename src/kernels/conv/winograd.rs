@@ -916,6 +916,7 @@ unsafe fn output_transform<T: Transform>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::reference;
 
     const TILES: [Tile; 3] = [Tile::F2, Tile::F3, Tile::F4];
 
@@ -930,35 +931,9 @@ mod tests {
         }
     }
 
-    /// Calls `f(output position, input pixel, tap)`, positions and pixels counted over the batch, for every
-    /// (output position, tap) pair whose tap reads the input.
-    fn for_each_product(g: &ConvGeom, n: usize, mut f: impl FnMut(usize, usize, usize)) {
-        for img in 0..n {
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    for tap in 0..9 {
-                        if let Some(p) = g.input_pixel(oy, ox, tap / 3, tap % 3) {
-                            f((img * g.oh + oy) * g.ow + ox, img * g.h * g.w + p, tap);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The definition, in f64: `y[img, oy, ox, co] = Σ x[img, oy + ky − 1, ox + kx − 1, ci] · w[ky, kx, ci, co]`.
-    fn naive(g: &ConvGeom, n: usize, x: &[f32], w: &[f32]) -> Vec<f64> {
-        let (cin, cout) = (g.cin, g.cout);
-        let mut y = vec![0.0f64; n * g.oh * g.ow * cout];
-        for_each_product(g, n, |o, p, tap| {
-            for ci in 0..cin {
-                let xv = x[p * cin + ci] as f64;
-                for co in 0..cout {
-                    y[o * cout + co] += xv * w[(tap * cin + ci) * cout + co] as f64;
-                }
-            }
-        });
-        y
+    /// The reference's values in f64, as [`relative_error`] takes them.
+    fn as_f64(values: Vec<f32>) -> Vec<f64> {
+        values.into_iter().map(f64::from).collect()
     }
 
     /// Deterministic test values in [−1, 1): `((i·step mod modulus) − modulus/2) / (modulus/2)`.
@@ -1005,7 +980,7 @@ mod tests {
                 .collect();
             let scale: Vec<f32> = (0..cout).map(|c| 0.5 + c as f32 / 64.0).collect();
             let shift: Vec<f32> = (0..cout).map(|c| c as f32 / 32.0 - 0.4).collect();
-            let expected = naive(&g, n, &x, &w);
+            let expected = as_f64(reference::forward(&g, n, &x, &w, &[]));
             for tile in TILES {
                 let mut u = vec![0.0; tile.xi() * cin * cout];
                 transform_weights_for(tile, &g, &w, &mut u);
@@ -1064,15 +1039,7 @@ mod tests {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
             let x = pattern(n * side * side * cin, 37, 101);
             let dy = pattern(n * side * side * cout, 53, 97);
-            let mut want = vec![0.0f64; 9 * cin * cout];
-            for_each_product(&g, n, |o, p, tap| {
-                for ci in 0..cin {
-                    let xv = x[p * cin + ci] as f64;
-                    for co in 0..cout {
-                        want[(tap * cin + ci) * cout + co] += xv * dy[o * cout + co] as f64;
-                    }
-                }
-            });
+            let want = as_f64(reference::weight_grad(&g, n, &x, &dy));
             for tile in TILES {
                 let slots = rayon::current_num_threads();
                 let mut scratch = vec![f32::NAN; slots * weight_grad_slot_len(tile, &g, n)];
