@@ -3,6 +3,7 @@
 //! norm, the backward pass and the workspace sizing in [`super`] all follow the plan; `resnet summary
 //! --plan` and `resnet bench --plan` print it.
 
+use super::channel_major;
 use super::direct;
 use super::geom::ConvGeom;
 use super::pointwise;
@@ -45,7 +46,7 @@ pub enum WeightGradAlgo {
     /// Winograd's transformed products ([`winograd::conv_winograd_weight_grad`]).
     Winograd(Tile),
     /// Register tiles over a channel-major copy of the input, or over packed patch rows when the output plane
-    /// is narrow (`by_columns`) ([`direct::conv_weight_grad_cm`]).
+    /// is narrow (`by_columns`) ([`channel_major::conv_weight_grad_cm`]).
     ChannelMajor {
         /// Narrow output plane: packed patch rows.
         by_columns: bool,
@@ -132,9 +133,9 @@ impl ConvPlan {
             }
         } else if let Some(tile) = winograd::tile_for(&g, n) {
             WeightGradAlgo::Winograd(tile)
-        } else if direct::weight_grad_handles(&g) {
+        } else if channel_major::weight_grad_handles(&g) {
             WeightGradAlgo::ChannelMajor {
-                by_columns: direct::dw_by_columns(&g),
+                by_columns: channel_major::dw_by_columns(&g),
             }
         } else {
             WeightGradAlgo::Im2col
