@@ -4,7 +4,7 @@
 use resnet::kernels::conv::channel_major::{
     conv_weight_grad_cm, weight_grad_chunk, weight_grad_handles,
 };
-use resnet::kernels::conv::{im2col, ConvGeom};
+use resnet::kernels::conv::{im2col::im2col, ConvGeom};
 use resnet::kernels::gemm::{matmul, MatRef};
 use std::time::Instant;
 

@@ -460,7 +460,7 @@ unsafe fn cm_tile<const M: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::{im2col, reference};
+    use crate::kernels::conv::{im2col::im2col, reference};
     use crate::kernels::gemm::{matmul, MatRef};
 
     #[test]
