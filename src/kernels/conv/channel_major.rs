@@ -7,7 +7,7 @@
 //! Structure: a 6×16 tile of `dw` (six patch rows, i.e. (tap, channel) pairs, × sixteen output channels) lives
 //! in twelve AVX registers while it sums over the output positions. Wide planes read the patch rows from a
 //! channel-major copy of each chunk of images ([`conv_weight_grad_cm`]); narrow ones (the late stages) from
-//! patch rows packed tile by tile ([`weight_grad_by_columns`]). Rayon tasks own disjoint sets of patch rows, so
+//! patch rows packed tile by tile (`weight_grad_by_columns`). Rayon tasks own disjoint sets of patch rows, so
 //! the sums' order does not depend on the thread count.
 
 use super::direct::MAX_TAPS;

@@ -29,8 +29,8 @@
 //!
 //! The register-tile micro-kernels and what they share (tile sizes, the CPU checks with `RESNET_PORTABLE=1` to
 //! force the portable path and `RESNET_AVX512=0` to keep to AVX2, the epilogue applied as a tile is stored) are
-//! in [`tile`]. [`reference`] is the convolution by
-//! its definition, in plain loops, that every kernel's tests compare against; nothing here calls it.
+//! in [`tile`]. [`reference`](mod@reference) is the convolution by its definition, in plain loops, that every
+//! kernel's tests compare against; nothing here calls it.
 
 pub mod channel_major;
 pub mod direct;
