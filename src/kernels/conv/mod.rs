@@ -18,11 +18,11 @@
 //!      output channels a multiple of 16, at most 49 live taps, AVX2);
 //!   4. [`im2col`]: the column matrix times the weights, on the 1×1 register tiles or on the `gemm` crate (the
 //!      portable path, and the single-channel stem);
-//! - weight gradient ([`WeightGradAlgo`]): [`pointwise`] for 1×1 unpadded convolutions, then [`winograd`]
-//!   where the forward pass would take it, then [`channel_major`]'s register tiles (output channels a multiple
-//!   of 16, AVX2), else [`im2col`];
-//! - input gradient ([`InputGradAlgo`]): [`pointwise`] for 1×1 unpadded convolutions; for a stride-1 convolution
-//!   whose taps are all live, the forward pass of the transposed convolution (`dy` convolved with the kernel
+//! - weight gradient ([`WeightGradAlgo`]): [`pointwise`] or [`winograd`] where they take the forward pass, then
+//!   [`channel_major`]'s register tiles (output channels a multiple of 16, at most 49 live taps, AVX2), else
+//!   [`im2col`];
+//! - input gradient ([`InputGradAlgo`]): [`pointwise`] where it takes the forward pass; for a stride-1
+//!   convolution whose taps are all live, the forward pass of the transposed convolution (`dy` convolved with the kernel
 //!   rotated by 180° and its channel axes swapped), by whichever forward algorithm above takes that geometry,
 //!   with the full `k·k·cout` depth instead of a shallow product into a huge column gradient; else [`im2col`]'s
 //!   `col2im(dy · wᵀ)`.
