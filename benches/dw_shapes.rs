@@ -1,8 +1,10 @@
 //! Weight-gradient kernels at the chapter's 96×96 shapes, batch 256: the channel-major direct kernel vs
 //! im2col + gemm, alternating, best of 5 each.
 //! `cargo bench --bench dw_shapes [-- NAME-FILTER]`, e.g. `-- 3×3/2`
-use resnet::kernels::conv::{im2col, ConvGeom};
-use resnet::kernels::conv_direct::{conv_weight_grad_cm, weight_grad_chunk, weight_grad_handles};
+use resnet::kernels::conv::channel_major::{
+    conv_weight_grad_cm, weight_grad_chunk, weight_grad_handles,
+};
+use resnet::kernels::conv::{im2col::im2col, ConvGeom};
 use resnet::kernels::gemm::{matmul, MatRef};
 use std::time::Instant;
 

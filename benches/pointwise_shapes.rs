@@ -1,9 +1,10 @@
 //! GFLOP/s of ResNet-50's 1×1 convolutions at 224×224, batch 32: the gemm crate against the direct kernels.
 //! `cargo bench --bench pointwise_shapes [-- CIN-COUT]`, e.g. `-- 64-256`
-use resnet::kernels::conv_direct::{self, Weights};
-use resnet::kernels::conv_pointwise;
+use resnet::kernels::conv::channel_major;
+use resnet::kernels::conv::direct::{self as conv_direct, Weights};
+use resnet::kernels::conv::pointwise as conv_pointwise;
+use resnet::kernels::conv::ConvGeom;
 use resnet::kernels::gemm::{matmul, MatRef};
-use resnet::kernels::geom::ConvGeom;
 use std::time::Instant;
 
 fn best(mut f: impl FnMut()) -> f64 {
@@ -112,9 +113,9 @@ fn run() {
                 MatRef::row_major(&dy, cout),
             )
         });
-        let (_, wl) = conv_direct::weight_grad_chunk(&gp, n);
+        let (_, wl) = channel_major::weight_grad_chunk(&gp, n);
         let mut ws = vec![0.0f32; wl];
-        let tcw = best(|| conv_direct::conv_weight_grad_cm(&gp, n, &x, &dy, &mut dw, &mut ws));
+        let tcw = best(|| channel_major::conv_weight_grad_cm(&gp, n, &x, &dy, &mut dw, &mut ws));
         let mut dws = vec![0.0f32; conv_pointwise::weight_grad_workspace_len(&gp, n)];
         let tpdw = best(|| conv_pointwise::weight_grad(&gp, n, &x, &dy, &mut dw, &mut dws));
         // dx = dy wᵀ

@@ -10,7 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use resnet::data::Loader;
-use resnet::kernels::tile::cpu_supported;
+use resnet::kernels::conv::tile::cpu_supported;
 use resnet::nn::{ArchName, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
 use resnet::train::{Data, Run, Step, TrainConfig};

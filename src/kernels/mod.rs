@@ -4,18 +4,12 @@
 //! so that a convolution is `im2col(x) [rows, kh·kw·cin] × w [kh·kw·cin, cout]`, which yields NHWC directly.
 
 pub mod conv;
-pub mod conv_direct;
-pub mod conv_pointwise;
-pub mod conv_winograd;
 pub mod gemm;
-pub mod geom;
 pub mod linear;
 pub mod loss;
 pub mod norm;
-pub mod plan;
 pub mod pointwise;
 pub mod pool;
-pub mod tile;
 
 use rayon::prelude::*;
 

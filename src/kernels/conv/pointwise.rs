@@ -187,8 +187,8 @@ pub fn input_grad(
     let dx = &mut dx[..n * g.h * g.w * g.cin];
     if g.stride > 1 {
         // Pixels off the stride grid get no gradient (and, with an odd plane, neither do the last row and column).
-        let piece = super::piece_len(dx.len(), 1 << 14);
-        super::par_pieces(dx, piece, |_, d| d.fill(0.0));
+        let piece = crate::kernels::piece_len(dx.len(), 1 << 14);
+        crate::kernels::par_pieces(dx, piece, |_, d| d.fill(0.0));
     }
     let packed = &mut workspace[..g.cin * g.cout];
     pack(g.cout, g.cin, w, true, packed);
@@ -391,31 +391,7 @@ pub fn weight_grad(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Naive `y = x_s · w` (+ epilogue), `dx`, `dw` over the stride grid.
-    fn naive(
-        g: &ConvGeom,
-        n: usize,
-        x: &[f32],
-        w: &[f32],
-        dy: &[f32],
-    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let rows = n * g.oh * g.ow;
-        let mut y = vec![0.0f32; rows * g.cout];
-        let mut dx = vec![0.0f32; n * g.h * g.w * g.cin];
-        let mut dw = vec![0.0f32; g.cin * g.cout];
-        for r in 0..rows {
-            let p = grid_pixel(g, r);
-            for ci in 0..g.cin {
-                for co in 0..g.cout {
-                    y[r * g.cout + co] += x[p + ci] * w[ci * g.cout + co];
-                    dx[p + ci] += dy[r * g.cout + co] * w[ci * g.cout + co];
-                    dw[ci * g.cout + co] += x[p + ci] * dy[r * g.cout + co];
-                }
-            }
-        }
-        (y, dx, dw)
-    }
+    use crate::kernels::conv::reference;
 
     #[test]
     fn products_match_the_definition() {
@@ -444,7 +420,9 @@ mod tests {
             let dy: Vec<f32> = (0..rows * cout)
                 .map(|i| ((i * 613 % 101) as f32 - 50.0) / 77.0)
                 .collect();
-            let (want_y, want_dx, want_dw) = naive(&g, n, &x, &w, &dy);
+            let want_y = reference::forward(&g, n, &x, &w, &[]);
+            let want_dx = reference::input_grad(&g, n, &dy, &w);
+            let want_dw = reference::weight_grad(&g, n, &x, &dy);
             let close = |got: &[f32], want: &[f32], what: &str| {
                 assert_eq!(got.len(), want.len());
                 for (i, (a, b)) in got.iter().zip(want).enumerate() {

@@ -134,3 +134,23 @@ impl ConvGeom {
         (g.oh == self.h && g.ow == self.w && g.all_taps_live()).then_some(g)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_taps_are_found() {
+        // 3×3 pad 1 on a 1×1 plane: only the centre tap reads the input.
+        let g = ConvGeom::new(4, 4, 3, 1, 1, 1, 1).unwrap();
+        assert_eq!(g.live_taps(), 1);
+        // 3×3 stride 2 pad 1 from 2×2 to 1×1: rows/cols 1 and 2 are live.
+        let g = ConvGeom::new(4, 4, 3, 2, 1, 2, 2).unwrap();
+        assert_eq!((g.oh, g.live_taps()), (1, 4));
+        // 7×7 stride 2 pad 3 on 28×28: every tap is live somewhere.
+        assert_eq!(
+            ConvGeom::new(1, 8, 7, 2, 3, 28, 28).unwrap().live_taps(),
+            49
+        );
+    }
+}
