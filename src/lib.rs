@@ -15,6 +15,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod infer;
 pub mod kernels;
+pub mod model_file;
 pub mod nn;
 pub mod optim;
 pub mod pth;

@@ -1,15 +1,13 @@
 //! The `resnet` command line: train, eval, predict, summary, bench.
 
 use clap::Parser;
-use resnet::checkpoint::META_CLASSES;
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
 use resnet::data::{
     channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Subset,
 };
 use resnet::dist::{agree, Collective};
-use resnet::infer::{
-    class_names, load_model, preprocess_for, ranked, softmax, stored_pipeline, Model,
-};
+use resnet::infer::{ranked, softmax, Model};
+use resnet::model_file::ModelFile;
 use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
 use resnet::train::{check_identity, evaluate, Data, ProgressMode, Run, TrainConfig};
 use resnet::{bail, Error, Result};
@@ -279,14 +277,16 @@ fn eval(
     batch_size: usize,
     tta: bool,
 ) -> Result<()> {
-    let (mut net, meta) = load_model(weights, arch)?;
-    let names = class_names(weights, &net.config, &meta)?;
-    let stored = stored_pipeline(weights, &meta)?.filter(|_| resize.is_none());
+    let file = ModelFile::load(weights)?;
+    file.check_arch(arch)?;
+    let mut net = file.network()?;
+    let names = file.class_names();
     let dir = data_dir(data)?;
     let opts = DataOptions {
         format,
         // A model trained here says how its images were prepared: convert the data to its channels.
-        channels: stored.as_ref().map(|_| net.config.in_channels),
+        channels: (resize.is_none() && file.eval_transform.is_some())
+            .then_some(net.config.in_channels),
         val_split,
         seed,
         verify: verify_bundled(data),
@@ -315,7 +315,7 @@ fn eval(
             dir.display()
         );
     }
-    if meta.contains_key(META_CLASSES) && test.classes() != names.as_slice() {
+    if file.classes.is_some() && test.classes() != names.as_slice() {
         let i = (0..k).find(|&i| test.classes()[i] != names[i]).unwrap_or(0);
         bail!(
             "{}: class {i} is `{}`, but in {} it is `{}`: the labels would not mean the same classes",
@@ -325,7 +325,7 @@ fn eval(
             test.classes()[i]
         );
     }
-    let pipeline = preprocess_for(weights, &meta, resize, c)?;
+    let pipeline = file.preprocess(resize)?;
     let loader = Loader::with_pipeline(test, batch_size, false, 0, pipeline)?;
     let ev = evaluate(&mut net, &loader, tta)?;
     let (h, w) = loader.image_size();
