@@ -2,7 +2,8 @@
 //! the committed seeds and on every input a fuzzer ever crashed (tests/fuzz_regressions.rs). Each takes
 //! arbitrary bytes and panics only when an invariant is broken: errors are the expected answer to bad input.
 
-use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
+use crate::cli::Cli;
+use crate::commands::summary::{parse_shape, MAX_INPUT_VALUES};
 use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::decode_image;

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod commands;
 pub mod data;
 pub mod dist;
 pub mod error;
