@@ -1,4 +1,5 @@
-//! The `resnet` command line: train, eval, predict, summary, bench.
+//! The `resnet` command line: train, eval, predict, summary, bench, serve. Training runs here; the other
+//! subcommands are the library's [`resnet::commands`].
 
 use clap::Parser;
 use resnet::cli::{Cli, Command, TrainArgs};

@@ -48,39 +48,6 @@ pub struct BenchArgs {
     pub cache_mb: usize,
 }
 
-/// `bench --loader DIR`: one epoch of the loader on an image folder, printed as a line (or JSON).
-fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
-    let preset = args.transforms;
-    let opts = crate::data::FolderOptions {
-        cache_mb: args.cache_mb,
-        threads: args.workers.max(1),
-        ..Default::default()
-    };
-    let batch = args.batch();
-    let r = crate::data::bench_loader(dir, &opts, preset, batch, args.workers, None)?;
-    if args.json {
-        let v = serde_json::json!({
-            "loader": dir.display().to_string(), "transforms": args.transforms.to_string(), "workers": args.workers,
-            "batch": batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
-            "open_seconds": r.open_seconds,
-        });
-        println!("{v}");
-    } else {
-        println!(
-            "loader {}: {} images in {:.2} s: {:.0} images/s ({} workers, batch {}, {} transforms; opening took {:.2} s)",
-            dir.display(),
-            r.images,
-            r.seconds,
-            r.images_per_s,
-            args.workers,
-            batch,
-            args.transforms,
-            r.open_seconds
-        );
-    }
-    Ok(())
-}
-
 /// Largest `--batch`.
 pub const MAX_BATCH: usize = 4096;
 /// Most `--iters` or `--warmup`.
@@ -193,6 +160,39 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "results": results,
         });
         println!("{v}");
+    }
+    Ok(())
+}
+
+/// `bench --loader DIR`: one epoch of the loader on an image folder, printed as a line (or JSON).
+fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
+    let preset = args.transforms;
+    let opts = crate::data::FolderOptions {
+        cache_mb: args.cache_mb,
+        threads: args.workers.max(1),
+        ..Default::default()
+    };
+    let batch = args.batch();
+    let r = crate::data::bench_loader(dir, &opts, preset, batch, args.workers, None)?;
+    if args.json {
+        let v = serde_json::json!({
+            "loader": dir.display().to_string(), "transforms": args.transforms.to_string(), "workers": args.workers,
+            "batch": batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
+            "open_seconds": r.open_seconds,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "loader {}: {} images in {:.2} s: {:.0} images/s ({} workers, batch {}, {} transforms; opening took {:.2} s)",
+            dir.display(),
+            r.images,
+            r.seconds,
+            r.images_per_s,
+            args.workers,
+            batch,
+            args.transforms,
+            r.open_seconds
+        );
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! | [`eval`] | accuracy, per-class accuracy and confusion matrix of a model file on a test set |
 //! | [`predict`] | the top classes of image files |
 //! | [`summary`] | a network's shape walk, parameter count and convolution plans |
-//! | [`bench`] | training and inference throughput, latency, memory; or the data loader alone |
+//! | [`bench`](mod@bench) | training and inference throughput, latency, memory; or the data loader alone |
 //! | [`serve`] | a model behind HTTP |
 
 pub mod bench;
