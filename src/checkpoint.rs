@@ -3,6 +3,7 @@
 //! ours (safetensors) loads into PyTorch with `load_state_dict(..., strict=True)`. Writes are atomic (temporary
 //! file, fsync, rename).
 
+use crate::error::Context;
 use crate::nn::{BlockKind, Naming, ResNet, ResNetConfig, Shortcut, StateDict, StateTensor, Stem};
 use crate::{bail, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -48,24 +49,22 @@ pub fn serialize(sd: &StateDict, metadata: &BTreeMap<String, String>) -> Result<
     let mut views = Vec::with_capacity(buffers.len());
     for (k, dtype, shape, bytes) in &buffers {
         let view = TensorView::new(*dtype, shape.clone(), bytes)
-            .map_err(|e| Error::new(format!("tensor `{k}`: {e}")))?;
+            .with_context(|| format!("tensor `{k}`"))?;
         views.push((k.as_str(), view));
     }
     let meta: HashMap<String, String> = metadata
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| Error::new(format!("serializing safetensors: {e}")))
+    safetensors::serialize(views, Some(meta)).context("serializing safetensors")
 }
 
 /// Parses safetensors bytes into a state dict (F32 and I64 tensors; anything else is an error naming the key)
 /// and its metadata. `origin` names the file in errors.
 pub fn deserialize(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
-    let (_, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::new(format!("{origin}: not a valid safetensors file: {e}")))?;
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| Error::new(format!("{origin}: not a valid safetensors file: {e}")))?;
+    let invalid = || format!("{origin}: not a valid safetensors file");
+    let (_, header) = SafeTensors::read_metadata(bytes).with_context(invalid)?;
+    let st = SafeTensors::deserialize(bytes).with_context(invalid)?;
     let metadata: BTreeMap<String, String> = header
         .metadata()
         .as_ref()
@@ -105,7 +104,7 @@ pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<S
 
 /// Reads a whole file, refusing files over [`MAX_FILE_BYTES`].
 pub fn read_file_limited(path: &Path) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    let meta = fs::metadata(path).context(path.display())?;
     if meta.len() > MAX_FILE_BYTES {
         bail!(
             "{}: {} bytes is larger than the {} byte limit for a checkpoint",
@@ -114,7 +113,7 @@ pub fn read_file_limited(path: &Path) -> Result<Vec<u8>> {
             MAX_FILE_BYTES
         );
     }
-    fs::read(path).map_err(|e| Error::new(format!("{}: {e}", path.display())))
+    fs::read(path).context(path.display())
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, fsync of the
@@ -132,7 +131,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let io = |e: std::io::Error| Error::new(format!("{}: {e}", path.display()));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -146,7 +144,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result.context(path.display())
 }
 
 /// Whether `name` is a temporary file of [`write_atomic`]: `.NAME.tmpPID`.
@@ -308,25 +306,6 @@ pub fn save_model(path: &Path, net: &ResNet, extra: &BTreeMap<String, String>) -
     write_atomic(path, &bytes)
 }
 
-/// Loads a model file: builds the network its metadata (or, for PyTorch files, its keys) describes and loads
-/// the weights strictly. Returns the network and the file's metadata.
-pub fn load_model(path: &Path) -> Result<(ResNet, BTreeMap<String, String>)> {
-    model_from_bytes(&read_file_limited(path)?, &path.display().to_string())
-}
-
-/// [`load_model`] on a file's bytes; `origin` names the file in errors.
-pub fn model_from_bytes(bytes: &[u8], origin: &str) -> Result<(ResNet, BTreeMap<String, String>)> {
-    let (sd, meta) = read_weights(bytes, origin)?;
-    let config = match meta.get(META_ARCH) {
-        Some(a) => parse_arch(a).map_err(|e| Error::new(format!("{origin}: {e}")))?,
-        None => infer_config(&sd).map_err(|e| Error::new(format!("{origin}: {e}")))?,
-    };
-    let mut net = build_for(config, &sd, origin)?;
-    net.load_state_dict(&sd)
-        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-    Ok((net, meta))
-}
-
 /// Builds the network `config` describes for loading `sd` into, after checking that the file holds at least
 /// as many values as that network has parameters: metadata (or keys) describing a huge network in a small file
 /// is refused before the network is allocated.
@@ -351,16 +330,5 @@ pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<R
             )
         }
     }
-    ResNet::new(config, 0).map_err(|e| Error::new(format!("{origin}: {e}")))
-}
-
-/// Loads a model file into an existing network of a given architecture (strict), e.g. to check that a file
-/// matches what a command expects.
-pub fn load_into(path: &Path, net: &mut ResNet) -> Result<BTreeMap<String, String>> {
-    let origin = path.display().to_string();
-    let bytes = read_file_limited(path)?;
-    let (sd, meta) = read_weights(&bytes, &origin)?;
-    net.load_state_dict(&sd)
-        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-    Ok(meta)
+    ResNet::new(config, 0).context(origin)
 }

@@ -1,16 +1,13 @@
 //! The command line's arguments, parsed by clap and checked without touching a file: `resnet` runs what
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
-use crate::data::transforms::check_resize;
+use crate::commands::{BenchArgs, EvalArgs, PredictArgs, ServeArgs, SummaryArgs};
 use crate::data::{Format, Preset};
-use crate::nn::{ArchName, ResNetConfig, Stem};
+use crate::nn::{ArchName, ResNetConfig};
 use crate::train::{Recipe, Settings, TrainConfig};
-use crate::{bail, Error, Result, Shape4};
+use crate::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
-
-/// Largest `summary --input` (N·C·H·W values, 2^22): the command runs the network on it for real.
-pub const MAX_INPUT_VALUES: usize = 1 << 22;
 
 /// Most worker threads `--threads` accepts.
 pub const MAX_THREADS: usize = 1024;
@@ -38,222 +35,21 @@ pub enum Command {
     /// or on your own images: an image folder, CIFAR-10/100 or IDX files (--data).
     Train(Box<TrainArgs>),
     /// Evaluate saved weights on a test (or validation) set: accuracy, per-class accuracy, confusion matrix.
-    Eval {
-        /// A model file (ours, or `safetensors.torch.save_file(net.state_dict(), …)` from the chapter's code).
-        #[arg(long)]
-        weights: PathBuf,
-        /// Dataset directory, any format `train --data` reads; the test (or validation) images are evaluated
-        /// (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Dataset format: auto, idx, cifar10, cifar100, cifar100-coarse, folder.
-        #[arg(long, default_value = "auto")]
-        format: Format,
-        /// Refuse weights of another network than this one (the architecture is read from the file).
-        #[arg(long, value_enum)]
-        arch: Option<ArchName>,
-        /// Evaluate on the validation images a run held out with `train --val-split F --seed S` (the same F and
-        /// S; image folders without val/ or test/ always split, with 0.1 by default).
-        #[arg(long)]
-        val_split: Option<f64>,
-        /// The seed of `--val-split`'s draw (the training run's --seed).
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Input size (shorter side) to resize to; default: the size stored in the weights (required for PyTorch files).
-        #[arg(long)]
-        resize: Option<usize>,
-        /// Evaluate only the first N test images.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Images per evaluation batch.
-        #[arg(long, default_value_t = 256)]
-        batch_size: usize,
-        /// Test-time augmentation: classify each image by the mean of the logits of the image and its horizontal
-        /// mirror (twice the work).
-        #[arg(long)]
-        tta: bool,
-    },
+    Eval(EvalArgs),
     /// Classify PNG/JPEG images: the top classes with probabilities.
     ///
     /// For a one-channel model (the chapter's), images of any size are converted to grayscale and resized as in
     /// training; Fashion-MNIST items are light objects on a dark (black) background: a photo of a dark item on
     /// white should be inverted first. For a three-channel model (torchvision's), images are read as RGB with
     /// torchvision's ImageNet evaluation transform (resize 256, center crop 224, ImageNet mean and std).
-    Predict {
-        /// A model file: ours, safetensors saved from PyTorch, or torchvision's `.pth` state dict.
-        #[arg(long)]
-        weights: PathBuf,
-        /// Image files (PNG or JPEG).
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
-        /// Input size (shorter side) of a one-channel model; default: the size stored in the weights (required
-        /// for PyTorch files).
-        #[arg(long)]
-        resize: Option<usize>,
-        /// How many of the most probable classes to print.
-        #[arg(long, default_value_t = 3)]
-        topk: usize,
-        /// Refuse weights of another network than this one (the architecture is read from the file).
-        #[arg(long, value_enum)]
-        arch: Option<ArchName>,
-        /// Print, per image, the logits, the probabilities, the predicted class and the top classes as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Test-time augmentation: the mean of the logits of each image and its horizontal mirror (the JSON's
-        /// `logits` are then that mean).
-        #[arg(long)]
-        tta: bool,
-    },
+    Predict(PredictArgs),
     /// Print a network's layer-by-layer shape walk and its parameter count (the chapter's by default).
-    Summary {
-        /// The network: the chapter's ResNet-18, or torchvision's resnet18/34/50/101/152.
-        #[arg(long, value_enum, default_value = "chapter")]
-        arch: ArchName,
-        /// Input shape as NxCxHxW; its C is the network's input channels [default: the chapter's 1x1x224x244,
-        /// torchvision's 1x3x224x224].
-        #[arg(long, allow_hyphen_values = true)]
-        input: Option<String>,
-        /// Classes of the final layer [default: the chapter's 10, torchvision's 1000].
-        #[arg(long)]
-        classes: Option<usize>,
-        /// The stem: `imagenet` (7×7 stride 2 + max pool) or `small` (3×3 stride 1, no pool).
-        #[arg(long, value_enum, default_value = "imagenet")]
-        stem: Stem,
-        /// Also print each convolution's plan on this CPU for this input (batch = its N): the algorithm of the
-        /// forward pass, the weight gradient and the input gradient.
-        #[arg(long)]
-        plan: bool,
-    },
+    Summary(SummaryArgs),
     /// Benchmark the chapter's network: training and inference images/s, batch-1 latency, peak memory.
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
     /// Serve a model over HTTP: POST /v1/predict (PNG/JPEG or multipart), GET /v1/model, /healthz, /metrics,
     /// and a page at / to try it; concurrent requests are batched into one forward pass.
     Serve(ServeArgs),
-}
-
-/// Most images `serve --max-batch` gathers into one forward pass.
-pub const MAX_SERVE_BATCH: usize = 1024;
-/// Most images `serve --queue` lets wait.
-pub const MAX_SERVE_QUEUE: usize = 1 << 16;
-
-/// `resnet serve` arguments.
-#[derive(Args)]
-pub struct ServeArgs {
-    /// A model file: ours, safetensors saved from PyTorch, or torchvision's `.pth` state dict.
-    #[arg(long)]
-    pub weights: PathBuf,
-    /// Address to listen on (port 0: any free port; the one taken is printed).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub addr: std::net::SocketAddr,
-    /// Refuse weights of another network than this one.
-    #[arg(long, value_enum)]
-    pub arch: Option<ArchName>,
-    /// Input size (shorter side) of a one-channel model; default: the size stored in the weights.
-    #[arg(long)]
-    pub resize: Option<usize>,
-    /// Most images in one forward pass.
-    #[arg(long, default_value_t = 32)]
-    pub max_batch: usize,
-    /// Most input pixels (images × height × width) in one forward pass: 8 images of 224×224 by default
-    /// (resnet50's throughput at batch 8 is its throughput at 32, in a third of the memory); the chapter's 96×96
-    /// images still go 32 at a time.
-    #[arg(long, default_value_t = 8 * 224 * 224)]
-    pub max_batch_pixels: usize,
-    /// Longest the first image of a batch waits for more, milliseconds.
-    #[arg(long, default_value_t = 5)]
-    pub max_wait_ms: u64,
-    /// Most images waiting for a forward pass; beyond it requests get 503 with Retry-After.
-    #[arg(long, default_value_t = 256)]
-    pub queue: usize,
-    /// Largest request body, MiB.
-    #[arg(long, default_value_t = 16)]
-    pub max_body_mb: usize,
-    /// Most images in one multipart request.
-    #[arg(long, default_value_t = 64)]
-    pub max_images: usize,
-    /// Longest a request may take, seconds: reading the body (else 408), then waiting for the answer (else 503).
-    #[arg(long, default_value_t = 30.0)]
-    pub timeout: f64,
-    /// Classes returned when a request does not say (`?topk=`).
-    #[arg(long, default_value_t = 5)]
-    pub topk: usize,
-    /// Test-time augmentation for every image: the mean of its and its mirror's logits.
-    #[arg(long)]
-    pub tta: bool,
-    /// Run each convolution with the algorithm a batch of one gets, so that an image's answer is bit for bit the
-    /// same whatever it is batched with; `--batch-invariant=false` lets large batches pick faster algorithms
-    /// (answers then equal to f32 rounding).
-    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub batch_invariant: bool,
-}
-
-impl ServeArgs {
-    /// The checked options (no file is read).
-    pub fn options(&self) -> Result<crate::serve::ServeOptions> {
-        if self.max_batch == 0 || self.max_batch > MAX_SERVE_BATCH {
-            bail!(
-                "--max-batch must be between 1 and {MAX_SERVE_BATCH}, got {}",
-                self.max_batch
-            );
-        }
-        if self.max_batch_pixels == 0 || self.max_batch_pixels > 1 << 26 {
-            bail!(
-                "--max-batch-pixels must be between 1 and {}, got {}",
-                1 << 26,
-                self.max_batch_pixels
-            );
-        }
-        if self.queue == 0 || self.queue > MAX_SERVE_QUEUE {
-            bail!(
-                "--queue must be between 1 and {MAX_SERVE_QUEUE}, got {}",
-                self.queue
-            );
-        }
-        if self.max_wait_ms > 10_000 {
-            bail!(
-                "--max-wait-ms must be at most 10000, got {}",
-                self.max_wait_ms
-            );
-        }
-        if self.max_body_mb == 0 || self.max_body_mb > 1024 {
-            bail!(
-                "--max-body-mb must be between 1 and 1024, got {}",
-                self.max_body_mb
-            );
-        }
-        if self.max_images == 0 || self.max_images > MAX_SERVE_BATCH {
-            bail!(
-                "--max-images must be between 1 and {MAX_SERVE_BATCH}, got {}",
-                self.max_images
-            );
-        }
-        if !(self.timeout.is_finite() && self.timeout > 0.0 && self.timeout <= 3600.0) {
-            bail!(
-                "--timeout must be a number of seconds above 0 and at most 3600, got {}",
-                self.timeout
-            );
-        }
-        if self.topk == 0 {
-            bail!("--topk must be at least 1");
-        }
-        self.resize.map_or(Ok(()), check_resize)?;
-        Ok(crate::serve::ServeOptions {
-            addr: self.addr,
-            batch: crate::serve::BatchOptions {
-                max_batch: self.max_batch,
-                max_batch_pixels: self.max_batch_pixels,
-                max_wait: std::time::Duration::from_millis(self.max_wait_ms),
-                queue: self.queue,
-                tta: self.tta,
-            },
-            max_body: self.max_body_mb << 20,
-            max_images: self.max_images,
-            timeout: std::time::Duration::from_secs_f64(self.timeout),
-            max_decode_bytes: crate::serve::MAX_DECODE_BYTES,
-            max_input_side: crate::serve::MAX_INPUT_SIDE,
-            topk: self.topk,
-        })
-    }
 }
 
 /// `resnet train` arguments.
@@ -355,47 +151,6 @@ pub struct TrainArgs {
     pub bucket_mb: Option<f64>,
 }
 
-/// Most classes `--classes` accepts.
-pub const MAX_CLASSES: usize = 1 << 16;
-
-/// `summary --input` when none is given: the chapter's `1x1x224x244`, torchvision's `1x3x224x224`.
-pub fn default_summary_input(arch: ArchName) -> &'static str {
-    match arch {
-        ArchName::Chapter => "1x1x224x244",
-        _ => "1x3x224x224",
-    }
-}
-
-/// `summary --classes` when none is given: the chapter's 10, ImageNet's 1000 for torchvision's models.
-pub fn default_classes(arch: ArchName) -> usize {
-    match arch {
-        ArchName::Chapter => 10,
-        _ => 1000,
-    }
-}
-
-/// Parses `NxCxHxW` (e.g. `1x1x224x244`) into a shape; every dimension positive and the total bounded.
-pub fn parse_shape(s: &str) -> Result<Shape4> {
-    let parts: Vec<&str> = s.split(['x', 'X', '×']).collect();
-    if parts.len() != 4 {
-        bail!("--input `{s}`: expected four dimensions NxCxHxW, e.g. 1x1x224x244");
-    }
-    let mut d = [0usize; 4];
-    for (slot, p) in d.iter_mut().zip(&parts) {
-        *slot = p
-            .trim()
-            .parse()
-            .map_err(|_| Error::new(format!("--input `{s}`: `{p}` is not a positive integer")))?;
-        if *slot == 0 {
-            bail!("--input `{s}`: dimensions must be positive");
-        }
-    }
-    match d.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x)) {
-        Some(t) if t <= MAX_INPUT_VALUES => Ok(Shape4::new(d[0], d[1], d[2], d[3])),
-        _ => bail!("--input `{s}`: more than 2^22 values is beyond what this command runs"),
-    }
-}
-
 impl TrainArgs {
     /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated.
     pub fn config(&self) -> Result<TrainConfig> {
@@ -489,48 +244,9 @@ impl Cli {
                 }
                 Ok(())
             }
-            Command::Eval {
-                resize,
-                limit,
-                batch_size,
-                val_split,
-                ..
-            } => {
-                if let Some(f) = val_split.filter(|f| !(*f > 0.0 && *f < 1.0)) {
-                    bail!("--val-split must be a fraction between 0 and 1 (exclusive), got {f}");
-                }
-                resize.map_or(Ok(()), check_resize)?;
-                if *batch_size == 0 || *batch_size > crate::train::MAX_BATCH {
-                    bail!(
-                        "--batch-size must be between 1 and {}, got {batch_size}",
-                        crate::train::MAX_BATCH
-                    );
-                }
-                if *limit == Some(0) {
-                    bail!("--limit must be at least 1");
-                }
-                Ok(())
-            }
-            Command::Predict { resize, topk, .. } => {
-                if *topk == 0 {
-                    bail!("--topk must be at least 1");
-                }
-                resize.map_or(Ok(()), check_resize)
-            }
-            Command::Summary {
-                arch,
-                input,
-                classes,
-                ..
-            } => {
-                parse_shape(input.as_deref().unwrap_or(default_summary_input(*arch)))?;
-                match classes {
-                    Some(c) if *c == 0 || *c > MAX_CLASSES => {
-                        bail!("--classes must be between 1 and {MAX_CLASSES}, got {c}")
-                    }
-                    _ => Ok(()),
-                }
-            }
+            Command::Eval(a) => a.check(),
+            Command::Predict(a) => a.check(),
+            Command::Summary(a) => a.check(),
             Command::Bench(b) => b.check().map(|_| ()),
             Command::Serve(a) => a.options().map(|_| ()),
         }

@@ -2,13 +2,14 @@
 //! the committed seeds and on every input a fuzzer ever crashed (tests/fuzz_regressions.rs). Each takes
 //! arbitrary bytes and panics only when an invariant is broken: errors are the expected answer to bad input.
 
-use crate::checkpoint::model_from_bytes;
-use crate::cli::{parse_shape, Cli, MAX_INPUT_VALUES};
+use crate::cli::Cli;
+use crate::commands::summary::{parse_shape, MAX_INPUT_VALUES};
 use crate::data::cifar::{self, Kind, Label};
 use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::decode_image;
 use crate::data::transforms::{to_tensor_chw, Pipeline, Step};
 use crate::data::ImageDataset;
+use crate::model_file::ModelFile;
 use crate::nn::SeedableRng;
 use crate::nn::StateTensor;
 use crate::pth::read_state_dict;
@@ -34,7 +35,8 @@ pub fn idx(data: &[u8]) {
 /// Checkpoint loading: as a model file (`--weights`; what loads must run) and as a training checkpoint with
 /// metadata and optimizer state (`--resume`).
 pub fn checkpoint(data: &[u8]) {
-    if let Ok((mut net, _)) = model_from_bytes(data, "fuzz-model.safetensors") {
+    let origin = Path::new("fuzz-model.safetensors");
+    if let Ok(mut net) = ModelFile::from_bytes(data, origin).and_then(|f| f.network()) {
         net.set_train(false);
         let c = net.config.in_channels;
         let x = vec![0.5f32; c * 16 * 16];

@@ -51,12 +51,14 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod commands;
 pub mod data;
 pub mod dist;
 pub mod error;
 pub mod fuzzing;
 pub mod infer;
 pub mod kernels;
+pub mod model_file;
 pub mod nn;
 pub mod optim;
 pub mod pth;

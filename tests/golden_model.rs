@@ -20,7 +20,8 @@
 
 mod common;
 use common::{assert_abs, assert_close, golden_path, Golden};
-use resnet::checkpoint::load_model;
+use resnet::checkpoint::deserialize;
+use resnet::model_file::ModelFile;
 use resnet::nn::resnet::load_residual;
 use resnet::nn::{InitRng, ResNet, ResNetConfig, Residual, SeedableRng, Workspace};
 use resnet::tensor::{nchw_to_nhwc, nhwc_to_nchw};
@@ -294,7 +295,8 @@ fn chapter_block_examples_have_the_chapters_shapes_and_values() {
 #[test]
 fn pytorch_saved_state_dict_loads_and_infers_the_architecture() {
     let path = golden_path("small_net_state_pytorch.safetensors");
-    let (mut net, meta) = load_model(&path).unwrap();
+    let mut net = ModelFile::load(&path).unwrap().network().unwrap();
+    let (_, meta) = deserialize(&std::fs::read(&path).unwrap(), "pytorch file").unwrap();
     assert!(
         !meta.contains_key(resnet::checkpoint::META_ARCH),
         "a PyTorch file carries no arch metadata"

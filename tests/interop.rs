@@ -8,7 +8,8 @@
 
 mod common;
 use common::{golden_path, scaled_max_diff};
-use resnet::checkpoint::{self, deserialize, load_model, save_model, serialize, META_ARCH};
+use resnet::checkpoint::{self, deserialize, save_model, serialize, META_ARCH};
+use resnet::model_file::ModelFile;
 use resnet::nn::{resnet18, ResNetConfig, StateDict, StateTensor};
 use resnet::Shape4;
 use safetensors::tensor::{Dtype, TensorView};
@@ -86,11 +87,11 @@ fn set(sd: &mut StateDict, key: &str, t: StateTensor) {
         .1 = t;
 }
 
-/// Writes `bytes` under `dir` and returns `load_model`'s error message (panics if it loads).
+/// Writes `bytes` under `dir` and returns the error message of loading it (panics if it loads).
 fn load_err(dir: &TempDir, name: &str, bytes: &[u8]) -> String {
     let path = dir.join(name);
     fs::write(&path, bytes).unwrap();
-    match load_model(&path) {
+    match ModelFile::load(&path).and_then(|f| f.network()) {
         Ok(_) => panic!("{name}: a bad file loaded"),
         Err(e) => {
             let msg = e.to_string();
@@ -126,7 +127,7 @@ fn pytorch_small_file_round_trips_through_save_model() {
     let src = golden_path(SMALL_PYTORCH_FILE);
     let (pt_sd, pt_meta) = read_sd(&src);
     assert!(!pt_meta.contains_key(META_ARCH));
-    let (net, _) = load_model(&src).unwrap();
+    let net = ModelFile::load(&src).unwrap().network().unwrap();
     assert_eq!(
         net.config,
         ResNetConfig {
@@ -196,7 +197,7 @@ fn pytorch_small_file_round_trips_through_save_model() {
             "num_batches_tracked must be a 0-d I64 as PyTorch writes it, got {t:?}"
         );
     }
-    let (again, _) = load_model(&out).unwrap();
+    let again = ModelFile::load(&out).unwrap().network().unwrap();
     assert_eq!(again.config, net.config);
     assert_eq!(
         again.state_dict(),
@@ -389,7 +390,8 @@ fn pytorch_chapter_file_from_env() {
     let (in_shape, input) = get("input");
     let (logits_shape, want) = get("logits");
 
-    let (mut net, meta) = load_model(&path).unwrap();
+    let mut net = ModelFile::load(&path).unwrap().network().unwrap();
+    let (_, meta) = read_sd(&path);
     assert!(
         !meta.contains_key(META_ARCH),
         "a PyTorch file carries no arch metadata"

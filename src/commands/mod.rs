@@ -1,0 +1,77 @@
+//! The subcommands other than `train`, each an `Args` struct (its flags, parsed by clap and checked without
+//! touching a file) and a `run` function: what `resnet COMMAND` does, reachable from the library's tests.
+//!
+//! | command | |
+//! |---|---|
+//! | [`eval`] | accuracy, per-class accuracy and confusion matrix of a model file on a test set |
+//! | [`predict`] | the top classes of image files |
+//! | [`summary`] | a network's shape walk, parameter count and convolution plans |
+//! | [`bench`](mod@bench) | training and inference throughput, latency, memory; or the data loader alone |
+//! | [`serve`] | a model behind HTTP |
+
+pub mod bench;
+pub mod eval;
+pub mod predict;
+pub mod serve;
+pub mod summary;
+
+pub use bench::BenchArgs;
+pub use eval::EvalArgs;
+pub use predict::PredictArgs;
+pub use serve::ServeArgs;
+pub use summary::SummaryArgs;
+
+use crate::data::find_data_dir;
+use crate::error::Context;
+use crate::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
+/// `threads` is `--threads` (default: the physical cores).
+pub fn thread_pool(threads: Option<usize>) -> Result<()> {
+    let threads = threads.unwrap_or_else(|| num_cpus::get_physical().max(1));
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("thread pool")
+}
+
+/// `--data DIR` as given (any format; checked when opened), else `$RESNET_DATA` or the bundled Fashion-MNIST.
+pub fn data_dir(flag: Option<&Path>) -> Result<PathBuf> {
+    match flag {
+        Some(dir) if !dir.is_dir() => bail!("--data {}: no such directory", dir.display()),
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => find_data_dir(None),
+    }
+}
+
+/// Whether the data comes from the bundled or system Fashion-MNIST, whose checksums are known.
+pub fn verify_bundled(flag: Option<&Path>) -> bool {
+    flag.is_none() && std::env::var_os(crate::data::fashion_mnist::ENV_VAR).is_none()
+}
+
+/// `n` with its thousands separated by commas: 11,178,378.
+fn group_thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_thousands;
+
+    #[test]
+    fn thousands_are_grouped_from_the_right() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(1000), "1,000");
+        assert_eq!(group_thousands(11_178_378), "11,178,378");
+    }
+}
