@@ -99,16 +99,11 @@ impl ModelFile {
             .map_err(|e| Error::new(format!("--init {}: {e}{hint}", self.path.display())))
     }
 
-    /// The name of each output, in label order: those `train` stored, else Fashion-MNIST's for one channel and
-    /// 10 classes, ImageNet's for 1000 classes, `class K` otherwise.
+    /// The name of each output, in label order: those `train` stored, else [`default_class_names`].
     pub fn class_names(&self) -> Vec<String> {
-        if let Some(names) = &self.classes {
-            return names.clone();
-        }
-        match (self.config.in_channels, self.config.num_classes) {
-            (1, 10) => CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
-            (_, 1000) => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
-            (_, k) => (0..k).map(|i| format!("class {i}")).collect(),
+        match &self.classes {
+            Some(names) => names.clone(),
+            None => default_class_names(&self.config),
         }
     }
 
@@ -196,6 +191,16 @@ fn imagenet_eval() -> Pipeline {
 
 /// ImageNet's 1000 class names in label order (torchvision's `weights.meta["categories"]`).
 const IMAGENET_CLASSES: &str = include_str!("data/imagenet_classes.txt");
+
+/// The names of a network's outputs when no file names them: Fashion-MNIST's for one channel and 10 classes,
+/// ImageNet's for 1000 classes, `class K` otherwise.
+pub fn default_class_names(config: &ResNetConfig) -> Vec<String> {
+    match (config.in_channels, config.num_classes) {
+        (1, 10) => CLASS_NAMES.iter().map(|s| s.to_string()).collect(),
+        (_, 1000) => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
+        (_, k) => (0..k).map(|i| format!("class {i}")).collect(),
+    }
+}
 
 #[cfg(test)]
 mod tests {
