@@ -2,13 +2,13 @@
 //! bilinear resampling, result rounded to u8), `ToTensor` (÷255), optional `Normalize`, and optional augmentation
 //! (random crop with zero padding, random horizontal flip).
 //!
-//! The chapter's functions take one-channel `h×w` images; the general ones take an [`Image`] of 1 (L) or 3 (RGB)
-//! channels, interleaved `h×w×c` as PIL stores it, and follow torchvision's definitions on PIL images:
-//! [`resize`] (`Resize(size)`), [`center_crop`] (`CenterCrop`), [`resized_crop`] + [`random_resized_crop_params`]
-//! (`RandomResizedCrop`), [`pad_crop`] + [`random_crop_params`] (`RandomCrop(size, padding)`), [`hflip_image`]
-//! (`RandomHorizontalFlip`), [`to_tensor_chw`] (`ToTensor` + `Normalize(mean[c], std[c])`), and on the tensor after
-//! them [`RandomErasing`] ([`random_erasing_params`] + [`erase`]). A [`Pipeline`] chains them; the presets are [`Pipeline::cifar`], [`Pipeline::imagenet`] and [`TransformConfig`](super::TransformConfig)
-//! (the chapter's).
+//! They take an [`Image`] of 1 (L) or 3 (RGB) channels, interleaved `h×w×c` as PIL stores it, and follow
+//! torchvision's definitions on PIL images: [`resize`] (`Resize(size)`), [`center_crop`] (`CenterCrop`),
+//! [`resized_crop`] + [`random_resized_crop_params`] (`RandomResizedCrop`), [`pad_crop`] + [`random_crop_params`]
+//! (`RandomCrop(size, padding)`), [`hflip_image`] (`RandomHorizontalFlip`), [`to_tensor_chw`] (`ToTensor` +
+//! `Normalize(mean[c], std[c])`), and on the tensor after them [`RandomErasing`] ([`random_erasing_params`] +
+//! [`erase`]). A [`Pipeline`] chains them; the presets are [`Pipeline::cifar`], [`Pipeline::imagenet`] and
+//! [`TransformConfig`](super::TransformConfig) (the chapter's).
 
 use crate::{bail, Error, Result};
 use rand::Rng;
@@ -109,10 +109,12 @@ fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// A precomputed bilinear resize from `in_h×in_w` to `out_h×out_w` u8 pixels, bit-exact with Pillow's
-/// `Image.resize((out_w, out_h), Image.BILINEAR)` on a mode-`L` image: a horizontal pass (skipped when the width
-/// is unchanged) into a u8 intermediate, then a vertical pass (skipped when the height is unchanged), each in
-/// 22-bit fixed point starting from ½ (rounding). Build once, apply to every image of that size.
+/// A precomputed bilinear resize from `in_h×in_w` to `out_h×out_w` u8 pixels of `c` interleaved channels,
+/// bit-exact with Pillow's `Image.resize((out_w, out_h), Image.BILINEAR)` on a mode-`L` (`c = 1`) or `RGB`
+/// (`c = 3`) image: a horizontal pass (skipped when the width is unchanged) into a u8 intermediate, then a
+/// vertical pass (skipped when the height is unchanged), each in 22-bit fixed point starting from ½ (rounding).
+/// Pillow resamples every band with the same weights, so each channel is the one-channel resize of that channel.
+/// Build once, apply to every image of that size.
 #[derive(Clone, Debug)]
 pub struct PilResize {
     c: usize,
@@ -125,21 +127,8 @@ pub struct PilResize {
 }
 
 impl PilResize {
-    /// Plans the resize. Panics if any size is 0 (Pillow refuses those too).
-    pub fn new(in_h: usize, in_w: usize, out_h: usize, out_w: usize) -> PilResize {
-        PilResize::with_channels(in_h, in_w, out_h, out_w, 1)
-    }
-
-    /// Plans the resize of `c`-channel interleaved images (`h×w×c`, as PIL's `RGB` with `c = 3`): Pillow resamples
-    /// every band with the same weights, so each channel is the one-channel resize of that channel. Panics if any
-    /// size or `c` is 0.
-    pub fn with_channels(
-        in_h: usize,
-        in_w: usize,
-        out_h: usize,
-        out_w: usize,
-        c: usize,
-    ) -> PilResize {
+    /// Plans the resize of `c`-channel images. Panics if any size or `c` is 0 (Pillow refuses empty images too).
+    pub fn new(in_h: usize, in_w: usize, out_h: usize, out_w: usize, c: usize) -> PilResize {
         assert!(c > 0, "resize: no channels");
         assert!(
             in_h > 0 && in_w > 0 && out_h > 0 && out_w > 0,
@@ -156,12 +145,8 @@ impl PilResize {
         }
     }
 
-    /// Output size `(out_h, out_w)`.
-    pub fn out_size(&self) -> (usize, usize) {
-        (self.out_h, self.out_w)
-    }
-
-    /// Resizes `src` (`in_h×in_w` u8) into `dst` (`out_h×out_w` u8). Panics if the lengths differ from the plan.
+    /// Resizes `src` (`in_h×in_w×c` u8) into `dst` (`out_h×out_w×c` u8). Panics if the lengths differ from the
+    /// plan.
     pub fn apply(&self, src: &[u8], dst: &mut [u8]) {
         let c = self.c;
         assert_eq!(
@@ -311,15 +296,6 @@ fn vertical_pass_portable(c: &Coeffs, src: &[u8], dst: &mut [u8], w: usize) {
     }
 }
 
-/// Resizes an `h×w` u8 image to `out_h×out_w` exactly as Pillow's `img.resize((out_w, out_h), Image.BILINEAR)`
-/// does for a mode-`L` image (antialiased when shrinking). Returns `out_h×out_w` u8. Panics if `src.len() != h·w`
-/// or a size is 0.
-pub fn resize_like_pil(src: &[u8], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<u8> {
-    let mut dst = vec![0u8; out_h * out_w];
-    PilResize::new(h, w, out_h, out_w).apply(src, &mut dst);
-    dst
-}
-
 /// torchvision's `Resize(size)` output size for an `h×w` image (int `size`, no `max_size`): the shorter edge
 /// becomes `size`, the longer `int(size · long / short)` (truncated, as Python's `int()`). Returns `(out_h, out_w)`.
 /// Panics if `h` or `w` is 0.
@@ -334,40 +310,6 @@ pub fn resize_shorter_side(h: usize, w: usize, size: usize) -> (usize, usize) {
     }
 }
 
-/// torchvision's `ToTensor` on u8 pixels: each value as f32 divided by 255 (same layout and length).
-pub fn to_tensor(src: &[u8]) -> Vec<f32> {
-    src.iter().map(|&v| v as f32 / 255.0).collect()
-}
-
-/// torchvision's `Normalize` for one channel: `x ↦ (x − mean) / std`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Normalize {
-    /// Subtracted from every value.
-    pub mean: f32,
-    /// Divides every value after the subtraction (positive).
-    pub std: f32,
-}
-
-impl Normalize {
-    /// Normalizes `x` in place.
-    pub fn apply(&self, x: &mut [f32]) {
-        for v in x {
-            *v = (*v - self.mean) / self.std;
-        }
-    }
-}
-
-/// `ToTensor` (÷255) then, if given, `Normalize`, from `src` u8 into `dst` f32 of the same length.
-pub fn to_tensor_into(src: &[u8], dst: &mut [f32], normalize: Option<Normalize>) {
-    assert_eq!(src.len(), dst.len(), "to_tensor_into: lengths differ");
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = s as f32 / 255.0;
-    }
-    if let Some(n) = normalize {
-        n.apply(dst);
-    }
-}
-
 /// Zero padding used by augmentation for images of side `size`: `max(1, size / 8)` (3 at 28, 12 at 96).
 pub const fn augment_padding(size: usize) -> usize {
     if size / 8 > 1 {
@@ -377,35 +319,6 @@ pub const fn augment_padding(size: usize) -> usize {
     }
 }
 
-/// torchvision's `RandomCrop((h, w), padding=pad)`: pads the `h×w` image with `pad` zeros on every side and cuts
-/// an `h×w` window at a uniformly random offset in `0..=2·pad` on each axis. Returns `h×w` u8.
-pub fn random_crop<R: Rng + ?Sized>(
-    src: &[u8],
-    h: usize,
-    w: usize,
-    pad: usize,
-    rng: &mut R,
-) -> Vec<u8> {
-    assert_eq!(src.len(), h * w, "random_crop: source length");
-    let top = rng.random_range(0..=2 * pad);
-    let left = rng.random_range(0..=2 * pad);
-    let mut out = vec![0u8; h * w];
-    for (y, out_row) in out.chunks_exact_mut(w).enumerate() {
-        let sy = (y + top) as isize - pad as isize;
-        if sy < 0 || sy >= h as isize {
-            continue;
-        }
-        let src_row = &src[sy as usize * w..][..w];
-        for (x, px) in out_row.iter_mut().enumerate() {
-            let sx = (x + left) as isize - pad as isize;
-            if sx >= 0 && sx < w as isize {
-                *px = src_row[sx as usize];
-            }
-        }
-    }
-    out
-}
-
 /// Mirrors an `h×w` image left to right, in place: every row of `w` values reversed, so also a flip along W of
 /// an NCHW tensor (`torch.flip(x, [3])`).
 pub fn hflip<T>(img: &mut [T], w: usize) {
@@ -413,25 +326,6 @@ pub fn hflip<T>(img: &mut [T], w: usize) {
         row.reverse();
     }
 }
-
-/// The loader's augmentation of an `h×w` u8 image: [`random_crop`] with padding `pad`, then a horizontal flip
-/// with probability ½. Returns `h×w` u8.
-pub fn augment<R: Rng + ?Sized>(
-    src: &[u8],
-    h: usize,
-    w: usize,
-    pad: usize,
-    rng: &mut R,
-) -> Vec<u8> {
-    let mut out = random_crop(src, h, w, pad, rng);
-    if rng.random_bool(0.5) {
-        hflip(&mut out, w);
-    }
-    out
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// General images: 1 or 3 channels, interleaved, any size
 
 /// An 8-bit image as PIL holds it: `pixels` is `h×w×c` interleaved (row-major, the `c` channel values of a pixel
 /// side by side), `c` = 1 (PIL mode `L`) or 3 (`RGB`).
@@ -521,7 +415,7 @@ pub fn resize_to(img: &Image, out_h: usize, out_w: usize) -> Image {
         return img.clone();
     }
     let mut pixels = vec![0u8; out_h * out_w * img.c];
-    PilResize::with_channels(img.h, img.w, out_h, out_w, img.c).apply(&img.pixels, &mut pixels);
+    PilResize::new(img.h, img.w, out_h, out_w, img.c).apply(&img.pixels, &mut pixels);
     Image {
         pixels,
         h: out_h,
@@ -683,7 +577,6 @@ pub fn hflip_image(img: &mut Image) {
 
 /// `ToTensor` then `Normalize(mean, std)` (per channel, if given) of an interleaved image into `dst`, laid out
 /// `[c, h, w]` (planar, as torchvision's tensors): `dst[ch·h·w + y·w + x] = (pixel/255 − mean[ch]) / std[ch]`.
-/// For one channel this is [`to_tensor_into`].
 pub fn to_tensor_chw(img: &Image, dst: &mut [f32], normalize: Option<(&[f32], &[f32])>) {
     let (plane, c) = (img.h * img.w, img.c);
     assert_eq!(dst.len(), plane * c, "to_tensor_chw: lengths differ");
@@ -1031,8 +924,6 @@ impl Pipeline {
         Ok(Some((mean, std)))
     }
 
-    /// Applies the u8 steps to `img`, drawing from `rng` in step order. An error (naming nothing: the caller adds
-    /// the image) when a `RandomCrop` is larger than the padded image.
     /// Checks a pipeline read from a model file before it runs on anything: evaluation steps only (no
     /// randomness), every size between 1 and [`MAX_STORED_SIZE`], one or three normalization values per side
     /// with finite means and positive finite stds.
@@ -1056,8 +947,10 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Applies the steps to `img` (random steps draw from `rng`); `ToTensor` and `Normalize` are the caller's
-    /// ([`to_tensor_chw`]).
+    /// Applies the u8 steps to `img`, drawing from `rng` in step order; `ToTensor` and `Normalize` are the
+    /// caller's ([`to_tensor_chw`]). An error (naming nothing: the caller adds the image)
+    /// when a `RandomCrop` is larger than the padded image, or a `Resize` would make a side longer than
+    /// [`MAX_RESIZED_SIDE`].
     pub fn apply<R: Rng + ?Sized>(&self, mut img: Image, rng: &mut R) -> Result<Image> {
         for s in &self.steps {
             img = match *s {
@@ -1114,6 +1007,13 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    /// Pillow's resize of the one-channel `h×w` image `src` to `out_h×out_w`.
+    fn resize_l(src: &[u8], h: usize, w: usize, out_h: usize, out_w: usize) -> Vec<u8> {
+        let mut dst = vec![0u8; out_h * out_w];
+        PilResize::new(h, w, out_h, out_w, 1).apply(src, &mut dst);
+        dst
+    }
+
     #[test]
     fn coefficients_sum_to_one_in_fixed_point() {
         for (i, o) in [(28, 96), (96, 28), (200, 128), (7, 5), (1, 3)] {
@@ -1131,14 +1031,10 @@ mod tests {
     #[test]
     fn same_size_is_a_copy_and_constant_stays_constant() {
         let src: Vec<u8> = (0..=255).cycle().take(28 * 28).collect();
-        assert_eq!(resize_like_pil(&src, 28, 28, 28, 28), src);
+        assert_eq!(resize_l(&src, 28, 28, 28, 28), src);
         let white = vec![255u8; 9 * 11];
-        assert!(resize_like_pil(&white, 9, 11, 30, 36)
-            .iter()
-            .all(|&v| v == 255));
-        assert!(resize_like_pil(&white, 9, 11, 4, 5)
-            .iter()
-            .all(|&v| v == 255));
+        assert!(resize_l(&white, 9, 11, 30, 36).iter().all(|&v| v == 255));
+        assert!(resize_l(&white, 9, 11, 4, 5).iter().all(|&v| v == 255));
     }
 
     #[test]
@@ -1152,29 +1048,34 @@ mod tests {
     #[test]
     fn crop_without_padding_is_identity_and_flip_reverses_rows() {
         let src: Vec<u8> = (0..12).collect();
+        let img = Image::new(src.clone(), 3, 4, 1).unwrap();
+        let random_crop = |pad, rng: &mut rand_chacha::ChaCha8Rng| {
+            let (top, left) = random_crop_params(3, 4, 3, 4, pad, rng).unwrap();
+            pad_crop(&img, pad, top, left, 3, 4).pixels
+        };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        assert_eq!(random_crop(&src, 3, 4, 0, &mut rng), src);
+        assert_eq!(random_crop(0, &mut rng), src);
         let mut f = src.clone();
         hflip(&mut f, 4);
         assert_eq!(&f[..4], &[3, 2, 1, 0]);
         // With padding, every output pixel is either 0 or a source pixel.
-        let c = random_crop(&src, 3, 4, 2, &mut rng);
+        let c = random_crop(2, &mut rng);
         assert!(c.iter().all(|v| *v == 0 || src.contains(v)));
+    }
+
+    /// [`to_tensor_chw`] of a one-channel image whose one row is `pixels`.
+    fn to_tensor(pixels: &[u8], normalize: Option<(&[f32], &[f32])>) -> Vec<f32> {
+        let img = Image::new(pixels.to_vec(), 1, pixels.len(), 1).unwrap();
+        let mut t = vec![0.0f32; pixels.len()];
+        to_tensor_chw(&img, &mut t, normalize);
+        t
     }
 
     #[test]
     fn to_tensor_divides_by_255() {
-        let t = to_tensor(&[0, 51, 255]);
+        let t = to_tensor(&[0, 51, 255], None);
         assert_eq!(t, vec![0.0, 51.0f32 / 255.0, 1.0]);
-        let mut d = [0.0f32; 2];
-        to_tensor_into(
-            &[255, 0],
-            &mut d,
-            Some(Normalize {
-                mean: 0.5,
-                std: 0.5,
-            }),
-        );
+        let d = to_tensor(&[255, 0], Some((&[0.5], &[0.5])));
         assert_eq!(d, [1.0, -1.0]);
     }
 
