@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use resnet::data::fashion_mnist::{sha256_file, verify_checksum, FILES};
-use resnet::data::transforms::{resize_like_pil, resize_shorter_side};
+use resnet::data::transforms::{resize_shorter_side, resize_to, Image};
 use resnet::data::{
     find_data_dir, read_idx, read_images, read_labels, Dataset, Loader, Split, TransformConfig,
 };
@@ -189,7 +189,7 @@ fn resize_matches_pillow_exactly() {
                 "{name}: size rule"
             );
         }
-        let ours = resize_like_pil(input.data(), h, w, oh, ow);
+        let ours = resize_to(&Image::new(input.data().to_vec(), h, w, 1).unwrap(), oh, ow).pixels;
         if ours != output.data() {
             let diffs = ours
                 .iter()
@@ -283,10 +283,15 @@ fn loader_resize_normalize_and_augment() {
     assert_eq!(loader.image_size(), (96, 96));
     let b = loader.epoch(0).next().unwrap().unwrap();
     assert_eq!(b.shape, resnet::Shape4::new(128, 1, 96, 96));
-    let expect: Vec<f32> = resize_like_pil(test.image(5), 28, 28, 96, 96)
-        .iter()
-        .map(|&v| v as f32 / 255.0)
-        .collect();
+    let expect: Vec<f32> = resize_to(
+        &Image::new(test.image(5).to_vec(), 28, 28, 1).unwrap(),
+        96,
+        96,
+    )
+    .pixels
+    .iter()
+    .map(|&v| v as f32 / 255.0)
+    .collect();
     assert_eq!(&b.images[5 * 9216..][..9216], &expect[..]);
     assert_eq!(
         loader
@@ -527,7 +532,7 @@ fn label_image_mismatch_and_bad_labels() {
 use resnet::data::folder::{stratified_split, FolderOptions as FolderOpts};
 use resnet::data::image_file::decode_image;
 use resnet::data::transforms::{
-    center_crop, hflip_image, pad_crop, resize, resized_crop, to_tensor_chw, Image,
+    center_crop, hflip_image, pad_crop, resize, resized_crop, to_tensor_chw,
 };
 use resnet::data::{ImageDataset, ImageFolder, Pipeline};
 

@@ -1,4 +1,4 @@
-//! `.pth` state dicts (src/pth.rs) against the fixtures tools/make_pth_fixtures.py wrote with torch 2.15 /
+//! `.pth` state dicts (src/pth/) against the fixtures tools/make_pth_fixtures.py wrote with torch 2.15 /
 //! torchvision 0.29.2: every tensor equal to the safetensors copy of the same state dict, views gathered,
 //! and every file that is not a state dict refused with one clear line, never a panic.
 

@@ -117,9 +117,9 @@ pub fn read_image(path: &Path, c: usize) -> Result<Image> {
 
 /// Decodes an image (PNG, JPEG, BMP, PPM/PGM, TIFF, WebP; named `origin` in errors) to `c` channels (1 or 3) the
 /// way PIL's `Image.open(f).convert('L')` / `.convert('RGB')` does: gray replicated to RGB, palette expanded,
-/// alpha dropped (no compositing), RGB to L with [`luma`]; 16-bit gray clipped to 255 (PIL's `I;16` → `L`),
-/// 16-bit colour to its high byte (PIL reads such PNGs as 8-bit `RGB`). Lossless formats decode to PIL's pixels
-/// exactly; JPEG decoders differ from libjpeg by a level or two on some pixels.
+/// alpha dropped (no compositing), RGB to L with [`luma`](super::transforms::luma); 16-bit gray clipped to 255
+/// (PIL's `I;16` → `L`), 16-bit colour to its high byte (PIL reads such PNGs as 8-bit `RGB`). Lossless formats
+/// decode to PIL's pixels exactly; JPEG decoders differ from libjpeg by a level or two on some pixels.
 pub fn decode_image(bytes: &[u8], origin: &Path, c: usize) -> Result<Image> {
     decode_image_within(bytes, origin, c, MAX_DECODE_BYTES)
 }

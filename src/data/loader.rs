@@ -479,12 +479,15 @@ mod tests {
         loader.source().image(i).unwrap()
     }
 
-    /// The chapter's batches are what the loader made before the general pipeline: resize, then
-    /// `augment(img, h, w, augment_padding(min side), rng_for(seed, epoch, AUGMENT, position))`, then ToTensor and
-    /// Normalize — the same pixels, labels and order.
+    /// The chapter's batches are what the loader made before the general pipeline: resize, then a random crop
+    /// with zero padding `augment_padding(min side)` and a flip with probability ½, drawn from
+    /// `rng_for(seed, epoch, AUGMENT, position)`, then ToTensor and Normalize — the same pixels, labels and order.
     #[test]
     fn chapter_batches_are_unchanged() {
-        use super::super::transforms::{augment, to_tensor_into, Normalize, PilResize};
+        use super::super::transforms::{
+            hflip_image, pad_crop, random_crop_params, resize_to, Image,
+        };
+        use rand::Rng;
         let n = 50;
         let images: Vec<u8> = (0..n * 28 * 28).map(|i| (i * 31 % 256) as u8).collect();
         let labels = (0..n).map(|i| (i % 10) as u8).collect();
@@ -495,7 +498,6 @@ mod tests {
             augment: true,
         };
         let loader = Loader::new(ds.clone(), 16, true, 11, cfg).unwrap();
-        let resize = PilResize::new(28, 28, 40, 40);
         for epoch in [0, 3] {
             let order = loader.order(epoch);
             for (b, batch) in loader.epoch(epoch).enumerate() {
@@ -503,19 +505,20 @@ mod tests {
                 for (j, &i) in batch.indices.iter().enumerate() {
                     let pos = b * 16 + j;
                     assert_eq!(i, order[pos]);
-                    let mut r = vec![0u8; 1600];
-                    resize.apply(ds.image(i), &mut r);
-                    let mut rng = rng_for(11, epoch as u64, STREAM_AUGMENT, pos as u64);
-                    let a = augment(&r, 40, 40, augment_padding(40), &mut rng);
-                    let mut want = vec![0f32; 1600];
-                    to_tensor_into(
-                        &a,
-                        &mut want,
-                        Some(Normalize {
-                            mean: 0.3,
-                            std: 0.4,
-                        }),
+                    let r = resize_to(
+                        &Image::new(ds.image(i).to_vec(), 28, 28, 1).unwrap(),
+                        40,
+                        40,
                     );
+                    let mut rng = rng_for(11, epoch as u64, STREAM_AUGMENT, pos as u64);
+                    let pad = augment_padding(40);
+                    let (top, left) = random_crop_params(40, 40, 40, 40, pad, &mut rng).unwrap();
+                    let mut a = pad_crop(&r, pad, top, left, 40, 40);
+                    if rng.random_bool(0.5) {
+                        hflip_image(&mut a);
+                    }
+                    let mut want = vec![0f32; 1600];
+                    to_tensor_chw(&a, &mut want, Some((&[0.3], &[0.4])));
                     assert_eq!(
                         &batch.images[j * 1600..][..1600],
                         &want[..],

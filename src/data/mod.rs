@@ -27,7 +27,4 @@ pub use idx::{read_idx, read_images, read_labels, IdxArray};
 pub use loader::{Batch, Epoch, Loader, TransformConfig};
 pub use open::{open_data, pipelines, DataOptions, Format, NormalizeSpec, Preset, Splits};
 pub use source::{channel_mean_std, class_counts, ArrayDataset, ImageDataset, Subset};
-pub use transforms::{
-    resize_like_pil, resize_shorter_side, to_tensor, Image, Normalize, PilResize, Pipeline,
-    RandomErasing, Step,
-};
+pub use transforms::{resize_shorter_side, Image, PilResize, Pipeline, RandomErasing, Step};

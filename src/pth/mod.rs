@@ -1,0 +1,102 @@
+//! PyTorch `.pth` state dicts (`torch.save(model.state_dict(), path)`) read without executing pickle.
+//!
+//! The file is a zip archive: `ARCHIVE/data.pkl` is a pickle whose persistent ids name the storages
+//! `ARCHIVE/data/KEY` (raw little-endian arrays, stored uncompressed). The pickle is tokenized and evaluated
+//! symbolically by the `repugnant-pickle` crate — nothing in it is run or imported — and this module only
+//! recognizes the shapes `torch.save` writes: a `dict` or `collections.OrderedDict` whose values are
+//! `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)` calls. Storages `FloatStorage` and
+//! `LongStorage` give F32 and I64 tensors; `HalfStorage`, `BFloat16Storage` and `DoubleStorage` are converted to
+//! F32 (rounding to nearest, as `tensor.float()` does). Views (storage offsets, any non-negative strides,
+//! storages shared between tensors) are gathered into contiguous row-major data.
+//!
+//! Every size is checked before anything is allocated (see the `MAX_*` constants and
+//! [`crate::checkpoint::MAX_FILE_BYTES`]), the symbolic evaluation is bounded in work and nesting depth before it
+//! runs, storages are checked against their zip CRC-32, and any input gives either a state dict or one error
+//! line naming the file (and the key when known); nothing panics.
+//!
+//! The steps, a file each: the archive (`zip.rs`: the pickle and the storages), the cost of evaluating the
+//! pickle bounded before it runs (`guard.rs`), the evaluated pickle walked to descriptions of its tensors
+//! (`walker.rs`), and those gathered from the storages into tensors (`tensors.rs`).
+
+mod guard;
+mod tensors;
+mod walker;
+mod zip;
+
+use crate::checkpoint::MAX_FILE_BYTES;
+use crate::nn::StateDict;
+use crate::{bail, Error, Result};
+use repugnant_pickle::ops::PickleOp;
+
+/// The pickle entry (`data.pkl`) may be at most this large: a state dict of 100,000 tensors pickles to
+/// about 15 MB.
+pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
+/// At most this many tensors in one state dict.
+pub const MAX_TENSORS: usize = 100_000;
+/// At most this many dimensions per tensor.
+pub const MAX_DIMS: usize = 16;
+/// Nesting depth of the pickled object (torch's state dicts need about 10).
+const MAX_DEPTH: u32 = 100;
+/// Ref-to-ref hops followed when resolving the pickle memo.
+const MAX_HOPS: usize = 64;
+
+/// Whether `bytes` starts like a zip archive (`PK\x03\x04`), the format of every `torch.save` since 1.6.
+pub fn is_pth(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+/// Reads the state dict `torch.save(model.state_dict(), path)` wrote, in the file's order. `origin` names the
+/// file in errors.
+pub fn read_state_dict(bytes: &[u8], origin: &str) -> Result<StateDict> {
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        bail!(
+            "{origin}: {} bytes is larger than the {MAX_FILE_BYTES} byte limit for a checkpoint",
+            bytes.len()
+        );
+    }
+    if !is_pth(bytes) {
+        if bytes.first() == Some(&0x80) {
+            bail!("{origin}: a PyTorch file in the legacy (pre-1.6, non-zip) format, which is not supported; re-save it with a current torch: `torch.save(torch.load(path), new_path)`");
+        }
+        bail!("{origin}: not a PyTorch .pth file (not a zip archive)");
+    }
+    let mut archive = self::zip::Archive::open(bytes, origin)?;
+    let pkl = archive.read_pickle(origin)?;
+    let pkl_name = archive.pkl_name();
+    let ops = parse_pickle(&pkl).map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
+    guard::check_evaluation_cost(&ops)
+        .map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
+    let (stack, memo) = repugnant_pickle::evaluate(&ops, false).map_err(|e| {
+        Error::new(format!(
+            "{origin}: {pkl_name}: not a pickle torch.save writes: {e}"
+        ))
+    })?;
+    let top = stack
+        .last()
+        .ok_or_else(|| Error::new(format!("{origin}: {pkl_name}: the pickle leaves no object")))?;
+    let specs = walker::Walker::new(&memo.0)
+        .state_dict(top)
+        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+    tensors::gather_state_dict(&mut archive, specs, origin)
+}
+
+/// Tokenizes a whole pickle, which must end with STOP.
+fn parse_pickle(pkl: &[u8]) -> Result<Vec<PickleOp<'_>>> {
+    match repugnant_pickle::parse_ops::<nom::error::Error<&[u8]>>(pkl) {
+        Ok((rest, ops)) => {
+            let stop = ops.iter().position(|op| *op == PickleOp::STOP);
+            match stop {
+                Some(i) => Ok(ops.into_iter().take(i + 1).collect()),
+                None => bail!(
+                    "truncated pickle: no STOP opcode (unreadable from byte {})",
+                    pkl.len() - rest.len()
+                ),
+            }
+        }
+        Err(nom::Err::Error(e)) | Err(nom::Err::Failure(e)) => bail!(
+            "not a valid pickle: bad or truncated opcode at byte {}",
+            pkl.len() - e.input.len()
+        ),
+        Err(nom::Err::Incomplete(_)) => bail!("truncated pickle"),
+    }
+}
