@@ -296,7 +296,7 @@ pub fn bench_one(
             net.forward(&x, xs)?;
             net.loss(&labels)?;
             net.backward(&x, false);
-            net.optimizer_step(opt.as_mut(), 1e-3);
+            opt.step_net(&mut net, 1e-3);
             Ok(())
         })?
     } else {

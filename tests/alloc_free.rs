@@ -117,7 +117,7 @@ fn a_steady_state_training_step_allocates_nothing() {
                 net.forward(&x, xs).unwrap();
                 let (loss, _) = net.loss(&labels).unwrap();
                 net.backward(&x, false);
-                net.optimizer_step(opt.as_mut(), 1e-3);
+                opt.step_net(net, 1e-3);
                 loss
             };
             let first = step(&mut net);

@@ -99,7 +99,7 @@ impl Distributed {
             let name = net.param_name_at(i).unwrap_or_default();
             Step::Diverged(format!("gradient of `{name}` is not finite"))
         } else {
-            net.optimizer_step_with(opt, lr, grads);
+            opt.step_net_with(net, lr, grads);
             Step::Done { loss, correct }
         };
         self.steps += 1;

@@ -340,7 +340,7 @@ impl Run {
                 "gradient of `{name}` is not finite"
             )));
         }
-        self.net.optimizer_step(self.optimizer.as_mut(), lr);
+        self.optimizer.step_net(&mut self.net, lr);
         Ok(Step::Done { loss, correct })
     }
 
