@@ -9,8 +9,7 @@ use crate::data::idx::{images_of, labels_of, parse_idx};
 use crate::data::image_file::decode_image;
 use crate::data::transforms::{to_tensor_chw, Pipeline, Step};
 use crate::data::ImageDataset;
-use crate::nn::SeedableRng;
-use crate::nn::StateTensor;
+use crate::nn::{Buffers, SeedableRng, StateTensor};
 use crate::pth::read_state_dict;
 use crate::train::Restored;
 use crate::Shape4;
@@ -39,7 +38,7 @@ pub fn checkpoint(data: &[u8]) {
         let c = net.config.in_channels;
         let x = vec![0.5f32; c * 16 * 16];
         let logits = net
-            .forward(&x, Shape4::new(1, c, 16, 16))
+            .forward(&x, Shape4::new(1, c, 16, 16), Buffers::Own)
             .expect("a loaded model runs");
         assert_eq!(logits.len(), net.config.num_classes);
     }

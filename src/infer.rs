@@ -5,7 +5,7 @@
 use crate::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::transforms::{to_tensor_chw, Image, Step, INPUT_SIZES};
 use crate::data::{Pipeline, CLASS_NAMES};
-use crate::nn::{ArchName, InitRng, ResNet, ResNetConfig, SeedableRng};
+use crate::nn::{ArchName, Buffers, InitRng, ResNet, ResNetConfig, SeedableRng};
 use crate::train::forward_flip_tta;
 use crate::{bail, Error, Result, Shape4};
 use std::collections::BTreeMap;
@@ -23,6 +23,8 @@ pub struct Model {
     pub path: PathBuf,
     /// The input size it was trained at, where the file says (`resnet.input_size`).
     pub trained_size: Option<usize>,
+    /// The activation buffers lent to the network's forward passes (see [`ResNet::forward`]); start empty.
+    pub activations: Vec<Vec<f32>>,
 }
 
 impl Model {
@@ -45,6 +47,7 @@ impl Model {
             names,
             path: path.to_path_buf(),
             trained_size,
+            activations: Vec::new(),
         })
     }
 
@@ -66,7 +69,8 @@ impl Model {
             forward_flip_tta(&mut self.net, x, xs)
         } else {
             // Inference only: the activations on a few shared buffers (what a large served batch needs).
-            self.net.forward_lean(x, xs).map(<[f32]>::to_vec)
+            let bufs = Buffers::Lent(&mut self.activations);
+            self.net.forward(x, xs, bufs).map(<[f32]>::to_vec)
         }
     }
 }

@@ -10,7 +10,7 @@ use resnet::dist::{agree, Collective};
 use resnet::infer::{
     class_names, load_model, preprocess_for, ranked, softmax, stored_pipeline, Model,
 };
-use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 use resnet::train::{check_identity, evaluate, Data, ProgressMode, Run, TrainConfig};
 use resnet::{bail, Error, Result};
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ fn summary(
     // Run the network for real (eval mode) so the printed walk is what the engine computes.
     net.set_train(false);
     let x: Vec<f32> = (0..xs.len()).map(|i| (i % 251) as f32 / 251.0).collect();
-    let logits_len = net.forward(&x, xs)?.len();
+    let logits_len = net.forward(&x, xs, Buffers::Own)?.len();
     debug_assert_eq!(logits_len, xs.n * classes);
     for (name, dims) in &walk {
         let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();

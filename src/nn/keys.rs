@@ -155,7 +155,7 @@ fn layer_params<'a>(
     }
 }
 
-/// A part of the network whose parameter gradients are final, as [`ResNet::backward_with`] reports them during
+/// A part of the network whose parameter gradients are final, as [`ResNet::backward`] reports them during
 /// the backward pass: the classifier first, then the blocks from the last to the first, then the stem, which is
 /// the reverse of [`ResNet::params_mut`]'s order of parts (frozen parts are never reported).
 pub enum GradsReady<'a> {
@@ -325,7 +325,7 @@ impl ResNet {
         found
     }
 
-    /// Trainable values of each part [`ResNet::backward_with`] reports, in the order it reports them: the
+    /// Trainable values of each part [`ResNet::backward`] reports, in the order it reports them: the
     /// classifier, the blocks from the last, the stem (frozen parts left out).
     pub fn grad_parts(&mut self) -> Vec<usize> {
         // A part is the block `(k, i)` a tensor belongs to, or outside the blocks the classifier or the stem.
