@@ -1,6 +1,6 @@
 //! Times forward + loss + backward of the chapter's ResNet-18 at batch 256 (1×28×28 by default).
 //! `cargo bench --bench step_timing [-- SIZE [BATCH [ITERS]]]`
-use resnet::nn::resnet18;
+use resnet::nn::{resnet18, Buffers};
 use resnet::Shape4;
 use std::time::Instant;
 
@@ -20,10 +20,10 @@ fn main() {
     let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
     for i in 0..iters + 1 {
         let t = Instant::now();
-        net.forward(&x, xs).unwrap();
+        net.forward(&x, xs, Buffers::Own).unwrap();
         let t_fwd = t.elapsed();
         net.loss(&labels).unwrap();
-        net.backward(&x, false);
+        net.backward(&x, false, None);
         let dt = t.elapsed().as_secs_f64();
         println!(
             "iter {i}: fwd {:.3}s total {:.3}s  {:.1} images/s",

@@ -1,6 +1,6 @@
 //! The chapter's cells, in Rust: the two `Residual` shape examples and the layer-by-layer shape walk.
 //! `cargo run --release --example chapter`
-use resnet::nn::{resnet18, InitRng, Residual, SeedableRng, Workspace};
+use resnet::nn::{resnet18, Buffers, InitRng, Residual, SeedableRng, Workspace};
 use resnet::Shape4;
 
 fn main() -> resnet::Result<()> {
@@ -12,13 +12,16 @@ fn main() -> resnet::Result<()> {
 
     // blk = Residual(3, 3); blk(X).shape
     let mut blk = Residual::new(3, 3, false, 1, &mut rng);
-    println!("Residual(3, 3): {}", blk.forward(&x, xs, true, &mut ws));
+    println!(
+        "Residual(3, 3): {}",
+        blk.forward(&x, xs, true, Buffers::Own, &mut ws)
+    );
 
     // blk = Residual(3, 6, use_1x1conv=True, stride=2); blk(X).shape
     let mut blk = Residual::new(3, 6, true, 2, &mut rng);
     println!(
         "Residual(3, 6, use_1x1conv=True, stride=2): {}",
-        blk.forward(&x, xs, true, &mut ws)
+        blk.forward(&x, xs, true, Buffers::Own, &mut ws)
     );
 
     // X = torch.rand((1, 1, 224, 244)); for name, layer in net.named_children(): print(name, X.shape)

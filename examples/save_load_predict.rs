@@ -4,7 +4,7 @@
 use resnet::checkpoint::{save_model, META_INPUT_SIZE};
 use resnet::data::Image;
 use resnet::infer::{ranked, softmax, Model};
-use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 use std::collections::BTreeMap;
 use std::error::Error;
 
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let (x, xs) = model.input(img, "the gradient image")?;
 
     let loaded = model.logits(&x, xs, false)?;
-    let original = net.forward(&x, xs)?;
+    let original = net.forward(&x, xs, Buffers::Own)?;
     assert_eq!(
         loaded, original,
         "the loaded model computes what the saved one did"

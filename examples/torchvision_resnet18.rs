@@ -4,7 +4,7 @@
 use rand::Rng;
 use resnet::infer::{ranked, softmax};
 use resnet::model_file::default_class_names;
-use resnet::nn::{ArchName, InitRng, ResNet, ResNetConfig, SeedableRng};
+use resnet::nn::{ArchName, Buffers, InitRng, ResNet, ResNetConfig, SeedableRng};
 use resnet::Shape4;
 
 fn main() -> resnet::Result<()> {
@@ -24,7 +24,7 @@ fn main() -> resnet::Result<()> {
 
     let mut rng = InitRng::seed_from_u64(0);
     let x: Vec<f32> = (0..xs.len()).map(|_| rng.random()).collect();
-    let probs = softmax(net.forward(&x, xs)?);
+    let probs = softmax(net.forward(&x, xs, Buffers::Own)?);
     // Untrained weights rank the classes arbitrarily; the names are ImageNet's, as for any 1000-class model.
     let names = default_class_names(&net.config);
     println!("top 5:");

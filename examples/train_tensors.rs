@@ -2,8 +2,8 @@
 //! a PyTorch user writes by hand (forward, loss, backward, optimizer step) and the loss going down.
 //! `cargo run --release --example train_tensors`
 use rand::Rng;
-use resnet::nn::{ArchName, InitRng, ResNet, ResNetConfig, SeedableRng, Stem};
-use resnet::optim::{Adam, AdamConfig};
+use resnet::nn::{ArchName, Buffers, InitRng, ResNet, ResNetConfig, SeedableRng, Stem};
+use resnet::optim::{Adam, AdamConfig, Optimizer};
 use resnet::Shape4;
 
 const SIDE: usize = 28;
@@ -48,11 +48,11 @@ fn main() -> resnet::Result<()> {
     for epoch in 1..=4 {
         let (mut loss_sum, mut correct) = (0.0, 0);
         for (x, y) in train_x.chunks(xs.len()).zip(train_y.chunks(batch)) {
-            net.forward(x, xs)?;
+            net.forward(x, xs, Buffers::Own)?;
             let (loss, right) = net.loss(y)?;
             // Gradients are overwritten, not accumulated, so there is no zero_grad().
-            net.backward(x, false);
-            net.optimizer_step(&mut opt, lr);
+            net.backward(x, false, None);
+            opt.step_net(&mut net, lr);
             loss_sum += loss;
             correct += right;
         }
@@ -66,7 +66,11 @@ fn main() -> resnet::Result<()> {
 
     // model.eval(): the running statistics gathered in training normalize the test batch.
     net.set_train(false);
-    net.forward(&test_x, Shape4::new(test_y.len(), 1, SIDE, SIDE))?;
+    net.forward(
+        &test_x,
+        Shape4::new(test_y.len(), 1, SIDE, SIDE),
+        Buffers::Own,
+    )?;
     let (loss, correct) = net.loss(&test_y)?;
     println!(
         "test: loss {loss:.4}, acc {:.3}",

@@ -3,7 +3,7 @@
 //! and eval-mode inference in images/s, batch-1 latency, peak memory.
 
 use crate::kernels::conv::ConvGeom;
-use crate::nn::{ArchName, ResNet, ResNetConfig};
+use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
 use crate::{Result, Shape4};
 use serde::Serialize;
@@ -218,15 +218,17 @@ pub fn bench_one(
             OptimizerKind::Adam.build(&OptimizerOptions::default(), &net.param_lens())?;
         net.set_train(true);
         time_it(warmup, iters, || {
-            net.forward(&x, xs)?;
+            net.forward(&x, xs, Buffers::Own)?;
             net.loss(&labels)?;
-            net.backward(&x, false);
-            net.optimizer_step(opt.as_mut(), 1e-3);
+            net.backward(&x, false, None);
+            opt.step_net(&mut net, 1e-3);
             Ok(())
         })?
     } else {
         net.set_train(false);
-        time_it(warmup, iters, || net.forward(&x, xs).map(|_| ()))?
+        time_it(warmup, iters, || {
+            net.forward(&x, xs, Buffers::Own).map(|_| ())
+        })?
     };
     let flops_per_mac = if train { 6.0 } else { 2.0 };
     Ok(BenchResult {

@@ -3,10 +3,11 @@
 
 use crate::commands::{BenchArgs, EvalArgs, PredictArgs, ServeArgs, SummaryArgs};
 use crate::data::{Format, Preset};
-use crate::nn::{ArchName, ResNetConfig};
+use crate::nn::{ArchName, ResNetConfig, Stem};
 use crate::train::{Recipe, Settings, TrainConfig};
 use crate::{bail, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 /// Most worker threads `--threads` accepts.
@@ -149,6 +150,46 @@ pub struct TrainArgs {
     /// --sync-bn).
     #[arg(long, value_name = "MIB", conflicts_with = "sync_bn")]
     pub bucket_mb: Option<f64>,
+}
+
+/// `--arch`: the named models as the command line spells and describes them (the network itself knows nothing
+/// of the command line).
+impl ValueEnum for ArchName {
+    fn value_variants<'a>() -> &'a [Self] {
+        &ArchName::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let help = match self {
+            ArchName::Chapter => {
+                "The chapter's ResNet-18 (conv biases, no BN on the shortcut, `nn.Sequential` names)"
+            }
+            ArchName::Resnet18 => "torchvision's `resnet18`: BasicBlock, layers 2, 2, 2, 2",
+            ArchName::Resnet34 => "torchvision's `resnet34`: BasicBlock, layers 3, 4, 6, 3",
+            ArchName::Resnet50 => "torchvision's `resnet50`: Bottleneck, layers 3, 4, 6, 3",
+            ArchName::Resnet101 => "torchvision's `resnet101`: Bottleneck, layers 3, 4, 23, 3",
+            ArchName::Resnet152 => "torchvision's `resnet152`: Bottleneck, layers 3, 8, 36, 3",
+        };
+        Some(PossibleValue::new(self.as_str()).help(help))
+    }
+}
+
+/// `--stem`, as [`ArchName`]'s `--arch`.
+impl ValueEnum for Stem {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Stem::Imagenet, Stem::Small]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Stem::Imagenet => PossibleValue::new("imagenet").help(
+                "7×7 stride-2 conv (padding 3), BN, ReLU, 3×3 stride-2 max pool (padding 1): the chapter's and ImageNet's",
+            ),
+            Stem::Small => PossibleValue::new("small").help(
+                "3×3 stride-1 conv (padding 1), BN, ReLU, no pool: for 28×28 and 32×32 inputs (as CIFAR ResNets do)",
+            ),
+        })
+    }
 }
 
 impl TrainArgs {

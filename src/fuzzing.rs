@@ -10,8 +10,7 @@ use crate::data::image_file::decode_image;
 use crate::data::transforms::{to_tensor_chw, Pipeline, Step};
 use crate::data::ImageDataset;
 use crate::model_file::ModelFile;
-use crate::nn::SeedableRng;
-use crate::nn::StateTensor;
+use crate::nn::{Buffers, SeedableRng, StateTensor};
 use crate::pth::read_state_dict;
 use crate::train::Restored;
 use crate::Shape4;
@@ -41,7 +40,7 @@ pub fn checkpoint(data: &[u8]) {
         let c = net.config.in_channels;
         let x = vec![0.5f32; c * 16 * 16];
         let logits = net
-            .forward(&x, Shape4::new(1, c, 16, 16))
+            .forward(&x, Shape4::new(1, c, 16, 16), Buffers::Own)
             .expect("a loaded model runs");
         assert_eq!(logits.len(), net.config.num_classes);
     }

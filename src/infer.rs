@@ -5,7 +5,7 @@ use crate::data::transforms::{to_tensor_chw, Image};
 use crate::data::Pipeline;
 use crate::error::Context;
 use crate::model_file::ModelFile;
-use crate::nn::{ArchName, InitRng, ResNet, SeedableRng};
+use crate::nn::{ArchName, Buffers, InitRng, ResNet, SeedableRng};
 use crate::train::forward_flip_tta;
 use crate::{Result, Shape4};
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ pub struct Model {
     pub path: PathBuf,
     /// The input size it was trained at, where the file says (`resnet.input_size`).
     pub trained_size: Option<usize>,
+    /// The activation buffers lent to the network's forward passes (see [`ResNet::forward`]); start empty.
+    pub activations: Vec<Vec<f32>>,
 }
 
 impl Model {
@@ -42,6 +44,7 @@ impl Model {
             names: file.class_names(),
             path: file.path.clone(),
             trained_size: file.trained_size,
+            activations: Vec::new(),
         })
     }
 
@@ -63,7 +66,8 @@ impl Model {
             forward_flip_tta(&mut self.net, x, xs)
         } else {
             // Inference only: the activations on a few shared buffers (what a large served batch needs).
-            self.net.forward_lean(x, xs).map(<[f32]>::to_vec)
+            let bufs = Buffers::Lent(&mut self.activations);
+            self.net.forward(x, xs, bufs).map(<[f32]>::to_vec)
         }
     }
 }

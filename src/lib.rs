@@ -21,7 +21,7 @@
 //! `f32` slices with a [`Shape4`], as PyTorch's tensors are.
 //!
 //! ```
-//! use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
+//! use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 //! use resnet::Shape4;
 //!
 //! // torchvision's resnet18 at an eighth of its widths, with the small stem CIFAR-sized images use.
@@ -35,7 +35,7 @@
 //!
 //! let xs = Shape4::new(2, 3, 32, 32);
 //! let x = vec![0.5f32; xs.len()];
-//! let logits = net.forward(&x, xs)?;
+//! let logits = net.forward(&x, xs, Buffers::Own)?;
 //! assert_eq!(logits.len(), 2 * 10);
 //! assert_eq!(net.shape_walk(xs)?.last().unwrap().1, [2, 10]);
 //! # Ok::<(), resnet::Error>(())

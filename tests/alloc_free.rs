@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use resnet::data::Loader;
 use resnet::kernels::conv::tile::cpu_supported;
-use resnet::nn::{ArchName, ResNet, ResNetConfig};
+use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
 use resnet::train::{Data, Run, Step, TrainConfig};
 use resnet::Shape4;
@@ -114,10 +114,10 @@ fn a_steady_state_training_step_allocates_nothing() {
                 .build(&OptimizerOptions::default(), &net.param_lens())
                 .unwrap();
             let mut step = |net: &mut ResNet| {
-                net.forward(&x, xs).unwrap();
+                net.forward(&x, xs, Buffers::Own).unwrap();
                 let (loss, _) = net.loss(&labels).unwrap();
-                net.backward(&x, false);
-                net.optimizer_step(opt.as_mut(), 1e-3);
+                net.backward(&x, false, None);
+                opt.step_net(net, 1e-3);
                 loss
             };
             let first = step(&mut net);

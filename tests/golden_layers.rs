@@ -10,7 +10,9 @@ mod common;
 use common::{assert_close, Golden};
 use rand::SeedableRng;
 use resnet::kernels::{loss, pointwise, pool};
-use resnet::nn::{BatchNorm2d, Conv2d, InitRng, Linear, Workspace};
+use resnet::nn::{
+    BatchNorm2d, BnStore, Buffers, Conv2d, ConvStore, Grad, InitRng, Linear, Workspace,
+};
 use resnet::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use resnet::Shape4;
 
@@ -36,7 +38,7 @@ fn conv2d_forward_and_backward_match_pytorch() {
         conv.set_weight_oihw(&g.f32(&format!("{p}.weight")));
         conv.bias = g.f32(&format!("{p}.bias"));
         let x = nchw_to_nhwc(&g.f32(&format!("{p}.x")), xs);
-        let out = conv.forward(&x, xs, &mut ws);
+        let out = conv.forward(&x, xs, ConvStore::Out, &mut ws);
         assert_eq!(out, ys);
         assert_close(
             &format!("{p}.y"),
@@ -45,7 +47,7 @@ fn conv2d_forward_and_backward_match_pytorch() {
             TOL,
         );
         let dy = nchw_to_nhwc(&g.f32(&format!("{p}.dy")), ys);
-        conv.backward(&x, &dy, true, &mut ws);
+        conv.backward(&x, &dy, Some(Buffers::Own), &mut ws);
         assert_close(
             &format!("{p}.dx"),
             &nhwc_to_nchw(&conv.grad_input, xs),
@@ -75,7 +77,7 @@ fn batch_norm_train_eval_and_backward_match_pytorch() {
     bn.weight = g.f32("bn.weight");
     bn.bias = g.f32("bn.bias");
     let x = nchw_to_nhwc(&g.f32("bn.x"), xs);
-    bn.forward(&x, xs, true);
+    bn.forward(&x, xs, true, BnStore::Out);
     assert_close(
         "bn.y_train",
         &nhwc_to_nchw(&bn.out, xs),
@@ -96,7 +98,7 @@ fn batch_norm_train_eval_and_backward_match_pytorch() {
     );
     assert_eq!(bn.num_batches_tracked, 1);
     let dy = nchw_to_nhwc(&g.f32("bn.dy"), xs);
-    bn.backward(&x, &dy);
+    bn.backward(&x, Grad::Own(&dy));
     assert_close(
         "bn.dx",
         &nhwc_to_nchw(&bn.grad_input, xs),
@@ -105,7 +107,7 @@ fn batch_norm_train_eval_and_backward_match_pytorch() {
     );
     assert_close("bn.dweight", &bn.grad_weight, &g.f32("bn.dweight"), TOL);
     assert_close("bn.dbias", &bn.grad_bias, &g.f32("bn.dbias"), TOL);
-    bn.forward(&x, xs, false);
+    bn.forward(&x, xs, false, BnStore::Out);
     assert_close(
         "bn.y_eval",
         &nhwc_to_nchw(&bn.out, xs),

@@ -12,7 +12,7 @@
 mod common;
 use common::Golden;
 use resnet::kernels::loss::softmax_cross_entropy;
-use resnet::nn::{ResNet, ResNetConfig, Stem};
+use resnet::nn::{Buffers, ResNet, ResNetConfig, Stem};
 use resnet::Shape4;
 
 const CASES: [&str; 3] = ["small", "wide", "binary"];
@@ -110,7 +110,8 @@ fn resnet_refuses_bad_smoothing() {
     };
     let mut net = ResNet::new(config, 0).unwrap();
     let x = vec![0.5f32; 2 * 8 * 8];
-    net.forward(&x, Shape4::new(2, 1, 8, 8)).unwrap();
+    net.forward(&x, Shape4::new(2, 1, 8, 8), Buffers::Own)
+        .unwrap();
     let (plain, _) = net.loss(&[0, 2]).unwrap();
     let (zero, _) = net.loss_smoothed(&[0, 2], 0.0).unwrap();
     assert_eq!(plain, zero);

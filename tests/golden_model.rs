@@ -23,7 +23,7 @@ use common::{assert_abs, assert_close, golden_path, Golden};
 use resnet::checkpoint::deserialize;
 use resnet::model_file::ModelFile;
 use resnet::nn::resnet::load_residual;
-use resnet::nn::{InitRng, ResNet, ResNetConfig, Residual, SeedableRng, Workspace};
+use resnet::nn::{Buffers, Grad, InitRng, ResNet, ResNetConfig, Residual, SeedableRng, Workspace};
 use resnet::tensor::{nchw_to_nhwc, nhwc_to_nchw};
 use resnet::Shape4;
 
@@ -69,7 +69,7 @@ fn small_network_train_step_matches_pytorch() {
     let xs = shape4(&g.shape("input"));
     let x = g.f32("input"); // one channel: NCHW is NHWC
     let labels: Vec<usize> = g.i64("labels").iter().map(|&l| l as usize).collect();
-    let logits = net.forward(&x, xs).unwrap().to_vec();
+    let logits = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     assert_close(
         "small_net.logits_train",
         &logits,
@@ -78,7 +78,7 @@ fn small_network_train_step_matches_pytorch() {
     );
     let (loss, _) = net.loss(&labels).unwrap();
     assert_close("small_net.loss", &[loss], &g.f32("loss"), 1e-5);
-    net.backward(&x, true);
+    net.backward(&x, true, None);
     assert_close(
         "small_net.grad.input",
         net.grad_input(),
@@ -127,7 +127,7 @@ fn small_network_train_step_matches_pytorch() {
         }
     }
     net.set_train(false);
-    let logits = net.forward(&x, xs).unwrap().to_vec();
+    let logits = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     assert_close(
         "small_net.logits_eval",
         &logits,
@@ -143,7 +143,7 @@ fn small_network_layer_by_layer_activations_match_pytorch() {
     net.load_state_dict(&g.with_prefix("param.")).unwrap();
     let xs = shape4(&g.shape("input"));
     let x = g.f32("input");
-    net.forward(&x, xs).unwrap();
+    net.forward(&x, xs, Buffers::Own).unwrap();
     let walk = net.shape_walk(xs).unwrap();
     for (name, dims) in &walk {
         assert_eq!(&g.shape(&format!("act.{name}")), dims, "shape of {name}");
@@ -172,7 +172,10 @@ fn small_network_layer_by_layer_activations_match_pytorch() {
     let mut fresh = ResNet::new(small_config(), 2).unwrap();
     fresh.load_state_dict(&g.with_prefix("param.")).unwrap();
     let xs28 = shape4(&g.shape("input28"));
-    let logits = fresh.forward(&g.f32("input28"), xs28).unwrap().to_vec();
+    let logits = fresh
+        .forward(&g.f32("input28"), xs28, Buffers::Own)
+        .unwrap()
+        .to_vec();
     assert_close(
         "small_net.logits_train28",
         &logits,
@@ -192,7 +195,7 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
     assert_eq!(blk.output_shape(xs), Some(ys));
     let x = nchw_to_nhwc(&g.f32("input"), xs);
     let mut ws = Workspace::default();
-    blk.forward(&x, xs, true, &mut ws);
+    blk.forward(&x, xs, true, Buffers::Own, &mut ws);
     assert_close(
         "residual_full.output",
         &nhwc_to_nchw(&blk.out, ys),
@@ -200,7 +203,7 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
         1e-4,
     );
     let dy = nchw_to_nhwc(&g.f32("dy"), ys);
-    blk.backward(&x, &dy, true, &mut ws);
+    blk.backward(&x, Grad::Own(&dy), true, &mut ws);
     assert_close(
         "residual_full.grad.input",
         &nhwc_to_nchw(blk.grad_input(), xs),
@@ -261,7 +264,7 @@ fn full_width_residual_with_1x1_shortcut_matches_pytorch() {
             g.i64(&format!("after.{name}.num_batches_tracked"))[0]
         );
     }
-    blk.forward(&x, xs, false, &mut ws);
+    blk.forward(&x, xs, false, Buffers::Own, &mut ws);
     assert_close(
         "residual_full.output_eval",
         &nhwc_to_nchw(&blk.out, ys),
@@ -281,13 +284,13 @@ fn chapter_block_examples_have_the_chapters_shapes_and_values() {
     // blk = Residual(3, 3); blk(X).shape == (4, 3, 6, 6)
     let mut a = Residual::new(3, 3, false, 1, &mut rng);
     load_residual(&g.with_prefix("a.param."), &mut a).unwrap();
-    let s = a.forward(&x, xs, true, &mut ws);
+    let s = a.forward(&x, xs, true, Buffers::Own, &mut ws);
     assert_eq!(s, Shape4::new(4, 3, 6, 6));
     assert_close("blocks.a.y", &nhwc_to_nchw(&a.out, s), &g.f32("a.y"), 1e-4);
     // blk = Residual(3, 6, use_1x1conv=True, stride=2); blk(X).shape == (4, 6, 3, 3)
     let mut b = Residual::new(3, 6, true, 2, &mut rng);
     load_residual(&g.with_prefix("b.param."), &mut b).unwrap();
-    let s = b.forward(&x, xs, true, &mut ws);
+    let s = b.forward(&x, xs, true, Buffers::Own, &mut ws);
     assert_eq!(s, Shape4::new(4, 6, 3, 3));
     assert_close("blocks.b.y", &nhwc_to_nchw(&b.out, s), &g.f32("b.y"), 1e-4);
 }
@@ -304,7 +307,10 @@ fn pytorch_saved_state_dict_loads_and_infers_the_architecture() {
     assert_eq!(net.config, small_config());
     let g = Golden::load("small_net.safetensors");
     let xs = shape4(&g.shape("input"));
-    let logits = net.forward(&g.f32("input"), xs).unwrap().to_vec();
+    let logits = net
+        .forward(&g.f32("input"), xs, Buffers::Own)
+        .unwrap()
+        .to_vec();
     assert_close(
         "pytorch_file.logits_train",
         &logits,

@@ -24,7 +24,7 @@ use common::torchvision_weights::{
 };
 use common::{assert_close, golden_path, scaled_max_diff, Golden};
 use resnet::checkpoint::{deserialize, infer_config};
-use resnet::nn::{ArchName, BlockKind, ResNet, ResNetConfig, StateDict, StateTensor};
+use resnet::nn::{ArchName, BlockKind, Buffers, ResNet, ResNetConfig, StateDict, StateTensor};
 use resnet::Shape4;
 
 fn shape4(v: &[usize]) -> Shape4 {
@@ -53,7 +53,7 @@ fn forward_checks(name: &str, g: &Golden, weights: &StateDict, config: ResNetCon
     let mut eval = ResNet::new(config.clone(), 3).unwrap();
     eval.load_state_dict(weights).unwrap();
     eval.set_train(false);
-    let logits = eval.forward(&x, xs).unwrap().to_vec();
+    let logits = eval.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     assert_close(
         &format!("{name}.logits_eval"),
         &logits,
@@ -64,7 +64,7 @@ fn forward_checks(name: &str, g: &Golden, weights: &StateDict, config: ResNetCon
     let mut net = ResNet::new(config, 4).unwrap();
     net.load_state_dict(weights).unwrap();
     net.set_train(true);
-    let logits = net.forward(&x, xs).unwrap().to_vec();
+    let logits = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     assert_close(
         &format!("{name}.logits_train"),
         &logits,
@@ -73,7 +73,7 @@ fn forward_checks(name: &str, g: &Golden, weights: &StateDict, config: ResNetCon
     );
     let (loss, _) = net.loss(&labels).unwrap();
     assert_close(&format!("{name}.loss"), &[loss], &g.f32("loss"), 1e-5);
-    net.backward(&x, true);
+    net.backward(&x, true, None);
     assert_close(
         &format!("{name}.grad.input"),
         net.grad_input(),

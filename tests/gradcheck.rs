@@ -51,8 +51,8 @@ use resnet::kernels::pool::{
 };
 use resnet::nn::arch::BlockSpec;
 use resnet::nn::{
-    BatchNorm2d, BlockKind, Conv2d, InitRng, Linear, Naming, ResNet, ResNetConfig, Residual,
-    SeedableRng, Stem, Workspace,
+    BatchNorm2d, BlockKind, BnStore, Buffers, Conv2d, ConvStore, Grad, InitRng, Linear, Naming,
+    ResNet, ResNetConfig, Residual, SeedableRng, Stem, Workspace,
 };
 use resnet::tensor::nchw_to_nhwc;
 use resnet::Shape4;
@@ -257,28 +257,28 @@ fn conv_case(
     let x = nchw_to_nhwc(&uniform(&mut r, xs.len(), -1.0, 1.0), xs);
     let dy = uniform(&mut r, ys.len(), -1.0, 1.0);
     let mut ws = Workspace::default();
-    conv.forward(&x, xs, &mut ws);
-    conv.backward(&x, &dy, true, &mut ws);
+    conv.forward(&x, xs, ConvStore::Out, &mut ws);
+    conv.backward(&x, &dy, Some(Buffers::Own), &mut ws);
     let gx = conv.grad_input.clone();
     let (gw, gb) = (conv.grad_weight.clone(), conv.grad_bias.clone());
 
     Fd::smooth(format!("{name} input")).run(&x, &gx, |i, v| {
         let mut xv = x.clone();
         xv[i] = v;
-        conv.forward(&xv, xs, &mut ws);
+        conv.forward(&xv, xs, ConvStore::Out, &mut ws);
         dot(&conv.out, &dy)
     });
     let w0 = conv.weight().to_vec();
     Fd::smooth(format!("{name} weight")).run(&w0, &gw, |i, v| {
         conv.weight_mut()[i] = v;
-        conv.forward(&x, xs, &mut ws);
+        conv.forward(&x, xs, ConvStore::Out, &mut ws);
         conv.weight_mut()[i] = w0[i];
         dot(&conv.out, &dy)
     });
     let b0 = conv.bias.clone();
     Fd::smooth(format!("{name} bias")).run(&b0, &gb, |i, v| {
         conv.bias[i] = v;
-        conv.forward(&x, xs, &mut ws);
+        conv.forward(&x, xs, ConvStore::Out, &mut ws);
         conv.bias[i] = b0[i];
         dot(&conv.out, &dy)
     });
@@ -331,8 +331,8 @@ fn bn_case(name: &str, relu: bool) {
         })
         .collect();
     let dy = uniform(&mut r, xs.len(), -1.0, 1.0);
-    bn.forward(&x, xs, true);
-    bn.backward(&x, &dy);
+    bn.forward(&x, xs, true, BnStore::Out);
+    bn.backward(&x, Grad::Own(&dy));
     let gx = bn.grad_input.clone();
     let (gw, gb) = (bn.grad_weight.clone(), bn.grad_bias.clone());
     let fd = |what: &str| {
@@ -347,20 +347,20 @@ fn bn_case(name: &str, relu: bool) {
     fd("input").run(&x, &gx, |i, v| {
         let mut xv = x.clone();
         xv[i] = v;
-        bn.forward(&xv, xs, true);
+        bn.forward(&xv, xs, true, BnStore::Out);
         dot(&bn.out, &dy)
     });
     let w0 = bn.weight.clone();
     fd("weight").run(&w0, &gw, |i, v| {
         bn.weight[i] = v;
-        bn.forward(&x, xs, true);
+        bn.forward(&x, xs, true, BnStore::Out);
         bn.weight[i] = w0[i];
         dot(&bn.out, &dy)
     });
     let b0 = bn.bias.clone();
     fd("bias").run(&b0, &gb, |i, v| {
         bn.bias[i] = v;
-        bn.forward(&x, xs, true);
+        bn.forward(&x, xs, true, BnStore::Out);
         bn.bias[i] = b0[i];
         dot(&bn.out, &dy)
     });
@@ -558,13 +558,13 @@ fn block_case(
     let x = nchw_to_nhwc(&uniform(&mut r, xs.len(), -1.0, 1.0), xs);
     let dy = uniform(&mut r, want.len(), -1.0, 1.0);
     let mut ws = Workspace::default();
-    blk.forward(&x, xs, true, &mut ws);
-    blk.backward(&x, &dy, true, &mut ws);
+    blk.forward(&x, xs, true, Buffers::Own, &mut ws);
+    blk.backward(&x, Grad::Own(&dy), true, &mut ws);
     let gx = blk.grad_input().to_vec();
     Fd::kinked(format!("{name} input")).run(&x, &gx, |i, v| {
         let mut xv = x.clone();
         xv[i] = v;
-        blk.forward(&xv, xs, true, &mut ws);
+        blk.forward(&xv, xs, true, Buffers::Own, &mut ws);
         dot(&blk.out, &dy)
     });
     let params: Vec<(String, Vec<f32>, Vec<f32>)> = blk
@@ -580,7 +580,7 @@ fn block_case(
             .nonzero(nonzero)
             .run(v0, g, |i, val| {
                 blk.params_mut(naming)[pi].value[i] = val;
-                blk.forward(&x, xs, true, &mut ws);
+                blk.forward(&x, xs, true, Buffers::Own, &mut ws);
                 blk.params_mut(naming)[pi].value[i] = v0[i];
                 dot(&blk.out, &dy)
             });
@@ -717,8 +717,9 @@ fn network_case(label: &str, config: ResNetConfig, xs: Shape4, tensors: usize) {
     let mut r = rng(16 + seed);
     let x = uniform(&mut r, xs.len(), 0.0, 1.0);
     let dy = uniform(&mut r, xs.n * classes, -1.0, 1.0);
-    net.forward(&x, xs).unwrap();
-    net.backward_from(&x, &dy, true);
+    net.forward(&x, xs, Buffers::Own).unwrap();
+    net.set_loss_grad(&dy);
+    net.backward(&x, true, None);
     let gx = net.grad_input().to_vec();
     let mut total = (0, 0);
     let st = Fd::kinked(format!("{label} input"))
@@ -726,7 +727,7 @@ fn network_case(label: &str, config: ResNetConfig, xs: Shape4, tensors: usize) {
         .run(&x, &gx, |i, v| {
             let mut xv = x.clone();
             xv[i] = v;
-            dot(net.forward(&xv, xs).unwrap(), &dy)
+            dot(net.forward(&xv, xs, Buffers::Own).unwrap(), &dy)
         });
     total = (total.0 + st.checked + st.misses, total.1 + st.misses);
     // Every parameter tensor, a few coordinates each (more for the stem and the classifier). Conv weights are
@@ -752,7 +753,7 @@ fn network_case(label: &str, config: ResNetConfig, xs: Shape4, tensors: usize) {
             .max_misses(samples / 4)
             .run(v0, g, |i, val| {
                 net.params_mut()[pi].value[i] = val;
-                let l = dot(net.forward(&x, xs).unwrap(), &dy);
+                let l = dot(net.forward(&x, xs, Buffers::Own).unwrap(), &dy);
                 net.params_mut()[pi].value[i] = v0[i];
                 l
             });
@@ -802,8 +803,9 @@ fn frozen_stem_and_first_stage() {
     let x = uniform(&mut r, xs.len(), 0.0, 1.0);
     let dy = uniform(&mut r, xs.n * 4, -1.0, 1.0);
     net.set_train(true);
-    net.forward(&x, xs).unwrap();
-    net.backward_from(&x, &dy, false);
+    net.forward(&x, xs, Buffers::Own).unwrap();
+    net.set_loss_grad(&dy);
+    net.backward(&x, false, None);
     let after = net.state_dict();
     for ((k, a), (_, b)) in before.iter().zip(&after) {
         if k.starts_with("conv1") || k.starts_with("bn1") || k.starts_with("layer1") {
@@ -828,7 +830,7 @@ fn frozen_stem_and_first_stage() {
             .max_misses(2)
             .run(v0, g, |i, val| {
                 net.params_mut()[pi].value[i] = val;
-                let l = dot(net.forward(&x, xs).unwrap(), &dy);
+                let l = dot(net.forward(&x, xs, Buffers::Own).unwrap(), &dy);
                 net.params_mut()[pi].value[i] = v0[i];
                 l
             });

@@ -10,7 +10,7 @@ mod common;
 use common::{golden_path, scaled_max_diff};
 use resnet::checkpoint::{self, deserialize, save_model, serialize, META_ARCH};
 use resnet::model_file::ModelFile;
-use resnet::nn::{resnet18, ResNetConfig, StateDict, StateTensor};
+use resnet::nn::{resnet18, Buffers, ResNetConfig, StateDict, StateTensor};
 use resnet::Shape4;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::BTreeMap;
@@ -406,7 +406,7 @@ fn pytorch_chapter_file_from_env() {
     let xs = Shape4::new(in_shape[0], in_shape[1], in_shape[2], in_shape[3]);
     assert_eq!(logits_shape, vec![xs.n, net.config.num_classes]);
     net.set_train(false);
-    let got = net.forward(&input, xs).unwrap().to_vec();
+    let got = net.forward(&input, xs, Buffers::Own).unwrap().to_vec();
     let (rel, abs) = scaled_max_diff(&got, &want, 1e-3);
     println!("logits ours:    {got:?}");
     println!("logits PyTorch: {want:?}");

@@ -143,6 +143,7 @@ fn batched_logits_are_bit_identical_to_single_images() {
             names: (0..5).map(|i| format!("c{i}")).collect(),
             path: PathBuf::from("memory"),
             trained_size: None,
+            activations: Vec::new(),
         };
         let images: Vec<Vec<u8>> = (0..7)
             .map(|i| png(&picture(i + 10 * k as u32, 50, 45)))

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use resnet::data::transforms::hflip;
 use resnet::data::{Dataset, Loader, TransformConfig};
-use resnet::nn::{ResNet, ResNetConfig, Stem};
+use resnet::nn::{Buffers, ResNet, ResNetConfig, Stem};
 use resnet::train::{argmax, evaluate, forward_flip_tta};
 use resnet::Shape4;
 use std::sync::Arc;
@@ -39,11 +39,11 @@ fn flip_symmetric_network_is_unchanged_by_tta() {
     let xs = Shape4::new(6, 1, SIDE, SIDE);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let x: Vec<f32> = (0..xs.len()).map(|_| rng.random::<f32>()).collect();
-    let plain = net.forward(&x, xs).unwrap().to_vec();
+    let plain = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     // The network is flip-invariant: its logits on the mirror are those on the image.
     let mut mirror = x.clone();
     hflip(&mut mirror, xs.w);
-    let on_mirror = net.forward(&mirror, xs).unwrap().to_vec();
+    let on_mirror = net.forward(&mirror, xs, Buffers::Own).unwrap().to_vec();
     let spread = plain.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d_mirror = max_abs_diff(&plain, &on_mirror);
     let tta = forward_flip_tta(&mut net, &x, xs).unwrap();
@@ -80,7 +80,7 @@ fn tta_changes_the_logits_of_an_ordinary_network() {
     let xs = Shape4::new(6, 1, SIDE, SIDE);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let x: Vec<f32> = (0..xs.len()).map(|_| rng.random::<f32>()).collect();
-    let plain = net.forward(&x, xs).unwrap().to_vec();
+    let plain = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
     let tta = forward_flip_tta(&mut net, &x, xs).unwrap();
     let d = max_abs_diff(&plain, &tta);
     println!("ordinary network: max |Δ| with TTA {d:.3e}");

@@ -1,7 +1,7 @@
 //! `resnet summary`: a network's layer-by-layer shape walk and its parameter count.
 
 use super::group_thousands;
-use crate::nn::{ArchName, ResNet, ResNetConfig, Stem};
+use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 use crate::{bail, Error, Result, Shape4};
 use clap::Args;
 
@@ -68,7 +68,7 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
     // Run the network for real (eval mode) so the printed walk is what the engine computes.
     net.set_train(false);
     let x: Vec<f32> = (0..xs.len()).map(|i| (i % 251) as f32 / 251.0).collect();
-    let logits_len = net.forward(&x, xs)?.len();
+    let logits_len = net.forward(&x, xs, Buffers::Own)?.len();
     debug_assert_eq!(logits_len, xs.n * classes);
     for (name, dims) in &walk {
         let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();

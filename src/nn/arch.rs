@@ -14,7 +14,7 @@ use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// The kind of residual block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BlockKind {
     /// 3×3 (carrying the stride) → 3×3; expansion 1. The chapter's `Residual` and torchvision's `BasicBlock`.
@@ -34,7 +34,7 @@ impl BlockKind {
 }
 
 /// The layers before the first stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stem {
     /// 7×7 stride-2 conv (padding 3), BN, ReLU, 3×3 stride-2 max pool (padding 1): the chapter's and ImageNet's.
@@ -158,7 +158,7 @@ impl Naming {
 }
 
 /// The named models of `--arch`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArchName {
     /// The chapter's ResNet-18 (conv biases, no BN on the shortcut, `nn.Sequential` names).
@@ -176,6 +176,16 @@ pub enum ArchName {
 }
 
 impl ArchName {
+    /// Every named model, in the order `--arch` lists them.
+    pub const ALL: [ArchName; 6] = [
+        ArchName::Chapter,
+        ArchName::Resnet18,
+        ArchName::Resnet34,
+        ArchName::Resnet50,
+        ArchName::Resnet101,
+        ArchName::Resnet152,
+    ];
+
     /// The name as `--arch` spells it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -482,14 +492,7 @@ impl ResNetConfig {
 
     /// A short human name: `resnet50`, `chapter`, or the block kind and layers of another description.
     pub fn name(&self) -> String {
-        for name in [
-            ArchName::Chapter,
-            ArchName::Resnet18,
-            ArchName::Resnet34,
-            ArchName::Resnet50,
-            ArchName::Resnet101,
-            ArchName::Resnet152,
-        ] {
+        for name in ArchName::ALL {
             let named = Self::named(name, self.in_channels, self.num_classes);
             if *self
                 == (ResNetConfig {

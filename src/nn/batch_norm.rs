@@ -1,7 +1,7 @@
 //! `BatchNorm2d`, optionally fused with the ReLU that follows it in the chapter's network.
 
-use super::ensure_len;
 use super::sync_bn::{correct_input_grad, global_stats};
+use super::{ensure_len, Grad};
 use crate::dist::Collective;
 use crate::kernels::norm::{
     batch_norm_add_relu, batch_norm_affine, batch_norm_apply, batch_norm_backward,
@@ -9,6 +9,21 @@ use crate::kernels::norm::{
 };
 use crate::Shape4;
 use std::sync::Arc;
+
+/// Where [`BatchNorm2d::forward`] stores its result.
+pub enum BnStore<'a> {
+    /// [`BatchNorm2d::out`].
+    Out,
+    /// A block's last norm with the residual join fused in: `out = max(bn(x) + shortcut, 0)`, all NHWC of the
+    /// input's shape, in one pass. [`BatchNorm2d::out`] is not written (the normalized activation is never
+    /// stored: backward needs only `x`), so the norm must have no fused ReLU.
+    AddRelu {
+        /// The shortcut's output, added before the ReLU.
+        shortcut: &'a [f32],
+        /// The block's output.
+        out: &'a mut [f32],
+    },
+}
 
 /// PyTorch's `nn.BatchNorm2d(c)` (eps 1e-5, momentum 0.1, affine, tracking running statistics).
 /// With `relu` set, the output is `max(bn(x), 0)` and backward masks by it: the chapter's `BN → ReLU` pairs
@@ -91,36 +106,35 @@ impl BatchNorm2d {
         }
     }
 
-    /// Normalizes `x` (NHWC, shape `xs`, `xs.c == num_features`). In training, with the batch's statistics
-    /// (which needs more than one value per channel: `xs.rows() > 1`, checked by the model) and updating the
-    /// running statistics; in eval, with the running statistics.
-    pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool) {
-        ensure_len(&mut self.out, xs.len());
+    /// Normalizes `x` (NHWC, shape `xs`, `xs.c == num_features`) and stores the result as `store` says. In
+    /// training, with the batch's statistics (which needs more than one value per channel: `xs.rows() > 1`,
+    /// checked by the model) and updating the running statistics; in eval, with the running statistics.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool, store: BnStore<'_>) {
         self.statistics(x, xs, train);
-        batch_norm_apply(
-            x,
-            self.num_features,
-            &self.scale,
-            &self.shift,
-            self.relu,
-            &mut self.out,
-        );
-    }
-
-    /// Training-mode forward of a block's second batch norm with the residual join fused in:
-    /// `out = max(bn(x) + shortcut, 0)`, all NHWC of shape `xs`. [`BatchNorm2d::out`] is not written (the
-    /// normalized activation is never stored: backward needs only `x`), so this norm must have no fused ReLU.
-    pub fn forward_add_relu(&mut self, x: &[f32], xs: Shape4, shortcut: &[f32], out: &mut [f32]) {
-        assert!(!self.relu, "the join's ReLU replaces the norm's own");
-        self.statistics(x, xs, true);
-        batch_norm_add_relu(
-            x,
-            self.num_features,
-            &self.scale,
-            &self.shift,
-            shortcut,
-            out,
-        );
+        match store {
+            BnStore::Out => {
+                ensure_len(&mut self.out, xs.len());
+                batch_norm_apply(
+                    x,
+                    self.num_features,
+                    &self.scale,
+                    &self.shift,
+                    self.relu,
+                    &mut self.out,
+                );
+            }
+            BnStore::AddRelu { shortcut, out } => {
+                assert!(!self.relu, "the join's ReLU replaces the norm's own");
+                batch_norm_add_relu(
+                    x,
+                    self.num_features,
+                    &self.scale,
+                    &self.shift,
+                    shortcut,
+                    out,
+                );
+            }
+        }
     }
 
     /// Sets `save_mean` / `save_invstd` to the statistics to normalize with (the batch's in training, updating
@@ -181,59 +195,61 @@ impl BatchNorm2d {
 
     /// Eval mode as `y = x·scale + shift` per channel (`scale = weight / √(running_var + eps)`,
     /// `shift = bias − running_mean·scale`), for a producer that applies it as it writes (see
-    /// [`crate::nn::Conv2d::forward_bn_eval`]). Returns `(scale, shift)`, each `[c]`.
+    /// [`crate::nn::ConvStore::EvalBn`]). Returns `(scale, shift)`, each `[c]`.
     pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
         // Eval-mode statistics read no input.
         self.statistics(&[], Shape4::default(), false);
         (&self.scale, &self.shift)
     }
 
-    /// Backward of a training-mode forward on `x`, given `dy` (NHWC, same shape). Writes the parameter gradients
-    /// and [`BatchNorm2d::grad_input`]. The output is read only for a fused ReLU's mask; without one, `x` stands
-    /// in for it, so a norm run by [`BatchNorm2d::forward_add_relu`] needs no stored output.
-    pub fn backward(&mut self, x: &[f32], dy: &[f32]) {
-        ensure_len(&mut self.grad_input, x.len());
+    /// Backward of a training-mode forward on `x`, from `grad` (NHWC, same shape): writes the parameter
+    /// gradients and the input gradient, into [`BatchNorm2d::grad_input`] or over the lent `d out`. The output
+    /// is read only for a fused ReLU's mask; without one, `x` stands in for it, so a norm run with
+    /// [`BnStore::AddRelu`] needs no stored output.
+    pub fn backward(&mut self, x: &[f32], grad: Grad<'_, [f32]>) {
         self.size_sums(x.len() / self.num_features);
-        batch_norm_backward(
-            x,
-            if self.relu { &self.out } else { x },
-            dy,
-            self.num_features,
-            &self.save_mean,
-            &self.save_invstd,
-            &self.weight,
-            self.relu,
-            &mut self.grad_input,
-            &mut self.grad_weight,
-            &mut self.grad_bias,
-            &mut self.sums,
-            &mut self.coeffs,
-        );
+        let y = if self.relu { &self.out } else { x };
         let mut grad_input = std::mem::take(&mut self.grad_input);
-        self.sync_input_grad(x, &mut grad_input);
+        let dx = match grad {
+            Grad::Own(dy) => {
+                ensure_len(&mut grad_input, x.len());
+                batch_norm_backward(
+                    x,
+                    y,
+                    dy,
+                    self.num_features,
+                    &self.save_mean,
+                    &self.save_invstd,
+                    &self.weight,
+                    self.relu,
+                    &mut grad_input,
+                    &mut self.grad_weight,
+                    &mut self.grad_bias,
+                    &mut self.sums,
+                    &mut self.coeffs,
+                );
+                &mut grad_input[..]
+            }
+            Grad::Lent(dy) => {
+                batch_norm_backward_in_place(
+                    x,
+                    y,
+                    dy,
+                    self.num_features,
+                    &self.save_mean,
+                    &self.save_invstd,
+                    &self.weight,
+                    self.relu,
+                    &mut self.grad_weight,
+                    &mut self.grad_bias,
+                    &mut self.sums,
+                    &mut self.coeffs,
+                );
+                dy
+            }
+        };
+        self.sync_input_grad(x, dx);
         self.grad_input = grad_input;
-    }
-
-    /// [`BatchNorm2d::backward`] that overwrites `dy` with the input gradient instead of filling `grad_input`:
-    /// for a caller that no longer needs `dy`, it saves an activation-sized buffer (151 MB for the chapter's
-    /// stem at 96×96, batch 256).
-    pub fn backward_in_place(&mut self, x: &[f32], dy: &mut [f32]) {
-        self.size_sums(x.len() / self.num_features);
-        batch_norm_backward_in_place(
-            x,
-            if self.relu { &self.out } else { x },
-            dy,
-            self.num_features,
-            &self.save_mean,
-            &self.save_invstd,
-            &self.weight,
-            self.relu,
-            &mut self.grad_weight,
-            &mut self.grad_bias,
-            &mut self.sums,
-            &mut self.coeffs,
-        );
-        self.sync_input_grad(x, dy);
     }
 
     /// With `--sync-bn`: turns `grad` (the input gradient from this rank's batch alone) into the global batch's,

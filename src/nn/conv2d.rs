@@ -3,9 +3,19 @@
 
 use super::arch::Init;
 use super::batch_norm::BatchNorm2d;
-use super::{ensure_len, kaiming_normal_fan_out, uniform_init, InitRng, Workspace};
+use super::{ensure_len, kaiming_normal_fan_out, uniform_init, Buffers, InitRng, Workspace};
 use crate::kernels::conv::{ConvGeom, ConvPlan};
 use crate::Shape4;
+
+/// Where [`Conv2d::forward`] stores its result.
+pub enum ConvStore<'a> {
+    /// [`Conv2d::out`]: what backward and a training-mode batch norm read.
+    Out,
+    /// Eval mode only: through this batch norm with its running statistics (and its ReLU), straight into its
+    /// `out` in the same pass (one pass over the activation, not three), as `bn.forward(&conv.out, …, false, …)`
+    /// would leave it (to rounding). [`Conv2d::out`] is not written, so no backward may follow.
+    EvalBn(&'a mut BatchNorm2d),
+}
 
 /// A square-kernel 2-d convolution. Weight stored HWIO `[k, k, in, out]` (a `[k·k·in, out]` matrix);
 /// PyTorch's OIHW only at the edges ([`Conv2d::weight_oihw`]).
@@ -191,88 +201,82 @@ impl Conv2d {
             .map(|g| Shape4::new(xs.n, self.out_channels, g.oh, g.ow))
     }
 
-    /// `out = conv(x) + bias` for `x` NHWC of shape `xs`. The caller has checked the shape with [`Conv2d::geom`].
-    pub fn forward(&mut self, x: &[f32], xs: Shape4, ws: &mut Workspace) -> Shape4 {
-        let plan = self.planned(xs);
-        self.in_shape = xs;
-        self.out_shape = Shape4::new(xs.n, self.out_channels, plan.geom.oh, plan.geom.ow);
-        ensure_len(&mut self.out, self.out_shape.len());
-        let workspace = ws.get(plan.workspace_len());
-        plan.forward(x, &self.weight, &self.bias, &mut self.out, workspace);
-        self.out_shape
-    }
-
-    /// Eval mode only: this conv followed by `bn` with its running statistics (and its ReLU), written straight
-    /// into `bn.out` in one pass, as `bn.forward(&self.out, …, false)` would leave it (to rounding). `self.out`
-    /// is not written, so no backward may follow.
-    pub fn forward_bn_eval(
+    /// `conv(x) + bias` for `x` NHWC of shape `xs` (checked with [`Conv2d::geom`] by the model), stored as
+    /// `store` says.
+    pub fn forward(
         &mut self,
         x: &[f32],
         xs: Shape4,
-        bn: &mut BatchNorm2d,
+        store: ConvStore<'_>,
         ws: &mut Workspace,
     ) -> Shape4 {
         let plan = self.planned(xs);
         self.in_shape = xs;
         self.out_shape = Shape4::new(xs.n, self.out_channels, plan.geom.oh, plan.geom.ow);
-        let relu = bn.relu;
-        let mut out = std::mem::take(&mut bn.out);
-        ensure_len(&mut out, self.out_shape.len());
-        let (scale, shift) = bn.eval_affine();
         let workspace = ws.get(plan.workspace_len());
-        // Prepare the weights once per plan, reuse them until the weight changes.
-        let packed = match plan.prepared_len() {
-            Some(len) => {
-                // Keyed by geometry and algorithm, not batch: a server's batches vary in size, and the same
-                // algorithm (Winograd tile included) prepares the same weights for any of them.
-                let same = |p: ConvPlan| p.geom == plan.geom && p.forward == plan.forward;
-                if !self.packed_for.is_some_and(same) {
-                    ensure_len(&mut self.packed, len);
-                    plan.prepare_weights(&self.weight, &mut self.packed);
-                    self.packed_for = Some(plan);
-                }
-                Some(&self.packed[..])
+        match store {
+            ConvStore::Out => {
+                ensure_len(&mut self.out, self.out_shape.len());
+                plan.forward(x, &self.weight, &self.bias, &mut self.out, workspace);
             }
-            None => None,
-        };
-        plan.forward_affine(
-            x,
-            &self.weight,
-            packed,
-            &self.bias,
-            scale,
-            shift,
-            relu,
-            &mut out,
-            workspace,
-        );
-        bn.out = out;
+            ConvStore::EvalBn(bn) => {
+                let relu = bn.relu;
+                let mut out = std::mem::take(&mut bn.out);
+                ensure_len(&mut out, self.out_shape.len());
+                let (scale, shift) = bn.eval_affine();
+                // Prepare the weights once per plan, reuse them until the weight changes.
+                let packed = match plan.prepared_len() {
+                    Some(len) => {
+                        // Keyed by geometry and algorithm, not batch: a server's batches vary in size, and the
+                        // same algorithm (Winograd tile included) prepares the same weights for any of them.
+                        let same = |p: ConvPlan| p.geom == plan.geom && p.forward == plan.forward;
+                        if !self.packed_for.is_some_and(same) {
+                            ensure_len(&mut self.packed, len);
+                            plan.prepare_weights(&self.weight, &mut self.packed);
+                            self.packed_for = Some(plan);
+                        }
+                        Some(&self.packed[..])
+                    }
+                    None => None,
+                };
+                plan.forward_affine(
+                    x,
+                    &self.weight,
+                    packed,
+                    &self.bias,
+                    scale,
+                    shift,
+                    relu,
+                    &mut out,
+                    workspace,
+                );
+                bn.out = out;
+            }
+        }
         self.out_shape
     }
 
     /// Given `dy` (NHWC, shape of the last output) and the last forward's input `x`, writes the parameter
-    /// gradients and, when `need_grad_input`, [`Conv2d::grad_input`].
-    pub fn backward(&mut self, x: &[f32], dy: &[f32], need_grad_input: bool, ws: &mut Workspace) {
-        let mut grad_input = std::mem::take(&mut self.grad_input);
-        if need_grad_input {
-            ensure_len(&mut grad_input, self.in_shape.len());
-        }
-        self.backward_into(x, dy, need_grad_input.then_some(&mut grad_input[..]), ws);
-        self.grad_input = grad_input;
-    }
-
-    /// [`Conv2d::backward`] writing the input gradient into the caller's `grad_input` (NHWC, the last input's
-    /// length) instead of [`Conv2d::grad_input`]: the model passes buffers shared by all layers, so only the
-    /// gradients in flight take memory.
-    pub fn backward_into(
+    /// gradients and, when asked, the input gradient (NHWC, the last input's length): into
+    /// [`Conv2d::grad_input`], or into a caller's buffer (a model shares a few among all its layers, so only
+    /// the gradients in flight take memory).
+    pub fn backward(
         &mut self,
         x: &[f32],
         dy: &[f32],
-        grad_input: Option<&mut [f32]>,
+        grad_input: Option<Buffers<'_, [f32]>>,
         ws: &mut Workspace,
     ) {
         let plan = self.planned(self.in_shape);
         let workspace = ws.get(plan.workspace_len());
+        let grad_input = match grad_input {
+            Some(Buffers::Own) => {
+                ensure_len(&mut self.grad_input, self.in_shape.len());
+                Some(&mut self.grad_input[..])
+            }
+            Some(Buffers::Lent(dx)) => Some(dx),
+            None => None,
+        };
         plan.backward(
             x,
             &self.weight,
@@ -366,7 +370,7 @@ impl Conv2d {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::SeedableRng;
+    use crate::nn::{BnStore, SeedableRng};
 
     /// The eval-mode packed weights of a wide layer are rebuilt after every way the weight can change.
     #[test]
@@ -384,12 +388,12 @@ mod tests {
             .collect();
         let mut ws = Workspace::default();
         let reference = |conv: &mut Conv2d, bn: &mut BatchNorm2d, ws: &mut Workspace| {
-            let s = conv.forward(&x, xs, ws);
-            bn.forward(&conv.out, s, false);
+            let s = conv.forward(&x, xs, ConvStore::Out, ws);
+            bn.forward(&conv.out, s, false, BnStore::Out);
             bn.out.clone()
         };
         let mut check = |conv: &mut Conv2d, bn: &mut BatchNorm2d, what: &str| {
-            conv.forward_bn_eval(&x, xs, bn, &mut ws);
+            conv.forward(&x, xs, ConvStore::EvalBn(bn), &mut ws);
             let fused = bn.out.clone();
             let want = reference(conv, bn, &mut Workspace::default());
             for (a, b) in fused.iter().zip(&want) {
@@ -430,10 +434,10 @@ mod tests {
             let x: Vec<f32> = (0..xs.len())
                 .map(|i| (i % 31) as f32 / 31.0 - 0.5)
                 .collect();
-            conv.forward_bn_eval(&x, xs, &mut bn, &mut ws);
+            conv.forward(&x, xs, ConvStore::EvalBn(&mut bn), &mut ws);
             let fused = bn.out.clone();
-            let s = conv.forward(&x, xs, &mut Workspace::default());
-            bn.forward(&conv.out, s, false);
+            let s = conv.forward(&x, xs, ConvStore::Out, &mut Workspace::default());
+            bn.forward(&conv.out, s, false, BnStore::Out);
             for (a, b) in fused.iter().zip(&bn.out) {
                 assert!(
                     (a - b).abs() <= 1e-4 * (1.0 + b.abs()),

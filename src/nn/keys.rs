@@ -1,12 +1,11 @@
 //! The network's layers in state-dict order with their keys, and everything that follows from that one walk:
-//! the parameter walk of the optimizer ([`ResNet::visit_params_mut`], [`ResNet::params_mut`]), the state dict in
+//! the parameter walk optimizers step over ([`ResNet::visit_params_mut`], [`ResNet::params_mut`]), the state dict in
 //! PyTorch's layouts ([`ResNet::state_dict`]), strict loading ([`ResNet::load_state_dict`]), the gradients as a
 //! state dict and the parameter count. The key names come from the description's [`Naming`] tables.
 
 use super::arch::{Naming, Role};
 use super::state::{take_f32, take_i64_scalar, StateDict, StateTensor};
 use super::{BatchNorm2d, Conv2d, Linear, ResNet, Residual};
-use crate::optim::Optimizer;
 use crate::{bail, ParamMut, Result};
 
 /// A layer that holds tensors, borrowed.
@@ -156,7 +155,7 @@ fn layer_params<'a>(
     }
 }
 
-/// A part of the network whose parameter gradients are final, as [`ResNet::backward_with`] reports them during
+/// A part of the network whose parameter gradients are final, as [`ResNet::backward`] reports them during
 /// the backward pass: the classifier first, then the blocks from the last to the first, then the stem, which is
 /// the reverse of [`ResNet::params_mut`]'s order of parts (frozen parts are never reported).
 pub enum GradsReady<'a> {
@@ -302,27 +301,6 @@ impl ResNet {
         found
     }
 
-    /// One optimizer step over every trainable tensor with the gradients of the last backward pass: what
-    /// `opt.step(&mut net.params_mut(), lr)` does, without allocating the named list.
-    pub fn optimizer_step(&mut self, opt: &mut dyn Optimizer, lr: f32) {
-        opt.step_each(lr, &mut |update| self.visit_params_mut(update));
-    }
-
-    /// [`ResNet::optimizer_step`] with the gradients taken from `grads`, every trainable tensor's gradient
-    /// concatenated in [`ResNet::params_mut`] order (what [`ResNet::copy_grads`] writes): for gradients
-    /// combined outside the network, e.g. summed over the ranks of a data-parallel job.
-    pub fn optimizer_step_with(&mut self, opt: &mut dyn Optimizer, lr: f32, grads: &[f32]) {
-        opt.step_each(lr, &mut |update| {
-            let mut at = 0;
-            self.visit_params_mut(&mut |value, _| {
-                let len = value.len();
-                update(value, &grads[at..at + len]);
-                at += len;
-            });
-            assert_eq!(at, grads.len(), "one gradient value per parameter");
-        });
-    }
-
     /// Writes every trainable tensor's gradient, concatenated in [`ResNet::params_mut`] order, to
     /// `out[..n]`, `n` the number of trainable values; returns `n`.
     pub fn copy_grads(&mut self, out: &mut [f32]) -> usize {
@@ -347,7 +325,7 @@ impl ResNet {
         found
     }
 
-    /// Trainable values of each part [`ResNet::backward_with`] reports, in the order it reports them: the
+    /// Trainable values of each part [`ResNet::backward`] reports, in the order it reports them: the
     /// classifier, the blocks from the last, the stem (frozen parts left out).
     pub fn grad_parts(&mut self) -> Vec<usize> {
         // A part is the block `(k, i)` a tensor belongs to, or outside the blocks the classifier or the stem.

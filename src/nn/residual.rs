@@ -6,7 +6,9 @@
 //!   (1×1 → 3×3 with the stride → 1×1 to four times the planes), built by [`Residual::from_spec`].
 
 use super::arch::{BlockSpec, ConvSpec, Init, ResNetConfig, Shortcut};
-use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Workspace};
+use super::{
+    ensure_len, BatchNorm2d, BnStore, Buffers, Conv2d, ConvStore, Grad, InitRng, Workspace,
+};
 use crate::kernels::pointwise::{add_assign, add_relu_forward, relu_backward_in_place};
 use crate::Shape4;
 
@@ -25,9 +27,9 @@ pub struct Residual {
     pub out: Vec<f32>,
     /// Shape of [`Residual::out`] (named `[n, out, oh, ow]`, stored NHWC).
     pub out_shape: Shape4,
-    /// [`Residual::backward`]'s own `grad`, `dx` and `tmp` buffers (empty inside a model, which shares its own).
+    /// [`Residual::backward`]'s own `grad`, `dx` and `tmp` buffers (empty inside a model, which lends its own).
     own_grads: [Vec<f32>; 3],
-    /// Length of the input gradient in `own_grads[1]`.
+    /// Length of the input gradient in `own_grads[0]`.
     own_grad_len: usize,
 }
 
@@ -124,7 +126,25 @@ impl Residual {
     }
 
     /// Forward over `x` (NHWC, shape `xs`, checked with [`Residual::output_shape`]); fills [`Residual::out`].
-    pub fn forward(&mut self, x: &[f32], xs: Shape4, train: bool, ws: &mut Workspace) -> Shape4 {
+    /// With `bufs` lent (eval mode only: a training forward keeps what backward reads in the layers), every
+    /// activation the block writes lives in a buffer taken from them for the call; all but `out` go back after
+    /// it, and the caller gives `out` back once the next layer has read it. The same kernels in the same order:
+    /// the same values.
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        xs: Shape4,
+        train: bool,
+        mut bufs: Buffers<'_, Vec<Vec<f32>>>,
+        ws: &mut Workspace,
+    ) -> Shape4 {
+        if let Buffers::Lent(spare) = &mut bufs {
+            assert!(!train, "a training forward runs on the layers' own buffers");
+            for buf in self.inner_outputs() {
+                *buf = spare.pop().unwrap_or_default();
+            }
+            self.out = spare.pop().unwrap_or_default();
+        }
         let last = self.convs.len() - 1;
         let mut s = xs;
         for i in 0..=last {
@@ -133,11 +153,11 @@ impl Residual {
             let conv = &mut self.convs[i];
             if !train {
                 // Eval: each batch norm is applied as its conv writes (one pass over the activation, not three).
-                s = conv.forward_bn_eval(input, s, &mut rest[0], ws);
+                s = conv.forward(input, s, ConvStore::EvalBn(&mut rest[0]), ws);
             } else {
-                s = conv.forward(input, s, ws);
+                s = conv.forward(input, s, ConvStore::Out, ws);
                 if i < last {
-                    rest[0].forward(&conv.out, s, true);
+                    rest[0].forward(&conv.out, s, true, BnStore::Out);
                 }
             }
         }
@@ -145,45 +165,33 @@ impl Residual {
         let shortcut: &[f32] = match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
             (Some(c), Some(bn)) => {
                 if train {
-                    let cs = c.forward(x, xs, ws);
-                    bn.forward(&c.out, cs, true);
+                    let cs = c.forward(x, xs, ConvStore::Out, ws);
+                    bn.forward(&c.out, cs, true, BnStore::Out);
                 } else {
-                    c.forward_bn_eval(x, xs, bn, ws);
+                    c.forward(x, xs, ConvStore::EvalBn(bn), ws);
                 }
                 &bn.out
             }
             (Some(c), None) => {
-                c.forward(x, xs, ws);
+                c.forward(x, xs, ConvStore::Out, ws);
                 &c.out
             }
             (None, _) => x,
         };
         if train {
             // The last bn, the join and its ReLU in one pass; the normalized activation is never stored.
-            self.bns[last].forward_add_relu(&self.convs[last].out, s, shortcut, &mut self.out);
+            let store = BnStore::AddRelu {
+                shortcut,
+                out: &mut self.out,
+            };
+            self.bns[last].forward(&self.convs[last].out, s, true, store);
         } else {
             add_relu_forward(&self.bns[last].out, shortcut, &mut self.out);
         }
         self.out_shape = s;
-        s
-    }
-
-    /// Eval-mode [`Residual::forward`] on borrowed memory: every activation the block writes lives in a buffer
-    /// lent from `spare` for the call; all but [`Residual::out`] go back to `spare` afterwards (the caller takes
-    /// `out` once the next block has read it). The same kernels in the same order: the same values.
-    pub fn forward_eval_lent(
-        &mut self,
-        x: &[f32],
-        xs: Shape4,
-        ws: &mut Workspace,
-        spare: &mut Vec<Vec<f32>>,
-    ) -> Shape4 {
-        for buf in self.inner_outputs() {
-            *buf = spare.pop().unwrap_or_default();
+        if let Buffers::Lent(spare) = bufs {
+            spare.extend(self.inner_outputs().map(std::mem::take));
         }
-        self.out = spare.pop().unwrap_or_default();
-        let s = self.forward(x, xs, false, ws);
-        spare.extend(self.inner_outputs().map(std::mem::take));
         s
     }
 
@@ -198,8 +206,8 @@ impl Residual {
         self.bns.iter_mut().map(|bn| &mut bn.out).chain(shortcut)
     }
 
-    /// Floats each of [`Residual::backward_into`]'s buffers needs after the last forward: the longest of the
-    /// block's input, output and inner activations.
+    /// Floats each lent gradient buffer of [`Residual::backward`] needs after the last forward: the longest of
+    /// the block's input, output and inner activations.
     pub fn grad_buffer_len(&self) -> usize {
         self.convs
             .iter()
@@ -207,86 +215,93 @@ impl Residual {
             .fold(self.out.len(), usize::max)
     }
 
-    /// Backward given the last forward's input `x` and `dout` (NHWC, output shape). Fills every parameter
-    /// gradient and, when `need_grad_input`, the input gradient, returned by [`Residual::grad_input`].
-    /// Uses buffers owned by the block; the model runs [`Residual::backward_into`] on shared ones instead.
-    pub fn backward(&mut self, x: &[f32], dout: &[f32], need_grad_input: bool, ws: &mut Workspace) {
-        let len = self.grad_buffer_len();
-        let mut bufs = std::mem::take(&mut self.own_grads);
-        for b in bufs.iter_mut() {
-            ensure_len(b, len);
-        }
-        let [grad, dx, tmp] = &mut bufs;
-        grad[..dout.len()].copy_from_slice(dout);
-        self.backward_into(x, grad, dx, tmp, need_grad_input, ws);
-        self.own_grads = bufs;
-        self.own_grad_len = x.len();
-    }
-
-    /// Backward on caller-owned buffers, each at least [`Residual::grad_buffer_len`] long: `grad[..out]` holds
-    /// `d out` on entry and is overwritten; `dx[..in]` receives the input gradient when `need_grad_input`;
-    /// `tmp` is scratch. A model shares three such buffers across all its blocks, so the gradients take memory
-    /// for one block at a time rather than several activation-sized buffers per block.
-    pub fn backward_into(
+    /// Backward given the last forward's input `x` (NHWC) and the gradient of its output. Fills every parameter
+    /// gradient and, when `need_grad_input`, the input gradient: in the block's own buffers
+    /// ([`Residual::grad_input`]), or in three buffers the caller lends, `[grad, dx, tmp]`, each at least
+    /// [`Residual::grad_buffer_len`] long, `grad` holding `d out` on entry and `d x` on return (the others are
+    /// scratch). A model lends the same three to all its blocks, so the gradients take memory for one block
+    /// at a time rather than several activation-sized buffers per block.
+    pub fn backward(
         &mut self,
         x: &[f32],
-        grad: &mut [f32],
-        dx: &mut [f32],
-        tmp: &mut [f32],
+        grad: Grad<'_, [Vec<f32>; 3]>,
         need_grad_input: bool,
         ws: &mut Workspace,
     ) {
+        let mut own = None;
+        let [grad, dx, tmp] = match grad {
+            Grad::Own(dout) => {
+                let len = self.grad_buffer_len();
+                let bufs = own.insert(std::mem::take(&mut self.own_grads));
+                for b in bufs.iter_mut() {
+                    ensure_len(b, len);
+                }
+                bufs[0][..dout.len()].copy_from_slice(dout);
+                bufs
+            }
+            Grad::Lent(bufs) => bufs,
+        };
         let (in_len, out_len) = (x.len(), self.out.len());
         // The join: d(Y + shortcut) = d out masked by out > 0, kept in `grad`.
         relu_backward_in_place(&self.out, &mut grad[..out_len]);
         // The shortcut first, while `grad` still holds the join's gradient.
-        let dx = &mut dx[..in_len];
+        let d_x = &mut dx[..in_len];
         match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
             (Some(c), Some(bn)) => {
                 let d = &mut tmp[..out_len];
                 d.copy_from_slice(&grad[..out_len]);
-                bn.backward_in_place(&c.out, d);
-                c.backward_into(x, d, need_grad_input.then_some(&mut *dx), ws);
+                bn.backward(&c.out, Grad::Lent(&mut *d));
+                let d_x = need_grad_input.then_some(Buffers::Lent(&mut *d_x));
+                c.backward(x, d, d_x, ws);
             }
             (Some(c), None) => {
-                c.backward_into(x, &grad[..out_len], need_grad_input.then_some(&mut *dx), ws)
+                let d_x = need_grad_input.then_some(Buffers::Lent(&mut *d_x));
+                c.backward(x, &grad[..out_len], d_x, ws)
             }
             (None, _) => {
                 if need_grad_input {
-                    dx.copy_from_slice(&grad[..out_len]);
+                    d_x.copy_from_slice(&grad[..out_len]);
                 }
             }
         }
         // Main path, last unit first: each batch norm in place, each conv's input gradient into the other
         // buffer (`grad` and `tmp` take turns), the first conv's added to `dx`.
         let last = self.convs.len() - 1;
-        self.bns[last].backward_in_place(&self.convs[last].out, &mut grad[..out_len]);
-        let (mut cur, mut other) = (grad, tmp);
+        self.bns[last].backward(&self.convs[last].out, Grad::Lent(&mut grad[..out_len]));
+        let (mut cur, mut other) = (&mut grad[..], &mut tmp[..]);
         for i in (1..=last).rev() {
             let (before, rest) = self.convs.split_at_mut(i);
             let conv = &mut rest[0];
             let d_in = &mut other[..conv.in_shape().len()];
-            conv.backward_into(
+            let d_out = &cur[..conv.out.len()];
+            conv.backward(
                 &self.bns[i - 1].out,
-                &cur[..conv.out.len()],
-                Some(&mut *d_in),
+                d_out,
+                Some(Buffers::Lent(&mut *d_in)),
                 ws,
             );
-            self.bns[i - 1].backward_in_place(&before[i - 1].out, d_in);
+            self.bns[i - 1].backward(&before[i - 1].out, Grad::Lent(d_in));
             std::mem::swap(&mut cur, &mut other);
         }
         let first = &mut self.convs[0];
         let dy = &cur[..first.out.len()];
         let dx_main = &mut other[..in_len];
-        first.backward_into(x, dy, need_grad_input.then_some(&mut *dx_main), ws);
+        let d_main = need_grad_input.then_some(Buffers::Lent(&mut *dx_main));
+        first.backward(x, dy, d_main, ws);
         if need_grad_input {
-            add_assign(dx, dx_main);
+            add_assign(d_x, dx_main);
+        }
+        std::mem::swap(grad, dx);
+        if let Some(bufs) = own {
+            self.own_grads = bufs;
+            self.own_grad_len = in_len;
         }
     }
 
-    /// Gradient w.r.t. the block's input from the last [`Residual::backward`] (NHWC, input shape).
+    /// Gradient w.r.t. the block's input from the last [`Residual::backward`] on its own buffers (NHWC, input
+    /// shape).
     pub fn grad_input(&self) -> &[f32] {
-        &self.own_grads[1][..self.own_grad_len]
+        &self.own_grads[0][..self.own_grad_len]
     }
 
     /// Number of trainable values.

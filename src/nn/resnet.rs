@@ -4,14 +4,14 @@
 
 use super::arch::{ResNetConfig, Role, Stem};
 use super::keys::{GradsReady, LayerMut};
-use super::{ensure_len, BatchNorm2d, Conv2d, InitRng, Linear, Residual, Workspace};
+use super::{
+    ensure_len, BatchNorm2d, BnStore, Buffers, Conv2d, ConvStore, Grad, InitRng, Linear, MaxPool2d,
+    Residual, Workspace,
+};
 use crate::dist::Collective;
 use crate::kernels::conv::ConvPlan;
 use crate::kernels::loss::softmax_cross_entropy;
-use crate::kernels::pool::{
-    global_avg_pool_backward, global_avg_pool_forward, max_pool_backward, max_pool_forward,
-    PoolGeom,
-};
+use crate::kernels::pool::{global_avg_pool_backward, global_avg_pool_forward};
 use crate::tensor::{nchw_to_nhwc_into, nhwc_to_nchw_into};
 use crate::{bail, Error, Result, Shape4};
 use rand::SeedableRng;
@@ -48,7 +48,8 @@ pub type ShapeStep = (String, Vec<usize>);
 
 /// A residual network as its [`ResNetConfig`] describes it: the chapter's `nn.Sequential` or torchvision's
 /// `ResNet`. Activations are NHWC inside; inputs and input gradients of the public API are NCHW, as PyTorch's
-/// (converted in [`ResNet::forward`] and [`ResNet::grad_input`] only; for one channel the layouts coincide).
+/// (converted where the input enters and where its gradient leaves, nowhere else; for one channel the layouts
+/// coincide).
 pub struct ResNet {
     /// The description the network was built from.
     pub config: ResNetConfig,
@@ -56,25 +57,20 @@ pub struct ResNet {
     pub stem_conv: Conv2d,
     /// The stem's batch norm and ReLU (`1` and `2` / `bn1` and `relu`), fused.
     pub stem_bn: BatchNorm2d,
+    /// The stem's 3×3 stride-2 max pool (`3` / `maxpool`), for the ImageNet stem; the small stem has none.
+    pub stem_pool: Option<MaxPool2d>,
     /// Stage `k` (`resnet_block{k+1}` / `layer{k+1}`): its residual blocks.
     pub stages: Vec<Vec<Residual>>,
     /// The classifier (`fc.1` / `fc`): Linear(features, num_classes).
     pub fc: Linear,
     train: bool,
     workspace: Workspace,
-    /// The stem's max pool over `stem_bn.out` (the ImageNet stem only).
-    pool_geom: Option<PoolGeom>,
-    pool_out: Vec<f32>,
-    pool_argmax: Vec<u32>,
-    pool_grad_input: Vec<f32>,
     gap_out: Vec<f32>,
-    /// The blocks' shared gradient buffers (see [`Residual::backward_into`]).
+    /// The gradient buffers the model lends to every block (see [`Residual::backward`]).
     block_grads: [Vec<f32>; 3],
     grad_logits: Vec<f32>,
     /// The last input in NHWC, when it has more than one channel (the layouts differ).
     input_nhwc: Vec<f32>,
-    /// The activation buffers [`ResNet::forward_lean`] lends to its layers.
-    spare: Vec<Vec<f32>>,
     /// [`ResNet::grad_input`] in NCHW, when the input has more than one channel.
     grad_input_nchw: Vec<f32>,
     input_shape: Shape4,
@@ -115,19 +111,16 @@ impl ResNet {
             stages[spec.stage].push(Residual::from_spec(&spec, &config, &mut rng));
         }
         let fc = Linear::new(config.features(), config.num_classes, &mut rng);
+        let stem_pool = (config.stem == Stem::Imagenet).then(|| MaxPool2d::new(3, 2, 1));
         Ok(ResNet {
             stem_conv,
             stem_bn: BatchNorm2d::new(stem.cout, true),
+            stem_pool,
             stages,
             fc,
             config,
             train: true,
             workspace: Workspace::default(),
-            pool_geom: None,
-            pool_out: Vec::new(),
-            spare: Vec::new(),
-            pool_argmax: Vec::new(),
-            pool_grad_input: Vec::new(),
             gap_out: Vec::new(),
             block_grads: Default::default(),
             grad_logits: Vec::new(),
@@ -192,16 +185,6 @@ impl ResNet {
         self.train
     }
 
-    /// The stem's max pool for its output shape `s` (`None` for the small stem, which has none, and when the
-    /// plane is too small).
-    fn pool_geom_for(&self, s: Shape4) -> Option<PoolGeom> {
-        PoolGeom::new(s.c, 3, 2, 1, s.h, s.w)
-    }
-
-    fn has_pool(&self) -> bool {
-        self.config.stem == Stem::Imagenet
-    }
-
     /// The layer-by-layer shape walk over the network's top-level children for an NCHW input of shape `xs`,
     /// without running it: `[("0", [n, 64, h/2, w/2]), ("1", …), …, ("fc", [n, classes])]` with the chapter's
     /// names, `conv1`, `bn1`, `relu`, `maxpool`, `layer1`…, `avgpool`, `fc` with torchvision's. Errors if the
@@ -229,9 +212,8 @@ impl ResNet {
         for name in [naming.stem_conv(), naming.stem_bn(), relu] {
             steps.push((name.to_string(), s.dims().to_vec()));
         }
-        if self.has_pool() {
-            let p = self.pool_geom_for(s).ok_or_else(too_small)?;
-            s = Shape4::new(s.n, s.c, p.oh, p.ow);
+        if let Some(p) = &self.stem_pool {
+            s = p.output_shape(s).ok_or_else(too_small)?;
             steps.push((pool.to_string(), s.dims().to_vec()));
         }
         for (k, stage) in self.stages.iter().enumerate() {
@@ -259,9 +241,8 @@ impl ResNet {
             plans[0].1.geom.oh,
             plans[0].1.geom.ow,
         );
-        if self.has_pool() {
-            let p = self.pool_geom_for(s).expect("checked by shape_walk");
-            s = Shape4::new(s.n, s.c, p.oh, p.ow);
+        if let Some(p) = &self.stem_pool {
+            s = p.output_shape(s).expect("checked by shape_walk");
         }
         for (k, stage) in self.stages.iter().enumerate() {
             for (b, block) in stage.iter().enumerate() {
@@ -322,96 +303,70 @@ impl ResNet {
         Ok(())
     }
 
+    /// The way back across [`ResNet::take_input`]'s edge: for more than one channel, the input gradient the
+    /// stem's conv left in NHWC becomes [`ResNet::grad_input`]'s NCHW.
+    fn give_grad_input(&mut self) {
+        let xs = self.input_shape;
+        if xs.c > 1 {
+            ensure_len(&mut self.grad_input_nchw, xs.len());
+            nhwc_to_nchw_into(&self.stem_conv.grad_input, xs, &mut self.grad_input_nchw);
+        }
+    }
+
     /// Forward pass over `x`, NCHW of shape `xs` (PyTorch's layout). Returns the logits `[n, num_classes]`.
-    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+    ///
+    /// With `bufs` lent (eval mode only), the layers write their activations in buffers taken from `bufs`, each
+    /// given back as soon as the next layer has read it, so the activations take about six of the largest
+    /// layer's outputs rather than all of them (resnet50 at 224: ~20 MB per image instead of ~80 MB): for serving
+    /// large batches. The same kernels in the same order compute the same logits; the layers' own outputs stay
+    /// empty afterwards (nothing can be trained from this pass).
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        xs: Shape4,
+        mut bufs: Buffers<'_, Vec<Vec<f32>>>,
+    ) -> Result<&[f32]> {
+        if self.train && matches!(bufs, Buffers::Lent(_)) {
+            bail!("forward: lent buffers are for eval mode, and the network is in training mode");
+        }
         self.take_input(x, xs)?;
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
         let train = self.train;
         let frozen = self.frozen;
         let ws = &mut self.workspace;
         self.input_shape = xs;
+        if let Buffers::Lent(spare) = &mut bufs {
+            self.stem_bn.out = spare.pop().unwrap_or_default();
+        }
         let mut s = if train && frozen == 0 {
-            let s = self.stem_conv.forward(x, xs, ws);
-            self.stem_bn.forward(&self.stem_conv.out, s, train);
+            let s = self.stem_conv.forward(x, xs, ConvStore::Out, ws);
+            self.stem_bn
+                .forward(&self.stem_conv.out, s, true, BnStore::Out);
             s
         } else {
-            self.stem_conv.forward_bn_eval(x, xs, &mut self.stem_bn, ws)
+            self.stem_conv
+                .forward(x, xs, ConvStore::EvalBn(&mut self.stem_bn), ws)
         };
-        self.pool_geom = None;
-        if self.config.stem == Stem::Imagenet {
-            let pg = PoolGeom::new(s.c, 3, 2, 1, s.h, s.w).expect("checked by shape_walk");
-            self.pool_geom = Some(pg);
-            s = Shape4::new(s.n, s.c, pg.oh, pg.ow);
-            ensure_len(&mut self.pool_out, s.len());
-            ensure_len(&mut self.pool_argmax, s.len());
-            max_pool_forward(
-                &pg,
-                s.n,
-                &self.stem_bn.out,
-                &mut self.pool_out,
-                &mut self.pool_argmax,
-            );
+        // The activation the next layer reads; with lent buffers, given back once it has.
+        let mut input = &mut self.stem_bn.out;
+        if let Some(pool) = &mut self.stem_pool {
+            s = pool.forward(input, s, bufs.reborrow());
+            give_back(&mut bufs, input);
+            input = &mut pool.out;
         }
-        let mut input: &[f32] = match self.pool_geom {
-            Some(_) => &self.pool_out,
-            None => &self.stem_bn.out,
-        };
         for (k, stage) in self.stages.iter_mut().enumerate() {
             // A frozen stage runs as in eval mode.
             let train = train && frozen < k + 2;
             for block in stage.iter_mut() {
-                s = block.forward(input, s, train, ws);
-                input = &block.out;
+                s = block.forward(input, s, train, bufs.reborrow(), ws);
+                give_back(&mut bufs, input);
+                input = &mut block.out;
             }
         }
         self.last_shape = s;
         ensure_len(&mut self.gap_out, s.n * s.c);
         global_avg_pool_forward(s.n, s.h * s.w, s.c, input, &mut self.gap_out);
-        self.fc.forward(&self.gap_out, s.n);
-        Ok(&self.fc.out)
-    }
-
-    /// [`ResNet::forward`] in eval mode on a handful of activation buffers instead of one per layer: each layer
-    /// borrows a spare buffer while its output is needed and gives it back after, so the activations take about
-    /// six of the largest layer's outputs rather than all of them (resnet50 at 224: ~20 MB per image instead of
-    /// ~80 MB). For serving large batches. The same kernels in the same order compute the same logits; the layers'
-    /// own outputs stay empty afterwards (nothing can be trained from this pass).
-    pub fn forward_lean(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
-        if self.train {
-            bail!("forward_lean: the network is in training mode");
-        }
-        self.take_input(x, xs)?;
-        let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
-        let ws = &mut self.workspace;
-        let spare = &mut self.spare;
-        self.input_shape = xs;
-        self.stem_bn.out = spare.pop().unwrap_or_default();
-        let mut s = self.stem_conv.forward_bn_eval(x, xs, &mut self.stem_bn, ws);
-        // The activation the next layer reads.
-        let mut current = std::mem::take(&mut self.stem_bn.out);
-        self.pool_geom = None;
-        if self.config.stem == Stem::Imagenet {
-            let pg = PoolGeom::new(s.c, 3, 2, 1, s.h, s.w).expect("checked by shape_walk");
-            s = Shape4::new(s.n, s.c, pg.oh, pg.ow);
-            let mut pooled = spare.pop().unwrap_or_default();
-            ensure_len(&mut pooled, s.len());
-            ensure_len(&mut self.pool_argmax, s.len());
-            max_pool_forward(&pg, s.n, &current, &mut pooled, &mut self.pool_argmax);
-            spare.push(std::mem::replace(&mut current, pooled));
-        }
-        for stage in self.stages.iter_mut() {
-            for block in stage.iter_mut() {
-                s = block.forward_eval_lent(&current, s, ws, spare);
-                spare.push(std::mem::replace(
-                    &mut current,
-                    std::mem::take(&mut block.out),
-                ));
-            }
-        }
-        self.last_shape = s;
-        ensure_len(&mut self.gap_out, s.n * s.c);
-        global_avg_pool_forward(s.n, s.h * s.w, s.c, &current, &mut self.gap_out);
-        spare.push(current);
+        give_back(&mut bufs, input);
         self.fc.forward(&self.gap_out, s.n);
         Ok(&self.fc.out)
     }
@@ -460,51 +415,42 @@ impl ResNet {
         }
     }
 
-    /// Backward pass from the gradient of the loss computed by [`ResNet::loss`], for the input `x` (NCHW) given
-    /// to the last (training-mode) forward. Fills every parameter's gradient, and the input gradient when asked
-    /// ([`ResNet::grad_input`]).
-    pub fn backward(&mut self, x: &[f32], need_grad_input: bool) {
-        let grad_logits = std::mem::take(&mut self.grad_logits);
-        self.backward_from(x, &grad_logits, need_grad_input);
-        self.grad_logits = grad_logits;
+    /// Sets the loss gradient backward starts from, `grad_logits [n, num_classes]` for the last forward's batch,
+    /// as [`ResNet::loss`] would: for a caller with a loss of its own.
+    pub fn set_loss_grad(&mut self, grad_logits: &[f32]) {
+        ensure_len(&mut self.grad_logits, grad_logits.len());
+        self.grad_logits.copy_from_slice(grad_logits);
     }
 
-    /// [`ResNet::backward`] that reports each part of the network as soon as its parameter gradients are final
-    /// ([`GradsReady`]; the classifier, the blocks from the last, the stem): for a data-parallel job that starts
-    /// summing gradients while the backward pass still runs.
-    pub fn backward_with(&mut self, x: &[f32], ready: &mut dyn FnMut(GradsReady<'_>)) {
-        let grad_logits = std::mem::take(&mut self.grad_logits);
-        self.backward_impl(x, &grad_logits, false, ready);
-        self.grad_logits = grad_logits;
-    }
-
-    /// Backward pass from an explicit `grad_logits [n, num_classes]`.
-    pub fn backward_from(&mut self, x: &[f32], grad_logits: &[f32], need_grad_input: bool) {
-        self.backward_impl(x, grad_logits, need_grad_input, &mut |_| {});
-    }
-
-    fn backward_impl(
+    /// Backward pass from the loss gradient kept by [`ResNet::loss`] (or [`ResNet::set_loss_grad`]), for the
+    /// input `x` (NCHW) given to the last (training-mode) forward. Fills every parameter's gradient, and the
+    /// input gradient when asked ([`ResNet::grad_input`]). With `ready`, reports each part of the network as
+    /// soon as its parameter gradients are final ([`GradsReady`]; the classifier, the blocks from the last, the
+    /// stem): for a data-parallel job that starts summing gradients while the backward pass still runs.
+    pub fn backward(
         &mut self,
         x: &[f32],
-        grad_logits: &[f32],
         need_grad_input: bool,
-        ready: &mut dyn FnMut(GradsReady<'_>),
+        mut ready: Option<&mut dyn FnMut(GradsReady<'_>)>,
     ) {
         let s = self.last_shape;
         let ws = &mut self.workspace;
-        self.fc.backward(&self.gap_out, grad_logits);
-        ready(GradsReady::Classifier(&self.fc));
-        // Every block's gradients run through three buffers shared by all blocks: `grad` holds d(block output)
-        // on the way in and d(block input) on the way out (after a swap with `dx`).
+        self.fc.backward(&self.gap_out, &self.grad_logits);
+        if let Some(ready) = &mut ready {
+            ready(GradsReady::Classifier(&self.fc));
+        }
+        // Every block's gradients run through three buffers lent to all blocks: `grads[0]` holds d(block output)
+        // on the way in and d(block input) on the way out.
         let stem_out = self.stem_bn.out.len();
+        let pool_out = self.stem_pool.as_ref().map_or(0, |p| p.out.len());
         let longest = self
             .stages
             .iter()
             .flatten()
             .map(Residual::grad_buffer_len)
-            .fold(stem_out.max(self.pool_out.len()), usize::max);
-        let [grad, dx, tmp] = &mut self.block_grads;
-        for b in [&mut *grad, &mut *dx, &mut *tmp] {
+            .fold(stem_out.max(pool_out), usize::max);
+        let grads = &mut self.block_grads;
+        for b in grads.iter_mut() {
             ensure_len(b, longest);
         }
         global_avg_pool_backward(
@@ -512,10 +458,10 @@ impl ResNet {
             s.h * s.w,
             s.c,
             &self.fc.grad_input,
-            &mut grad[..s.len()],
+            &mut grads[0][..s.len()],
         );
-        let stem_input: &[f32] = match self.pool_geom {
-            Some(_) => &self.pool_out,
+        let stem_output: &[f32] = match &self.stem_pool {
+            Some(pool) => &pool.out,
             None => &self.stem_bn.out,
         };
         // Walk the blocks backwards; each block's input is the previous block's output (or the stem's). Nothing
@@ -533,41 +479,37 @@ impl ResNet {
                     Some(prev) => &prev.out,
                     None => match earlier.iter().rev().find_map(|s| s.last()) {
                         Some(prev) => &prev.out,
-                        None => stem_input,
+                        None => stem_output,
                     },
                 };
-                rest[0].backward_into(block_input, grad, dx, tmp, !first_trainable, ws);
-                ready(GradsReady::Block(&rest[0]));
-                std::mem::swap(grad, dx);
+                rest[0].backward(block_input, Grad::Lent(&mut *grads), !first_trainable, ws);
+                if let Some(ready) = &mut ready {
+                    ready(GradsReady::Block(&rest[0]));
+                }
             }
         }
         if frozen >= 1 {
             return;
         }
-        let stem_grad: &mut [f32] = match &self.pool_geom {
-            Some(pg) => {
-                ensure_len(&mut self.pool_grad_input, stem_out);
-                max_pool_backward(
-                    pg,
-                    s.n,
-                    &grad[..self.pool_out.len()],
-                    &self.pool_argmax,
-                    &mut self.pool_grad_input,
-                );
-                &mut self.pool_grad_input
+        let stem_grad: &mut [f32] = match &mut self.stem_pool {
+            Some(pool) => {
+                pool.backward(&grads[0][..pool.out.len()]);
+                &mut pool.grad_input
             }
-            None => &mut grad[..stem_out],
+            None => &mut grads[0][..stem_out],
         };
         // BN turns the stem's output gradient into its own input gradient in place.
         self.stem_bn
-            .backward_in_place(&self.stem_conv.out, stem_grad);
+            .backward(&self.stem_conv.out, Grad::Lent(&mut *stem_grad));
         let xs = self.input_shape;
         let x: &[f32] = if xs.c > 1 { &self.input_nhwc } else { x };
-        self.stem_conv.backward(x, stem_grad, need_grad_input, ws);
-        ready(GradsReady::Stem(&self.stem_conv, &self.stem_bn));
-        if need_grad_input && xs.c > 1 {
-            ensure_len(&mut self.grad_input_nchw, xs.len());
-            nhwc_to_nchw_into(&self.stem_conv.grad_input, xs, &mut self.grad_input_nchw);
+        let grad_input = need_grad_input.then_some(Buffers::Own);
+        self.stem_conv.backward(x, stem_grad, grad_input, ws);
+        if let Some(ready) = &mut ready {
+            ready(GradsReady::Stem(&self.stem_conv, &self.stem_bn));
+        }
+        if need_grad_input {
+            self.give_grad_input();
         }
     }
 
@@ -583,6 +525,13 @@ impl ResNet {
     /// Logits of the last forward, `[n, num_classes]`.
     pub fn logits(&self) -> &[f32] {
         &self.fc.out
+    }
+}
+
+/// With lent buffers, gives `buf` back to them: the layer after it has read it.
+fn give_back(bufs: &mut Buffers<'_, Vec<Vec<f32>>>, buf: &mut Vec<f32>) {
+    if let Buffers::Lent(spare) = bufs {
+        spare.push(std::mem::take(buf));
     }
 }
 
@@ -625,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn lean_forward_computes_what_forward_computes() {
+    fn forward_on_lent_buffers_computes_what_forward_computes() {
         use crate::nn::ArchName;
         let configs = [
             ResNetConfig::named(ArchName::Chapter, 1, 10),
@@ -643,6 +592,7 @@ mod tests {
         for config in configs {
             let name = config.name();
             let mut net = ResNet::new(config, 1).unwrap();
+            let mut spare = Vec::new();
             net.set_train(false);
             // Batches and sizes that change between calls, so that lent buffers change roles and lengths.
             for (n, side) in [(3, 40), (1, 40), (5, 33), (2, 64), (3, 40)] {
@@ -650,15 +600,20 @@ mod tests {
                 let x: Vec<f32> = (0..xs.len())
                     .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
                     .collect();
-                let want = net.forward(&x, xs).unwrap().to_vec();
-                let got = net.forward_lean(&x, xs).unwrap().to_vec();
+                let want = net.forward(&x, xs, Buffers::Own).unwrap().to_vec();
+                let got = net
+                    .forward(&x, xs, Buffers::Lent(&mut spare))
+                    .unwrap()
+                    .to_vec();
                 assert_eq!(got, want, "{name} at {xs}");
-                // And after a lean pass, the ordinary one still computes the same.
-                assert_eq!(net.forward(&x, xs).unwrap(), &want[..], "{name} at {xs}");
+                // And after a pass on lent buffers, one on the layers' own still computes the same.
+                let again = net.forward(&x, xs, Buffers::Own).unwrap();
+                assert_eq!(again, &want[..], "{name} at {xs}");
             }
             net.set_train(true);
+            let lent = Buffers::Lent(&mut spare);
             assert!(net
-                .forward_lean(&[0.0; 3], Shape4::new(1, 3, 1, 1))
+                .forward(&[0.0; 3], Shape4::new(1, 3, 1, 1), lent)
                 .is_err());
         }
     }

@@ -39,6 +39,7 @@ pub use adam::{Adam, AdamConfig};
 pub use schedule::{warmup_factor, Schedule};
 pub use sgd::{Sgd, SgdConfig};
 
+use crate::nn::ResNet;
 use crate::tensor::ParamMut;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -65,9 +66,28 @@ pub trait Optimizer: Send {
     fn step(&mut self, params: &mut [ParamMut<'_>], lr: f32);
     /// The same update for parameters handed out one at a time: `params` must call the function it is given
     /// once per parameter, `(value, grad)`, in the order the optimizer was built for (what
-    /// [`crate::nn::ResNet::optimizer_step`] does without building a list, so a training step allocates
+    /// [`Optimizer::step_net`] does without building a list, so a training step allocates
     /// nothing).
     fn step_each(&mut self, lr: f32, params: &mut ParamVisitor<'_>);
+    /// One step over every trainable tensor of `net` with the gradients of its last backward pass: what
+    /// `step(&mut net.params_mut(), lr)` does, without allocating the named list.
+    fn step_net(&mut self, net: &mut ResNet, lr: f32) {
+        self.step_each(lr, &mut |update| net.visit_params_mut(update));
+    }
+    /// [`Optimizer::step_net`] with the gradients taken from `grads`, every trainable tensor's gradient
+    /// concatenated in [`ResNet::params_mut`] order (what [`ResNet::copy_grads`] writes): for gradients
+    /// combined outside the network, e.g. summed over the ranks of a data-parallel job.
+    fn step_net_with(&mut self, net: &mut ResNet, lr: f32, grads: &[f32]) {
+        self.step_each(lr, &mut |update| {
+            let mut at = 0;
+            net.visit_params_mut(&mut |value, _| {
+                let len = value.len();
+                update(value, &grads[at..at + len]);
+                at += len;
+            });
+            assert_eq!(at, grads.len(), "one gradient value per parameter");
+        });
+    }
     /// Number of steps taken so far (restored by [`Optimizer::load_state`]).
     fn steps_taken(&self) -> u64;
     /// A copy of the full state, for checkpoints. Loading it into an optimizer built with the same configuration

@@ -6,7 +6,7 @@
 use super::{Data, DistStats, Evaluation, Step, TrainConfig};
 use crate::data::Batch;
 use crate::dist::{agree, check_same, digest64, Collective};
-use crate::nn::{LayerMut, ResNet, StateTensor};
+use crate::nn::{Buffers, LayerMut, ResNet, StateTensor};
 use crate::optim::Optimizer;
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -70,7 +70,7 @@ impl Distributed {
     ) -> Result<Step> {
         let start = Instant::now();
         let local = batch.and_then(|b| {
-            net.forward(&b.images, b.shape)?;
+            net.forward(&b.images, b.shape, Buffers::Own)?;
             let (loss, correct) = net.loss_smoothed(&b.labels, label_smoothing)?;
             let weight = b.labels.len() as f32 / global_n as f32;
             net.scale_loss_grad(weight);
@@ -99,7 +99,7 @@ impl Distributed {
             let name = net.param_name_at(i).unwrap_or_default();
             Step::Diverged(format!("gradient of `{name}` is not finite"))
         } else {
-            net.optimizer_step_with(opt, lr, grads);
+            opt.step_net_with(net, lr, grads);
             Step::Done { loss, correct }
         };
         self.steps += 1;
@@ -118,7 +118,7 @@ impl Distributed {
     ) -> (Instant, Instant) {
         match images {
             Some(x) => {
-                net.backward(x, false);
+                net.backward(x, false, None);
                 net.copy_grads(&mut self.flat[..params]);
             }
             None => self.flat[..params].fill(0.0),
@@ -159,17 +159,21 @@ impl Distributed {
             };
             out.want = *out.plan.next().expect("a bucket plan is never empty");
             match images {
-                Some(x) => net.backward_with(x, &mut |part| {
-                    let mut len = 0;
-                    part.visit(naming, &mut |g| len += g.len());
-                    let mut at = out.rest.len() - out.filled - len;
-                    part.visit(naming, &mut |g| {
-                        out.rest[at..at + g.len()].copy_from_slice(g);
-                        at += g.len();
-                    });
-                    out.filled += len;
-                    out.send_if_full();
-                }),
+                Some(x) => net.backward(
+                    x,
+                    false,
+                    Some(&mut |part| {
+                        let mut len = 0;
+                        part.visit(naming, &mut |g| len += g.len());
+                        let mut at = out.rest.len() - out.filled - len;
+                        part.visit(naming, &mut |g| {
+                            out.rest[at..at + g.len()].copy_from_slice(g);
+                            at += g.len();
+                        });
+                        out.filled += len;
+                        out.send_if_full();
+                    }),
+                ),
                 None => {
                     out.rest[..params].fill(0.0);
                     while !out.rest.is_empty() {
@@ -188,7 +192,7 @@ impl Distributed {
     }
 
     /// Sums gradients in buckets of about `mb` MiB started during the backward pass (`None`: one allreduce of
-    /// the whole flat buffer after it). The buckets follow the parts [`ResNet::backward_with`] reports, each
+    /// the whole flat buffer after it). The buckets follow the parts [`ResNet::backward`] reports, each
     /// closed once it holds `mb` MiB or more. Not with `--sync-bn`, whose batch norms sum over the ranks inside
     /// the backward pass: the two would contend for the one communicator.
     pub fn set_buckets(&mut self, net: &mut ResNet, mb: Option<f64>, sync_bn: bool) -> Result<()> {

@@ -2,7 +2,7 @@
 
 use super::tta::forward_flip_tta;
 use crate::data::Loader;
-use crate::nn::ResNet;
+use crate::nn::{Buffers, ResNet};
 use crate::Result;
 
 /// Accuracy and confusion matrix of `net` (eval mode, BN running statistics) on a dataset.
@@ -53,7 +53,7 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader, tta: bool) -> Result<Evaluati
             averaged = forward_flip_tta(net, &batch.images, batch.shape)?;
             &averaged[..]
         } else {
-            net.forward(&batch.images, batch.shape)?
+            net.forward(&batch.images, batch.shape, Buffers::Own)?
         };
         for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
             let pred = argmax(row);

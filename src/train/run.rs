@@ -7,7 +7,7 @@ use super::{curve_svg, evaluate, Data, Ema, EpochMetrics, Progress, ProgressMode
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::{Batch, Loader, Pipeline};
 use crate::dist::Collective;
-use crate::nn::{ResNet, StateDict, StateTensor};
+use crate::nn::{Buffers, ResNet, StateDict, StateTensor};
 use crate::optim::{warmup_factor, Optimizer, OptimizerState};
 use crate::{bail, Error, Result};
 use serde::{Deserialize, Serialize};
@@ -327,20 +327,20 @@ impl Run {
     /// optimizer step, the body of [`Run::train`]'s loop. A steady-state step allocates nothing
     /// (`tests/alloc_free.rs`); the names of a bad loss or gradient are formatted only when one is found.
     pub fn train_step(&mut self, batch: &Batch, lr: f32) -> Result<Step> {
-        self.net.forward(&batch.images, batch.shape)?;
+        self.net.forward(&batch.images, batch.shape, Buffers::Own)?;
         let (loss, correct) = self
             .net
             .loss_smoothed(&batch.labels, self.config.label_smoothing)?;
         if !loss.is_finite() {
             return Ok(Step::Diverged(format!("loss is {loss}")));
         }
-        self.net.backward(&batch.images, false);
+        self.net.backward(&batch.images, false, None);
         if let Some(name) = self.net.non_finite_grad() {
             return Ok(Step::Diverged(format!(
                 "gradient of `{name}` is not finite"
             )));
         }
-        self.net.optimizer_step(self.optimizer.as_mut(), lr);
+        self.optimizer.step_net(&mut self.net, lr);
         Ok(Step::Done { loss, correct })
     }
 

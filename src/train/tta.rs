@@ -3,7 +3,7 @@
 //! accuracy at twice the cost of a forward pass.
 
 use crate::data::transforms::hflip;
-use crate::nn::ResNet;
+use crate::nn::{Buffers, ResNet};
 use crate::{Result, Shape4};
 
 /// `(net(x) + net(hflip(x))) / 2` for the NCHW batch `x` of shape `xs`: the logits `[n, num_classes]` averaged
@@ -11,10 +11,10 @@ use crate::{Result, Shape4};
 /// training mode the batch norms would see, and count, two batches).
 pub fn forward_flip_tta(net: &mut ResNet, x: &[f32], xs: Shape4) -> Result<Vec<f32>> {
     // The first forward refuses an `x` that is not `xs`, before the flip could.
-    let mut logits = net.forward(x, xs)?.to_vec();
+    let mut logits = net.forward(x, xs, Buffers::Own)?.to_vec();
     let mut mirror = x.to_vec();
     hflip(&mut mirror, xs.w);
-    let flipped = net.forward(&mirror, xs)?;
+    let flipped = net.forward(&mirror, xs, Buffers::Own)?;
     for (a, &b) in logits.iter_mut().zip(flipped) {
         *a = 0.5 * (*a + b);
     }
