@@ -11,9 +11,10 @@
 //! → [`train`] (the training loop, its checkpoints and metrics), with [`dist`] for a data-parallel job.
 //!
 //! Around them: [`tensor`] (shapes, layouts), [`checkpoint`] and [`pth`] (weights to and from PyTorch's files),
-//! [`infer`] (a model file turned into predictions), [`serve`] (`resnet serve`), [`bench`](mod@bench)
-//! (`resnet bench`), [`cli`] (the command line's arguments), [`fuzzing`] (the fuzz targets' bodies) and
-//! [`error`].
+//! [`model_file`] (a model file's weights and metadata, typed and checked once), [`infer`] (a model file turned
+//! into predictions), [`serve`] (the HTTP server), [`bench`](mod@bench) (the measurements), [`cli`] and
+//! [`commands`] (the command line's arguments and one function per subcommand), [`fuzzing`] (the fuzz targets'
+//! bodies) and [`error`].
 //!
 //! # Example
 //!
