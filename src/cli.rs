@@ -2,9 +2,9 @@
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
 use crate::data::transforms::check_resize;
-use crate::data::{Format, Preset};
+use crate::data::{Format, Preset, NUM_CLASSES};
 use crate::nn::{ArchName, ResNetConfig, Stem};
-use crate::train::{Recipe, Settings, TrainConfig};
+use crate::train::{DataSettings, OptimSettings, Recipe, RunSettings, Settings, TrainConfig};
 use crate::{bail, Error, Result, Shape4};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -397,72 +397,43 @@ pub fn parse_shape(s: &str) -> Result<Shape4> {
 }
 
 impl TrainArgs {
-    /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated.
+    /// The run's configuration (for a fresh run; `--resume` reads it from the checkpoint), validated: the
+    /// chapter's defaults, then the recipe's settings, then the flags given.
     pub fn config(&self) -> Result<TrainConfig> {
-        let s = self.settings.clone().or(self.recipe.settings());
-        let mut named = ResNetConfig::named(self.arch, 1, crate::data::NUM_CLASSES);
-        if let Some(w) = &s.widths {
-            if self.arch == ArchName::Chapter {
-                named.layers = vec![2; w.len()];
-            } else if w.len() != named.layers.len() {
-                bail!(
-                    "--widths: {} has {} stages, so it takes {} widths, got {}",
-                    self.arch.as_str(),
-                    named.layers.len(),
-                    named.layers.len(),
-                    w.len()
-                );
-            }
-            named.widths = w.clone();
-        }
-        let chapter = TrainConfig::default();
-        let config = TrainConfig {
-            epochs: s.epochs.unwrap_or(chapter.epochs),
-            batch_size: s.batch_size.unwrap_or(chapter.batch_size),
-            lr: s.lr.unwrap_or(chapter.lr),
-            optimizer: s.optimizer.unwrap_or(chapter.optimizer),
-            momentum: s.momentum,
-            nesterov: s.nesterov.unwrap_or(false),
-            weight_decay: s.weight_decay,
-            schedule: s.schedule.unwrap_or(chapter.schedule),
-            resize: match self.transforms {
-                Preset::Chapter => Some(s.resize.unwrap_or(96)).filter(|&r| r != 28),
-                _ => s.resize,
+        let mut config = TrainConfig {
+            model: ResNetConfig {
+                zero_init_residual: self.zero_init_residual,
+                ..ResNetConfig::named(self.arch, self.channels.unwrap_or(1), NUM_CLASSES)
             },
-            normalize: s.normalize.unwrap_or(false).then_some((0.2860, 0.3530)),
-            format: self.format,
-            channels: self.channels,
-            transforms: self.transforms,
-            val_split: self.val_split,
-            skip_bad: self.skip_bad,
-            in_channels: self.channels.unwrap_or(1),
-            classes: Vec::new(),
-            channel_norm: self.mean.clone().zip(self.std.clone()),
-            init: self.init.clone(),
-            reset_head: self.reset_head,
-            freeze: match (self.freeze_backbone, self.freeze_until) {
-                (true, _) => 1 + named.layers.len(),
-                (false, Some(k)) => k.saturating_add(1),
-                (false, None) => 0,
+            data: DataSettings {
+                format: self.format,
+                channels: self.channels,
+                transforms: self.transforms,
+                channel_norm: self.mean.clone().zip(self.std.clone()),
+                limit_train: self.limit_train,
+                limit_test: self.limit_test,
+                val_split: self.val_split,
+                skip_bad: self.skip_bad,
+                ..DataSettings::default()
             },
-            augment: s.augment.unwrap_or(false),
-            seed: self.seed,
-            limit_train: self.limit_train,
-            limit_test: self.limit_test,
-            arch: self.arch,
-            widths: named.widths.clone(),
-            layers: named.layers.clone(),
-            stem: s.stem.unwrap_or(chapter.stem),
-            zero_init_residual: self.zero_init_residual,
-            sync_bn: self.sync_bn,
-            recipe: self.recipe,
-            label_smoothing: s.label_smoothing.unwrap_or(0.0),
-            random_erasing: s.random_erasing.unwrap_or(0.0),
-            ema: s.ema,
-            tta: s.tta.unwrap_or(false),
-            wd_skip_norm: s.wd_skip_norm.unwrap_or(false),
-            warmup_epochs: s.warmup_epochs.unwrap_or(0.0),
-            target_acc: self.target_acc,
+            optim: OptimSettings::default(),
+            run: RunSettings {
+                recipe: self.recipe,
+                seed: self.seed,
+                init: self.init.clone(),
+                reset_head: self.reset_head,
+                sync_bn: self.sync_bn,
+                target_acc: self.target_acc,
+                ..RunSettings::default()
+            },
+        };
+        let settings = self.settings.clone().or(self.recipe.settings());
+        settings.apply(self.arch, &mut config)?;
+        let stages = config.model.layers.len();
+        config.run.freeze = match (self.freeze_backbone, self.freeze_until) {
+            (true, _) => 1 + stages,
+            (false, Some(k)) => k.saturating_add(1),
+            (false, None) => 0,
         };
         config.validate()?;
         Ok(config)

@@ -3,9 +3,7 @@
 use clap::Parser;
 use resnet::checkpoint::META_CLASSES;
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
-use resnet::data::{
-    channel_mean_std, find_data_dir, image_file, open_data, DataOptions, Format, Loader, Subset,
-};
+use resnet::data::{find_data_dir, image_file, open_data, DataOptions, Format, Loader, Subset};
 use resnet::dist::{agree, Collective};
 use resnet::infer::{
     class_names, load_model, preprocess_for, ranked, softmax, stored_pipeline, Model,
@@ -114,7 +112,7 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
                     "resuming {} after epoch {} of {}",
                     dir.display(),
                     run.progress.epochs_done,
-                    run.config.epochs
+                    run.config.run.epochs
                 );
             }
             // Run::train checks that the data fits the run (channels, classes).
@@ -157,15 +155,15 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
             "training on cpu ({ranks}), {} training and {} {} images ({} channels, {} classes) from {}, run directory {}",
             data.train.len(),
             data.test.len(),
-            if run.config.val_split.is_some() { "validation" } else { "test" },
-            run.config.in_channels,
+            if run.config.data.val_split.is_some() { "validation" } else { "test" },
+            run.config.model.in_channels,
             run.config.num_classes(),
             data_dir.display(),
             run.dir.display()
         );
         println!(
             "recipe {}: {}",
-            run.config.recipe,
+            run.config.run.recipe,
             run.config.settings_flags()
         );
     }
@@ -184,7 +182,7 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
         }
     })?;
     if lead {
-        if let Some(target) = run.config.target_acc {
+        if let Some(target) = run.config.run.target_acc {
             match run.target_reached() {
                 Some(m) => println!(
                     "reached --target-acc {target} at epoch {}: accuracy {:.4} after {:.1} s of training and evaluation",
@@ -192,7 +190,7 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
                 ),
                 None => println!(
                     "--target-acc {target} not reached in {} epochs",
-                    run.config.epochs
+                    run.config.run.epochs
                 ),
             }
         }
@@ -214,24 +212,7 @@ fn agreed<T>(comm: &Option<Arc<dyn Collective>>, local: Result<T>) -> Result<T> 
 fn fresh_config(a: &TrainArgs, data_dir: &Path, verify: bool) -> Result<(TrainConfig, Data)> {
     let mut config = a.config()?;
     let data = Data::load(data_dir, verify, &config, a.cache_mb)?;
-    // The network follows the data: its channels and its classes.
-    config.in_channels = data.train.channels();
-    config.classes = data.train.classes().to_vec();
-    if let Some((m, _)) = config.channel_norm.as_ref().filter(|(m, _)| m.len() != 1) {
-        if m.len() != config.in_channels {
-            bail!(
-                "--mean / --std: {} values, but the images have {} channels",
-                m.len(),
-                config.in_channels
-            );
-        }
-    }
-    let fashion_like = data.format == Format::Idx && config.in_channels == 1;
-    if config.normalize.is_some() && !fashion_like {
-        config.normalize = None;
-        config.channel_norm = Some(channel_mean_std(&*data.train)?);
-    }
-    config.validate()?;
+    config.fit_to(&data)?;
     Ok((config, data))
 }
 

@@ -13,7 +13,7 @@ use resnet::data::Loader;
 use resnet::kernels::tile::cpu_supported;
 use resnet::nn::{ArchName, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
-use resnet::train::{Data, Run, Step, TrainConfig};
+use resnet::train::{Data, DataSettings, Run, RunSettings, Step, TrainConfig};
 use resnet::Shape4;
 
 struct Counting;
@@ -147,12 +147,19 @@ fn the_training_loops_step_allocates_nothing() {
         let dir = std::env::temp_dir().join(format!("resnet-alloc-free-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+        let chapter = TrainConfig::default();
         let config = TrainConfig {
-            resize: Some(48),
-            batch_size: 8,
-            limit_train: Some(16),
-            limit_test: Some(8),
-            ..TrainConfig::default()
+            data: DataSettings {
+                resize: Some(48),
+                limit_train: Some(16),
+                limit_test: Some(8),
+                ..chapter.data
+            },
+            run: RunSettings {
+                batch_size: 8,
+                ..chapter.run
+            },
+            ..chapter
         };
         let data = Data::load(&bundled, false, &config, 64).unwrap();
         let (pipeline, _) = config.pipelines(&*data.train).unwrap();

@@ -79,7 +79,7 @@ pub struct Restored {
 impl Restored {
     /// The parts of a run that starts now: no epochs done.
     fn fresh(config: TrainConfig, net: ResNet, optimizer: Box<dyn Optimizer>) -> Result<Restored> {
-        let ema = config.ema.map(Ema::new).transpose()?;
+        let ema = config.optim.ema.map(Ema::new).transpose()?;
         Ok(Restored {
             config,
             net,
@@ -106,7 +106,7 @@ impl Restored {
         let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
             .map_err(|e| Error::new(format!("{origin}: bad `{META_PROGRESS}`: {e}")))?;
         if let Some(e) = epochs {
-            config.epochs = e;
+            config.run.epochs = e;
         }
         config
             .validate()
@@ -123,10 +123,10 @@ impl Restored {
         let (model_sd, opt_sd): (StateDict, StateDict) = sd
             .into_iter()
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
-        let mut net = checkpoint::build_for(config.arch(), &model_sd, origin)?;
+        let mut net = checkpoint::build_for(config.model.clone(), &model_sd, origin)?;
         net.load_state_dict(&model_sd)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        net.set_frozen(config.freeze)
+        net.set_frozen(config.run.freeze)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
         let mut optimizer = build_optimizer(&config, &mut net)?;
         let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
@@ -147,7 +147,7 @@ impl Restored {
                 tensors,
             })
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        let ema = match config.ema {
+        let ema = match config.optim.ema {
             None => None,
             Some(decay) => {
                 let updates: u64 = meta
@@ -194,7 +194,7 @@ impl Run {
     ) -> Result<Run> {
         let dist = Distributed::new(comm);
         let (mut net, optimizer) = dist.agree(Self::build(&config))?;
-        if config.sync_bn {
+        if config.run.sync_bn {
             net.set_sync_bn(Some(dist.comm.clone()));
         }
         let lock = dist.agree(match dist.leads() {
@@ -208,11 +208,11 @@ impl Run {
     /// The network and optimizer a fresh run of `config` starts with.
     fn build(config: &TrainConfig) -> Result<(ResNet, Box<dyn Optimizer>)> {
         config.validate()?;
-        let mut net = ResNet::new(config.arch(), config.seed)?;
-        if let Some(path) = &config.init {
-            load_init(&mut net, path, config.reset_head)?;
+        let mut net = ResNet::new(config.model.clone(), config.run.seed)?;
+        if let Some(path) = &config.run.init {
+            load_init(&mut net, path, config.run.reset_head)?;
         }
-        net.set_frozen(config.freeze)?;
+        net.set_frozen(config.run.freeze)?;
         let optimizer = build_optimizer(config, &mut net)?;
         Ok((net, optimizer))
     }
@@ -262,7 +262,7 @@ impl Run {
         dist.comm.broadcast_bytes(0, &mut bytes);
         let origin = dir.join("checkpoint.safetensors").display().to_string();
         let mut restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
-        if restored.config.sync_bn {
+        if restored.config.run.sync_bn {
             restored.net.set_sync_bn(Some(dist.comm.clone()));
         }
         Ok(Self::from_parts(dir, restored, lock, Some(dist)))
@@ -309,7 +309,7 @@ impl Run {
     /// after the backward pass). Nothing for a single process.
     pub fn set_bucket_mb(&mut self, mb: Option<f64>) -> Result<()> {
         match &mut self.dist {
-            Some(d) => d.set_buckets(&mut self.net, mb, self.config.sync_bn),
+            Some(d) => d.set_buckets(&mut self.net, mb, self.config.run.sync_bn),
             None => Ok(()),
         }
     }
@@ -330,7 +330,7 @@ impl Run {
         self.net.forward(&batch.images, batch.shape)?;
         let (loss, correct) = self
             .net
-            .loss_smoothed(&batch.labels, self.config.label_smoothing)?;
+            .loss_smoothed(&batch.labels, self.config.optim.label_smoothing)?;
         if !loss.is_finite() {
             return Ok(Step::Diverged(format!("loss is {loss}")));
         }
@@ -358,7 +358,7 @@ impl Run {
         mut on_epoch: impl FnMut(&EpochMetrics),
     ) -> Result<()> {
         let cfg = self.config.clone();
-        let schedule = cfg.schedule.clone();
+        let schedule = cfg.optim.schedule.clone();
         let (rank, ranks) = match &self.dist {
             Some(d) => (d.comm.rank(), d.comm.size()),
             None => (0, 1),
@@ -373,17 +373,17 @@ impl Run {
             let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
             let train_loader = Loader::with_pipeline(
                 data.train.clone(),
-                cfg.batch_size,
+                cfg.run.batch_size,
                 true,
-                cfg.seed,
+                cfg.run.seed,
                 train_pipeline,
             )?
             .with_shard(rank, ranks)?;
             let test_loader = Loader::with_pipeline(
                 data.test.clone(),
-                cfg.batch_size,
+                cfg.run.batch_size,
                 false,
-                cfg.seed,
+                cfg.run.seed,
                 eval_pipeline.clone(),
             )?
             .with_shard(rank, ranks)?;
@@ -393,7 +393,7 @@ impl Run {
         let steps = train_loader.num_batches();
         let warmup_steps = cfg.warmup_steps(steps);
         if let Some(d) = &self.dist {
-            d.check_shares(cfg.batch_size, train_loader.len())?;
+            d.check_shares(cfg.run.batch_size, train_loader.len())?;
             // Every rank reads its first shares now: data a rank cannot read fails the job before training.
             d.agree(
                 train_loader
@@ -403,7 +403,7 @@ impl Run {
             )?;
             d.check_weights(&self.net, "at the start")?;
         }
-        for epoch in self.progress.epochs_done..cfg.epochs {
+        for epoch in self.progress.epochs_done..cfg.run.epochs {
             let kept = match self.progress.epochs_done {
                 0 => format!(
                     "no epoch finished, so {} holds no checkpoint",
@@ -416,12 +416,12 @@ impl Run {
             };
             let start = Instant::now();
             self.net.set_train(true);
-            let bar = Bar::new(mode, steps, epoch + 1, cfg.epochs);
+            let bar = Bar::new(mode, steps, epoch + 1, cfg.run.epochs);
             let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-            let mut lr = cfg.lr;
+            let mut lr = cfg.optim.lr;
             for (b, batch) in train_loader.epoch(epoch).enumerate() {
                 // The warm-up's factor is 1 after it, and x·1 is x in f32: runs without one are unchanged.
-                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs)
+                lr = schedule.lr(cfg.optim.lr, epoch, b, steps, cfg.run.epochs)
                     * warmup_factor(epoch * steps + b, warmup_steps);
                 let global_n = train_loader.global_batch_len(b);
                 let step = match &mut self.dist {
@@ -431,7 +431,7 @@ impl Run {
                         batch,
                         global_n,
                         lr,
-                        cfg.label_smoothing,
+                        cfg.optim.label_smoothing,
                     )?,
                     None => self.train_step(&batch?, lr)?,
                 };
@@ -439,7 +439,7 @@ impl Run {
                     Step::Done { loss, correct } => (loss, correct),
                     // Every rank of a job sees the same summed loss and gradients, so all stop here together.
                     Step::Diverged(what) => {
-                        return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr))))
+                        return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.optim.lr))))
                     }
                 };
                 if let Some(ema) = &mut self.ema {
@@ -458,12 +458,12 @@ impl Run {
             }
             bar.finish();
             let train_secs = start.elapsed().as_secs_f64();
-            if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
+            if let Some(d) = self.dist.as_ref().filter(|_| !cfg.run.sync_bn) {
                 d.average_running_stats(&mut self.net);
             }
             // The average is what a run with `--ema` evaluates and saves; the raw weights go on training.
             let eval = Ema::applied(self.ema.as_mut(), &mut self.net, |net| {
-                evaluate(net, &test_loader, cfg.tta)
+                evaluate(net, &test_loader, cfg.run.tta)
             });
             let eval = self.agree(eval)?;
             let eval = match &self.dist {
@@ -490,7 +490,7 @@ impl Run {
             });
             if let Some((name, _)) = bad {
                 let name = name.clone();
-                return self.agree(Err(Error::new(format!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr))));
+                return self.agree(Err(Error::new(format!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.optim.lr))));
             }
             drop(sd);
             if let Some(d) = &self.dist {
@@ -502,7 +502,7 @@ impl Run {
             self.agree(saved)?;
             on_epoch(&metrics);
             // Every rank sees the same summed evaluation, so all stop together.
-            if cfg.target_acc.is_some_and(|a| metrics.test_acc >= a) {
+            if cfg.run.target_acc.is_some_and(|a| metrics.test_acc >= a) {
                 break;
             }
         }
@@ -511,7 +511,7 @@ impl Run {
 
     /// The first epoch whose evaluation reached `--target-acc`, if the run has one and reached it.
     pub fn target_reached(&self) -> Option<&EpochMetrics> {
-        let target = self.config.target_acc?;
+        let target = self.config.run.target_acc?;
         self.progress.history.iter().find(|m| m.test_acc >= target)
     }
 
@@ -520,7 +520,7 @@ impl Run {
         let mut meta = BTreeMap::new();
         meta.insert(
             META_INPUT_SIZE.to_string(),
-            self.config.resize.unwrap_or(28).to_string(),
+            self.config.data.input_size().to_string(),
         );
         meta.insert(META_CLASSES.to_string(), json(&self.config.class_names()));
         if let Some(p) = &self.eval_pipeline {
@@ -595,10 +595,10 @@ fn json<T: Serialize>(v: &T) -> String {
 fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
     let lens = net.param_lens();
     let mut options = config.optimizer_options();
-    if config.wd_skip_norm {
+    if config.optim.wd_skip_norm {
         options.no_decay = net.norm_and_bias_mask();
     }
-    config.optimizer.build(&options, &lens)
+    config.optim.optimizer.build(&options, &lens)
 }
 
 /// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
