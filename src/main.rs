@@ -4,7 +4,7 @@ use clap::Parser;
 use resnet::checkpoint::META_CLASSES;
 use resnet::cli::{default_classes, default_summary_input, parse_shape, Cli, Command, TrainArgs};
 use resnet::data::{find_data_dir, image_file, open_data, DataOptions, Format, Loader, Subset};
-use resnet::dist::{agree, Collective};
+use resnet::dist::{agree, Collective, Local};
 use resnet::infer::{
     class_names, load_model, preprocess_for, ranked, softmax, stored_pipeline, Model,
 };
@@ -87,26 +87,23 @@ fn verify_bundled(flag: Option<&Path>) -> bool {
     flag.is_none() && std::env::var_os(resnet::data::fashion_mnist::ENV_VAR).is_none()
 }
 
-/// `resnet train`: a single process (`comm` `None`), or one rank of a data-parallel job.
-fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
-    let lead = comm.as_ref().is_none_or(|c| c.rank() == 0);
-    if let Some(c) = &comm {
+/// `resnet train`: one rank of a data-parallel job, or a single process (`comm` [`Local`]).
+fn train(a: TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
+    let lead = comm.rank() == 0;
+    if comm.size() > 1 {
         println!(
             "rank {} of {} on {} (pid {})",
-            c.rank(),
-            c.size(),
-            c.host(),
+            comm.rank(),
+            comm.size(),
+            comm.host(),
             std::process::id()
         );
     }
-    let data_dir = agreed(&comm, data_dir(a.data.as_deref()))?;
+    let data_dir = agree(&*comm, data_dir(a.data.as_deref()))?;
     let verify = verify_bundled(a.data.as_deref());
     let (mut run, data) = match &a.resume {
         Some(dir) => {
-            let run = match &comm {
-                Some(c) => Run::resume_distributed(dir, a.settings.epochs, c.clone())?,
-                None => Run::resume(dir, a.settings.epochs)?,
-            };
+            let run = Run::resume(dir, a.settings.epochs, comm.clone())?;
             if lead {
                 println!(
                     "resuming {} after epoch {} of {}",
@@ -116,40 +113,29 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
                 );
             }
             // Run::train checks that the data fits the run (channels, classes).
-            let data = agreed(
-                &comm,
+            let data = agree(
+                &*comm,
                 Data::load(&data_dir, verify, &run.config, a.cache_mb),
             )?;
-            if let Some(c) = &comm {
-                check_identity(&**c, &run.config, &data)?;
-            }
+            check_identity(&*comm, &run.config, &data)?;
             (run, data)
         }
         None => {
             // Load (and check) the data before the run directory is created, so bad data leaves nothing behind.
-            let (config, data) = agreed(&comm, fresh_config(&a, &data_dir, verify))?;
+            let (config, data) = agree(&*comm, fresh_config(&a, &data_dir, verify))?;
             let out = a.out.clone().unwrap_or_else(default_run_dir);
-            let run = match &comm {
-                Some(c) => {
-                    check_identity(&**c, &config, &data)?;
-                    Run::create_distributed(&out, config, c.clone())?
-                }
-                None => Run::create(&out, config)?,
-            };
-            (run, data)
+            check_identity(&*comm, &config, &data)?;
+            (Run::create(&out, config, comm.clone())?, data)
         }
     };
     if lead {
         for note in &data.notes {
             println!("{note}");
         }
-        let ranks = match &comm {
-            Some(c) => format!(
-                "{} ranks × {} threads",
-                c.size(),
-                rayon::current_num_threads()
-            ),
-            None => format!("{} threads", rayon::current_num_threads()),
+        let threads = rayon::current_num_threads();
+        let ranks = match comm.size() {
+            1 => format!("{threads} threads"),
+            n => format!("{n} ranks × {threads} threads"),
         };
         println!(
             "training on cpu ({ranks}), {} training and {} {} images ({} channels, {} classes) from {}, run directory {}",
@@ -199,15 +185,6 @@ fn train(a: TrainArgs, comm: Option<Arc<dyn Collective>>) -> Result<()> {
     Ok(())
 }
 
-/// `local` of a single process as it is; in a job, a step that failed on one rank fails every rank (rank 0
-/// reports it).
-fn agreed<T>(comm: &Option<Arc<dyn Collective>>, local: Result<T>) -> Result<T> {
-    match comm {
-        Some(c) => agree(&**c, local),
-        None => local,
-    }
-}
-
 /// A fresh run's configuration from the flags and the data it trains on (opened and checked here).
 fn fresh_config(a: &TrainArgs, data_dir: &Path, verify: bool) -> Result<(TrainConfig, Data)> {
     let mut config = a.config()?;
@@ -227,11 +204,11 @@ fn train_mpi(check: Result<()>, threads: Option<usize>, a: TrainArgs) -> Result<
     let Some(mpi) = Mpi::init()? else {
         check?;
         thread_pool(threads)?;
-        return train(a, None);
+        return train(a, Arc::new(Local::default()));
     };
     let mpi = Arc::new(mpi);
     let result = agree(&*mpi, check.and_then(|()| thread_pool(threads)))
-        .and_then(|()| train(a, Some(mpi.clone())));
+        .and_then(|()| train(a, mpi.clone()));
     let Err(e) = result else {
         return Ok(());
     };
@@ -412,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
     check?;
     thread_pool(cli.threads)?;
     match cli.command {
-        Command::Train(a) => train(*a, None),
+        Command::Train(a) => train(*a, Arc::new(Local::default())),
         Command::Eval {
             weights,
             data,

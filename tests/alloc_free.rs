@@ -8,8 +8,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use resnet::data::Loader;
+use resnet::dist::Local;
 use resnet::kernels::tile::cpu_supported;
 use resnet::nn::{ArchName, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
@@ -166,7 +168,7 @@ fn the_training_loops_step_allocates_nothing() {
         let loader = Loader::with_pipeline(data.train.clone(), 8, true, 0, pipeline).unwrap();
         // Prepared on this thread: no loader worker runs while the allocator counts.
         let batch = loader.batch(0, 0).unwrap().unwrap();
-        let mut run = Run::create(&dir, config).unwrap();
+        let mut run = Run::create(&dir, config, Arc::new(Local::default())).unwrap();
         assert!(matches!(
             run.train_step(&batch, 1e-3).unwrap(),
             Step::Done { .. }

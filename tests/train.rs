@@ -5,8 +5,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use resnet::checkpoint::deserialize;
+use resnet::dist::{Collective, Local};
 use resnet::nn::ResNetConfig;
 use resnet::nn::{StateDict, StateTensor};
 use resnet::train::{
@@ -14,6 +16,11 @@ use resnet::train::{
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_resnet");
+
+/// The job of a single process, which every run of these tests is.
+fn local() -> Arc<dyn Collective> {
+    Arc::new(Local::default())
+}
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
@@ -228,7 +235,7 @@ fn ci_accuracy_full_network_28px() {
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     assert_eq!((data.train.len(), data.test.len()), (2000, 1000));
     let dir = scratch("ci");
-    let mut run = Run::create(&dir, config).unwrap();
+    let mut run = Run::create(&dir, config, local()).unwrap();
     assert_eq!(run.net.num_params(), 11_178_378);
     let mut seen = Vec::new();
     run.train(&data, ProgressMode::Quiet, |m| {
@@ -266,15 +273,15 @@ fn resume_matches_uninterrupted_run() {
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
 
     let dir_a = scratch("resume-a");
-    let mut a = Run::create(&dir_a, config.clone()).unwrap();
+    let mut a = Run::create(&dir_a, config.clone(), local()).unwrap();
     a.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
 
     let dir_b = scratch("resume-b");
-    let mut b = Run::create(&dir_b, small_config(1)).unwrap();
+    let mut b = Run::create(&dir_b, small_config(1), local()).unwrap();
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     assert_eq!(metrics(&dir_b).len(), 1);
     drop(b);
-    let mut b = Run::resume(&dir_b, Some(2)).unwrap();
+    let mut b = Run::resume(&dir_b, Some(2), local()).unwrap();
     assert_eq!(b.progress.epochs_done, 1);
     assert_eq!(b.config, config, "resume keeps the stored settings");
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
@@ -303,7 +310,7 @@ fn resume_matches_uninterrupted_run() {
     }
 
     // While `b` holds its directory, no other run may open it.
-    let busy = Run::resume(&dir_b, None)
+    let busy = Run::resume(&dir_b, None, local())
         .err()
         .expect("a second run on a busy directory");
     assert!(
@@ -313,7 +320,7 @@ fn resume_matches_uninterrupted_run() {
     // Resuming a finished run trains nothing and changes nothing (once `b` has let go of the directory).
     drop(b);
     let before = snapshot(&dir_b);
-    let mut c = Run::resume(&dir_b, None).unwrap();
+    let mut c = Run::resume(&dir_b, None, local()).unwrap();
     c.train(&data, ProgressMode::Quiet, |_| {
         panic!("no epoch left to train")
     })
@@ -394,13 +401,13 @@ fn nan_guard_keeps_last_good_checkpoint() {
     config.optim.lr = 0.05;
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     let dir = scratch("nan");
-    let mut run = Run::create(&dir, config).unwrap();
+    let mut run = Run::create(&dir, config, local()).unwrap();
     run.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     drop(run);
     let before = snapshot(&dir);
 
     // Library: resume for a second epoch at lr 1e9.
-    let mut run = Run::resume(&dir, Some(2)).unwrap();
+    let mut run = Run::resume(&dir, Some(2), local()).unwrap();
     run.config.optim.lr = 1e9;
     let e = run
         .train(&data, ProgressMode::Quiet, |m| {
@@ -419,10 +426,16 @@ fn nan_guard_keeps_last_good_checkpoint() {
     }
     assert_eq!(snapshot(&dir), before, "files changed by the failed epoch");
     drop(run);
-    assert_eq!(Run::resume(&dir, None).unwrap().progress.epochs_done, 1);
+    assert_eq!(
+        Run::resume(&dir, None, local())
+            .unwrap()
+            .progress
+            .epochs_done,
+        1
+    );
 
     // CLI: the same run with the absurd rate stored in its checkpoint, resumed.
-    let mut run = Run::resume(&dir, None).unwrap();
+    let mut run = Run::resume(&dir, None, local()).unwrap();
     run.config.optim.lr = 1e9;
     run.save().unwrap();
     drop(run);
@@ -484,14 +497,14 @@ fn nan_guard_keeps_last_good_checkpoint() {
 #[test]
 fn run_dir_with_checkpoint_is_refused() {
     let dir = scratch("refuse");
-    let mut run = Run::create(&dir, small_config(1)).unwrap();
+    let mut run = Run::create(&dir, small_config(1), local()).unwrap();
     run.save().unwrap();
     drop(run);
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
     let before = snapshot(&dir);
     assert!(before.len() >= 5, "{:?}", before.keys());
 
-    let e = Run::create(&dir, small_config(1))
+    let e = Run::create(&dir, small_config(1), local())
         .err()
         .expect("second create must fail")
         .to_string();
@@ -545,14 +558,14 @@ fn recipe_ingredients_resume_exactly_and_save_the_average() {
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
 
     let dir_a = scratch("ingredients-a");
-    let mut a = Run::create(&dir_a, config.clone()).unwrap();
+    let mut a = Run::create(&dir_a, config.clone(), local()).unwrap();
     a.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
 
     let dir_b = scratch("ingredients-b");
-    let mut b = Run::create(&dir_b, with_ingredients(1)).unwrap();
+    let mut b = Run::create(&dir_b, with_ingredients(1), local()).unwrap();
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     drop(b);
-    let mut b = Run::resume(&dir_b, Some(3)).unwrap();
+    let mut b = Run::resume(&dir_b, Some(3), local()).unwrap();
     assert_eq!(b.config, config, "resume keeps the stored settings");
     assert_eq!(
         b.ema.as_ref().map(|e| e.updates),
@@ -685,7 +698,7 @@ fn a_run_stored_in_the_flat_layout_resumes() {
     let flat: serde_json::Value =
         serde_json::from_slice(&std::fs::read(golden.join("config.json")).unwrap()).unwrap();
 
-    let run = Run::resume(&dir, None).unwrap();
+    let run = Run::resume(&dir, None, local()).unwrap();
     assert_eq!(run.config.model, built, "the network the run built");
     assert_eq!(
         serde_json::from_value::<TrainConfig>(flat.clone()).unwrap(),
@@ -718,7 +731,7 @@ fn a_run_stored_in_the_flat_layout_resumes() {
     );
     drop(run);
 
-    let mut run = Run::resume(&dir, Some(2)).unwrap();
+    let mut run = Run::resume(&dir, Some(2), local()).unwrap();
     let data = Data::load(&bundled(), true, &run.config, 1024).unwrap();
     run.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     assert_eq!(run.progress.epochs_done, 2);
