@@ -8,12 +8,14 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use resnet::data::Loader;
+use resnet::dist::Local;
 use resnet::kernels::conv::tile::cpu_supported;
 use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use resnet::optim::{OptimizerKind, OptimizerOptions};
-use resnet::train::{Data, Run, Step, TrainConfig};
+use resnet::train::{Data, DataSettings, Run, RunSettings, Step, TrainConfig};
 use resnet::Shape4;
 
 struct Counting;
@@ -147,19 +149,26 @@ fn the_training_loops_step_allocates_nothing() {
         let dir = std::env::temp_dir().join(format!("resnet-alloc-free-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bundled = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+        let chapter = TrainConfig::default();
         let config = TrainConfig {
-            resize: Some(48),
-            batch_size: 8,
-            limit_train: Some(16),
-            limit_test: Some(8),
-            ..TrainConfig::default()
+            data: DataSettings {
+                resize: Some(48),
+                limit_train: Some(16),
+                limit_test: Some(8),
+                ..chapter.data
+            },
+            run: RunSettings {
+                batch_size: 8,
+                ..chapter.run
+            },
+            ..chapter
         };
         let data = Data::load(&bundled, false, &config, 64).unwrap();
         let (pipeline, _) = config.pipelines(&*data.train).unwrap();
         let loader = Loader::with_pipeline(data.train.clone(), 8, true, 0, pipeline).unwrap();
         // Prepared on this thread: no loader worker runs while the allocator counts.
         let batch = loader.batch(0, 0).unwrap().unwrap();
-        let mut run = Run::create(&dir, config).unwrap();
+        let mut run = Run::create(&dir, config, Arc::new(Local::default())).unwrap();
         assert!(matches!(
             run.train_step(&batch, 1e-3).unwrap(),
             Step::Done { .. }

@@ -5,12 +5,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
 use resnet::checkpoint::deserialize;
+use resnet::dist::{Collective, Local};
+use resnet::nn::ResNetConfig;
 use resnet::nn::{StateDict, StateTensor};
-use resnet::train::{Data, EpochMetrics, ProgressMode, Run, TrainConfig};
+use resnet::train::{
+    Data, DataSettings, EpochMetrics, OptimSettings, ProgressMode, Run, RunSettings, TrainConfig,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_resnet");
+
+/// The job of a single process, which every run of these tests is.
+fn local() -> Arc<dyn Collective> {
+    Arc::new(Local::default())
+}
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist")
@@ -24,15 +34,27 @@ fn scratch(name: &str) -> PathBuf {
 /// A small, quick configuration for tests about mechanics (not accuracy): 256 training and 64 test images at
 /// 28×28 on a narrow network.
 fn small_config(epochs: usize) -> TrainConfig {
+    let chapter = TrainConfig::default();
     TrainConfig {
-        epochs,
-        batch_size: 32,
-        resize: None,
-        schedule: "cosine".parse().unwrap(),
-        limit_train: Some(256),
-        limit_test: Some(64),
-        widths: vec![16, 32, 64, 128],
-        ..TrainConfig::default()
+        model: ResNetConfig {
+            widths: vec![16, 32, 64, 128],
+            ..chapter.model
+        },
+        data: DataSettings {
+            resize: None,
+            limit_train: Some(256),
+            limit_test: Some(64),
+            ..chapter.data
+        },
+        optim: OptimSettings {
+            schedule: "cosine".parse().unwrap(),
+            ..chapter.optim
+        },
+        run: RunSettings {
+            epochs,
+            batch_size: 32,
+            ..chapter.run
+        },
     }
 }
 
@@ -186,24 +208,34 @@ fn check_run_files(dir: &Path, epochs: usize) {
 /// gave 0.688 and 0.786; seeds 1 and 2 there gave 0.732 and 0.781). About 25–35 s.
 #[test]
 fn ci_accuracy_full_network_28px() {
+    let chapter = TrainConfig::default();
     let config = TrainConfig {
-        epochs: 2,
-        batch_size: 32,
-        resize: None,
-        schedule: "cosine".parse().unwrap(),
-        limit_train: Some(2000),
-        limit_test: Some(1000),
-        ..TrainConfig::default()
+        data: DataSettings {
+            resize: None,
+            limit_train: Some(2000),
+            limit_test: Some(1000),
+            ..chapter.data
+        },
+        optim: OptimSettings {
+            schedule: "cosine".parse().unwrap(),
+            ..chapter.optim
+        },
+        run: RunSettings {
+            epochs: 2,
+            batch_size: 32,
+            ..chapter.run
+        },
+        ..chapter
     };
     assert_eq!(
-        config.widths,
+        config.model.widths,
         vec![64, 128, 256, 512],
         "the chapter's network"
     );
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     assert_eq!((data.train.len(), data.test.len()), (2000, 1000));
     let dir = scratch("ci");
-    let mut run = Run::create(&dir, config).unwrap();
+    let mut run = Run::create(&dir, config, local()).unwrap();
     assert_eq!(run.net.num_params(), 11_178_378);
     let mut seen = Vec::new();
     run.train(&data, ProgressMode::Quiet, |m| {
@@ -241,15 +273,15 @@ fn resume_matches_uninterrupted_run() {
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
 
     let dir_a = scratch("resume-a");
-    let mut a = Run::create(&dir_a, config.clone()).unwrap();
+    let mut a = Run::create(&dir_a, config.clone(), local()).unwrap();
     a.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
 
     let dir_b = scratch("resume-b");
-    let mut b = Run::create(&dir_b, small_config(1)).unwrap();
+    let mut b = Run::create(&dir_b, small_config(1), local()).unwrap();
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     assert_eq!(metrics(&dir_b).len(), 1);
     drop(b);
-    let mut b = Run::resume(&dir_b, Some(2)).unwrap();
+    let mut b = Run::resume(&dir_b, Some(2), local()).unwrap();
     assert_eq!(b.progress.epochs_done, 1);
     assert_eq!(b.config, config, "resume keeps the stored settings");
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
@@ -278,7 +310,7 @@ fn resume_matches_uninterrupted_run() {
     }
 
     // While `b` holds its directory, no other run may open it.
-    let busy = Run::resume(&dir_b, None)
+    let busy = Run::resume(&dir_b, None, local())
         .err()
         .expect("a second run on a busy directory");
     assert!(
@@ -288,7 +320,7 @@ fn resume_matches_uninterrupted_run() {
     // Resuming a finished run trains nothing and changes nothing (once `b` has let go of the directory).
     drop(b);
     let before = snapshot(&dir_b);
-    let mut c = Run::resume(&dir_b, None).unwrap();
+    let mut c = Run::resume(&dir_b, None, local()).unwrap();
     c.train(&data, ProgressMode::Quiet, |_| {
         panic!("no epoch left to train")
     })
@@ -365,18 +397,18 @@ fn cli_resume_matches_uninterrupted_run() {
 #[test]
 fn nan_guard_keeps_last_good_checkpoint() {
     let mut config = small_config(1);
-    config.optimizer = resnet::optim::OptimizerKind::Sgd;
-    config.lr = 0.05;
+    config.optim.optimizer = resnet::optim::OptimizerKind::Sgd;
+    config.optim.lr = 0.05;
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
     let dir = scratch("nan");
-    let mut run = Run::create(&dir, config).unwrap();
+    let mut run = Run::create(&dir, config, local()).unwrap();
     run.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     drop(run);
     let before = snapshot(&dir);
 
     // Library: resume for a second epoch at lr 1e9.
-    let mut run = Run::resume(&dir, Some(2)).unwrap();
-    run.config.lr = 1e9;
+    let mut run = Run::resume(&dir, Some(2), local()).unwrap();
+    run.config.optim.lr = 1e9;
     let e = run
         .train(&data, ProgressMode::Quiet, |m| {
             panic!("diverging epoch finished: {m:?}")
@@ -394,11 +426,17 @@ fn nan_guard_keeps_last_good_checkpoint() {
     }
     assert_eq!(snapshot(&dir), before, "files changed by the failed epoch");
     drop(run);
-    assert_eq!(Run::resume(&dir, None).unwrap().progress.epochs_done, 1);
+    assert_eq!(
+        Run::resume(&dir, None, local())
+            .unwrap()
+            .progress
+            .epochs_done,
+        1
+    );
 
     // CLI: the same run with the absurd rate stored in its checkpoint, resumed.
-    let mut run = Run::resume(&dir, None).unwrap();
-    run.config.lr = 1e9;
+    let mut run = Run::resume(&dir, None, local()).unwrap();
+    run.config.optim.lr = 1e9;
     run.save().unwrap();
     drop(run);
     let before = snapshot(&dir);
@@ -459,14 +497,14 @@ fn nan_guard_keeps_last_good_checkpoint() {
 #[test]
 fn run_dir_with_checkpoint_is_refused() {
     let dir = scratch("refuse");
-    let mut run = Run::create(&dir, small_config(1)).unwrap();
+    let mut run = Run::create(&dir, small_config(1), local()).unwrap();
     run.save().unwrap();
     drop(run);
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
     let before = snapshot(&dir);
     assert!(before.len() >= 5, "{:?}", before.keys());
 
-    let e = Run::create(&dir, small_config(1))
+    let e = Run::create(&dir, small_config(1), local())
         .err()
         .expect("second create must fail")
         .to_string();
@@ -495,30 +533,39 @@ fn run_dir_with_checkpoint_is_refused() {
 /// `--warmup-epochs`, SGD with Nesterov momentum) resumes bit-exactly, and saves the weight average as its model.
 #[test]
 fn recipe_ingredients_resume_exactly_and_save_the_average() {
-    let with_ingredients = |epochs| TrainConfig {
-        optimizer: "sgd".parse().unwrap(),
-        lr: 0.05,
-        momentum: Some(0.9),
-        nesterov: true,
-        weight_decay: Some(5e-4),
-        wd_skip_norm: true,
-        warmup_epochs: 1.5,
-        ema: Some(0.9),
-        augment: true,
-        ..small_config(epochs)
+    let with_ingredients = |epochs| {
+        let small = small_config(epochs);
+        TrainConfig {
+            optim: OptimSettings {
+                optimizer: "sgd".parse().unwrap(),
+                lr: 0.05,
+                momentum: Some(0.9),
+                nesterov: true,
+                weight_decay: Some(5e-4),
+                wd_skip_norm: true,
+                warmup_epochs: 1.5,
+                ema: Some(0.9),
+                ..small.optim
+            },
+            data: DataSettings {
+                augment: true,
+                ..small.data
+            },
+            ..small
+        }
     };
     let config = with_ingredients(3);
     let data = Data::load(&bundled(), true, &config, 1024).unwrap();
 
     let dir_a = scratch("ingredients-a");
-    let mut a = Run::create(&dir_a, config.clone()).unwrap();
+    let mut a = Run::create(&dir_a, config.clone(), local()).unwrap();
     a.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
 
     let dir_b = scratch("ingredients-b");
-    let mut b = Run::create(&dir_b, with_ingredients(1)).unwrap();
+    let mut b = Run::create(&dir_b, with_ingredients(1), local()).unwrap();
     b.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
     drop(b);
-    let mut b = Run::resume(&dir_b, Some(3)).unwrap();
+    let mut b = Run::resume(&dir_b, Some(3), local()).unwrap();
     assert_eq!(b.config, config, "resume keeps the stored settings");
     assert_eq!(
         b.ema.as_ref().map(|e| e.updates),
@@ -626,4 +673,68 @@ fn cli_recipe_fast_runs_and_target_acc_stops_it() {
     assert_eq!(config["target_acc"], 0.05);
     assert_eq!(metrics(&out_dir).len(), 1);
     let _ = std::fs::remove_dir_all(&cwd);
+}
+
+/// A run written before the configuration was nested resumes: `tests/golden/flat_run` is the run directory
+/// that the code of commit 3841346 wrote (`resnet --threads 1 train --recipe best --epochs 1 --batch-size 32
+/// --widths 2,2,2,2 --arch resnet18 --zero-init-residual --limit-train 64 --limit-test 32 --seed 2 --ema 0.9
+/// --target-acc 0.99 --freeze-until 0 --sync-bn --channels 3`), its `config.json` in the flat layout. Its
+/// network is the one that run built, every setting is the one it stored and printed, and it trains on.
+#[test]
+fn a_run_stored_in_the_flat_layout_resumes() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/flat_run");
+    let dir = scratch("flat");
+    for f in [
+        "checkpoint.safetensors",
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+    ] {
+        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
+    }
+    let model = std::fs::read(golden.join("model.safetensors")).unwrap();
+    let (_, meta) = deserialize(&model, "model.safetensors").unwrap();
+    let built = resnet::checkpoint::parse_arch(&meta["resnet.arch"]).unwrap();
+    let flat: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(golden.join("config.json")).unwrap()).unwrap();
+
+    let run = Run::resume(&dir, None, local()).unwrap();
+    assert_eq!(run.config.model, built, "the network the run built");
+    assert_eq!(
+        serde_json::from_value::<TrainConfig>(flat.clone()).unwrap(),
+        run.config,
+        "config.json and the checkpoint hold the same configuration"
+    );
+    // Through the text, as stored (an f32 turned straight into a JSON value would carry its f64 digits).
+    let nested: serde_json::Value =
+        serde_json::from_str(&serde_json::to_string(&run.config).unwrap()).unwrap();
+    let network = [
+        "arch",
+        "widths",
+        "layers",
+        "stem",
+        "zero_init_residual",
+        "in_channels",
+    ];
+    for (key, value) in flat.as_object().unwrap() {
+        if !network.contains(&key.as_str()) {
+            assert_eq!(&nested[key], value, "`{key}`");
+        }
+    }
+    assert_eq!(
+        run.config.settings_flags(),
+        "--epochs 1 --batch-size 32 --optimizer sgd --lr 0.1 --momentum 0.9 --nesterov=true --weight-decay 0.0005 \
+         --wd-skip-norm=true --schedule onecycle:0.3:25:10000 --warmup-epochs 0 --resize 28 --augment=true \
+         --normalize=true --stem small --widths 2,2,2,2 --label-smoothing 0.1 --random-erasing 0.5 --ema 0.9 \
+         --tta=true",
+        "what the run printed"
+    );
+    drop(run);
+
+    let mut run = Run::resume(&dir, Some(2), local()).unwrap();
+    let data = Data::load(&bundled(), true, &run.config, 1024).unwrap();
+    run.train(&data, ProgressMode::Quiet, |_| {}).unwrap();
+    assert_eq!(run.progress.epochs_done, 2);
+    assert_eq!(metrics(&dir).len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,8 +1,9 @@
-//! The subcommands other than `train`, each an `Args` struct (its flags, parsed by clap and checked without
+//! The subcommands, each an `Args` struct (its flags, parsed by clap and checked without
 //! touching a file) and a `run` function: what `resnet COMMAND` does, reachable from the library's tests.
 //!
 //! | command | |
 //! |---|---|
+//! | [`train`] | a training run, fresh or resumed, in one process or as one rank of an MPI job |
 //! | [`eval`] | accuracy, per-class accuracy and confusion matrix of a model file on a test set |
 //! | [`predict`] | the top classes of image files |
 //! | [`summary`] | a network's shape walk, parameter count and convolution plans |
@@ -14,17 +15,44 @@ pub mod eval;
 pub mod predict;
 pub mod serve;
 pub mod summary;
+pub mod train;
 
 pub use bench::BenchArgs;
 pub use eval::EvalArgs;
 pub use predict::PredictArgs;
 pub use serve::ServeArgs;
 pub use summary::SummaryArgs;
+pub use train::TrainArgs;
 
+use crate::cli::{Cli, Command};
 use crate::data::find_data_dir;
+use crate::dist::Local;
 use crate::error::Context;
 use crate::{bail, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Runs what the command line asks for: the flags checked ([`Cli::check`]), the thread pool built, then the
+/// subcommand.
+pub fn run(cli: Cli) -> Result<()> {
+    let check = cli.check();
+    // Under mpirun the ranks check their flags together, so that a bad one is reported once.
+    #[cfg(feature = "mpi")]
+    let cli = match cli.command {
+        Command::Train(a) => return train::run_mpi(check, cli.threads, &a),
+        command => Cli { command, ..cli },
+    };
+    check?;
+    thread_pool(cli.threads)?;
+    match cli.command {
+        Command::Train(a) => train::run(&a, Arc::new(Local::default())),
+        Command::Eval(a) => eval::run(&a),
+        Command::Predict(a) => predict::run(&a),
+        Command::Summary(a) => summary::run(&a),
+        Command::Bench(a) => bench::run(&a),
+        Command::Serve(a) => serve::run(&a),
+    }
+}
 
 /// One pool for everything: our kernels and the GEMM crate both run on it, so nothing oversubscribes the cores.
 /// `threads` is `--threads` (default: the physical cores).

@@ -1,7 +1,7 @@
 //! Data-parallel training across processes: what a run needs from the collective layer, and the arithmetic of
-//! sharing a global batch between ranks. The collectives themselves come from MPI ([`mpi`], feature `mpi`);
-//! a run without the feature, or launched as a single process, never builds a [`Collective`] and trains exactly
-//! as before.
+//! sharing a global batch between ranks. The collectives come from MPI ([`mpi`], feature `mpi`); a run without
+//! the feature, or launched as a single process, is the one rank of a [`Local`] job, whose collectives have
+//! nothing to do: a single process trains through the same code as a job of many, and exactly as before.
 //!
 //! Semantics (PyTorch's DDP): `--batch-size` is the global batch; rank `r` of `P` takes the contiguous share
 //! [`share`] of every global batch, in the order one process would use; gradients are summed over ranks after
@@ -14,6 +14,7 @@ pub mod mpi;
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The collective operations a data-parallel run uses. Every rank calls the same operations in the same order
 /// (MPI's rule); every rank receives the same result.
@@ -38,6 +39,35 @@ pub trait Collective: Send + Sync {
     fn failed_together(&self) -> bool;
 }
 
+/// The collectives of a process alone in its job: rank 0 of 1, where every sum, minimum and broadcast is already
+/// done.
+#[derive(Default)]
+pub struct Local {
+    failed_together: AtomicBool,
+}
+
+impl Collective for Local {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn host(&self) -> &str {
+        "localhost"
+    }
+    fn sum_f32(&self, _: &mut [f32]) {}
+    fn sum_f64(&self, _: &mut [f64]) {}
+    fn min_u64(&self, _: &mut [u64]) {}
+    fn broadcast_bytes(&self, _: usize, _: &mut Vec<u8>) {}
+    fn mark_failed_together(&self) {
+        self.failed_together.store(true, Ordering::Relaxed);
+    }
+    fn failed_together(&self) -> bool {
+        self.failed_together.load(Ordering::Relaxed)
+    }
+}
+
 /// Rank `rank`'s contiguous share of `n` items split over `size` ranks: the first `n % size` ranks take one more,
 /// so shares differ by at most one and rank order is item order.
 pub fn share(n: usize, rank: usize, size: usize) -> Range<usize> {
@@ -48,8 +78,11 @@ pub fn share(n: usize, rank: usize, size: usize) -> Range<usize> {
 
 /// Makes a step that may fail on some ranks fail on all of them: every rank calls it with its own outcome; if
 /// any failed, the lowest failing rank's message becomes every rank's error, prefixed by that rank and its host
-/// unless every rank failed (then the failure is the job's, not a rank's).
+/// unless every rank failed (then the failure is the job's, not a rank's). A rank alone keeps its own outcome.
 pub fn agree<T>(comm: &dyn Collective, local: Result<T>) -> Result<T> {
+    if comm.size() == 1 {
+        return local;
+    }
     let size = comm.size() as u64;
     let failed = local.is_err();
     // [lowest failing rank (size: none), 1 if every rank failed]
@@ -75,8 +108,12 @@ pub fn agree<T>(comm: &dyn Collective, local: Result<T>) -> Result<T> {
 }
 
 /// Refuses to go on unless every rank holds the same `bytes` as rank 0 (compared by a SHA-256 digest broadcast
-/// from rank 0): `what` names them in the error (`the training configuration`), `hint` says what to do.
+/// from rank 0): `what` names them in the error (`the training configuration`), `hint` says what to do. A rank
+/// alone has no other to differ from.
 pub fn check_same(comm: &dyn Collective, what: &str, hint: &str, bytes: &[u8]) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
     let mine = digest64(bytes);
     let mut root = mine.to_le_bytes().to_vec();
     comm.broadcast_bytes(0, &mut root);
@@ -116,5 +153,21 @@ mod tests {
         }
         assert_eq!(share(10, 0, 4), 0..3);
         assert_eq!(share(10, 3, 4), 8..10);
+    }
+
+    #[test]
+    fn a_rank_alone_keeps_its_values_and_its_errors() {
+        let local = Local::default();
+        let mut v = [1.5f32, -2.0];
+        local.sum_f32(&mut v);
+        assert_eq!(v, [1.5, -2.0]);
+        let mut bytes = b"rank 0".to_vec();
+        local.broadcast_bytes(0, &mut bytes);
+        assert_eq!(bytes, b"rank 0");
+        assert_eq!(agree(&local, Ok::<_, Error>(3)).unwrap(), 3);
+        let e = agree::<()>(&local, Err(Error::new("no data"))).unwrap_err();
+        assert_eq!(e.to_string(), "no data");
+        assert!(!local.failed_together(), "no job to fail together");
+        check_same(&local, "the flags", "", b"anything").unwrap();
     }
 }

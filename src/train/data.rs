@@ -29,8 +29,8 @@ impl Data {
             }
         };
         Ok(Data {
-            train: limit(splits.train, config.limit_train),
-            test: limit(splits.test, config.limit_test),
+            train: limit(splits.train, config.data.limit_train),
+            test: limit(splits.test, config.data.limit_test),
             notes: splits.notes,
             format: splits.format,
         })
@@ -39,10 +39,10 @@ impl Data {
     /// Checks that the data fits a run's configuration: its channels and its classes.
     pub fn check_fits(&self, config: &TrainConfig) -> Result<()> {
         let c = self.train.channels();
-        if c != config.in_channels {
+        if c != config.model.in_channels {
             bail!(
                 "the data has {c} channels, the run was started on {} (pass the same --channels)",
-                config.in_channels
+                config.model.in_channels
             );
         }
         let classes = self.train.classes().len();

@@ -1,10 +1,12 @@
 //! A run's part in a data-parallel job (`mpirun -np N resnet train`, see [`crate::dist`]): the step with its
 //! gradient allreduce (one flat buffer after the backward pass, or buckets during it), the batch-norm running
 //! statistics averaged before evaluation, the sharded evaluation summed, and the weights compared by digest at
-//! the start and after every epoch.
+//! the start and after every epoch. A single process is the one rank of a [`crate::dist::Local`] job: with no
+//! other rank to sum with or compare to, each of these is the single process's own step, or nothing.
 
+use super::run::single_step;
 use super::{Data, DistStats, Evaluation, Step, TrainConfig};
-use crate::data::Batch;
+use crate::data::{Batch, Loader};
 use crate::dist::{agree, check_same, digest64, Collective};
 use crate::nn::{Buffers, LayerMut, ResNet, StateTensor};
 use crate::optim::Optimizer;
@@ -30,7 +32,7 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    /// A rank's state for `comm`.
+    /// A rank's state for `comm` ([`crate::dist::Local`] for a single process).
     pub fn new(comm: Arc<dyn Collective>) -> Distributed {
         Distributed {
             comm,
@@ -47,9 +49,22 @@ impl Distributed {
         self.comm.rank() == 0
     }
 
+    /// Whether the job has other ranks than this one.
+    fn shared(&self) -> bool {
+        self.comm.size() > 1
+    }
+
     /// [`agree`] on this job.
     pub fn agree<T>(&self, local: Result<T>) -> Result<T> {
         agree(&*self.comm, local)
+    }
+
+    /// With `sync_bn`, makes `net`'s batch norms normalize with the statistics of the job's global batch. A
+    /// single process's batch is the global one already.
+    pub fn attach_sync_bn(&self, net: &mut ResNet, sync_bn: bool) {
+        if sync_bn && self.shared() {
+            net.set_sync_bn(Some(self.comm.clone()));
+        }
     }
 
     /// One data-parallel step: this rank's share `batch` (or the error reading it) of a global batch of
@@ -59,6 +74,9 @@ impl Distributed {
     /// bucket, started while the backward pass goes on. Every rank then takes the same decision and, unless
     /// something diverged, the same optimizer step. Returns the global batch's mean loss and correct count. A
     /// rank's failure fails every rank with its message.
+    ///
+    /// A single process has nothing to sum: its step is [`single_step`], the gradients left in the layers (no
+    /// copy into the flat buffer, no weighting by a share of 1).
     pub fn step(
         &mut self,
         net: &mut ResNet,
@@ -68,6 +86,9 @@ impl Distributed {
         lr: f32,
         label_smoothing: f32,
     ) -> Result<Step> {
+        if !self.shared() {
+            return single_step(net, opt, &batch?, lr, label_smoothing);
+        }
         let start = Instant::now();
         let local = batch.and_then(|b| {
             net.forward(&b.images, b.shape, Buffers::Own)?;
@@ -194,9 +215,13 @@ impl Distributed {
     /// Sums gradients in buckets of about `mb` MiB started during the backward pass (`None`: one allreduce of
     /// the whole flat buffer after it). The buckets follow the parts [`ResNet::backward`] reports, each
     /// closed once it holds `mb` MiB or more. Not with `--sync-bn`, whose batch norms sum over the ranks inside
-    /// the backward pass: the two would contend for the one communicator.
+    /// the backward pass: the two would contend for the one communicator. A single process sums nothing and
+    /// ignores them.
     pub fn set_buckets(&mut self, net: &mut ResNet, mb: Option<f64>, sync_bn: bool) -> Result<()> {
         self.bucket_plan.clear();
+        if !self.shared() {
+            return Ok(());
+        }
         // Ranks that bucket differently would make different calls: compare the flag like the configuration.
         check_same(
             &*self.comm,
@@ -243,8 +268,12 @@ impl Distributed {
         params
     }
 
-    /// The epoch's communication figures so far, then starts counting afresh.
-    pub fn take_stats(&mut self) -> DistStats {
+    /// The epoch's communication figures so far, then starts counting afresh (`None` for a single process,
+    /// which communicates nothing).
+    pub fn take_stats(&mut self) -> Option<DistStats> {
+        if !self.shared() {
+            return None;
+        }
         let steps = self.steps.max(1) as f64;
         let stats = DistStats {
             ranks: self.comm.size(),
@@ -255,12 +284,16 @@ impl Distributed {
             allreduces_per_step: self.bucket_plan.len().max(1),
         };
         (self.compute_secs, self.allreduce_secs, self.steps) = (0.0, 0.0, 0);
-        stats
+        Some(stats)
     }
 
     /// Refuses a split in which some rank's share of a training batch has fewer than two images (batch norm
-    /// needs two): `batch` images a batch, `len` training images, over the job's ranks.
+    /// needs two): `batch` images a batch, `len` training images, over the job's ranks. A single process's
+    /// batches are whole.
     pub fn check_shares(&self, batch: usize, len: usize) -> Result<()> {
+        if !self.shared() {
+            return Ok(());
+        }
         let ranks = self.comm.size();
         let last = match len % batch {
             0 => batch.min(len),
@@ -280,12 +313,29 @@ impl Distributed {
         self.agree(local)
     }
 
+    /// Has every rank read its first shares of `train` (at `epoch`) and `test`, so that data a rank cannot read
+    /// fails the job before training. A single process meets unreadable data where it reads it.
+    pub fn read_first_shares(&self, train: &Loader, test: &Loader, epoch: usize) -> Result<()> {
+        if !self.shared() {
+            return Ok(());
+        }
+        self.agree(
+            train
+                .batch(epoch, 0)
+                .and_then(|_| test.batch(0, 0))
+                .map(|_| ()),
+        )
+    }
+
     /// Replaces each batch norm's running mean and variance by their mean over the ranks. Without `--sync-bn`
     /// each rank's statistics follow its own shares; the running averages are linear in the batch statistics,
     /// so averaging them once before evaluation equals updating them every step with the ranks' mean batch
     /// statistics. With `--sync-bn` they are already equal and this changes nothing but rounding, so it is
-    /// skipped.
-    pub fn average_running_stats(&self, net: &mut ResNet) {
+    /// skipped; so it is for a single process.
+    pub fn average_running_stats(&self, net: &mut ResNet, sync_bn: bool) {
+        if sync_bn || !self.shared() {
+            return;
+        }
         let mut buf = Vec::new();
         net.for_each_layer_mut(&mut |_, layer| {
             if let LayerMut::Bn(b) = layer {
@@ -306,8 +356,12 @@ impl Distributed {
         });
     }
 
-    /// Sums the ranks' evaluations of their shares of the test set into the whole set's.
+    /// Sums the ranks' evaluations of their shares of the test set into the whole set's (a single process's
+    /// share is the whole set).
     pub fn sum_evaluation(&self, ev: Evaluation) -> Evaluation {
+        if !self.shared() {
+            return ev;
+        }
         let k = ev.confusion.len();
         let mut counts: Vec<f64> = ev.confusion.iter().flatten().map(|&c| c as f64).collect();
         self.comm.sum_f64(&mut counts);
@@ -325,8 +379,11 @@ impl Distributed {
     }
 
     /// Stops every rank unless all hold bit-identical weights, batch-norm statistics and counters (`when`:
-    /// `at the start`, `after epoch 3`).
+    /// `at the start`, `after epoch 3`). A single process has no other weights to compare.
     pub fn check_weights(&self, net: &ResNet, when: &str) -> Result<()> {
+        if !self.shared() {
+            return Ok(());
+        }
         let mut hasher = Sha256::new();
         let mut bytes = Vec::new();
         for (key, t) in net.state_dict() {

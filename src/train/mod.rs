@@ -25,7 +25,10 @@ mod recipe;
 mod run;
 mod tta;
 
-pub use config::{TrainConfig, MAX_BATCH, MAX_BATCH_VALUES};
+pub use config::{
+    DataSettings, OptimSettings, RunSettings, TrainConfig, CHAPTER_RESIZE, FASHION_MNIST_MEAN_STD,
+    MAX_BATCH, MAX_BATCH_VALUES, NATIVE_SIZE,
+};
 pub use data::Data;
 pub use distributed::{check_identity, run_identity, Distributed};
 pub use ema::{average_into, Ema};

@@ -2,10 +2,12 @@
 //! fills in every setting the command line leaves out; a flag given on the command line wins over the recipe.
 //! `chapter` sets nothing, so a plain `resnet train` is the chapter's run.
 
-use crate::nn::Stem;
+use super::config::{TrainConfig, CHAPTER_RESIZE, FASHION_MNIST_MEAN_STD, NATIVE_SIZE};
+use crate::data::Preset;
+use crate::nn::{ArchName, Stem};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::{bail, Error, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use std::fmt;
 use std::str::FromStr;
 
@@ -189,6 +191,154 @@ impl Settings {
     }
 }
 
+/// Sets `slot` to the value given, if one is.
+fn set<T>(slot: &mut T, given: &Option<T>)
+where
+    T: Clone,
+{
+    if let Some(v) = given {
+        *slot = v.clone();
+    }
+}
+
+impl Settings {
+    /// Writes the settings given into `config`, for a network named `arch` (the chapter's takes any number of
+    /// stages of 2 blocks; a torchvision network its own number). The settings left out keep `config`'s values,
+    /// except `--resize`, whose default depends on the transform preset: [`CHAPTER_RESIZE`] for the chapter's
+    /// (28 there meaning no resize), none for the others.
+    pub fn apply(&self, arch: ArchName, config: &mut TrainConfig) -> Result<()> {
+        let (d, o, r, m) = (
+            &mut config.data,
+            &mut config.optim,
+            &mut config.run,
+            &mut config.model,
+        );
+        set(&mut r.epochs, &self.epochs);
+        set(&mut r.batch_size, &self.batch_size);
+        set(&mut o.lr, &self.lr);
+        set(&mut o.optimizer, &self.optimizer);
+        o.momentum = self.momentum.or(o.momentum);
+        set(&mut o.nesterov, &self.nesterov);
+        o.weight_decay = self.weight_decay.or(o.weight_decay);
+        set(&mut o.wd_skip_norm, &self.wd_skip_norm);
+        set(&mut o.schedule, &self.schedule);
+        set(&mut o.warmup_epochs, &self.warmup_epochs);
+        d.resize = match d.transforms {
+            Preset::Chapter => {
+                Some(self.resize.unwrap_or(CHAPTER_RESIZE)).filter(|&r| r != NATIVE_SIZE)
+            }
+            _ => self.resize,
+        };
+        set(&mut d.augment, &self.augment);
+        if let Some(n) = self.normalize {
+            d.normalize = n.then_some(FASHION_MNIST_MEAN_STD);
+        }
+        set(&mut m.stem, &self.stem);
+        if let Some(w) = &self.widths {
+            if arch == ArchName::Chapter {
+                m.layers = vec![2; w.len()];
+            } else if w.len() != m.layers.len() {
+                bail!(
+                    "--widths: {} has {} stages, so it takes {} widths, got {}",
+                    arch.as_str(),
+                    m.layers.len(),
+                    m.layers.len(),
+                    w.len()
+                );
+            }
+            m.widths = w.clone();
+        }
+        set(&mut o.label_smoothing, &self.label_smoothing);
+        set(&mut d.random_erasing, &self.random_erasing);
+        o.ema = self.ema.or(o.ema);
+        set(&mut r.tta, &self.tta);
+        Ok(())
+    }
+
+    /// The settings of `config` as the flags that give them ([`Settings::apply`] undone): every one a recipe
+    /// decides, except the optional values the run does not have (momentum, weight decay, EMA) and a resize
+    /// that other presets than the chapter's leave out.
+    pub fn of(config: &TrainConfig) -> Settings {
+        let (d, o, r, m) = (&config.data, &config.optim, &config.run, &config.model);
+        Settings {
+            epochs: Some(r.epochs),
+            batch_size: Some(r.batch_size),
+            lr: Some(o.lr),
+            optimizer: Some(o.optimizer),
+            momentum: o.momentum,
+            nesterov: Some(o.nesterov),
+            weight_decay: o.weight_decay,
+            wd_skip_norm: Some(o.wd_skip_norm),
+            schedule: Some(o.schedule.clone()),
+            warmup_epochs: Some(o.warmup_epochs),
+            resize: (d.transforms == Preset::Chapter || d.resize.is_some()).then(|| d.input_size()),
+            augment: Some(d.augment),
+            normalize: Some(d.normalize.is_some() || d.channel_norm.is_some()),
+            stem: Some(m.stem),
+            widths: Some(m.widths.clone()),
+            label_smoothing: Some(o.label_smoothing),
+            random_erasing: Some(d.random_erasing),
+            ema: o.ema,
+            tta: Some(r.tta),
+        }
+    }
+}
+
+impl fmt::Display for Settings {
+    /// The settings given, as `resnet train` flags (switches as `--name=value`), in the order the run prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut flags: Vec<String> = Vec::new();
+        let mut value = |name: &str, v: Option<String>| {
+            if let Some(v) = v {
+                flags.push(format!("--{name}{v}"));
+            }
+        };
+        // A value follows its flag after a space, a switch's after `=`.
+        let text = |v: Option<&dyn fmt::Display>| v.map(|v| format!(" {v}"));
+        let switch = |v: Option<bool>| v.map(|v| format!("={v}"));
+        let stem = self
+            .stem
+            .and_then(|s| s.to_possible_value())
+            .map(|v| format!(" {}", v.get_name()));
+        let widths = self.widths.as_ref().map(|w| {
+            let w: Vec<String> = w.iter().map(|w| w.to_string()).collect();
+            format!(" {}", w.join(","))
+        });
+        value("epochs", text(self.epochs.as_ref().map(|v| v as _)));
+        value("batch-size", text(self.batch_size.as_ref().map(|v| v as _)));
+        value("optimizer", text(self.optimizer.as_ref().map(|v| v as _)));
+        value("lr", text(self.lr.as_ref().map(|v| v as _)));
+        value("momentum", text(self.momentum.as_ref().map(|v| v as _)));
+        value("nesterov", switch(self.nesterov));
+        value(
+            "weight-decay",
+            text(self.weight_decay.as_ref().map(|v| v as _)),
+        );
+        value("wd-skip-norm", switch(self.wd_skip_norm));
+        value("schedule", text(self.schedule.as_ref().map(|v| v as _)));
+        value(
+            "warmup-epochs",
+            text(self.warmup_epochs.as_ref().map(|v| v as _)),
+        );
+        value("resize", text(self.resize.as_ref().map(|v| v as _)));
+        value("augment", switch(self.augment));
+        value("normalize", switch(self.normalize));
+        value("stem", stem);
+        value("widths", widths);
+        value(
+            "label-smoothing",
+            text(self.label_smoothing.as_ref().map(|v| v as _)),
+        );
+        value(
+            "random-erasing",
+            text(self.random_erasing.as_ref().map(|v| v as _)),
+        );
+        value("ema", text(self.ema.as_ref().map(|v| v as _)));
+        value("tta", switch(self.tta));
+        f.write_str(&flags.join(" "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +367,31 @@ mod tests {
         assert_eq!(s.augment, Some(false));
         assert_eq!(s.lr, Recipe::Fast.settings().lr);
         assert_eq!(Recipe::Chapter.settings(), Settings::default());
+    }
+
+    /// What a run prints as its settings gives back the configuration it runs: each recipe's values come back
+    /// from the configuration they were applied to.
+    #[test]
+    fn the_printed_settings_are_the_recipes() {
+        for recipe in [Recipe::Chapter, Recipe::Fast, Recipe::Best] {
+            let mut config = TrainConfig::default();
+            recipe
+                .settings()
+                .apply(ArchName::Chapter, &mut config)
+                .unwrap();
+            let back = Settings::of(&config);
+            let given = recipe.settings();
+            assert_eq!(given.clone().or(back.clone()), back, "{recipe}");
+            let mut again = TrainConfig::default();
+            back.apply(ArchName::Chapter, &mut again).unwrap();
+            assert_eq!(again, config, "{recipe}");
+        }
+        let chapter = Settings::of(&TrainConfig::default()).to_string();
+        assert_eq!(
+            chapter,
+            "--epochs 5 --batch-size 256 --optimizer adam --lr 0.001 --nesterov=false --wd-skip-norm=false \
+             --schedule constant --warmup-epochs 0 --resize 96 --augment=false --normalize=false --stem imagenet \
+             --widths 64,128,256,512 --label-smoothing 0 --random-erasing 0 --tta=false"
+        );
     }
 }

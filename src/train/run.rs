@@ -3,10 +3,13 @@
 use super::distributed::Distributed;
 use super::lock::RunLock;
 use super::progress::Bar;
-use super::{curve_svg, evaluate, Data, Ema, EpochMetrics, Progress, ProgressMode, TrainConfig};
+use super::{
+    curve_svg, evaluate, Data, Ema, EpochMetrics, Evaluation, Progress, ProgressMode, TrainConfig,
+};
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::{Batch, Loader, Pipeline};
 use crate::dist::Collective;
+use crate::model_file::ModelFile;
 use crate::nn::{Buffers, ResNet, StateDict, StateTensor};
 use crate::optim::{warmup_factor, Optimizer, OptimizerState};
 use crate::{bail, Error, Result};
@@ -43,8 +46,8 @@ pub struct Run {
     /// Held for the run's lifetime: a second `resnet train` on the same directory is refused. Only the process
     /// that writes the directory holds it (rank 0 of a data-parallel job).
     _lock: Option<RunLock>,
-    /// This process's part in a data-parallel job (`None`: a single process).
-    dist: Option<Distributed>,
+    /// This process's part in the job: one rank of a data-parallel job, or the one rank of a single process.
+    dist: Distributed,
 }
 
 /// What one training step did.
@@ -79,7 +82,7 @@ pub struct Restored {
 impl Restored {
     /// The parts of a run that starts now: no epochs done.
     fn fresh(config: TrainConfig, net: ResNet, optimizer: Box<dyn Optimizer>) -> Result<Restored> {
-        let ema = config.ema.map(Ema::new).transpose()?;
+        let ema = config.optim.ema.map(Ema::new).transpose()?;
         Ok(Restored {
             config,
             net,
@@ -106,7 +109,7 @@ impl Restored {
         let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
             .map_err(|e| Error::new(format!("{origin}: bad `{META_PROGRESS}`: {e}")))?;
         if let Some(e) = epochs {
-            config.epochs = e;
+            config.run.epochs = e;
         }
         config
             .validate()
@@ -123,10 +126,10 @@ impl Restored {
         let (model_sd, opt_sd): (StateDict, StateDict) = sd
             .into_iter()
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
-        let mut net = checkpoint::build_for(config.arch(), &model_sd, origin)?;
+        let mut net = checkpoint::build_for(config.model.clone(), &model_sd, origin)?;
         net.load_state_dict(&model_sd)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        net.set_frozen(config.freeze)
+        net.set_frozen(config.run.freeze)
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
         let mut optimizer = build_optimizer(&config, &mut net)?;
         let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
@@ -147,7 +150,7 @@ impl Restored {
                 tensors,
             })
             .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        let ema = match config.ema {
+        let ema = match config.optim.ema {
             None => None,
             Some(decay) => {
                 let updates: u64 = meta
@@ -175,44 +178,31 @@ impl Restored {
 }
 
 impl Run {
-    /// Starts a fresh run in `dir` (created if missing). Refuses a directory that already holds a checkpoint,
-    /// so a finished run is never overwritten by accident (use `--resume`).
-    pub fn create(dir: &Path, config: TrainConfig) -> Result<Run> {
-        // Build everything that can fail on a bad config before touching the file system.
-        let (net, optimizer) = Self::build(&config)?;
-        let fresh = Restored::fresh(config, net, optimizer)?;
-        let lock = Self::claim(dir)?;
-        Ok(Self::from_parts(dir, fresh, Some(lock), None))
-    }
-
-    /// [`Run::create`] for every rank of a data-parallel job: each builds the same network from the seed (and
-    /// `--init`, which every rank reads); rank 0 alone creates and locks `dir`. A failure on any rank fails all.
-    pub fn create_distributed(
-        dir: &Path,
-        config: TrainConfig,
-        comm: Arc<dyn Collective>,
-    ) -> Result<Run> {
+    /// Starts a fresh run in `dir` on every rank of `comm` ([`crate::dist::Local`] for a single process): each
+    /// builds the same network from the seed (and `--init`, which every rank reads); rank 0 alone creates `dir`
+    /// if missing and locks it, refusing a directory that already holds a checkpoint, so a finished run is never
+    /// overwritten by accident (use `--resume`). A failure on any rank fails all.
+    pub fn create(dir: &Path, config: TrainConfig, comm: Arc<dyn Collective>) -> Result<Run> {
         let dist = Distributed::new(comm);
+        // Build everything that can fail on a bad config before touching the file system.
         let (mut net, optimizer) = dist.agree(Self::build(&config))?;
-        if config.sync_bn {
-            net.set_sync_bn(Some(dist.comm.clone()));
-        }
+        dist.attach_sync_bn(&mut net, config.run.sync_bn);
+        let fresh = dist.agree(Restored::fresh(config, net, optimizer))?;
         let lock = dist.agree(match dist.leads() {
             true => Self::claim(dir).map(Some),
             false => Ok(None),
         })?;
-        let fresh = dist.agree(Restored::fresh(config, net, optimizer))?;
-        Ok(Self::from_parts(dir, fresh, lock, Some(dist)))
+        Ok(Self::from_parts(dir, fresh, lock, dist))
     }
 
     /// The network and optimizer a fresh run of `config` starts with.
     fn build(config: &TrainConfig) -> Result<(ResNet, Box<dyn Optimizer>)> {
         config.validate()?;
-        let mut net = ResNet::new(config.arch(), config.seed)?;
-        if let Some(path) = &config.init {
-            load_init(&mut net, path, config.reset_head)?;
+        let mut net = ResNet::new(config.model.clone(), config.run.seed)?;
+        if let Some(path) = &config.run.init {
+            load_init(&mut net, path, config.run.reset_head)?;
         }
-        net.set_frozen(config.freeze)?;
+        net.set_frozen(config.run.freeze)?;
         let optimizer = build_optimizer(config, &mut net)?;
         Ok((net, optimizer))
     }
@@ -238,22 +228,11 @@ impl Run {
         Ok(lock)
     }
 
-    /// Reopens a run from its `checkpoint.safetensors`; `epochs` may extend the run.
-    pub fn resume(dir: &Path, epochs: Option<usize>) -> Result<Run> {
-        let (lock, bytes) = Self::open_checkpoint(dir)?;
-        let origin = dir.join("checkpoint.safetensors").display().to_string();
-        let restored = Restored::from_bytes(&bytes, &origin, epochs)?;
-        Ok(Self::from_parts(dir, restored, Some(lock), None))
-    }
-
-    /// [`Run::resume`] for every rank of a data-parallel job: rank 0 locks `dir` and reads the checkpoint, every
+    /// Reopens the run in `dir` from its `checkpoint.safetensors` on every rank of `comm` ([`crate::dist::Local`]
+    /// for a single process); `epochs` may extend the run. Rank 0 locks `dir` and reads the checkpoint, every
     /// rank receives its bytes (no shared file system needed) and restores from them. A checkpoint does not
     /// depend on the number of ranks that wrote it.
-    pub fn resume_distributed(
-        dir: &Path,
-        epochs: Option<usize>,
-        comm: Arc<dyn Collective>,
-    ) -> Result<Run> {
+    pub fn resume(dir: &Path, epochs: Option<usize>, comm: Arc<dyn Collective>) -> Result<Run> {
         let dist = Distributed::new(comm);
         let (lock, mut bytes) = dist.agree(match dist.leads() {
             true => Self::open_checkpoint(dir).map(|(l, b)| (Some(l), b)),
@@ -262,10 +241,8 @@ impl Run {
         dist.comm.broadcast_bytes(0, &mut bytes);
         let origin = dir.join("checkpoint.safetensors").display().to_string();
         let mut restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
-        if restored.config.sync_bn {
-            restored.net.set_sync_bn(Some(dist.comm.clone()));
-        }
-        Ok(Self::from_parts(dir, restored, lock, Some(dist)))
+        dist.attach_sync_bn(&mut restored.net, restored.config.run.sync_bn);
+        Ok(Self::from_parts(dir, restored, lock, dist))
     }
 
     /// Locks `dir` and reads its checkpoint's bytes.
@@ -279,14 +256,9 @@ impl Run {
         Ok((lock, bytes))
     }
 
-    /// The run in `dir` from its parts: a fresh or restored model, optimizer and progress, the lock (rank 0 and a
-    /// single process hold it) and the data-parallel job, if any.
-    fn from_parts(
-        dir: &Path,
-        restored: Restored,
-        lock: Option<RunLock>,
-        dist: Option<Distributed>,
-    ) -> Run {
+    /// The run in `dir` from its parts: a fresh or restored model, optimizer and progress, the lock (rank 0
+    /// holds it) and this process's part in the job.
+    fn from_parts(dir: &Path, restored: Restored, lock: Option<RunLock>, dist: Distributed) -> Run {
         Run {
             dir: dir.to_path_buf(),
             config: restored.config,
@@ -300,48 +272,28 @@ impl Run {
         }
     }
 
-    /// Whether this process writes the run directory and reports progress: a single process, or rank 0.
+    /// Whether this process writes the run directory and reports progress: rank 0 (a single process is).
     pub fn leads(&self) -> bool {
-        self.dist.as_ref().is_none_or(Distributed::leads)
+        self.dist.leads()
     }
 
     /// A data-parallel job's gradient buckets (see [`Distributed::set_buckets`]; `None`: one flat allreduce
-    /// after the backward pass). Nothing for a single process.
+    /// after the backward pass).
     pub fn set_bucket_mb(&mut self, mb: Option<f64>) -> Result<()> {
-        match &mut self.dist {
-            Some(d) => d.set_buckets(&mut self.net, mb, self.config.sync_bn),
-            None => Ok(()),
-        }
+        self.dist
+            .set_buckets(&mut self.net, mb, self.config.run.sync_bn)
     }
 
-    /// Fails every rank of a data-parallel job with rank 0's error if any rank's `local` failed; a single
-    /// process's `local` as it is.
+    /// Fails every rank of the job with rank 0's error if any rank's `local` failed.
     fn agree<T>(&self, local: Result<T>) -> Result<T> {
-        match &self.dist {
-            Some(d) => d.agree(local),
-            None => local,
-        }
+        self.dist.agree(local)
     }
 
-    /// One training step on `batch` at learning rate `lr`: forward, loss, backward, the finite checks and the
-    /// optimizer step, the body of [`Run::train`]'s loop. A steady-state step allocates nothing
-    /// (`tests/alloc_free.rs`); the names of a bad loss or gradient are formatted only when one is found.
+    /// One training step of a single process on `batch` at learning rate `lr` ([`single_step`]), the body of
+    /// [`Run::train`]'s loop.
     pub fn train_step(&mut self, batch: &Batch, lr: f32) -> Result<Step> {
-        self.net.forward(&batch.images, batch.shape, Buffers::Own)?;
-        let (loss, correct) = self
-            .net
-            .loss_smoothed(&batch.labels, self.config.label_smoothing)?;
-        if !loss.is_finite() {
-            return Ok(Step::Diverged(format!("loss is {loss}")));
-        }
-        self.net.backward(&batch.images, false, None);
-        if let Some(name) = self.net.non_finite_grad() {
-            return Ok(Step::Diverged(format!(
-                "gradient of `{name}` is not finite"
-            )));
-        }
-        self.optimizer.step_net(&mut self.net, lr);
-        Ok(Step::Done { loss, correct })
+        let smoothing = self.config.optim.label_smoothing;
+        single_step(&mut self.net, self.optimizer.as_mut(), batch, lr, smoothing)
     }
 
     /// Trains the remaining epochs, printing the chapter's line after each and checkpointing atomically.
@@ -357,161 +309,183 @@ impl Run {
         mode: ProgressMode,
         mut on_epoch: impl FnMut(&EpochMetrics),
     ) -> Result<()> {
-        let cfg = self.config.clone();
-        let schedule = cfg.schedule.clone();
-        let (rank, ranks) = match &self.dist {
-            Some(d) => (d.comm.rank(), d.comm.size()),
-            None => (0, 1),
-        };
+        let (train_loader, test_loader) = self.prepare(data)?;
         let mode = if self.leads() {
             mode
         } else {
             ProgressMode::Quiet
         };
-        let (train_loader, test_loader, eval_pipeline) = self.agree((|| {
-            data.check_fits(&cfg)?;
-            let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
-            let train_loader = Loader::with_pipeline(
-                data.train.clone(),
-                cfg.batch_size,
-                true,
-                cfg.seed,
-                train_pipeline,
-            )?
-            .with_shard(rank, ranks)?;
-            let test_loader = Loader::with_pipeline(
-                data.test.clone(),
-                cfg.batch_size,
-                false,
-                cfg.seed,
-                eval_pipeline.clone(),
-            )?
-            .with_shard(rank, ranks)?;
-            Ok((train_loader, test_loader, eval_pipeline))
-        })())?;
-        self.eval_pipeline = Some(eval_pipeline);
-        let steps = train_loader.num_batches();
-        let warmup_steps = cfg.warmup_steps(steps);
-        if let Some(d) = &self.dist {
-            d.check_shares(cfg.batch_size, train_loader.len())?;
-            // Every rank reads its first shares now: data a rank cannot read fails the job before training.
-            d.agree(
-                train_loader
-                    .batch(self.progress.epochs_done, 0)
-                    .and_then(|_| test_loader.batch(0, 0))
-                    .map(|_| ()),
-            )?;
-            d.check_weights(&self.net, "at the start")?;
-        }
-        for epoch in self.progress.epochs_done..cfg.epochs {
-            let kept = match self.progress.epochs_done {
-                0 => format!(
-                    "no epoch finished, so {} holds no checkpoint",
-                    self.dir.display()
-                ),
-                n => format!(
-                    "the checkpoint of epoch {n} in {} is kept",
-                    self.dir.display()
-                ),
-            };
+        for epoch in self.progress.epochs_done..self.config.run.epochs {
             let start = Instant::now();
-            self.net.set_train(true);
-            let bar = Bar::new(mode, steps, epoch + 1, cfg.epochs);
-            let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-            let mut lr = cfg.lr;
-            for (b, batch) in train_loader.epoch(epoch).enumerate() {
-                // The warm-up's factor is 1 after it, and x·1 is x in f32: runs without one are unchanged.
-                lr = schedule.lr(cfg.lr, epoch, b, steps, cfg.epochs)
-                    * warmup_factor(epoch * steps + b, warmup_steps);
-                let global_n = train_loader.global_batch_len(b);
-                let step = match &mut self.dist {
-                    Some(d) => d.step(
-                        &mut self.net,
-                        self.optimizer.as_mut(),
-                        batch,
-                        global_n,
-                        lr,
-                        cfg.label_smoothing,
-                    )?,
-                    None => self.train_step(&batch?, lr)?,
-                };
-                let (loss, ok) = match step {
-                    Step::Done { loss, correct } => (loss, correct),
-                    // Every rank of a job sees the same summed loss and gradients, so all stop here together.
-                    Step::Diverged(what) => {
-                        return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, b + 1, cfg.lr))))
-                    }
-                };
-                if let Some(ema) = &mut self.ema {
-                    ema.update(&mut self.net);
-                }
-                loss_sum += loss as f64;
-                correct += ok;
-                seen += global_n;
-                bar.update(
-                    b + 1,
-                    loss_sum / (b + 1) as f64,
-                    correct as f64 / seen as f64,
-                    seen,
-                    start,
-                );
-            }
-            bar.finish();
-            let train_secs = start.elapsed().as_secs_f64();
-            if let Some(d) = self.dist.as_ref().filter(|_| !cfg.sync_bn) {
-                d.average_running_stats(&mut self.net);
-            }
-            // The average is what a run with `--ema` evaluates and saves; the raw weights go on training.
-            let eval = Ema::applied(self.ema.as_mut(), &mut self.net, |net| {
-                evaluate(net, &test_loader, cfg.tta)
-            });
-            let eval = self.agree(eval)?;
-            let eval = match &self.dist {
-                Some(d) => d.sum_evaluation(eval),
-                None => eval,
-            };
+            let trained = self.train_epoch(&train_loader, epoch, mode, start)?;
+            let eval = self.evaluate_epoch(&test_loader)?;
             let metrics = EpochMetrics {
                 epoch: epoch + 1,
-                loss: loss_sum / steps as f64,
-                train_acc: correct as f64 / seen as f64,
+                loss: trained.loss_sum / trained.steps as f64,
+                train_acc: trained.correct as f64 / trained.seen as f64,
                 test_acc: eval.accuracy,
                 time_sec: start.elapsed().as_secs_f64(),
-                images_per_sec: seen as f64 / train_secs,
-                lr: lr as f64,
+                images_per_sec: trained.seen as f64 / trained.secs,
+                lr: trained.lr as f64,
                 elapsed_sec: self.progress.history.last().map_or(0.0, |m| m.elapsed_sec)
                     + start.elapsed().as_secs_f64(),
-                dist: self.dist.as_mut().map(Distributed::take_stats),
+                dist: self.dist.take_stats(),
             };
-            // A last step can overflow the weights (or BN statistics) without a non-finite loss or gradient:
-            // never checkpoint such a model over the last good one.
-            let sd = self.net.state_dict();
-            let bad = sd.iter().find(|(_, t)| {
-                matches!(t, StateTensor::F32 { data, .. } if data.iter().any(|v| !v.is_finite()))
-            });
-            if let Some((name, _)) = bad {
-                let name = name.clone();
-                return self.agree(Err(Error::new(format!("training diverged: `{name}` is not finite after epoch {}, batch {steps} of {steps}; lower the learning rate (--lr {}); {kept}", epoch + 1, cfg.lr))));
-            }
-            drop(sd);
-            if let Some(d) = &self.dist {
-                d.check_weights(&self.net, &format!("after epoch {}", epoch + 1))?;
-            }
-            self.progress.epochs_done = epoch + 1;
-            self.progress.history.push(metrics.clone());
-            let saved = if self.leads() { self.save() } else { Ok(()) };
-            self.agree(saved)?;
+            self.checkpoint(&metrics, trained.steps)?;
             on_epoch(&metrics);
             // Every rank sees the same summed evaluation, so all stop together.
-            if cfg.target_acc.is_some_and(|a| metrics.test_acc >= a) {
+            if self
+                .config
+                .run
+                .target_acc
+                .is_some_and(|a| metrics.test_acc >= a)
+            {
                 break;
             }
         }
         Ok(())
     }
 
+    /// The loaders of this rank's shares of `data`, after the checks every rank passes before the first step:
+    /// the data fits the run, every share of a batch can be normalized, every rank reads its first shares, and
+    /// the ranks hold the same weights.
+    fn prepare(&mut self, data: &Data) -> Result<(Loader, Loader)> {
+        let cfg = &self.config;
+        let (rank, ranks) = (self.dist.comm.rank(), self.dist.comm.size());
+        let (train_loader, test_loader, eval_pipeline) = self.agree((|| {
+            data.check_fits(cfg)?;
+            let (train_pipeline, eval_pipeline) = cfg.pipelines(&*data.train)?;
+            let (batch, seed) = (cfg.run.batch_size, cfg.run.seed);
+            let train_loader =
+                Loader::with_pipeline(data.train.clone(), batch, true, seed, train_pipeline)?
+                    .with_shard(rank, ranks)?;
+            let test_loader = Loader::with_pipeline(
+                data.test.clone(),
+                batch,
+                false,
+                seed,
+                eval_pipeline.clone(),
+            )?
+            .with_shard(rank, ranks)?;
+            Ok((train_loader, test_loader, eval_pipeline))
+        })())?;
+        self.eval_pipeline = Some(eval_pipeline);
+        self.dist
+            .check_shares(self.config.run.batch_size, train_loader.len())?;
+        self.dist
+            .read_first_shares(&train_loader, &test_loader, self.progress.epochs_done)?;
+        self.dist.check_weights(&self.net, "at the start")?;
+        Ok((train_loader, test_loader))
+    }
+
+    /// What becomes of the run directory when epoch `epochs_done + 1` fails: its last checkpoint is kept.
+    fn kept(&self) -> String {
+        match self.progress.epochs_done {
+            0 => format!(
+                "no epoch finished, so {} holds no checkpoint",
+                self.dir.display()
+            ),
+            n => format!(
+                "the checkpoint of epoch {n} in {} is kept",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Epoch `epoch` (from 0) of training steps over this rank's shares in `train_loader`, with the progress bar
+    /// (`mode`) and the weight average's updates; stops the run if a step diverges.
+    fn train_epoch(
+        &mut self,
+        train_loader: &Loader,
+        epoch: usize,
+        mode: ProgressMode,
+        start: Instant,
+    ) -> Result<Trained> {
+        let (base_lr, epochs) = (self.config.optim.lr, self.config.run.epochs);
+        let (schedule, smoothing) = (
+            &self.config.optim.schedule,
+            self.config.optim.label_smoothing,
+        );
+        let steps = train_loader.num_batches();
+        let warmup_steps = self.config.warmup_steps(steps);
+        self.net.set_train(true);
+        let bar = Bar::new(mode, steps, epoch + 1, epochs);
+        let mut t = Trained {
+            steps,
+            lr: base_lr,
+            ..Trained::default()
+        };
+        for (b, batch) in train_loader.epoch(epoch).enumerate() {
+            // The warm-up's factor is 1 after it, and x·1 is x in f32: runs without one are unchanged.
+            t.lr = schedule.lr(base_lr, epoch, b, steps, epochs)
+                * warmup_factor(epoch * steps + b, warmup_steps);
+            let global_n = train_loader.global_batch_len(b);
+            let opt = self.optimizer.as_mut();
+            let step = self
+                .dist
+                .step(&mut self.net, opt, batch, global_n, t.lr, smoothing)?;
+            let (loss, ok) = match step {
+                Step::Done { loss, correct } => (loss, correct),
+                // Every rank of a job sees the same summed loss and gradients, so all stop here together.
+                Step::Diverged(what) => {
+                    return self.agree(Err(Error::new(format!("training diverged: {what} at epoch {}, batch {} of {steps}; lower the learning rate (--lr {base_lr}); {}", epoch + 1, b + 1, self.kept()))))
+                }
+            };
+            if let Some(ema) = &mut self.ema {
+                ema.update(&mut self.net);
+            }
+            t.loss_sum += loss as f64;
+            t.correct += ok;
+            t.seen += global_n;
+            let mean_loss = t.loss_sum / (b + 1) as f64;
+            bar.update(
+                b + 1,
+                mean_loss,
+                t.correct as f64 / t.seen as f64,
+                t.seen,
+                start,
+            );
+        }
+        bar.finish();
+        t.secs = start.elapsed().as_secs_f64();
+        Ok(t)
+    }
+
+    /// Evaluates on this rank's share of the test set, summed over the ranks: the weight average with `--ema`
+    /// (the raw weights go on training), after the ranks' batch-norm statistics are averaged.
+    fn evaluate_epoch(&mut self, test_loader: &Loader) -> Result<Evaluation> {
+        self.dist
+            .average_running_stats(&mut self.net, self.config.run.sync_bn);
+        let tta = self.config.run.tta;
+        let eval = Ema::applied(self.ema.as_mut(), &mut self.net, |net| {
+            evaluate(net, test_loader, tta)
+        });
+        let eval = self.agree(eval)?;
+        Ok(self.dist.sum_evaluation(eval))
+    }
+
+    /// Records the finished epoch of `metrics` and checkpoints it (rank 0 writes), unless its weights are no
+    /// longer finite: a last step can overflow the weights (or BN statistics) without a non-finite loss or
+    /// gradient, and such a model never replaces the last good checkpoint.
+    fn checkpoint(&mut self, metrics: &EpochMetrics, steps: usize) -> Result<()> {
+        let bad = self.net.state_dict().into_iter().find(|(_, t)| {
+            matches!(t, StateTensor::F32 { data, .. } if data.iter().any(|v| !v.is_finite()))
+        });
+        if let Some((name, _)) = bad {
+            let (epoch, lr) = (metrics.epoch, self.config.optim.lr);
+            return self.agree(Err(Error::new(format!("training diverged: `{name}` is not finite after epoch {epoch}, batch {steps} of {steps}; lower the learning rate (--lr {lr}); {}", self.kept()))));
+        }
+        let when = format!("after epoch {}", metrics.epoch);
+        self.dist.check_weights(&self.net, &when)?;
+        self.progress.epochs_done = metrics.epoch;
+        self.progress.history.push(metrics.clone());
+        let saved = if self.leads() { self.save() } else { Ok(()) };
+        self.agree(saved)
+    }
+
     /// The first epoch whose evaluation reached `--target-acc`, if the run has one and reached it.
     pub fn target_reached(&self) -> Option<&EpochMetrics> {
-        let target = self.config.target_acc?;
+        let target = self.config.run.target_acc?;
         self.progress.history.iter().find(|m| m.test_acc >= target)
     }
 
@@ -520,7 +494,7 @@ impl Run {
         let mut meta = BTreeMap::new();
         meta.insert(
             META_INPUT_SIZE.to_string(),
-            self.config.resize.unwrap_or(28).to_string(),
+            self.config.data.input_size().to_string(),
         );
         meta.insert(META_CLASSES.to_string(), json(&self.config.class_names()));
         if let Some(p) = &self.eval_pipeline {
@@ -587,6 +561,47 @@ struct OptimizerMeta {
     step: u64,
 }
 
+/// What an epoch's training steps came to, for its metrics.
+#[derive(Default)]
+struct Trained {
+    /// Batches of the epoch.
+    steps: usize,
+    /// Sum of the batches' mean losses.
+    loss_sum: f64,
+    /// Images classified correctly, and images seen, over every rank.
+    correct: usize,
+    seen: usize,
+    /// The learning rate of the last step.
+    lr: f32,
+    /// Seconds from the epoch's start to its last step's end.
+    secs: f64,
+}
+
+/// One training step of a single process on `batch` at learning rate `lr`: forward, loss, backward, the finite
+/// checks and the optimizer step. A steady-state step allocates nothing (`tests/alloc_free.rs`); the names of a
+/// bad loss or gradient are formatted only when one is found.
+pub(super) fn single_step(
+    net: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    batch: &Batch,
+    lr: f32,
+    label_smoothing: f32,
+) -> Result<Step> {
+    net.forward(&batch.images, batch.shape, Buffers::Own)?;
+    let (loss, correct) = net.loss_smoothed(&batch.labels, label_smoothing)?;
+    if !loss.is_finite() {
+        return Ok(Step::Diverged(format!("loss is {loss}")));
+    }
+    net.backward(&batch.images, false, None);
+    if let Some(name) = net.non_finite_grad() {
+        return Ok(Step::Diverged(format!(
+            "gradient of `{name}` is not finite"
+        )));
+    }
+    optimizer.step_net(net, lr);
+    Ok(Step::Done { loss, correct })
+}
+
 /// One of the run's records as a single JSON line.
 fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("plain records serialize")
@@ -595,26 +610,16 @@ fn json<T: Serialize>(v: &T) -> String {
 fn build_optimizer(config: &TrainConfig, net: &mut ResNet) -> Result<Box<dyn Optimizer>> {
     let lens = net.param_lens();
     let mut options = config.optimizer_options();
-    if config.wd_skip_norm {
+    if config.optim.wd_skip_norm {
         options.no_decay = net.norm_and_bias_mask();
     }
-    config.optimizer.build(&options, &lens)
+    config.optim.optimizer.build(&options, &lens)
 }
 
 /// Loads a fine-tuning start into `net`: every tensor of the file at `path`, strictly, except the classifier's
 /// when `reset_head` (which then keeps its fresh initialization).
 fn load_init(net: &mut ResNet, path: &Path, reset_head: bool) -> Result<()> {
-    let origin = format!("--init {}", path.display());
-    let bytes = checkpoint::read_file_limited(path)?;
-    let (sd, _) = checkpoint::read_weights(&bytes, &origin)?;
-    let head = net.config.naming.fc();
-    net.load_state_dict_except(&sd, reset_head.then_some(head))
-        .map_err(|e| {
-            let hint = if !reset_head && e.to_string().contains(&format!("`{head}.")) {
-                " (a different class count? --reset-head starts a new classifier)"
-            } else {
-                ""
-            };
-            Error::new(format!("{origin}: {e}{hint}"))
-        })
+    ModelFile::load(path)
+        .map_err(|e| Error::new(format!("--init {e}")))?
+        .load_into(net, reset_head)
 }
