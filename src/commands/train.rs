@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub struct TrainArgs {
     /// A named bundle of settings: chapter (the chapter's run), fast or best (see the README); each flag given
     /// overrides the recipe's value. The settings in effect are printed at the start and stored in the run.
-    #[arg(long, default_value = "chapter")]
+    #[arg(long, default_value_t = RunSettings::default().recipe)]
     pub recipe: Recipe,
     /// The settings a recipe decides.
     #[command(flatten)]
@@ -40,14 +40,14 @@ pub struct TrainArgs {
     #[arg(long, value_delimiter = ',', requires = "mean")]
     pub std: Option<Vec<f32>>,
     /// Dataset format: auto (from what --data holds), idx, cifar10, cifar100, cifar100-coarse, folder.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value_t = DataSettings::default().format)]
     pub format: Format,
     /// Convert images to 1 (PIL's convert('L')) or 3 (convert('RGB')) channels [default: the data's own].
     #[arg(long)]
     pub channels: Option<usize>,
     /// Transform preset: chapter (resize, optional augment), cifar (pad 4 + crop 32 + flip), imagenet
     /// (random-resized-crop 224 + flip; eval resize 256 + center crop 224).
-    #[arg(long, default_value = "chapter")]
+    #[arg(long, default_value_t = DataSettings::default().transforms)]
     pub transforms: Preset,
     /// Hold out this fraction of each class of the training images for validation (stratified, drawn with
     /// --seed) and evaluate on it instead of the test images, to choose settings honestly [image folders without
@@ -75,7 +75,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "STAGE")]
     pub freeze_until: Option<usize>,
     /// Seed of the initialization, the shuffling and the augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = RunSettings::default().seed)]
     pub seed: u64,
     /// Run directory for checkpoints, metrics and the training curve (default: runs/run-<unix time>).
     #[arg(long)]

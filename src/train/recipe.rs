@@ -88,49 +88,78 @@ impl FromStr for Recipe {
     }
 }
 
+/// Declares [`Settings`] from one list, in the order the run prints them: each setting's flag (doc comment and
+/// clap attributes) once, and from it the merge with a recipe ([`Settings::or`]) and the printed flags. A new
+/// setting is an entry here and its place in the configuration ([`Settings::apply`], [`Settings::of`]).
+macro_rules! settings {
+    ($(#[$meta:meta])* pub struct Settings { $($(#[$attr:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Args, Clone, Debug, Default, PartialEq)]
+        pub struct Settings {
+            $($(#[$attr])* pub $field: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// These settings, with `fallback`'s wherever these have none.
+            pub fn or(self, fallback: Settings) -> Settings {
+                Settings { $($field: self.$field.or(fallback.$field),)* }
+            }
+
+            /// The settings given, as `resnet train` flags, in their declared order.
+            fn flags(&self) -> Vec<String> {
+                let mut flags = Vec::new();
+                $(if let Some(v) = &self.$field {
+                    flags.push(format!("--{}{}", stringify!($field).replace('_', "-"), v.flag_value()));
+                })*
+                flags
+            }
+        }
+    };
+}
+
+settings! {
 /// The settings a recipe decides, as `resnet train` flags; `None` leaves a setting to the recipe (and, last,
 /// to the chapter's default). A switch given without a value (`--augment`) means `true`; `--augment=false`
 /// turns off what a recipe turns on.
-#[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct Settings {
     /// Epochs to train [chapter: 5]; with --resume, the total the run is extended to.
     #[arg(long)]
-    pub epochs: Option<usize>,
+    epochs: usize,
     /// Images per batch, training and evaluation [chapter: 256].
     #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Base learning rate [chapter: 0.001].
-    #[arg(long, allow_negative_numbers = true)]
-    pub lr: Option<f32>,
+    batch_size: usize,
     /// adam, adamw or sgd [chapter: adam].
     #[arg(long)]
-    pub optimizer: Option<OptimizerKind>,
+    optimizer: OptimizerKind,
+    /// Base learning rate [chapter: 0.001].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: f32,
     /// SGD momentum.
     #[arg(long, allow_negative_numbers = true)]
-    pub momentum: Option<f64>,
+    momentum: f64,
     /// SGD Nesterov momentum.
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub nesterov: Option<bool>,
+    nesterov: bool,
     /// Weight decay (L2 for adam and sgd, decoupled for adamw).
     #[arg(long, allow_negative_numbers = true)]
-    pub weight_decay: Option<f64>,
+    weight_decay: f64,
     /// No weight decay on the batch norms' weights and biases and on every bias (timm's rule: tensors of one
     /// dimension).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub wd_skip_norm: Option<bool>,
+    wd_skip_norm: bool,
     /// constant, step, cosine or onecycle [chapter: constant].
     #[arg(long)]
-    pub schedule: Option<Schedule>,
+    schedule: Schedule,
     /// Linear warm-up of the learning rate over this many epochs (fractions allowed), multiplying any schedule.
     #[arg(long, allow_negative_numbers = true)]
-    pub warmup_epochs: Option<f64>,
+    warmup_epochs: f64,
     /// Resize images (shorter side) to N with the chapter's transforms [chapter: 96; 28 keeps Fashion-MNIST's
     /// size]; the crop size with `--transforms imagenet` (default 224).
     #[arg(long)]
-    pub resize: Option<usize>,
+    resize: usize,
     /// Random crop with padding and horizontal flip (the chapter's transforms; cifar and imagenet always augment).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub augment: Option<bool>,
+    augment: bool,
     /// Normalize after ToTensor: with Fashion-MNIST's mean and std (0.2860, 0.3530) for one-channel IDX data,
     /// else with each channel's mean and std over the training images (computed once, stored in the run).
     #[arg(
@@ -140,55 +169,29 @@ pub struct Settings {
         default_missing_value = "true",
         conflicts_with = "mean"
     )]
-    pub normalize: Option<bool>,
+    normalize: bool,
     /// The stem: `imagenet` (7×7 stride 2 + max pool, the chapter's) or `small` (3×3 stride 1, no pool).
     #[arg(long, value_enum)]
-    pub stem: Option<Stem>,
+    stem: Stem,
     /// Stage widths, for narrower networks than the named one's 64,128,256,512 (e.g. 16,32,64,128; the
     /// chapter's network takes any number of stages of 2 blocks).
     #[arg(long, value_delimiter = ',')]
-    pub widths: Option<Vec<usize>>,
+    widths: Vec<usize>,
     /// Label smoothing of the loss, as `CrossEntropyLoss(label_smoothing=…)` [chapter: 0].
     #[arg(long, allow_negative_numbers = true)]
-    pub label_smoothing: Option<f32>,
+    label_smoothing: f32,
     /// Erase a random rectangle of each training image with this probability (torchvision's RandomErasing,
     /// scale 0.02–0.33, ratio 0.3–3.3, value 0, after Normalize) [chapter: 0].
     #[arg(long, allow_negative_numbers = true)]
-    pub random_erasing: Option<f64>,
+    random_erasing: f64,
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999), evaluated and saved in
     /// place of the raw weights.
     #[arg(long, allow_negative_numbers = true)]
-    pub ema: Option<f64>,
+    ema: f64,
     /// Evaluate with flip test-time augmentation (the mean of the logits of each image and of its mirror).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
-    pub tta: Option<bool>,
+    tta: bool,
 }
-
-impl Settings {
-    /// These settings, with `fallback`'s wherever these have none.
-    pub fn or(self, fallback: Settings) -> Settings {
-        Settings {
-            epochs: self.epochs.or(fallback.epochs),
-            batch_size: self.batch_size.or(fallback.batch_size),
-            lr: self.lr.or(fallback.lr),
-            optimizer: self.optimizer.or(fallback.optimizer),
-            momentum: self.momentum.or(fallback.momentum),
-            nesterov: self.nesterov.or(fallback.nesterov),
-            weight_decay: self.weight_decay.or(fallback.weight_decay),
-            wd_skip_norm: self.wd_skip_norm.or(fallback.wd_skip_norm),
-            schedule: self.schedule.or(fallback.schedule),
-            warmup_epochs: self.warmup_epochs.or(fallback.warmup_epochs),
-            resize: self.resize.or(fallback.resize),
-            augment: self.augment.or(fallback.augment),
-            normalize: self.normalize.or(fallback.normalize),
-            stem: self.stem.or(fallback.stem),
-            widths: self.widths.or(fallback.widths),
-            label_smoothing: self.label_smoothing.or(fallback.label_smoothing),
-            random_erasing: self.random_erasing.or(fallback.random_erasing),
-            ema: self.ema.or(fallback.ema),
-            tta: self.tta.or(fallback.tta),
-        }
-    }
 }
 
 /// Sets `slot` to the value given, if one is.
@@ -287,55 +290,43 @@ impl Settings {
 impl fmt::Display for Settings {
     /// The settings given, as `resnet train` flags (switches as `--name=value`), in the order the run prints them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut flags: Vec<String> = Vec::new();
-        let mut value = |name: &str, v: Option<String>| {
-            if let Some(v) = v {
-                flags.push(format!("--{name}{v}"));
+        f.write_str(&self.flags().join(" "))
+    }
+}
+
+/// How a setting's value follows its flag: after a space, a switch's after `=`.
+trait FlagValue {
+    fn flag_value(&self) -> String;
+}
+
+macro_rules! flag_value_displayed {
+    ($($ty:ty),*) => {$(
+        impl FlagValue for $ty {
+            fn flag_value(&self) -> String {
+                format!(" {self}")
             }
-        };
-        // A value follows its flag after a space, a switch's after `=`.
-        let text = |v: Option<&dyn fmt::Display>| v.map(|v| format!(" {v}"));
-        let switch = |v: Option<bool>| v.map(|v| format!("={v}"));
-        let stem = self
-            .stem
-            .and_then(|s| s.to_possible_value())
-            .map(|v| format!(" {}", v.get_name()));
-        let widths = self.widths.as_ref().map(|w| {
-            let w: Vec<String> = w.iter().map(|w| w.to_string()).collect();
-            format!(" {}", w.join(","))
-        });
-        value("epochs", text(self.epochs.as_ref().map(|v| v as _)));
-        value("batch-size", text(self.batch_size.as_ref().map(|v| v as _)));
-        value("optimizer", text(self.optimizer.as_ref().map(|v| v as _)));
-        value("lr", text(self.lr.as_ref().map(|v| v as _)));
-        value("momentum", text(self.momentum.as_ref().map(|v| v as _)));
-        value("nesterov", switch(self.nesterov));
-        value(
-            "weight-decay",
-            text(self.weight_decay.as_ref().map(|v| v as _)),
-        );
-        value("wd-skip-norm", switch(self.wd_skip_norm));
-        value("schedule", text(self.schedule.as_ref().map(|v| v as _)));
-        value(
-            "warmup-epochs",
-            text(self.warmup_epochs.as_ref().map(|v| v as _)),
-        );
-        value("resize", text(self.resize.as_ref().map(|v| v as _)));
-        value("augment", switch(self.augment));
-        value("normalize", switch(self.normalize));
-        value("stem", stem);
-        value("widths", widths);
-        value(
-            "label-smoothing",
-            text(self.label_smoothing.as_ref().map(|v| v as _)),
-        );
-        value(
-            "random-erasing",
-            text(self.random_erasing.as_ref().map(|v| v as _)),
-        );
-        value("ema", text(self.ema.as_ref().map(|v| v as _)));
-        value("tta", switch(self.tta));
-        f.write_str(&flags.join(" "))
+        }
+    )*};
+}
+flag_value_displayed!(usize, f32, f64, OptimizerKind, Schedule);
+
+impl FlagValue for bool {
+    fn flag_value(&self) -> String {
+        format!("={self}")
+    }
+}
+
+impl FlagValue for Stem {
+    fn flag_value(&self) -> String {
+        let name = self.to_possible_value().map(|v| v.get_name().to_string());
+        format!(" {}", name.unwrap_or_default())
+    }
+}
+
+impl FlagValue for Vec<usize> {
+    fn flag_value(&self) -> String {
+        let widths: Vec<String> = self.iter().map(|w| w.to_string()).collect();
+        format!(" {}", widths.join(","))
     }
 }
 
