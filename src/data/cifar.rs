@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use super::source::ArrayDataset;
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 
 /// Pixel bytes of one record (3 planes of 32×32).
 pub const PIXELS: usize = 3 * 32 * 32;
@@ -134,7 +135,7 @@ pub fn parse(bytes: &[u8], kind: Kind, origin: &Path) -> Result<(Vec<u8>, Vec<u3
 pub fn read_file(path: &Path, kind: Kind) -> Result<(Vec<u8>, Vec<u32>)> {
     let p = path.display();
     let len = std::fs::metadata(path)
-        .map_err(|e| Error::new(format!("{p}: cannot open: {e}")))?
+        .with_context(|| format!("{p}: cannot open"))?
         .len();
     if len > MAX_FILE_BYTES {
         bail!("{p}: {len} bytes is more than the {MAX_FILE_BYTES}-byte limit for a CIFAR file");
@@ -153,7 +154,7 @@ pub fn read_file(path: &Path, kind: Kind) -> Result<(Vec<u8>, Vec<u32>)> {
             kind.name()
         );
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::new(format!("{p}: cannot read: {e}")))?;
+    let bytes = std::fs::read(path).with_context(|| format!("{p}: cannot read"))?;
     parse(&bytes, kind, path)
 }
 

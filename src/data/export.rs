@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use super::source::ImageDataset;
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 
 /// A class name as a folder name: `/` and NUL become `_`, and `.` / `..` / an empty name get a leading `_`.
 pub fn folder_name(class: &str) -> String {
@@ -46,8 +47,7 @@ pub fn export_image_folder(ds: &dyn ImageDataset, dir: &Path, rgb: bool) -> Resu
     }
     for n in &names {
         let p = dir.join(n);
-        std::fs::create_dir_all(&p)
-            .map_err(|e| Error::new(format!("{}: cannot create: {e}", p.display())))?;
+        std::fs::create_dir_all(&p).with_context(|| format!("{}: cannot create", p.display()))?;
     }
     let width = ds.len().saturating_sub(1).to_string().len().max(5);
     let c = if rgb { 3 } else { 1 };
@@ -69,7 +69,7 @@ pub fn export_image_folder(ds: &dyn ImageDataset, dir: &Path, rgb: bool) -> Resu
             color,
             image::ImageFormat::Png,
         )
-        .map_err(|e| Error::new(format!("{}: cannot write: {e}", path.display())))?;
+        .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(ds.len())
 }

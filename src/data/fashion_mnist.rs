@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::idx::{read_images, read_labels};
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 
 /// Number of classes.
 pub const NUM_CLASSES: usize = 10;
@@ -101,7 +102,7 @@ pub fn expected_sha256(file_name: &str) -> Option<&'static str> {
 /// The sha256 of a file's bytes, as 64 lowercase hex digits.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let p = path.display();
-    let mut f = File::open(path).map_err(|e| Error::new(format!("{p}: cannot open: {e}")))?;
+    let mut f = File::open(path).with_context(|| format!("{p}: cannot open"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

@@ -27,7 +27,8 @@ use rand_chacha::ChaCha8Rng;
 use super::image_file::{probe, read_image, Header};
 use super::source::{ImageDataset, Subset};
 use super::transforms::Image;
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 
 /// File name endings torchvision's `ImageFolder` accepts (`IMG_EXTENSIONS`), compared in lower case.
 pub const EXTENSIONS: [&str; 9] = [
@@ -70,11 +71,10 @@ pub fn is_image_name(name: &std::ffi::OsStr) -> bool {
 /// The class folders of `root`, sorted: torchvision's `find_classes`.
 pub fn find_classes(root: &Path) -> Result<Vec<String>> {
     let r = root.display();
-    let entries =
-        std::fs::read_dir(root).map_err(|e| Error::new(format!("{r}: cannot read folder: {e}")))?;
+    let entries = std::fs::read_dir(root).with_context(|| format!("{r}: cannot read folder"))?;
     let mut classes = Vec::new();
     for e in entries {
-        let e = e.map_err(|e| Error::new(format!("{r}: cannot read folder: {e}")))?;
+        let e = e.with_context(|| format!("{r}: cannot read folder"))?;
         let path = e.path();
         if std::fs::metadata(&path)
             .map(|m| m.is_dir())
@@ -100,7 +100,7 @@ fn walk_class(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut stack: Vec<(PathBuf, Vec<PathBuf>)> = vec![(dir.to_path_buf(), Vec::new())];
     while let Some((folder, ancestors)) = stack.pop() {
         let canon = std::fs::canonicalize(&folder)
-            .map_err(|e| Error::new(format!("{}: cannot read folder: {e}", folder.display())))?;
+            .with_context(|| format!("{}: cannot read folder", folder.display()))?;
         if let Some(a) = ancestors.iter().find(|a| **a == canon) {
             bail!(
                 "{}: symbolic link loop (leads back to {})",
@@ -109,14 +109,12 @@ fn walk_class(dir: &Path) -> Result<Vec<PathBuf>> {
             );
         }
         let entries = std::fs::read_dir(&folder)
-            .map_err(|e| Error::new(format!("{}: cannot read folder: {e}", folder.display())))?;
+            .with_context(|| format!("{}: cannot read folder", folder.display()))?;
         let mut files = Vec::new();
         let mut chain = ancestors.clone();
         chain.push(canon);
         for e in entries {
-            let e = e.map_err(|e| {
-                Error::new(format!("{}: cannot read folder: {e}", folder.display()))
-            })?;
+            let e = e.with_context(|| format!("{}: cannot read folder", folder.display()))?;
             let path = e.path();
             // Like os.scandir's is_dir(): follows links; a broken link is a file.
             if std::fs::metadata(&path)

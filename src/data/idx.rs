@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
+use crate::error::Context;
 use crate::{bail, Error, Result};
 
 /// Largest data size (product of the dimensions, in bytes) a header may declare: 2³¹ bytes.
@@ -32,10 +33,10 @@ pub struct IdxArray {
 pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
     let p = path.display();
-    let file = File::open(path).map_err(|e| Error::new(format!("{p}: cannot open: {e}")))?;
+    let file = File::open(path).with_context(|| format!("{p}: cannot open"))?;
     let file_len = file
         .metadata()
-        .map_err(|e| Error::new(format!("{p}: cannot read file metadata: {e}")))?
+        .with_context(|| format!("{p}: cannot read file metadata"))?
         .len();
     parse_stream(BufReader::new(file), file_len, path)
 }
@@ -54,7 +55,7 @@ fn parse_stream(mut reader: impl BufRead, len: u64, path: &Path) -> Result<IdxAr
     }
     let head = reader
         .fill_buf()
-        .map_err(|e| Error::new(format!("{p}: read error: {e}")))?;
+        .with_context(|| format!("{p}: read error"))?;
     if head.starts_with(&[0x1f, 0x8b]) {
         parse(&mut flate2::bufread::GzDecoder::new(reader), path, None)
     } else {
@@ -134,10 +135,10 @@ fn parse(r: &mut dyn Read, path: &Path, raw_len: Option<u64>) -> Result<IdxArray
         Some(_) => ("file", "read error"),
         None => ("decompressed data", "corrupt or truncated gzip stream"),
     };
-    let io = |e: std::io::Error| Error::new(format!("{p}: {io_err}: {e}"));
+    let io = || format!("{p}: {io_err}");
 
     let mut magic = [0u8; 4];
-    let got = read_full(r, &mut magic).map_err(io)?;
+    let got = read_full(r, &mut magic).with_context(io)?;
     if got < 4 {
         bail!("{p}: too short for an IDX header: {what} holds {got} bytes");
     }
@@ -162,7 +163,7 @@ fn parse(r: &mut dyn Read, path: &Path, raw_len: Option<u64>) -> Result<IdxArray
     }
     let header_len = 4 + 4 * ndim;
     let mut dim_bytes = vec![0u8; 4 * ndim];
-    let got = read_full(r, &mut dim_bytes).map_err(io)?;
+    let got = read_full(r, &mut dim_bytes).with_context(io)?;
     if got < dim_bytes.len() {
         bail!(
             "{p}: too short for an IDX header: {ndim} dimensions need {header_len} bytes, {what} holds {}",
@@ -197,7 +198,7 @@ fn parse(r: &mut dyn Read, path: &Path, raw_len: Option<u64>) -> Result<IdxArray
                 );
             }
             let mut data = vec![0u8; declared];
-            let got = read_full(r, &mut data).map_err(io)?;
+            let got = read_full(r, &mut data).with_context(io)?;
             if got < declared {
                 bail!("{p}: truncated: header declares {dims_s} bytes, file holds {got}");
             }
@@ -208,7 +209,7 @@ fn parse(r: &mut dyn Read, path: &Path, raw_len: Option<u64>) -> Result<IdxArray
             let mut data = Vec::with_capacity(declared.min(1 << 26));
             r.take(declared as u64 + 1)
                 .read_to_end(&mut data)
-                .map_err(io)?;
+                .with_context(io)?;
             if data.len() < declared {
                 bail!(
                     "{p}: truncated: header declares {dims_s} bytes, {what} holds {}",

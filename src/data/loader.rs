@@ -21,7 +21,8 @@ use rand_chacha::ChaCha8Rng;
 use super::fashion_mnist::Dataset;
 use super::source::ImageDataset;
 use super::transforms::{augment_padding, resize_shorter_side, to_tensor_chw, Pipeline, Step};
-use crate::{bail, Error, Result, Shape4};
+use crate::error::Context;
+use crate::{bail, Result, Shape4};
 
 /// The chapter's transforms (the `chapter` preset), in this order: `resize` (torchvision's `Resize(size)`: shorter
 /// side to `size`, Pillow bilinear, u8), `augment` (random crop with zero padding [`augment_padding`] and random
@@ -333,7 +334,7 @@ impl Loader {
             let img = self
                 .pipeline
                 .apply(img, &mut rng)
-                .map_err(|e| Error::new(format!("{}: {e}", self.source.describe(i))))?;
+                .with_context(|| self.source.describe(i))?;
             if (img.h, img.w, img.c) != (h, w, c) {
                 bail!(
                     "{}: {}×{}×{} after the transforms, but the batch holds {h}×{w}×{c} (images of different sizes \

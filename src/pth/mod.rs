@@ -24,6 +24,7 @@ mod walker;
 mod zip;
 
 use crate::checkpoint::MAX_FILE_BYTES;
+use crate::error::Context;
 use crate::nn::StateDict;
 use crate::{bail, Error, Result};
 use repugnant_pickle::ops::PickleOp;
@@ -63,20 +64,16 @@ pub fn read_state_dict(bytes: &[u8], origin: &str) -> Result<StateDict> {
     let mut archive = self::zip::Archive::open(bytes, origin)?;
     let pkl = archive.read_pickle(origin)?;
     let pkl_name = archive.pkl_name();
-    let ops = parse_pickle(&pkl).map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
-    guard::check_evaluation_cost(&ops)
-        .map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
-    let (stack, memo) = repugnant_pickle::evaluate(&ops, false).map_err(|e| {
-        Error::new(format!(
-            "{origin}: {pkl_name}: not a pickle torch.save writes: {e}"
-        ))
-    })?;
+    let ops = parse_pickle(&pkl).with_context(|| format!("{origin}: {pkl_name}"))?;
+    guard::check_evaluation_cost(&ops).with_context(|| format!("{origin}: {pkl_name}"))?;
+    let (stack, memo) = repugnant_pickle::evaluate(&ops, false)
+        .with_context(|| format!("{origin}: {pkl_name}: not a pickle torch.save writes"))?;
     let top = stack
         .last()
         .ok_or_else(|| Error::new(format!("{origin}: {pkl_name}: the pickle leaves no object")))?;
     let specs = walker::Walker::new(&memo.0)
         .state_dict(top)
-        .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        .context(origin)?;
     tensors::gather_state_dict(&mut archive, specs, origin)
 }
 

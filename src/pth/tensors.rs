@@ -5,6 +5,7 @@
 use super::walker::{Kind, Spec};
 use super::zip::Archive;
 use super::MAX_TENSORS;
+use crate::error::Context;
 use crate::nn::{StateDict, StateTensor};
 use crate::{bail, Error, Result};
 
@@ -45,7 +46,7 @@ pub(super) fn gather_state_dict(
     for (s, n) in specs.into_iter().zip(counts) {
         let data = archive
             .storage(&s.storage)
-            .map_err(|e| Error::new(format!("{origin}: tensor `{}`: {e}", s.key)))?;
+            .with_context(|| format!("{origin}: tensor `{}`", s.key))?;
         let width = s.kind.bytes();
         let available = data.len() / width;
         // The last element the view reaches: offset + Σ (size - 1) · stride, overflow-checked.

@@ -4,6 +4,7 @@
 //! `::zip` is the zip crate; this module is named after the format it reads.
 
 use super::MAX_PICKLE_BYTES;
+use crate::error::Context;
 use crate::{bail, Error, Result};
 use std::collections::HashMap;
 use std::io::{Cursor, Read};
@@ -26,7 +27,7 @@ impl<'b> Archive<'b> {
     /// `origin` names the file in errors.
     pub(super) fn open(bytes: &'b [u8], origin: &str) -> Result<Archive<'b>> {
         let mut zip = ::zip::ZipArchive::new(Cursor::new(bytes))
-            .map_err(|e| Error::new(format!("{origin}: not a valid .pth zip archive: {e}")))?;
+            .with_context(|| format!("{origin}: not a valid .pth zip archive"))?;
         let pkl_name = zip
             .file_names()
             .filter_map(|n| n.ok())
@@ -46,7 +47,7 @@ impl<'b> Archive<'b> {
             f.by_ref()
                 .take(16)
                 .read_to_end(&mut order)
-                .map_err(|e| Error::new(format!("{origin}: {prefix}byteorder: {e}")))?;
+                .with_context(|| format!("{origin}: {prefix}byteorder"))?;
             if order != b"little" {
                 bail!(
                     "{origin}: byte order `{}`: only little-endian files are supported",
@@ -79,7 +80,7 @@ impl<'b> Archive<'b> {
         let mut f = self
             .zip
             .by_name(pkl_name)
-            .map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
+            .with_context(|| format!("{origin}: {pkl_name}"))?;
         if f.size() > MAX_PICKLE_BYTES {
             bail!(
                 "{origin}: {pkl_name} is {} bytes, more than the {MAX_PICKLE_BYTES} byte limit",
@@ -90,7 +91,7 @@ impl<'b> Archive<'b> {
         f.by_ref()
             .take(MAX_PICKLE_BYTES + 1)
             .read_to_end(&mut pkl)
-            .map_err(|e| Error::new(format!("{origin}: {pkl_name}: {e}")))?;
+            .with_context(|| format!("{origin}: {pkl_name}"))?;
         if pkl.len() as u64 > MAX_PICKLE_BYTES {
             bail!("{origin}: {pkl_name} is more than the {MAX_PICKLE_BYTES} byte limit");
         }
@@ -107,7 +108,7 @@ impl<'b> Archive<'b> {
         let f = self
             .zip
             .by_name(&name)
-            .map_err(|e| Error::new(format!("storage `{name}`: {e}")))?;
+            .with_context(|| format!("storage `{name}`"))?;
         if f.compression() != ::zip::CompressionMethod::Stored {
             bail!(
                 "storage `{name}` is compressed ({}); torch.save stores storages uncompressed",

@@ -6,6 +6,7 @@ use super::{shutdown_signal, ServeOptions, SHUTDOWN_GRACE};
 use crate::data::image_file::decode_image_within;
 use crate::data::transforms::Step;
 use crate::data::Pipeline;
+use crate::error::Context;
 use crate::infer::{prepare, ranked, softmax, Model};
 use crate::{Error, Result, Shape4};
 use axum::body::Bytes;
@@ -99,10 +100,8 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
         .with_state(shared);
     let listener = tokio::net::TcpListener::bind(opts.addr)
         .await
-        .map_err(|e| Error::new(format!("serve: cannot listen on {}: {e}", opts.addr)))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::new(format!("serve: {e}")))?;
+        .with_context(|| format!("serve: cannot listen on {}", opts.addr))?;
+    let local = listener.local_addr().context("serve")?;
     println!("listening on http://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();

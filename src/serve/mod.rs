@@ -21,6 +21,7 @@ pub use batcher::{BatchOptions, Batcher};
 pub use handlers::parse_predict;
 pub use metrics::Metrics;
 
+use crate::error::Context;
 use crate::infer::Model;
 use crate::{Error, Result};
 use std::net::SocketAddr;
@@ -58,7 +59,7 @@ pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::new(format!("serve: cannot start the runtime: {e}")))?;
+        .context("serve: cannot start the runtime")?;
     let result = runtime.block_on(handlers::run(app, batcher, &opts));
     // The router, and with it the last queue sender, is gone: the batcher finishes what is queued and stops.
     worker

@@ -9,9 +9,10 @@ use crate::data::{
     channel_mean_std, pipelines, DataOptions, Format, ImageDataset, NormalizeSpec, Pipeline,
     Preset, RandomErasing, CLASS_NAMES, NUM_CLASSES,
 };
+use crate::error::Context;
 use crate::nn::{ArchName, ResNetConfig, Stem};
 use crate::optim::{OptimizerKind, OptimizerOptions, Schedule};
-use crate::{bail, Error, Result};
+use crate::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -440,7 +441,7 @@ impl TrainConfig {
             bail!("--channels must be 1 or 3, got {c}");
         }
         if let Some((m, s)) = &d.channel_norm {
-            check_normalize_values(m, s).map_err(|e| Error::new(format!("--mean / --std: {e}")))?;
+            check_normalize_values(m, s).context("--mean / --std")?;
         }
         let stages = self.model.layers.len();
         if r.freeze > 1 + stages {

@@ -1,7 +1,8 @@
 //! The run directory's lock.
 
 use crate::checkpoint;
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 use std::path::Path;
 
 /// An exclusive advisory lock (flock) on a run directory itself, so no lock file is left behind; released when
@@ -12,9 +13,8 @@ pub(super) struct RunLock {
 
 impl RunLock {
     pub(super) fn acquire(dir: &Path) -> Result<RunLock> {
-        let handle = std::fs::File::open(dir).map_err(|e| {
-            Error::new(format!("{}: cannot open run directory: {e}", dir.display()))
-        })?;
+        let handle = std::fs::File::open(dir)
+            .with_context(|| format!("{}: cannot open run directory", dir.display()))?;
         match handle.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => bail!(
@@ -29,12 +29,7 @@ impl RunLock {
         let probe = dir.join(format!(".write-check.tmp{}", std::process::id()));
         std::fs::File::create(&probe)
             .and_then(|_| std::fs::remove_file(&probe))
-            .map_err(|e| {
-                Error::new(format!(
-                    "{}: cannot write to the run directory: {e}",
-                    dir.display()
-                ))
-            })?;
+            .with_context(|| format!("{}: cannot write to the run directory", dir.display()))?;
         // With the lock held no other run writes here, so temporary files are leftovers of a killed run.
         checkpoint::remove_stale_temporaries(dir);
         Ok(RunLock { _dir: handle })

@@ -9,6 +9,7 @@ use super::{
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use crate::data::{Batch, Loader, Pipeline};
 use crate::dist::Collective;
+use crate::error::Context;
 use crate::model_file::ModelFile;
 use crate::nn::{Buffers, ResNet, StateDict, StateTensor};
 use crate::optim::{warmup_factor, Optimizer, OptimizerState};
@@ -105,15 +106,13 @@ impl Restored {
             })
         };
         let mut config: TrainConfig = serde_json::from_str(get(META_CONFIG)?)
-            .map_err(|e| Error::new(format!("{origin}: bad `{META_CONFIG}`: {e}")))?;
+            .with_context(|| format!("{origin}: bad `{META_CONFIG}`"))?;
         let progress: Progress = serde_json::from_str(get(META_PROGRESS)?)
-            .map_err(|e| Error::new(format!("{origin}: bad `{META_PROGRESS}`: {e}")))?;
+            .with_context(|| format!("{origin}: bad `{META_PROGRESS}`"))?;
         if let Some(e) = epochs {
             config.run.epochs = e;
         }
-        config
-            .validate()
-            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        config.validate().context(origin)?;
         if progress.history.len() != progress.epochs_done {
             bail!(
                 "{origin}: bad `{META_PROGRESS}`: {} epochs done but {} epochs of metrics",
@@ -127,13 +126,11 @@ impl Restored {
             .into_iter()
             .partition(|(k, _)| !k.starts_with(OPT_PREFIX));
         let mut net = checkpoint::build_for(config.model.clone(), &model_sd, origin)?;
-        net.load_state_dict(&model_sd)
-            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
-        net.set_frozen(config.run.freeze)
-            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+        net.load_state_dict(&model_sd).context(origin)?;
+        net.set_frozen(config.run.freeze).context(origin)?;
         let mut optimizer = build_optimizer(&config, &mut net)?;
         let opt_meta: OptimizerMeta = serde_json::from_str(get(META_OPTIMIZER)?)
-            .map_err(|e| Error::new(format!("{origin}: bad `{META_OPTIMIZER}`: {e}")))?;
+            .with_context(|| format!("{origin}: bad `{META_OPTIMIZER}`"))?;
         let tensors = opt_sd
             .into_iter()
             .map(|(k, t)| match t {
@@ -149,7 +146,7 @@ impl Restored {
                 step: opt_meta.step,
                 tensors,
             })
-            .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+            .context(origin)?;
         let ema = match config.optim.ema {
             None => None,
             Some(decay) => {
@@ -162,8 +159,7 @@ impl Restored {
                     Some(_) => bail!("{origin}: `{EMA_KEY}` is not F32"),
                     None => Vec::new(),
                 };
-                let ema = Ema::restore(decay, updates, values, &mut net)
-                    .map_err(|e| Error::new(format!("{origin}: {e}")))?;
+                let ema = Ema::restore(decay, updates, values, &mut net).context(origin)?;
                 Some(ema)
             }
         };
@@ -209,12 +205,8 @@ impl Run {
 
     /// Creates `dir` if needed and locks it for a fresh run, refusing one that holds a checkpoint.
     fn claim(dir: &Path) -> Result<RunLock> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            Error::new(format!(
-                "{}: cannot create run directory: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create run directory", dir.display()))?;
         let refuse_existing = || -> Result<()> {
             if dir.join("checkpoint.safetensors").exists() {
                 bail!("{}: already holds a training run (checkpoint.safetensors); resume it with --resume {} or choose another --out", dir.display(), dir.display());

@@ -5,7 +5,8 @@ use super::{
     center_crop, hflip_image, pad_crop, random_crop_params, random_resized_crop_params, resize,
     resize_shorter_side, resized_crop, Image, RandomErasing, RRC_RATIO, RRC_SCALE,
 };
-use crate::{bail, Error, Result};
+use crate::error::Context;
+use crate::{bail, Result};
 use rand::Rng;
 
 /// Input sizes (the shorter side after resizing, `--resize`) every command accepts.
@@ -238,7 +239,7 @@ impl Pipeline {
             bail!("{e:?} is a training step; a stored evaluation pipeline has none");
         }
         if let Some((m, sd)) = &self.normalize {
-            check_normalize_values(m, sd).map_err(|e| Error::new(format!("normalize: {e}")))?;
+            check_normalize_values(m, sd).context("normalize")?;
         }
         Ok(())
     }
