@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Times torchvision's data loading alone on an image folder, for comparison with the Rust loader
-(`cargo run --release --example bench_loader -- DIR`, later `resnet bench --loader DIR`).
+(`resnet bench --loader DIR`).
 
     python3 tools/bench_loader_torchvision.py DIR [--transforms imagenet|cifar] [--batch 64] [--workers 2] [--limit N]
 
