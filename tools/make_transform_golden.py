@@ -3,7 +3,7 @@
 
 The chapter's data transform is torchvision's `Resize(96)` on a PIL image, which computes the output size with
 torchvision's shorter-side rule and then calls `img.resize((out_w, out_h), Image.BILINEAR)`. The Rust side
-(`resnet::data::transforms`) reimplements both; `tests/data.rs` requires its output to equal Pillow's byte for byte.
+(`resnet::data::transforms`) reimplements both; `tests/data/transforms.rs` requires its output to equal Pillow's byte for byte.
 
 Contents (every tensor is u8 with shape [height, width]):
   `<case>.input`   the source image

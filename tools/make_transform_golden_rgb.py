@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes tests/golden/transforms_rgb.safetensors: what torchvision's functional transforms on PIL images (and
-Pillow's convert) make of small images, for `tests/data.rs` to match byte for byte.
+Pillow's convert) make of small images, for `tests/data/transforms.rs` to match byte for byte.
 
 Each case `<name>` holds `<name>.input` and `<name>.output`; metadata `<name>.op` says what was done:
   resize:S                  F.resize(img, S)                       (shorter side to S, Pillow bilinear)
