@@ -2,6 +2,7 @@
 //! of bad invocations, each of which must fail with one clear `error: ` line, a non-zero exit and no panic,
 //! leaving every existing file as it was.
 
+#[path = "../common/mod.rs"]
 mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
