@@ -1,0 +1,311 @@
+//! `resnet eval` and `resnet predict` on the shared tiny model: the eval report (accuracy, per-class accuracy,
+//! confusion matrix), predict's text and JSON output for PNG and JPEG, the portable kernels' logits, and
+//! predict agreeing with eval on the same image.
+
+use std::path::Path;
+use std::time::Duration;
+
+use resnet::data::{Dataset, Split, CLASS_NAMES};
+
+use crate::{bundled, expect_success, model, pytorch_weights, resnet, resnet_env, s, scratch};
+
+/// One `predict` line: `PATH: class p, class p, class p`; returns the (class, probability) pairs.
+fn parse_top3(line: &str, path: &Path) -> Vec<(String, f64)> {
+    let rest = line
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or_else(|| panic!("line does not start with the path: {line}"));
+    let pairs: Vec<(String, f64)> = rest
+        .split(", ")
+        .map(|p| {
+            let (name, prob) = p
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("`{p}` in {line}"));
+            (
+                name.to_string(),
+                prob.parse()
+                    .unwrap_or_else(|_| panic!("`{prob}` in {line}")),
+            )
+        })
+        .collect();
+    assert_eq!(pairs.len(), 3, "{line}");
+    for (name, p) in &pairs {
+        assert!(
+            CLASS_NAMES.contains(&name.as_str()),
+            "unknown class `{name}` in {line}"
+        );
+        assert!((0.0..=1.0).contains(p), "{line}");
+    }
+    assert!(
+        pairs.windows(2).all(|w| w[0].1 >= w[1].1),
+        "not sorted: {line}"
+    );
+    assert!(pairs[0].0 != pairs[1].0 && pairs[1].0 != pairs[2].0 && pairs[0].0 != pairs[2].0);
+    pairs
+}
+
+/// The eval report: accuracy, count, per-class accuracies and the confusion matrix.
+struct Report {
+    acc: f64,
+    per_class: Vec<(String, f64)>,
+    confusion: Vec<Vec<usize>>,
+}
+
+fn parse_eval(out: &str) -> Report {
+    let acc_line = out
+        .lines()
+        .find(|l| l.starts_with("test acc "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let acc: f64 = acc_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let pc = lines
+        .iter()
+        .position(|l| l.starts_with("per-class accuracy"))
+        .expect("per-class");
+    let per_class = lines[pc + 1..pc + 11]
+        .iter()
+        .map(|l| {
+            let (name, a) = l.trim().rsplit_once(' ').unwrap();
+            (name.trim().to_string(), a.parse().unwrap())
+        })
+        .collect();
+    let cm = lines
+        .iter()
+        .position(|l| l.starts_with("confusion matrix"))
+        .expect("confusion");
+    let header: Vec<usize> = lines[cm + 1]
+        .split_whitespace()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert_eq!(header, (0..10).collect::<Vec<_>>(), "{out}");
+    let confusion = lines[cm + 2..cm + 12]
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            assert!(
+                l.starts_with(&format!("{i} {}", CLASS_NAMES[i])),
+                "row {i}: {l}"
+            );
+            let t: Vec<&str> = l.split_whitespace().collect();
+            t[t.len() - 10..]
+                .iter()
+                .map(|x| x.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    Report {
+        acc,
+        per_class,
+        confusion,
+    }
+}
+
+#[test]
+fn eval_prints_accuracy_per_class_and_confusion_matrix() {
+    let m = model();
+    let cwd = scratch("eval");
+    let out = expect_success(
+        &resnet(
+            &[
+                "eval",
+                "--weights",
+                s(&m.weights),
+                "--limit",
+                "300",
+                "--batch-size",
+                "64",
+            ],
+            &cwd,
+        ),
+        "eval",
+    );
+    assert!(out.contains("(300 images, input 28×28)"), "{out}");
+    let r = parse_eval(&out);
+    let names: Vec<&str> = r.per_class.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, CLASS_NAMES, "{out}");
+    let total: usize = r.confusion.iter().flatten().sum();
+    assert_eq!(total, 300, "{out}");
+    let correct: usize = (0..10).map(|i| r.confusion[i][i]).sum();
+    assert!((r.acc - correct as f64 / 300.0).abs() < 1e-4, "{out}");
+    // Rows hold the true classes: their sums are the class counts of the first 300 test images.
+    let test = Dataset::load(&bundled(), Split::Test, false)
+        .unwrap()
+        .take(300);
+    let counts = test.class_counts();
+    for (i, row) in r.confusion.iter().enumerate() {
+        assert_eq!(row.iter().sum::<usize>(), counts[i], "row {i}\n{out}");
+        let acc = row[i] as f64 / counts[i].max(1) as f64;
+        assert!((acc - r.per_class[i].1).abs() < 1e-3, "class {i}\n{out}");
+    }
+    // The tiny model learned something (chance is 0.1; measured 0.68 on the first 300 test images).
+    assert!(r.acc > 0.4, "{out}");
+
+    // PyTorch weights evaluate with an explicit --resize.
+    let out = expect_success(
+        &resnet(
+            &[
+                "eval",
+                "--weights",
+                s(&pytorch_weights()),
+                "--resize",
+                "28",
+                "--limit",
+                "50",
+            ],
+            &cwd,
+        ),
+        "eval of PyTorch weights",
+    );
+    let r = parse_eval(&out);
+    assert_eq!(r.confusion.iter().flatten().sum::<usize>(), 50);
+    let _ = std::fs::remove_dir_all(&cwd);
+}
+
+#[test]
+fn predict_png_and_jpeg() {
+    let m = model();
+    let dir = scratch("predict");
+    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
+    let a = dir.join("a.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&a)
+        .unwrap();
+    let rgb = image::RgbImage::from_fn(50, 40, |x, y| {
+        let on = (10..40).contains(&x) && (8..32).contains(&y);
+        image::Rgb(if on {
+            [200, 180, (x * 5) as u8]
+        } else {
+            [5, 10, (y * 3) as u8]
+        })
+    });
+    let b = dir.join("b.png");
+    rgb.save(&b).unwrap();
+    let c = dir.join("c.jpg");
+    rgb.save(&c).unwrap();
+    assert!(
+        std::fs::read(&c).unwrap().starts_with(&[0xff, 0xd8]),
+        "a JPEG"
+    );
+    let images = [&a, &b, &c];
+
+    let mut args = vec!["predict", "--weights", s(&m.weights)];
+    args.extend(images.iter().map(|p| s(p)));
+    let out = expect_success(&resnet(&args, &dir), "predict");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    let mut top = Vec::new();
+    for (line, path) in lines.iter().zip(images) {
+        top.push(parse_top3(line, path)[0].0.clone());
+    }
+
+    args.push("--json");
+    let out = expect_success(&resnet(&args, &dir), "predict --json");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for ((line, path), top1) in lines.iter().zip(images).zip(&top) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["image"].as_str(), Some(s(path)), "{line}");
+        let nums = |k: &str| -> Vec<f64> {
+            v[k].as_array()
+                .unwrap_or_else(|| panic!("no `{k}` array: {line}"))
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        let (logits, probs) = (nums("logits"), nums("probabilities"));
+        assert_eq!((logits.len(), probs.len()), (10, 10), "{line}");
+        assert!(logits.iter().all(|x| x.is_finite()), "{line}");
+        let sum: f64 = probs.iter().sum();
+        assert!(
+            (sum - 1.0).abs() <= 1e-5,
+            "probabilities sum to {sum}: {line}"
+        );
+        let pred = v["predicted"].as_u64().unwrap() as usize;
+        assert!(pred < 10);
+        let argmax = (0..10).fold(0, |b, i| if probs[i] > probs[b] { i } else { b });
+        assert_eq!(pred, argmax, "{line}");
+        let by_logit = (0..10).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+        assert_eq!(pred, by_logit, "{line}");
+        assert_eq!(v["class"].as_str(), Some(CLASS_NAMES[pred]), "{line}");
+        assert_eq!(CLASS_NAMES[pred], top1, "text and JSON disagree: {line}");
+    }
+
+    // The portable kernels (what a CPU without AVX2 runs; RESNET_PORTABLE=1 forces them) give the same
+    // logits as the direct AVX2 convolutions, to float rounding.
+    let portable = expect_success(
+        &resnet_env(
+            &args,
+            &dir,
+            &[("RESNET_PORTABLE", "1")],
+            Duration::from_secs(120),
+        ),
+        "predict --json with RESNET_PORTABLE=1",
+    );
+    let logits_of = |text: &str| -> Vec<f64> {
+        text.lines()
+            .flat_map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["logits"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (fast, slow) = (logits_of(&out), logits_of(&portable));
+    assert_eq!(fast.len(), slow.len());
+    for (a, b) in fast.iter().zip(&slow) {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "direct {a} vs portable {b}"
+        );
+    }
+
+    // Consistency: the first test image as a 28×28 PNG at --resize 28 gets the class eval gives it.
+    let out = expect_success(
+        &resnet(
+            &[
+                "predict",
+                "--weights",
+                s(&m.weights),
+                "--resize",
+                "28",
+                "--json",
+                s(&a),
+            ],
+            &dir,
+        ),
+        "predict --resize 28",
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let pred = v["predicted"].as_u64().unwrap() as usize;
+    let out = expect_success(
+        &resnet(
+            &[
+                "eval",
+                "--weights",
+                s(&m.weights),
+                "--limit",
+                "1",
+                "--batch-size",
+                "1",
+            ],
+            &dir,
+        ),
+        "eval --limit 1",
+    );
+    let r = parse_eval(&out);
+    let label = test.label(0);
+    let eval_pred = r.confusion[label]
+        .iter()
+        .position(|&x| x == 1)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        pred, eval_pred,
+        "predict and eval disagree on the first test image\n{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
