@@ -56,7 +56,39 @@ pub fn serialize(sd: &StateDict, metadata: &BTreeMap<String, String>) -> Result<
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    safetensors::serialize(views, Some(meta)).context("serializing safetensors")
+    let bytes = safetensors::serialize(views, Some(meta)).context("serializing safetensors")?;
+    canonical_header(bytes)
+}
+
+/// `bytes` (a safetensors file) with its JSON header's keys in sorted order, the metadata's too: the crate writes
+/// the metadata in hash-map order, which differs from process to process, so equal models would get different
+/// bytes (and different checksums). Offsets are relative to the data, so only the header and its length change.
+fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+    const N_LEN: usize = 8;
+    let n = u64::from_le_bytes(bytes[..N_LEN].try_into().expect("8 bytes")) as usize;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[N_LEN..N_LEN + n]).context("serializing safetensors")?;
+    // A BTreeMap serializes in key order whatever serde_json's map type is; so does the metadata's.
+    let sorted: BTreeMap<&String, serde_json::Value> = header
+        .iter()
+        .map(|(k, v)| {
+            let v = match (k.as_str(), v) {
+                ("__metadata__", serde_json::Value::Object(m)) => {
+                    serde_json::to_value(m.iter().collect::<BTreeMap<_, _>>())
+                        .expect("strings serialize")
+                }
+                _ => v.clone(),
+            };
+            (k, v)
+        })
+        .collect();
+    let mut header = serde_json::to_vec(&sorted).expect("JSON values serialize");
+    header.resize(header.len().next_multiple_of(N_LEN), b' ');
+    let mut out = Vec::with_capacity(N_LEN + header.len() + bytes.len() - N_LEN - n);
+    out.extend((header.len() as u64).to_le_bytes());
+    out.extend(header);
+    out.extend(&bytes[N_LEN + n..]);
+    Ok(out)
 }
 
 /// Parses safetensors bytes into a state dict (F32 and I64 tensors; anything else is an error naming the key)
@@ -331,4 +363,58 @@ pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<R
         }
     }
     ResNet::new(config, 0).context(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal models give equal bytes: the metadata's order does not follow a hash map's (each serialization builds
+    /// a map with its own random hash keys, so the old code gave orders that differed from call to call).
+    #[test]
+    fn equal_models_serialize_to_equal_bytes() {
+        let sd: StateDict = vec![
+            (
+                "fc.weight".into(),
+                StateTensor::F32 {
+                    shape: vec![2, 3],
+                    data: vec![0.5; 6],
+                },
+            ),
+            (
+                "bn.num_batches_tracked".into(),
+                StateTensor::I64 {
+                    shape: vec![],
+                    data: vec![7],
+                },
+            ),
+        ];
+        let meta: BTreeMap<String, String> = (0..32)
+            .map(|i| (format!("key.{i:02}"), format!("value {i}")))
+            .collect();
+        let first = serialize(&sd, &meta).unwrap();
+        for _ in 0..8 {
+            assert_eq!(serialize(&sd, &meta).unwrap(), first);
+        }
+        let n = u64::from_le_bytes(first[..8].try_into().unwrap()) as usize;
+        assert_eq!(n % 8, 0, "the header keeps the format's 8-byte alignment");
+        let header = std::str::from_utf8(&first[8..8 + n]).unwrap();
+        let at: Vec<usize> = meta
+            .keys()
+            .map(|k| header.find(k.as_str()).unwrap())
+            .collect();
+        assert!(
+            at.windows(2).all(|w| w[0] < w[1]),
+            "metadata not in key order: {header}"
+        );
+        let (back, back_meta) = deserialize(&first, "test").unwrap();
+        assert_eq!(back_meta, meta);
+        for (k, t) in &sd {
+            assert_eq!(
+                back.iter().find(|(b, _)| b == k).map(|(_, t)| t),
+                Some(t),
+                "{k}"
+            );
+        }
+    }
 }

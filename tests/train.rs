@@ -2,6 +2,7 @@
 //! directory refusal, and the metrics log and curve. Timings in the comments are from the 2-core dev machine.
 
 mod common;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -375,6 +376,13 @@ fn cli_resume_matches_uninterrupted_run() {
         &load_sd(&a.join("model.safetensors")),
         &load_sd(&b.join("model.safetensors")),
         "CLI model.safetensors",
+    );
+    // Not only equal tensors: equal files, which checksums, caches and content-addressed stores can tell apart.
+    let sha = |p: PathBuf| format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()));
+    assert_eq!(
+        sha(a.join("model.safetensors")),
+        sha(b.join("model.safetensors")),
+        "model.safetensors of a resumed run and of an uninterrupted one"
     );
     check_run_files(&b, 2);
 
