@@ -7,7 +7,7 @@ use crate::error::Context;
 use crate::nn::{BlockKind, Naming, ResNet, ResNetConfig, Shortcut, StateDict, StateTensor, Stem};
 use crate::{bail, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::Path;
@@ -52,42 +52,31 @@ pub fn serialize(sd: &StateDict, metadata: &BTreeMap<String, String>) -> Result<
             .with_context(|| format!("tensor `{k}`"))?;
         views.push((k.as_str(), view));
     }
-    let meta: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let bytes = safetensors::serialize(views, Some(meta)).context("serializing safetensors")?;
-    canonical_header(bytes)
+    let bytes = safetensors::serialize(views, None).context("serializing safetensors")?;
+    with_metadata(bytes, metadata)
 }
 
-/// `bytes` (a safetensors file) with its JSON header's keys in sorted order, the metadata's too: the crate writes
-/// the metadata in hash-map order, which differs from process to process, so equal models would get different
-/// bytes (and different checksums). Offsets are relative to the data, so only the header and its length change.
-fn canonical_header(bytes: Vec<u8>) -> Result<Vec<u8>> {
+/// `bytes` (a safetensors file without metadata) with `metadata` added to its JSON header, every key of the header
+/// in sorted order. The crate would write the metadata in hash-map order, which differs from process to process,
+/// so equal models would get different bytes (and checksums). Tensor offsets are relative to the data, so only the
+/// header and its length change.
+fn with_metadata(bytes: Vec<u8>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     const N_LEN: usize = 8;
     let n = u64::from_le_bytes(bytes[..N_LEN].try_into().expect("8 bytes")) as usize;
-    let header: BTreeMap<String, serde_json::Value> =
+    // BTreeMaps serialize in key order, whatever map type serde_json's `Value` holds.
+    let mut header: BTreeMap<String, serde_json::Value> =
         serde_json::from_slice(&bytes[N_LEN..N_LEN + n]).context("serializing safetensors")?;
-    // A BTreeMap serializes in key order whatever serde_json's map type is; so does the metadata's.
-    let sorted: BTreeMap<&String, serde_json::Value> = header
-        .iter()
-        .map(|(k, v)| {
-            let v = match (k.as_str(), v) {
-                ("__metadata__", serde_json::Value::Object(m)) => {
-                    serde_json::to_value(m.iter().collect::<BTreeMap<_, _>>())
-                        .expect("strings serialize")
-                }
-                _ => v.clone(),
-            };
-            (k, v)
-        })
-        .collect();
-    let mut header = serde_json::to_vec(&sorted).expect("JSON values serialize");
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings serialize"),
+    );
+    let mut header = serde_json::to_vec(&header).expect("JSON values serialize");
     header.resize(header.len().next_multiple_of(N_LEN), b' ');
-    let mut out = Vec::with_capacity(N_LEN + header.len() + bytes.len() - N_LEN - n);
+    let data = &bytes[N_LEN + n..];
+    let mut out = Vec::with_capacity(N_LEN + header.len() + data.len());
     out.extend((header.len() as u64).to_le_bytes());
     out.extend(header);
-    out.extend(&bytes[N_LEN + n..]);
+    out.extend(data);
     Ok(out)
 }
 
