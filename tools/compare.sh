@@ -2,10 +2,12 @@
 # Side-by-side benchmark: ours (`resnet bench`) and PyTorch's (tools/bench_pytorch.py), run alternately
 # (A B A B …) on the same machine, then per configuration: ours, PyTorch (faster of NCHW and channels_last),
 # ratio ours/PyTorch in images/s (medians of the per-round medians); then the peak memory of training at 96×96,
-# each side measured in a fresh process.
+# each side measured in a fresh process. The chapter's inference configurations that were asked for (infer28,
+# infer96, infer224, latency224) also run with ONNX Runtime (tools/bench_onnxruntime.py) and OpenVINO
+# (tools/bench_openvino.py) each round (A B C D), each with its ours/X ratios; training rows show '-' there.
 #
 # The family section (ONLY=all, or a list that contains `family`) does the same for torchvision's networks at
-# 3×224×224, alternating A B C each round: ours, PyTorch, ONNX Runtime (tools/bench_onnxruntime.py, inference only):
+# 3×224×224, alternating A B C D each round: ours, PyTorch, ONNX Runtime, OpenVINO (the last two inference only):
 # resnet50 train224, infer224 (batch 32) and latency224 (batch 1), and resnet18 train224 at batch 64; then the
 # peak memory of resnet50 train224 at batch 32, each side in a fresh process.
 #
@@ -14,8 +16,9 @@
 #        tools/compare.sh 3 3 2 train96,infer96  (two chapter configurations, no family section)
 # The positional arguments default to the environment variables ROUNDS, ITERS, THREADS and ONLY, then to the
 # values above.
-# Needs: cargo, python3 with the pinned PyTorch, torchvision, onnx and onnxruntime
-# (pip install -r tools/requirements.txt); without onnxruntime the ONNX Runtime columns show '-'.
+# Needs: cargo, python3 with the pinned PyTorch, torchvision, onnx, onnxruntime and openvino
+# (pip install -r tools/requirements.txt); without onnxruntime the ONNX Runtime columns show '-', without openvino
+# the OpenVINO columns.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 printf 'command:'
@@ -46,7 +49,8 @@ out=$(mktemp -d)
 cargo build --release --quiet
 resnet=${CARGO_TARGET_DIR:-target}/release/resnet
 ort_version=$(python3 -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || echo none)
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); onnxruntime $ort_version; threads $threads; $(date -u +%F)"
+ov_version=$(python3 -c 'import openvino; print(openvino.__version__)' 2>/dev/null || echo none)
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); onnxruntime $ort_version; openvino $ov_version; threads $threads; $(date -u +%F)"
 
 # Peak RSS (MiB, rounded) of the one result that a `--json` benchmark prints on standard input.
 rss() {
@@ -55,38 +59,74 @@ rss() {
 
 if [[ -n $chapter ]]; then
   echo "== the chapter's ResNet-18 ($chapter)"
+  # The inference configurations among those asked for: ONNX Runtime and OpenVINO run these (inference only).
+  if [[ $chapter == all ]]; then
+    chapter_infer=infer28,infer96,latency224
+  else
+    chapter_infer=
+    IFS=, read -ra items <<< "$chapter"
+    for item in "${items[@]}"; do
+      case $item in
+        infer28 | infer96 | infer224 | latency224) chapter_infer=${chapter_infer:+$chapter_infer,}$item ;;
+      esac
+    done
+  fi
   for r in $(seq 1 "$rounds"); do
     "$resnet" --threads "$threads" bench --json --iters "$iters" --only "$chapter" > "$out/ours.$r.json"
     python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" --only "$chapter" > "$out/torch.$r.json"
+    if [[ -n $chapter_infer && $ort_version != none ]]; then
+      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch chapter \
+        --only "$chapter_infer" > "$out/ort.$r.json"
+    fi
+    if [[ -n $chapter_infer && $ov_version != none ]]; then
+      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch chapter \
+        --only "$chapter_infer" > "$out/ov.$r.json"
+    fi
     echo "round $r done" >&2
   done
   python3 - "$out" "$rounds" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 def load(kind):
-    runs = [json.load(open(f"{out}/{kind}.{r}.json"))["results"] for r in range(1, rounds + 1)]
+    """{name: [result of round 1, round 2, …]}; rounds whose file is missing (ORT or OpenVINO not installed, or
+    only training asked for) are skipped."""
     res = {}
-    for run in runs:
-        for x in run:
-            res.setdefault(x["name"], []).append(x)
+    for r in range(1, rounds + 1):
+        path = f"{out}/{kind}.{r}.json"
+        if os.path.exists(path):
+            for x in json.load(open(path))["results"]:
+                res.setdefault(x["name"], []).append(x)
     return res
-ours, torch = load("ours"), load("torch")
+ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
+med = statistics.median
+def speed(rs):
+    return f"{med(x['images_per_s'] for x in rs):.1f}" if rs else "-"
+def ratios(o, t):
+    """ours/other: of the two medians, and the median of the rounds' own ratios."""
+    if not o or not t:
+        return "-", "-"
+    a = med(x["images_per_s"] for x in o) / med(x["images_per_s"] for x in t)
+    b = med(x["images_per_s"] / y["images_per_s"] for x, y in zip(o, t))
+    return f"{a:.2f}", f"{b:.2f}"
 print("ours:", json.load(open(f"{out}/ours.1.json")).get("engine", "?"))
-# ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the two sides a
-# minute apart, so that ratio is less exposed to the shared machine's slow drifts).
-print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} {'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")
+# ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the sides a
+# minute apart, so that ratio is less exposed to the shared machine's slow drifts). ORT, OV: inference only.
+print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} "
+      f"{'ORT img/s':>10} {'ours/ORT':>8} {'per round':>9} {'OV img/s':>10} {'ours/OV':>7} {'per round':>9} "
+      f"{'ours GFLOP/s':>13} {'torch GFLOP/s':>14}  torch layout")
 for name in ours:
-    o, t = ours[name], torch.get(name)
-    oi = statistics.median(x["images_per_s"] for x in o)
-    og = statistics.median(x["gflops"] for x in o)
-    if not t:
-        print(f"{name:<11} {oi:>11.1f}"); continue
-    ti = statistics.median(x["images_per_s"] for x in t)
-    tg = statistics.median(x["gflops"] for x in t)
-    fmt = max(set(x["format"] for x in t), key=[x["format"] for x in t].count)
-    per_round = statistics.median(a["images_per_s"] / b["images_per_s"] for a, b in zip(o, t))
-    print(f"{name:<11} {oi:>11.1f} {ti:>12.1f} {oi/ti:>6.2f} {per_round:>10.2f} {og:>13.1f} {tg:>14.1f}  {fmt}")
-print("(per-round values in", out, ")")
+    o, t, x, v = ours[name], torch.get(name, []), ort.get(name, []), ov.get(name, [])
+    pt, pt_round = ratios(o, t)
+    ox, ox_round = ratios(o, x)
+    ov_, ov_round = ratios(o, v)
+    og = f"{med(r['gflops'] for r in o):.1f}"
+    tg = f"{med(r['gflops'] for r in t):.1f}" if t else "-"
+    fmts = [r["format"] for r in t]
+    fmt = max(set(fmts), key=fmts.count) if fmts else "-"
+    print(f"{name:<11} {speed(o):>11} {speed(t):>12} {pt:>6} {pt_round:>10} "
+          f"{speed(x):>10} {ox:>8} {ox_round:>9} {speed(v):>10} {ov_:>7} {ov_round:>9} "
+          f"{og:>13} {tg:>14}  {fmt}")
+print("(ONNX Runtime and OpenVINO: inference only; per-round values in", out, ")")
 PY
   # Peak memory of training at 96×96, batch 256: each side in a fresh process that runs only that configuration
   # (one warm-up and one timed step), PyTorch once per layout, so no earlier configuration's peak is counted.
@@ -114,6 +154,10 @@ if [[ $family == yes ]]; then
       python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
         --only infer224,latency224 > "$out/fam.ort.r50.$r.json"
     fi
+    if [[ $ov_version != none ]]; then
+      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
+        --only infer224,latency224 > "$out/fam.ov.r50.$r.json"
+    fi
     echo "family round $r done" >&2
   done
   python3 - "$out" "$rounds" <<'PY'
@@ -130,7 +174,7 @@ def load(kind):
                 for x in json.load(open(path))["results"]:
                     res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
     return res
-ours, torch, ort = load("ours"), load("torch"), load("ort")
+ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
 med = statistics.median
 def speed(rs):
     """Median images/s of the rounds, with the median latency in ms for batch 1."""
@@ -150,20 +194,22 @@ def ratios(o, t):
 print("ours:", json.load(open(f"{out}/fam.ours.r50.1.json")).get("engine", "?"))
 # ratio: of the two medians; per round: the median of the rounds' own ratios (see the chapter's table).
 print(f"{'config':<23} {'ours img/s':>17} {'PyTorch img/s':>17} {'ours/PT':>7} {'per round':>9} "
-      f"{'ORT img/s':>17} {'ours/ORT':>8} {'per round':>9} {'GFLOP/s ours':>12} {'torch':>6}  torch layout")
+      f"{'ORT img/s':>17} {'ours/ORT':>8} {'per round':>9} {'OV img/s':>17} {'ours/OV':>7} {'per round':>9} "
+      f"{'GFLOP/s ours':>12} {'torch':>6}  torch layout")
 for key in ROWS:
     arch, name, batch = key
-    o, t, x = ours.get(key, []), torch.get(key, []), ort.get(key, [])
+    o, t, x, v = ours.get(key, []), torch.get(key, []), ort.get(key, []), ov.get(key, [])
     pt, pt_round = ratios(o, t)
     ox, ox_round = ratios(o, x)
+    ov_, ov_round = ratios(o, v)
     og = f"{med(r['gflops'] for r in o):.1f}" if o else "-"
     tg = f"{med(r['gflops'] for r in t):.1f}" if t else "-"
     fmts = [r["format"] for r in t]
     fmt = max(set(fmts), key=fmts.count) if fmts else "-"
     label = f"{arch} {name} b{batch}"
     print(f"{label:<23} {speed(o):>17} {speed(t):>17} {pt:>7} {pt_round:>9} "
-          f"{speed(x):>17} {ox:>8} {ox_round:>9} {og:>12} {tg:>6}  {fmt}")
-print("(ONNX Runtime: inference only; per-round values in", out, ")")
+          f"{speed(x):>17} {ox:>8} {ox_round:>9} {speed(v):>17} {ov_:>7} {ov_round:>9} {og:>12} {tg:>6}  {fmt}")
+print("(ONNX Runtime and OpenVINO: inference only; per-round values in", out, ")")
 PY
   # Peak memory of resnet50 training at 224×224, batch 32: each side in a fresh process that runs only that
   # configuration (one warm-up and one timed step), PyTorch once per layout.
