@@ -2,6 +2,7 @@
 //! models) timed the way `tools/bench_pytorch.py` times PyTorch — training step (forward, loss, backward, Adam)
 //! and eval-mode inference in images/s, batch-1 latency, peak memory.
 
+use crate::compiled::CompiledNet;
 use crate::kernels::conv::ConvGeom;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
@@ -76,6 +77,9 @@ pub fn plan_report(
 ) -> Result<()> {
     let net = ResNet::new(config.clone(), 0)?;
     let xs = Shape4::new(batch, config.in_channels, size, size);
+    if !train {
+        return compiled_report(&net, name, xs, iters);
+    }
     let plans = net.conv_plans(xs)?;
     println!(
         "{name}: {} convolutions at batch {batch}, {size}×{size}",
@@ -160,6 +164,57 @@ pub fn plan_report(
     Ok(())
 }
 
+/// `bench --plan` for an inference configuration: each step of the compiled network timed inside its
+/// forward pass (the weights prepared, the epilogues fused, the activations in the arena), then per algorithm.
+fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result<()> {
+    let mut compiled = CompiledNet::new(net, Some(xs))?;
+    let steps = compiled.profile(xs, iters)?;
+    println!(
+        "{name}: the compiled network, {} steps at batch {}, {}×{}, each timed inside the forward pass",
+        steps.len(),
+        xs.n,
+        xs.h,
+        xs.w
+    );
+    let mut by_algo: Vec<(String, f64, f64)> = Vec::new();
+    for s in &steps {
+        let rate = if s.macs > 0.0 {
+            format!("{:6.1} GFLOP/s", 2.0 * s.macs / s.seconds / 1e9)
+        } else {
+            String::new()
+        };
+        println!("{}  {:7.3} ms {rate}", s.line, s.seconds * 1e3);
+        match by_algo.iter_mut().find(|k| k.0 == s.algo) {
+            Some(k) => {
+                k.1 += s.seconds;
+                k.2 += 2.0 * s.macs;
+            }
+            None => by_algo.push((s.algo.clone(), s.seconds, 2.0 * s.macs)),
+        }
+    }
+    let total: f64 = steps.iter().map(|s| s.seconds).sum();
+    let flop: f64 = steps.iter().map(|s| 2.0 * s.macs).sum();
+    println!("  by step kind:");
+    for (kind, seconds, f) in &by_algo {
+        let rate = if *f > 0.0 {
+            format!("{:6.1} GFLOP/s", f / seconds / 1e9)
+        } else {
+            " ".repeat(14)
+        };
+        println!(
+            "    {kind:<28} {:8.2} ms {rate}  {:4.1} % of the pass",
+            seconds * 1e3,
+            100.0 * seconds / total
+        );
+    }
+    println!(
+        "  the whole pass: {:.2} ms, {:.1} GFLOP/s (direct-convolution multiply-adds)",
+        total * 1e3,
+        flop / total / 1e9
+    );
+    Ok(())
+}
+
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -225,10 +280,9 @@ pub fn bench_one(
             Ok(())
         })?
     } else {
-        net.set_train(false);
-        time_it(warmup, iters, || {
-            net.forward(&x, xs, Buffers::Own).map(|_| ())
-        })?
+        // Inference runs the network compiled for it (what predict, eval and serve run).
+        let mut compiled = CompiledNet::new(&net, Some(xs))?;
+        time_it(warmup, iters, || compiled.forward(&x, xs).map(|_| ()))?
     };
     let flops_per_mac = if train { 6.0 } else { 2.0 };
     Ok(BenchResult {

@@ -1,19 +1,23 @@
-//! Inference with a model file, shared by `predict`, `eval` and `serve`: [`Model`] holds the network of a
-//! [`ModelFile`], its preprocessing and its class names, and turns decoded images into logits.
+//! Inference with a model file, shared by `predict` and `serve`: [`Model`] holds the network of a [`ModelFile`]
+//! compiled for inference ([`CompiledNet`]), its preprocessing and its class names, and turns decoded images into
+//! logits.
 
+use crate::compiled::CompiledNet;
 use crate::data::transforms::{to_tensor_chw, Image};
 use crate::data::Pipeline;
 use crate::error::Context;
 use crate::model_file::ModelFile;
-use crate::nn::{ArchName, Buffers, InitRng, ResNet, SeedableRng};
+use crate::nn::{ArchName, InitRng, SeedableRng};
 use crate::train::forward_flip_tta;
 use crate::{Result, Shape4};
 use std::path::{Path, PathBuf};
 
-/// A model ready to predict: the network in eval mode, its preprocessing and its class names.
+/// A model ready to predict: the network compiled for inference, its preprocessing and its class names.
 pub struct Model {
-    /// The network, in eval mode.
-    pub net: ResNet,
+    /// The network, compiled for inference.
+    pub net: CompiledNet,
+    /// Its number of parameters (as trained: before the batch norms were folded).
+    pub params: usize,
     /// How an image becomes the network's input.
     pub preprocess: Pipeline,
     /// The name of each class, in label order.
@@ -22,8 +26,6 @@ pub struct Model {
     pub path: PathBuf,
     /// The input size it was trained at, where the file says (`resnet.input_size`).
     pub trained_size: Option<usize>,
-    /// The activation buffers lent to the network's forward passes (see [`ResNet::forward`]); start empty.
-    pub activations: Vec<Vec<f32>>,
 }
 
 impl Model {
@@ -32,20 +34,34 @@ impl Model {
     pub fn load(path: &Path, arch: Option<ArchName>, resize: Option<usize>) -> Result<Model> {
         let file = ModelFile::load(path)?;
         file.check_arch(arch)?;
-        let mut net = file.network()?;
+        let trained = file.network()?;
         let preprocess = file.preprocess(resize)?;
-        net.set_train(false);
+        let mut net = CompiledNet::new(&trained, None)?;
         // An image's answer must not depend on the images it is batched with (`serve`); a batch of one, as
         // `predict` runs, gets the same plans either way.
-        net.set_batch_independent(true);
+        net.set_batch_invariant(true);
         Ok(Model {
             net,
+            params: trained.num_params(),
             preprocess,
             names: file.class_names(),
             path: file.path.clone(),
             trained_size: file.trained_size,
-            activations: Vec::new(),
         })
+    }
+
+    /// Plans batches of 1 to `max_batch` images and sizes the arena for the largest, where the preprocessing
+    /// gives every image one size, so that serving a batch allocates no activation memory.
+    pub fn reserve(&mut self, max_batch: usize) -> Result<()> {
+        if let Ok((h, w)) = self.preprocess.output_size(None) {
+            for n in (1..=max_batch).rev() {
+                let xs = Shape4::new(n, self.channels(), h, w);
+                self.net
+                    .reserve(xs)
+                    .context(self.path.display().to_string())?;
+            }
+        }
+        Ok(())
     }
 
     /// The network's input channels (what images are decoded to).
@@ -65,9 +81,7 @@ impl Model {
         if tta {
             forward_flip_tta(&mut self.net, x, xs)
         } else {
-            // Inference only: the activations on a few shared buffers (what a large served batch needs).
-            let bufs = Buffers::Lent(&mut self.activations);
-            self.net.forward(x, xs, bufs).map(<[f32]>::to_vec)
+            self.net.forward(x, xs).map(<[f32]>::to_vec)
         }
     }
 }

@@ -53,6 +53,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+pub mod compiled;
 pub mod data;
 pub mod dist;
 pub mod error;

@@ -7,7 +7,7 @@ use std::fmt;
 
 /// The shape of a 4-d activation batch, in PyTorch's order of naming: `n` images, `c` channels,
 /// `h` × `w` pixels. The buffer it describes is laid out NHWC (index `((n*h + y)*w + x)*c + ch`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct Shape4 {
     /// Batch size: number of images.
     pub n: usize,

@@ -10,6 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use resnet::compiled::CompiledNet;
 use resnet::data::Loader;
 use resnet::dist::Local;
 use resnet::kernels::conv::tile::cpu_supported;
@@ -184,5 +185,47 @@ fn the_training_loops_step_allocates_nothing() {
         }
         drop(run);
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// A compiled network's forward pass allocates nothing for a shape it was compiled for: plans, prepared weights,
+/// arena and workspace are all made by `reserve`, before the first request; a smaller batch planned at load
+/// reuses the same arena.
+#[test]
+fn a_compiled_forward_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    on_two_threads(|| {
+        let bottleneck = ResNetConfig {
+            layers: vec![1, 1, 1, 1],
+            widths: vec![16, 32, 48, 64],
+            ..ResNetConfig::named(ArchName::Resnet50, 3, 10)
+        };
+        for (config, side) in [
+            (ResNetConfig::chapter(1, 10), 48),
+            (ResNetConfig::named(ArchName::Resnet18, 3, 10), 64),
+            (bottleneck, 64),
+        ] {
+            let name = config.name();
+            let net = ResNet::new(config, 0).unwrap();
+            let c = net.config.in_channels;
+            let (big, small) = (Shape4::new(8, c, side, side), Shape4::new(3, c, side, side));
+            let mut compiled = CompiledNet::new(&net, Some(big)).unwrap();
+            compiled.reserve(small).unwrap();
+            let x: Vec<f32> = (0..big.len())
+                .map(|i| (i * 37 % 101) as f32 / 101.0)
+                .collect();
+            for xs in [big, small] {
+                let (logits, allocations, bytes) =
+                    count(|| compiled.forward(&x[..xs.len()], xs).unwrap().len());
+                assert_eq!(logits, xs.n * 10);
+                if cpu_supported() {
+                    assert_eq!(
+                        (allocations, bytes),
+                        (0, 0),
+                        "{name} at {xs}: the first forward made {allocations} allocations ({bytes} bytes)"
+                    );
+                }
+            }
+        }
     });
 }

@@ -4,6 +4,7 @@
 
 mod common;
 use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use resnet::compiled::CompiledNet;
 use resnet::data::transforms::Step;
 use resnet::data::Pipeline;
 use resnet::infer::Model;
@@ -134,16 +135,16 @@ fn batched_logits_are_bit_identical_to_single_images() {
         .enumerate()
     {
         let name = format!("{} (batch-invariant: {invariant})", config.name());
-        let mut net = ResNet::new(config, 3).unwrap();
-        net.set_train(false);
-        net.set_batch_independent(invariant);
+        let trained = ResNet::new(config, 3).unwrap();
+        let mut net = CompiledNet::new(&trained, None).unwrap();
+        net.set_batch_invariant(invariant);
         let mut model = Model {
             net,
+            params: trained.num_params(),
             preprocess: pipeline(Some(40)),
             names: (0..5).map(|i| format!("c{i}")).collect(),
             path: PathBuf::from("memory"),
             trained_size: None,
-            activations: Vec::new(),
         };
         let images: Vec<Vec<u8>> = (0..7)
             .map(|i| png(&picture(i + 10 * k as u32, 50, 45)))
@@ -437,7 +438,7 @@ fn endpoints_answer_and_predictions_match_the_library() {
     assert_eq!(info["input_channels"], 3);
     assert_eq!(info["input_size"], serde_json::json!([32, 32]));
     assert_eq!(info["trained_size"], 32);
-    assert_eq!(info["parameters"], lib.net.num_params());
+    assert_eq!(info["parameters"], lib.params);
     assert_eq!(info["architecture"], lib.net.config.name());
 
     // A raw PNG body: the library's logits, bit for bit, and its ranking.

@@ -1,11 +1,12 @@
 //! `resnet eval`: a model file's accuracy on a test (or validation) set, per class and as a confusion matrix.
 
 use super::{data_dir, verify_bundled};
+use crate::compiled::CompiledNet;
 use crate::data::transforms::check_resize;
 use crate::data::{open_data, DataOptions, Format, Loader, Subset};
 use crate::model_file::ModelFile;
 use crate::nn::ArchName;
-use crate::train::{evaluate, Evaluation, MAX_BATCH};
+use crate::train::{evaluate_on, Evaluation, MAX_BATCH};
 use crate::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -75,7 +76,7 @@ impl EvalArgs {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let file = ModelFile::load(&args.weights)?;
     file.check_arch(args.arch)?;
-    let mut net = file.network()?;
+    let net = file.network()?;
     let names = file.class_names();
     let dir = data_dir(args.data.as_deref())?;
     let opts = DataOptions {
@@ -120,8 +121,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let pipeline = file.preprocess(args.resize)?;
     let loader = Loader::with_pipeline(test, args.batch_size, false, 0, pipeline)?;
-    let ev = evaluate(&mut net, &loader, args.tta)?;
     let (h, w) = loader.image_size();
+    // The network compiled for inference (planned, and its arena sized, at the first batch).
+    let mut compiled = CompiledNet::new(&net, None)?;
+    let ev = evaluate_on(&mut compiled, &loader, args.tta)?;
     println!(
         "{} acc {:.4} ({} images, input {h}×{w}{})",
         if args.val_split.is_some() {

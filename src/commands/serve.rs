@@ -139,11 +139,12 @@ impl ServeArgs {
 pub fn run(args: &ServeArgs) -> Result<()> {
     let opts = args.options()?;
     let mut model = Model::load(&args.weights, args.arch, args.resize)?;
-    model.net.set_batch_independent(args.batch_invariant);
+    model.net.set_batch_invariant(args.batch_invariant);
+    model.reserve(opts.batch.max_batch)?;
     println!(
         "serving {} ({}, {} classes) from {}",
         model.net.config.name(),
-        group_thousands(model.net.num_params()),
+        group_thousands(model.params),
         model.names.len(),
         args.weights.display()
     );

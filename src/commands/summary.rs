@@ -1,6 +1,7 @@
 //! `resnet summary`: a network's layer-by-layer shape walk and its parameter count.
 
 use super::group_thousands;
+use crate::compiled::CompiledNet;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 use crate::{bail, Error, Result, Shape4};
 use clap::Args;
@@ -27,8 +28,9 @@ pub struct SummaryArgs {
     /// The stem: `imagenet` (7×7 stride 2 + max pool) or `small` (3×3 stride 1, no pool).
     #[arg(long, value_enum, default_value = "imagenet")]
     pub stem: Stem,
-    /// Also print each convolution's plan on this CPU for this input (batch = its N): the algorithm of the
-    /// forward pass, the weight gradient and the input gradient.
+    /// Also print each convolution's plan on this CPU for this input (batch = its N): in training, the algorithm
+    /// of the forward pass, the weight gradient and the input gradient; then the compiled inference network's
+    /// steps (algorithm, epilogue, arena buffer) and its memory.
     #[arg(long)]
     pub plan: bool,
 }
@@ -83,6 +85,13 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         );
         for (name, p) in net.conv_plans(xs)? {
             println!("  {name:<22} {p}");
+        }
+        println!(
+            "inference plan at batch {} (the network compiled for predict, eval, serve: batch norms folded, each block's shortcut and ReLU in its last convolution's epilogue):",
+            xs.n
+        );
+        for line in CompiledNet::new(&net, Some(xs))?.plan_lines(xs)? {
+            println!("{line}");
         }
     }
     Ok(())

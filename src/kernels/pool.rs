@@ -85,6 +85,39 @@ pub fn max_pool_forward(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32], argmax
         });
 }
 
+/// [`max_pool_forward`] for inference: the same maxima, no winners kept, the work split by output rows (a batch
+/// of one is one image, and `max_pool_forward` splits by images).
+pub fn max_pool_infer(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32]) {
+    let plane_in = g.h * g.w * g.c;
+    let row_out = g.ow * g.c;
+    y[..n * g.oh * row_out]
+        .par_chunks_mut(row_out)
+        .enumerate()
+        .for_each(|(row, out_row)| {
+            let (img, oy) = (row / g.oh, row % g.oh);
+            let x = &x[img * plane_in..][..plane_in];
+            let y0 = (oy * g.stride) as isize - g.pad as isize;
+            let ys = y0.max(0) as usize..((y0 + g.k as isize).min(g.h as isize)) as usize;
+            for ox in 0..g.ow {
+                let x0 = (ox * g.stride) as isize - g.pad as isize;
+                let xs = x0.max(0) as usize..((x0 + g.k as isize).min(g.w as isize)) as usize;
+                let out = &mut out_row[ox * g.c..][..g.c];
+                out.fill(f32::NEG_INFINITY);
+                for iy in ys.clone() {
+                    for ix in xs.clone() {
+                        let src = &x[(iy * g.w + ix) * g.c..][..g.c];
+                        for (o, &v) in out.iter_mut().zip(src) {
+                            // NaN wins, as in max_pool_forward (and PyTorch).
+                            if v > *o || v.is_nan() {
+                                *o = v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
 /// `dx [n, h, w, c] = Σ dy` routed to each window's winning input (overwrites `dx`).
 pub fn max_pool_backward(g: &PoolGeom, n: usize, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
     let plane_in = g.h * g.w * g.c;

@@ -202,6 +202,27 @@ impl BatchNorm2d {
         (&self.scale, &self.shift)
     }
 
+    /// [`BatchNorm2d::eval_affine`] computed into new buffers, the norm untouched: `(scale, shift)`, each `[c]`
+    /// (what a compiled network folds into the convolution before it).
+    pub fn eval_scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.num_features;
+        let invstd: Vec<f32> = self
+            .running_var
+            .iter()
+            .map(|v| 1.0 / (v + self.eps).sqrt())
+            .collect();
+        let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+        batch_norm_affine(
+            &self.running_mean,
+            &invstd,
+            &self.weight,
+            &self.bias,
+            &mut scale,
+            &mut shift,
+        );
+        (scale, shift)
+    }
+
     /// Backward of a training-mode forward on `x`, from `grad` (NHWC, same shape): writes the parameter
     /// gradients and the input gradient, into [`BatchNorm2d::grad_input`] or over the lent `d out`. The output
     /// is read only for a fused ReLU's mask; without one, `x` stands in for it, so a norm run with

@@ -58,7 +58,7 @@ impl App {
             "preprocess": p,
             "num_classes": model.names.len(),
             "classes": model.names,
-            "parameters": model.net.num_params(),
+            "parameters": model.params,
             "max_batch": opts.batch.max_batch,
             "tta": opts.batch.tta,
         });

@@ -1,8 +1,9 @@
 //! Accuracy and confusion matrix of a network on a loader's data.
 
 use super::tta::forward_flip_tta;
+use crate::compiled::Classifier;
 use crate::data::Loader;
-use crate::nn::{Buffers, ResNet};
+use crate::nn::ResNet;
 use crate::Result;
 
 /// Accuracy and confusion matrix of `net` (eval mode, BN running statistics) on a dataset.
@@ -38,7 +39,14 @@ impl Evaluation {
 pub fn evaluate(net: &mut ResNet, loader: &Loader, tta: bool) -> Result<Evaluation> {
     let was_train = net.is_train();
     net.set_train(false);
-    let k = net.config.num_classes;
+    let evaluation = evaluate_on(net, loader, tta);
+    net.set_train(was_train);
+    evaluation
+}
+
+/// [`evaluate`] on any [`Classifier`] (`resnet eval`: the compiled network).
+pub fn evaluate_on(net: &mut impl Classifier, loader: &Loader, tta: bool) -> Result<Evaluation> {
+    let k = net.classes();
     let mut confusion = vec![vec![0usize; k]; k];
     let mut correct = 0usize;
     let mut count = 0usize;
@@ -53,7 +61,7 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader, tta: bool) -> Result<Evaluati
             averaged = forward_flip_tta(net, &batch.images, batch.shape)?;
             &averaged[..]
         } else {
-            net.forward(&batch.images, batch.shape, Buffers::Own)?
+            net.logits(&batch.images, batch.shape)?
         };
         for (row, &label) in logits.chunks_exact(k).zip(&batch.labels) {
             let pred = argmax(row);
@@ -62,7 +70,6 @@ pub fn evaluate(net: &mut ResNet, loader: &Loader, tta: bool) -> Result<Evaluati
             count += 1;
         }
     }
-    net.set_train(was_train);
     Ok(Evaluation {
         accuracy: correct as f64 / count.max(1) as f64,
         confusion,

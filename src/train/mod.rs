@@ -32,7 +32,7 @@ pub use config::{
 pub use data::Data;
 pub use distributed::{check_identity, run_identity, Distributed};
 pub use ema::{average_into, Ema};
-pub use evaluate::{argmax, evaluate, Evaluation};
+pub use evaluate::{argmax, evaluate, evaluate_on, Evaluation};
 pub use metrics::{DistStats, EpochMetrics, Progress};
 pub use plot::curve_svg;
 pub use progress::ProgressMode;

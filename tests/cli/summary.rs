@@ -81,6 +81,16 @@ fn summary_prints_the_torchvision_family() {
             "{name}: {line:?}"
         );
     }
+    // Then the compiled inference network: one line per convolution with its epilogue (each block's last
+    // convolution adds the shortcut), the max pool, and the arena.
+    let compiled: Vec<&str> = out.lines().filter(|l| l.contains("-> buffer")).collect();
+    assert_eq!(compiled.len(), 54, "{out}");
+    let shortcut_adds = compiled
+        .iter()
+        .filter(|l| l.contains("bias + shortcut, relu"))
+        .count();
+    assert_eq!(shortcut_adds, 16, "one per Bottleneck: {out}");
+    assert!(out.contains("  arena: "), "{out}");
     // torchvision's published parameter counts, at 3 channels and 1000 classes (the defaults).
     for (arch, count) in [
         ("resnet18", "11,689,512"),

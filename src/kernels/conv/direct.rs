@@ -132,6 +132,7 @@ pub fn conv_direct(
     };
     let y = &mut y[..rows * g.cout];
     epilogue.check(g.cout);
+    epilogue.check_residual(y.len());
     if by_position {
         let weights = WeightView {
             w,
@@ -203,7 +204,7 @@ pub fn conv_direct(
                     }
                     // The epilogue goes with the last pass, once the sum is complete.
                     let store = epilogue
-                        .columns(panel * NR)
+                        .columns(panel * NR, y_ptr.get())
                         .filter(|_| first_tap + pass_taps == taps);
                     for tile in 0..tiles {
                         let tile_rows = (task_rows - tile * MR).min(MR);
@@ -388,7 +389,7 @@ fn conv_by_position(
                         .as_ptr();
                 }
                 let last = first_tap + pass_taps == valid;
-                let store = epilogue.columns(panel * NR).filter(|_| last);
+                let store = epilogue.columns(panel * NR, y_ptr.get()).filter(|_| last);
                 for tile in 0..tiles {
                     let tile_rows = (task_imgs - tile * MR).min(MR);
                     let tile_ptrs = &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];

@@ -213,7 +213,14 @@ fn conv_gemm_tiles(
     let k = g.live_patch_len();
     pointwise::pack(k, g.cout, w, false, packed);
     let packed = &*packed;
+    let y0 = y.as_ptr() as usize;
     for_each_chunk(g, n, x, y, cols, |rows, cols, y_chunk| {
+        // The residual from the chunk's first output on.
+        let first = (y_chunk.as_ptr() as usize - y0) / size_of::<f32>();
+        let epilogue = Epilogue {
+            residual: epilogue.residual.map(|r| &r[first..]),
+            ..epilogue
+        };
         pointwise::matmul(rows, k, g.cout, cols, packed, y_chunk, epilogue);
     });
 }
@@ -251,7 +258,7 @@ pub(super) fn forward(
         conv_gemm_tiles(g, n, x, w, y, epilogue, packed, cols);
     } else {
         // A bias alone is the GEMM's starting value; an affine map is a second pass over the sums.
-        let affine = epilogue.scale.is_some() || epilogue.relu;
+        let affine = !epilogue.is_bias_only();
         let accumulate = !affine && epilogue.shift.is_some();
         if accumulate {
             super::fill_rows(y, g.cout, epilogue.shift.unwrap_or_default());
@@ -264,13 +271,22 @@ pub(super) fn forward(
             conv_gemm(g, n, x, wl, y, accumulate, cols);
         }
         if affine {
-            let Epilogue { scale, shift, relu } = epilogue;
+            let Epilogue {
+                scale,
+                shift,
+                residual,
+                relu,
+            } = epilogue;
             let piece = piece_len(out_rows, 64) * g.cout;
-            par_pieces(y, piece, |_, rows| {
-                for row in rows.chunks_exact_mut(g.cout) {
+            par_pieces(y, piece, |i, rows| {
+                for (r, row) in rows.chunks_exact_mut(g.cout).enumerate() {
+                    let at = i * piece + r * g.cout;
                     for (co, v) in row.iter_mut().enumerate() {
-                        let a =
+                        let mut a =
                             v.mul_add(scale.map_or(1.0, |s| s[co]), shift.map_or(0.0, |s| s[co]));
+                        if let Some(res) = residual {
+                            a += res[at + co];
+                        }
                         *v = if relu { a.max(0.0) } else { a };
                     }
                 }

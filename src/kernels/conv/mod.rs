@@ -46,7 +46,7 @@ mod tests;
 
 pub use geom::{ConvGeom, MAX_KERNEL};
 use std::fmt;
-use tile::Epilogue;
+pub use tile::Epilogue;
 use winograd::Tile;
 
 /// Which convolution kernels run on this CPU and environment, in words (for benchmark reports).
@@ -330,12 +330,12 @@ fn run_algo(
     let y = &mut y[..out_rows * g.cout];
     match algo {
         Algo::Winograd(_) => {
-            let (u, scratch) = workspace.split_at_mut(winograd::weights_len(g, n));
-            let u = match prepared {
-                Some(p) => p,
+            let (u, scratch) = match prepared {
+                Some(p) => (p, workspace),
                 None => {
+                    let (u, scratch) = workspace.split_at_mut(winograd::weights_len(g, n));
                     winograd::transform_weights(g, n, w, u);
-                    u
+                    (&*u, scratch)
                 }
             };
             winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
@@ -350,7 +350,7 @@ fn run_algo(
         } => {
             // A bias alone: start from it and let the kernel accumulate (one write pass); an affine map goes
             // with the kernel's store.
-            let bias_only = epilogue.scale.is_none() && !epilogue.relu;
+            let bias_only = epilogue.is_bias_only();
             let accumulate = bias_only && epilogue.shift.is_some();
             if accumulate {
                 fill_rows(y, g.cout, epilogue.shift.unwrap_or_default());
@@ -470,6 +470,39 @@ impl ConvPlan {
                 .map_or(shift[co], |b| b * scale[co] + shift[co]);
         }
         let epilogue = Epilogue::affine(scale, folded_shift, relu);
+        run_algo(self.forward, g, n, x, w, prepared, epilogue, y, workspace);
+    }
+
+    /// Floats of workspace [`ConvPlan::forward_with`] needs: the forward pass alone, the weights prepared.
+    pub fn forward_workspace_len(&self) -> usize {
+        let (g, n) = (&self.geom, self.batch);
+        match self.forward {
+            Algo::Winograd(_) => winograd::scratch_len(g, n),
+            Algo::Pointwise { .. } | Algo::Direct { .. } => 0,
+            Algo::Im2col { .. } => algo_workspace(self.forward, g, n),
+        }
+    }
+
+    /// Forward convolution with any epilogue (an inference model's: bias, residual, ReLU):
+    /// `y [n, oh, ow, cout] = epilogue(conv(x, w))`, the weights `prepared` by [`ConvPlan::prepare_weights`] where
+    /// [`ConvPlan::prepared_len`] is `Some`, `w` (HWIO) otherwise. `workspace` holds at least
+    /// [`ConvPlan::forward_workspace_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        prepared: Option<&[f32]>,
+        epilogue: Epilogue<'_>,
+        y: &mut [f32],
+        workspace: &mut [f32],
+    ) {
+        assert_eq!(
+            prepared.is_some(),
+            self.prepared_len().is_some(),
+            "forward_with: prepared weights as prepared_len says"
+        );
+        let (g, n) = (&self.geom, self.batch);
         run_algo(self.forward, g, n, x, w, prepared, epilogue, y, workspace);
     }
 

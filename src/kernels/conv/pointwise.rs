@@ -84,6 +84,7 @@ pub fn matmul(
         return;
     }
     epilogue.check(n);
+    epilogue.check_residual(rows * n);
     let (a_row, c_row) = (|r: usize| r * k, |r: usize| r * n);
     gemm(
         rows,
@@ -166,6 +167,7 @@ pub fn forward_packed(
     assert!(x.len() >= n * g.h * g.w * g.cin && packed.len() >= g.cin * g.cout);
     let y = &mut y[..rows * g.cout];
     epilogue.check(g.cout);
+    epilogue.check_residual(y.len());
     let a_row = |r: usize| grid_pixel(g, r);
     let c_row = |r: usize| r * g.cout;
     gemm(rows, g.cin, g.cout, x, &a_row, packed, y, &c_row, epilogue);
@@ -260,7 +262,7 @@ fn gemm(
                 let last = k0 + len == k;
                 for panel in task_panels.clone() {
                     let col0 = panel * width;
-                    let store = epilogue.columns(col0).filter(|_| last);
+                    let store = epilogue.columns(col0, c_ptr.get()).filter(|_| last);
                     let b_slice = b[panel * k * width + k0 * width..][..len * width].as_ptr();
                     for tile in 0..tiles {
                         let a_rows = a_rows[tile].map(|p| p.wrapping_add(k0));

@@ -80,15 +80,18 @@ impl SendPtr {
     }
 }
 
-/// What a kernel applies to each output as it stores it: `relu?(v·scale + shift)` per output channel, each part
-/// optional (`shift` alone is a bias; an eval-mode batch norm is `scale` and `shift` with the conv bias folded
-/// in; nothing at all stores the plain sum).
+/// What a kernel applies to each output as it stores it: `relu?(v·scale + shift + residual)` per output
+/// channel, each part optional (`shift` alone is a bias; an eval-mode batch norm is `scale` and `shift` with the
+/// conv bias folded in; `residual` is a residual block's shortcut, added before the block's ReLU; nothing at all
+/// stores the plain sum).
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Epilogue<'a> {
     /// `[cout]`
     pub scale: Option<&'a [f32]>,
     /// `[cout]`
     pub shift: Option<&'a [f32]>,
+    /// Laid out as the output, `[rows, cout]`: element `i` is added to output element `i`.
+    pub residual: Option<&'a [f32]>,
     /// Clamp at zero last.
     pub relu: bool,
 }
@@ -99,13 +102,30 @@ impl<'a> Epilogue<'a> {
         Epilogue {
             scale: Some(scale),
             shift: Some(shift),
+            residual: None,
+            relu,
+        }
+    }
+
+    /// `relu?(v + bias + residual)`: a convolution whose batch norm is folded into its weights and bias
+    /// ([`crate::compiled`]), with the shortcut it ends a block with, if any.
+    pub fn bias(bias: &'a [f32], residual: Option<&'a [f32]>, relu: bool) -> Self {
+        Epilogue {
+            scale: None,
+            shift: Some(bias),
+            residual,
             relu,
         }
     }
 
     /// True when nothing is applied.
     pub fn is_identity(&self) -> bool {
-        self.scale.is_none() && self.shift.is_none() && !self.relu
+        self.scale.is_none() && self.shift.is_none() && self.residual.is_none() && !self.relu
+    }
+
+    /// True when the epilogue is a bias at most (what a GEMM can start its sums from).
+    pub fn is_bias_only(&self) -> bool {
+        self.scale.is_none() && self.residual.is_none() && !self.relu
     }
 
     /// Panics unless the given parts hold `cout` values.
@@ -117,22 +137,47 @@ impl<'a> Epilogue<'a> {
         );
     }
 
-    /// The epilogue from output channel `col` on, as the micro-kernels read it (`None`: nothing to apply).
-    pub(crate) fn columns(&self, col: usize) -> Option<Columns> {
+    /// Panics unless the residual holds an element for each of the output's `len`.
+    pub(crate) fn check_residual(&self, len: usize) {
+        assert!(
+            self.residual.is_none_or(|r| r.len() >= len),
+            "epilogue: residual shorter than the output"
+        );
+    }
+
+    /// The epilogue from output channel `col` on, as the micro-kernels read it (`None`: nothing to apply), for
+    /// an output that starts at `out` (where the residual's element of an output element is found).
+    pub(crate) fn columns(&self, col: usize, out: *const f32) -> Option<Columns> {
         (!self.is_identity()).then(|| Columns {
             scale: self.scale.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
             shift: self.shift.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
+            residual: self.residual.map_or(core::ptr::null(), <[f32]>::as_ptr),
+            out,
             relu: self.relu,
         })
     }
 }
 
-/// An [`Epilogue`] from one output channel on, for the micro-kernels: null `scale` means 1, null `shift` 0.
+/// An [`Epilogue`] from one output channel on, for the micro-kernels: null `scale` means 1, null `shift` 0,
+/// null `residual` nothing; the residual of output element `d` is `residual[d − out]`.
 #[derive(Clone, Copy)]
 pub(crate) struct Columns {
     pub(crate) scale: *const f32,
     pub(crate) shift: *const f32,
+    pub(crate) residual: *const f32,
+    pub(crate) out: *const f32,
     pub(crate) relu: bool,
+}
+
+impl Columns {
+    /// Where the residual of the output element at `d` is (`d` inside the output that starts at `out`).
+    ///
+    /// # Safety
+    /// `residual` is not null and `d` lies in the output that `out` starts.
+    #[inline(always)]
+    pub(crate) unsafe fn residual_at(&self, d: *const f32) -> *const f32 {
+        self.residual.add(d.offset_from(self.out) as usize)
+    }
 }
 
 /// One 6×16 tile: `dst[i, 0..16] (+)= Σ_t Σ_c ptrs[t·6 + i][c] · wtaps[t][c·w_stride + 0..16]` for `i < rows`,
@@ -205,6 +250,11 @@ pub(crate) unsafe fn tile_6x16(
             };
             v0 = _mm256_fmadd_ps(v0, s0, t0);
             v1 = _mm256_fmadd_ps(v1, s1, t1);
+            if !e.residual.is_null() {
+                let r = e.residual_at(d);
+                v0 = _mm256_add_ps(v0, _mm256_loadu_ps(r));
+                v1 = _mm256_add_ps(v1, _mm256_loadu_ps(r.add(8)));
+            }
             if e.relu {
                 v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
                 v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
@@ -295,10 +345,13 @@ macro_rules! micro_kernels {
                     }
                 }
             }
-            for i in 0..rows {
-                for j in 0..$nv {
-                    let d = c[i].add(j * $lanes);
-                    let mut v = acc[i][j];
+            // Each row stored by a call with its accumulators by value: indexed by a run-time row, `acc` would be
+            // kept in memory, and the product loop above would then store all 24 accumulators every step (half
+            // the speed, measured).
+            let store_row = |row: [$vec; $nv], c_row: *mut f32| {
+                for (j, &sum) in row.iter().enumerate() {
+                    let d = c_row.add(j * $lanes);
+                    let mut v = sum;
                     if accumulate {
                         v = $add(v, $load(d));
                     }
@@ -314,12 +367,19 @@ macro_rules! micro_kernels {
                             $load(e.shift.add(j * $lanes))
                         };
                         v = $fmadd(v, s, t);
+                        if !e.residual.is_null() {
+                            v = $add(v, $load(e.residual_at(d)));
+                        }
                         if e.relu {
                             v = $max(v, $zero());
                         }
                     }
                     $store(d, v);
                 }
+            };
+            let [r0, r1, r2, r3, r4, r5] = acc;
+            for (i, row) in [r0, r1, r2, r3, r4, r5].into_iter().enumerate().take(rows) {
+                store_row(row, c[i]);
             }
         }
 

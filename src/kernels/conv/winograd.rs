@@ -237,9 +237,8 @@ fn forward_for(
     assert!(x.len() >= n * g.h * g.w * cin, "conv_winograd: x too short");
     assert!(u.len() >= xi * cin * cout, "conv_winograd: u too short");
     let y = &mut y[..n * g.oh * g.ow * cout];
-    for part in [epilogue.scale, epilogue.shift].into_iter().flatten() {
-        assert!(part.len() >= cout, "conv_winograd: epilogue too short");
-    }
+    epilogue.check(cout);
+    epilogue.check_residual(y.len());
     let chunk = chunk_tiles(tile, g, n);
     let slot = slot_len(tile, g, n);
     assert!(scratch.len() >= slot, "conv_winograd: scratch too short");
@@ -558,6 +557,7 @@ mod tests {
                         scale: with_scale.then_some(&scale[..]),
                         shift: with_shift.then_some(&shift[..]),
                         relu,
+                        ..Epilogue::default()
                     };
                     let mut want = expected.clone();
                     for (i, v) in want.iter_mut().enumerate() {

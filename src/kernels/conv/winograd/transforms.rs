@@ -423,10 +423,14 @@ unsafe fn output_transform<T: Transform>(
                     if let Some(shift) = epilogue.shift {
                         val = _mm256_add_ps(val, _mm256_loadu_ps(shift.as_ptr().add(c)));
                     }
+                    let at = ((img * g.oh + oy) * g.ow + ox) * cout + c;
+                    if let Some(residual) = epilogue.residual {
+                        val = _mm256_add_ps(val, _mm256_loadu_ps(residual.as_ptr().add(at)));
+                    }
                     if epilogue.relu {
                         val = _mm256_max_ps(val, _mm256_setzero_ps());
                     }
-                    _mm256_storeu_ps(y.add(((img * g.oh + oy) * g.ow + ox) * cout + c), val);
+                    _mm256_storeu_ps(y.add(at), val);
                 }
             }
         }

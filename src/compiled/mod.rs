@@ -1,0 +1,641 @@
+//! A network compiled once for inference (what `predict`, `eval`, `serve` and `bench`'s inference configurations
+//! run): every batch norm folded into its convolution's weights and bias, each residual block's add and ReLU
+//! applied as its last convolution stores its output, the weights prepared once in the layout the kernels' tiles
+//! read, and the activations in a few buffers of an arena sized for the input shape and batch it was compiled
+//! for, so that a forward pass allocates nothing. The training path ([`ResNet::forward`]) keeps its own layers;
+//! both run the same kernels ([`crate::kernels::conv`]).
+//!
+//! Plans are chosen per (input shape, batch) on this CPU and kept ([`CompiledNet::plan_lines`] prints them:
+//! `resnet summary --plan`). With [`CompiledNet::set_batch_invariant`], every batch runs the algorithms a batch of
+//! one gets, so that an image's logits do not depend, bit for bit, on the images it is batched with (`serve`).
+
+pub mod arena;
+
+use crate::kernels::conv::{Algo, ConvGeom, ConvPlan, Epilogue};
+use crate::kernels::linear::linear_forward;
+use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer, PoolGeom};
+use crate::nn::arch::Role;
+use crate::nn::{BatchNorm2d, Conv2d, ResNet, ResNetConfig};
+use crate::tensor::nchw_to_nhwc_into;
+use crate::{bail, Result, Shape4};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// A convolution with its batch norm folded in: `out = relu?(conv(x, weight) + bias + residual?)`.
+struct FoldedConv {
+    /// The state-dict name of the convolution (`layer2.0.conv1`).
+    name: String,
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    /// HWIO `[k, k, cin, cout]`, each output channel scaled by its batch norm's `weight / √(var + eps)`.
+    weight: Vec<f32>,
+    /// `[cout]`: the conv bias and the batch norm's shift, folded.
+    bias: Vec<f32>,
+    relu: bool,
+    /// The weights as the kernels read them, per (geometry, algorithm) met so far.
+    prepared: Vec<(ConvGeom, Algo, Vec<f32>)>,
+}
+
+impl FoldedConv {
+    /// `conv` followed by `bn` in eval mode (if any), its ReLU (if the norm has one).
+    fn new(name: String, conv: &Conv2d, bn: Option<&BatchNorm2d>) -> FoldedConv {
+        let cout = conv.out_channels;
+        let mut weight = conv.weight().to_vec();
+        let mut bias = if conv.has_bias() {
+            conv.bias.clone()
+        } else {
+            vec![0.0; cout]
+        };
+        let mut relu = false;
+        if let Some(bn) = bn {
+            relu = bn.relu;
+            let (scale, shift) = bn.eval_scale_shift();
+            for row in weight.chunks_exact_mut(cout) {
+                for (w, s) in row.iter_mut().zip(&scale) {
+                    *w *= s;
+                }
+            }
+            for ((b, s), t) in bias.iter_mut().zip(&scale).zip(&shift) {
+                *b = *b * s + t;
+            }
+        }
+        FoldedConv {
+            name,
+            cin: conv.in_channels,
+            cout,
+            kernel: conv.kernel,
+            stride: conv.stride,
+            padding: conv.padding,
+            weight,
+            bias,
+            relu,
+            prepared: Vec::new(),
+        }
+    }
+
+    fn geom(&self, xs: Shape4) -> Option<ConvGeom> {
+        ConvGeom::new(
+            self.cin,
+            self.cout,
+            self.kernel,
+            self.stride,
+            self.padding,
+            xs.h,
+            xs.w,
+        )
+    }
+
+    /// The prepared weights for `plan`, prepared now if they were not (`None`: the kernels read the weights as
+    /// they are).
+    fn prepare(&mut self, plan: &ConvPlan) {
+        let Some(len) = plan.prepared_len() else {
+            return;
+        };
+        let key = |(g, a, _): &(ConvGeom, Algo, Vec<f32>)| *g == plan.geom && *a == plan.forward;
+        if !self.prepared.iter().any(key) {
+            let mut p = vec![0.0; len];
+            plan.prepare_weights(&self.weight, &mut p);
+            self.prepared.push((plan.geom, plan.forward, p));
+        }
+    }
+
+    fn prepared_for(&self, plan: &ConvPlan) -> Option<&[f32]> {
+        plan.prepared_len()?;
+        self.prepared
+            .iter()
+            .find(|(g, a, _)| *g == plan.geom && *a == plan.forward)
+            .map(|(_, _, p)| &p[..])
+    }
+}
+
+/// One step of the compiled forward pass; values are numbered, 0 the NHWC input.
+enum Step {
+    /// `conv` of value `input` (plus value `residual`) into value `output`.
+    Conv {
+        conv: usize,
+        input: usize,
+        residual: Option<usize>,
+        output: usize,
+    },
+    /// The stem's max pool.
+    MaxPool {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        input: usize,
+        output: usize,
+    },
+}
+
+impl Step {
+    fn output(&self) -> usize {
+        match self {
+            Step::Conv { output, .. } | Step::MaxPool { output, .. } => *output,
+        }
+    }
+
+    fn reads(&self) -> Vec<usize> {
+        match self {
+            Step::Conv {
+                input, residual, ..
+            } => std::iter::once(*input).chain(*residual).collect(),
+            Step::MaxPool { input, .. } => vec![*input],
+        }
+    }
+}
+
+/// What the steps need for one input shape: each value's shape, each step's plan, the arena's assignment.
+struct Shapes {
+    values: Vec<Shape4>,
+    /// Per step: the convolution's plan (`None` for a max pool).
+    plans: Vec<Option<ConvPlan>>,
+    /// Per step: the max pool's geometry.
+    pools: Vec<Option<PoolGeom>>,
+    arena: arena::Assignment,
+    workspace: usize,
+}
+
+/// A network compiled for inference (see the module documentation).
+pub struct CompiledNet {
+    /// The description of the network it was compiled from.
+    pub config: ResNetConfig,
+    convs: Vec<FoldedConv>,
+    steps: Vec<Step>,
+    /// The classifier, `[classes, features]` and `[classes]`.
+    fc_weight: Vec<f32>,
+    fc_bias: Vec<f32>,
+    batch_invariant: bool,
+    /// Per input shape met (batch included), its plans and arena.
+    shapes: HashMap<Shape4, Shapes>,
+    /// The arena's buffers (grown to the largest shape met) and the kernels' workspace.
+    slots: Vec<Vec<f32>>,
+    workspace: Vec<f32>,
+    pooled: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl CompiledNet {
+    /// Compiles `net` (its current weights and batch-norm running statistics) for inference; `reserve`: the
+    /// input shape to plan and size the arena for now (later shapes are planned when first met).
+    pub fn new(net: &ResNet, reserve: Option<Shape4>) -> Result<CompiledNet> {
+        let naming = net.config.naming;
+        let mut convs = Vec::new();
+        let mut steps = Vec::new();
+        // Each step writes one new value: step `s` writes value `s + 1`.
+        let conv_step = |convs: &mut Vec<FoldedConv>,
+                         steps: &mut Vec<Step>,
+                         folded: FoldedConv,
+                         input: usize,
+                         residual: Option<usize>| {
+            convs.push(folded);
+            let output = steps.len() + 1;
+            steps.push(Step::Conv {
+                conv: convs.len() - 1,
+                input,
+                residual,
+                output,
+            });
+            output
+        };
+        let stem = FoldedConv::new(
+            naming.stem_conv().to_string(),
+            &net.stem_conv,
+            Some(&net.stem_bn),
+        );
+        let mut x = conv_step(&mut convs, &mut steps, stem, 0, None);
+        if let Some(p) = &net.stem_pool {
+            let output = steps.len() + 1;
+            steps.push(Step::MaxPool {
+                kernel: p.kernel,
+                stride: p.stride,
+                padding: p.padding,
+                input: x,
+                output,
+            });
+            x = output;
+        }
+        for (k, stage) in net.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let layers = naming.block_layers(block.convs.len());
+                let name = |role: Role| {
+                    let key = layers.iter().find(|(r, _)| *r == role).map_or("?", |l| l.1);
+                    format!("{}{}.{b}.{key}", naming.stage(), k + 1)
+                };
+                let shortcut = match &block.shortcut_conv {
+                    Some(c) => {
+                        let bn = block.shortcut_bn.as_ref();
+                        let folded = FoldedConv::new(name(Role::ShortcutConv), c, bn);
+                        conv_step(&mut convs, &mut steps, folded, x, None)
+                    }
+                    None => x,
+                };
+                let last = block.convs.len() - 1;
+                let mut t = x;
+                for (i, (c, bn)) in block.convs.iter().zip(&block.bns).enumerate() {
+                    let mut folded = FoldedConv::new(name(Role::Conv(i)), c, Some(bn));
+                    let residual = (i == last).then_some(shortcut);
+                    // The block's ReLU comes after the shortcut is added: the last conv's epilogue.
+                    folded.relu |= i == last;
+                    t = conv_step(&mut convs, &mut steps, folded, t, residual);
+                }
+                x = t;
+            }
+        }
+        let mut compiled = CompiledNet {
+            config: net.config.clone(),
+            convs,
+            steps,
+            fc_weight: net.fc.weight.clone(),
+            fc_bias: net.fc.bias.clone(),
+            batch_invariant: false,
+            shapes: HashMap::new(),
+            slots: Vec::new(),
+            workspace: Vec::new(),
+            pooled: Vec::new(),
+            logits: Vec::new(),
+        };
+        if let Some(xs) = reserve {
+            compiled.reserve(xs)?;
+        }
+        Ok(compiled)
+    }
+
+    /// Runs every batch with the algorithms a batch of one gets, so that an image's logits do not depend on
+    /// the batch it is in, bit for bit (`resnet serve`); off by default (large batches may then be slower).
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        if self.batch_invariant != on {
+            self.batch_invariant = on;
+            self.shapes.clear();
+        }
+    }
+
+    /// Plans input shape `xs` (NCHW names) and sizes the arena for it now, so that its forward passes allocate
+    /// nothing. Errors if the input does not fit the network.
+    pub fn reserve(&mut self, xs: Shape4) -> Result<()> {
+        self.shapes_for(xs)?;
+        Ok(())
+    }
+
+    /// The plans and arena of input shape `xs`, made on first use.
+    fn shapes_for(&mut self, xs: Shape4) -> Result<&Shapes> {
+        if !self.shapes.contains_key(&xs) {
+            let shapes = self.plan(xs)?;
+            for (step, plan) in self.steps.iter().zip(&shapes.plans) {
+                if let (Step::Conv { conv, .. }, Some(plan)) = (step, plan) {
+                    self.convs[*conv].prepare(plan);
+                }
+            }
+            if self.slots.len() < shapes.arena.lens.len() {
+                self.slots.resize_with(shapes.arena.lens.len(), Vec::new);
+            }
+            for (buf, &len) in self.slots.iter_mut().zip(&shapes.arena.lens) {
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+            }
+            if self.workspace.len() < shapes.workspace {
+                self.workspace.resize(shapes.workspace, 0.0);
+            }
+            let last = *shapes.values.last().expect("a network has steps");
+            grow(&mut self.pooled, last.n * last.c);
+            grow(&mut self.logits, last.n * self.config.num_classes);
+            self.shapes.insert(xs, shapes);
+        }
+        Ok(&self.shapes[&xs])
+    }
+
+    /// Shapes, plans and arena for input `xs`.
+    fn plan(&self, xs: Shape4) -> Result<Shapes> {
+        if xs.c != self.config.in_channels {
+            bail!(
+                "input has {} channels, the network expects {}",
+                xs.c,
+                self.config.in_channels
+            );
+        }
+        if xs.is_empty() {
+            bail!("input shape {xs} is empty");
+        }
+        let too_small = || {
+            format!("input {xs} is too small for the network (each stage halves height and width)")
+        };
+        let mut values = vec![xs];
+        let mut plans = Vec::new();
+        let mut pools = Vec::new();
+        for step in &self.steps {
+            let (out, plan, pool) = match step {
+                Step::Conv {
+                    conv,
+                    input,
+                    residual,
+                    ..
+                } => {
+                    let c = &self.convs[*conv];
+                    let s = values[*input];
+                    let Some(g) = c.geom(s) else {
+                        bail!("{}", too_small())
+                    };
+                    let out = Shape4::new(s.n, c.cout, g.oh, g.ow);
+                    if residual.is_some_and(|r| values[r] != out) {
+                        bail!("{}", too_small());
+                    }
+                    let plan = if self.batch_invariant {
+                        ConvPlan::batch_independent(g, s.n)
+                    } else {
+                        ConvPlan::new(g, s.n)
+                    };
+                    (out, Some(plan), None)
+                }
+                Step::MaxPool {
+                    kernel,
+                    stride,
+                    padding,
+                    input,
+                    ..
+                } => {
+                    let s = values[*input];
+                    let Some(g) = PoolGeom::new(s.c, *kernel, *stride, *padding, s.h, s.w) else {
+                        bail!("{}", too_small())
+                    };
+                    (Shape4::new(s.n, s.c, g.oh, g.ow), None, Some(g))
+                }
+            };
+            values.push(out);
+            plans.push(plan);
+            pools.push(pool);
+        }
+        let lens: Vec<usize> = values.iter().map(|s| s.len()).collect();
+        let writes: Vec<usize> = self.steps.iter().map(Step::output).collect();
+        let reads: Vec<Vec<usize>> = self.steps.iter().map(Step::reads).collect();
+        let workspace = plans
+            .iter()
+            .flatten()
+            .map(ConvPlan::forward_workspace_len)
+            .max()
+            .unwrap_or(0);
+        Ok(Shapes {
+            values,
+            plans,
+            pools,
+            arena: arena::assign(&lens, &writes, &reads),
+            workspace,
+        })
+    }
+
+    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. Allocates nothing for a shape reserved or
+    /// met before.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.run(x, xs, None)
+    }
+
+    /// [`CompiledNet::forward`], adding each step's seconds to `times` (one per step, then one for the pool and
+    /// classifier) when given.
+    fn run(&mut self, x: &[f32], xs: Shape4, mut times: Option<&mut [f64]>) -> Result<&[f32]> {
+        if x.len() != xs.len() {
+            bail!(
+                "input holds {} values, shape {xs} needs {}",
+                x.len(),
+                xs.len()
+            );
+        }
+        self.shapes_for(xs)?;
+        let shapes = &self.shapes[&xs];
+        let slot = &shapes.arena.slot;
+        nchw_to_nhwc_into(x, xs, &mut self.slots[slot[0]][..xs.len()]);
+        let mut clock = std::time::Instant::now();
+        let mut lap = |i: usize, times: &mut Option<&mut [f64]>| {
+            if let Some(t) = times {
+                t[i] += clock.elapsed().as_secs_f64();
+                clock = std::time::Instant::now();
+            }
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            let out_slot = slot[step.output()];
+            // The output's buffer leaves the arena while the step reads the others (never the same slot).
+            let mut out = std::mem::take(&mut self.slots[out_slot]);
+            let out_len = shapes.values[step.output()].len();
+            match step {
+                Step::Conv {
+                    conv,
+                    input,
+                    residual,
+                    ..
+                } => {
+                    let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
+                    let c = &self.convs[*conv];
+                    let x = &self.slots[slot[*input]][..shapes.values[*input].len()];
+                    let residual = residual.map(|r| &self.slots[slot[r]][..out_len]);
+                    let epilogue = Epilogue::bias(&c.bias, residual, c.relu);
+                    plan.forward_with(
+                        x,
+                        &c.weight,
+                        c.prepared_for(plan),
+                        epilogue,
+                        &mut out[..out_len],
+                        &mut self.workspace,
+                    );
+                }
+                Step::MaxPool { input, .. } => {
+                    let g = shapes.pools[i]
+                        .as_ref()
+                        .expect("a pool step has a geometry");
+                    let s = shapes.values[*input];
+                    max_pool_infer(g, s.n, &self.slots[slot[*input]], &mut out);
+                }
+            }
+            self.slots[out_slot] = out;
+            lap(i, &mut times);
+        }
+        let last = *shapes.values.last().expect("a network has steps");
+        let features = &self.slots[*slot.last().expect("values")][..last.len()];
+        let classes = self.config.num_classes;
+        global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut self.pooled);
+        linear_forward(
+            last.n,
+            last.c,
+            classes,
+            &self.pooled,
+            &self.fc_weight,
+            &self.fc_bias,
+            &mut self.logits,
+        );
+        lap(self.steps.len(), &mut times);
+        Ok(&self.logits[..last.n * classes])
+    }
+
+    /// Times each step of the forward pass over input `xs` (median of `iters` passes after one warm-up): one
+    /// line per step, its milliseconds and GFLOP/s, and `(algorithm, seconds, multiply-adds)` per convolution
+    /// for the per-algorithm sums (`resnet bench --plan`).
+    pub fn profile(&mut self, xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
+        let x: Vec<f32> = (0..xs.len())
+            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+            .collect();
+        let lines = self.plan_lines(xs)?;
+        let steps = self.steps.len();
+        self.run(&x, xs, None)?;
+        let mut runs = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let mut t = vec![0.0; steps + 1];
+            self.run(&x, xs, Some(&mut t))?;
+            runs.push(t);
+        }
+        let shapes = &self.shapes[&xs];
+        let mut out = Vec::new();
+        for i in 0..=steps {
+            let mut t: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+            t.sort_by(f64::total_cmp);
+            let seconds = t[t.len() / 2];
+            let (line, algo, macs) = match shapes.plans.get(i) {
+                Some(Some(p)) => {
+                    let g = &p.geom;
+                    let macs = (xs.n * g.oh * g.ow * g.cout * g.kh * g.kw * g.cin) as f64;
+                    (lines[i].clone(), p.forward.to_string(), macs)
+                }
+                Some(None) => (lines[i].clone(), "max pool".to_string(), 0.0),
+                None => (
+                    format!("  {:<22} global average pool + classifier", "avgpool, fc"),
+                    "pool + classifier".to_string(),
+                    0.0,
+                ),
+            };
+            out.push(ProfiledStep {
+                line,
+                algo,
+                seconds,
+                macs,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One line per step for input `xs`: the layer, its geometry, the algorithm, what its epilogue adds, and the
+    /// arena buffer it writes; then the arena and the prepared weights in MiB (`resnet summary --plan`).
+    pub fn plan_lines(&mut self, xs: Shape4) -> Result<Vec<String>> {
+        self.shapes_for(xs)?;
+        let shapes = &self.shapes[&xs];
+        let mut lines = Vec::new();
+        for (i, step) in self.steps.iter().enumerate() {
+            let out = shapes.values[step.output()];
+            let buffer = shapes.arena.slot[step.output()];
+            let mut line = String::new();
+            match step {
+                Step::Conv { conv, residual, .. } => {
+                    let c = &self.convs[*conv];
+                    let p = shapes.plans[i].expect("a conv step has a plan");
+                    let g = p.geom;
+                    let epilogue = format!(
+                        "bias{}{}",
+                        if residual.is_some() {
+                            " + shortcut"
+                        } else {
+                            ""
+                        },
+                        if c.relu { ", relu" } else { "" }
+                    );
+                    let _ = write!(
+                        line,
+                        "  {:<22} {}x{} /{} {:>4}->{:<4} {:>3}x{:<3} {:<26} {:<24} -> buffer {buffer}",
+                        c.name,
+                        g.kh,
+                        g.kw,
+                        g.stride,
+                        g.cin,
+                        g.cout,
+                        g.h,
+                        g.w,
+                        p.forward.to_string(),
+                        epilogue
+                    );
+                }
+                Step::MaxPool { kernel, stride, .. } => {
+                    let _ = write!(
+                        line,
+                        "  {:<22} {kernel}x{kernel} /{stride} max pool to {}x{}, {} channels{:>33} -> buffer {buffer}",
+                        self.config.naming.stateless()[1],
+                        out.h,
+                        out.w,
+                        out.c,
+                        ""
+                    );
+                }
+            }
+            lines.push(line);
+        }
+        let mib = |floats: usize| floats as f64 * 4.0 / (1 << 20) as f64;
+        let arena: usize = shapes.arena.lens.iter().sum();
+        let prepared: usize = self
+            .convs
+            .iter()
+            .map(|c| {
+                c.prepared
+                    .iter()
+                    .map(|(_, _, p)| p.len())
+                    .sum::<usize>()
+                    .max(c.weight.len())
+            })
+            .sum();
+        lines.push(format!(
+            "  arena: {} buffers, {:.1} MiB for batch {} (the longest value each holds); kernels' workspace {:.1} MiB; weights as the kernels read them {:.1} MiB",
+            shapes.arena.lens.len(),
+            mib(arena),
+            xs.n,
+            mib(shapes.workspace),
+            mib(prepared)
+        ));
+        Ok(lines)
+    }
+}
+
+/// What evaluation and test-time augmentation need of a network: logits for a batch. The compiled network, and
+/// the training path's [`ResNet`] in its current mode (training's own evaluations).
+pub trait Classifier {
+    /// Number of classes (the logits' row length).
+    fn classes(&self) -> usize;
+    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`.
+    fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]>;
+}
+
+impl Classifier for CompiledNet {
+    fn classes(&self) -> usize {
+        self.config.num_classes
+    }
+
+    fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.forward(x, xs)
+    }
+}
+
+impl Classifier for ResNet {
+    fn classes(&self) -> usize {
+        self.config.num_classes
+    }
+
+    fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.forward(x, xs, crate::nn::Buffers::Own)
+    }
+}
+
+/// One step of [`CompiledNet::profile`].
+pub struct ProfiledStep {
+    /// The step's plan line ([`CompiledNet::plan_lines`]).
+    pub line: String,
+    /// Its algorithm (a convolution's forward algorithm, or what else it is).
+    pub algo: String,
+    /// Median seconds.
+    pub seconds: f64,
+    /// Multiply-adds of the direct convolution (0 for the other steps).
+    pub macs: f64,
+}
+
+/// Grows `buf` to at least `len` floats.
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests;
