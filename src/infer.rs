@@ -50,11 +50,13 @@ impl Model {
         })
     }
 
-    /// Plans batches of 1 to `max_batch` images and sizes the arena for the largest, where the preprocessing
-    /// gives every image one size, so that serving a batch allocates no activation memory.
-    pub fn reserve(&mut self, max_batch: usize) -> Result<()> {
+    /// Plans the batches a server may run, 1 to `max_batch` images and at most `max_batch_pixels` pixels, and
+    /// sizes the arena for the largest, where the preprocessing gives every image one size: serving a batch then
+    /// allocates no activation memory.
+    pub fn reserve(&mut self, max_batch: usize, max_batch_pixels: usize) -> Result<()> {
         if let Ok((h, w)) = self.preprocess.output_size(None) {
-            for n in (1..=max_batch).rev() {
+            let largest = max_batch.min(max_batch_pixels / (h * w)).max(1);
+            for n in (1..=largest).rev() {
                 let xs = Shape4::new(n, self.channels(), h, w);
                 self.net
                     .reserve(xs)

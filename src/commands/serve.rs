@@ -140,7 +140,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let opts = args.options()?;
     let mut model = Model::load(&args.weights, args.arch, args.resize)?;
     model.net.set_batch_invariant(args.batch_invariant);
-    model.reserve(opts.batch.max_batch)?;
+    model.reserve(opts.batch.max_batch, opts.batch.max_batch_pixels)?;
     println!(
         "serving {} ({}, {} classes) from {}",
         model.net.config.name(),

@@ -46,12 +46,15 @@ pub fn linear_forward(
     y: &mut [f32],
 ) {
     if n * inp * out <= LOOP_MAX_MACS {
+        // Pieces of outputs, not rows: a batch of one (inference) still keeps every core busy.
+        const PIECE: usize = 64;
         y[..n * out]
-            .par_chunks_mut(out)
-            .zip(x[..n * inp].par_chunks(inp))
-            .for_each(|(y_row, x_row)| {
-                for (o, v) in y_row.iter_mut().enumerate() {
-                    *v = b[o] + dot(x_row, &w[o * inp..][..inp]);
+            .par_chunks_mut(PIECE)
+            .enumerate()
+            .for_each(|(piece, ys)| {
+                for (i, v) in ys.iter_mut().enumerate() {
+                    let (row, o) = ((piece * PIECE + i) / out, (piece * PIECE + i) % out);
+                    *v = b[o] + dot(&x[row * inp..][..inp], &w[o * inp..][..inp]);
                 }
             });
         return;

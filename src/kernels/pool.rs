@@ -107,10 +107,9 @@ pub fn max_pool_infer(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32]) {
                     for ix in xs.clone() {
                         let src = &x[(iy * g.w + ix) * g.c..][..g.c];
                         for (o, &v) in out.iter_mut().zip(src) {
-                            // NaN wins, as in max_pool_forward (and PyTorch).
-                            if v > *o || v.is_nan() {
-                                *o = v;
-                            }
+                            // NaN wins, as in max_pool_forward (and PyTorch); a select, so that it
+                            // vectorizes.
+                            *o = if v > *o || v.is_nan() { v } else { *o };
                         }
                     }
                 }

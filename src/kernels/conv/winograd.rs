@@ -151,7 +151,19 @@ pub fn tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
     if !enabled() || !fits(g) {
         return None;
     }
-    best_tile(g).filter(|t| t.tiles(g, n) >= MIN_TILES)
+    best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES || t.xi() * g.cin * g.cout <= SPLIT_WEIGHTS)
+}
+
+/// Most transformed weights (floats) for which a batch with fewer than [`MIN_TILES`] tiles still runs the
+/// Winograd path, its output channels split among the tasks ([`split_columns`]): 4 Mi floats (16 MiB) takes
+/// the 28×28 and 14×14 stages of a ResNet-50 at 224×224, batch 1 (2.4 and 9.4 MB under F(4×4)), and leaves
+/// the 7×7 stage's 38 MB to the direct kernels, whose weights are a quarter of that.
+const SPLIT_WEIGHTS: usize = 4 << 20;
+
+/// True when [`conv_winograd`] splits the output channels among tasks rather than the tiles: fewer than
+/// [`MIN_TILES`], all in one chunk.
+fn split_columns(tile: Tile, g: &ConvGeom, n: usize) -> bool {
+    tile.tiles(g, n) < MIN_TILES
 }
 
 /// True when [`conv_winograd`] computes this geometry for a batch of `n` on this CPU.
@@ -174,7 +186,9 @@ const STREAMED_WEIGHTS: usize = 2 << 20;
 fn chunk_tiles(tile: Tile, g: &ConvGeom, n: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let tiles = tile.tiles(g, n);
-    let chunk = if tile.xi() * g.cin * g.cout > STREAMED_WEIGHTS {
+    let chunk = if split_columns(tile, g, n) {
+        tiles
+    } else if tile.xi() * g.cin * g.cout > STREAMED_WEIGHTS {
         tiles.div_ceil(threads).min(MAX_CHUNK_TILES)
     } else {
         let by_cache =
@@ -244,25 +258,38 @@ fn forward_for(
     assert!(scratch.len() >= slot, "conv_winograd: scratch too short");
     let tiles = tile.tiles(g, n);
     let chunks = tiles.div_ceil(chunk);
-    let next_chunk = AtomicUsize::new(0);
+    // Few tiles (a batch of one on a small plane) make one chunk: its output channels are split among the tasks
+    // instead, each transforming the chunk's input and reading its own columns of `U` once.
+    let width = if wide(cout) { 64 } else { NR };
+    let col_groups = if split_columns(tile, g, n) {
+        rayon::current_num_threads().clamp(1, cout / width)
+    } else {
+        1
+    };
+    let group_cols = (cout / width).div_ceil(col_groups) * width;
+    let col_groups = cout.div_ceil(group_cols);
+    let tasks = chunks * col_groups;
+    let next_task = AtomicUsize::new(0);
     let y_ptr = SendPtr(y.as_mut_ptr());
-    let slots = (scratch.len() / slot).min(chunks);
+    let slots = (scratch.len() / slot).min(tasks);
     scratch[..slots * slot]
         .par_chunks_mut(slot)
         .for_each(|scratch| {
             let (v, m) = scratch.split_at_mut(xi * chunk * cin);
             loop {
-                let c = next_chunk.fetch_add(1, Ordering::Relaxed);
-                if c >= chunks {
+                let t = next_task.fetch_add(1, Ordering::Relaxed);
+                if t >= tasks {
                     break;
                 }
+                let (c, group) = (t / col_groups, t % col_groups);
                 let span = Span {
                     first: c * chunk,
                     count: chunk.min(tiles - c * chunk),
                     chunk,
+                    cols: (group * group_cols, ((group + 1) * group_cols).min(cout)),
                 };
                 // SAFETY: enabled() checked AVX2+FMA; x, u, y and the epilogue were checked against the shapes
-                // above and v, m hold a chunk; chunks write disjoint tiles of y.
+                // above and v, m hold a chunk; tasks write disjoint (tiles × output channels) blocks of y.
                 unsafe {
                     tile.transform_tiles(false, g, x, span, v);
                     products(g, xi, u, v, m, span);
@@ -278,6 +305,9 @@ struct Span {
     first: usize,
     count: usize,
     chunk: usize,
+    /// The output channels `cols.0..cols.1` the products and the output transform compute (all of them but
+    /// where the output channels are split among tasks).
+    cols: (usize, usize),
 }
 
 /// Floats of one worker's scratch for [`conv_winograd_weight_grad`]: its sums `dU [α² ξ, cin, cout]`, then `V`
@@ -353,6 +383,7 @@ fn weight_grad_for(
                     first: c * chunk,
                     count: chunk.min(tiles - c * chunk),
                     chunk,
+                    cols: (0, g.cout),
                 };
                 // SAFETY: enabled() checked AVX2+FMA; x and dy were checked against the shapes above; v, w and
                 // sums are this worker's own.
@@ -408,15 +439,16 @@ unsafe fn products(g: &ConvGeom, xi: usize, u: &[f32], v: &[f32], m: &mut [f32],
             }
             let m_rows: [*mut f32; MR] =
                 core::array::from_fn(|r| m_x.add((tile * MR + r.min(rows - 1)) * cout));
+            let panels = span.cols.0 / NR..span.cols.1 / NR;
             if wide {
-                for panel in (0..cout / NR).step_by(4) {
+                for panel in panels.step_by(4) {
                     let b = [0, 1, 2, 3].map(|j| panel_of(panel + j));
                     let c = m_rows.map(|p| p.add(panel * NR));
                     rows_tile_64(&ptrs, cin, &b, NR, &c, rows, false, None);
                 }
                 continue;
             }
-            for panel in 0..cout / NR {
+            for panel in panels {
                 tile_6x16(
                     &ptrs,
                     cin,
@@ -532,6 +564,7 @@ mod tests {
             (64, 48, 12, 2),
             (16, 16, 1, 7),
             (32, 16, 6, 4),
+            (32, 256, 14, 1),
         ] {
             let g = ConvGeom::new(cin, cout, 3, 1, 1, side, side).unwrap();
             assert!(fits(&g));
@@ -543,21 +576,23 @@ mod tests {
             let scale: Vec<f32> = (0..cout).map(|c| 0.5 + c as f32 / 64.0).collect();
             let shift: Vec<f32> = (0..cout).map(|c| c as f32 / 32.0 - 0.4).collect();
             let expected = as_f64(reference::forward(&g, n, &x, &w, &[]));
+            let residual = pattern(expected.len(), 29, 89);
             for tile in TILES {
                 let mut u = vec![0.0; tile.xi() * cin * cout];
                 transform_weights_for(tile, &g, &w, &mut u);
                 let mut scratch =
                     vec![f32::NAN; rayon::current_num_threads() * slot_len(tile, &g, n)];
-                for (with_scale, with_shift, relu) in [
-                    (false, false, false),
-                    (false, true, false),
-                    (true, true, true),
+                for (with_scale, with_shift, with_residual, relu) in [
+                    (false, false, false, false),
+                    (false, true, false, false),
+                    (true, true, false, true),
+                    (false, true, true, true),
                 ] {
                     let epilogue = Epilogue {
                         scale: with_scale.then_some(&scale[..]),
                         shift: with_shift.then_some(&shift[..]),
+                        residual: with_residual.then_some(&residual[..]),
                         relu,
-                        ..Epilogue::default()
                     };
                     let mut want = expected.clone();
                     for (i, v) in want.iter_mut().enumerate() {
@@ -568,6 +603,9 @@ mod tests {
                         if with_shift {
                             *v += shift[co] as f64;
                         }
+                        if with_residual {
+                            *v += residual[i] as f64;
+                        }
                         if relu {
                             *v = v.max(0.0);
                         }
@@ -577,7 +615,7 @@ mod tests {
                     let err = relative_error(&y, &want);
                     assert!(
                         err <= bound(tile),
-                        "{tile:?} {g:?} n={n} {with_scale}/{with_shift}/{relu}: error {err:e}"
+                        "{tile:?} {g:?} n={n} {with_scale}/{with_shift}/{with_residual}/{relu}: error {err:e}"
                     );
                 }
             }

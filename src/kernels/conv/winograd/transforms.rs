@@ -392,7 +392,7 @@ unsafe fn output_transform<T: Transform>(
     for i in 0..span.count {
         let (img, ty, tx) = tile_coords(g, mo, span.first + i);
         let src = m.as_ptr().add(i * cout);
-        for c in (0..cout).step_by(8) {
+        for c in (span.cols.0..span.cols.1).step_by(8) {
             // Columns first: t = Aᵀ m (m × α).
             let mut t = [[_mm256_setzero_ps(); MAX_ALPHA]; 4];
             for s in 0..a {
