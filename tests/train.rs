@@ -379,11 +379,30 @@ fn cli_resume_matches_uninterrupted_run() {
     );
     // Not only equal tensors: equal files, which checksums, caches and content-addressed stores can tell apart.
     let sha = |p: PathBuf| format!("{:x}", Sha256::digest(std::fs::read(p).unwrap()));
-    assert_eq!(
-        sha(a.join("model.safetensors")),
-        sha(b.join("model.safetensors")),
-        "model.safetensors of a resumed run and of an uninterrupted one"
-    );
+    for file in ["model.safetensors", "checkpoint.safetensors", "config.json"] {
+        assert_eq!(
+            sha(a.join(file)),
+            sha(b.join(file)),
+            "{file} of a resumed run and of an uninterrupted one"
+        );
+    }
+    // metrics.jsonl: equal but for the clock's fields, and the resumed run kept epoch 1's measured time.
+    let untimed = |dir: &PathBuf| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let m = v.as_object_mut().unwrap();
+                assert!(m["time_sec"].as_f64().unwrap() > 0.0, "{l}");
+                for timing in ["time_sec", "images_per_sec", "elapsed_sec"] {
+                    m.remove(timing);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(untimed(&a), untimed(&b), "metrics.jsonl without timings");
     check_run_files(&b, 2);
 
     // `--epochs 5` (the default's value) still extends a resumed run.

@@ -86,3 +86,45 @@ pub struct Progress {
     /// Metrics of each finished epoch, in order.
     pub history: Vec<EpochMetrics>,
 }
+
+impl Progress {
+    /// The progress without what the clock measured (times, throughput, a data-parallel epoch's
+    /// communication): what the checkpoint stores, so that equal runs write equal bytes. The measured
+    /// figures live in `metrics.jsonl`.
+    pub fn without_timings(&self) -> Progress {
+        let history = self
+            .history
+            .iter()
+            .map(|m| EpochMetrics {
+                time_sec: 0.0,
+                images_per_sec: 0.0,
+                elapsed_sec: 0.0,
+                dist: None,
+                ..m.clone()
+            })
+            .collect();
+        Progress {
+            epochs_done: self.epochs_done,
+            history,
+        }
+    }
+
+    /// Takes each epoch's measured figures back from `logged` (a run's `metrics.jsonl`), where an entry of the
+    /// same epoch has the same loss and accuracies (a log of another run is ignored).
+    pub fn restore_timings(&mut self, logged: &[EpochMetrics]) {
+        for m in &mut self.history {
+            let same = |l: &&EpochMetrics| {
+                l.epoch == m.epoch
+                    && l.loss.to_bits() == m.loss.to_bits()
+                    && l.train_acc.to_bits() == m.train_acc.to_bits()
+                    && l.test_acc.to_bits() == m.test_acc.to_bits()
+            };
+            if let Some(l) = logged.iter().find(same) {
+                m.time_sec = l.time_sec;
+                m.images_per_sec = l.images_per_sec;
+                m.elapsed_sec = l.elapsed_sec;
+                m.dist = l.dist.clone();
+            }
+        }
+    }
+}

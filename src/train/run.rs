@@ -233,6 +233,10 @@ impl Run {
         dist.comm.broadcast_bytes(0, &mut bytes);
         let origin = dir.join("checkpoint.safetensors").display().to_string();
         let mut restored = dist.agree(Restored::from_bytes(&bytes, &origin, epochs))?;
+        if dist.leads() {
+            // The measured figures of the epochs done, which the checkpoint leaves out, from the run's log.
+            restored.progress.restore_timings(&logged_metrics(dir));
+        }
         dist.attach_sync_bn(&mut restored.net, restored.config.run.sync_bn);
         Ok(Self::from_parts(dir, restored, lock, dist))
     }
@@ -519,7 +523,8 @@ impl Run {
         meta.insert("format".into(), "pt".into());
         meta.insert(META_ARCH.into(), checkpoint::arch_string(&self.net.config));
         meta.insert(META_CONFIG.into(), json(&self.config));
-        meta.insert(META_PROGRESS.into(), json(&self.progress));
+        // Without the clock's figures: equal runs write equal checkpoints (metrics.jsonl keeps the figures).
+        meta.insert(META_PROGRESS.into(), json(&self.progress.without_timings()));
         meta.insert(
             META_OPTIMIZER.into(),
             json(&OptimizerMeta {
@@ -545,6 +550,18 @@ impl Run {
         )?;
         Ok(())
     }
+}
+
+/// The epochs a run directory's `metrics.jsonl` logged; nothing where it is missing or unreadable (its figures
+/// are informative: the run goes on without them), and lines that do not parse are skipped.
+fn logged_metrics(dir: &Path) -> Vec<EpochMetrics> {
+    let Ok(bytes) = checkpoint::read_file_limited(&dir.join("metrics.jsonl")) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]
