@@ -340,3 +340,21 @@ fn pickles_that_would_explode_or_nest_too_deep_are_refused_first() {
     let e = error_of("opcode.pth", &archive(&[0x80, 2, 0xff, b'.'], &[]));
     assert!(e.contains("not a valid pickle"), "{e}");
 }
+
+/// A pickle of millions of one-byte opcodes inside the size limit (a 60 MiB one took 5.3 GiB before) is refused
+/// after at most `MAX_PICKLE_OPS` opcodes, quickly and in bounded memory; one line naming the file.
+#[test]
+fn an_opcode_flood_is_refused_in_bounded_memory() {
+    let mut pickle = vec![0x80, 2]; // PROTO 2
+    pickle.extend(std::iter::repeat_n(b'N', resnet::pth::MAX_PICKLE_OPS + 10)); // NONE
+    pickle.push(b'.'); // STOP
+    let started = std::time::Instant::now();
+    let e = error_of("flood.pth", &archive(&pickle, &[]));
+    assert!(e.contains("flood.pth") && e.contains("opcodes"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(
+        started.elapsed().as_secs() < 20,
+        "took {:?}",
+        started.elapsed()
+    );
+}

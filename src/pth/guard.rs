@@ -10,7 +10,7 @@ use std::collections::HashMap;
 /// What the symbolic evaluation would build, in nodes and nesting depth, without building it, and whether it
 /// would reach one of `repugnant_pickle::evaluate`'s unchecked indexings (OBJ without a class): a crafted pickle
 /// can double an object with two opcodes (DUP, TUPLE2), so the evaluation is simulated first and refused when
-/// it would create more than 8 nodes per opcode (torch's state dicts need about 3) or nest deeper than
+/// it would create more than 4 nodes per opcode (torch's state dicts need about 3) or nest deeper than
 /// [`MAX_DEPTH`] (dropping a deeper tree could overflow the stack).
 pub(super) fn check_evaluation_cost(ops: &[PickleOp<'_>]) -> Result<()> {
     #[derive(Clone, Copy)]
@@ -19,7 +19,7 @@ pub(super) fn check_evaluation_cost(ops: &[PickleOp<'_>]) -> Result<()> {
         Ref(u32),
         Val { nodes: u64, depth: u32 },
     }
-    let budget = 8 * ops.len() as u64 + 65_536;
+    let budget = 4 * ops.len() as u64 + 65_536;
     let mut created: u64 = 0;
     let mut stack: Vec<Sim> = Vec::new();
     let mut memo: HashMap<u32, Sim> = HashMap::new();

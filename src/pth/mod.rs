@@ -34,6 +34,10 @@ use repugnant_pickle::ops::PickleOp;
 pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// At most this many tensors in one state dict.
 pub const MAX_TENSORS: usize = 100_000;
+/// Most pickle opcodes a `.pth` may hold (torch.save writes about 34 per tensor: 60,000 tensors). With the
+/// evaluation's budget of 4 values per opcode ([`guard`]), the pickle stage holds at most 80 MiB of opcodes and
+/// 400 MiB of values, whatever the file.
+pub const MAX_PICKLE_OPS: usize = 1 << 21;
 /// At most this many dimensions per tensor.
 pub const MAX_DIMS: usize = 16;
 /// Nesting depth of the pickled object (torch's state dicts need about 10).
@@ -77,23 +81,38 @@ pub fn read_state_dict(bytes: &[u8], origin: &str) -> Result<StateDict> {
     tensors::gather_state_dict(&mut archive, specs, origin)
 }
 
-/// Tokenizes a whole pickle, which must end with STOP.
+/// Tokenizes a whole pickle, which must end with STOP, one opcode at a time, refusing more than
+/// [`MAX_PICKLE_OPS`] before they are all held (a pickle of one-byte opcodes within [`MAX_PICKLE_BYTES`] would
+/// otherwise take 40 bytes per byte as tokens, and 48 more per value once evaluated).
 fn parse_pickle(pkl: &[u8]) -> Result<Vec<PickleOp<'_>>> {
-    match repugnant_pickle::parse_ops::<nom::error::Error<&[u8]>>(pkl) {
-        Ok((rest, ops)) => {
-            let stop = ops.iter().position(|op| *op == PickleOp::STOP);
-            match stop {
-                Some(i) => Ok(ops.into_iter().take(i + 1).collect()),
-                None => bail!(
-                    "truncated pickle: no STOP opcode (unreadable from byte {})",
-                    pkl.len() - rest.len()
-                ),
-            }
+    let mut ops = Vec::new();
+    let mut rest = pkl;
+    loop {
+        if ops.len() == MAX_PICKLE_OPS {
+            bail!(
+                "more than {MAX_PICKLE_OPS} pickle opcodes (torch.save writes about 34 per tensor)"
+            );
         }
-        Err(nom::Err::Error(e)) | Err(nom::Err::Failure(e)) => bail!(
-            "not a valid pickle: bad or truncated opcode at byte {}",
-            pkl.len() - e.input.len()
-        ),
-        Err(nom::Err::Incomplete(_)) => bail!("truncated pickle"),
+        match repugnant_pickle::parsers::parse_op::<nom::error::Error<&[u8]>>(rest) {
+            Ok((tail, op)) => {
+                rest = tail;
+                let stop = op == PickleOp::STOP;
+                ops.push(op);
+                if stop {
+                    return Ok(ops);
+                }
+                if rest.is_empty() {
+                    bail!(
+                        "truncated pickle: no STOP opcode (unreadable from byte {})",
+                        pkl.len()
+                    );
+                }
+            }
+            Err(nom::Err::Error(e)) | Err(nom::Err::Failure(e)) => bail!(
+                "not a valid pickle: bad or truncated opcode at byte {}",
+                pkl.len() - e.input.len()
+            ),
+            Err(nom::Err::Incomplete(_)) => bail!("truncated pickle"),
+        }
     }
 }
