@@ -135,3 +135,15 @@ fn inputs_that_do_not_fit_are_refused() {
     assert!(err.unwrap_err().to_string().contains("values"));
     assert!(compiled.forward(&input(xs), xs).is_ok());
 }
+
+/// A NaN inside the network reaches the logits, as in PyTorch (whose ReLU passes NaN): a batch norm with a
+/// negative running variance makes every logit NaN instead of finite probabilities.
+#[test]
+fn a_negative_running_variance_gives_nan_logits_as_pytorch_does() {
+    let mut net = network(ResNetConfig::named(ArchName::Resnet18, 3, 4), 3);
+    net.stem_bn.running_var[5] = -2.0;
+    let mut compiled = CompiledNet::new(&net, None).unwrap();
+    let xs = Shape4::new(1, 3, 32, 32);
+    let logits = compiled.forward(&input(xs), xs).unwrap();
+    assert!(logits.iter().all(|v| v.is_nan()), "{logits:?}");
+}

@@ -287,7 +287,8 @@ pub(super) fn forward(
                         if let Some(res) = residual {
                             a += res[at + co];
                         }
-                        *v = if relu { a.max(0.0) } else { a };
+                        // A NaN passes the ReLU, as through PyTorch's (f32::max would drop it).
+                        *v = if relu && a < 0.0 { 0.0 } else { a };
                     }
                 }
             });

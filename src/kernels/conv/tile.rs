@@ -256,8 +256,9 @@ pub(crate) unsafe fn tile_6x16(
                 v1 = _mm256_add_ps(v1, _mm256_loadu_ps(r.add(8)));
             }
             if e.relu {
-                v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
-                v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+                // max(0, v): a NaN passes, as through PyTorch's ReLU (maxps returns its second operand then).
+                v0 = _mm256_max_ps(_mm256_setzero_ps(), v0);
+                v1 = _mm256_max_ps(_mm256_setzero_ps(), v1);
             }
         }
         _mm256_storeu_ps(d, v0);
@@ -371,7 +372,8 @@ macro_rules! micro_kernels {
                             v = $add(v, $load(e.residual_at(d)));
                         }
                         if e.relu {
-                            v = $max(v, $zero());
+                            // max(0, v): a NaN passes, as through PyTorch's ReLU.
+                            v = $max($zero(), v);
                         }
                     }
                     $store(d, v);

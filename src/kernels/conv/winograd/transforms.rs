@@ -428,7 +428,8 @@ unsafe fn output_transform<T: Transform>(
                         val = _mm256_add_ps(val, _mm256_loadu_ps(residual.as_ptr().add(at)));
                     }
                     if epilogue.relu {
-                        val = _mm256_max_ps(val, _mm256_setzero_ps());
+                        // max(0, v): a NaN passes, as through PyTorch's ReLU.
+                        val = _mm256_max_ps(_mm256_setzero_ps(), val);
                     }
                     _mm256_storeu_ps(y.add(at), val);
                 }
