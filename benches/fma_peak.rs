@@ -81,10 +81,16 @@ fn main() {
         println!("{model}: f32 FMA peak, best of 3");
         for t in [1, threads] {
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                println!("  AVX2     {t} thread(s): {:7.1} GFLOP/s", measure(t, 8, chains_256));
+                println!(
+                    "  AVX2     {t} thread(s): {:7.1} GFLOP/s",
+                    measure(t, 8, chains_256)
+                );
             }
             if std::is_x86_feature_detected!("avx512f") {
-                println!("  AVX-512  {t} thread(s): {:7.1} GFLOP/s", measure(t, 16, chains_512));
+                println!(
+                    "  AVX-512  {t} thread(s): {:7.1} GFLOP/s",
+                    measure(t, 16, chains_512)
+                );
             }
         }
     }
