@@ -6,7 +6,7 @@ use crate::compiled::CompiledNet;
 use crate::kernels::conv::ConvGeom;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
-use crate::{Result, Shape4};
+use crate::{outln, Result, Shape4};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -81,7 +81,7 @@ pub fn plan_report(
         return compiled_report(&net, name, xs, iters);
     }
     let plans = net.conv_plans(xs)?;
-    println!(
+    outln!(
         "{name}: {} convolutions at batch {batch}, {size}×{size}",
         plans.len()
     );
@@ -128,7 +128,7 @@ pub fn plan_report(
             seconds += bwd;
             flop += 4.0 * macs;
         }
-        println!("{line}");
+        outln!("{line}");
         let kind = plan.forward.to_string();
         match by_algo.iter_mut().find(|k| k.0 == kind) {
             Some(k) => {
@@ -140,7 +140,7 @@ pub fn plan_report(
         total_s += seconds;
         total_flop += flop;
     }
-    println!(
+    outln!(
         "  by forward algorithm ({}):",
         if train {
             "forward + backward"
@@ -149,14 +149,14 @@ pub fn plan_report(
         }
     );
     for (kind, seconds, flop) in &by_algo {
-        println!(
+        outln!(
             "    {kind:<28} {:8.1} ms {:6.1} GFLOP/s  {:4.1} % of the convolutions' time",
             seconds * 1e3,
             flop / seconds / 1e9,
             100.0 * seconds / total_s
         );
     }
-    println!(
+    outln!(
         "  all convolutions: {:.1} ms, {:.1} GFLOP/s",
         total_s * 1e3,
         total_flop / total_s / 1e9
@@ -169,7 +169,7 @@ pub fn plan_report(
 fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result<()> {
     let mut compiled = CompiledNet::new(net, Some(xs))?;
     let steps = compiled.profile(xs, iters)?;
-    println!(
+    outln!(
         "{name}: the compiled network, {} steps at batch {}, {}×{}, each timed inside the forward pass",
         steps.len(),
         xs.n,
@@ -183,7 +183,7 @@ fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result
         } else {
             String::new()
         };
-        println!("{}  {:7.3} ms {rate}", s.line, s.seconds * 1e3);
+        outln!("{}  {:7.3} ms {rate}", s.line, s.seconds * 1e3);
         match by_algo.iter_mut().find(|k| k.0 == s.algo) {
             Some(k) => {
                 k.1 += s.seconds;
@@ -194,20 +194,20 @@ fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result
     }
     let total: f64 = steps.iter().map(|s| s.seconds).sum();
     let flop: f64 = steps.iter().map(|s| 2.0 * s.macs).sum();
-    println!("  by step kind:");
+    outln!("  by step kind:");
     for (kind, seconds, f) in &by_algo {
         let rate = if *f > 0.0 {
             format!("{:6.1} GFLOP/s", f / seconds / 1e9)
         } else {
             " ".repeat(14)
         };
-        println!(
+        outln!(
             "    {kind:<28} {:8.2} ms {rate}  {:4.1} % of the pass",
             seconds * 1e3,
             100.0 * seconds / total
         );
     }
-    println!(
+    outln!(
         "  the whole pass: {:.2} ms, {:.1} GFLOP/s (direct-convolution multiply-adds)",
         total * 1e3,
         flop / total / 1e9

@@ -13,8 +13,8 @@
 //! Around them: [`tensor`] (shapes, layouts), [`checkpoint`] and [`pth`] (weights to and from PyTorch's files),
 //! [`model_file`] (a model file's weights and metadata, typed and checked once), [`infer`] (a model file turned
 //! into predictions), [`serve`] (the HTTP server), [`bench`](mod@bench) (the measurements), [`cli`] and
-//! [`commands`] (the command line's arguments and one function per subcommand), [`fuzzing`] (the fuzz targets'
-//! bodies) and [`error`].
+//! [`commands`] (the command line's arguments and one function per subcommand), [`out`] (standard output, which
+//! ends quietly when its reader has gone), [`fuzzing`] (the fuzz targets' bodies) and [`error`].
 //!
 //! # Example
 //!
@@ -48,6 +48,8 @@
 //! bundled Fashion-MNIST written as an image folder); run one with `cargo run --release --example NAME`.
 
 #![warn(missing_docs)]
+// Standard output goes through `outln!` (src/out.rs), which ends quietly when the reader has gone.
+#![deny(clippy::print_stdout)]
 
 pub mod bench;
 pub mod checkpoint;
@@ -63,6 +65,7 @@ pub mod kernels;
 pub mod model_file;
 pub mod nn;
 pub mod optim;
+pub mod out;
 pub mod pth;
 pub mod serve;
 pub mod tensor;

@@ -3,7 +3,7 @@
 
 use crate::bench::{bench_config, bench_one, plan_report, CONFIGS};
 use crate::nn::ArchName;
-use crate::{bail, Result};
+use crate::{bail, outln, Result};
 
 /// Options of `resnet bench`.
 #[derive(clap::Args, Clone, Debug)]
@@ -112,11 +112,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let engine = crate::kernels::conv::engine();
     if !args.json {
-        println!("convolutions: {engine}");
+        outln!("convolutions: {engine}");
     }
     let config = bench_config(args.arch);
     if !args.json {
-        println!(
+        outln!(
             "network: {} ({} input channels, {} classes, {} parameters)",
             config.name(),
             config.in_channels,
@@ -146,7 +146,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         let r = bench_one(&config, name, train, batch, size, warmup, iters)?;
         if !args.json {
-            println!(
+            outln!(
                 "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GFLOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",
                 r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
             );
@@ -159,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "engine": engine,
             "results": results,
         });
-        println!("{v}");
+        outln!("{v}");
     }
     Ok(())
 }
@@ -180,9 +180,9 @@ fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
             "batch": batch, "images": r.images, "seconds": r.seconds, "images_per_s": r.images_per_s,
             "open_seconds": r.open_seconds,
         });
-        println!("{v}");
+        outln!("{v}");
     } else {
-        println!(
+        outln!(
             "loader {}: {} images in {:.2} s: {:.0} images/s ({} workers, batch {}, {} transforms; opening took {:.2} s)",
             dir.display(),
             r.images,

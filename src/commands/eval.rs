@@ -7,7 +7,7 @@ use crate::data::{open_data, DataOptions, Format, Loader, Subset};
 use crate::model_file::ModelFile;
 use crate::nn::ArchName;
 use crate::train::{evaluate_on, Evaluation, MAX_BATCH};
-use crate::{bail, Result};
+use crate::{bail, outln, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -125,7 +125,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     // The network compiled for inference (planned, and its arena sized, at the first batch).
     let mut compiled = CompiledNet::new(&net, None)?;
     let ev = evaluate_on(&mut compiled, &loader, args.tta)?;
-    println!(
+    outln!(
         "{} acc {:.4} ({} images, input {h}×{w}{})",
         if args.val_split.is_some() {
             "validation"
@@ -148,22 +148,22 @@ fn print_breakdown(names: &[String], ev: &Evaluation) {
         .max()
         .unwrap_or(0)
         .clamp(12, 32);
-    println!("\nper-class accuracy:");
+    outln!("\nper-class accuracy:");
     for (name, acc) in names.iter().zip(ev.per_class()) {
-        println!("  {name:<width$} {acc:.3}");
+        outln!("  {name:<width$} {acc:.3}");
     }
-    println!("\nconfusion matrix (rows: true class, columns: predicted):");
-    print!("{:<width$}", "");
+    outln!("\nconfusion matrix (rows: true class, columns: predicted):");
+    let mut header = format!("{:<width$}", "");
     for i in 0..names.len() {
-        print!("{i:>6}");
+        header += &format!("{i:>6}");
     }
-    println!();
+    outln!("{header}");
     for (i, row) in ev.confusion.iter().enumerate() {
         let label: String = format!("{i} {}", names[i]).chars().take(width).collect();
-        print!("{label:<width$}");
+        let mut line = format!("{label:<width$}");
         for v in row {
-            print!("{v:>6}");
+            line += &format!("{v:>6}");
         }
-        println!();
+        outln!("{line}");
     }
 }

@@ -5,7 +5,7 @@ use crate::data::transforms::check_resize;
 use crate::error::Context;
 use crate::infer::{ranked, softmax, Model};
 use crate::nn::ArchName;
-use crate::{bail, Result};
+use crate::{bail, outln, Result};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -70,13 +70,13 @@ pub fn run(args: &PredictArgs) -> Result<()> {
                     "index": c, "class": names[c], "probability": probs[c],
                 })).collect::<Vec<_>>(),
             });
-            println!("{v}");
+            outln!("{v}");
         } else {
             let top: Vec<String> = top
                 .iter()
                 .map(|&c| format!("{} {:.3}", names[c], probs[c]))
                 .collect();
-            println!("{origin}: {}", top.join(", "));
+            outln!("{origin}: {}", top.join(", "));
         }
     }
     Ok(())

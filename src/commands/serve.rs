@@ -4,6 +4,7 @@ use super::group_thousands;
 use crate::data::transforms::check_resize;
 use crate::infer::Model;
 use crate::nn::ArchName;
+use crate::out::status_line;
 use crate::serve::{serve, BatchOptions, ServeOptions, MAX_DECODE_BYTES, MAX_INPUT_SIDE};
 use crate::{bail, Result};
 use clap::Args;
@@ -141,12 +142,13 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut model = Model::load(&args.weights, args.arch, args.resize)?;
     model.net.set_batch_invariant(args.batch_invariant);
     model.reserve(opts.batch.max_batch, opts.batch.max_batch_pixels)?;
-    println!(
+    // A status line: dropped if standard output is a closed pipe, the server serves regardless (see crate::out).
+    status_line(format_args!(
         "serving {} ({}, {} classes) from {}",
         model.net.config.name(),
         group_thousands(model.params),
         model.names.len(),
         args.weights.display()
-    );
+    ));
     serve(model, opts)
 }

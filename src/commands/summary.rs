@@ -3,7 +3,7 @@
 use super::group_thousands;
 use crate::compiled::CompiledNet;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
-use crate::{bail, Error, Result, Shape4};
+use crate::{bail, outln, Error, Result, Shape4};
 use clap::Args;
 
 /// Largest `summary --input` (N·C·H·W values, 2^22): the command runs the network on it for real.
@@ -74,24 +74,24 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
     debug_assert_eq!(logits_len, xs.n * classes);
     for (name, dims) in &walk {
         let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-        println!("{name}  output shape:\t torch.Size([{}])", dims.join(", "));
+        outln!("{name}  output shape:\t torch.Size([{}])", dims.join(", "));
     }
-    println!("parameters: {}", group_thousands(net.num_params()));
+    outln!("parameters: {}", group_thousands(net.num_params()));
     if args.plan {
-        println!(
+        outln!(
             "convolution plans at batch {} ({}):",
             xs.n,
             crate::kernels::conv::engine()
         );
         for (name, p) in net.conv_plans(xs)? {
-            println!("  {name:<22} {p}");
+            outln!("  {name:<22} {p}");
         }
-        println!(
+        outln!(
             "inference plan at batch {} (the network compiled for predict, eval, serve: batch norms folded, each block's shortcut and ReLU in its last convolution's epilogue):",
             xs.n
         );
         for line in CompiledNet::new(&net, Some(xs))?.plan_lines(xs)? {
-            println!("{line}");
+            outln!("{line}");
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use crate::train::{
     check_identity, Data, DataSettings, OptimSettings, ProgressMode, Recipe, Run, RunSettings,
     Settings, TrainConfig,
 };
-use crate::{bail, Result};
+use crate::{bail, outln, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -173,7 +173,7 @@ impl TrainArgs {
 pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
     let lead = comm.rank() == 0;
     if comm.size() > 1 {
-        println!(
+        outln!(
             "rank {} of {} on {} (pid {})",
             comm.rank(),
             comm.size(),
@@ -187,7 +187,7 @@ pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
         Some(dir) => {
             let run = Run::resume(dir, a.settings.epochs, comm.clone())?;
             if lead {
-                println!(
+                outln!(
                     "resuming {} after epoch {} of {}",
                     dir.display(),
                     run.progress.epochs_done,
@@ -212,14 +212,14 @@ pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
     };
     if lead {
         for note in &data.notes {
-            println!("{note}");
+            outln!("{note}");
         }
         let threads = rayon::current_num_threads();
         let ranks = match comm.size() {
             1 => format!("{threads} threads"),
             n => format!("{n} ranks × {threads} threads"),
         };
-        println!(
+        outln!(
             "training on cpu ({ranks}), {} training and {} {} images ({} channels, {} classes) from {}, run directory {}",
             data.train.len(),
             data.test.len(),
@@ -229,7 +229,7 @@ pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
             data_dir.display(),
             run.dir.display()
         );
-        println!(
+        outln!(
             "recipe {}: {}",
             run.config.run.recipe,
             run.config.settings_flags()
@@ -243,26 +243,26 @@ pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
     };
     run.train(&data, mode, |m| {
         if lead {
-            println!("{}", m.line());
+            outln!("{}", m.line());
             if let Some(d) = &m.dist {
-                println!("  {}", d.line());
+                outln!("  {}", d.line());
             }
         }
     })?;
     if lead {
         if let Some(target) = run.config.run.target_acc {
             match run.target_reached() {
-                Some(m) => println!(
+                Some(m) => outln!(
                     "reached --target-acc {target} at epoch {}: accuracy {:.4} after {:.1} s of training and evaluation",
                     m.epoch, m.test_acc, m.elapsed_sec
                 ),
-                None => println!(
+                None => outln!(
                     "--target-acc {target} not reached in {} epochs",
                     run.config.run.epochs
                 ),
             }
         }
-        println!("saved {}", run.dir.join("model.safetensors").display());
+        outln!("saved {}", run.dir.join("model.safetensors").display());
     }
     Ok(())
 }

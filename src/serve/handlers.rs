@@ -8,6 +8,7 @@ use crate::data::transforms::Step;
 use crate::data::Pipeline;
 use crate::error::Context;
 use crate::infer::{prepare, ranked, softmax, Model};
+use crate::out::status_line;
 use crate::{Error, Result, Shape4};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
@@ -102,9 +103,9 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
         .await
         .with_context(|| format!("serve: cannot listen on {}", opts.addr))?;
     let local = listener.local_addr().context("serve")?;
-    println!("listening on http://{local}");
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
+    // Status lines are dropped when standard output cannot be written (a log reader that died): the server keeps
+    // serving (see crate::out).
+    status_line(format_args!("listening on http://{local}"));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         shutdown_signal().await;
@@ -121,15 +122,15 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
     };
     match finished {
         Some(Ok(())) => {
-            println!("stopped: requests in flight answered");
+            status_line(format_args!("stopped: requests in flight answered"));
             Ok(())
         }
         Some(Err(e)) => Err(Error::new(format!("serve: {e}"))),
         None => {
-            println!(
+            status_line(format_args!(
                 "stopped: requests still open after {} s were dropped",
                 grace.as_secs()
-            );
+            ));
             Ok(())
         }
     }

@@ -1,8 +1,9 @@
 //! The `resnet` command line as a user sees it, one test binary (`cargo test --test cli`) whose topic modules
 //! are: `summary` (the chapter's shape walk and the torchvision family), `bad_invocations` (a table of bad
 //! invocations, each of which must fail with one clear `error: ` line, a non-zero exit and no panic, leaving
-//! every existing file as it was), `eval_predict` (eval and predict output) and `tta` (flip test-time
-//! augmentation through eval and predict).
+//! every existing file as it was), `eval_predict` (eval and predict output), `tta` (flip test-time
+//! augmentation through eval and predict) and `pipes` (stdout whose reader goes away: every command ends
+//! quietly, `serve` keeps serving).
 //!
 //! This file holds what they share: scratch directories, running the binary and judging its exit
 //! (`expect_success`, `expect_failure`), snapshots of directories, the tiny model trained once per binary,
@@ -13,6 +14,7 @@ mod common;
 
 mod bad_invocations;
 mod eval_predict;
+mod pipes;
 mod summary;
 mod tta;
 
