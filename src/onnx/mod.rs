@@ -6,7 +6,7 @@
 //! ReLU, max pool for the ImageNet stem), each residual block (the shortcut's 1×1 conv and norm, the main path's
 //! convs and norms with their ReLUs, the join `Add` and its ReLU), then the global average pool, `Flatten` and
 //! the classifier as `Gemm` with `transB = 1` over PyTorch's `[out, in]` weight. With `fold_bn` each batch norm is
-//! folded into its convolution ([`crate::compiled::fold_bn`], what the compiled network runs).
+//! folded into its convolution (`compiled::fold_bn`, what the compiled network runs).
 
 #[rustfmt::skip]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
