@@ -1,7 +1,9 @@
 //! The command line's arguments, parsed by clap and checked without touching a file: `resnet` runs what
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
-use crate::commands::{BenchArgs, EvalArgs, PredictArgs, ServeArgs, SummaryArgs, TrainArgs};
+use crate::commands::{
+    BenchArgs, EvalArgs, ExportArgs, PredictArgs, ServeArgs, SummaryArgs, TrainArgs,
+};
 use crate::nn::{ArchName, Stem};
 use crate::{bail, Result};
 use clap::builder::PossibleValue;
@@ -48,6 +50,9 @@ pub enum Command {
     /// Serve a model over HTTP: POST /v1/predict (PNG/JPEG or multipart), GET /v1/model, /healthz, /metrics,
     /// and a page at / to try it; concurrent requests are batched into one forward pass.
     Serve(ServeArgs),
+    /// Write a model file's network as ONNX (standard operators, opset 17 by default), with its class names,
+    /// preprocessing and architecture in the metadata.
+    Export(ExportArgs),
 }
 
 /// `--arch`: the named models as the command line spells and describes them (the network itself knows nothing
@@ -105,6 +110,7 @@ impl Cli {
             Command::Summary(a) => a.check(),
             Command::Bench(b) => b.check().map(|_| ()),
             Command::Serve(a) => a.options().map(|_| ()),
+            Command::Export(a) => a.check(),
         }
     }
 }

@@ -64,6 +64,7 @@ pub mod infer;
 pub mod kernels;
 pub mod model_file;
 pub mod nn;
+pub mod onnx;
 pub mod optim;
 pub mod out;
 pub mod pth;

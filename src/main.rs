@@ -1,4 +1,4 @@
-//! The `resnet` command line: train, eval, predict, summary, bench, serve. Each subcommand is a function of the
+//! The `resnet` command line: train, eval, predict, summary, bench, serve, export. Each subcommand is a function of the
 //! library ([`resnet::commands`]); this binary parses the arguments and reports the error.
 
 // Standard output goes through `resnet::outln!`, which ends quietly when the reader has gone (see resnet::out).

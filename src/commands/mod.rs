@@ -9,9 +9,11 @@
 //! | [`summary`] | a network's shape walk, parameter count and convolution plans |
 //! | [`bench`](mod@bench) | training and inference throughput, latency, memory; or the data loader alone |
 //! | [`serve`] | a model behind HTTP |
+//! | [`export`] | a model file as ONNX |
 
 pub mod bench;
 pub mod eval;
+pub mod export;
 pub mod predict;
 pub mod serve;
 pub mod summary;
@@ -19,6 +21,7 @@ pub mod train;
 
 pub use bench::BenchArgs;
 pub use eval::EvalArgs;
+pub use export::ExportArgs;
 pub use predict::PredictArgs;
 pub use serve::ServeArgs;
 pub use summary::SummaryArgs;
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Summary(a) => summary::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
+        Command::Export(a) => export::run(&a),
     }
 }
 

@@ -42,36 +42,17 @@ struct FoldedConv {
 impl FoldedConv {
     /// `conv` followed by `bn` in eval mode (if any), its ReLU (if the norm has one).
     fn new(name: String, conv: &Conv2d, bn: Option<&BatchNorm2d>) -> FoldedConv {
-        let cout = conv.out_channels;
-        let mut weight = conv.weight().to_vec();
-        let mut bias = if conv.has_bias() {
-            conv.bias.clone()
-        } else {
-            vec![0.0; cout]
-        };
-        let mut relu = false;
-        if let Some(bn) = bn {
-            relu = bn.relu;
-            let (scale, shift) = bn.eval_scale_shift();
-            for row in weight.chunks_exact_mut(cout) {
-                for (w, s) in row.iter_mut().zip(&scale) {
-                    *w *= s;
-                }
-            }
-            for ((b, s), t) in bias.iter_mut().zip(&scale).zip(&shift) {
-                *b = *b * s + t;
-            }
-        }
+        let (weight, bias) = fold_bn(conv, bn);
         FoldedConv {
             name,
             cin: conv.in_channels,
-            cout,
+            cout: conv.out_channels,
             kernel: conv.kernel,
             stride: conv.stride,
             padding: conv.padding,
             weight,
             bias,
-            relu,
+            relu: bn.is_some_and(|bn| bn.relu),
             prepared: Vec::new(),
         }
     }
@@ -109,6 +90,32 @@ impl FoldedConv {
             .find(|(g, a, _)| *g == plan.geom && *a == plan.forward)
             .map(|(_, _, p)| &p[..])
     }
+}
+
+/// `conv` followed by `bn` in eval mode (if any) as one convolution: `(weight, bias)`, the HWIO `[k, k, cin, cout]`
+/// weight with each output channel scaled by the norm's `weight / √(running_var + eps)`, and the `[cout]` bias
+/// (the conv's, zero without one) scaled likewise plus the norm's shift. The ReLU a norm carries is not applied.
+/// What the compiled network runs, and what `resnet export --fold-bn` writes.
+pub(crate) fn fold_bn(conv: &Conv2d, bn: Option<&BatchNorm2d>) -> (Vec<f32>, Vec<f32>) {
+    let cout = conv.out_channels;
+    let mut weight = conv.weight().to_vec();
+    let mut bias = if conv.has_bias() {
+        conv.bias.clone()
+    } else {
+        vec![0.0; cout]
+    };
+    if let Some(bn) = bn {
+        let (scale, shift) = bn.eval_scale_shift();
+        for row in weight.chunks_exact_mut(cout) {
+            for (w, s) in row.iter_mut().zip(&scale) {
+                *w *= s;
+            }
+        }
+        for ((b, s), t) in bias.iter_mut().zip(&scale).zip(&shift) {
+            *b = *b * s + t;
+        }
+    }
+    (weight, bias)
 }
 
 /// One step of the compiled forward pass; values are numbered, 0 the NHWC input.

@@ -543,6 +543,60 @@ fn bad_invocations_fail_cleanly() {
             &["serve", "--weights", w, "--addr", &taken_addr],
             &["cannot listen on", &taken_addr],
         ),
+        // `export`: its flags, its model file, where it writes.
+        row(&["export", "--weights", w], &["--onnx"]),
+        row(
+            &[
+                "export",
+                "--weights",
+                w,
+                "--onnx",
+                "m.onnx",
+                "--opset",
+                "16",
+            ],
+            &["--opset", "17", "21", "16"],
+        ),
+        row(
+            &[
+                "export",
+                "--weights",
+                w,
+                "--onnx",
+                "m.onnx",
+                "--opset",
+                "abc",
+            ],
+            &["--opset", "abc"],
+        ),
+        row(
+            &["export", "--weights", w, "--onnx", "m.onnx", "--batch", "0"],
+            &["--batch", "0"],
+        ),
+        row(
+            &[
+                "export",
+                "--weights",
+                s(&fx.join("missing.safetensors")),
+                "--onnx",
+                "m.onnx",
+            ],
+            &["missing.safetensors"],
+        ),
+        row(
+            &["export", "--weights", s(&truncated), "--onnx", "m.onnx"],
+            &["truncated.safetensors", "not a valid safetensors"],
+        ),
+        row(
+            &[
+                "export",
+                "--weights",
+                w,
+                "--onnx",
+                "/nonexistent/dir/m.onnx",
+            ],
+            &["/nonexistent/dir/m.onnx"],
+        ),
     ];
     let mut env_row = row(
         &["train", "--epochs", "1"],
