@@ -69,7 +69,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     write_atomic(&args.onnx, &bytes)?;
     let dim = |d: Option<usize>, name: &str| d.map_or(name.to_string(), |d| d.to_string());
     let hw = input_hw(&file);
-    println!(
+    crate::outln!(
         "{}: {} ({} channels, {} classes), input [{}, {}, {}, {}], opset {}{}, {} bytes",
         args.onnx.display(),
         file.config.name(),
