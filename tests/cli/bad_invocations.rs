@@ -348,6 +348,16 @@ fn bad_invocations_fail_cleanly() {
         row(&["bench", "--only", "nope"], &["--only", "nope", "train28"]),
         row(&["bench", "--batch", "0"], &["batch"]),
         row(&["bench", "--plan", "--json"], &["--plan", "--json"]),
+        // clap's refusals as one line naming the flag: a negative number reads to clap as an unknown flag.
+        row(
+            &["train", "--epochs", "-1"],
+            &["--epochs", "negative", "-1"],
+        ),
+        row(
+            &["bench", "--iters", "18446744073709551616"],
+            &["--iters", "too large"],
+        ),
+        row(&["summary", "--no-such-flag"], &["--no-such-flag"]),
         row(
             &["bench", "--arch", "resnet50", "--only", "train512"],
             &["--only", "train512", "train224"],
