@@ -13,6 +13,7 @@ mod common;
 
 mod bad_invocations;
 mod eval_predict;
+mod inputs;
 mod summary;
 mod tta;
 
