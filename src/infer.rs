@@ -3,13 +3,14 @@
 //! logits.
 
 use crate::compiled::CompiledNet;
-use crate::data::transforms::{to_tensor_chw, Image};
+use crate::data::image_file;
+use crate::data::transforms::{to_tensor_chw, Image, MAX_INPUT_SIDE};
 use crate::data::Pipeline;
 use crate::error::Context;
 use crate::model_file::ModelFile;
 use crate::nn::{ArchName, InitRng, SeedableRng};
 use crate::train::forward_flip_tta;
-use crate::{Result, Shape4};
+use crate::{bail, Result, Shape4};
 use std::path::{Path, PathBuf};
 
 /// A model ready to predict: the network compiled for inference, its preprocessing and its class names.
@@ -71,6 +72,23 @@ impl Model {
         self.net.config.in_channels
     }
 
+    /// The image file at `path` read and prepared as the network's input (`predict`): an image its preprocessing
+    /// would make larger than [`MAX_INPUT_SIDE`] a side is refused from its header, before it is decoded.
+    pub fn read_input(&self, path: &Path) -> Result<(Vec<f32>, Shape4)> {
+        let origin = path.display().to_string();
+        let bytes = image_file::read_file(path)?;
+        let header = image_file::probe_bytes(&bytes, path)?;
+        check_input_side(
+            &self.preprocess,
+            header.h,
+            header.w,
+            MAX_INPUT_SIDE,
+            &origin,
+        )?;
+        let img = image_file::decode_image(&bytes, path, self.channels())?;
+        self.input(img, &origin)
+    }
+
     /// One decoded image (of [`Model::channels`] channels) prepared as the network's input: the `[c, h, w]` tensor
     /// and its shape (`n` = 1). `origin` names the image in errors.
     pub fn input(&self, img: Image, origin: &str) -> Result<(Vec<f32>, Shape4)> {
@@ -100,6 +118,24 @@ pub fn prepare(preprocess: &Pipeline, img: Image, origin: &str) -> Result<(Vec<f
     let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
     to_tensor_chw(&img, &mut x, norm);
     Ok((x, Shape4::new(1, img.c, img.h, img.w)))
+}
+
+/// Refuses an `h × w` image (named `origin`) that `preprocess` would make more than `side` pixels a side (a
+/// pipeline without a resize step passes an image at its own size); checked before any pixel is touched.
+pub fn check_input_side(
+    preprocess: &Pipeline,
+    h: usize,
+    w: usize,
+    side: usize,
+    origin: &str,
+) -> Result<()> {
+    let (ph, pw) = preprocess.prepared_size(h, w);
+    if ph > side || pw > side {
+        bail!(
+            "{origin}: {w}×{h} pixels would be {pw}×{ph} after preprocessing; this model takes at most {side} pixels a side"
+        );
+    }
+    Ok(())
 }
 
 /// Class indices from the most to the least probable (ties keep index order).

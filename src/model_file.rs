@@ -6,7 +6,7 @@ use crate::checkpoint::{
     build_for, infer_config, parse_arch, read_file_limited, read_weights, META_ARCH, META_CLASSES,
     META_EVAL_TRANSFORM, META_INPUT_SIZE,
 };
-use crate::data::transforms::{Step, INPUT_SIZES};
+use crate::data::transforms::{Step, INPUT_SIZES, MAX_INPUT_SIDE};
 use crate::data::{Pipeline, CLASS_NAMES};
 use crate::error::Context;
 use crate::nn::{ArchName, ResNet, ResNetConfig, StateDict};
@@ -109,10 +109,17 @@ impl ModelFile {
 
     /// How an image, decoded to the network's channels, becomes its input: the stored transforms, else the
     /// chapter's `Resize(size)` for one channel, else torchvision's ImageNet evaluation transform for three.
-    /// `resize` (`--resize`, range-checked with the other flags) forces the chapter's at that size.
+    /// `resize` (`--resize`, range-checked with the other flags) forces the chapter's at that size. Stored
+    /// transforms without a resize step (a run that trained at its data's own size) begin with a `Resize` to the
+    /// size the model was trained at, where the file says: an image of another size is seen at the scale the
+    /// network learned, and a large one does not reach the network at its own size.
     pub fn preprocess(&self, resize: Option<usize>) -> Result<Pipeline> {
         if let (None, Some(p)) = (resize, &self.eval_transform) {
-            return Ok(p.clone());
+            let mut p = p.clone();
+            if let Some(size) = self.trained_size.filter(|_| !p.has_resize()) {
+                p.steps.insert(0, Step::Resize(size));
+            }
+            return Ok(p);
         }
         Ok(match self.config.in_channels {
             1 => Pipeline {
@@ -158,6 +165,15 @@ fn stored_pipeline(path: &Path, meta: &BTreeMap<String, String>) -> Result<Optio
     let bad = || format!("{}: bad `{META_EVAL_TRANSFORM}` metadata", path.display());
     let p: Pipeline = serde_json::from_str(text).with_context(bad)?;
     p.check_stored().with_context(bad)?;
+    // What it makes of a square image (of any size when it resizes): the network's input side.
+    let (h, w) = p.prepared_size(1, 1);
+    if h.max(w) > MAX_INPUT_SIDE {
+        bail!(
+            "{}: bad `{META_EVAL_TRANSFORM}` metadata: it makes inputs of {w}×{h} pixels, more than the \
+             {MAX_INPUT_SIDE}-pixel limit on a side of the network's input",
+            path.display()
+        );
+    }
     Ok(Some(p))
 }
 
@@ -250,6 +266,52 @@ mod tests {
             .starts_with("m.safetensors: bad `resnet.input_size` metadata `7`"));
         assert!(err(&[(META_EVAL_TRANSFORM, "[")])
             .starts_with("m.safetensors: bad `resnet.eval_transform` metadata: "));
+    }
+
+    #[test]
+    fn stored_transforms_without_a_resize_resize_to_the_trained_size() {
+        let net = small(3);
+        let stored = |steps: &str| format!(r#"{{"steps":{steps},"normalize":null}}"#);
+        // Trained at its data's own size (no resize step): images are brought to that size.
+        let file = file_of(
+            &net,
+            &[
+                (META_INPUT_SIZE, "28"),
+                (META_EVAL_TRANSFORM, &stored("[]")),
+            ],
+        )
+        .unwrap();
+        let p = file.preprocess(None).unwrap();
+        assert_eq!(p.steps, [Step::Resize(28)]);
+        assert_eq!(p.prepared_size(4000, 4000), (28, 28));
+        // A stored resize is kept as it is; a file that does not say its size keeps its transforms.
+        let file = file_of(
+            &net,
+            &[
+                (META_INPUT_SIZE, "28"),
+                (META_EVAL_TRANSFORM, &stored(r#"[{"resize":64}]"#)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(file.preprocess(None).unwrap().steps, [Step::Resize(64)]);
+        let file = file_of(&net, &[(META_EVAL_TRANSFORM, &stored("[]"))]).unwrap();
+        assert_eq!(file.preprocess(None).unwrap().steps, []);
+        // Transforms that make inputs larger than the network's input limit are refused when the file is read;
+        // a resize followed by a crop within it is not.
+        let err = file_of(
+            &net,
+            &[(META_EVAL_TRANSFORM, &stored(r#"[{"resize":4096}]"#))],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            err,
+            "m.safetensors: bad `resnet.eval_transform` metadata: it makes inputs of 4096×4096 pixels, more \
+             than the 1024-pixel limit on a side of the network's input"
+        );
+        let crop = stored(r#"[{"resize":1170},{"center_crop":[1024,1024]}]"#);
+        assert!(file_of(&net, &[(META_EVAL_TRANSFORM, &crop)]).is_ok());
     }
 
     #[test]

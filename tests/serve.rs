@@ -45,7 +45,8 @@ fn pipeline(resize: Option<usize>) -> Pipeline {
     }
 }
 
-/// Writes the network's model file, with class names and the pipeline, and returns its path.
+/// Writes the network's model file, with class names and the pipeline (and the trained size 32 when it resizes),
+/// and returns its path.
 fn model_file(dir: &Path, resize: Option<usize>) -> PathBuf {
     let net = network(7);
     let mut meta = BTreeMap::new();
@@ -57,7 +58,10 @@ fn model_file(dir: &Path, resize: Option<usize>) -> PathBuf {
         META_EVAL_TRANSFORM.to_string(),
         serde_json::to_string(&pipeline(resize)).unwrap(),
     );
-    meta.insert(META_INPUT_SIZE.to_string(), "32".to_string());
+    // Without a resize step, no trained size either: a file that says its size is brought to it.
+    if resize.is_some() {
+        meta.insert(META_INPUT_SIZE.to_string(), "32".to_string());
+    }
     let path = dir.join("model.safetensors");
     checkpoint::save_model(&path, &net, &meta).unwrap();
     path

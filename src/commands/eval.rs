@@ -2,7 +2,7 @@
 
 use super::{data_dir, verify_bundled};
 use crate::compiled::CompiledNet;
-use crate::data::transforms::check_resize;
+use crate::data::transforms::{check_resize, MAX_INPUT_SIDE};
 use crate::data::{open_data, DataOptions, Format, Loader, Subset};
 use crate::model_file::ModelFile;
 use crate::nn::ArchName;
@@ -122,6 +122,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let pipeline = file.preprocess(args.resize)?;
     let loader = Loader::with_pipeline(test, args.batch_size, false, 0, pipeline)?;
     let (h, w) = loader.image_size();
+    if h.max(w) > MAX_INPUT_SIDE {
+        bail!(
+            "{weights}: the images of {} would be {w}×{h} pixels after preprocessing; this model takes at most \
+             {MAX_INPUT_SIDE} pixels a side (--resize N)",
+            dir.display()
+        );
+    }
     // The network compiled for inference (planned, and its arena sized, at the first batch).
     let mut compiled = CompiledNet::new(&net, None)?;
     let ev = evaluate_on(&mut compiled, &loader, args.tta)?;

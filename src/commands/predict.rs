@@ -1,6 +1,5 @@
 //! `resnet predict`: the top classes of image files, with their probabilities.
 
-use crate::data::image_file;
 use crate::data::transforms::check_resize;
 use crate::error::Context;
 use crate::infer::{ranked, softmax, Model};
@@ -52,8 +51,7 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let mut model = Model::load(&args.weights, args.arch, args.resize)?;
     for path in &args.images {
         let origin = path.display().to_string();
-        let img = image_file::read_image(path, model.channels())?;
-        let (x, xs) = model.input(img, &origin)?;
+        let (x, xs) = model.read_input(path)?;
         let logits = model.logits(&x, xs, args.tta).context(&origin)?;
         let probs = softmax(&logits);
         let order = ranked(&probs);

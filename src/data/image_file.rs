@@ -36,7 +36,7 @@ fn check_file_size(path: &Path) -> Result<()> {
 }
 
 /// Reads a whole image file, refusing files over [`MAX_FILE_BYTES`].
-fn read_limited(path: &Path) -> Result<Vec<u8>> {
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     check_file_size(path)?;
     std::fs::read(path).map_err(|e| image_error(path, &e))
 }
@@ -85,10 +85,22 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
 /// Reads the header of an image file (format from its first bytes, not its name): size and whether it is gray.
 /// Cheap (no pixel data is decoded), so a damaged pixel stream passes and is found by [`decode_image`].
 pub fn probe(path: &Path) -> Result<Header> {
+    check_file_size(path)?;
+    let reader = image::ImageReader::open(path).map_err(|e| image_error(path, &e))?;
+    probe_reader(reader, path)
+}
+
+/// [`probe`] on an image file's bytes (named `origin` in errors).
+pub fn probe_bytes(bytes: &[u8], origin: &Path) -> Result<Header> {
+    probe_reader(image::ImageReader::new(std::io::Cursor::new(bytes)), origin)
+}
+
+fn probe_reader<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    path: &Path,
+) -> Result<Header> {
     use image::ImageDecoder;
     let err = |e: &dyn std::fmt::Display| image_error(path, e);
-    check_file_size(path)?;
-    let reader = image::ImageReader::open(path).map_err(|e| err(&e))?;
     let decoder = reader_with_limits(reader, path, MAX_DECODE_BYTES)?
         .into_decoder()
         .map_err(|e| err(&e))?;
@@ -112,7 +124,7 @@ pub fn probe(path: &Path) -> Result<Header> {
 
 /// Reads an image file ([`MAX_FILE_BYTES`] at most) and decodes it to `c` channels, as [`decode_image`].
 pub fn read_image(path: &Path, c: usize) -> Result<Image> {
-    decode_image(&read_limited(path)?, path, c)
+    decode_image(&read_file(path)?, path, c)
 }
 
 /// Decodes an image (PNG, JPEG, BMP, PPM/PGM, TIFF, WebP; named `origin` in errors) to `c` channels (1 or 3) the

@@ -7,7 +7,7 @@ use crate::data::image_file::decode_image_within;
 use crate::data::transforms::Step;
 use crate::data::Pipeline;
 use crate::error::Context;
-use crate::infer::{prepare, ranked, softmax, Model};
+use crate::infer::{check_input_side, prepare, ranked, softmax, Model};
 use crate::out::status_line;
 use crate::{Error, Result, Shape4};
 use axum::body::Bytes;
@@ -47,7 +47,7 @@ impl App {
             .iter()
             .any(|s| matches!(s, Step::Resize(_) | Step::CenterCrop(..)));
         let input_size = sized.then(|| {
-            let (h, w) = prepared_size(p, 256, 256);
+            let (h, w) = p.prepared_size(256, 256);
             [h, w]
         });
         let model_info = json!({
@@ -502,36 +502,7 @@ fn prepare_upload(
 ) -> std::result::Result<Prepared, ApiError> {
     let img = decode_image_within(bytes, Path::new(origin), channels, opts.max_decode_bytes)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let side = opts.max_input_side;
-    let (h, w) = prepared_size(preprocess, img.h, img.w);
-    if h > side || w > side {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "{origin}: {}×{} pixels would be {w}×{h} after preprocessing; this model takes at most {side} pixels a side",
-                img.w, img.h
-            ),
-        ));
-    }
+    check_input_side(preprocess, img.h, img.w, opts.max_input_side, origin)
+        .map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()))?;
     prepare(preprocess, img, origin).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-/// The `(h, w)` that `p`'s steps make of an `h × w` image, computed before any pixel is touched (a pipeline
-/// without a resize step passes an upload at its own size; `Resize` keeps the aspect ratio).
-fn prepared_size(p: &Pipeline, mut h: usize, mut w: usize) -> (usize, usize) {
-    for step in &p.steps {
-        match *step {
-            Step::Resize(n) => {
-                let (short, long) = (h.min(w).max(1), h.max(w));
-                let long =
-                    (n as u128 * long as u128 / short as u128).min(usize::MAX as u128) as usize;
-                (h, w) = if h <= w { (n, long) } else { (long, n) };
-            }
-            Step::CenterCrop(ch, cw) => (h, w) = (ch, cw),
-            Step::RandomResizedCrop { size, .. } | Step::RandomCrop { size, .. } => (h, w) = size,
-            _ => {}
-        }
-    }
-    (h, w)
 }

@@ -93,8 +93,7 @@ async fn shutdown_signal() {
 /// Decoder memory budget per uploaded image (128 MiB: a 40-megapixel RGB photo). Decoding runs on the engine's
 /// pool, so at most one image per worker thread is decoded at a time.
 pub const MAX_DECODE_BYTES: u64 = 128 << 20;
-/// Largest side of a prepared input: 1024 pixels (a network without a resize step sees an upload at its size).
-pub const MAX_INPUT_SIDE: usize = 1024;
+pub use crate::data::transforms::MAX_INPUT_SIDE;
 
 /// How long shutdown waits for requests in flight before it stops anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

@@ -58,7 +58,8 @@ pub struct DataSettings {
     /// Transform preset: `chapter`, `cifar` or `imagenet`.
     #[serde(default = "chapter_transforms", with = "as_text")]
     pub transforms: Preset,
-    /// Images are resized (shorter side) to this size; `None` keeps 28×28.
+    /// Images are resized (shorter side) to this size; `None` keeps the data's own size (the chapter preset always
+    /// resizes; its runs stored before every value was honoured hold `None` for `--resize 28`).
     pub resize: Option<usize>,
     /// `(mean, std)` applied after `ToTensor`; `None` leaves pixels in `[0, 1]`.
     pub normalize: Option<(f32, f32)>,

@@ -2,7 +2,7 @@
 //! fills in every setting the command line leaves out; a flag given on the command line wins over the recipe.
 //! `chapter` sets nothing, so a plain `resnet train` is the chapter's run.
 
-use super::config::{TrainConfig, CHAPTER_RESIZE, FASHION_MNIST_MEAN_STD, NATIVE_SIZE};
+use super::config::{TrainConfig, CHAPTER_RESIZE, FASHION_MNIST_MEAN_STD};
 use crate::data::Preset;
 use crate::nn::{ArchName, Stem};
 use crate::optim::{OptimizerKind, Schedule};
@@ -208,7 +208,7 @@ impl Settings {
     /// Writes the settings given into `config`, for a network named `arch` (the chapter's takes any number of
     /// stages of 2 blocks; a torchvision network its own number). The settings left out keep `config`'s values,
     /// except `--resize`, whose default depends on the transform preset: [`CHAPTER_RESIZE`] for the chapter's
-    /// (28 there meaning no resize), none for the others.
+    /// (every value a resize, 28 on 28×28 images too), none for the others.
     pub fn apply(&self, arch: ArchName, config: &mut TrainConfig) -> Result<()> {
         let (d, o, r, m) = (
             &mut config.data,
@@ -227,9 +227,9 @@ impl Settings {
         set(&mut o.schedule, &self.schedule);
         set(&mut o.warmup_epochs, &self.warmup_epochs);
         d.resize = match d.transforms {
-            Preset::Chapter => {
-                Some(self.resize.unwrap_or(CHAPTER_RESIZE)).filter(|&r| r != NATIVE_SIZE)
-            }
+            // Every size is a resize, the data's own size too (a no-op on 28×28 Fashion-MNIST, 28 on 32×32
+            // CIFAR): 28 once meant "no resize" here, and 32-px data trained at 32 under a `"resize": null`.
+            Preset::Chapter => Some(self.resize.unwrap_or(CHAPTER_RESIZE)),
             _ => self.resize,
         };
         set(&mut d.augment, &self.augment);

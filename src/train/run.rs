@@ -7,6 +7,7 @@ use super::{
     curve_svg, evaluate, Data, Ema, EpochMetrics, Evaluation, Progress, ProgressMode, TrainConfig,
 };
 use crate::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use crate::data::transforms::INPUT_SIZES;
 use crate::data::{Batch, Loader, Pipeline};
 use crate::dist::Collective;
 use crate::error::Context;
@@ -44,6 +45,9 @@ pub struct Run {
     /// The evaluation transforms of the data being trained on (known once [`Run::train`] starts), stored in
     /// `model.safetensors` so that `predict` and `eval` preprocess as training did.
     eval_pipeline: Option<Pipeline>,
+    /// The shorter side of the evaluation inputs (known once [`Run::train`] starts): the size the network is
+    /// trained at, stored in `model.safetensors` as `resnet.input_size`.
+    trained_size: Option<usize>,
     /// Held for the run's lifetime: a second `resnet train` on the same directory is refused. Only the process
     /// that writes the directory holds it (rank 0 of a data-parallel job).
     _lock: Option<RunLock>,
@@ -263,6 +267,7 @@ impl Run {
             progress: restored.progress,
             ema: restored.ema,
             eval_pipeline: None,
+            trained_size: None,
             _lock: lock,
             dist,
         }
@@ -366,6 +371,8 @@ impl Run {
             Ok((train_loader, test_loader, eval_pipeline))
         })())?;
         self.eval_pipeline = Some(eval_pipeline);
+        let (h, w) = test_loader.image_size();
+        self.trained_size = Some(h.min(w)).filter(|s| INPUT_SIZES.contains(s));
         self.dist
             .check_shares(self.config.run.batch_size, train_loader.len())?;
         self.dist
@@ -490,7 +497,9 @@ impl Run {
         let mut meta = BTreeMap::new();
         meta.insert(
             META_INPUT_SIZE.to_string(),
-            self.config.data.input_size().to_string(),
+            self.trained_size
+                .unwrap_or(self.config.data.input_size())
+                .to_string(),
         );
         meta.insert(META_CLASSES.to_string(), json(&self.config.class_names()));
         if let Some(p) = &self.eval_pipeline {

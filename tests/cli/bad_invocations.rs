@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use resnet::checkpoint::{self, META_ARCH, META_INPUT_SIZE};
+use resnet::checkpoint::{self, META_ARCH, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use resnet::nn::{ResNet, ResNetConfig, StateTensor};
 
 use crate::{
@@ -210,6 +210,52 @@ fn bad_invocations_fail_cleanly() {
         "huge-size.safetensors",
         &checkpoint::serialize(&model_sd, &bad_meta).unwrap(),
     );
+    // The shared model trained at 28 with stored transforms of `steps` (JSON): none (it is brought to 28), or one
+    // that would make inputs larger than the network's input limit.
+    let with_steps = |name: &str, steps: &str| -> PathBuf {
+        let mut meta = model_meta.clone();
+        meta.insert(
+            META_EVAL_TRANSFORM.to_string(),
+            format!(r#"{{"steps":{steps},"normalize":null}}"#),
+        );
+        write(name, &checkpoint::serialize(&model_sd, &meta).unwrap())
+    };
+    let no_resize = with_steps("no-resize.safetensors", "[]");
+    let resize_4096 = with_steps("resize-4096.safetensors", r#"[{"resize":4096}]"#);
+    // A network that does not say what size it was trained at, without a resize step, and a folder of images
+    // larger than the network's input limit to evaluate it on.
+    let unsized_net = {
+        let config = ResNetConfig {
+            widths: vec![4, 4, 4, 4],
+            ..ResNetConfig::chapter(1, 2)
+        };
+        let net = ResNet::new(config, 0).unwrap();
+        let p = fx.join("unsized.safetensors");
+        let meta = BTreeMap::from([(
+            META_EVAL_TRANSFORM.to_string(),
+            r#"{"steps":[],"normalize":null}"#.to_string(),
+        )]);
+        checkpoint::save_model(&p, &net, &meta).unwrap();
+        p
+    };
+    let big_png = {
+        let mut bytes = Vec::new();
+        image::GrayImage::new(1100, 1100)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    };
+    let big_names: Vec<String> = (0..20)
+        .map(|i| format!("{}/{i}.png", ["a", "b"][i % 2]))
+        .collect();
+    let big_files: Vec<(&str, &[u8])> = big_names
+        .iter()
+        .map(|n| (n.as_str(), big_png.as_slice()))
+        .collect();
+    let big_folder = folder("big-images", &big_files, &[]);
     // A run directory whose checkpoint is a plain model file (no training state).
     let not_a_run = fx.join("not-a-run");
     std::fs::create_dir_all(&not_a_run).unwrap();
@@ -223,6 +269,17 @@ fn bad_invocations_fail_cleanly() {
     let y_jpg = write("y.jpg", b"not a jpeg at all");
     let empty_png = write("empty.png", b"");
     let huge_png = write("huge.png", &png_header_only(100_000, 100_000));
+    // Within the decoder's limits, but 5600×28 once brought to the trained size: refused from its header.
+    let long_png = {
+        let mut bytes = Vec::new();
+        image::GrayImage::new(4000, 20)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        write("long.png", &bytes)
+    };
     let missing_png = fx.join("missing.png");
 
     let w = s(&m.weights);
@@ -528,6 +585,34 @@ fn bad_invocations_fail_cleanly() {
         row(
             &["predict", "--weights", w, s(&missing_png)],
             &["missing.png", "cannot read image"],
+        ),
+        // The network's input side: images and stored transforms that would make it larger than the limit.
+        row(
+            &["predict", "--weights", s(&no_resize), s(&long_png)],
+            &[
+                "long.png",
+                "4000×20",
+                "5600×28",
+                "at most 1024 pixels a side",
+            ],
+        ),
+        row(
+            &["predict", "--weights", s(&resize_4096), s(&x_png)],
+            &["resize-4096.safetensors", "4096×4096", "1024-pixel limit"],
+        ),
+        row(
+            &[
+                "eval",
+                "--weights",
+                s(&unsized_net),
+                "--data",
+                s(&big_folder),
+            ],
+            &[
+                "unsized.safetensors",
+                "1100×1100",
+                "at most 1024 pixels a side",
+            ],
         ),
         // `serve`: its limits, its address, its model file.
         row(

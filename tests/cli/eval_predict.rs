@@ -309,3 +309,47 @@ fn predict_png_and_jpeg() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shared model's file with its stored evaluation transforms replaced by `steps` (JSON), written to `path`.
+pub(crate) fn with_steps(path: &Path, steps: &str) -> std::path::PathBuf {
+    use resnet::checkpoint::{self, META_EVAL_TRANSFORM};
+    let bytes = std::fs::read(&model().weights).unwrap();
+    let (sd, mut meta) = checkpoint::deserialize(&bytes, "model").unwrap();
+    meta.insert(
+        META_EVAL_TRANSFORM.to_string(),
+        format!(r#"{{"steps":{steps},"normalize":null}}"#),
+    );
+    std::fs::write(path, checkpoint::serialize(&sd, &meta).unwrap()).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn predict_brings_images_to_the_trained_size_when_the_file_stores_no_resize() {
+    // A model trained at its data's own size (28×28, no resize step stored) sees a 1000×1000 image at 28×28,
+    // as a file that stores `Resize(28)` does, not at 1000×1000 (at the wrong scale, and gigabytes at 4000).
+    let dir = scratch("predict-no-resize");
+    let no_resize = with_steps(&dir.join("no-resize.safetensors"), "[]");
+    let resized = with_steps(&dir.join("resized.safetensors"), r#"[{"resize":28}]"#);
+    let big = dir.join("big.png");
+    image::GrayImage::from_fn(1000, 1000, |x, y| {
+        image::Luma([if (x / 125 + y / 250) % 2 == 0 {
+            220
+        } else {
+            10
+        }])
+    })
+    .save(&big)
+    .unwrap();
+    let logits = |weights: &Path| -> serde_json::Value {
+        let out = expect_success(
+            &resnet(
+                &["predict", "--weights", s(weights), "--json", s(&big)],
+                &dir,
+            ),
+            "predict --json",
+        );
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["logits"].clone()
+    };
+    assert_eq!(logits(&no_resize), logits(&resized));
+    let _ = std::fs::remove_dir_all(&dir);
+}

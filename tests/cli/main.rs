@@ -14,6 +14,7 @@ mod common;
 
 mod bad_invocations;
 mod eval_predict;
+mod inputs;
 mod pipes;
 mod summary;
 mod tta;

@@ -249,6 +249,18 @@ fn open_data_and_presets_on_fashion_mnist() {
     let new =
         Loader::with_pipeline(test.clone(), 32, true, 3, cfg.pipeline(28, 28).unwrap()).unwrap();
     assert_eq!(old.batch(1, 1).unwrap(), new.batch(1, 1).unwrap());
+    // `--resize 28` on Fashion-MNIST's 28×28 images (a resize step since every value is honoured) gives the
+    // batches the run without a resize step gave, augmented or not.
+    for augment in [false, true] {
+        let batches = |size: Option<usize>| {
+            let (t, e) =
+                pipelines(Preset::Chapter, size, augment, &NormalizeSpec::None, &*test).unwrap();
+            let t = Loader::with_pipeline(test.clone(), 16, true, 5, t).unwrap();
+            let e = Loader::with_pipeline(test.clone(), 16, false, 5, e).unwrap();
+            (t.batch(2, 1).unwrap(), e.batch(0, 3).unwrap())
+        };
+        assert_eq!(batches(Some(28)), batches(None), "augment {augment}");
+    }
     // RGB copies of the IDX images; imagenet preset sizes.
     let rgb = DataOptions {
         channels: Some(3),

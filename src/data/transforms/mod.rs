@@ -28,7 +28,7 @@ pub use self::image::{
 };
 pub use self::pipeline::{
     augment_padding, check_normalize_values, check_resize, Pipeline, Step, INPUT_SIZES,
-    MAX_RESIZED_SIDE, MAX_STORED_SIZE,
+    MAX_INPUT_SIDE, MAX_RESIZED_SIDE, MAX_STORED_SIZE,
 };
 pub use self::resize::{resize, resize_shorter_side, resize_to, PilResize};
 

@@ -9,8 +9,13 @@ use crate::error::Context;
 use crate::{bail, Result};
 use rand::Rng;
 
+/// Longest side of a network input, in pixels, for every command that runs a model (`predict`, `eval`, `serve`):
+/// an image whose preprocessing (or a model file's stored pipeline) would make a longer side is refused before
+/// it is decoded (a 4000×4000 input would cost gigabytes of activations).
+pub const MAX_INPUT_SIDE: usize = 1024;
+
 /// Input sizes (the shorter side after resizing, `--resize`) every command accepts.
-pub const INPUT_SIZES: std::ops::RangeInclusive<usize> = 8..=1024;
+pub const INPUT_SIZES: std::ops::RangeInclusive<usize> = 8..=MAX_INPUT_SIDE;
 
 /// Refuses a `--resize` outside [`INPUT_SIZES`].
 pub fn check_resize(size: usize) -> Result<()> {
@@ -157,6 +162,32 @@ impl Pipeline {
     pub fn with_erasing(mut self, erasing: RandomErasing) -> Pipeline {
         self.erasing = Some(erasing);
         self
+    }
+
+    /// Whether a step resizes the image (`Resize`).
+    pub fn has_resize(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Resize(_)))
+    }
+
+    /// The `(h, w)` that the steps make of an `h × w` image, computed before any pixel is touched (no step that
+    /// resizes or crops: the image's own size; `Resize` keeps the aspect ratio, saturating on absurd ones).
+    pub fn prepared_size(&self, mut h: usize, mut w: usize) -> (usize, usize) {
+        for step in &self.steps {
+            match *step {
+                Step::Resize(n) => {
+                    let (short, long) = (h.min(w).max(1), h.max(w));
+                    let long =
+                        (n as u128 * long as u128 / short as u128).min(usize::MAX as u128) as usize;
+                    (h, w) = if h <= w { (n, long) } else { (long, n) };
+                }
+                Step::CenterCrop(ch, cw) => (h, w) = (ch, cw),
+                Step::RandomResizedCrop { size, .. } | Step::RandomCrop { size, .. } => {
+                    (h, w) = size
+                }
+                Step::HorizontalFlip => {}
+            }
+        }
+        (h, w)
     }
 
     /// Whether any step draws random numbers.
