@@ -19,11 +19,10 @@ fn image_error(path: &Path, e: &dyn std::fmt::Display) -> Error {
     Error::new(format!("{}: cannot read image: {e}", path.display()))
 }
 
-/// Refuses a file over [`MAX_FILE_BYTES`] (or one whose size cannot be read) before anything reads it.
-fn check_file_size(path: &Path) -> Result<()> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| image_error(path, &e))?
-        .len();
+/// Opens an image file: a regular file (a FIFO named `x.png` would block, a device never end) of at most
+/// [`MAX_FILE_BYTES`], refused before anything reads it.
+fn open_image(path: &Path) -> Result<std::fs::File> {
+    let (file, len) = crate::files::open_regular(path).map_err(|e| image_error(path, &e))?;
     if len > MAX_FILE_BYTES {
         return Err(image_error(
             path,
@@ -32,13 +31,12 @@ fn check_file_size(path: &Path) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(file)
 }
 
-/// Reads a whole image file, refusing files over [`MAX_FILE_BYTES`].
+/// Reads a whole image file, refusing anything but a regular file of at most [`MAX_FILE_BYTES`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    check_file_size(path)?;
-    std::fs::read(path).map_err(|e| image_error(path, &e))
+    crate::files::read_limited(open_image(path)?, MAX_FILE_BYTES).map_err(|e| image_error(path, &e))
 }
 
 /// Decodes image bytes (named `origin` in errors) within the side and memory limits.
@@ -85,9 +83,8 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
 /// Reads the header of an image file (format from its first bytes, not its name): size and whether it is gray.
 /// Cheap (no pixel data is decoded), so a damaged pixel stream passes and is found by [`decode_image`].
 pub fn probe(path: &Path) -> Result<Header> {
-    check_file_size(path)?;
-    let reader = image::ImageReader::open(path).map_err(|e| image_error(path, &e))?;
-    probe_reader(reader, path)
+    let file = std::io::BufReader::new(open_image(path)?);
+    probe_reader(image::ImageReader::new(file), path)
 }
 
 /// [`probe`] on an image file's bytes (named `origin` in errors).

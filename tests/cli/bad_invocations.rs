@@ -144,6 +144,34 @@ fn bad_invocations_fail_cleanly() {
         &[],
     );
 
+    // Files that are not regular files (their length, 0, passed every size check): a FIFO named like an image
+    // in a folder, a CIFAR name file and an IDX file linked to /dev/zero.
+    let fifo_folder = folder(
+        "fifo-folder",
+        &[("cat/1.png", &png), ("dog/2.png", &png)],
+        &[],
+    );
+    crate::mkfifo(&fifo_folder.join("dog/x.png"));
+    let record = [0u8; 3073];
+    let mut cifar_files: Vec<(String, &[u8])> = (1..=5)
+        .map(|b| (format!("data_batch_{b}.bin"), &record[..]))
+        .collect();
+    cifar_files.push(("test_batch.bin".into(), &record[..]));
+    let cifar_files: Vec<(&str, &[u8])> =
+        cifar_files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let cifar_zero_meta = folder("cifar-zero-meta", &cifar_files, &[]);
+    std::os::unix::fs::symlink("/dev/zero", cifar_zero_meta.join("batches.meta.txt")).unwrap();
+    let idx_zero = data_dir(&fx, "idx-zero", &Vec::new());
+    std::fs::remove_file(idx_zero.join(TRAIN_IMAGES)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", idx_zero.join(TRAIN_IMAGES)).unwrap();
+    let fifo_weights = fx.join("fifo.safetensors");
+    crate::mkfifo(&fifo_weights);
+    let fifo_png = fx.join("fifo.png");
+    crate::mkfifo(&fifo_png);
+    let fifo_run = fx.join("fifo-run");
+    std::fs::create_dir_all(&fifo_run).unwrap();
+    crate::mkfifo(&fifo_run.join("checkpoint.safetensors"));
+
     // Weights.
     let model_bytes = std::fs::read(&m.weights).unwrap();
     let (model_sd, model_meta) = checkpoint::deserialize(&model_bytes, "model").unwrap();
@@ -603,6 +631,85 @@ fn bad_invocations_fail_cleanly() {
                 "1100×1100",
                 "at most 1024 pixels a side",
             ],
+        ),
+        // Devices and FIFOs: only regular files are read.
+        row(
+            &["eval", "--weights", "/dev/zero"],
+            &["/dev/zero", "is not a regular file (a character device)"],
+        ),
+        row(
+            &["predict", "--weights", s(&fifo_weights), s(&x_png)],
+            &["fifo.safetensors", "is not a regular file (a FIFO)"],
+        ),
+        row(
+            &["predict", "--weights", w, "/dev/zero"],
+            &["/dev/zero", "cannot read image", "is not a regular file"],
+        ),
+        row(
+            &["predict", "--weights", w, s(&fifo_png)],
+            &[
+                "fifo.png",
+                "cannot read image",
+                "is not a regular file (a FIFO)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--init",
+                "/dev/zero",
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &["/dev/zero", "is not a regular file"],
+        ),
+        row(
+            &["train", "--resume", s(&fifo_run)],
+            &[
+                "fifo-run/checkpoint.safetensors",
+                "is not a regular file (a FIFO)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&fifo_folder),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &["dog/x.png", "is not a regular file (a FIFO)"],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&cifar_zero_meta),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &[
+                "batches.meta.txt",
+                "is not a regular file (a character device)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&idx_zero),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &[TRAIN_IMAGES, "is not a regular file (a character device)"],
         ),
         // `serve`: its limits, its address, its model file.
         row(

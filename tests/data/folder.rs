@@ -249,6 +249,49 @@ fn folder_bad_input_is_one_clear_error() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `ImageFolder::open(root, opts)` on another thread: an error if it has not returned within a minute (a FIFO
+/// opened for reading waits for a writer, forever).
+fn open_within_a_minute(root: &Path, opts: FolderOpts) -> resnet::Result<ImageFolder> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(ImageFolder::open(&root, &opts));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("ImageFolder::open blocked")
+}
+
+#[test]
+fn a_fifo_named_like_an_image_is_refused_or_skipped() {
+    let root = scratch("fifo");
+    for (i, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(format!("{class}/{i}.png")), 4, 4, false, 9);
+    }
+    let fifo = root.join("dog/x.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    expect_err(
+        open_within_a_minute(&root, FolderOpts::default()),
+        &fifo,
+        "is not a regular file (a FIFO)",
+    );
+    for cache_mb in [0, 1024] {
+        let opts = FolderOpts {
+            skip_bad: true,
+            cache_mb,
+            ..Default::default()
+        };
+        let f = open_within_a_minute(&root, opts).unwrap();
+        assert_eq!((f.len(), f.skipped().len()), (2, 1), "{:?}", f.skipped());
+        assert!(f.skipped()[0].contains("x.png: cannot read image: is not a regular file"));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Export to a folder, read back
 
