@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use resnet::checkpoint::{self, META_ARCH, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use resnet::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use resnet::nn::{ResNet, ResNetConfig, StateTensor};
 
 use crate::{
@@ -284,6 +284,21 @@ fn bad_invocations_fail_cleanly() {
         .map(|n| (n.as_str(), big_png.as_slice()))
         .collect();
     let big_folder = folder("big-images", &big_files, &[]);
+    // Class names with an escape sequence and a newline that would forge a second error line.
+    let evil_names = {
+        let mut meta = model_meta.clone();
+        let names: Vec<String> = (0..10)
+            .map(|i| format!("\x1b[31mc{i}\nerror: forged"))
+            .collect();
+        meta.insert(
+            META_CLASSES.to_string(),
+            serde_json::to_string(&names).unwrap(),
+        );
+        write(
+            "evil-names.safetensors",
+            &checkpoint::serialize(&model_sd, &meta).unwrap(),
+        )
+    };
     // A run directory whose checkpoint is a plain model file (no training state).
     let not_a_run = fx.join("not-a-run");
     std::fs::create_dir_all(&not_a_run).unwrap();
@@ -630,6 +645,14 @@ fn bad_invocations_fail_cleanly() {
                 "unsized.safetensors",
                 "1100×1100",
                 "at most 1024 pixels a side",
+            ],
+        ),
+        // Names from a model file, in an error line: escaped.
+        row(
+            &["eval", "--weights", s(&evil_names)],
+            &[
+                "class 0 is `\\u{1b}[31mc0\\nerror: forged`",
+                "it is `t-shirt`",
             ],
         ),
         // Devices and FIFOs: only regular files are read.
