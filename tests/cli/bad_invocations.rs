@@ -324,6 +324,19 @@ fn bad_invocations_fail_cleanly() {
         write("long.png", &bytes)
     };
     let missing_png = fx.join("missing.png");
+    // A JPEG cut in half, in its scan (its decoder would fill in the rest and succeed).
+    let cut_jpg = {
+        let img = image::GrayImage::from_fn(96, 96, |x, y| {
+            image::Luma([((x * 7919 + y * 104_729) % 251) as u8])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        write("cut.jpg", &bytes[..bytes.len() / 2])
+    };
 
     let w = s(&m.weights);
     let run_dir = s(&m.run_dir);
@@ -618,6 +631,10 @@ fn bad_invocations_fail_cleanly() {
         row(
             &["predict", "--weights", w, s(&missing_png)],
             &["missing.png", "cannot read image"],
+        ),
+        row(
+            &["predict", "--weights", w, s(&cut_jpg)],
+            &["cut.jpg", "cannot read image", "truncated JPEG"],
         ),
         // The network's input side: images and stored transforms that would make it larger than the limit.
         row(
