@@ -123,18 +123,18 @@ pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<S
     }
 }
 
-/// Reads a whole file, refusing files over [`MAX_FILE_BYTES`].
+/// Reads a whole file, refusing files over [`MAX_FILE_BYTES`] and anything but a regular file.
 pub fn read_file_limited(path: &Path) -> Result<Vec<u8>> {
-    let meta = fs::metadata(path).context(path.display())?;
-    if meta.len() > MAX_FILE_BYTES {
+    let (file, len) = crate::files::open_regular(path).context(path.display())?;
+    if len > MAX_FILE_BYTES {
         bail!(
             "{}: {} bytes is larger than the {} byte limit for a checkpoint",
             path.display(),
-            meta.len(),
+            len,
             MAX_FILE_BYTES
         );
     }
-    fs::read(path).context(path.display())
+    crate::files::read_limited(file, MAX_FILE_BYTES).context(path.display())
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename, fsync of the

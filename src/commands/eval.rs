@@ -1,6 +1,6 @@
 //! `resnet eval`: a model file's accuracy on a test (or validation) set, per class and as a confusion matrix.
 
-use super::{data_dir, verify_bundled};
+use super::{data_dir, printable, verify_bundled};
 use crate::compiled::CompiledNet;
 use crate::data::transforms::{check_resize, MAX_INPUT_SIDE};
 use crate::data::{open_data, DataOptions, Format, Loader, Subset};
@@ -114,9 +114,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let i = (0..k).find(|&i| test.classes()[i] != names[i]).unwrap_or(0);
         bail!(
             "{weights}: class {i} is `{}`, but in {} it is `{}`: the labels would not mean the same classes",
-            names[i],
+            printable(&names[i]),
             dir.display(),
-            test.classes()[i]
+            printable(&test.classes()[i])
         );
     }
     let pipeline = file.preprocess(args.resize)?;
@@ -149,6 +149,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
 /// The per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
 fn print_breakdown(names: &[String], ev: &Evaluation) {
+    // Names from the model file or the data's folders, shown on a terminal: control characters escaped.
+    let names: Vec<String> = names.iter().map(|n| printable(n).into_owned()).collect();
     let width = names
         .iter()
         .map(|n| n.chars().count())

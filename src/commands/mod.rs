@@ -32,8 +32,34 @@ use crate::data::find_data_dir;
 use crate::dist::Local;
 use crate::error::Context;
 use crate::{bail, Result};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// `s` as text output may show it on a terminal: control characters (an escape sequence would run, a newline
+/// would forge a line) and the bidirectional controls (which reorder what follows) escaped as Rust writes them,
+/// `\n`, `\u{1b}`, `\u{202e}`; anything else as it is. Class names come from model files and folder names, image
+/// names from the command line.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(unsafe_char) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// Runs what the command line asks for: the flags checked ([`Cli::check`]), the thread pool built, then the
 /// subcommand.
@@ -97,7 +123,17 @@ fn group_thousands(n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::group_thousands;
+    use super::{group_thousands, printable};
+
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(printable("ankle boot"), "ankle boot");
+        assert_eq!(printable("épée 靴"), "épée 靴");
+        assert_eq!(
+            printable("\x1b[31mred\nx.png: forged 1.000\t\r\u{202e}gnp"),
+            "\\u{1b}[31mred\\nx.png: forged 1.000\\t\\r\\u{202e}gnp"
+        );
+    }
 
     #[test]
     fn thousands_are_grouped_from_the_right() {

@@ -1,5 +1,6 @@
 //! `resnet predict`: the top classes of image files, with their probabilities.
 
+use super::printable;
 use crate::data::transforms::check_resize;
 use crate::error::Context;
 use crate::infer::{ranked, softmax, Model};
@@ -72,9 +73,10 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         } else {
             let top: Vec<String> = top
                 .iter()
-                .map(|&c| format!("{} {:.3}", names[c], probs[c]))
+                .map(|&c| format!("{} {:.3}", printable(&names[c]), probs[c]))
                 .collect();
-            outln!("{origin}: {}", top.join(", "));
+            // Names from the model file and the command line, shown on a terminal: escaped (JSON escapes its own).
+            outln!("{}: {}", printable(&origin), top.join(", "));
         }
     }
     Ok(())

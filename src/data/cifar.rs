@@ -134,9 +134,8 @@ pub fn parse(bytes: &[u8], kind: Kind, origin: &Path) -> Result<(Vec<u8>, Vec<u3
 /// the record size before allocating the images.
 pub fn read_file(path: &Path, kind: Kind) -> Result<(Vec<u8>, Vec<u32>)> {
     let p = path.display();
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("{p}: cannot open"))?
-        .len();
+    let (file, len) =
+        crate::files::open_regular(path).with_context(|| format!("{p}: cannot open"))?;
     if len > MAX_FILE_BYTES {
         bail!("{p}: {len} bytes is more than the {MAX_FILE_BYTES}-byte limit for a CIFAR file");
     }
@@ -154,7 +153,8 @@ pub fn read_file(path: &Path, kind: Kind) -> Result<(Vec<u8>, Vec<u32>)> {
             kind.name()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("{p}: cannot read"))?;
+    let bytes =
+        crate::files::read_limited(file, len).with_context(|| format!("{p}: cannot read"))?;
     parse(&bytes, kind, path)
 }
 
@@ -166,22 +166,47 @@ pub fn find_dir(dir: &Path, kind: Kind) -> Option<PathBuf> {
     };
     [dir.to_path_buf(), dir.join(sub)]
         .into_iter()
-        .find(|d| d.join(marker).is_file())
+        .find(|d| d.join(marker).exists())
 }
 
-/// Class names from `file` in `dir` (non-empty lines, trimmed) if it holds exactly `n`, else `fallback(i)`.
-fn names(dir: &Path, file: &str, n: usize, fallback: impl Fn(usize) -> String) -> Vec<String> {
-    let from_file = std::fs::read_to_string(dir.join(file)).ok().map(|t| {
+/// Longest class-name file read (1 MiB: CIFAR-100's fine names take under 1 KiB).
+const MAX_NAMES_BYTES: u64 = 1 << 20;
+
+/// Class names from `file` in `dir` (non-empty lines, trimmed) if it holds exactly `n`, else `fallback(i)`
+/// (also when there is no such file). A name file that is not a regular file (a link to `/dev/zero`, a FIFO) or
+/// over [`MAX_NAMES_BYTES`] is an error naming it.
+fn names(
+    dir: &Path,
+    file: &str,
+    n: usize,
+    fallback: impl Fn(usize) -> String,
+) -> Result<Vec<String>> {
+    let path = dir.join(file);
+    let p = path.display();
+    let text = match crate::files::open_regular(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        opened => {
+            let (f, len) = opened.with_context(|| format!("{p}: cannot open"))?;
+            if len > MAX_NAMES_BYTES {
+                bail!("{p}: {len} bytes is more than the {MAX_NAMES_BYTES}-byte limit for a class-name file");
+            }
+            let bytes = crate::files::read_limited(f, MAX_NAMES_BYTES)
+                .with_context(|| format!("{p}: cannot read"))?;
+            // Not UTF-8: not a name file (as before, the default names).
+            String::from_utf8(bytes).ok()
+        }
+    };
+    let from_file = text.map(|t| {
         t.lines()
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(String::from)
             .collect::<Vec<_>>()
     });
-    match from_file {
+    Ok(match from_file {
         Some(v) if v.len() == n => v,
         _ => (0..n).map(fallback).collect(),
-    }
+    })
 }
 
 /// Loads the training (`train = true`) or test split of CIFAR-10 or CIFAR-100 from `dir` (or its
@@ -220,7 +245,7 @@ pub fn load(dir: &Path, kind: Kind, train: bool) -> Result<ArrayDataset> {
         Kind::Cifar100(Label::Coarse) => names(&root, "coarse_label_names.txt", 20, |i| {
             format!("coarse_{i}")
         }),
-    };
+    }?;
     ArrayDataset::new(
         images,
         labels,

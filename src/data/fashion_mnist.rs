@@ -3,7 +3,6 @@
 //! `verify = false`, since the checksums are Fashion-MNIST's).
 
 use std::fmt;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -102,7 +101,8 @@ pub fn expected_sha256(file_name: &str) -> Option<&'static str> {
 /// The sha256 of a file's bytes, as 64 lowercase hex digits.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let p = path.display();
-    let mut f = File::open(path).with_context(|| format!("{p}: cannot open"))?;
+    let (mut f, _) =
+        crate::files::open_regular(path).with_context(|| format!("{p}: cannot open"))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -142,14 +142,15 @@ pub fn verify_checksum(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The file for `gz_name` in `dir`: `dir/gz_name` if it exists, else the uncompressed `dir/<name without .gz>`.
+/// The file for `gz_name` in `dir`: `dir/gz_name` if it exists, else the uncompressed `dir/<name without .gz>`
+/// (whatever kind of file: one that is not a regular file is refused when it is read, by its name).
 fn resolve_file(dir: &Path, gz_name: &str) -> Result<PathBuf> {
     let gz = dir.join(gz_name);
-    if gz.is_file() {
+    if gz.exists() {
         return Ok(gz);
     }
     let raw = dir.join(gz_name.trim_end_matches(".gz"));
-    if raw.is_file() {
+    if raw.exists() {
         return Ok(raw);
     }
     bail!(
@@ -162,9 +163,9 @@ fn resolve_file(dir: &Path, gz_name: &str) -> Result<PathBuf> {
 
 /// Whether `dir` holds at least one of the dataset files (compressed or not).
 fn holds_dataset(dir: &Path) -> bool {
-    FILES.iter().any(|(name, _)| {
-        dir.join(name).is_file() || dir.join(name.trim_end_matches(".gz")).is_file()
-    })
+    FILES
+        .iter()
+        .any(|(name, _)| dir.join(name).exists() || dir.join(name.trim_end_matches(".gz")).exists())
 }
 
 /// Finds the data directory. In order: `flag` (the `--data DIR` option), `$RESNET_DATA`, `data/fashion-mnist`

@@ -8,7 +8,6 @@
 //! read only up to the declared size + 1 byte (into a buffer that grows with what actually arrives), and no header
 //! may declare more than [`MAX_DATA_BYTES`].
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -33,11 +32,8 @@ pub struct IdxArray {
 pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
     let p = path.display();
-    let file = File::open(path).with_context(|| format!("{p}: cannot open"))?;
-    let file_len = file
-        .metadata()
-        .with_context(|| format!("{p}: cannot read file metadata"))?
-        .len();
+    let (file, file_len) =
+        crate::files::open_regular(path).with_context(|| format!("{p}: cannot open"))?;
     parse_stream(BufReader::new(file), file_len, path)
 }
 

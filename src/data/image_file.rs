@@ -19,11 +19,10 @@ fn image_error(path: &Path, e: &dyn std::fmt::Display) -> Error {
     Error::new(format!("{}: cannot read image: {e}", path.display()))
 }
 
-/// Refuses a file over [`MAX_FILE_BYTES`] (or one whose size cannot be read) before anything reads it.
-fn check_file_size(path: &Path) -> Result<()> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| image_error(path, &e))?
-        .len();
+/// Opens an image file: a regular file (a FIFO named `x.png` would block, a device never end) of at most
+/// [`MAX_FILE_BYTES`], refused before anything reads it.
+fn open_image(path: &Path) -> Result<std::fs::File> {
+    let (file, len) = crate::files::open_regular(path).map_err(|e| image_error(path, &e))?;
     if len > MAX_FILE_BYTES {
         return Err(image_error(
             path,
@@ -32,13 +31,12 @@ fn check_file_size(path: &Path) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(file)
 }
 
-/// Reads a whole image file, refusing files over [`MAX_FILE_BYTES`].
+/// Reads a whole image file, refusing anything but a regular file of at most [`MAX_FILE_BYTES`].
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    check_file_size(path)?;
-    std::fs::read(path).map_err(|e| image_error(path, &e))
+    crate::files::read_limited(open_image(path)?, MAX_FILE_BYTES).map_err(|e| image_error(path, &e))
 }
 
 /// Decodes image bytes (named `origin` in errors) within the side and memory limits.
@@ -48,11 +46,71 @@ fn decode(bytes: &[u8], origin: &Path, max_alloc: u64) -> Result<image::DynamicI
         origin,
         max_alloc,
     )?;
+    // The JPEG decoder fills what a truncated file lacks and succeeds; Pillow (and so torchvision) refuses it.
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(image_error(
+            origin,
+            &"truncated JPEG (the data ends before its end-of-image marker)",
+        ));
+    }
     let img = reader.decode().map_err(|e| image_error(origin, &e))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(image_error(origin, &"image has no pixels"));
     }
     Ok(img)
+}
+
+/// Whether a JPEG's bytes reach its end-of-image marker (`FF D9`), found by walking its segments and, after each
+/// start of scan, its entropy-coded data (where a `FF` byte is followed by `00` or a restart marker, `D0`–`D7`).
+/// Bytes after the marker are allowed (some cameras pad their files).
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(&[0xff, 0xd8]) {
+        return false;
+    }
+    let mut pos = 2;
+    loop {
+        // A marker: `FF`, any number of fill `FF`s, then its code.
+        if bytes.get(pos) != Some(&0xff) {
+            return false;
+        }
+        while bytes.get(pos + 1) == Some(&0xff) {
+            pos += 1;
+        }
+        let Some(&code) = bytes.get(pos + 1) else {
+            return false;
+        };
+        pos += 2;
+        match code {
+            0xd9 => return true,
+            // Markers without a segment: restarts, TEM.
+            0xd0..=0xd7 | 0x01 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes
+            .get(pos..pos + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        else {
+            return false;
+        };
+        if len < 2 || pos + len > bytes.len() {
+            return false;
+        }
+        pos += len;
+        if code == 0xda {
+            // Entropy-coded data, up to the next marker that is not a stuffed byte or a restart.
+            loop {
+                let Some(i) = bytes[pos..].iter().position(|&b| b == 0xff) else {
+                    return false;
+                };
+                pos += i;
+                match bytes.get(pos + 1) {
+                    None => return false,
+                    Some(0x00 | 0xd0..=0xd7) => pos += 2,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
 }
 
 /// What [`probe`] reads from a file's header without decoding the pixels.
@@ -85,9 +143,8 @@ fn reader_with_limits<R: std::io::BufRead + std::io::Seek>(
 /// Reads the header of an image file (format from its first bytes, not its name): size and whether it is gray.
 /// Cheap (no pixel data is decoded), so a damaged pixel stream passes and is found by [`decode_image`].
 pub fn probe(path: &Path) -> Result<Header> {
-    check_file_size(path)?;
-    let reader = image::ImageReader::open(path).map_err(|e| image_error(path, &e))?;
-    probe_reader(reader, path)
+    let file = std::io::BufReader::new(open_image(path)?);
+    probe_reader(image::ImageReader::new(file), path)
 }
 
 /// [`probe`] on an image file's bytes (named `origin` in errors).

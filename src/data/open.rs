@@ -113,13 +113,14 @@ pub struct Splits {
 }
 
 /// The format of `dir`: IDX if it holds `train-images-idx3-ubyte[.gz]`, CIFAR-10 if `data_batch_1.bin` (here or in
-/// `cifar-10-batches-bin/`), CIFAR-100 if `train.bin` (here or in `cifar-100-binary/`), else a folder dataset.
+/// `cifar-10-batches-bin/`), CIFAR-100 if `train.bin` (here or in `cifar-100-binary/`), else a folder dataset. A
+/// name that exists decides, whatever the kind of file: one that is not a regular file is refused when read.
 pub fn detect_format(dir: &Path) -> Result<Format> {
     if !dir.is_dir() {
         bail!("{}: no such folder", dir.display());
     }
     let idx = Split::Train.images_file();
-    if dir.join(idx).is_file() || dir.join(idx.trim_end_matches(".gz")).is_file() {
+    if dir.join(idx).exists() || dir.join(idx.trim_end_matches(".gz")).exists() {
         return Ok(Format::Idx);
     }
     if cifar::find_dir(dir, Kind::Cifar10).is_some() {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use resnet::checkpoint::{self, META_ARCH, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use resnet::checkpoint::{self, META_ARCH, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use resnet::nn::{ResNet, ResNetConfig, StateTensor};
 
 use crate::{
@@ -144,6 +144,34 @@ fn bad_invocations_fail_cleanly() {
         &[],
     );
 
+    // Files that are not regular files (their length, 0, passed every size check): a FIFO named like an image
+    // in a folder, a CIFAR name file and an IDX file linked to /dev/zero.
+    let fifo_folder = folder(
+        "fifo-folder",
+        &[("cat/1.png", &png), ("dog/2.png", &png)],
+        &[],
+    );
+    crate::mkfifo(&fifo_folder.join("dog/x.png"));
+    let record = [0u8; 3073];
+    let mut cifar_files: Vec<(String, &[u8])> = (1..=5)
+        .map(|b| (format!("data_batch_{b}.bin"), &record[..]))
+        .collect();
+    cifar_files.push(("test_batch.bin".into(), &record[..]));
+    let cifar_files: Vec<(&str, &[u8])> =
+        cifar_files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let cifar_zero_meta = folder("cifar-zero-meta", &cifar_files, &[]);
+    std::os::unix::fs::symlink("/dev/zero", cifar_zero_meta.join("batches.meta.txt")).unwrap();
+    let idx_zero = data_dir(&fx, "idx-zero", &Vec::new());
+    std::fs::remove_file(idx_zero.join(TRAIN_IMAGES)).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", idx_zero.join(TRAIN_IMAGES)).unwrap();
+    let fifo_weights = fx.join("fifo.safetensors");
+    crate::mkfifo(&fifo_weights);
+    let fifo_png = fx.join("fifo.png");
+    crate::mkfifo(&fifo_png);
+    let fifo_run = fx.join("fifo-run");
+    std::fs::create_dir_all(&fifo_run).unwrap();
+    crate::mkfifo(&fifo_run.join("checkpoint.safetensors"));
+
     // Weights.
     let model_bytes = std::fs::read(&m.weights).unwrap();
     let (model_sd, model_meta) = checkpoint::deserialize(&model_bytes, "model").unwrap();
@@ -256,6 +284,21 @@ fn bad_invocations_fail_cleanly() {
         .map(|n| (n.as_str(), big_png.as_slice()))
         .collect();
     let big_folder = folder("big-images", &big_files, &[]);
+    // Class names with an escape sequence and a newline that would forge a second error line.
+    let evil_names = {
+        let mut meta = model_meta.clone();
+        let names: Vec<String> = (0..10)
+            .map(|i| format!("\x1b[31mc{i}\nerror: forged"))
+            .collect();
+        meta.insert(
+            META_CLASSES.to_string(),
+            serde_json::to_string(&names).unwrap(),
+        );
+        write(
+            "evil-names.safetensors",
+            &checkpoint::serialize(&model_sd, &meta).unwrap(),
+        )
+    };
     // A run directory whose checkpoint is a plain model file (no training state).
     let not_a_run = fx.join("not-a-run");
     std::fs::create_dir_all(&not_a_run).unwrap();
@@ -281,6 +324,19 @@ fn bad_invocations_fail_cleanly() {
         write("long.png", &bytes)
     };
     let missing_png = fx.join("missing.png");
+    // A JPEG cut in half, in its scan (its decoder would fill in the rest and succeed).
+    let cut_jpg = {
+        let img = image::GrayImage::from_fn(96, 96, |x, y| {
+            image::Luma([((x * 7919 + y * 104_729) % 251) as u8])
+        });
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        write("cut.jpg", &bytes[..bytes.len() / 2])
+    };
 
     let w = s(&m.weights);
     let run_dir = s(&m.run_dir);
@@ -586,6 +642,10 @@ fn bad_invocations_fail_cleanly() {
             &["predict", "--weights", w, s(&missing_png)],
             &["missing.png", "cannot read image"],
         ),
+        row(
+            &["predict", "--weights", w, s(&cut_jpg)],
+            &["cut.jpg", "cannot read image", "truncated JPEG"],
+        ),
         // The network's input side: images and stored transforms that would make it larger than the limit.
         row(
             &["predict", "--weights", s(&no_resize), s(&long_png)],
@@ -613,6 +673,93 @@ fn bad_invocations_fail_cleanly() {
                 "1100×1100",
                 "at most 1024 pixels a side",
             ],
+        ),
+        // Names from a model file, in an error line: escaped.
+        row(
+            &["eval", "--weights", s(&evil_names)],
+            &[
+                "class 0 is `\\u{1b}[31mc0\\nerror: forged`",
+                "it is `t-shirt`",
+            ],
+        ),
+        // Devices and FIFOs: only regular files are read.
+        row(
+            &["eval", "--weights", "/dev/zero"],
+            &["/dev/zero", "is not a regular file (a character device)"],
+        ),
+        row(
+            &["predict", "--weights", s(&fifo_weights), s(&x_png)],
+            &["fifo.safetensors", "is not a regular file (a FIFO)"],
+        ),
+        row(
+            &["predict", "--weights", w, "/dev/zero"],
+            &["/dev/zero", "cannot read image", "is not a regular file"],
+        ),
+        row(
+            &["predict", "--weights", w, s(&fifo_png)],
+            &[
+                "fifo.png",
+                "cannot read image",
+                "is not a regular file (a FIFO)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--init",
+                "/dev/zero",
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &["/dev/zero", "is not a regular file"],
+        ),
+        row(
+            &["train", "--resume", s(&fifo_run)],
+            &[
+                "fifo-run/checkpoint.safetensors",
+                "is not a regular file (a FIFO)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&fifo_folder),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &["dog/x.png", "is not a regular file (a FIFO)"],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&cifar_zero_meta),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &[
+                "batches.meta.txt",
+                "is not a regular file (a character device)",
+            ],
+        ),
+        row(
+            &[
+                "train",
+                "--data",
+                s(&idx_zero),
+                "--resize",
+                "28",
+                "--epochs",
+                "1",
+            ],
+            &[TRAIN_IMAGES, "is not a regular file (a character device)"],
         ),
         // `serve`: its limits, its address, its model file.
         row(

@@ -1,5 +1,5 @@
-//! Hostile or unusual inputs to `train`, `eval` and `predict` (issue #30): every `--resize` honoured, what the
-//! model file then says it was trained at.
+//! Hostile or unusual inputs to `train`, `eval` and `predict` (issue #30): every `--resize` honoured (and what
+//! the model file then says it was trained at), class names escaped on the terminal.
 
 use std::path::Path;
 
@@ -86,4 +86,48 @@ fn train_resize_28_is_honoured_on_32_pixel_data() {
     );
     assert!(out.contains("(10 images, input 28×28)"), "{out}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn class_names_reach_the_terminal_escaped() {
+    // Class names from a model file with an escape sequence (it would turn the terminal red) and a newline (it
+    // would forge a line of output): escaped in predict's text output, as they are in --json's.
+    let m = crate::model();
+    let dir = scratch("evil-names");
+    let bytes = std::fs::read(&m.weights).unwrap();
+    let (sd, mut meta) = checkpoint::deserialize(&bytes, "model").unwrap();
+    let names: Vec<String> = (0..10)
+        .map(|i| format!("\x1b[31mc{i}\nforged.png: boot 1.000"))
+        .collect();
+    meta.insert(
+        checkpoint::META_CLASSES.to_string(),
+        serde_json::to_string(&names).unwrap(),
+    );
+    let weights = dir.join("evil.safetensors");
+    std::fs::write(&weights, checkpoint::serialize(&sd, &meta).unwrap()).unwrap();
+    let img = dir.join("a.png");
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y * 3) as u8]))
+        .save(&img)
+        .unwrap();
+    let out = expect_success(
+        &resnet(&["predict", "--weights", s(&weights), s(&img)], &dir),
+        "predict",
+    );
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    assert!(
+        out.contains("\\u{1b}[31mc") && out.contains("\\nforged.png: boot 1.000 "),
+        "{out:?}"
+    );
+    let out = expect_success(
+        &resnet(
+            &["predict", "--weights", s(&weights), "--json", s(&img)],
+            &dir,
+        ),
+        "predict --json",
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let class = v["class"].as_str().unwrap();
+    assert!(names.iter().any(|n| n == class), "{class:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

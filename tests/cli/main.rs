@@ -127,7 +127,7 @@ fn expect_failure(out: &Out, what: &str) -> String {
     err.clone()
 }
 
-/// Every file under `dir` (recursively) with its bytes; a symbolic link with its target.
+/// Every file under `dir` (recursively) with its bytes; a symbolic link with its target; a FIFO by its name.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -141,8 +141,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
                 out.insert(p, target.into_os_string().into_encoded_bytes());
             } else if kind.is_dir() {
                 stack.push(p);
-            } else {
+            } else if kind.is_file() {
                 out.insert(p.clone(), std::fs::read(&p).unwrap());
+            } else {
+                // A FIFO among the fixtures: reading it would wait for a writer.
+                out.insert(p, b"(not a regular file)".to_vec());
             }
         }
     }
@@ -236,6 +239,15 @@ fn data_dir(root: &Path, name: &str, damage: &Damage) -> PathBuf {
         std::fs::write(dir.join(f), bytes).unwrap();
     }
     dir
+}
+
+/// Makes a FIFO at `path` (`mkfifo`).
+fn mkfifo(path: &Path) {
+    let made = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
 }
 
 /// A PNG that declares `w`×`h` pixels in its header and holds no image data.

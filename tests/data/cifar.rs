@@ -50,6 +50,15 @@ fn cifar10_reads_planar_records_as_interleaved_rgb() {
         (test.len(), test.label(0), test.classes()[9].as_str()),
         (1, 9, "class 9")
     );
+    // A name file that is not a regular file (`/dev/zero` never ends) is refused, by its name.
+    std::fs::remove_file(dir.join("batches.meta.txt")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.join("batches.meta.txt")).unwrap();
+    expect_err(
+        load(&dir, Kind::Cifar10, false),
+        &dir.join("batches.meta.txt"),
+        "is not a regular file (a character device)",
+    );
+    std::fs::remove_file(dir.join("batches.meta.txt")).unwrap();
     // Gray conversion as PIL's convert('L').
     let gray = test.clone().with_channels(1);
     let rgb = test.image(0).unwrap();

@@ -249,6 +249,116 @@ fn folder_bad_input_is_one_clear_error() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// `ImageFolder::open(root, opts)` on another thread: an error if it has not returned within a minute (a FIFO
+/// opened for reading waits for a writer, forever).
+fn open_within_a_minute(root: &Path, opts: FolderOpts) -> resnet::Result<ImageFolder> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = root.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(ImageFolder::open(&root, &opts));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("ImageFolder::open blocked")
+}
+
+#[test]
+fn a_fifo_named_like_an_image_is_refused_or_skipped() {
+    let root = scratch("fifo");
+    for (i, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        write_png(&root.join(format!("{class}/{i}.png")), 4, 4, false, 9);
+    }
+    let fifo = root.join("dog/x.png");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    expect_err(
+        open_within_a_minute(&root, FolderOpts::default()),
+        &fifo,
+        "is not a regular file (a FIFO)",
+    );
+    for cache_mb in [0, 1024] {
+        let opts = FolderOpts {
+            skip_bad: true,
+            cache_mb,
+            ..Default::default()
+        };
+        let f = open_within_a_minute(&root, opts).unwrap();
+        assert_eq!((f.len(), f.skipped().len()), (2, 1), "{:?}", f.skipped());
+        assert!(f.skipped()[0].contains("x.png: cannot read image: is not a regular file"));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A 160×120 RGB JPEG written by the `image` crate, busy enough that most of its bytes are the scan's (cut in
+/// half, its headers are whole).
+fn jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(160, 120, |x, y| {
+        let v = (x * 7919 + y * 104_729) % 251;
+        image::Rgb([v as u8, (v * 3 % 256) as u8, ((x + y) * 3 % 256) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn a_truncated_jpeg_is_refused_or_skipped() {
+    use resnet::data::image_file::decode_image;
+    // Whole JPEGs decode: ours, with bytes after the end-of-image marker, and the fuzz seeds.
+    let full = jpeg();
+    assert!(full.ends_with(&[0xff, 0xd9]));
+    let origin = Path::new("a.jpg");
+    assert_eq!(decode_image(&full, origin, 3).unwrap().w, 160);
+    let padded = [&full[..], &[0u8; 16]].concat();
+    decode_image(&padded, origin, 3).unwrap();
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/image");
+    for seed in ["gray.jpg", "rgb.jpg"] {
+        decode_image(&std::fs::read(seeds.join(seed)).unwrap(), origin, 1).unwrap();
+    }
+    // Cut anywhere before the end-of-image marker (in half, or just that marker missing): refused, as Pillow
+    // refuses it (the decoder itself fills in what is missing and succeeds).
+    for cut in [full.len() / 2, full.len() - 2] {
+        // (Decoded, the image would be its size; not its pixels, which would fill the failure message.)
+        let got = decode_image(&full[..cut], origin, 3).map(|img| (img.w, img.h));
+        assert_eq!(
+            got.map_err(|e| e.to_string()),
+            Err(
+                "a.jpg: cannot read image: truncated JPEG (the data ends before its end-of-image marker)"
+                    .to_string()
+            ),
+            "cut at {cut} of {} bytes",
+            full.len()
+        );
+    }
+    // In an image folder: an error naming it, or with skip_bad left out and counted.
+    let root = scratch("cut-jpeg");
+    for (i, class) in ["cat", "dog"].iter().enumerate() {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        std::fs::write(root.join(format!("{class}/{i}.jpg")), &full).unwrap();
+    }
+    let cut = root.join("dog/cut.jpg");
+    std::fs::write(&cut, &full[..full.len() / 2]).unwrap();
+    expect_err(
+        ImageFolder::open(&root, &FolderOpts::default()),
+        &cut,
+        "truncated JPEG",
+    );
+    for cache_mb in [0, 1024] {
+        let opts = FolderOpts {
+            skip_bad: true,
+            cache_mb,
+            ..Default::default()
+        };
+        let f = ImageFolder::open(&root, &opts).unwrap();
+        assert_eq!((f.len(), f.skipped().len()), (2, 1), "{:?}", f.skipped());
+        assert!(f.skipped()[0].contains("cut.jpg: cannot read image: truncated JPEG"));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Export to a folder, read back
 
