@@ -316,19 +316,8 @@ impl CompiledNet {
 
     /// Shapes, plans and arena for input `xs`.
     fn plan(&self, xs: Shape4) -> Result<Shapes> {
-        if xs.c != self.config.in_channels {
-            bail!(
-                "input has {} channels, the network expects {}",
-                xs.c,
-                self.config.in_channels
-            );
-        }
-        if xs.is_empty() {
-            bail!("input shape {xs} is empty");
-        }
-        let too_small = || {
-            format!("input {xs} is too small for the network (each stage halves height and width)")
-        };
+        self.config.check_input(xs)?;
+        let too_small = || ResNetConfig::too_small(xs);
         let mut values = vec![xs];
         let mut plans = Vec::new();
         let mut pools = Vec::new();
@@ -343,11 +332,11 @@ impl CompiledNet {
                     let c = &self.convs[*conv];
                     let s = values[*input];
                     let Some(g) = c.geom(s) else {
-                        bail!("{}", too_small())
+                        return Err(too_small());
                     };
                     let out = Shape4::new(s.n, c.cout, g.oh, g.ow);
                     if residual.is_some_and(|r| values[r] != out) {
-                        bail!("{}", too_small());
+                        return Err(too_small());
                     }
                     let plan = if self.batch_invariant {
                         ConvPlan::batch_independent(g, s.n)
@@ -365,7 +354,7 @@ impl CompiledNet {
                 } => {
                     let s = values[*input];
                     let Some(g) = PoolGeom::new(s.c, *kernel, *stride, *padding, s.h, s.w) else {
-                        bail!("{}", too_small())
+                        return Err(too_small());
                     };
                     (Shape4::new(s.n, s.c, g.oh, g.ow), None, Some(g))
                 }
@@ -544,15 +533,8 @@ impl CompiledNet {
                     );
                     let _ = write!(
                         line,
-                        "  {:<22} {}x{} /{} {:>4}->{:<4} {:>3}x{:<3} {:<26} {:<24} -> buffer {buffer}",
+                        "  {:<22} {g} {:<26} {:<24} -> buffer {buffer}",
                         c.name,
-                        g.kh,
-                        g.kw,
-                        g.stride,
-                        g.cin,
-                        g.cout,
-                        g.h,
-                        g.w,
                         p.forward.to_string(),
                         epilogue
                     );

@@ -10,7 +10,7 @@
 //! - the chapter's ResNet-18 and torchvision's `BasicBlock` networks share that main path (3×3 carrying the
 //!   stride, 3×3); they differ in conv biases, BN on the shortcut, initialization and key names.
 
-use crate::{bail, Result};
+use crate::{bail, Error, Result, Shape4};
 use serde::{Deserialize, Serialize};
 
 /// The kind of residual block.
@@ -474,6 +474,29 @@ impl ResNetConfig {
             bail!("resnet: the chapter's first stage needs at least one block");
         }
         Ok(())
+    }
+
+    /// Checks an NCHW input shape against the network before anything walks it: its channels, and that it holds
+    /// values (what the training path's shape walk and the compiled network both check first).
+    pub fn check_input(&self, xs: Shape4) -> Result<()> {
+        if xs.c != self.in_channels {
+            bail!(
+                "input has {} channels, the network expects {}",
+                xs.c,
+                self.in_channels
+            );
+        }
+        if xs.is_empty() {
+            bail!("input shape {xs} is empty");
+        }
+        Ok(())
+    }
+
+    /// The error of an input too small for the network (a layer's window would not fit).
+    pub fn too_small(xs: Shape4) -> Error {
+        Error::new(format!(
+            "input {xs} is too small for the network (each stage halves height and width)"
+        ))
     }
 
     /// Checks that the configuration describes a network this program builds: one block count per stage,

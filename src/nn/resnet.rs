@@ -13,7 +13,7 @@ use crate::kernels::conv::ConvPlan;
 use crate::kernels::loss::softmax_cross_entropy;
 use crate::kernels::pool::{global_avg_pool_backward, global_avg_pool_forward};
 use crate::tensor::{nchw_to_nhwc_into, nhwc_to_nchw_into};
-use crate::{bail, Error, Result, Shape4};
+use crate::{bail, Result, Shape4};
 use rand::SeedableRng;
 use std::sync::Arc;
 
@@ -190,21 +190,8 @@ impl ResNet {
     /// names, `conv1`, `bn1`, `relu`, `maxpool`, `layer1`…, `avgpool`, `fc` with torchvision's. Errors if the
     /// input does not fit.
     pub fn shape_walk(&self, xs: Shape4) -> Result<Vec<ShapeStep>> {
-        if xs.c != self.config.in_channels {
-            bail!(
-                "input has {} channels, the network expects {}",
-                xs.c,
-                self.config.in_channels
-            );
-        }
-        if xs.is_empty() {
-            bail!("input shape {xs} is empty");
-        }
-        let too_small = || {
-            Error::new(format!(
-                "input {xs} is too small for the network (each stage halves height and width)"
-            ))
-        };
+        self.config.check_input(xs)?;
+        let too_small = || ResNetConfig::too_small(xs);
         let naming = self.config.naming;
         let [relu, pool, avgpool] = naming.stateless();
         let mut steps = Vec::new();

@@ -135,6 +135,17 @@ impl ConvGeom {
     }
 }
 
+impl std::fmt::Display for ConvGeom {
+    /// `3x3 /1  256->256   14x14`: kernel, stride, channels and input plane, in fixed widths (plan tables).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}x{} /{} {:>4}->{:<4} {:>3}x{:<3}",
+            self.kh, self.kw, self.stride, self.cin, self.cout, self.h, self.w
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

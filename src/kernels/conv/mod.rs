@@ -261,17 +261,10 @@ impl fmt::Display for InputGradAlgo {
 impl fmt::Display for ConvPlan {
     /// One line: the geometry, then the three algorithms.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let g = &self.geom;
         write!(
             f,
-            "{}x{} /{} {:>4}->{:<4} {:>3}x{:<3} fwd: {:<26} dW: {:<22} dX: {}",
-            g.kh,
-            g.kw,
-            g.stride,
-            g.cin,
-            g.cout,
-            g.h,
-            g.w,
+            "{} fwd: {:<26} dW: {:<22} dX: {}",
+            self.geom,
             self.forward.to_string(),
             self.weight_grad.to_string(),
             self.input_grad
