@@ -338,11 +338,7 @@ impl CompiledNet {
                     if residual.is_some_and(|r| values[r] != out) {
                         return Err(too_small());
                     }
-                    let plan = if self.batch_invariant {
-                        ConvPlan::batch_independent(g, s.n)
-                    } else {
-                        ConvPlan::new(g, s.n)
-                    };
+                    let plan = ConvPlan::inference(g, s.n, self.batch_invariant);
                     (out, Some(plan), None)
                 }
                 Step::MaxPool {

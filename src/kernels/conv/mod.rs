@@ -146,9 +146,15 @@ pub struct ConvPlan {
     pub input_grad: InputGradAlgo,
 }
 
-/// The forward algorithm for `g` at batch `n`.
-fn forward_algo(g: &ConvGeom, n: usize) -> Algo {
-    if let Some(tile) = winograd::tile_for(g, n) {
+/// The forward algorithm for `g` at batch `n`; `inference`: for the compiled network, where Winograd also takes
+/// batches with few tiles ([`winograd::inference_tile_for`]).
+fn forward_algo(g: &ConvGeom, n: usize, inference: bool) -> Algo {
+    let tile = if inference {
+        winograd::inference_tile_for(g, n)
+    } else {
+        winograd::tile_for(g, n)
+    };
+    if let Some(tile) = tile {
         Algo::Winograd(tile)
     } else if pointwise::handles(g) {
         Algo::Pointwise {
@@ -173,14 +179,26 @@ impl ConvPlan {
     /// images (Winograd on small planes, position-major direct tiles).
     pub fn batch_independent(g: ConvGeom, n: usize) -> ConvPlan {
         ConvPlan {
-            forward: forward_algo(&g, 1),
+            forward: forward_algo(&g, 1, false),
+            ..ConvPlan::new(g, n)
+        }
+    }
+
+    /// The forward-only plan of an inference network (the compiled network's) for `g` at batch `n`: as
+    /// [`ConvPlan::new`], but Winograd also takes batches with few tiles, their output channels split among the
+    /// tasks (a batch of one on small planes); `batch_independent`: the algorithm a batch of one gets. Its
+    /// gradient algorithms are [`ConvPlan::new`]'s, never run.
+    pub fn inference(g: ConvGeom, n: usize, batch_independent: bool) -> ConvPlan {
+        let batch = if batch_independent { 1 } else { n };
+        ConvPlan {
+            forward: forward_algo(&g, batch, true),
             ..ConvPlan::new(g, n)
         }
     }
 
     /// The plan for `g` at batch `n` on this CPU.
     pub fn new(g: ConvGeom, n: usize) -> ConvPlan {
-        let forward = forward_algo(&g, n);
+        let forward = forward_algo(&g, n, false);
         let weight_grad = if pointwise::handles(&g) {
             WeightGradAlgo::Pointwise {
                 width: pointwise::tile_width(g.cout),
@@ -199,7 +217,7 @@ impl ConvPlan {
                 width: pointwise::tile_width(g.cin),
             }
         } else if let Some(t) = g.transposed() {
-            InputGradAlgo::Transposed(forward_algo(&t, n))
+            InputGradAlgo::Transposed(forward_algo(&t, n, false))
         } else {
             InputGradAlgo::Col2im {
                 tiles: pointwise::matmul_handles(g.live_patch_len()),
@@ -291,7 +309,9 @@ fn direct_weights<'a>(
 /// Floats of workspace `algo` needs to compute `g`'s output for a batch of `n` (weights as they are).
 fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
     match algo {
-        Algo::Winograd(_) => winograd::weights_len(g, n) + winograd::scratch_len(g, n),
+        Algo::Winograd(tile) => {
+            winograd::weights_len_for(tile, g) + winograd::scratch_len_for(tile, g, n)
+        }
         Algo::Pointwise { .. } => pointwise::workspace_len(g),
         Algo::Direct { packed, .. } => {
             if packed {
@@ -322,16 +342,16 @@ fn run_algo(
     let out_rows = n * g.oh * g.ow;
     let y = &mut y[..out_rows * g.cout];
     match algo {
-        Algo::Winograd(_) => {
+        Algo::Winograd(tile) => {
             let (u, scratch) = match prepared {
                 Some(p) => (p, workspace),
                 None => {
-                    let (u, scratch) = workspace.split_at_mut(winograd::weights_len(g, n));
-                    winograd::transform_weights(g, n, w, u);
+                    let (u, scratch) = workspace.split_at_mut(winograd::weights_len_for(tile, g));
+                    winograd::transform_weights_for(tile, g, w, u);
                     (&*u, scratch)
                 }
             };
-            winograd::conv_winograd(g, n, x, u, y, epilogue, scratch);
+            winograd::conv_winograd_for(tile, g, n, x, u, y, epilogue, scratch);
         }
         Algo::Pointwise { .. } => match prepared {
             Some(p) => pointwise::forward_packed(g, n, x, p, y, epilogue),
@@ -400,7 +420,7 @@ impl ConvPlan {
     /// the weights as they are (so there is nothing to keep).
     pub fn prepared_len(&self) -> Option<usize> {
         match self.forward {
-            Algo::Winograd(_) => Some(winograd::weights_len(&self.geom, self.batch)),
+            Algo::Winograd(tile) => Some(winograd::weights_len_for(tile, &self.geom)),
             Algo::Direct { packed: true, .. } => Some(direct::packed_len(&self.geom)),
             Algo::Pointwise { .. } => Some(pointwise::workspace_len(&self.geom)),
             _ => None,
@@ -411,7 +431,7 @@ impl ConvPlan {
     /// `out` (at least [`ConvPlan::prepared_len`] floats), so that a caller can keep it.
     pub fn prepare_weights(&self, w: &[f32], out: &mut [f32]) {
         match self.forward {
-            Algo::Winograd(_) => winograd::transform_weights(&self.geom, self.batch, w, out),
+            Algo::Winograd(tile) => winograd::transform_weights_for(tile, &self.geom, w, out),
             Algo::Direct { packed: true, .. } => direct::pack_weights(&self.geom, w, out),
             Algo::Pointwise { .. } => pointwise::pack_weights(&self.geom, w, out),
             _ => {}
@@ -470,7 +490,7 @@ impl ConvPlan {
     pub fn forward_workspace_len(&self) -> usize {
         let (g, n) = (&self.geom, self.batch);
         match self.forward {
-            Algo::Winograd(_) => winograd::scratch_len(g, n),
+            Algo::Winograd(tile) => winograd::scratch_len_for(tile, g, n),
             Algo::Pointwise { .. } | Algo::Direct { .. } => 0,
             Algo::Im2col { .. } => algo_workspace(self.forward, g, n),
         }

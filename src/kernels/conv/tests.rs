@@ -121,20 +121,23 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
         let residual: Vec<f32> = (0..want.len())
             .map(|i| ((i * 31 % 89) as f32 - 44.0) / 37.0)
             .collect();
-        let mut prepared = vec![0.0f32; plan.prepared_len().unwrap_or(0)];
-        plan.prepare_weights(&wt, &mut prepared);
-        let prepared = plan.prepared_len().map(|_| &prepared[..]);
-        let mut ws_fwd = vec![f32::NAN; plan.forward_workspace_len()];
-        let mut yr = vec![f32::NAN; want.len()];
-        let epilogue = Epilogue::bias(&bias, Some(&residual), true);
-        plan.forward_with(&x, &wt, prepared, epilogue, &mut yr, &mut ws_fwd);
-        for (i, (a, b)) in yr.iter().zip(&want).enumerate() {
-            let v = (b + bias[i % cout] + residual[i]).max(0.0);
-            assert!(
-                (a - v).abs() <= 1e-4 * (1.0 + v.abs()),
-                "residual {} {cin}->{cout} k{k} s{s} p{p} {h}x{w} n{n}: y[{i}] = {a}, want {v}",
-                plan.forward
-            );
+        // The training plan's forward and the inference plan's (Winograd also on few tiles).
+        for plan in [plan, ConvPlan::inference(g, n, false)] {
+            let mut prepared = vec![0.0f32; plan.prepared_len().unwrap_or(0)];
+            plan.prepare_weights(&wt, &mut prepared);
+            let prepared = plan.prepared_len().map(|_| &prepared[..]);
+            let mut ws_fwd = vec![f32::NAN; plan.forward_workspace_len()];
+            let mut yr = vec![f32::NAN; want.len()];
+            let epilogue = Epilogue::bias(&bias, Some(&residual), true);
+            plan.forward_with(&x, &wt, prepared, epilogue, &mut yr, &mut ws_fwd);
+            for (i, (a, b)) in yr.iter().zip(&want).enumerate() {
+                let v = (b + bias[i % cout] + residual[i]).max(0.0);
+                assert!(
+                    (a - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                    "residual {} {cin}->{cout} k{k} s{s} p{p} {h}x{w} n{n}: y[{i}] = {a}, want {v}",
+                    plan.forward
+                );
+            }
         }
         if !(direct::handles(&g) && tile::cpu_supported()) {
             continue;

@@ -31,7 +31,7 @@ use super::tile::{
 };
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use transforms::transform_weights_for;
+pub use transforms::transform_weights_for;
 
 mod transforms;
 
@@ -151,6 +151,17 @@ pub fn tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
     if !enabled() || !fits(g) {
         return None;
     }
+    best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES)
+}
+
+/// [`tile_for`] for an inference forward pass (the compiled network): also a batch with fewer than
+/// [`MIN_TILES`] tiles, its output channels split among the tasks ([`split_columns`]), where the transformed
+/// weights are at most [`SPLIT_WEIGHTS`]. Training keeps [`tile_for`]: its plans, and so its trajectories
+/// (a data-parallel rank's share of a batch included), stay as they were.
+pub fn inference_tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
+    if !enabled() || !fits(g) {
+        return None;
+    }
     best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES || t.xi() * g.cin * g.cout <= SPLIT_WEIGHTS)
 }
 
@@ -173,7 +184,12 @@ pub fn handles(g: &ConvGeom, n: usize) -> bool {
 
 /// Floats of the transformed weights: `α²·cin·cout` (0 where not [`handles`]).
 pub fn weights_len(g: &ConvGeom, n: usize) -> usize {
-    tile_for(g, n).map_or(0, |t| t.xi() * g.cin * g.cout)
+    tile_for(g, n).map_or(0, |t| weights_len_for(t, g))
+}
+
+/// Floats of the weights transformed for `tile`: `α²·cin·cout`.
+pub fn weights_len_for(tile: Tile, g: &ConvGeom) -> usize {
+    tile.xi() * g.cin * g.cout
 }
 
 /// Transformed weights (floats) above which a chunk takes as many tiles as it may: every chunk reads all of
@@ -206,9 +222,12 @@ fn slot_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
 /// Floats of scratch [`conv_winograd`] needs for a batch of `n` (a slot per rayon thread; 0 where not
 /// [`handles`]).
 pub fn scratch_len(g: &ConvGeom, n: usize) -> usize {
-    tile_for(g, n).map_or(0, |t| {
-        rayon::current_num_threads().max(1) * slot_len(t, g, n)
-    })
+    tile_for(g, n).map_or(0, |t| scratch_len_for(t, g, n))
+}
+
+/// Floats of scratch [`conv_winograd_for`] needs with `tile` for a batch of `n` (a slot per rayon thread).
+pub fn scratch_len_for(tile: Tile, g: &ConvGeom, n: usize) -> usize {
+    rayon::current_num_threads().max(1) * slot_len(tile, g, n)
 }
 
 /// Writes the weights `w [3·3·cin, cout]` (HWIO) as [`conv_winograd`] reads them for a batch of `n` into `u`
@@ -232,11 +251,12 @@ pub fn conv_winograd(
     scratch: &mut [f32],
 ) {
     let tile = tile_for(g, n).expect("conv_winograd: unsupported");
-    forward_for(tile, g, n, x, u, y, epilogue, scratch);
+    conv_winograd_for(tile, g, n, x, u, y, epilogue, scratch);
 }
 
+/// [`conv_winograd`] with the tile size given (the plan's), `u` transformed for it ([`transform_weights_for`]).
 #[allow(clippy::too_many_arguments)]
-fn forward_for(
+pub fn conv_winograd_for(
     tile: Tile,
     g: &ConvGeom,
     n: usize,
@@ -611,7 +631,7 @@ mod tests {
                         }
                     }
                     let mut y = vec![f32::NAN; expected.len()];
-                    forward_for(tile, &g, n, &x, &u, &mut y, epilogue, &mut scratch);
+                    conv_winograd_for(tile, &g, n, &x, &u, &mut y, epilogue, &mut scratch);
                     let err = relative_error(&y, &want);
                     assert!(
                         err <= bound(tile),

@@ -248,7 +248,7 @@ impl Tile {
 
 /// `u [cout / 16, α², cin, 16] = G g Gᵀ` for every `(ci, co)` filter `g` of `w`, 16 output channels at a time
 /// (the lanes of a panel, contiguous in HWIO).
-pub(super) fn transform_weights_for(tile: Tile, g: &ConvGeom, w: &[f32], u: &mut [f32]) {
+pub fn transform_weights_for(tile: Tile, g: &ConvGeom, w: &[f32], u: &mut [f32]) {
     let (cin, cout, alpha) = (g.cin, g.cout, tile.alpha());
     let gm = tile.g();
     assert!(w.len() >= 9 * cin * cout, "conv_winograd: w too short");
