@@ -50,6 +50,17 @@ pub fn is_pth(bytes: &[u8]) -> bool {
     bytes.starts_with(b"PK\x03\x04")
 }
 
+/// The first bytes of a `torch.save` file in the legacy (pre-1.6, non-zip) format: pickle protocol 2, then
+/// torch's magic number 0x1950a86a20f9469cfc6c as a 10-byte LONG1.
+const LEGACY_MAGIC: [u8; 14] = [
+    0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19,
+];
+
+/// Whether `bytes` starts like a legacy (pre-1.6) `torch.save` file, which [`read_state_dict`] names as such.
+pub fn is_legacy_pth(bytes: &[u8]) -> bool {
+    bytes.starts_with(&LEGACY_MAGIC)
+}
+
 /// Reads the state dict `torch.save(model.state_dict(), path)` wrote, in the file's order. `origin` names the
 /// file in errors.
 pub fn read_state_dict(bytes: &[u8], origin: &str) -> Result<StateDict> {

@@ -266,6 +266,10 @@ fn bad_invocations_fail_cleanly() {
         checkpoint::save_model(&p, &net, &meta).unwrap();
         p
     };
+    // A legacy (pre-1.6) torch.save file, copied into the fixtures (named as the .pth reader names it, not as
+    // "not a valid safetensors file").
+    let legacy_pth = fx.join("legacy.pth");
+    std::fs::copy(crate::common::golden_path("pth_legacy.pth"), &legacy_pth).unwrap();
     let big_png = {
         let mut bytes = Vec::new();
         image::GrayImage::new(1100, 1100)
@@ -461,6 +465,10 @@ fn bad_invocations_fail_cleanly() {
         row(&["bench", "--only", "nope"], &["--only", "nope", "train28"]),
         row(&["bench", "--batch", "0"], &["batch"]),
         row(&["bench", "--plan", "--json"], &["--plan", "--json"]),
+        row(
+            &["eval", "--weights", s(&legacy_pth)],
+            &["legacy.pth", "legacy (pre-1.6", "re-save"],
+        ),
         // clap's refusals as one line naming the flag: a negative number reads to clap as an unknown flag.
         row(
             &["train", "--epochs", "-1"],
