@@ -309,9 +309,7 @@ fn direct_weights<'a>(
 /// Floats of workspace `algo` needs to compute `g`'s output for a batch of `n` (weights as they are).
 fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
     match algo {
-        Algo::Winograd(tile) => {
-            winograd::weights_len_for(tile, g) + winograd::scratch_len_for(tile, g, n)
-        }
+        Algo::Winograd(tile) => winograd::weights_len(tile, g) + winograd::scratch_len(tile, g, n),
         Algo::Pointwise { .. } => pointwise::workspace_len(g),
         Algo::Direct { packed, .. } => {
             if packed {
@@ -346,12 +344,12 @@ fn run_algo(
             let (u, scratch) = match prepared {
                 Some(p) => (p, workspace),
                 None => {
-                    let (u, scratch) = workspace.split_at_mut(winograd::weights_len_for(tile, g));
+                    let (u, scratch) = workspace.split_at_mut(winograd::weights_len(tile, g));
                     winograd::transform_weights_for(tile, g, w, u);
                     (&*u, scratch)
                 }
             };
-            winograd::conv_winograd_for(tile, g, n, x, u, y, epilogue, scratch);
+            winograd::conv_winograd(tile, g, n, x, u, y, epilogue, scratch);
         }
         Algo::Pointwise { .. } => match prepared {
             Some(p) => pointwise::forward_packed(g, n, x, p, y, epilogue),
@@ -420,7 +418,7 @@ impl ConvPlan {
     /// the weights as they are (so there is nothing to keep).
     pub fn prepared_len(&self) -> Option<usize> {
         match self.forward {
-            Algo::Winograd(tile) => Some(winograd::weights_len_for(tile, &self.geom)),
+            Algo::Winograd(tile) => Some(winograd::weights_len(tile, &self.geom)),
             Algo::Direct { packed: true, .. } => Some(direct::packed_len(&self.geom)),
             Algo::Pointwise { .. } => Some(pointwise::workspace_len(&self.geom)),
             _ => None,
@@ -490,7 +488,7 @@ impl ConvPlan {
     pub fn forward_workspace_len(&self) -> usize {
         let (g, n) = (&self.geom, self.batch);
         match self.forward {
-            Algo::Winograd(tile) => winograd::scratch_len_for(tile, g, n),
+            Algo::Winograd(tile) => winograd::scratch_len(tile, g, n),
             Algo::Pointwise { .. } | Algo::Direct { .. } => 0,
             Algo::Im2col { .. } => algo_workspace(self.forward, g, n),
         }

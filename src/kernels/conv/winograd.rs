@@ -154,15 +154,15 @@ pub fn tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
     best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES)
 }
 
-/// [`tile_for`] for an inference forward pass (the compiled network): also a batch with fewer than
-/// [`MIN_TILES`] tiles, its output channels split among the tasks ([`split_columns`]), where the transformed
-/// weights are at most [`SPLIT_WEIGHTS`]. Training keeps [`tile_for`]: its plans, and so its trajectories
-/// (a data-parallel rank's share of a batch included), stay as they were.
+/// [`tile_for`] for an inference forward pass (the compiled network): also a batch with fewer than 64 tiles,
+/// its output channels then split among the tasks, where the transformed weights are at most 16 MiB. Training
+/// keeps [`tile_for`]: its plans, and so its trajectories (a data-parallel rank's share of a batch included),
+/// stay as they were.
 pub fn inference_tile_for(g: &ConvGeom, n: usize) -> Option<Tile> {
     if !enabled() || !fits(g) {
         return None;
     }
-    best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES || t.xi() * g.cin * g.cout <= SPLIT_WEIGHTS)
+    best_tile(g).filter(|&t| t.tiles(g, n) >= MIN_TILES || weights_len(t, g) <= SPLIT_WEIGHTS)
 }
 
 /// Most transformed weights (floats) for which a batch with fewer than [`MIN_TILES`] tiles still runs the
@@ -177,18 +177,8 @@ fn split_columns(tile: Tile, g: &ConvGeom, n: usize) -> bool {
     tile.tiles(g, n) < MIN_TILES
 }
 
-/// True when [`conv_winograd`] computes this geometry for a batch of `n` on this CPU.
-pub fn handles(g: &ConvGeom, n: usize) -> bool {
-    tile_for(g, n).is_some()
-}
-
-/// Floats of the transformed weights: `α²·cin·cout` (0 where not [`handles`]).
-pub fn weights_len(g: &ConvGeom, n: usize) -> usize {
-    tile_for(g, n).map_or(0, |t| weights_len_for(t, g))
-}
-
 /// Floats of the weights transformed for `tile`: `α²·cin·cout`.
-pub fn weights_len_for(tile: Tile, g: &ConvGeom) -> usize {
+pub fn weights_len(tile: Tile, g: &ConvGeom) -> usize {
     tile.xi() * g.cin * g.cout
 }
 
@@ -204,7 +194,7 @@ fn chunk_tiles(tile: Tile, g: &ConvGeom, n: usize) -> usize {
     let tiles = tile.tiles(g, n);
     let chunk = if split_columns(tile, g, n) {
         tiles
-    } else if tile.xi() * g.cin * g.cout > STREAMED_WEIGHTS {
+    } else if weights_len(tile, g) > STREAMED_WEIGHTS {
         tiles.div_ceil(threads).min(MAX_CHUNK_TILES)
     } else {
         let by_cache =
@@ -219,44 +209,17 @@ fn slot_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
     tile.xi() * chunk_tiles(tile, g, n) * (g.cin + g.cout)
 }
 
-/// Floats of scratch [`conv_winograd`] needs for a batch of `n` (a slot per rayon thread; 0 where not
-/// [`handles`]).
-pub fn scratch_len(g: &ConvGeom, n: usize) -> usize {
-    tile_for(g, n).map_or(0, |t| scratch_len_for(t, g, n))
-}
-
-/// Floats of scratch [`conv_winograd_for`] needs with `tile` for a batch of `n` (a slot per rayon thread).
-pub fn scratch_len_for(tile: Tile, g: &ConvGeom, n: usize) -> usize {
+/// Floats of scratch [`conv_winograd`] needs with `tile` for a batch of `n` (a slot per rayon thread).
+pub fn scratch_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
     rayon::current_num_threads().max(1) * slot_len(tile, g, n)
 }
 
-/// Writes the weights `w [3·3·cin, cout]` (HWIO) as [`conv_winograd`] reads them for a batch of `n` into `u`
-/// ([`weights_len`] floats).
-pub fn transform_weights(g: &ConvGeom, n: usize, w: &[f32], u: &mut [f32]) {
-    let tile = tile_for(g, n).expect("conv_winograd: unsupported");
-    transform_weights_for(tile, g, w, u);
-}
-
-/// `y [n, h, w, cout] = epilogue(conv3×3(x [n, h, w, cin]))` (stride 1, padding 1; `y` overwritten), with the
-/// weights as [`transform_weights`] wrote them into `u`. `scratch` holds at least [`scratch_len`] floats.
-///
-/// Panics unless [`handles`]`(g, n)` holds and the slices fit their shapes.
-pub fn conv_winograd(
-    g: &ConvGeom,
-    n: usize,
-    x: &[f32],
-    u: &[f32],
-    y: &mut [f32],
-    epilogue: Epilogue<'_>,
-    scratch: &mut [f32],
-) {
-    let tile = tile_for(g, n).expect("conv_winograd: unsupported");
-    conv_winograd_for(tile, g, n, x, u, y, epilogue, scratch);
-}
-
-/// [`conv_winograd`] with the tile size given (the plan's), `u` transformed for it ([`transform_weights_for`]).
+/// `y [n, h, w, cout] = epilogue(conv3×3(x [n, h, w, cin]))` (stride 1, padding 1; `y` overwritten) with the
+/// plan's tile size (from [`tile_for`] or [`inference_tile_for`]), the weights as [`transform_weights_for`] wrote
+/// them into `u`; `scratch` holds at least [`scratch_len`] floats. Panics unless the tile fits the geometry and
+/// the slices their shapes.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_winograd_for(
+pub fn conv_winograd(
     tile: Tile,
     g: &ConvGeom,
     n: usize,
@@ -337,7 +300,7 @@ fn weight_grad_slot_len(tile: Tile, g: &ConvGeom, n: usize) -> usize {
 }
 
 /// Floats of scratch [`conv_winograd_weight_grad`] needs for a batch of `n` (a slot per rayon thread; 0 where
-/// not [`handles`]).
+/// not [`tile_for`]).
 pub fn weight_grad_scratch_len(g: &ConvGeom, n: usize) -> usize {
     tile_for(g, n).map_or(0, |t| {
         rayon::current_num_threads().max(1) * weight_grad_slot_len(t, g, n)
@@ -354,7 +317,7 @@ pub fn weight_grad_scratch_len(g: &ConvGeom, n: usize) -> usize {
 /// order, so the result is the same from run to run for a given thread count. `scratch` holds at least
 /// [`weight_grad_scratch_len`] floats.
 ///
-/// Panics unless [`handles`]`(g, n)` holds and the slices fit their shapes.
+/// Panics unless [`tile_for`]`(g, n)` is a tile and the slices fit their shapes.
 pub fn conv_winograd_weight_grad(
     g: &ConvGeom,
     n: usize,
@@ -631,7 +594,7 @@ mod tests {
                         }
                     }
                     let mut y = vec![f32::NAN; expected.len()];
-                    conv_winograd_for(tile, &g, n, &x, &u, &mut y, epilogue, &mut scratch);
+                    conv_winograd(tile, &g, n, &x, &u, &mut y, epilogue, &mut scratch);
                     let err = relative_error(&y, &want);
                     assert!(
                         err <= bound(tile),
