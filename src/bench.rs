@@ -85,8 +85,7 @@ pub fn plan_report(
         "{name}: {} convolutions at batch {batch}, {size}×{size}",
         plans.len()
     );
-    let mut by_algo: Vec<(String, f64, f64)> = Vec::new();
-    let (mut total_s, mut total_flop) = (0.0, 0.0);
+    let mut by_algo = KindSums::default();
     for (index, (layer, plan)) in plans.iter().enumerate() {
         let g = &plan.geom;
         let fill = |len: usize, k: usize| -> Vec<f32> {
@@ -109,53 +108,26 @@ pub fn plan_report(
             fwd * 1e3,
             2.0 * macs / fwd / 1e9
         );
-        let (mut seconds, mut flop) = (fwd, 2.0 * macs);
-        if train {
-            let mut dw = vec![0.0f32; w.len()];
-            let mut dx = vec![0.0f32; x.len()];
-            // The stem's input gradient is never computed in training (nothing upstream learns).
-            let stem = index == 0;
-            let (bwd, _, _) = time_it(1, iters, || {
-                let dx = (!stem).then_some(&mut dx[..]);
-                plan.backward(&x, &w, &y, &mut dw, &mut [], dx, &mut ws);
-                Ok(())
-            })?;
-            line += &format!(
-                "   bwd {:8.2} ms {:6.1} GFLOP/s",
-                bwd * 1e3,
-                4.0 * macs / bwd / 1e9
-            );
-            seconds += bwd;
-            flop += 4.0 * macs;
-        }
-        outln!("{line}");
-        let kind = plan.forward.to_string();
-        match by_algo.iter_mut().find(|k| k.0 == kind) {
-            Some(k) => {
-                k.1 += seconds;
-                k.2 += flop;
-            }
-            None => by_algo.push((kind, seconds, flop)),
-        }
-        total_s += seconds;
-        total_flop += flop;
-    }
-    outln!(
-        "  by forward algorithm ({}):",
-        if train {
-            "forward + backward"
-        } else {
-            "forward"
-        }
-    );
-    for (kind, seconds, flop) in &by_algo {
-        outln!(
-            "    {kind:<28} {:8.1} ms {:6.1} GFLOP/s  {:4.1} % of the convolutions' time",
-            seconds * 1e3,
-            flop / seconds / 1e9,
-            100.0 * seconds / total_s
+        let mut dw = vec![0.0f32; w.len()];
+        let mut dx = vec![0.0f32; x.len()];
+        // The stem's input gradient is never computed in training (nothing upstream learns).
+        let stem = index == 0;
+        let (bwd, _, _) = time_it(1, iters, || {
+            let dx = (!stem).then_some(&mut dx[..]);
+            plan.backward(&x, &w, &y, &mut dw, &mut [], dx, &mut ws);
+            Ok(())
+        })?;
+        line += &format!(
+            "   bwd {:8.2} ms {:6.1} GFLOP/s",
+            bwd * 1e3,
+            4.0 * macs / bwd / 1e9
         );
+        outln!("{line}");
+        by_algo.add(plan.forward.to_string(), fwd + bwd, 6.0 * macs);
     }
+    outln!("  by forward algorithm (forward + backward):");
+    by_algo.print("of the convolutions' time");
+    let (total_s, total_flop) = by_algo.total();
     outln!(
         "  all convolutions: {:.1} ms, {:.1} GFLOP/s",
         total_s * 1e3,
@@ -168,7 +140,7 @@ pub fn plan_report(
 /// forward pass (the weights prepared, the epilogues fused, the activations in the arena), then per algorithm.
 fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result<()> {
     let mut compiled = CompiledNet::new(net, Some(xs))?;
-    let steps = compiled.profile(xs, iters)?;
+    let steps = compiled.profile(&input(xs), xs, iters)?;
     outln!(
         "{name}: the compiled network, {} steps at batch {}, {}×{}, each timed inside the forward pass",
         steps.len(),
@@ -176,7 +148,7 @@ fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result
         xs.h,
         xs.w
     );
-    let mut by_algo: Vec<(String, f64, f64)> = Vec::new();
+    let mut by_kind = KindSums::default();
     for s in &steps {
         let rate = if s.macs > 0.0 {
             format!("{:6.1} GFLOP/s", 2.0 * s.macs / s.seconds / 1e9)
@@ -184,35 +156,57 @@ fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result
             String::new()
         };
         outln!("{}  {:7.3} ms {rate}", s.line, s.seconds * 1e3);
-        match by_algo.iter_mut().find(|k| k.0 == s.algo) {
-            Some(k) => {
-                k.1 += s.seconds;
-                k.2 += 2.0 * s.macs;
-            }
-            None => by_algo.push((s.algo.clone(), s.seconds, 2.0 * s.macs)),
-        }
+        by_kind.add(s.algo.clone(), s.seconds, 2.0 * s.macs);
     }
-    let total: f64 = steps.iter().map(|s| s.seconds).sum();
-    let flop: f64 = steps.iter().map(|s| 2.0 * s.macs).sum();
     outln!("  by step kind:");
-    for (kind, seconds, f) in &by_algo {
-        let rate = if *f > 0.0 {
-            format!("{:6.1} GFLOP/s", f / seconds / 1e9)
-        } else {
-            " ".repeat(14)
-        };
-        outln!(
-            "    {kind:<28} {:8.2} ms {rate}  {:4.1} % of the pass",
-            seconds * 1e3,
-            100.0 * seconds / total
-        );
-    }
+    by_kind.print("of the pass");
+    let (total, flop) = by_kind.total();
     outln!(
         "  the whole pass: {:.2} ms, {:.1} GFLOP/s (direct-convolution multiply-adds)",
         total * 1e3,
         flop / total / 1e9
     );
     Ok(())
+}
+
+/// Seconds and floating-point operations summed per kind (an algorithm), in the order the kinds first came.
+#[derive(Default)]
+struct KindSums(Vec<(String, f64, f64)>);
+
+impl KindSums {
+    fn add(&mut self, kind: String, seconds: f64, flop: f64) {
+        match self.0.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += seconds;
+                k.2 += flop;
+            }
+            None => self.0.push((kind, seconds, flop)),
+        }
+    }
+
+    /// All kinds' seconds and operations.
+    fn total(&self) -> (f64, f64) {
+        self.0
+            .iter()
+            .fold((0.0, 0.0), |(s, f), k| (s + k.1, f + k.2))
+    }
+
+    /// One line per kind: time, GFLOP/s (blank for kinds without multiply-adds) and share of the total time.
+    fn print(&self, share_of: &str) {
+        let (total, _) = self.total();
+        for (kind, seconds, flop) in &self.0 {
+            let rate = if *flop > 0.0 {
+                format!("{:6.1} GFLOP/s", flop / seconds / 1e9)
+            } else {
+                " ".repeat(14)
+            };
+            outln!(
+                "    {kind:<28} {:8.2} ms {rate}  {:4.1} % {share_of}",
+                seconds * 1e3,
+                100.0 * seconds / total
+            );
+        }
+    }
 }
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`; 0 where unavailable).

@@ -75,14 +75,14 @@ impl FoldedConv {
         let Some(len) = plan.prepared_len() else {
             return;
         };
-        let key = |(g, a, _): &(ConvGeom, Algo, Vec<f32>)| *g == plan.geom && *a == plan.forward;
-        if !self.prepared.iter().any(key) {
+        if self.prepared_for(plan).is_none() {
             let mut p = vec![0.0; len];
             plan.prepare_weights(&self.weight, &mut p);
             self.prepared.push((plan.geom, plan.forward, p));
         }
     }
 
+    /// The weights [`FoldedConv::prepare`] kept for `plan` (`None` where the kernels read them as they are).
     fn prepared_for(&self, plan: &ConvPlan) -> Option<&[f32]> {
         plan.prepared_len()?;
         self.prepared
@@ -458,20 +458,17 @@ impl CompiledNet {
         Ok(&self.logits[..last.n * classes])
     }
 
-    /// Times each step of the forward pass over input `xs` (median of `iters` passes after one warm-up): one
+    /// Times each step of the forward pass over the NCHW input `x` of shape `xs` (median of `iters` passes after one warm-up): one
     /// line per step, its milliseconds and GFLOP/s, and `(algorithm, seconds, multiply-adds)` per convolution
     /// for the per-algorithm sums (`resnet bench --plan`).
-    pub fn profile(&mut self, xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
-        let x: Vec<f32> = (0..xs.len())
-            .map(|i| ((i * 7919) % 256) as f32 / 255.0)
-            .collect();
+    pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         let lines = self.plan_lines(xs)?;
         let steps = self.steps.len();
-        self.run(&x, xs, None)?;
+        self.run(x, xs, None)?;
         let mut runs = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
             let mut t = vec![0.0; steps + 1];
-            self.run(&x, xs, Some(&mut t))?;
+            self.run(x, xs, Some(&mut t))?;
             runs.push(t);
         }
         let shapes = &self.shapes[&xs];
