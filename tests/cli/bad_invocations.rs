@@ -780,6 +780,22 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(&["serve", "--weights", w, "--timeout", "0"], &["--timeout"]),
         row(
+            &["serve", "--weights", w, "--header-timeout", "0"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--header-timeout", "inf"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "0"],
+            &["--max-connections"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "100000"],
+            &["--max-connections", "65536"],
+        ),
+        row(
             &["serve", "--weights", w, "--max-body-mb", "0"],
             &["--max-body-mb"],
         ),
