@@ -181,6 +181,10 @@ pub fn request(data: &[u8]) {
         max_decode_bytes: 16 << 20,
         max_input_side: 256,
         topk: 5,
+        limits: crate::serve::ConnLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 16,
+        },
     };
     for (preprocess, channels) in [
         (

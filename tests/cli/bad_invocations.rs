@@ -780,6 +780,22 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(&["serve", "--weights", w, "--timeout", "0"], &["--timeout"]),
         row(
+            &["serve", "--weights", w, "--header-timeout", "0"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--header-timeout", "inf"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "0"],
+            &["--max-connections"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "100000"],
+            &["--max-connections", "65536"],
+        ),
+        row(
             &["serve", "--weights", w, "--max-body-mb", "0"],
             &["--max-body-mb"],
         ),
@@ -898,6 +914,63 @@ fn bad_invocations_fail_cleanly() {
             &[file, want],
         ));
     }
+    // Descriptions a file's metadata may hold that no network fits (#30, defect 10): each said as what it is, on
+    // one short line (a million stages once made a line of 6 MB; 0 channels read "too many parameters").
+    let declared = |name: &str, arch: String| -> PathBuf {
+        let meta = BTreeMap::from([(META_ARCH.to_string(), arch)]);
+        write(name, &checkpoint::serialize(&foo, &meta).unwrap())
+    };
+    let zero_channels = declared(
+        "zero-channels.safetensors",
+        "0,10;64,128,256,512;2,2,2,2".into(),
+    );
+    let zero_classes = declared(
+        "zero-classes.safetensors",
+        "1,0;64,128,256,512;2,2,2,2".into(),
+    );
+    let million = vec!["1"; 1_000_000].join(",");
+    let million_stages = declared(
+        "million-stages.safetensors",
+        format!("1,10;{};{million}", vec!["8"; 1_000_000].join(",")),
+    );
+    let mismatched = declared("mismatched.safetensors", format!("1,10;8,8;{million}"));
+    let bad_count = declared("bad-count.safetensors", format!("1,10;8,8;{million},x"));
+    // 10,000 class folders, one of them with an image: an error naming all the others was 200 kB.
+    let many_empty = folder("many-empty-classes", &[("c00000/1.png", &png)], &[]);
+    for k in 1..10_000 {
+        std::fs::create_dir(many_empty.join(format!("c{k:05}"))).unwrap();
+    }
+    rows.extend([
+        row(
+            &["eval", "--weights", s(&zero_channels)],
+            &["zero-channels.safetensors", "0 input channels"],
+        ),
+        row(
+            &["predict", "--weights", s(&zero_classes), "x.png"],
+            &["zero-classes.safetensors", "0 classes"],
+        ),
+        row(
+            &["eval", "--weights", s(&million_stages)],
+            &["million-stages.safetensors", "1000000 stages", "more"],
+        ),
+        row(
+            &["eval", "--weights", s(&mismatched)],
+            &[
+                "mismatched.safetensors",
+                "2 widths",
+                "1000000 block counts",
+                "and 999992 more",
+            ],
+        ),
+        row(
+            &["eval", "--weights", s(&bad_count)],
+            &["bad-count.safetensors", "`x` is not a count", "characters)"],
+        ),
+        row(
+            &["train", "--data", s(&many_empty)],
+            &["many-empty-classes", "c00001, c00002", "and 9991 more"],
+        ),
+    ]);
     let mut raw_args = vec!["train", "--data", s(&raw)];
     raw_args.extend(small);
     rows.push(row(&raw_args, &["train-images-idx3-ubyte", "limit"]));
@@ -919,6 +992,12 @@ fn bad_invocations_fail_cleanly() {
         let err = expect_failure(&out, &what);
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
         eprintln!("{what}\n    {line}");
+        // One line a person reads: a few hundred characters, whatever the input's size.
+        assert!(
+            line.chars().count() <= 600,
+            "{what}: an error line of {} characters",
+            line.chars().count()
+        );
         for want in &r.want {
             assert!(
                 err.contains(want.as_str()),
