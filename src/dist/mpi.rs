@@ -124,8 +124,9 @@ impl Mpi {
     }
 
     /// Waits for `req` (collective `what`), answering other ranks' "are you there?" notes meanwhile; past the
-    /// timeout, ends the job ([`Mpi::end_silent`]). Polls: a yield between tests for the first milliseconds
-    /// (steps wait little), then sleeps of up to a millisecond (a rank waiting for a slow one leaves its core).
+    /// timeout, ends the job ([`Mpi::end_silent`]). Polls with a yield between tests, as OpenMPI's blocking
+    /// calls do: its non-blocking collectives move on (the next round, the next TCP fragment) only inside MPI
+    /// calls, so a sleep between tests would slow a large sum by a sleep per fragment.
     fn finish<'a, D: ?Sized, S: Scope<'a>>(
         &self,
         world: &SimpleCommunicator,
@@ -149,11 +150,7 @@ impl Mpi {
             if waited >= self.timeout {
                 self.end_silent(world, what, k, waited);
             }
-            if waited < Duration::from_millis(2) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep((waited / 64).min(Duration::from_millis(1)));
-            }
+            std::thread::yield_now();
         }
     }
 
