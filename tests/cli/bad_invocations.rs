@@ -368,6 +368,10 @@ fn bad_invocations_fail_cleanly() {
         row(&["frobnicate"], &["frobnicate"]),
         row(&["train", "--frob"], &["--frob"]),
         row(&["train", "--epochs", "abc"], &["--epochs", "abc"]),
+        row(
+            &["train", "--collective-timeout", "0"],
+            &["--collective-timeout", "0"],
+        ),
         row(&["eval"], &["--weights"]),
         row(&["predict", "--weights", w], &["IMAGES"]),
         // Values out of range.
