@@ -121,7 +121,14 @@ pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<S
     if crate::pth::is_pth(bytes) || crate::pth::is_legacy_pth(bytes) {
         Ok((crate::pth::read_state_dict(bytes, origin)?, BTreeMap::new()))
     } else if origin.ends_with(".onnx") || crate::onnx::import::is_onnx(bytes) {
-        crate::onnx::import::read(bytes, origin)
+        // Tensors an ONNX model keeps in other files are read from its folder only.
+        let dir = Path::new(origin)
+            .parent()
+            .map(|d| match d.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => d,
+            });
+        crate::onnx::import::read(bytes, origin, dir)
     } else {
         deserialize(bytes, origin)
     }

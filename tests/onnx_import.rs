@@ -170,6 +170,13 @@ fn edited(edit: impl FnOnce(&mut ModelProto)) -> Vec<u8> {
     model.encode_to_vec()
 }
 
+fn f32s_of(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
 fn error(bytes: &[u8]) -> String {
     let e = import(bytes).err().expect("refused").to_string();
     assert!(!e.contains('\n'), "one line: {e}");
@@ -266,9 +273,41 @@ fn external_data_and_broken_files_are_refused() {
         }];
     }));
     assert!(
-        e.contains("keeps its data in another file (`../weights.bin`)"),
+        e.contains("keeps its data in `../weights.bin`, outside the model's folder"),
         "{e}"
     );
+    // Beside the model, it is read: at its offset, checked against the file's length first.
+    let dir = std::env::temp_dir().join(format!("onnx-external-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut weights = Vec::new();
+    let bytes = edited(|m| {
+        let t = init(m, "fc.weight");
+        weights = t.raw_data.take().unwrap();
+        t.data_location = Some(1);
+        let entry = |k: &str, v: String| resnet::onnx::proto::StringStringEntryProto {
+            key: Some(k.into()),
+            value: Some(v),
+        };
+        t.external_data = vec![
+            entry("location", "w.bin".into()),
+            entry("offset", "3".into()),
+        ];
+    });
+    let load = || ModelFile::from_bytes(&bytes, &dir.join("m.onnx"));
+    std::fs::write(dir.join("w.bin"), [&[0u8; 3], &weights[..]].concat()).unwrap();
+    let file = load().unwrap();
+    let fc = file.weights.iter().find(|(k, _)| k == "fc.weight").unwrap();
+    let StateTensor::F32 { data, .. } = &fc.1 else {
+        panic!("f32")
+    };
+    assert_eq!(data[..], *f32s_of(&weights));
+    std::fs::write(dir.join("w.bin"), &weights).unwrap();
+    let e = load().err().unwrap().to_string();
+    assert!(
+        e.contains("w.bin` holds 160 bytes, too few for 160 bytes at offset 3"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
     let whole = edited(|_| {});
     assert!(import(&whole).is_ok());
     let e = error(&whole[..whole.len() / 2]);

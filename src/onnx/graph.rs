@@ -1,5 +1,6 @@
 //! An ONNX graph read for recognition ([`super::import`]): its constants decoded (initializers, `Constant`
-//! nodes, and the small integer computations exporters write for shapes), `Identity` nodes seen through, and
+//! nodes, and the small integer computations exporters write for shapes; data kept in another file read only
+//! from the model's own folder), `Identity` nodes seen through, and
 //! every other node checked to be in topological order with each input defined, indexed by what it produces
 //! and who consumes it.
 
@@ -7,9 +8,13 @@ use super::proto::{
     attribute_proto::AttributeType, tensor_proto::DataLocation, tensor_proto::DataType,
     AttributeProto, GraphProto, NodeProto, TensorProto,
 };
+use crate::error::Context;
+use crate::files::open_regular;
 use crate::nn::arch::MAX_PARAMS;
 use crate::{bail, Result};
 use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Component, Path};
 
 /// The most nodes a graph may have (ResNet-152 exported with every batch norm kept has about 500).
 pub const MAX_NODES: usize = 100_000;
@@ -113,16 +118,8 @@ pub struct Graph<'a> {
 }
 
 /// `proto`'s values, checked against its dimensions before anything is allocated; `what` names it in errors.
-pub fn decode_tensor(proto: &TensorProto, what: &str) -> Result<Const> {
-    if proto.data_location == Some(DataLocation::External as i32) {
-        let file = proto
-            .external_data
-            .iter()
-            .find(|e| e.key.as_deref() == Some("location"))
-            .and_then(|e| e.value.as_deref())
-            .unwrap_or("?");
-        bail!("{what} keeps its data in another file (`{file}`); external data is not read: save the model with its weights inside (onnx.save(model, path, save_as_external_data=False))");
-    }
+/// Data kept in another file is read from `dir` (the model's folder; `None`: refused).
+pub fn decode_tensor(proto: &TensorProto, what: &str, dir: Option<&Path>) -> Result<Const> {
     let mut count: usize = 1;
     let mut dims = Vec::with_capacity(proto.dims.len().min(8));
     for &d in &proto.dims {
@@ -140,7 +137,18 @@ pub fn decode_tensor(proto: &TensorProto, what: &str) -> Result<Const> {
         dims.push(d);
     }
     let data_type = proto.data_type.unwrap_or(0);
-    let raw = proto.raw_data.as_deref();
+    let width = match data_type {
+        t if t == DataType::Float as i32 => 4,
+        t if t == DataType::Int64 as i32 => 8,
+        _ => 0,
+    };
+    let external;
+    let raw = if proto.data_location == Some(DataLocation::External as i32) {
+        external = external_data(proto, what, dir, count * width)?;
+        Some(external.as_slice())
+    } else {
+        proto.raw_data.as_deref()
+    };
     let values = if data_type == DataType::Float as i32 {
         match raw {
             Some(raw) => {
@@ -181,6 +189,75 @@ pub fn decode_tensor(proto: &TensorProto, what: &str) -> Result<Const> {
     Ok(Const { dims, values })
 }
 
+/// The `bytes` bytes a tensor keeps in another file (`location`, `offset`, `length` in its `external_data`):
+/// a file in `dir` itself or below it, named without `..` or an absolute path, that holds them.
+fn external_data(
+    proto: &TensorProto,
+    what: &str,
+    dir: Option<&Path>,
+    bytes: usize,
+) -> Result<Vec<u8>> {
+    let entry = |key: &str| {
+        proto
+            .external_data
+            .iter()
+            .find(|e| e.key.as_deref() == Some(key))
+            .and_then(|e| e.value.as_deref())
+    };
+    let location = entry("location").unwrap_or("");
+    let Some(dir) = dir else {
+        bail!("{what} keeps its data in another file (`{location}`), which is not read here");
+    };
+    let relative = Path::new(location);
+    if location.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
+        bail!("{what} keeps its data in `{location}`, outside the model's folder (an absolute path or `..`): only files beside the model are read");
+    }
+    let number = |key: &str| -> Result<Option<u64>> {
+        entry(key)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    crate::Error::new(format!(
+                        "{what}: external data `{key}` `{v}` is not a count"
+                    ))
+                })
+            })
+            .transpose()
+    };
+    let offset = number("offset")?.unwrap_or(0);
+    if let Some(length) = number("length")? {
+        if length != bytes as u64 {
+            bail!("{what} declares {length} bytes of external data; its dimensions need {bytes}");
+        }
+    }
+    let path = dir.join(relative);
+    let inside = match (dir.canonicalize(), path.canonicalize()) {
+        (Ok(d), Ok(p)) => p.starts_with(d),
+        _ => false,
+    };
+    if !inside {
+        bail!(
+            "{what} keeps its data in `{}`, which is not a file in the model's folder",
+            path.display()
+        );
+    }
+    let (mut file, len) = open_regular(&path).context(path.display())?;
+    if offset.checked_add(bytes as u64).is_none_or(|end| end > len) {
+        bail!(
+            "{what}: `{}` holds {len} bytes, too few for {bytes} bytes at offset {offset}",
+            path.display()
+        );
+    }
+    let mut data = vec![0; bytes];
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| file.read_exact(&mut data))
+        .context(path.display())?;
+    Ok(data)
+}
+
 fn check_len(what: &str, dims: &[usize], got: usize, want: usize) -> Result<()> {
     if got != want {
         bail!("{what} declares dimensions {dims:?} but holds {got} of the {want} values (or bytes) they need");
@@ -189,7 +266,7 @@ fn check_len(what: &str, dims: &[usize], got: usize, want: usize) -> Result<()> 
 }
 
 /// A `Constant` node's value.
-fn constant_value(node: &NodeProto, what: &str) -> Result<Const> {
+fn constant_value(node: &NodeProto, what: &str, dir: Option<&Path>) -> Result<Const> {
     let Some(a) = node.attribute.first() else {
         bail!("{what} has no value");
     };
@@ -204,7 +281,7 @@ fn constant_value(node: &NodeProto, what: &str) -> Result<Const> {
     };
     Ok(match a.name.as_deref() {
         Some("value") if t == AttributeType::Tensor as i32 => match &a.t {
-            Some(tensor) => decode_tensor(tensor, what)?,
+            Some(tensor) => decode_tensor(tensor, what, dir)?,
             None => bail!("{what} has no value"),
         },
         Some("value_float") => scalar(Values::F32(vec![a.f.unwrap_or(0.0)])),
@@ -248,8 +325,9 @@ fn fold_shape_op(node: &Node<'_>, consts: &HashMap<&str, Const>) -> Option<Const
 }
 
 impl<'a> Graph<'a> {
-    /// Reads `g`: constants decoded, `Identity` seen through, each node's inputs defined before it.
-    pub fn new(g: &'a GraphProto) -> Result<Graph<'a>> {
+    /// Reads `g`: constants decoded (external data from `dir`, the model's folder; `None`: refused),
+    /// `Identity` seen through, each node's inputs defined before it.
+    pub fn new(g: &'a GraphProto, dir: Option<&Path>) -> Result<Graph<'a>> {
         if g.node.len() > MAX_NODES {
             bail!(
                 "{} nodes; a ResNet has far fewer than {MAX_NODES}",
@@ -259,7 +337,7 @@ impl<'a> Graph<'a> {
         let mut consts: HashMap<&str, Const> = HashMap::new();
         for t in &g.initializer {
             let name = t.name.as_deref().unwrap_or("");
-            let c = decode_tensor(t, &format!("initializer `{name}`"))?;
+            let c = decode_tensor(t, &format!("initializer `{name}`"), dir)?;
             consts.insert(name, c);
         }
         let inputs: Vec<&str> = g
@@ -325,7 +403,7 @@ impl<'a> Graph<'a> {
                     alias.insert(node.output, from);
                     continue;
                 }
-                "Constant" => Some(constant_value(proto, &node.label())?),
+                "Constant" => Some(constant_value(proto, &node.label(), dir)?),
                 _ => fold_shape_op(&node, &graph.consts),
             };
             if let Some(c) = folded {

@@ -21,6 +21,7 @@ use crate::nn::{StateDict, StateTensor};
 use crate::{bail, Error, Result};
 use prost::Message;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// Whether `bytes` look like an ONNX model: they decode as a `ModelProto` with a graph and an opset import. A
 /// safetensors file (an 8-byte header length, then `{`) and a zip archive are never taken for one.
@@ -34,14 +35,22 @@ pub fn is_onnx(bytes: &[u8]) -> bool {
 
 /// Reads an ONNX model's weights as a state dict with the keys of the network it holds, and metadata carrying
 /// that network's description (`resnet.arch`) and, where the model says, its class names, evaluation
-/// transform and input size. `origin` names the file in errors.
-pub fn read(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
+/// transform and input size. `origin` names the file in errors; tensors kept in other files are read from `dir`,
+/// the model's folder (`None`: refused).
+pub fn read(
+    bytes: &[u8],
+    origin: &str,
+    dir: Option<&Path>,
+) -> Result<(StateDict, BTreeMap<String, String>)> {
     let model = ModelProto::decode(bytes)
         .map_err(|e| Error::new(format!("{origin}: not a valid ONNX model ({e})")))?;
-    read_model(&model).map_err(|e| Error::new(format!("{origin}: {e}")))
+    read_model(&model, dir).map_err(|e| Error::new(format!("{origin}: {e}")))
 }
 
-fn read_model(model: &ModelProto) -> Result<(StateDict, BTreeMap<String, String>)> {
+fn read_model(
+    model: &ModelProto,
+    dir: Option<&Path>,
+) -> Result<(StateDict, BTreeMap<String, String>)> {
     let Some(g) = &model.graph else {
         bail!("an ONNX model without a graph");
     };
@@ -61,7 +70,7 @@ fn read_model(model: &ModelProto) -> Result<(StateDict, BTreeMap<String, String>
         .input
         .iter()
         .find_map(|v| fixed_hw(v.r#type.as_ref()?.value.as_ref()?));
-    let graph = Graph::new(g)?;
+    let graph = Graph::new(g, dir)?;
     let net = recognize(&graph, input_hw)?;
     let stored = meta.get(META_ARCH).map(|a| parse_arch(a)).transpose()?;
     let config = describe(&net, stored.as_ref(), &graph)?;
