@@ -114,11 +114,21 @@ pub fn deserialize(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<St
 }
 
 /// A weights file's state dict and metadata, by its content: PyTorch's `torch.save` zip archive (`.pth`, no
-/// metadata, read without executing its pickle) or safetensors.
+/// metadata, read without executing its pickle), an ONNX model (named `.onnx` or decoding as one: the
+/// network its graph holds, [`crate::onnx::import`]) or safetensors.
 pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
     // A legacy .pth goes to the .pth reader too, which says what it is (not "not a valid safetensors file").
     if crate::pth::is_pth(bytes) || crate::pth::is_legacy_pth(bytes) {
         Ok((crate::pth::read_state_dict(bytes, origin)?, BTreeMap::new()))
+    } else if origin.ends_with(".onnx") || crate::onnx::import::is_onnx(bytes) {
+        // Tensors an ONNX model keeps in other files are read from its folder only.
+        let dir = Path::new(origin)
+            .parent()
+            .map(|d| match d.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => d,
+            });
+        crate::onnx::import::read(bytes, origin, dir)
     } else {
         deserialize(bytes, origin)
     }

@@ -266,6 +266,37 @@ fn bad_invocations_fail_cleanly() {
         checkpoint::save_model(&p, &net, &meta).unwrap();
         p
     };
+    // ONNX files: not ONNX, truncated, a graph with a cycle, shapes that lie, a 10⁹-element initializer in 20 bytes.
+    let onnx = {
+        use prost::Message;
+        let file = resnet::model_file::ModelFile::load(&m.weights).unwrap();
+        let model = resnet::onnx::export(&file, &Default::default()).unwrap();
+        let edited = |edit: &dyn Fn(&mut resnet::onnx::proto::GraphProto)| {
+            let mut model = model.clone();
+            edit(model.graph.as_mut().unwrap());
+            model.encode_to_vec()
+        };
+        let whole = model.encode_to_vec();
+        [
+            write("not-onnx.onnx", b"not an ONNX model at all"),
+            write("truncated.onnx", &whole[..whole.len() / 2]),
+            write(
+                "cycle.onnx",
+                &edited(&|g| g.node[0].input[0] = g.node[5].output[0].clone()),
+            ),
+            write(
+                "lying-shape.onnx",
+                &edited(&|g| g.initializer[0].dims[0] += 1),
+            ),
+            write(
+                "huge-initializer.onnx",
+                &edited(&|g| {
+                    g.initializer[0].dims = vec![1_000, 1_000_000];
+                    g.initializer[0].raw_data = Some(vec![0; 20]);
+                }),
+            ),
+        ]
+    };
     // A legacy (pre-1.6) torch.save file, copied into the fixtures (named as the .pth reader names it, not as
     // "not a valid safetensors file").
     let legacy_pth = fx.join("legacy.pth");
@@ -469,6 +500,33 @@ fn bad_invocations_fail_cleanly() {
         row(&["bench", "--only", "nope"], &["--only", "nope", "train28"]),
         row(&["bench", "--batch", "0"], &["batch"]),
         row(&["bench", "--plan", "--json"], &["--plan", "--json"]),
+        row(
+            &["eval", "--weights", s(&onnx[0])],
+            &["not-onnx.onnx", "not a valid ONNX model"],
+        ),
+        row(
+            &["predict", "--weights", s(&onnx[1]), "x.png"],
+            &["truncated.onnx", "not a valid ONNX model"],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[2])],
+            &["cycle.onnx", "a cycle or is not in topological order"],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[3])],
+            &[
+                "lying-shape.onnx",
+                "declares dimensions",
+                "values (or bytes) they need",
+            ],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[4])],
+            &[
+                "huge-initializer.onnx",
+                "declares dimensions [1000, 1000000], more than",
+            ],
+        ),
         row(
             &["eval", "--weights", s(&legacy_pth)],
             &["legacy.pth", "legacy (pre-1.6", "re-save"],
