@@ -68,8 +68,9 @@ fn must(cmd: &str, args: &[&str]) {
 }
 
 /// Two "hosts": namespaces `<name>n2` and `<name>n3` at 10.213.S.2 and .3, each joined by a veth pair
-/// (`<name>h2` on the bridge side) to the bridge `<name>br` at 10.213.S.1, where mpirun runs. Removed with
-/// every process inside when dropped.
+/// (`<name>h2` on the bridge side) to the bridge `<name>br` at 10.213.S.1 in a third namespace, `<name>n1`,
+/// where mpirun runs: every address is inside the test's own namespaces. Removed with every process inside
+/// when dropped.
 struct Hosts {
     name: String,
     subnet: String,
@@ -100,25 +101,23 @@ impl Hosts {
         let subnet = format!("10.213.{}", (pid as usize * 7 + tag as usize) % 250 + 1);
         let dir = common::scratch_dir("resnet-mpi-hosts-", &tag.to_string());
         let hosts = Hosts { name, subnet, dir };
-        let bridge = format!("{}br", hosts.name);
-        if !run("ip", &["link", "add", &bridge, "type", "bridge"])
-            .status
-            .success()
-        {
-            eprintln!("skipped: cannot make a bridge (no network namespace support?)");
+        let (launcher, bridge) = (hosts.ns(1), format!("{}br", hosts.name));
+        if !run("ip", &["netns", "add", &launcher]).status.success() {
+            eprintln!("skipped: cannot make a network namespace");
             return None;
         }
-        must(
-            "ip",
-            &[
-                "addr",
-                "add",
-                &format!("{}.1/24", hosts.subnet),
-                "dev",
-                &bridge,
-            ],
-        );
-        must("ip", &["link", "set", &bridge, "up"]);
+        let bridge_addr = format!("{}.1/24", hosts.subnet);
+        for args in [
+            &["link", "add", &bridge, "type", "bridge"][..],
+            &["addr", "add", &bridge_addr, "dev", &bridge],
+            &["link", "set", &bridge, "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            must(
+                "ip",
+                &[&["netns", "exec", &launcher, "ip"][..], args].concat(),
+            );
+        }
         for host in [2, 3] {
             let (ns, outside, inside) = (
                 hosts.ns(host),
@@ -133,8 +132,16 @@ impl Hosts {
                 ],
             );
             must("ip", &["link", "set", &inside, "netns", &ns]);
-            must("ip", &["link", "set", &outside, "master", &bridge]);
-            must("ip", &["link", "set", &outside, "up"]);
+            must("ip", &["link", "set", &outside, "netns", &launcher]);
+            for args in [
+                &["link", "set", &outside, "master", &bridge][..],
+                &["link", "set", &outside, "up"],
+            ] {
+                must(
+                    "ip",
+                    &[&["netns", "exec", &launcher, "ip"][..], args].concat(),
+                );
+            }
             let addr = format!("{}/24", hosts.ip(host));
             for args in [
                 &["addr", "add", &addr, "dev", &inside][..],
@@ -168,12 +175,13 @@ impl Hosts {
         format!("{}.{host}", self.subnet)
     }
 
-    /// `mpirun -np 2` over the two hosts (rank 0 on `n2`, rank 1 on `n3`), MPI and mpirun's own traffic on
-    /// the veths.
+    /// `mpirun -np 2` in the launcher's namespace over the two hosts (rank 0 on `n2`, rank 1 on `n3`), MPI and
+    /// mpirun's own traffic on the veths. (`ip netns exec` execs mpirun: the child is mpirun itself.)
     fn mpirun(&self, args: &[String]) -> Command {
         let net = format!("{}.0/24", self.subnet);
-        let mut cmd = Command::new("mpirun");
-        cmd.args(["--allow-run-as-root", "-np", "2", "--hostfile"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(1), "mpirun"])
+            .args(["--allow-run-as-root", "-np", "2", "--hostfile"])
             .arg(self.dir.join("hosts"))
             .args(["--mca", "plm_rsh_agent"])
             .arg(self.dir.join("agent"))
@@ -424,7 +432,19 @@ fn a_host_cut_off_mid_epoch_ends_the_job_within_the_timeout_and_the_checkpoint_r
     // Mid-epoch: the first epoch's line came with its checkpoint; the next epoch is under way.
     std::thread::sleep(Duration::from_millis(500));
     let cut = Instant::now();
-    must("ip", &["link", "set", &hosts.link(3), "down"]);
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &hosts.ns(1),
+            "ip",
+            "link",
+            "set",
+            &hosts.link(3),
+            "down",
+        ],
+    );
     let (_, stderr) = ended_after(child, cut, "cutting the second host's link");
     // mpirun's keepalive ends the job before the collective timeout: its banner names the host it lost.
     assert!(
