@@ -42,7 +42,7 @@ fn input(shape: [usize; 4]) -> Vec<f32> {
 }
 
 /// The model optimized for one input shape.
-fn load(model: &str, shape: [usize; 4]) -> Result<TypedRunnableModel<TypedModel>> {
+fn load(model: &str, shape: [usize; 4]) -> Result<Arc<TypedRunnableModel>> {
     Ok(tract_onnx::onnx()
         .model_for_path(model)?
         .with_input_fact(0, f32::fact(shape).into())?
@@ -50,10 +50,10 @@ fn load(model: &str, shape: [usize; 4]) -> Result<TypedRunnableModel<TypedModel>
         .into_runnable()?)
 }
 
-fn run(model: &TypedRunnableModel<TypedModel>, shape: [usize; 4], x: Vec<f32>) -> Result<Vec<f32>> {
+fn run(model: &Arc<TypedRunnableModel>, shape: [usize; 4], x: Vec<f32>) -> Result<Vec<f32>> {
     let input: Tensor = tract_ndarray::Array4::from_shape_vec((shape[0], shape[1], shape[2], shape[3]), x)?.into();
     let out = model.run(tvec!(input.into()))?;
-    Ok(out[0].to_array_view::<f32>()?.iter().copied().collect())
+    Ok(out[0].try_as_plain_ram()?.as_slice::<f32>()?.to_vec())
 }
 
 fn compare(model: &str, input: &str, shape: &str, ours: &str) -> Result<()> {
