@@ -59,6 +59,7 @@ pub mod compiled;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod explain;
 pub mod files;
 pub mod fuzzing;
 pub mod infer;
