@@ -109,9 +109,13 @@ impl Explainer {
         }
     }
 
-    /// The class `name` names (`--class`): a class name of the model, else a class index.
+    /// The class `name` names (`--class`): a class name of the model (exactly, else ignoring ASCII case), else a
+    /// class index.
     pub fn class(&self, name: &str) -> Result<usize> {
-        if let Some(k) = self.names.iter().position(|n| n == name) {
+        let exact = self.names.iter().position(|n| n == name);
+        if let Some(k) =
+            exact.or_else(|| self.names.iter().position(|n| n.eq_ignore_ascii_case(name)))
+        {
             return Ok(k);
         }
         match name.parse::<usize>() {
