@@ -185,6 +185,7 @@ pub fn request(data: &[u8]) {
             header_timeout: std::time::Duration::from_secs(10),
             max_connections: 16,
         },
+        explain_queue: 4,
     };
     for (preprocess, channels) in [
         (
