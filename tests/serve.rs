@@ -425,6 +425,8 @@ fn endpoints_answer_and_predictions_match_the_library() {
         .starts_with("text/html"));
     let html = String::from_utf8(page.body.clone()).unwrap();
     assert!(html.contains("<title>resnet serve</title>") && html.contains("/v1/predict"));
+    // The "why?" toggle asks /v1/explain (tools/check_page.py --why drives it in a browser).
+    assert!(html.contains("id=\"why\"") && html.contains("/v1/explain"));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "the page fetches nothing from elsewhere"
