@@ -11,7 +11,7 @@ Networks (each at several layers and classes):
   chapter    the chapter's nn.Sequential ResNet-18 (tools/chapter_model.py), random init, 1 channel;
   resnet18   torchvision's, random init (torch's own), 3 channels, ImageNet preprocessing;
   resnet50   the same;
-  trained    a chapter net trained briefly by `resnet train` on the bundled Fashion-MNIST (widths 16..128), loaded
+  trained    a chapter net trained briefly by `resnet train` on the bundled Fashion-MNIST (widths 16..128, at 64×64), loaded
              into tools/chapter_model.py with load_state_dict(strict=True).
 Random-init batch norms get non-trivial running statistics from a few training-mode forwards first.
 
@@ -176,7 +176,7 @@ def check_random(tmp):
 
 def check_trained(tmp):
     run = tmp / "run"
-    args = [str(BINARY), "--threads", "2", "train", "--resize", "28", "--widths", "16,32,64,128", "--limit-train",
+    args = [str(BINARY), "--threads", "2", "train", "--resize", "64", "--widths", "16,32,64,128", "--limit-train",
             "2000", "--limit-test", "200", "--batch-size", "32", "--epochs", "1", "--quiet", "--out", str(run)]
     out = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:

@@ -5,11 +5,13 @@ trained on such canvases by `resnet train`, and the share of each heatmap's mass
   1. Writes an image folder (tools/ only, nothing committed): DIR/train/<class>/*.png from the first --train
      Fashion-MNIST training items and DIR/test/<class>/*.png from the first --test test items, each 28×28 item
      pasted at a random column of a black 28×84 canvas (seeded), its column recorded;
-  2. trains `resnet train --data DIR --format folder --stem small --widths 16,32,64,128 --resize 28` (the chapter's net with
-     the 3×3 stride-1 stem, so the last stage's map is 4×11 on a 28×84 canvas) for --epochs, timed;
+  2. trains `resnet train --data DIR --format folder --stem small --widths 16,32,64,128 --resize 56` (the chapter's
+     net with the 3×3 stride-1 stem, seeing each canvas at 56×168, so the last stage's map is 7×21: a cell per 4
+     canvas pixels) for --epochs, timed;
   3. runs `resnet predict --json --explain` on the first 200 test canvases (the predicted class, the last stage),
-     upsamples each raw map bilinearly to the 28×84 input (as ours does, `align_corners=False`), and measures the
-     share of the map's mass inside the item's 28×28 box (and inside the tight box of its non-zero pixels).
+     upsamples each raw map bilinearly to the network's input (as ours does, `align_corners=False`), and measures
+     the share of the map's mass inside the item's 28×28 box scaled alike (and inside the tight box of its non-zero
+     pixels).
 Prints the mean share over the 200, the median, and how many images reach 90 %. With --figure PATH it also
 composes the first 8 canvases, the heatmaps `resnet predict --explain` wrote for them (unchanged, enlarged 4×
 without smoothing) and the predictions into one picture (docs/gradcam-canvases.png).
@@ -92,6 +94,7 @@ def main():
     ap.add_argument("--train", type=int, default=12000)
     ap.add_argument("--test", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--resize", type=int, default=56, help="the canvas's height as the network sees it")
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--keep", help="a directory to keep the data, the run and the maps in")
     ap.add_argument("--layer", help="the layer to explain (default: the last stage)")
@@ -118,7 +121,7 @@ def main():
             write_split(data, "train", tr_x[:a.train], tr_y[:a.train], rng)
             test = write_split(data, "test", te_x[:a.test], te_y[:a.test], rng)
         train = None if a.reuse else [str(BINARY), "train", "--data", str(data), "--format", "folder", "--stem", "small", "--widths",
-                 "16,32,64,128", "--resize", "28", "--epochs", str(a.epochs), "--batch-size", "64", "--quiet", "--out", str(run)]
+                 "16,32,64,128", "--resize", str(a.resize), "--epochs", str(a.epochs), "--batch-size", "64", "--quiet", "--out", str(run)]
         if train:
             print("$ " + " ".join(["resnet"] + train[1:]).replace(str(tmp), "TMP"), flush=True)
             started = time.time()
@@ -146,10 +149,14 @@ def main():
                 shares.append(0.0)
                 tight_shares.append(0.0)
                 continue
-            shares.append(heat[:, left:left + 28].sum() / total)
+            # The box in the input's pixels (the network may see the canvas enlarged: --resize).
+            sy, sx = h / 28, w / WIDTH
+            x0, x1 = round(left * sx), round((left + 28) * sx)
+            shares.append(heat[:, x0:x1].sum() / total)
             rows, cols = np.nonzero(item)
-            tight = heat[rows.min():rows.max() + 1, left + cols.min():left + cols.max() + 1].sum() / total
-            tight_shares.append(tight)
+            r0, r1 = round(rows.min() * sy), round((rows.max() + 1) * sy)
+            c0, c1 = round((left + cols.min()) * sx), round((left + cols.max() + 1) * sx)
+            tight_shares.append(heat[r0:r1, c0:c1].sum() / total)
             # The folder's classes are its sorted folder names, not Fashion-MNIST's label order.
             correct += v["class"] == CLASSES[label].replace(" ", "_")
         shares = np.array(shares)
