@@ -185,6 +185,7 @@ pub fn request(data: &[u8]) {
             header_timeout: std::time::Duration::from_secs(10),
             max_connections: 16,
         },
+        explain_queue: 4,
     };
     for (preprocess, channels) in [
         (
@@ -244,4 +245,36 @@ pub fn onnx(data: &[u8]) {
         )
         .expect("a loaded model runs");
     assert_eq!(logits.len(), net.config.num_classes);
+}
+
+/// `--layer` / `?layer=` and `--class` / `?class=` names (`resnet::explain`): any text either names a layer or a
+/// class that exists, or is refused with one short line, for the chapter's naming and torchvision's.
+pub fn explain_names(data: &[u8]) {
+    use crate::explain::{CamLayer, Explainer};
+    use crate::nn::{ArchName, ResNet, ResNetConfig, Stem};
+    let text = String::from_utf8_lossy(data);
+    for arch in [ArchName::Chapter, ArchName::Resnet18] {
+        let config = ResNetConfig {
+            widths: vec![4, 4, 4, 4],
+            stem: Stem::Small,
+            ..ResNetConfig::named(arch, 1, 3)
+        };
+        let net = ResNet::new(config, 0).expect("a valid configuration");
+        match CamLayer::find(&net, &text) {
+            Ok(layer) => assert!(
+                layer.stage < net.stages.len() && layer.block < net.stages[layer.stage].len()
+            ),
+            Err(e) => assert!(e.to_string().len() <= 400, "{e}"),
+        }
+        let names = vec![
+            "cat".to_string(),
+            "dog".to_string(),
+            "fish & chips".to_string(),
+        ];
+        let explainer = Explainer::new(net, Pipeline::default(), names, "fuzz".into());
+        match explainer.class(&text) {
+            Ok(k) => assert!(k < 3),
+            Err(e) => assert!(e.to_string().len() <= 400, "{e}"),
+        }
+    }
 }

@@ -12,9 +12,10 @@
 //!
 //! Around them: [`tensor`] (shapes, layouts), [`checkpoint`] and [`pth`] (weights to and from PyTorch's files),
 //! [`model_file`] (a model file's weights and metadata, typed and checked once), [`infer`] (a model file turned
-//! into predictions), [`serve`] (the HTTP server), [`bench`](mod@bench) (the measurements), [`cli`] and
-//! [`commands`] (the command line's arguments and one function per subcommand), [`out`] (standard output, which
-//! ends quietly when its reader has gone), [`fuzzing`] (the fuzz targets' bodies) and [`error`].
+//! into predictions), [`explain`] (Grad-CAM heatmaps: why the model said so), [`serve`] (the HTTP server),
+//! [`bench`](mod@bench) (the measurements), [`cli`] and [`commands`] (the command line's arguments and one function
+//! per subcommand), [`out`] (standard output, which ends quietly when its reader has gone), [`fuzzing`] (the fuzz
+//! targets' bodies) and [`error`].
 //!
 //! # Example
 //!
@@ -59,6 +60,7 @@ pub mod compiled;
 pub mod data;
 pub mod dist;
 pub mod error;
+pub mod explain;
 pub mod files;
 pub mod fuzzing;
 pub mod infer;

@@ -75,3 +75,8 @@ fn request_inputs() {
 fn onnx_inputs() {
     check("onnx", resnet::fuzzing::onnx, 6);
 }
+
+#[test]
+fn explain_names_inputs() {
+    check("explain_names", resnet::fuzzing::explain_names, 12);
+}

@@ -425,6 +425,8 @@ fn endpoints_answer_and_predictions_match_the_library() {
         .starts_with("text/html"));
     let html = String::from_utf8(page.body.clone()).unwrap();
     assert!(html.contains("<title>resnet serve</title>") && html.contains("/v1/predict"));
+    // The "why?" toggle asks /v1/explain (tools/check_page.py --why drives it in a browser).
+    assert!(html.contains("id=\"why\"") && html.contains("/v1/explain"));
     assert!(
         !html.contains("http://") && !html.contains("https://"),
         "the page fetches nothing from elsewhere"
@@ -746,5 +748,160 @@ fn a_body_that_never_ends_gets_408_and_others_are_served_meanwhile() {
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(30),
         "408 after {waited:?}"
+    );
+}
+
+fn explain_grid(v: &Value) -> Vec<f32> {
+    v["explain"]["grid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect()
+}
+
+#[test]
+fn explain_answers_heatmaps_that_match_the_library() {
+    use resnet::explain::{Explainer, Target};
+    let dir = common::scratch_dir("resnet-serve-", "explain");
+    let weights = model_file(&dir, Some(32));
+    let server = Server::start(&weights, &[]);
+    let pic = picture(3, 40, 36);
+    let body = png(&pic);
+    let mut lib = Explainer::load(&weights, None, None).unwrap();
+    let img = resnet::data::Image::new(pic.to_vec(), 36, 40, 3).unwrap();
+
+    // The predicted class at the last stage.
+    let r = server.request("POST", "/v1/explain", &[], &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let p = &v["predictions"][0];
+    let layer = lib.layer(None).unwrap();
+    let want = lib
+        .explain(img.clone(), "body", Target::Top1, &layer)
+        .unwrap();
+    assert_eq!(p["explain"]["layer"], "layer4", "{p}");
+    assert_eq!(p["explain"]["index"], want.cam.class, "{p}");
+    assert_eq!(p["index"], p["explain"]["index"], "top-1 explained: {p}");
+    assert_eq!(explain_grid(p), want.cam.map, "{p}");
+    assert_eq!(
+        (
+            p["explain"]["width"].as_u64(),
+            p["explain"]["height"].as_u64()
+        ),
+        (Some(40), Some(36))
+    );
+    // The heatmap: a PNG (its signature in base64) of the image's size, as the library draws it.
+    let b64 = p["explain"]["png_base64"].as_str().unwrap();
+    assert!(
+        b64.starts_with("iVBORw0KGgo"),
+        "{}",
+        &b64[..20.min(b64.len())]
+    );
+    assert_eq!(
+        b64,
+        resnet::serve::explain::base64(&want.overlay_png().unwrap())
+    );
+
+    // ?class= and ?layer=, a multipart body of two images.
+    let (ct, two) = multipart(&[("a.png", &body), ("b.png", &png(&picture(4, 32, 32)))]);
+    let r = server.request(
+        "POST",
+        "/v1/explain?class=dog&layer=layer3&topk=2",
+        &[("Content-Type", &ct)],
+        &two,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2, "{v}");
+    assert_eq!(preds[0]["image"], "a.png");
+    let layer3 = lib.layer(Some("layer3")).unwrap();
+    let want = lib
+        .explain(img, "a.png", Target::Class(1), &layer3)
+        .unwrap();
+    for p in preds {
+        assert_eq!(p["explain"]["class"], "dog", "{p}");
+        assert_eq!(p["explain"]["layer"], "layer3", "{p}");
+        assert_eq!(p["top"].as_array().unwrap().len(), 2, "{p}");
+    }
+    assert_eq!(explain_grid(&preds[0]), want.cam.map);
+    // Predictions are served as before, and the explain route is counted.
+    assert_eq!(server.predict("", &body).status, 200);
+    server.assert_metrics(&["resnet_http_requests_total{path=\"/v1/explain\",status=\"200\"} 2"]);
+}
+
+#[test]
+fn explain_refuses_bad_requests_with_json_and_keeps_serving() {
+    let dir = common::scratch_dir("resnet-serve-", "explain-bad");
+    let weights = model_file(&dir, Some(32));
+    let server = Server::start(&weights, &["--max-body-mb", "1", "--max-images", "2"]);
+    let good = png(&picture(5, 32, 32));
+    let explain = |query: &str, body: &[u8]| {
+        server.request("POST", &format!("/v1/explain{query}"), &[], body)
+    };
+    explain("?class=zebra", &good).expect_error(400, "not a class");
+    explain("?class=4", &good).expect_error(400, "not a class");
+    explain("?layer=layer9", &good).expect_error(400, "not a layer");
+    explain("?layer=layer4.99999999999999999999", &good).expect_error(400, "not a layer");
+    explain("?layer=", &good).expect_error(400, "layer must be");
+    explain(&format!("?class={}", "a".repeat(300)), &good).expect_error(400, "class must be");
+    explain("?colour=blue", &good).expect_error(400, "bad query");
+    explain("?topk=0", &good).expect_error(400, "topk");
+    explain("", b"hello, not an image").expect_error(400, "cannot read image");
+    explain("", &good[..good.len() / 2]).expect_error(400, "cannot read image");
+    explain("", b"").expect_error(400, "empty");
+    explain("", &vec![7u8; (1 << 20) + 1]).expect_error(413, "");
+    let (ct3, three) = multipart(&[("a.png", &good), ("b.png", &good), ("c.png", &good)]);
+    server
+        .request("POST", "/v1/explain", &[("Content-Type", &ct3)], &three)
+        .expect_error(413, "more than 2 images");
+    explain("", &png(&picture(1, 1025, 8))).expect_error(413, "at most 1024 pixels a side");
+    let r = server.get("/v1/explain");
+    r.expect_error(405, "GET is not allowed");
+    // Still explaining, and still predicting.
+    assert_eq!(explain("", &good).status, 200);
+    assert_eq!(server.predict("", &good).status, 200);
+}
+
+#[test]
+fn a_full_explain_queue_answers_503_and_predictions_go_on() {
+    // No resize step: a 1024 × 1024 upload is explained at that size, which takes a while; with one request
+    // waiting at most, the others are refused at once, and /v1/predict still answers meanwhile.
+    let dir = common::scratch_dir("resnet-serve-", "explain-overload");
+    let weights = model_file(&dir, None);
+    let server = Server::start(&weights, &["--explain-queue", "1"]);
+    let big = png(&picture(9, 1024, 1024));
+    let small = png(&picture(1, 32, 32));
+    let addr = server.addr;
+    let (replies, predicted) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| request(addr, "POST", "/v1/explain", &[], &big)))
+            .collect();
+        let predicted = request(addr, "POST", "/v1/predict", &[], &small).status;
+        let replies: Vec<Reply> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (replies, predicted)
+    });
+    assert_eq!(predicted, 200);
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(ok + refused.len(), 6, "only 200 or 503 answers");
+    assert!(
+        ok >= 1 && !refused.is_empty(),
+        "{ok} answered, {} refused",
+        refused.len()
+    );
+    for r in refused {
+        r.expect_error(503, "explain queue");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    }
+    assert_eq!(
+        request(addr, "POST", "/v1/explain", &[], &small).status,
+        200
     );
 }

@@ -9,6 +9,10 @@ the desktop arrives (a `drop` event whose DataTransfer holds the file), waits fo
 shows the model line, the dropped image is displayed, five bars are drawn in decreasing order summing to at most
 100 %, the top-1 class shown is the one `resnet predict --json` gives for the same file (and --expect-class, when
 given), no request failed and nothing was fetched from another origin. Then it saves a screenshot.
+
+With --why it then ticks the "why?" toggle and asserts: the Grad-CAM heatmap from `/v1/explain` is laid exactly over
+the image, at the image's own pixel size, for the page's top-1 class, the same class `resnet predict --explain`
+names; then it saves a second screenshot (--why-screenshot).
 """
 import argparse
 import base64
@@ -31,6 +35,8 @@ def main():
     ap.add_argument('--screenshot', default='page.png')
     ap.add_argument('--bin', default=os.path.join(root, 'target/release/resnet'))
     ap.add_argument('--chromium', default='/usr/bin/chromium')
+    ap.add_argument('--why', action='store_true', help='also tick "why?" and check the heatmap overlay')
+    ap.add_argument('--why-screenshot', default='page-why.png')
     a = ap.parse_args()
 
     cli = json.loads(subprocess.run([a.bin, 'predict', '--weights', a.weights, '--json', '--topk', '5', a.image],
@@ -82,6 +88,22 @@ def check(url, a, cli):
         model_line = page.text_content('#model')
         error = page.text_content('#error')
         page.screenshot(path=a.screenshot, full_page=True)
+        why = None
+        if a.why:
+            page.check('#why')
+            page.wait_for_function("(() => { const h = document.getElementById('heat');"
+                                   " return !h.hidden && h.complete && h.naturalWidth > 0; })()")
+            why = {
+                'class': page.eval_on_selector('#heat', 'h => h.dataset.class'),
+                'size': page.eval_on_selector('#heat', 'h => [h.naturalWidth, h.naturalHeight]'),
+                'image': page.eval_on_selector('#preview', 'i => [i.naturalWidth, i.naturalHeight]'),
+                'heat_box': page.locator('#heat').bounding_box(),
+                'preview_box': page.locator('#preview').bounding_box(),
+                'note': page.text_content('#whynote'),
+            }
+            page.screenshot(path=a.why_screenshot, full_page=True)
+            page.uncheck('#why')
+            why['hidden_after'] = page.eval_on_selector('#heat', 'h => h.hidden')
         browser.close()
 
     top1 = rows[0]['cls']
@@ -105,6 +127,18 @@ def check(url, a, cli):
     assert not failures, f'failed requests: {failures}'
     foreign = [u for u in requests if not u.startswith(url) and not u.startswith('blob:')]
     assert not foreign, f'fetched from elsewhere: {foreign}'
+    if why:
+        print(f"why?: {why['note']}; heatmap {why['size'][0]}×{why['size'][1]} over the image "
+              f"{why['image'][0]}×{why['image'][1]}")
+        assert why['class'] == top1, (why['class'], top1)
+        assert why['size'] == why['image'], why
+        assert why['heat_box'] == why['preview_box'], why
+        assert why['hidden_after'], 'unticking "why?" leaves the heatmap shown'
+        explained = json.loads(subprocess.run(
+            [a.bin, 'predict', '--weights', a.weights, '--json', '--explain', os.path.dirname(a.why_screenshot) or '.',
+             a.image], check=True, capture_output=True, text=True).stdout)['explain']
+        assert explained['class'] == why['class'], (explained['class'], why['class'])
+        print(f"why?: class {why['class']} as `resnet predict --explain`; screenshot: {a.why_screenshot}")
     print(f'PASS ({len(requests)} requests, all to {url}); screenshot: {a.screenshot}')
 
 

@@ -2,6 +2,7 @@
 
 use super::group_thousands;
 use crate::data::transforms::check_resize;
+use crate::explain::Explainer;
 use crate::infer::Model;
 use crate::nn::ArchName;
 use crate::out::status_line;
@@ -77,6 +78,10 @@ pub struct ServeArgs {
     /// (answers then equal to f32 rounding).
     #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub batch_invariant: bool,
+    /// Most `POST /v1/explain` requests waiting for the explain worker, which runs one at a time outside the
+    /// batched path (a request past them gets 503).
+    #[arg(long, default_value_t = 4)]
+    pub explain_queue: usize,
 }
 
 impl ServeArgs {
@@ -143,6 +148,12 @@ impl ServeArgs {
         if self.topk == 0 {
             bail!("--topk must be at least 1");
         }
+        if self.explain_queue == 0 || self.explain_queue > MAX_SERVE_QUEUE {
+            bail!(
+                "--explain-queue must be between 1 and {MAX_SERVE_QUEUE}, got {}",
+                self.explain_queue
+            );
+        }
         self.resize.map_or(Ok(()), check_resize)?;
         Ok(ServeOptions {
             addr: self.addr,
@@ -163,6 +174,7 @@ impl ServeArgs {
                 header_timeout: Duration::from_secs_f64(self.header_timeout),
                 max_connections: self.max_connections,
             },
+            explain_queue: self.explain_queue,
         })
     }
 }
@@ -173,6 +185,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let mut model = Model::load(&args.weights, args.arch, args.resize)?;
     model.net.set_batch_invariant(args.batch_invariant);
     model.reserve(opts.batch.max_batch, opts.batch.max_batch_pixels)?;
+    let explainer = Explainer::load(&args.weights, args.arch, args.resize)?;
     // A status line: dropped if standard output is a closed pipe, the server serves regardless (see crate::out).
     status_line(format_args!(
         "serving {} ({}, {} classes) from {}",
@@ -181,5 +194,5 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         model.names.len(),
         args.weights.display()
     ));
-    serve(model, opts)
+    serve(model, explainer, opts)
 }

@@ -157,6 +157,27 @@ pub fn batch_norm_add_relu(
     });
 }
 
+/// Input gradient of [`batch_norm_apply`] in eval mode (running statistics: the map is a fixed affine one per
+/// channel), in place: `grad = grad·scale` per channel, and 0 where `relu` and the forward output `y <= 0`.
+/// No parameter gradient (an explanation needs none). `y`, `grad`: `[rows, c]`; `scale`: `[c]`.
+pub fn batch_norm_eval_backward_in_place(y: &[f32], grad: &mut [f32], scale: &[f32], relu: bool) {
+    let c = scale.len();
+    let rows = grad.len() / c;
+    let piece = piece_len(rows, 64) * c;
+    super::par_pieces(grad, piece, |i, g| {
+        let yin = &y[i * piece..][..g.len()];
+        for (g_row, y_row) in g.chunks_exact_mut(c).zip(yin.chunks_exact(c)) {
+            for ch in 0..c {
+                g_row[ch] = if relu && y_row[ch] <= 0.0 {
+                    0.0
+                } else {
+                    g_row[ch] * scale[ch]
+                };
+            }
+        }
+    });
+}
+
 /// Backward of [`batch_norm_apply`] with training-mode statistics (the batch's own mean and invstd).
 /// When `relu`, `y` is the forward output and the gradient is first masked by `y > 0`.
 /// Writes `dx [rows, c]`, `dgamma [c]`, `dbeta [c]`; `sums` is scratch of [`sums_scratch_len`], `coeffs` holds `3·c` f32.

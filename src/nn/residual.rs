@@ -9,6 +9,7 @@ use super::arch::{BlockSpec, ConvSpec, Init, ResNetConfig, Shortcut};
 use super::{
     ensure_len, BatchNorm2d, BnStore, Buffers, Conv2d, ConvStore, Grad, InitRng, Workspace,
 };
+use crate::kernels::norm::batch_norm_eval_backward_in_place;
 use crate::kernels::pointwise::{add_assign, add_relu_forward, relu_backward_in_place};
 use crate::Shape4;
 
@@ -296,6 +297,62 @@ impl Residual {
             self.own_grads = bufs;
             self.own_grad_len = in_len;
         }
+    }
+
+    /// Floats each gradient buffer of [`Residual::backward_eval`] needs after the last eval-mode forward (whose
+    /// convolutions wrote no output of their own: their batch norms took it).
+    pub fn eval_grad_buffer_len(&self) -> usize {
+        self.convs
+            .iter()
+            .map(|c| c.in_shape().len().max(c.out_shape.len()))
+            .fold(self.out.len(), usize::max)
+    }
+
+    /// The input gradient of the last forward when it ran in eval mode on the block's own buffers (batch norms
+    /// with their running statistics, a fixed affine map per channel: what an explanation differentiates, as
+    /// PyTorch's autograd does through a model in `eval()`). `x` is that forward's input (NHWC); `grads` are
+    /// `[grad, dx, tmp]`, each at least [`Residual::eval_grad_buffer_len`] long, `grad` holding `d out` on entry
+    /// and `d x` on return. The convolutions' kernels also leave weight gradients in the layers (nothing reads
+    /// them); no batch-norm parameter gradient is computed.
+    pub fn backward_eval(&mut self, x: &[f32], grads: &mut [Vec<f32>; 3], ws: &mut Workspace) {
+        let [grad, dx, tmp] = grads;
+        let (in_len, out_len) = (x.len(), self.out.len());
+        relu_backward_in_place(&self.out, &mut grad[..out_len]);
+        let d_x = &mut dx[..in_len];
+        match (&mut self.shortcut_conv, &mut self.shortcut_bn) {
+            (Some(c), Some(bn)) => {
+                let d = &mut tmp[..out_len];
+                d.copy_from_slice(&grad[..out_len]);
+                let (scale, _) = bn.eval_scale_shift();
+                batch_norm_eval_backward_in_place(&bn.out, d, &scale, false);
+                c.backward(x, d, Some(Buffers::Lent(&mut *d_x)), ws);
+            }
+            (Some(c), None) => {
+                c.backward(x, &grad[..out_len], Some(Buffers::Lent(&mut *d_x)), ws);
+            }
+            (None, _) => d_x.copy_from_slice(&grad[..out_len]),
+        }
+        let last = self.convs.len() - 1;
+        let (scale, _) = self.bns[last].eval_scale_shift();
+        let last_bn = &self.bns[last];
+        batch_norm_eval_backward_in_place(&last_bn.out, &mut grad[..out_len], &scale, false);
+        let (mut cur, mut other) = (&mut grad[..], &mut tmp[..]);
+        for i in (1..=last).rev() {
+            let conv = &mut self.convs[i];
+            let d_in = &mut other[..conv.in_shape().len()];
+            let d_out = &cur[..conv.out_shape.len()];
+            let bn = &self.bns[i - 1];
+            conv.backward(&bn.out, d_out, Some(Buffers::Lent(&mut *d_in)), ws);
+            let (scale, _) = bn.eval_scale_shift();
+            batch_norm_eval_backward_in_place(&bn.out, d_in, &scale, bn.relu);
+            std::mem::swap(&mut cur, &mut other);
+        }
+        let first = &mut self.convs[0];
+        let dy = &cur[..first.out_shape.len()];
+        let dx_main = &mut other[..in_len];
+        first.backward(x, dy, Some(Buffers::Lent(&mut *dx_main)), ws);
+        add_assign(d_x, dx_main);
+        std::mem::swap(grad, dx);
     }
 
     /// Gradient w.r.t. the block's input from the last [`Residual::backward`] on its own buffers (NHWC, input

@@ -2,6 +2,7 @@
 
 use super::batcher::{Batcher, Refused};
 use super::conn::{serve_connections, Drained};
+use super::explain::ExplainQueue;
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::{shutdown_signal, ServeOptions, SHUTDOWN_GRACE};
 use crate::data::image_file::decode_image_within;
@@ -80,15 +81,22 @@ impl App {
 struct Shared {
     app: Arc<App>,
     batcher: Batcher,
+    explain: ExplainQueue,
 }
 
 /// Binds, prints the address, serves until a stop signal, then drains (at most [`SHUTDOWN_GRACE`] past the
 /// request timeout; connections still open then are dropped with the runtime, see [`super::serve`]).
-pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Result<()> {
+pub(super) async fn run(
+    app: App,
+    batcher: Batcher,
+    explain: ExplainQueue,
+    opts: &ServeOptions,
+) -> Result<()> {
     let counters = app.metrics.clone();
     let shared = Shared {
         app: Arc::new(app),
         batcher,
+        explain,
     };
     let router = Router::new()
         .route("/", get(page))
@@ -96,6 +104,7 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
         .route("/metrics", get(metrics))
         .route("/v1/model", get(model_info))
         .route("/v1/predict", post(predict))
+        .route("/v1/explain", post(explain_images))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(shared.clone(), observe))
@@ -129,14 +138,18 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
 }
 
 /// An error answer: `{"error": message, "status": code}`, counted under `kind`.
-pub(super) struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        kind: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             kind,
@@ -144,11 +157,11 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(super) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
-    fn overloaded(message: impl Into<String>) -> ApiError {
+    pub(super) fn overloaded(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message)
     }
 }
@@ -183,6 +196,7 @@ async fn observe(State(s): State<Shared>, req: Request, next: Next) -> Response 
         Some("/metrics") => "/metrics",
         Some("/v1/model") => "/v1/model",
         Some("/v1/predict") => "/v1/predict",
+        Some("/v1/explain") => "/v1/explain",
         _ => "other",
     };
     let r = next.run(req).await;
@@ -228,7 +242,7 @@ async fn not_found(req: Request) -> ApiError {
         StatusCode::NOT_FOUND,
         "not_found",
         format!(
-            "no route {}: try GET /, GET /v1/model, POST /v1/predict, GET /healthz, GET /metrics",
+            "no route {}: try GET /, GET /v1/model, POST /v1/predict, POST /v1/explain, GET /healthz, GET /metrics",
             req.uri().path()
         ),
     )
@@ -239,7 +253,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!(
-            "{} is not allowed on {} (POST /v1/predict; GET for the others)",
+            "{} is not allowed on {} (POST /v1/predict and /v1/explain; GET for the others)",
             req.method(),
             req.uri().path()
         ),
@@ -309,6 +323,61 @@ async fn predict(
         })
         .collect();
     Ok(Json(json!({ "predictions": predictions })))
+}
+
+/// `POST /v1/explain`'s query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainQuery {
+    topk: Option<usize>,
+    class: Option<String>,
+    layer: Option<String>,
+}
+
+/// `POST /v1/explain[?class=NAME&layer=NAME&topk=K]`: the bodies `/v1/predict` takes; each image's prediction and
+/// its Grad-CAM heatmap (a PNG in base64 and the raw grid), computed by the explain worker outside the batched
+/// path (503 when its queue is full).
+async fn explain_images(
+    State(s): State<Shared>,
+    req: Request,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let started = Instant::now();
+    let opts = &s.app.opts;
+    let Query(q) = Query::<ExplainQuery>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    if q.topk == Some(0) {
+        return Err(ApiError::bad_request("topk must be at least 1"));
+    }
+    for (what, v) in [("class", &q.class), ("layer", &q.layer)] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > 256) {
+            return Err(ApiError::bad_request(format!(
+                "{what} must be 1 to 256 bytes"
+            )));
+        }
+    }
+    let images = tokio::time::timeout(opts.timeout, read_images(req, opts))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body took longer than {} s",
+                    opts.timeout.as_secs_f64()
+                ),
+            )
+        })??;
+    let left = opts.timeout.saturating_sub(started.elapsed());
+    let topk = q.topk.unwrap_or(opts.topk);
+    let answers = tokio::time::timeout(left, s.explain.explain(images, q.class, q.layer, topk))
+        .await
+        .map_err(|_| {
+            ApiError::overloaded(format!(
+                "no explanation within {} s: the server is overloaded",
+                opts.timeout.as_secs_f64()
+            ))
+        })??;
+    Ok(Json(json!({ "predictions": answers })))
 }
 
 /// `?topk=K&logits=BOOL`, both optional, nothing else.

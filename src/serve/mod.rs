@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /` | a page to try the model: drop an image, see the top-5 classes |
 //! | `POST /v1/predict[?topk=K&logits=true]` | a PNG/JPEG body, or multipart with one or more images |
+//! | `POST /v1/explain[?class=NAME&layer=NAME&topk=K]` | the same bodies: predictions with Grad-CAM heatmaps ([`explain`]) |
 //! | `GET /v1/model` | architecture, input, class names, parameter count |
 //! | `GET /healthz` | `{"status":"ok"}` |
 //! | `GET /metrics` | OpenMetrics text (Prometheus) |
@@ -16,6 +17,7 @@
 
 pub mod batcher;
 pub mod conn;
+pub mod explain;
 pub mod handlers;
 pub mod metrics;
 mod rejections;
@@ -26,6 +28,7 @@ pub use handlers::parse_predict;
 pub use metrics::Metrics;
 
 use crate::error::Context;
+use crate::explain::Explainer;
 use crate::infer::Model;
 use crate::{Error, Result};
 use std::net::SocketAddr;
@@ -53,20 +56,25 @@ pub struct ServeOptions {
     pub topk: usize,
     /// The header-read timeout and the connection cap.
     pub limits: ConnLimits,
+    /// Most `/v1/explain` requests waiting for the explain worker (besides the one it runs).
+    pub explain_queue: usize,
 }
 
-/// Serves `model` until SIGTERM or Ctrl-C, then finishes the requests in flight and returns. Prints
+/// Serves `model` until SIGTERM or Ctrl-C, then finishes the requests in flight and returns; `explainer` (the
+/// same weights on the trainable network) answers `/v1/explain` on a thread of its own. Prints
 /// `listening on http://ADDR` once the socket is bound.
-pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
+pub fn serve(model: Model, explainer: Explainer, opts: ServeOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::new(opts.batch.max_batch));
     let app = handlers::App::new(&model, &opts, metrics.clone());
+    let (explain, explain_worker) =
+        explain::ExplainQueue::start(explainer, opts.explain_queue, &opts);
     let (batcher, worker) = Batcher::start(model, opts.batch, metrics);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("serve: cannot start the runtime")?;
-    let result = runtime.block_on(handlers::run(app, batcher, &opts));
+    let result = runtime.block_on(handlers::run(app, batcher, explain, &opts));
     // Connections still open past the shutdown deadline hold the router, and with it queue senders: dropping the
     // runtime drops them (a half-sent request once kept the server up until its client left).
     runtime.shutdown_timeout(SHUTDOWN_GRACE);
@@ -74,6 +82,9 @@ pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
     worker
         .join()
         .map_err(|_| Error::new("serve: the batching thread panicked"))?;
+    explain_worker
+        .join()
+        .map_err(|_| Error::new("serve: the explain thread panicked"))?;
     result
 }
 

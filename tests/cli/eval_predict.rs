@@ -353,3 +353,64 @@ fn predict_brings_images_to_the_trained_size_when_the_file_stores_no_resize() {
     assert_eq!(logits(&no_resize), logits(&resized));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn predict_explain_writes_a_heatmap_per_image_and_the_raw_map_in_json() {
+    let m = model();
+    let dir = scratch("predict-explain");
+    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
+    let a = dir.join("a.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&a)
+        .unwrap();
+    // An RGB image of another size: the heatmap comes back at the image's own size.
+    let b = dir.join("b.png");
+    image::RgbImage::from_fn(50, 40, |x, _| image::Rgb([(x * 5) as u8, 90, 30]))
+        .save(&b)
+        .unwrap();
+    let cams = dir.join("cams");
+    let args = ["predict", "--weights", s(&m.weights), "--explain", s(&cams)];
+    let out = expect_success(
+        &resnet(&[&args[..], &[s(&a), s(&b)]].concat(), &dir),
+        "explain",
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("a.cam.png") && out.contains("b.cam.png"),
+        "{out}"
+    );
+    for (name, size) in [("a.cam.png", (28, 28)), ("b.cam.png", (50, 40))] {
+        let img = image::open(cams.join(name)).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), size, "{name}");
+    }
+
+    // --json: the raw map at the last stage's resolution, its layer and the class asked for; predict's own
+    // fields are still there.
+    let json_args = [&args[..], &["--json", "--class", "bag", s(&a)]].concat();
+    let out = expect_success(&resnet(&json_args, &dir), "explain --json");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let e = &v["explain"];
+    assert_eq!(e["layer"], "resnet_block4", "{e}");
+    assert_eq!(e["class"], "bag", "{e}");
+    assert_eq!(e["index"], 8, "{e}");
+    let grid = e["grid"].as_array().unwrap();
+    assert!(!grid.is_empty() && grid.len() <= 28, "{e}");
+    let values: Vec<f64> = grid
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        .collect();
+    assert!(values.iter().all(|&x| x >= 0.0 && x.is_finite()), "{e}");
+    assert_eq!(values.len(), grid.len() * grid[0].as_array().unwrap().len());
+    assert!(v["logits"].as_array().is_some_and(|l| l.len() == 10), "{v}");
+
+    // Another layer: a finer grid.
+    let layer_args = [&args[..], &["--json", "--layer", "resnet_block2", s(&a)]].concat();
+    let out = expect_success(&resnet(&layer_args, &dir), "explain --layer");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["explain"]["layer"], "resnet_block2");
+    assert!(
+        v["explain"]["grid"].as_array().unwrap().len() > grid.len(),
+        "{v}"
+    );
+}

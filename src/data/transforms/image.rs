@@ -97,7 +97,7 @@ pub fn crop(img: &Image, top: isize, left: isize, h: usize, w: usize) -> Image {
 
 /// Offset of a centered crop of `crop` pixels along an axis of `size`, as torchvision's `center_crop` computes it:
 /// zero padding `(crop − size) // 2` before when the crop is larger, else `int(round((size − crop) / 2.0))`.
-fn center_offset(size: usize, crop: usize) -> isize {
+pub fn center_offset(size: usize, crop: usize) -> isize {
     if crop > size {
         -(((crop - size) / 2) as isize)
     } else {

@@ -23,7 +23,7 @@ pub use self::erasing::{
     erase, random_erasing_params, RandomErasing, ERASING_RATIO, ERASING_SCALE,
 };
 pub use self::image::{
-    center_crop, crop, hflip, hflip_image, luma, pad_crop, random_crop_params,
+    center_crop, center_offset, crop, hflip, hflip_image, luma, pad_crop, random_crop_params,
     random_resized_crop_params, resized_crop, to_tensor_chw, Image, RRC_RATIO, RRC_SCALE,
 };
 pub use self::pipeline::{
