@@ -1,0 +1,433 @@
+//! The compiled network quantized to int8 for inference: the same steps as [`CompiledNet`], each convolution
+//! after the stem run by [`crate::kernels::int8`] on `u8` activations and `i8` weights.
+//!
+//! - Weights: the folded convolutions' (batch norm first, [`super::fold_bn`]), per output channel symmetric:
+//!   `w_scale[c] = max |w[.., c]| / 127`, `q = round(w / w_scale[c])` in [-127, 127]; the bias in units of
+//!   the sum, `round(bias[c] / (w_scale[c] · x_scale))`.
+//! - Activations: per tensor, `u8` with zero point 0 (every one a quantized convolution reads follows a ReLU),
+//!   `scale = clip / qmax`, the clip calibrated ([`Calibration`]: the largest value seen, or a percentile of
+//!   the values), `qmax` the kernel path's (255; 127 on AVX2, see [`Path::qmax`]), so one calibration serves
+//!   every CPU.
+//! - Kept in f32: the stem convolution (its input, the normalized image, is signed) and its max pool, the
+//!   outputs of the shortcut convolutions (signed: added to their block's sum as `f32`), the last block's
+//!   output (the features the average pool and classifier read), the classifier.
+//!
+//! Each convolution's store does the rest ([`Requant`]): `y = relu?((sum + bias) · w_scale·x_scale / y_scale
+//! + shortcut / y_scale)`, rounded to the next layer's `u8`.
+
+use super::{CompiledNet, Step};
+use crate::kernels::conv::Epilogue;
+use crate::kernels::int8::{self, Output, PackedWeights, Path, Requant, Residual};
+use crate::kernels::linear::linear_forward;
+use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer};
+use crate::tensor::nchw_to_nhwc_into;
+use crate::{bail, Result, Shape4};
+
+/// Bins of a value's calibration histogram.
+const BINS: usize = 2048;
+
+/// How a value's clip is chosen from its calibration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// The largest value seen.
+    MinMax,
+    /// The given percentile (e.g. 99.99) of the values seen.
+    Percentile(f64),
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::MinMax => write!(f, "min-max"),
+            Method::Percentile(p) => write!(f, "percentile {p}"),
+        }
+    }
+}
+
+/// What calibration saw of one value: its largest element and a histogram of its elements over `[0, top)`,
+/// `top` doubled (pairs of bins merged) whenever a larger element comes, so that one pass over the images
+/// serves every method.
+#[derive(Clone, Debug)]
+struct ValueStats {
+    max: f32,
+    top: f32,
+    bins: Vec<u64>,
+}
+
+impl ValueStats {
+    fn add(&mut self, values: &[f32]) {
+        let max = values.iter().fold(0.0f32, |m, &v| m.max(v));
+        self.max = self.max.max(max);
+        if self.top == 0.0 {
+            self.top = max;
+        }
+        while max > self.top {
+            for i in 0..BINS / 2 {
+                self.bins[i] = self.bins[2 * i] + self.bins[2 * i + 1];
+            }
+            self.bins[BINS / 2..].fill(0);
+            self.top *= 2.0;
+        }
+        if self.top == 0.0 {
+            self.bins[0] += values.len() as u64;
+            return;
+        }
+        let per_bin = BINS as f32 / self.top;
+        for &v in values {
+            let b = ((v.max(0.0) * per_bin) as usize).min(BINS - 1);
+            self.bins[b] += 1;
+        }
+    }
+
+    /// The clip `method` chooses (the upper edge of the bin where the percentile falls), never above the largest
+    /// value seen; positive (a value that was always zero gets 1, any scale being exact for it).
+    fn clip(&self, method: Method) -> f32 {
+        let clip = match method {
+            Method::MinMax => self.max,
+            Method::Percentile(p) => {
+                let total: u64 = self.bins.iter().sum();
+                let want = (total as f64 * p / 100.0).ceil() as u64;
+                let mut seen = 0;
+                let bin = self.bins.iter().position(|&c| {
+                    seen += c;
+                    seen >= want
+                });
+                let edge = (bin.unwrap_or(BINS - 1) + 1) as f32 * self.top / BINS as f32;
+                edge.min(self.max)
+            }
+        };
+        if clip > 0.0 && clip.is_finite() {
+            clip
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Calibration over images run through the f32 network: per value that a quantized convolution reads, what
+/// its elements were ([`Calibration::observe`], then [`Calibration::clips`]).
+pub struct Calibration {
+    stats: Vec<Option<ValueStats>>,
+    /// Images observed.
+    pub images: usize,
+}
+
+impl Calibration {
+    /// An empty calibration for `net`'s quantized values.
+    pub fn new(net: &CompiledNet) -> Calibration {
+        let stats = quantized_values(net)
+            .into_iter()
+            .map(|q| {
+                q.then(|| ValueStats {
+                    max: 0.0,
+                    top: 0.0,
+                    bins: vec![0; BINS],
+                })
+            })
+            .collect();
+        Calibration { stats, images: 0 }
+    }
+
+    /// Runs the NCHW batch `x` of shape `xs` through `net` (f32) and adds what each quantized value held.
+    pub fn observe(&mut self, net: &mut CompiledNet, x: &[f32], xs: Shape4) -> Result<()> {
+        let stats = &mut self.stats;
+        net.run(
+            x,
+            xs,
+            None,
+            Some(&mut |value, data| {
+                if let Some(s) = stats.get_mut(value).and_then(Option::as_mut) {
+                    s.add(data);
+                }
+            }),
+        )?;
+        self.images += xs.n;
+        Ok(())
+    }
+
+    /// Per value, its clip by `method` (`None` for the values kept in f32).
+    pub fn clips(&self, method: Method) -> Vec<Option<f32>> {
+        self.stats
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.clip(method)))
+            .collect()
+    }
+}
+
+/// Per value of `net`: true when a quantized convolution reads it as its input (every convolution but the
+/// stem, the first).
+fn quantized_values(net: &CompiledNet) -> Vec<bool> {
+    let mut q = vec![false; net.steps.len() + 1];
+    for step in &net.steps {
+        if let Step::Conv { conv, input, .. } = step {
+            if *conv > 0 {
+                q[*input] = true;
+            }
+        }
+    }
+    q
+}
+
+/// One convolution quantized: its packed weights and its store's bias and scale.
+struct QuantConv {
+    packed: PackedWeights,
+    bias: Vec<i32>,
+    /// `w_scale[c] · x_scale / y_scale`.
+    scale: Vec<f32>,
+}
+
+/// The compiled network with its convolutions after the stem quantized (see the module documentation).
+pub struct QuantNet {
+    net: CompiledNet,
+    path: Path,
+    /// Per convolution of `net`: `None` for those run in f32 (the stem).
+    convs: Vec<Option<QuantConv>>,
+    /// Per value: the scale of its `u8` elements (`None`: kept in f32).
+    scales: Vec<Option<f32>>,
+    /// Per value: the last step that reads it (the pool and classifier read the last value).
+    last_read: Vec<usize>,
+}
+
+impl QuantNet {
+    /// Quantizes `net` with one clip per value (`None` where [`Calibration::clips`] says so) for the kernel
+    /// `path`. Errors if the clips do not fit the network.
+    pub fn new(net: CompiledNet, clips: &[Option<f32>], path: Path) -> Result<QuantNet> {
+        let quantized = quantized_values(&net);
+        let same = clips.len() == quantized.len()
+            && clips.iter().zip(&quantized).all(|(c, &q)| c.is_some() == q);
+        if !same {
+            bail!("int8: the calibration's values do not match the network's");
+        }
+        if let Some(bad) = clips
+            .iter()
+            .flatten()
+            .find(|c| !(c.is_finite() && **c > 0.0))
+        {
+            bail!("int8: activation clip {bad} is not a positive number");
+        }
+        let qmax = path.qmax() as f32;
+        let scales: Vec<Option<f32>> = clips.iter().map(|c| c.map(|c| c / qmax)).collect();
+        let mut convs: Vec<Option<QuantConv>> = (0..net.convs.len()).map(|_| None).collect();
+        let mut last_read = vec![net.steps.len(); scales.len()];
+        for (i, step) in net.steps.iter().enumerate() {
+            for v in step.reads() {
+                last_read[v] = i;
+            }
+            let Step::Conv {
+                conv,
+                input,
+                output,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let Some(x_scale) = scales[*input] else {
+                continue;
+            };
+            let y_scale = scales[*output].unwrap_or(1.0);
+            convs[*conv] = Some(quantize_conv(&net.convs[*conv], x_scale, y_scale, path));
+        }
+        *last_read.last_mut().expect("a network has values") = net.steps.len();
+        Ok(QuantNet {
+            net,
+            path,
+            convs,
+            scales,
+            last_read,
+        })
+    }
+
+    /// The kernel path the quantized convolutions run on.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. Allocates each value as it is made and
+    /// frees it after its last reader.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        if x.len() != xs.len() {
+            bail!(
+                "input holds {} values, shape {xs} needs {}",
+                x.len(),
+                xs.len()
+            );
+        }
+        self.net.shapes_for(xs)?;
+        let net = &mut self.net;
+        let shapes = &net.shapes[&xs];
+        let count = shapes.values.len();
+        let mut floats: Vec<Option<Vec<f32>>> = vec![None; count];
+        let mut bytes: Vec<Option<Vec<u8>>> = vec![None; count];
+        let mut input = vec![0.0; xs.len()];
+        nchw_to_nhwc_into(x, xs, &mut input);
+        floats[0] = Some(input);
+        for (i, step) in net.steps.iter().enumerate() {
+            let out_len = shapes.values[step.output()].len();
+            match step {
+                Step::Conv {
+                    conv,
+                    input,
+                    residual,
+                    output,
+                } => match &self.convs[*conv] {
+                    None => {
+                        let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
+                        let c = &net.convs[*conv];
+                        let x = floats[*input]
+                            .as_deref()
+                            .expect("an f32 conv reads an f32 value");
+                        let residual = residual.and_then(|r| floats[r].as_deref());
+                        let mut y = vec![0.0; out_len];
+                        let e = Epilogue::bias(&c.bias, residual, c.relu);
+                        plan.forward_with(
+                            x,
+                            &c.weight,
+                            c.prepared_for(plan),
+                            e,
+                            &mut y,
+                            &mut net.workspace,
+                        );
+                        floats[*output] = Some(y);
+                    }
+                    Some(q) => {
+                        let x_scale =
+                            self.scales[*input].expect("a quantized conv reads a u8 value");
+                        if bytes[*input].is_none() {
+                            let f = floats[*input]
+                                .as_deref()
+                                .expect("every value is made before it is read");
+                            bytes[*input] = Some(quantize(f, x_scale, self.path.qmax()));
+                        }
+                        let x = bytes[*input].as_deref().expect("quantized above");
+                        let g = plan_geom(shapes.plans[i].as_ref());
+                        let y_scale = self.scales[*output];
+                        let residual = match residual {
+                            None => Residual::None,
+                            Some(r) => match (&floats[*r], &bytes[*r]) {
+                                (Some(f), _) => Residual::F32 {
+                                    values: f,
+                                    scale: 1.0 / y_scale.unwrap_or(1.0),
+                                },
+                                (None, Some(b)) => Residual::U8 {
+                                    values: b,
+                                    scale: self.scales[*r].expect("a u8 value has a scale")
+                                        / y_scale.unwrap_or(1.0),
+                                },
+                                (None, None) => {
+                                    unreachable!("every value is made before it is read")
+                                }
+                            },
+                        };
+                        let rq = Requant {
+                            bias: &q.bias,
+                            scale: &q.scale,
+                            residual,
+                            relu: net.convs[*conv].relu,
+                            qmax: self.path.qmax(),
+                        };
+                        let n = shapes.values[*input].n;
+                        if y_scale.is_some() {
+                            let mut y = vec![0u8; out_len];
+                            int8::conv(&g, n, x, &q.packed, &rq, Output::U8(&mut y));
+                            bytes[*output] = Some(y);
+                        } else {
+                            let mut y = vec![0.0f32; out_len];
+                            int8::conv(&g, n, x, &q.packed, &rq, Output::F32(&mut y));
+                            floats[*output] = Some(y);
+                        }
+                    }
+                },
+                Step::MaxPool { input, output, .. } => {
+                    let g = shapes.pools[i]
+                        .as_ref()
+                        .expect("a pool step has a geometry");
+                    let x = floats[*input]
+                        .as_deref()
+                        .expect("the max pool reads the f32 stem");
+                    let mut y = vec![0.0; out_len];
+                    max_pool_infer(g, shapes.values[*input].n, x, &mut y);
+                    floats[*output] = Some(y);
+                }
+            }
+            for v in step.reads() {
+                if self.last_read[v] == i {
+                    floats[v] = None;
+                    bytes[v] = None;
+                }
+            }
+        }
+        let last = *shapes.values.last().expect("a network has values");
+        let features = floats[count - 1].as_deref().expect("the last value is f32");
+        let classes = net.config.num_classes;
+        global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut net.pooled);
+        linear_forward(
+            last.n,
+            last.c,
+            classes,
+            &net.pooled,
+            &net.fc_weight,
+            &net.fc_bias,
+            &mut net.logits,
+        );
+        Ok(&net.logits[..last.n * classes])
+    }
+}
+
+/// The geometry of a convolution step's plan.
+fn plan_geom(plan: Option<&crate::kernels::conv::ConvPlan>) -> crate::kernels::conv::ConvGeom {
+    plan.expect("a conv step has a plan").geom
+}
+
+/// `x` as `u8` of `scale`: `round(v / scale)` clamped to `[0, qmax]`.
+fn quantize(x: &[f32], scale: f32, qmax: u8) -> Vec<u8> {
+    let inv = 1.0 / scale;
+    x.iter()
+        .map(|&v| int8::requant::to_u8(v * inv, qmax as f32))
+        .collect()
+}
+
+/// `c` quantized per output channel for input scale `x_scale` and output scale `y_scale` (1 for an f32
+/// output), packed for `path`.
+fn quantize_conv(c: &super::FoldedConv, x_scale: f32, y_scale: f32, path: Path) -> QuantConv {
+    let cout = c.cout;
+    let mut w_scale = vec![0.0f32; cout];
+    for row in c.weight.chunks_exact(cout) {
+        for (s, w) in w_scale.iter_mut().zip(row) {
+            *s = s.max(w.abs());
+        }
+    }
+    for s in &mut w_scale {
+        // A channel of zeros: any scale is exact.
+        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+    }
+    let weights: Vec<i8> = c
+        .weight
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            (w / w_scale[i % cout])
+                .round_ties_even()
+                .clamp(-127.0, 127.0) as i8
+        })
+        .collect();
+    // Bounded so that sum and bias never wrap: a 3×3 convolution's sum is below 9 · 2048 · 255 · 127 < 2^30.
+    const BIAS_LIMIT: f32 = (1u32 << 30) as f32;
+    let bias = c
+        .bias
+        .iter()
+        .zip(&w_scale)
+        .map(|(&b, &s)| {
+            (b / (s * x_scale))
+                .round_ties_even()
+                .clamp(-BIAS_LIMIT, BIAS_LIMIT) as i32
+        })
+        .collect();
+    let scale = w_scale.iter().map(|&s| s * x_scale / y_scale).collect();
+    let taps = c.kernel * c.kernel;
+    QuantConv {
+        packed: int8::pack(path, taps, c.cin, cout, &weights),
+        bias,
+        scale,
+    }
+}

@@ -1,0 +1,140 @@
+//! The int8 network against the f32 one it was quantized from: a narrow ResNet-50-kind (Bottleneck) network
+//! with batch norms that do something, calibrated on some random images and run on others, on every int8 path
+//! this CPU has.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use resnet::compiled::int8::{Calibration, Method, QuantNet};
+use resnet::compiled::CompiledNet;
+use resnet::kernels::int8::Path;
+use resnet::nn::{ArchName, LayerMut, ResNet, ResNetConfig};
+use resnet::Shape4;
+
+/// ResNet-50's kind (Bottleneck blocks, torchvision's stem and shortcuts), widths 16–64, one block per stage,
+/// its batch norms' statistics and affine drawn from `seed` (a fresh norm is the identity).
+fn network(seed: u64) -> ResNet {
+    let config = ResNetConfig {
+        widths: vec![16, 32, 32, 64],
+        layers: vec![1, 1, 1, 1],
+        ..ResNetConfig::named(ArchName::Resnet50, 3, 10)
+    };
+    let mut net = ResNet::new(config, seed).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    net.for_each_layer_mut(&mut |_, layer| {
+        if let LayerMut::Bn(bn) = layer {
+            for i in 0..bn.num_features {
+                bn.running_mean[i] = rng.random_range(-0.3..0.3);
+                bn.running_var[i] = rng.random_range(0.5..1.5);
+                bn.weight[i] = rng.random_range(0.5..1.5);
+                bn.bias[i] = rng.random_range(-0.3..0.3);
+            }
+        }
+    });
+    net.set_train(false);
+    net
+}
+
+/// `n` random images 3×64×64 whose pixels vary smoothly (as a photograph's do), normalized to about [-2, 2].
+fn images(n: usize, seed: u64) -> (Vec<f32>, Shape4) {
+    let xs = Shape4::new(n, 3, 64, 64);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut x = Vec::with_capacity(xs.len());
+    for _ in 0..n * 3 {
+        let (fy, fx, phase): (f32, f32, f32) = (
+            rng.random_range(0.05..0.3),
+            rng.random_range(0.05..0.3),
+            rng.random_range(0.0..6.0),
+        );
+        for y in 0..64 {
+            for xx in 0..64 {
+                let noise: f32 = rng.random_range(-0.3..0.3);
+                x.push(1.5 * (fy * y as f32 + fx * xx as f32 + phase).sin() + noise);
+            }
+        }
+    }
+    (x, xs)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    (0..row.len()).fold(0, |b, i| if row[i] > row[b] { i } else { b })
+}
+
+/// The quantized network's logits are the f32 network's within 5% of their largest magnitude (the rounding of
+/// 8-bit weights and activations through 17 convolutions, measured at about 1–2%), and its top-1 is the f32
+/// top-1 on at least 14 of 16 images; with both clip methods. The paths with 8-bit activations give the same
+/// logits bit for bit.
+#[test]
+fn quantized_bottleneck_net_agrees_with_f32() {
+    let net = network(7);
+    let mut f32net = CompiledNet::new(&net, None).unwrap();
+    let mut calibration = Calibration::new(&f32net);
+    for b in 0..2 {
+        let (x, xs) = images(8, 100 + b);
+        calibration.observe(&mut f32net, &x, xs).unwrap();
+    }
+    assert_eq!(calibration.images, 16);
+    let (x, xs) = images(16, 1);
+    let want = f32net.forward(&x, xs).unwrap().to_vec();
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let paths = [Path::detect(), Path::Avx2, Path::Portable];
+    // Per method, the logits of the paths with 8-bit activations: the same, bit for bit.
+    let mut full_range: Vec<Vec<f32>> = Vec::new();
+    for path in paths.into_iter().filter(|p| p.available()) {
+        for method in [Method::MinMax, Method::Percentile(99.99)] {
+            let clips = calibration.clips(method);
+            let mut q = QuantNet::new(CompiledNet::new(&net, None).unwrap(), &clips, path).unwrap();
+            let got = q.forward(&x, xs).unwrap();
+            let err = want
+                .iter()
+                .zip(got)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            let agree = want
+                .chunks(10)
+                .zip(got.chunks(10))
+                .filter(|(a, b)| argmax(a) == argmax(b))
+                .count();
+            eprintln!(
+                "{path:?} {method}: max error {:.4} of {scale:.3}, top-1 {agree}/16",
+                err / scale
+            );
+            assert!(
+                err <= 0.05 * scale,
+                "{path:?} {method}: logits off by {err} (largest {scale})"
+            );
+            assert!(
+                agree >= 14,
+                "{path:?} {method}: top-1 agrees on {agree} of 16 images"
+            );
+            if path.qmax() == 255 {
+                let m = usize::from(method != Method::MinMax);
+                match full_range.get(m) {
+                    Some(first) => assert!(
+                        first == got,
+                        "{path:?} {method}: logits differ across paths"
+                    ),
+                    None => full_range.push(got.to_vec()),
+                }
+            }
+        }
+    }
+}
+
+/// Clips that do not belong to the network are refused with an error, not a panic.
+#[test]
+fn clips_of_another_network_are_refused() {
+    let net = network(3);
+    let f32net = CompiledNet::new(&net, None).unwrap();
+    let clips = Calibration::new(&f32net).clips(Method::MinMax);
+    let short = &clips[..clips.len() - 1];
+    let e = QuantNet::new(CompiledNet::new(&net, None).unwrap(), short, Path::Portable)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("do not match"), "{e}");
+    let mut bad = clips.clone();
+    let i = bad.iter().position(Option::is_some).unwrap();
+    bad[i] = Some(f32::NAN);
+    let e = QuantNet::new(CompiledNet::new(&net, None).unwrap(), &bad, Path::Portable)
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("not a positive number"), "{e}");
+}
