@@ -69,10 +69,14 @@ pub(crate) fn value(acc: i32, bias: i32, scale: f32, residual: f32, relu: bool) 
     }
 }
 
-/// `v` stored as `u8`: clamped to `[0, qmax]`, rounded half to even.
+/// `v` stored as `u8`: clamped to `[0, qmax]`, rounded half to even. The rounding is the f32 addition of
+/// 1.5·2²³, whose unit in the last place is 1 (so the sum is the nearest integer, ties to even, the default
+/// rounding mode), read from the sum's low mantissa bits: plain arithmetic and bit operations that vectorize,
+/// where a float-to-integer cast (saturating in Rust) does not.
 #[inline(always)]
 pub(crate) fn to_u8(v: f32, qmax: f32) -> u8 {
-    v.max(0.0).min(qmax).round_ties_even() as u8
+    const ROUNDER: f32 = 12_582_912.0;
+    (v.max(0.0).min(qmax) + ROUNDER).to_bits() as u8
 }
 
 /// One output element, as the reference computes it: the sum `acc` of output element `i` (row-major

@@ -130,15 +130,19 @@ fn the_reference_sums_and_requantizes_as_documented() {
     let g = ConvGeom::new(2, 1, 1, 1, 0, 1, 2).unwrap();
     let x = [10u8, 20, 30, 40];
     let w = [3i8, -1];
-    // Pixel 0: 10·3 − 20 = 10; pixel 1: 90 − 40 = 50. Plus bias 1, times 0.5: 5.5 → 6 (half to even), 25.5 → 26.
+    // Pixel 0: 10·3 − 20 = 10; pixel 1: 90 − 40 = 50. Plus bias −1, times 0.5: 4.5 → 4, 24.5 → 24 (half to
+    // even); with bias 1: 5.5 → 6, 25.5 → 26.
     let rq = Requant {
-        bias: &[1],
+        bias: &[-1],
         scale: &[0.5],
         residual: Residual::None,
         relu: true,
         qmax: 255,
     };
     let mut y = [0u8; 2];
+    reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
+    assert_eq!(y, [4, 24]);
+    let rq = Requant { bias: &[1], ..rq };
     reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
     assert_eq!(y, [6, 26]);
     // A residual of 200·2 takes pixel 1 past qmax 127; a negative one and the ReLU take pixel 0 to 0.
