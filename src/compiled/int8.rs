@@ -184,8 +184,8 @@ pub struct QuantNet {
     convs: Vec<Option<QuantConv>>,
     /// Per value: the scale of its `u8` elements (`None`: kept in f32).
     scales: Vec<Option<f32>>,
-    /// Per value: the last step that reads it (the pool and classifier read the last value).
-    last_read: Vec<usize>,
+    /// The `u8` buffers, one per slot of the f32 network's arena.
+    bytes: Vec<Vec<u8>>,
 }
 
 impl QuantNet {
@@ -208,11 +208,7 @@ impl QuantNet {
         let qmax = path.qmax() as f32;
         let scales: Vec<Option<f32>> = clips.iter().map(|c| c.map(|c| c / qmax)).collect();
         let mut convs: Vec<Option<QuantConv>> = (0..net.convs.len()).map(|_| None).collect();
-        let mut last_read = vec![net.steps.len(); scales.len()];
-        for (i, step) in net.steps.iter().enumerate() {
-            for v in step.reads() {
-                last_read[v] = i;
-            }
+        for step in &net.steps {
             let Step::Conv {
                 conv,
                 input,
@@ -228,13 +224,12 @@ impl QuantNet {
             let y_scale = scales[*output].unwrap_or(1.0);
             convs[*conv] = Some(quantize_conv(&net.convs[*conv], x_scale, y_scale, path));
         }
-        *last_read.last_mut().expect("a network has values") = net.steps.len();
         Ok(QuantNet {
             net,
             path,
             convs,
             scales,
-            last_read,
+            bytes: Vec::new(),
         })
     }
 
@@ -243,8 +238,9 @@ impl QuantNet {
         self.path
     }
 
-    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. Allocates each value as it is made and
-    /// frees it after its last reader.
+    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. The values live in the f32 network's
+    /// arena (its buffers for the f32 values, as many `u8` buffers beside them for the quantized ones, a value's
+    /// two copies in the same slot), so that a shape met before allocates nothing.
     pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
         if x.len() != xs.len() {
             bail!(
@@ -256,67 +252,76 @@ impl QuantNet {
         self.net.shapes_for(xs)?;
         let net = &mut self.net;
         let shapes = &net.shapes[&xs];
+        let slot = &shapes.arena.slot;
+        if self.bytes.len() < shapes.arena.lens.len() {
+            self.bytes.resize_with(shapes.arena.lens.len(), Vec::new);
+        }
+        for (buf, &len) in self.bytes.iter_mut().zip(&shapes.arena.lens) {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        // Which copies of each value this pass has made.
         let count = shapes.values.len();
-        let mut floats: Vec<Option<Vec<f32>>> = vec![None; count];
-        let mut bytes: Vec<Option<Vec<u8>>> = vec![None; count];
-        let mut input = vec![0.0; xs.len()];
-        nchw_to_nhwc_into(x, xs, &mut input);
-        floats[0] = Some(input);
+        let (mut has_f32, mut has_u8) = (vec![false; count], vec![false; count]);
+        nchw_to_nhwc_into(x, xs, &mut net.slots[slot[0]][..xs.len()]);
+        has_f32[0] = true;
+        let qmax = self.path.qmax();
         for (i, step) in net.steps.iter().enumerate() {
-            let out_len = shapes.values[step.output()].len();
+            let (out, out_len) = (step.output(), shapes.values[step.output()].len());
             match step {
                 Step::Conv {
                     conv,
                     input,
                     residual,
-                    output,
+                    ..
                 } => match &self.convs[*conv] {
                     None => {
                         let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
                         let c = &net.convs[*conv];
-                        let x = floats[*input]
-                            .as_deref()
-                            .expect("an f32 conv reads an f32 value");
-                        let residual = residual.and_then(|r| floats[r].as_deref());
-                        let mut y = vec![0.0; out_len];
+                        let mut y = std::mem::take(&mut net.slots[slot[out]]);
+                        let x = &net.slots[slot[*input]][..shapes.values[*input].len()];
+                        let residual = residual.map(|r| &net.slots[slot[r]][..out_len]);
                         let e = Epilogue::bias(&c.bias, residual, c.relu);
+                        let p = c.prepared_for(plan);
                         plan.forward_with(
                             x,
                             &c.weight,
-                            c.prepared_for(plan),
+                            p,
                             e,
-                            &mut y,
+                            &mut y[..out_len],
                             &mut net.workspace,
                         );
-                        floats[*output] = Some(y);
+                        net.slots[slot[out]] = y;
+                        has_f32[out] = true;
                     }
                     Some(q) => {
+                        let in_len = shapes.values[*input].len();
                         let x_scale =
                             self.scales[*input].expect("a quantized conv reads a u8 value");
-                        if bytes[*input].is_none() {
-                            let f = floats[*input]
-                                .as_deref()
-                                .expect("every value is made before it is read");
-                            bytes[*input] = Some(quantize(f, x_scale, self.path.qmax()));
+                        if !has_u8[*input] {
+                            let f = &net.slots[slot[*input]][..in_len];
+                            quantize(f, x_scale, qmax, &mut self.bytes[slot[*input]][..in_len]);
+                            has_u8[*input] = true;
                         }
-                        let x = bytes[*input].as_deref().expect("quantized above");
-                        let g = plan_geom(shapes.plans[i].as_ref());
-                        let y_scale = self.scales[*output];
+                        let y_scale = self.scales[out];
+                        // The output's buffer leaves the arena while the others are read.
+                        let mut y8 = Vec::new();
+                        let mut y32 = Vec::new();
+                        match y_scale {
+                            Some(_) => y8 = std::mem::take(&mut self.bytes[slot[out]]),
+                            None => y32 = std::mem::take(&mut net.slots[slot[out]]),
+                        }
+                        let per_y = 1.0 / y_scale.unwrap_or(1.0);
                         let residual = match residual {
                             None => Residual::None,
-                            Some(r) => match (&floats[*r], &bytes[*r]) {
-                                (Some(f), _) => Residual::F32 {
-                                    values: f,
-                                    scale: 1.0 / y_scale.unwrap_or(1.0),
-                                },
-                                (None, Some(b)) => Residual::U8 {
-                                    values: b,
-                                    scale: self.scales[*r].expect("a u8 value has a scale")
-                                        / y_scale.unwrap_or(1.0),
-                                },
-                                (None, None) => {
-                                    unreachable!("every value is made before it is read")
-                                }
+                            Some(r) if has_f32[*r] => Residual::F32 {
+                                values: &net.slots[slot[*r]][..out_len],
+                                scale: per_y,
+                            },
+                            Some(r) => Residual::U8 {
+                                values: &self.bytes[slot[*r]][..out_len],
+                                scale: self.scales[*r].expect("a u8 value has a scale") * per_y,
                             },
                         };
                         let rq = Requant {
@@ -324,41 +329,35 @@ impl QuantNet {
                             scale: &q.scale,
                             residual,
                             relu: net.convs[*conv].relu,
-                            qmax: self.path.qmax(),
+                            qmax,
                         };
-                        let n = shapes.values[*input].n;
-                        if y_scale.is_some() {
-                            let mut y = vec![0u8; out_len];
-                            int8::conv(&g, n, x, &q.packed, &rq, Output::U8(&mut y));
-                            bytes[*output] = Some(y);
-                        } else {
-                            let mut y = vec![0.0f32; out_len];
-                            int8::conv(&g, n, x, &q.packed, &rq, Output::F32(&mut y));
-                            floats[*output] = Some(y);
+                        let g = plan_geom(shapes.plans[i].as_ref());
+                        let (n, x) = (shapes.values[*input].n, &self.bytes[slot[*input]][..in_len]);
+                        let y = match y_scale {
+                            Some(_) => Output::U8(&mut y8[..out_len]),
+                            None => Output::F32(&mut y32[..out_len]),
+                        };
+                        int8::conv(&g, n, x, &q.packed, &rq, y);
+                        match y_scale {
+                            Some(_) => (self.bytes[slot[out]], has_u8[out]) = (y8, true),
+                            None => (net.slots[slot[out]], has_f32[out]) = (y32, true),
                         }
                     }
                 },
-                Step::MaxPool { input, output, .. } => {
+                Step::MaxPool { input, .. } => {
                     let g = shapes.pools[i]
                         .as_ref()
                         .expect("a pool step has a geometry");
-                    let x = floats[*input]
-                        .as_deref()
-                        .expect("the max pool reads the f32 stem");
-                    let mut y = vec![0.0; out_len];
+                    let mut y = std::mem::take(&mut net.slots[slot[out]]);
+                    let x = &net.slots[slot[*input]];
                     max_pool_infer(g, shapes.values[*input].n, x, &mut y);
-                    floats[*output] = Some(y);
-                }
-            }
-            for v in step.reads() {
-                if self.last_read[v] == i {
-                    floats[v] = None;
-                    bytes[v] = None;
+                    net.slots[slot[out]] = y;
+                    has_f32[out] = true;
                 }
             }
         }
         let last = *shapes.values.last().expect("a network has values");
-        let features = floats[count - 1].as_deref().expect("the last value is f32");
+        let features = &net.slots[slot[count - 1]][..last.len()];
         let classes = net.config.num_classes;
         global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut net.pooled);
         linear_forward(
@@ -379,12 +378,12 @@ fn plan_geom(plan: Option<&crate::kernels::conv::ConvPlan>) -> crate::kernels::c
     plan.expect("a conv step has a plan").geom
 }
 
-/// `x` as `u8` of `scale`: `round(v / scale)` clamped to `[0, qmax]`.
-fn quantize(x: &[f32], scale: f32, qmax: u8) -> Vec<u8> {
+/// `y = x` as `u8` of `scale`: `round(v / scale)` clamped to `[0, qmax]`.
+fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
     let inv = 1.0 / scale;
-    x.iter()
-        .map(|&v| int8::requant::to_u8(v * inv, qmax as f32))
-        .collect()
+    for (q, &v) in y.iter_mut().zip(x) {
+        *q = int8::requant::to_u8(v * inv, qmax as f32);
+    }
 }
 
 /// `c` quantized per output channel for input scale `x_scale` and output scale `y_scale` (1 for an f32
