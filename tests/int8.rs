@@ -10,14 +10,18 @@ use resnet::kernels::int8::Path;
 use resnet::nn::{ArchName, LayerMut, ResNet, ResNetConfig};
 use resnet::Shape4;
 
-/// ResNet-50's kind (Bottleneck blocks, torchvision's stem and shortcuts), widths 16–64, one block per stage,
-/// its batch norms' statistics and affine drawn from `seed` (a fresh norm is the identity).
-fn network(seed: u64) -> ResNet {
-    let config = ResNetConfig {
+/// ResNet-50's kind (Bottleneck blocks, torchvision's stem and shortcuts), widths 16–64, one block per stage.
+fn narrow_bottleneck() -> ResNetConfig {
+    ResNetConfig {
         widths: vec![16, 32, 32, 64],
         layers: vec![1, 1, 1, 1],
         ..ResNetConfig::named(ArchName::Resnet50, 3, 10)
-    };
+    }
+}
+
+/// A network of `config` with its batch norms' statistics and affine drawn from `seed` (a fresh norm is the
+/// identity).
+fn network(config: ResNetConfig, seed: u64) -> ResNet {
     let mut net = ResNet::new(config, seed).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     net.for_each_layer_mut(&mut |_, layer| {
@@ -34,12 +38,13 @@ fn network(seed: u64) -> ResNet {
     net
 }
 
-/// `n` random images 3×64×64 whose pixels vary smoothly (as a photograph's do), normalized to about [-2, 2].
-fn images(n: usize, seed: u64) -> (Vec<f32>, Shape4) {
-    let xs = Shape4::new(n, 3, 64, 64);
+/// `n` random images of `c` channels, 64×64, whose pixels vary smoothly (as a photograph's do), normalized to
+/// about [-2, 2].
+fn images(n: usize, c: usize, seed: u64) -> (Vec<f32>, Shape4) {
+    let xs = Shape4::new(n, c, 64, 64);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut x = Vec::with_capacity(xs.len());
-    for _ in 0..n * 3 {
+    for _ in 0..n * c {
         let (fy, fx, phase): (f32, f32, f32) = (
             rng.random_range(0.05..0.3),
             rng.random_range(0.05..0.3),
@@ -65,15 +70,26 @@ fn argmax(row: &[f32]) -> usize {
 /// logits bit for bit.
 #[test]
 fn quantized_bottleneck_net_agrees_with_f32() {
-    let net = network(7);
+    agrees_with_f32(narrow_bottleneck());
+}
+
+/// The same of the chapter's network (BasicBlocks, conv biases, shortcuts without a norm, one input channel).
+#[test]
+fn quantized_chapter_net_agrees_with_f32() {
+    agrees_with_f32(ResNetConfig::named(ArchName::Chapter, 1, 10));
+}
+
+fn agrees_with_f32(config: ResNetConfig) {
+    let channels = config.in_channels;
+    let net = network(config, 7);
     let mut f32net = CompiledNet::new(&net, None).unwrap();
     let mut calibration = Calibration::new(&f32net);
     for b in 0..2 {
-        let (x, xs) = images(8, 100 + b);
+        let (x, xs) = images(8, channels, 100 + b);
         calibration.observe(&mut f32net, &x, xs).unwrap();
     }
     assert_eq!(calibration.images, 16);
-    let (x, xs) = images(16, 1);
+    let (x, xs) = images(16, channels, 1);
     let want = f32net.forward(&x, xs).unwrap().to_vec();
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let paths = [Path::detect(), Path::Avx2, Path::Portable];
@@ -122,7 +138,7 @@ fn quantized_bottleneck_net_agrees_with_f32() {
 /// Clips that do not belong to the network are refused with an error, not a panic.
 #[test]
 fn clips_of_another_network_are_refused() {
-    let net = network(3);
+    let net = network(narrow_bottleneck(), 3);
     let f32net = CompiledNet::new(&net, None).unwrap();
     let clips = Calibration::new(&f32net).clips(Method::MinMax);
     let short = &clips[..clips.len() - 1];

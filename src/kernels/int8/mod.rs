@@ -282,6 +282,11 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
         x.len() >= n * g.h * g.w * g.cin,
         "int8::conv: input too short"
     );
+    // Larger activations would saturate vpmaddubsw's pair sums on AVX2; the quantized network never makes them.
+    debug_assert!(
+        x.iter().all(|&v| v <= w.path.qmax()),
+        "int8::conv: activation above the path's qmax"
+    );
     assert!(
         rq.bias.len() >= cout && rq.scale.len() >= cout,
         "int8::conv: epilogue too short"
