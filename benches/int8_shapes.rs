@@ -1,9 +1,31 @@
 //! GOP/s of ResNet-50's convolutions at 224×224 (1×1, 3×3, the strided ones), the f32 inference plan (bias and
-//! ReLU in the store) against the int8 kernel on this CPU's path (requantized to u8 in the store).
+//! ReLU in the store) against the int8 kernel on this CPU's path (requantized to u8 in the store); for the 3×3
+//! ones also a u8 im2col followed by the kernel as a 1×1 product (the patches copied, not read in place).
 //! `cargo bench --bench int8_shapes [-- BATCH]` (default 32); `RESNET_AVX512=0` runs both on AVX2.
+use rayon::prelude::*;
+use resnet::kernels::conv::tile::MAX_CIN;
 use resnet::kernels::conv::{ConvGeom, ConvPlan, Epilogue};
 use resnet::kernels::int8::{self, Output, Path, Requant, Residual};
 use std::time::Instant;
+
+/// `cols [n·oh·ow, kh·kw·cin]`: each output position's patch, zeros in the padding.
+fn im2col(g: &ConvGeom, x: &[u8], cols: &mut [u8]) {
+    let k = g.kh * g.kw * g.cin;
+    cols.par_chunks_mut(k).enumerate().for_each(|(r, patch)| {
+        let plane = g.oh * g.ow;
+        let (img, oy, ox) = (r / plane, r % plane / g.ow, r % g.ow);
+        for (t, dst) in patch.chunks_exact_mut(g.cin).enumerate() {
+            let iy = (oy * g.stride + t / g.kw) as isize - g.pad as isize;
+            let ix = (ox * g.stride + t % g.kw) as isize - g.pad as isize;
+            if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                dst.fill(0);
+            } else {
+                let pixel = (img * g.h + iy as usize) * g.w + ix as usize;
+                dst.copy_from_slice(&x[pixel * g.cin..][..g.cin]);
+            }
+        }
+    });
+}
 
 fn best(mut f: impl FnMut()) -> f64 {
     f();
@@ -76,8 +98,22 @@ fn main() {
         };
         let mut yq = vec![0u8; out_len];
         let t8 = best(|| int8::conv(&g, n, &xq, &packed, &rq, Output::U8(&mut yq)));
+        // The kernel reads at most MAX_CIN channels a tap (its zero block's length).
+        let via_im2col = if k > 1 && k * k * cin <= MAX_CIN {
+            let rows = n * g.oh * g.ow;
+            let g1 = ConvGeom::new(k * k * cin, cout, 1, 1, 0, rows, 1).unwrap();
+            let packed1 = int8::pack(path, 1, k * k * cin, cout, &wq);
+            let mut cols = vec![0u8; rows * k * k * cin];
+            let t = best(|| {
+                im2col(&g, &xq, &mut cols);
+                int8::conv(&g1, 1, &cols, &packed1, &rq, Output::U8(&mut yq))
+            });
+            format!("  im2col + 1x1 {:6.1} GOP/s", ops / t)
+        } else {
+            String::new()
+        };
         println!(
-            "{k}x{k}/{s} {cin:>4}->{cout:<4} {h:>2}²: f32 {:6.1} GFLOP/s ({:<24}) int8 {:6.1} GOP/s  ×{:.2}",
+            "{k}x{k}/{s} {cin:>4}->{cout:<4} {h:>2}²: f32 {:6.1} GFLOP/s ({:<24}) int8 {:6.1} GOP/s  ×{:.2}{via_im2col}",
             ops / t32,
             plan.forward.to_string(),
             ops / t8,
