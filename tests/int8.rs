@@ -154,3 +154,29 @@ fn clips_of_another_network_are_refused() {
         .unwrap();
     assert!(e.to_string().contains("not a positive number"), "{e}");
 }
+
+/// The plan names what runs each convolution: the stem in f32, every other on the int8 path, reading `u8`;
+/// the shortcut convolutions and the last one write f32.
+#[test]
+fn the_plan_shows_which_convolutions_run_int8() {
+    let net = network(narrow_bottleneck(), 5);
+    let f32net = CompiledNet::new(&net, None).unwrap();
+    let clips = Calibration::new(&f32net).clips(Method::MinMax);
+    let mut q = QuantNet::new(f32net, &clips, Path::Portable).unwrap();
+    let lines = q.plan_lines(Shape4::new(1, 3, 64, 64)).unwrap();
+    // The stem, then per block three convolutions and a shortcut.
+    assert_eq!(lines.len(), 1 + 4 * 4, "{lines:#?}");
+    assert!(lines[0].contains("conv1") && lines[0].contains("f32 ") && !lines[0].contains("int8"));
+    for line in &lines[1..] {
+        assert!(
+            line.contains("int8 portable") && line.contains("u8 ×"),
+            "{line}"
+        );
+        let writes_f32 = line.ends_with("-> f32");
+        assert_eq!(
+            writes_f32,
+            line.contains("downsample") || line.contains("layer4.0.conv3"),
+            "{line}"
+        );
+    }
+}

@@ -238,6 +238,44 @@ impl QuantNet {
         self.path
     }
 
+    /// One line per convolution for input `xs`: the layer, its geometry, what runs it (the int8 path, or the f32
+    /// algorithm), and what it reads and writes (`u8` with its scale, or `f32`); what `summary --plan` shows of
+    /// a quantized network.
+    pub fn plan_lines(&mut self, xs: Shape4) -> Result<Vec<String>> {
+        self.net.shapes_for(xs)?;
+        let shapes = &self.net.shapes[&xs];
+        let kind = |v: usize| match self.scales[v] {
+            Some(s) => format!("u8 ×{s:.3e}"),
+            None => "f32".to_string(),
+        };
+        let mut lines = Vec::new();
+        for (i, step) in self.net.steps.iter().enumerate() {
+            let Step::Conv {
+                conv,
+                input,
+                output,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
+            let runs = match self.convs[*conv] {
+                Some(_) => self.path.name().to_string(),
+                None => format!("f32 {}", plan.forward),
+            };
+            lines.push(format!(
+                "  {:<22} {} {:<26} {} -> {}",
+                self.net.convs[*conv].name,
+                plan.geom,
+                runs,
+                kind(*input),
+                kind(*output)
+            ));
+        }
+        Ok(lines)
+    }
+
     /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. The values live in the f32 network's
     /// arena (its buffers for the f32 values, as many `u8` buffers beside them for the quantized ones, a value's
     /// two copies in the same slot), so that a shape met before allocates nothing.
