@@ -3,7 +3,7 @@
 //! ours (safetensors) loads into PyTorch with `load_state_dict(..., strict=True)`. Writes are atomic (temporary
 //! file, fsync, rename).
 
-use crate::error::Context;
+use crate::error::{clip, Context};
 use crate::nn::{BlockKind, Naming, ResNet, ResNetConfig, Shortcut, StateDict, StateTensor, Stem};
 use crate::{bail, Error, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -114,11 +114,21 @@ pub fn deserialize(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<St
 }
 
 /// A weights file's state dict and metadata, by its content: PyTorch's `torch.save` zip archive (`.pth`, no
-/// metadata, read without executing its pickle) or safetensors.
+/// metadata, read without executing its pickle), an ONNX model (named `.onnx` or decoding as one: the
+/// network its graph holds, [`crate::onnx::import`]) or safetensors.
 pub fn read_weights(bytes: &[u8], origin: &str) -> Result<(StateDict, BTreeMap<String, String>)> {
     // A legacy .pth goes to the .pth reader too, which says what it is (not "not a valid safetensors file").
     if crate::pth::is_pth(bytes) || crate::pth::is_legacy_pth(bytes) {
         Ok((crate::pth::read_state_dict(bytes, origin)?, BTreeMap::new()))
+    } else if origin.ends_with(".onnx") || crate::onnx::import::is_onnx(bytes) {
+        // Tensors an ONNX model keeps in other files are read from its folder only.
+        let dir = Path::new(origin)
+            .parent()
+            .map(|d| match d.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => d,
+            });
+        crate::onnx::import::read(bytes, origin, dir)
     } else {
         deserialize(bytes, origin)
     }
@@ -198,8 +208,14 @@ pub fn arch_string(c: &ResNetConfig) -> String {
 /// Parses [`arch_string`]'s JSON, or the format of earlier versions (`in,classes;w0,w1,..;r0,r1,..`, the
 /// chapter's network with other widths and block counts).
 pub fn parse_arch(s: &str) -> Result<ResNetConfig> {
+    // The description is echoed cut short, and serde's message with it (it may quote the text): a description
+    // of a million stages is megabytes.
     let bad = |why: &dyn std::fmt::Display| {
-        Error::new(format!("bad `{META_ARCH}` metadata `{s}`: {why}"))
+        Error::new(format!(
+            "bad `{META_ARCH}` metadata `{}`: {}",
+            clip(s, 80),
+            clip(&why.to_string(), 160)
+        ))
     };
     if s.trim_start().starts_with('{') {
         return serde_json::from_str(s).map_err(|e| bad(&e));
@@ -332,6 +348,9 @@ pub fn save_model(path: &Path, net: &ResNet, extra: &BTreeMap<String, String>) -
 /// as many values as that network has parameters: metadata (or keys) describing a huge network in a small file
 /// is refused before the network is allocated.
 pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<ResNet> {
+    // What the description itself gets wrong (0 channels or classes, a million stages) is said as such, before
+    // its parameters are counted.
+    config.check().context(origin)?;
     let held: usize = sd
         .iter()
         .map(|(_, t)| t.shape().iter().product::<usize>())
@@ -339,9 +358,9 @@ pub fn build_for(config: ResNetConfig, sd: &StateDict, origin: &str) -> Result<R
     match config.num_params() {
         Some(n) if n <= held => {}
         n => {
-            let mut keys: Vec<&str> = sd.iter().take(3).map(|(k, _)| k.as_str()).collect();
+            let mut keys: Vec<String> = sd.iter().take(3).map(|(k, _)| clip(k, 60)).collect();
             if sd.len() > 3 {
-                keys.push("…");
+                keys.push("…".to_string());
             }
             bail!(
                 "{origin}: the architecture it declares ({}) has {} parameters, but its {} tensors ({}) hold only {held} values",

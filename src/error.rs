@@ -49,6 +49,44 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::error::Error(format!($($arg)*))) };
 }
 
+/// Most items [`few`] names before it counts the rest.
+const FEW_ITEMS: usize = 8;
+/// Most characters of the items [`few`] names (an item longer than [`FEW_ITEM_CHARS`] is cut).
+const FEW_CHARS: usize = 160;
+/// Most characters of one item [`few`] names.
+const FEW_ITEM_CHARS: usize = 60;
+
+/// `items` for an error line: the first few (at most [`FEW_ITEMS`], about [`FEW_CHARS`] characters), then
+/// `and N more`. An error is one line a person reads: a list of 10,000 folder names or a million block counts would
+/// make it megabytes.
+pub fn few<T: fmt::Display>(items: &[T]) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    for item in items.iter().take(FEW_ITEMS) {
+        let text = clip(&item.to_string(), FEW_ITEM_CHARS);
+        if shown > 0 && out.len() + text.len() > FEW_CHARS {
+            break;
+        }
+        if shown > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&text);
+        shown += 1;
+    }
+    if shown < items.len() {
+        out.push_str(&format!(" and {} more", items.len() - shown));
+    }
+    out
+}
+
+/// `text` cut to its first `max` characters, with `…` and the length it had when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} characters)", &text[..end], text.chars().count()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +107,21 @@ mod tests {
             "--seed `x`: invalid digit found in string"
         );
         assert_eq!(Ok::<_, Error>(3).context("unused").unwrap(), 3);
+    }
+
+    #[test]
+    fn few_names_the_first_items_and_counts_the_rest() {
+        assert_eq!(few(&["a", "b"]), "a, b");
+        assert_eq!(few::<u8>(&[]), "");
+        let many: Vec<usize> = (0..10_000).collect();
+        assert_eq!(few(&many), "0, 1, 2, 3, 4, 5, 6, 7 and 9992 more");
+        let long: Vec<String> = (0..100)
+            .map(|k| format!("{k}{}", "x".repeat(300)))
+            .collect();
+        let line = few(&long);
+        assert!(line.len() < 2 * FEW_CHARS, "{line}");
+        assert!(line.starts_with("0xx") && line.ends_with(" more"), "{line}");
+        assert_eq!(clip("abcdef", 3), "abc… (6 characters)");
+        assert_eq!(clip("abc", 3), "abc");
     }
 }

@@ -181,6 +181,10 @@ pub fn request(data: &[u8]) {
         max_decode_bytes: 16 << 20,
         max_input_side: 256,
         topk: 5,
+        limits: crate::serve::ConnLimits {
+            header_timeout: std::time::Duration::from_secs(10),
+            max_connections: 16,
+        },
     };
     for (preprocess, channels) in [
         (
@@ -213,4 +217,31 @@ pub fn request(data: &[u8]) {
             }
         }
     }
+}
+
+/// ONNX models (`--weights model.onnx`): the graph read into a description and a state dict that load into a
+/// network that runs, or an error. Data kept in other files is never read here.
+pub fn onnx(data: &[u8]) {
+    let origin = "fuzz.onnx";
+    let Ok((sd, meta)) = crate::onnx::import::read(data, origin, None) else {
+        return;
+    };
+    let arch = meta
+        .get(crate::checkpoint::META_ARCH)
+        .expect("the reader describes the network");
+    let config = crate::checkpoint::parse_arch(arch).expect("the reader's description parses");
+    let mut net =
+        crate::checkpoint::build_for(config, &sd, origin).expect("the weights fill the network");
+    net.load_state_dict(&sd)
+        .expect("the reader's keys and shapes are the network's");
+    net.set_train(false);
+    let c = net.config.in_channels;
+    let logits = net
+        .forward(
+            &vec![0.5f32; c * 16 * 16],
+            Shape4::new(1, c, 16, 16),
+            Buffers::Own,
+        )
+        .expect("a loaded model runs");
+    assert_eq!(logits.len(), net.config.num_classes);
 }

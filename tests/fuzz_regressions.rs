@@ -70,3 +70,8 @@ fn cifar_inputs() {
 fn request_inputs() {
     check("request", resnet::fuzzing::request, 8);
 }
+
+#[test]
+fn onnx_inputs() {
+    check("onnx", resnet::fuzzing::onnx, 6);
+}

@@ -1,7 +1,8 @@
 //! Data-parallel training under `mpirun` (feature `mpi`; `.ci/run` installs OpenMPI and runs these): N ranks
 //! train to the parameters of one process with the same global batch, a rank launched with other flags or
-//! without readable data is refused at start, a job whose rank is killed stops within seconds with a
-//! resumable checkpoint, and every rank says who it is.
+//! without readable data is refused at start, as is a job one of whose ranks never joins, a job whose rank is
+//! killed stops within seconds with a resumable checkpoint, and every rank says who it is (tests/mpi_hosts.rs:
+//! ranks on other hosts, cut off or frozen).
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -221,6 +222,41 @@ fn a_rank_that_cannot_read_the_data_fails_the_job_at_start() {
         "{}",
         errors[0]
     );
+    assert!(!dir.exists(), "the run directory was created");
+}
+
+#[test]
+fn a_rank_that_never_joins_ends_the_job_at_start_with_one_line() {
+    // Rank 1 starts five minutes late: rank 0 waits in MPI_Init for 3 s (--collective-timeout), then ends the job.
+    let dir = scratch("late").join("run");
+    let mut a = train_args(&["--epochs", "1", "--collective-timeout", "3"]);
+    a.extend(["--out".into(), dir.display().to_string()]);
+    let started = std::time::Instant::now();
+    let out = mpirun()
+        .args(["-np", "1", BIN])
+        .args(&a)
+        .args([
+            ":",
+            "-np",
+            "1",
+            "sh",
+            "-c",
+            "sleep 300; exec \"$0\" \"$@\"",
+            BIN,
+        ])
+        .args(&a)
+        .output()
+        .expect("start mpirun (OpenMPI's openmpi-bin)");
+    let errors = error_lines(&out, "a rank that never joins");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("error: rank 0 (pid ")
+            && errors[0].contains("MPI did not start within 3 s (--collective-timeout)"),
+        "{}",
+        errors[0]
+    );
+    // Well before the late rank would have joined.
+    assert!(started.elapsed().as_secs() < 120, "{:?}", started.elapsed());
     assert!(!dir.exists(), "the run directory was created");
 }
 

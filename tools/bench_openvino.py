@@ -4,6 +4,7 @@ the CPU, timed as `resnet bench` times ours.
 
 Run from the repo root:  python3 tools/bench_openvino.py [--arch resnet50] [--batch B] [--threads 2] [--iters 5]
                                                          [--warmup 1] [--only infer224,latency224] [--json]
+                                                         [--int8 DIR [--calib-images 512]]
 Install first:  pip install -r tools/requirements.txt   (torch, torchvision --no-deps, openvino)
 
 Inference only: infer28, infer96 (the chapter's sizes), infer224 at --batch (default 256 for the chapter, 32 for
@@ -16,8 +17,14 @@ to a temporary folder by a child process, so this process imports openvino and n
 (VmHWM) is OpenVINO's. Compiled for "CPU" with INFERENCE_NUM_THREADS = --threads, INFERENCE_PRECISION_HINT = f32 (no
 bf16/f16 execution on CPUs that have it) and PERFORMANCE_HINT = LATENCY (one stream); one infer request. Median of
 --iters timed InferRequest.infer calls after --warmup untimed ones.
+
+--int8 DIR: the int8 anchor instead. Each converted model is quantized by NNCF's post-training `nncf.quantize`
+(default preset: symmetric int8 weights per channel, activations per tensor) with --calib-images images from DIR
+(tools/calib_images.py: the images and preprocessing `resnet quantize --calib DIR` uses) as its calibration data set,
+fed at the configuration's batch; the quantized model is then timed as above ("format": "openvino-int8").
 """
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -70,6 +77,18 @@ def plain(value):
     return getattr(value, "name", str(value))
 
 
+def quantize(model, folder, count, channels, size, batch):
+    """`model` quantized to int8 by NNCF with the images of `folder` as calibration data."""
+    import nncf
+
+    import calib_images
+
+    data = calib_images.batches(folder, count, channels, size, batch)
+    # NNCF draws progress bars on stdout, which --json keeps for its one object.
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data))
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--convert-spec":
         return convert(sys.argv[2])
@@ -89,6 +108,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--only", default="all")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--int8", metavar="DIR", help="time the int8 model quantized with calibration images from DIR")
+    ap.add_argument("--calib-images", type=int, default=512, help="calibration images (with --int8)")
     a = ap.parse_args()
     t.check_args(a)
     names = t.select(a.arch, a.only, allowed=INFER)
@@ -119,7 +140,10 @@ def main():
         for item, macs in zip(spec, converted["macs"]):
             name, batch, size = item["name"], item["batch"], item["size"]
             _, iters, warmup = t.plan(name, a.batch, a.iters, a.warmup)
-            compiled = core.compile_model(core.read_model(item["path"]), "CPU", config)
+            model = core.read_model(item["path"])
+            if a.int8:
+                model = quantize(model, a.int8, a.calib_images, channels, size, batch)
+            compiled = core.compile_model(model, "CPU", config)
             used = {key: plain(compiled.get_property(key)) for key in
                     (props.inference_num_threads, hints.inference_precision, hints.performance_mode,
                      props.num_streams)}
@@ -135,18 +159,19 @@ def main():
                 times.append(time.perf_counter() - t0)
             times.sort()
             med = times[len(times) // 2]
-            r = {"name": name, "arch": a.arch, "format": "openvino", "batch": batch, "channels": channels, "size": size,
+            r = {"name": name, "arch": a.arch, "format": "openvino-int8" if a.int8 else "openvino", "batch": batch, "channels": channels, "size": size,
                  "iters": iters, "median_s": med, "min_s": times[0], "max_s": times[-1], "images_per_s": batch / med,
                  "forward_macs": macs, "gflops": 2 * macs / med / 1e9, "peak_rss_mib": t.peak_rss_mib()}
             results.append(r)
             del req, compiled
             if not a.json:
-                print(f"{name:<11} batch {batch:>3} {size:>3}x{size:<3} openvino      median {r['median_s']:.4f} s "
+                print(f"{name:<11} batch {batch:>3} {size:>3}x{size:<3} {r['format']:<14} median {r['median_s']:.4f} s "
                       f"(min {r['min_s']:.4f}, max {r['max_s']:.4f})  {r['images_per_s']:8.1f} images/s  "
                       f"{r['gflops']:6.1f} GFLOP/s  peak RSS {r['peak_rss_mib']:.0f} MiB")
     if a.json:
         print(json.dumps({"openvino": ov.__version__, "torch": converted["torch"], "threads": a.threads,
-                          "device": "CPU", "hints": used, "results": results}))
+                          "device": "CPU", "hints": used,
+                          "int8": {"calib": a.int8, "images": a.calib_images} if a.int8 else None, "results": results}))
 
 
 if __name__ == "__main__":

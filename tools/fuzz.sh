@@ -3,7 +3,7 @@
 #
 # Targets (fuzz/fuzz_targets/): idx (IDX files, raw and gzip), checkpoint (model files and training checkpoints
 # with metadata and optimizer state), image (PNG, JPEG, BMP, PNM, TIFF, WebP decoding for predict and image folders), cli (argument lists and --input
-# shapes), pth (PyTorch .pth state dicts: zip, pickle, storages), cifar (CIFAR-10/100 binary records), request (`resnet serve`'s POST /v1/predict: query, multipart, image, limits). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
+# shapes), pth (PyTorch .pth state dicts: zip, pickle, storages), cifar (CIFAR-10/100 binary records), request (`resnet serve`'s POST /v1/predict: query, multipart, image, limits), onnx (ONNX models read as the network they hold). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
 # fuzz/corpus/TARGET; logs go to fuzz/logs/TARGET.log and a crashing input to fuzz/artifacts/TARGET/.
 # Every crash found becomes a regression test (tests/fuzz_regressions.rs).
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli pth cifar request)
+[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli pth cifar request onnx)
 
 bin_dir=${FUZZ_BIN_DIR:-}
 if [ -z "$bin_dir" ]; then
@@ -32,6 +32,7 @@ max_len() {
         cli) echo 512 ;;
         pth) echo 131072 ;;
         cifar) echo 16384 ;;
+        onnx) echo 131072 ;;
     esac
 }
 

@@ -5,8 +5,12 @@ palette), JPEGs (gray, RGB), BMP, PGM, PPM, TIFF and WebP. CIFAR: records of CIF
 Fashion-MNIST pixels, one with an out-of-range label. CLI: NUL-separated argument lists and --input shapes. The checkpoint seeds were
 written by hand: `resnet train --widths 2 --resize 28 --limit-train 8 --limit-test 4 --batch-size 4 --epochs 1
 --out /tmp/seedrun` gave model.safetensors and checkpoint.safetensors, and pytorch-style.safetensors is that model
-re-saved without metadata (`safetensors.numpy.save_file(load_file(...))`), as PyTorch's `save_file` writes it."""
+re-saved without metadata (`safetensors.numpy.save_file(load_file(...))`), as PyTorch's `save_file` writes it.
+ONNX: ours.onnx and ours-folded.onnx are that model exported by `resnet export --onnx` (the second with
+`--fold-bn --opset 21`); the pytorch-*.onnx seeds are copied here from tests/fixtures/onnx/
+(tools/make_onnx_fixtures.py: the TorchScript and dynamo exporters and ONNX Runtime's optimizer)."""
 import gzip
+import shutil
 import io
 import pathlib
 import struct
@@ -117,3 +121,7 @@ write("request", "multipart_broken", b"\n" + mp + b"\n--fuzz-boundary\r\nContent
 write("request", "bad_query", b"topk=0&colour=blue\nimage/png\n" + png)
 huge = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", 100000, 100000) + bytes([8, 2, 0, 0, 0])
 write("request", "huge_dims", b"\nimage/png\n" + huge + struct.pack(">I", zlib.crc32(huge[12:29])))
+
+for name in ("basic_ts17", "basic_dy21", "bottleneck_ort", "chapter_ts17_bn"):
+    (seeds / "onnx").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "tests" / "fixtures" / "onnx" / f"{name}.onnx", seeds / "onnx" / f"pytorch-{name}.onnx")

@@ -5,7 +5,9 @@ use crate::data::transforms::check_resize;
 use crate::infer::Model;
 use crate::nn::ArchName;
 use crate::out::status_line;
-use crate::serve::{serve, BatchOptions, ServeOptions, MAX_DECODE_BYTES, MAX_INPUT_SIDE};
+use crate::serve::{
+    serve, BatchOptions, ConnLimits, ServeOptions, MAX_DECODE_BYTES, MAX_INPUT_SIDE,
+};
 use crate::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ use std::time::Duration;
 pub const MAX_SERVE_BATCH: usize = 1024;
 /// Most images `serve --queue` lets wait.
 pub const MAX_SERVE_QUEUE: usize = 1 << 16;
+/// Most connections `serve --max-connections` allows (each holds a file descriptor).
+pub const MAX_SERVE_CONNECTIONS: usize = 1 << 16;
 
 /// `resnet serve` arguments.
 #[derive(Args)]
@@ -54,6 +58,14 @@ pub struct ServeArgs {
     /// Longest a request may take, seconds: reading the body (else 408), then waiting for the answer (else 503).
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Longest a client may take to send a request's headers, seconds (from the connection's start, or the end of
+    /// the previous answer on a kept-alive one); past it the connection is closed.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Most connections open at once; beyond it a new connection is answered 503 (JSON, Retry-After) and closed.
+    /// Keep it well below the open-file limit (`ulimit -n`).
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
     /// Classes returned when a request does not say (`?topk=`).
     #[arg(long, default_value_t = 5)]
     pub topk: usize,
@@ -113,6 +125,21 @@ impl ServeArgs {
                 self.timeout
             );
         }
+        if !(self.header_timeout.is_finite()
+            && self.header_timeout > 0.0
+            && self.header_timeout <= 3600.0)
+        {
+            bail!(
+                "--header-timeout must be a number of seconds above 0 and at most 3600, got {}",
+                self.header_timeout
+            );
+        }
+        if self.max_connections == 0 || self.max_connections > MAX_SERVE_CONNECTIONS {
+            bail!(
+                "--max-connections must be between 1 and {MAX_SERVE_CONNECTIONS}, got {}",
+                self.max_connections
+            );
+        }
         if self.topk == 0 {
             bail!("--topk must be at least 1");
         }
@@ -132,6 +159,10 @@ impl ServeArgs {
             max_decode_bytes: MAX_DECODE_BYTES,
             max_input_side: MAX_INPUT_SIDE,
             topk: self.topk,
+            limits: ConnLimits {
+                header_timeout: Duration::from_secs_f64(self.header_timeout),
+                max_connections: self.max_connections,
+            },
         })
     }
 }

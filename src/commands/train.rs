@@ -111,6 +111,13 @@ pub struct TrainArgs {
     /// --sync-bn).
     #[arg(long, value_name = "MIB", conflicts_with = "sync_bn")]
     pub bucket_mb: Option<f64>,
+    /// Data-parallel runs: end the job when a collective (a gradient sum, a broadcast) makes no progress for
+    /// this many seconds, with one line naming the ranks and hosts that went silent (cut off, frozen); also the
+    /// longest wait for every rank to join at start. Must exceed the longest pause of one rank between two
+    /// collectives (a step, an evaluation, a checkpoint write).
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::dist::DEFAULT_COLLECTIVE_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub collective_timeout: u64,
 }
 
 impl TrainArgs {
@@ -292,7 +299,8 @@ fn default_run_dir() -> PathBuf {
 pub fn run_mpi(check: Result<()>, threads: Option<usize>, a: &TrainArgs) -> Result<()> {
     use super::thread_pool;
     use crate::dist::{mpi::Mpi, Local};
-    let Some(mpi) = Mpi::init()? else {
+    let timeout = std::time::Duration::from_secs(a.collective_timeout);
+    let Some(mpi) = Mpi::init(timeout)? else {
         check?;
         thread_pool(threads)?;
         return run(a, Arc::new(Local::default()));

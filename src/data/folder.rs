@@ -27,7 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use super::image_file::{probe, read_image, Header};
 use super::source::{ImageDataset, Subset};
 use super::transforms::Image;
-use crate::error::Context;
+use crate::error::{few, Context};
 use crate::{bail, Result};
 
 /// File name endings torchvision's `ImageFolder` accepts (`IMG_EXTENSIONS`), compared in lower case.
@@ -223,7 +223,7 @@ impl Scan {
             bail!(
                 "{}: found no valid file for the classes {} (supported extensions: {})",
                 self.root.display(),
-                empty.join(", "),
+                few(&empty),
                 EXTENSIONS.join(" ")
             );
         }

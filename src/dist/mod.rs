@@ -10,11 +10,18 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
+#[cfg(feature = "mpi")]
+pub mod watchdog;
 
 use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The default `--collective-timeout`, in seconds: how long a data-parallel job waits in one collective before
+/// it names the ranks that went silent and ends. Far longer than a step, an evaluation or a checkpoint write
+/// (seconds, a minute for the largest networks on slow disks), short enough that a hung job is noticed.
+pub const DEFAULT_COLLECTIVE_TIMEOUT_SECS: u64 = 300;
 
 /// The collective operations a data-parallel run uses. Every rank calls the same operations in the same order
 /// (MPI's rule); every rank receives the same result.

@@ -10,6 +10,7 @@
 //! - the chapter's ResNet-18 and torchvision's `BasicBlock` networks share that main path (3×3 carrying the
 //!   stride, 3×3); they differ in conv biases, BN on the shortcut, initialization and key names.
 
+use crate::error::few;
 use crate::{bail, Error, Result, Shape4};
 use serde::{Deserialize, Serialize};
 
@@ -448,19 +449,34 @@ impl ResNetConfig {
     fn check_shape(&self) -> Result<()> {
         if self.widths.is_empty() || self.widths.len() != self.layers.len() {
             bail!(
-                "resnet: need one block count per stage width, got widths {:?} and layers {:?}",
-                self.widths,
-                self.layers
+                "resnet: need one block count per stage width, got {} widths [{}] and {} block counts [{}]",
+                self.widths.len(),
+                few(&self.widths),
+                self.layers.len(),
+                few(&self.layers)
             );
         }
         if self.widths.len() > MAX_STAGES || self.layers.iter().any(|&l| l > MAX_BLOCKS_PER_STAGE) {
-            bail!("resnet: at most {MAX_STAGES} stages of {MAX_BLOCKS_PER_STAGE} blocks each");
+            bail!(
+                "resnet: at most {MAX_STAGES} stages of {MAX_BLOCKS_PER_STAGE} blocks each, got {} stages of [{}] blocks",
+                self.layers.len(),
+                few(&self.layers)
+            );
         }
-        if self.in_channels == 0 || self.num_classes == 0 || self.widths.contains(&0) {
-            bail!("resnet: channels, classes and widths must be positive");
+        if self.in_channels == 0 {
+            bail!("resnet: 0 input channels: the channel count must be positive");
+        }
+        if self.num_classes == 0 {
+            bail!("resnet: 0 classes: the class count must be positive");
+        }
+        if self.widths.contains(&0) {
+            bail!(
+                "resnet: widths [{}] must all be positive",
+                few(&self.widths)
+            );
         }
         if self.widths.iter().any(|w| w.checked_mul(4).is_none()) {
-            bail!("resnet: widths {:?} are too large", self.widths);
+            bail!("resnet: widths [{}] are too large", few(&self.widths));
         }
         if self.naming == Naming::Chapter
             && (self.block != BlockKind::Basic || self.shortcut != Shortcut::Conv)
@@ -526,9 +542,13 @@ impl ResNetConfig {
                 return name.as_str().to_string();
             }
         }
+        // Short even for a description that `check` would refuse (a million stages): the name goes in errors.
         format!(
-            "{:?} blocks {:?}, widths {:?}, {:?} stem",
-            self.block, self.layers, self.widths, self.stem
+            "{:?} blocks [{}], widths [{}], {:?} stem",
+            self.block,
+            few(&self.layers),
+            few(&self.widths),
+            self.stem
         )
         .to_lowercase()
     }

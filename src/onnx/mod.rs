@@ -8,6 +8,9 @@
 //! the classifier as `Gemm` with `transB = 1` over PyTorch's `[out, in]` weight. With `fold_bn` each batch norm is
 //! folded into its convolution (`compiled::fold_bn`, what the compiled network runs).
 
+pub mod graph;
+pub mod import;
+mod recognize;
 #[rustfmt::skip]
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto;

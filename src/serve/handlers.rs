@@ -1,6 +1,7 @@
 //! The routes, their JSON errors, and the middleware that times and counts every answer.
 
 use super::batcher::{Batcher, Refused};
+use super::conn::{serve_connections, Drained};
 use super::metrics::{ErrorLabels, Metrics, RequestLabels};
 use super::{shutdown_signal, ServeOptions, SHUTDOWN_GRACE};
 use crate::data::image_file::decode_image_within;
@@ -9,7 +10,7 @@ use crate::data::Pipeline;
 use crate::error::Context;
 use crate::infer::{check_input_side, prepare, ranked, softmax, Model};
 use crate::out::status_line;
-use crate::{Error, Result, Shape4};
+use crate::{Result, Shape4};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -82,8 +83,9 @@ struct Shared {
 }
 
 /// Binds, prints the address, serves until a stop signal, then drains (at most [`SHUTDOWN_GRACE`] past the
-/// request timeout).
+/// request timeout; connections still open then are dropped with the runtime, see [`super::serve`]).
 pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Result<()> {
+    let counters = app.metrics.clone();
     let shared = Shared {
         app: Arc::new(app),
         batcher,
@@ -106,34 +108,24 @@ pub(super) async fn run(app: App, batcher: Batcher, opts: &ServeOptions) -> Resu
     // Status lines are dropped when standard output cannot be written (a log reader that died): the server keeps
     // serving (see crate::out).
     status_line(format_args!("listening on http://{local}"));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stopped = stop_rx.clone();
     let grace = opts.timeout + SHUTDOWN_GRACE;
-    let finished = tokio::select! {
-        r = server => Some(r),
-        _ = async {
-            let _ = stopped.wait_for(|&s| s).await;
-            tokio::time::sleep(grace).await;
-        } => None,
-    };
-    match finished {
-        Some(Ok(())) => {
-            status_line(format_args!("stopped: requests in flight answered"));
-            Ok(())
-        }
-        Some(Err(e)) => Err(Error::new(format!("serve: {e}"))),
-        None => {
-            status_line(format_args!(
-                "stopped: requests still open after {} s were dropped",
-                grace.as_secs()
-            ));
-            Ok(())
-        }
+    match serve_connections(
+        listener,
+        router,
+        opts.limits,
+        counters,
+        shutdown_signal(),
+        grace,
+    )
+    .await
+    {
+        Drained::All => status_line(format_args!("stopped: requests in flight answered")),
+        Drained::Dropped => status_line(format_args!(
+            "stopped: requests still open after {} s were dropped",
+            grace.as_secs()
+        )),
     }
+    Ok(())
 }
 
 /// An error answer: `{"error": message, "status": code}`, counted under `kind`.
@@ -371,6 +363,22 @@ async fn read_images(
     req: Request,
     opts: &ServeOptions,
 ) -> std::result::Result<Vec<(String, Bytes)>, ApiError> {
+    // A body announced larger than the limit is refused from its header, before any of it is waited for.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > opts.max_body as u64) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is announced as {n} bytes (Content-Length), more than the limit of {} (--max-body-mb)",
+                opts.max_body
+            ),
+        ));
+    }
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)

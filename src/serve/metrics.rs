@@ -30,8 +30,11 @@ pub struct Metrics {
     registry: Registry,
     /// Requests answered, by path and status.
     pub requests: Family<RequestLabels, Counter>,
-    /// Error answers, by kind.
+    /// Error answers, by kind; and connections closed for a reason of their own (`header_timeout`,
+    /// `too_many_connections`).
     pub errors: Family<ErrorLabels, Counter>,
+    /// Connections open.
+    pub connections: Gauge,
     /// Seconds from a request's arrival to its answer, by path.
     pub latency: Histogram,
     /// Images per forward pass.
@@ -53,7 +56,13 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("http_errors", "Error answers, by kind", errors.clone());
+        registry.register(
+            "http_errors",
+            "Error answers and refused or timed-out connections, by kind",
+            errors.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register("http_connections", "Connections open", connections.clone());
         // 0.5 ms to about 16 s.
         let latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         registry.register_with_unit(
@@ -93,6 +102,7 @@ impl Metrics {
             registry,
             requests,
             errors,
+            connections,
             latency,
             batch_size,
             forward_seconds,

@@ -11,13 +11,17 @@
 //! | `GET /metrics` | OpenMetrics text (Prometheus) |
 //!
 //! Every error is JSON (`{"error": "...", "status": N}`) with its 4xx status, or 503 with `Retry-After` when the
-//! queue is full.
+//! queue is full or the connections are at `--max-connections`; hyper's own rejections of requests it cannot
+//! parse are made JSON too ([`rejections`]). Headers must arrive within `--header-timeout` ([`conn`]).
 
 pub mod batcher;
+pub mod conn;
 pub mod handlers;
 pub mod metrics;
+mod rejections;
 
 pub use batcher::{BatchOptions, Batcher};
+pub use conn::ConnLimits;
 pub use handlers::parse_predict;
 pub use metrics::Metrics;
 
@@ -47,6 +51,8 @@ pub struct ServeOptions {
     pub max_input_side: usize,
     /// Classes returned when `?topk=` is not given.
     pub topk: usize,
+    /// The header-read timeout and the connection cap.
+    pub limits: ConnLimits,
 }
 
 /// Serves `model` until SIGTERM or Ctrl-C, then finishes the requests in flight and returns. Prints
@@ -61,6 +67,9 @@ pub fn serve(model: Model, opts: ServeOptions) -> Result<()> {
         .build()
         .context("serve: cannot start the runtime")?;
     let result = runtime.block_on(handlers::run(app, batcher, &opts));
+    // Connections still open past the shutdown deadline hold the router, and with it queue senders: dropping the
+    // runtime drops them (a half-sent request once kept the server up until its client left).
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
     // The router, and with it the last queue sender, is gone: the batcher finishes what is queued and stops.
     worker
         .join()

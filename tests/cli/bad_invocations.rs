@@ -266,6 +266,37 @@ fn bad_invocations_fail_cleanly() {
         checkpoint::save_model(&p, &net, &meta).unwrap();
         p
     };
+    // ONNX files: not ONNX, truncated, a graph with a cycle, shapes that lie, a 10⁹-element initializer in 20 bytes.
+    let onnx = {
+        use prost::Message;
+        let file = resnet::model_file::ModelFile::load(&m.weights).unwrap();
+        let model = resnet::onnx::export(&file, &Default::default()).unwrap();
+        let edited = |edit: &dyn Fn(&mut resnet::onnx::proto::GraphProto)| {
+            let mut model = model.clone();
+            edit(model.graph.as_mut().unwrap());
+            model.encode_to_vec()
+        };
+        let whole = model.encode_to_vec();
+        [
+            write("not-onnx.onnx", b"not an ONNX model at all"),
+            write("truncated.onnx", &whole[..whole.len() / 2]),
+            write(
+                "cycle.onnx",
+                &edited(&|g| g.node[0].input[0] = g.node[5].output[0].clone()),
+            ),
+            write(
+                "lying-shape.onnx",
+                &edited(&|g| g.initializer[0].dims[0] += 1),
+            ),
+            write(
+                "huge-initializer.onnx",
+                &edited(&|g| {
+                    g.initializer[0].dims = vec![1_000, 1_000_000];
+                    g.initializer[0].raw_data = Some(vec![0; 20]);
+                }),
+            ),
+        ]
+    };
     // A legacy (pre-1.6) torch.save file, copied into the fixtures (named as the .pth reader names it, not as
     // "not a valid safetensors file").
     let legacy_pth = fx.join("legacy.pth");
@@ -368,6 +399,10 @@ fn bad_invocations_fail_cleanly() {
         row(&["frobnicate"], &["frobnicate"]),
         row(&["train", "--frob"], &["--frob"]),
         row(&["train", "--epochs", "abc"], &["--epochs", "abc"]),
+        row(
+            &["train", "--collective-timeout", "0"],
+            &["--collective-timeout", "0"],
+        ),
         row(&["eval"], &["--weights"]),
         row(&["predict", "--weights", w], &["IMAGES"]),
         // Values out of range.
@@ -465,6 +500,33 @@ fn bad_invocations_fail_cleanly() {
         row(&["bench", "--only", "nope"], &["--only", "nope", "train28"]),
         row(&["bench", "--batch", "0"], &["batch"]),
         row(&["bench", "--plan", "--json"], &["--plan", "--json"]),
+        row(
+            &["eval", "--weights", s(&onnx[0])],
+            &["not-onnx.onnx", "not a valid ONNX model"],
+        ),
+        row(
+            &["predict", "--weights", s(&onnx[1]), "x.png"],
+            &["truncated.onnx", "not a valid ONNX model"],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[2])],
+            &["cycle.onnx", "a cycle or is not in topological order"],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[3])],
+            &[
+                "lying-shape.onnx",
+                "declares dimensions",
+                "values (or bytes) they need",
+            ],
+        ),
+        row(
+            &["eval", "--weights", s(&onnx[4])],
+            &[
+                "huge-initializer.onnx",
+                "declares dimensions [1000, 1000000], more than",
+            ],
+        ),
         row(
             &["eval", "--weights", s(&legacy_pth)],
             &["legacy.pth", "legacy (pre-1.6", "re-save"],
@@ -780,6 +842,22 @@ fn bad_invocations_fail_cleanly() {
         ),
         row(&["serve", "--weights", w, "--timeout", "0"], &["--timeout"]),
         row(
+            &["serve", "--weights", w, "--header-timeout", "0"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--header-timeout", "inf"],
+            &["--header-timeout"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "0"],
+            &["--max-connections"],
+        ),
+        row(
+            &["serve", "--weights", w, "--max-connections", "100000"],
+            &["--max-connections", "65536"],
+        ),
+        row(
             &["serve", "--weights", w, "--max-body-mb", "0"],
             &["--max-body-mb"],
         ),
@@ -898,6 +976,63 @@ fn bad_invocations_fail_cleanly() {
             &[file, want],
         ));
     }
+    // Descriptions a file's metadata may hold that no network fits (#30, defect 10): each said as what it is, on
+    // one short line (a million stages once made a line of 6 MB; 0 channels read "too many parameters").
+    let declared = |name: &str, arch: String| -> PathBuf {
+        let meta = BTreeMap::from([(META_ARCH.to_string(), arch)]);
+        write(name, &checkpoint::serialize(&foo, &meta).unwrap())
+    };
+    let zero_channels = declared(
+        "zero-channels.safetensors",
+        "0,10;64,128,256,512;2,2,2,2".into(),
+    );
+    let zero_classes = declared(
+        "zero-classes.safetensors",
+        "1,0;64,128,256,512;2,2,2,2".into(),
+    );
+    let million = vec!["1"; 1_000_000].join(",");
+    let million_stages = declared(
+        "million-stages.safetensors",
+        format!("1,10;{};{million}", vec!["8"; 1_000_000].join(",")),
+    );
+    let mismatched = declared("mismatched.safetensors", format!("1,10;8,8;{million}"));
+    let bad_count = declared("bad-count.safetensors", format!("1,10;8,8;{million},x"));
+    // 10,000 class folders, one of them with an image: an error naming all the others was 200 kB.
+    let many_empty = folder("many-empty-classes", &[("c00000/1.png", &png)], &[]);
+    for k in 1..10_000 {
+        std::fs::create_dir(many_empty.join(format!("c{k:05}"))).unwrap();
+    }
+    rows.extend([
+        row(
+            &["eval", "--weights", s(&zero_channels)],
+            &["zero-channels.safetensors", "0 input channels"],
+        ),
+        row(
+            &["predict", "--weights", s(&zero_classes), "x.png"],
+            &["zero-classes.safetensors", "0 classes"],
+        ),
+        row(
+            &["eval", "--weights", s(&million_stages)],
+            &["million-stages.safetensors", "1000000 stages", "more"],
+        ),
+        row(
+            &["eval", "--weights", s(&mismatched)],
+            &[
+                "mismatched.safetensors",
+                "2 widths",
+                "1000000 block counts",
+                "and 999992 more",
+            ],
+        ),
+        row(
+            &["eval", "--weights", s(&bad_count)],
+            &["bad-count.safetensors", "`x` is not a count", "characters)"],
+        ),
+        row(
+            &["train", "--data", s(&many_empty)],
+            &["many-empty-classes", "c00001, c00002", "and 9991 more"],
+        ),
+    ]);
     let mut raw_args = vec!["train", "--data", s(&raw)];
     raw_args.extend(small);
     rows.push(row(&raw_args, &["train-images-idx3-ubyte", "limit"]));
@@ -919,6 +1054,12 @@ fn bad_invocations_fail_cleanly() {
         let err = expect_failure(&out, &what);
         let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
         eprintln!("{what}\n    {line}");
+        // One line a person reads: a few hundred characters, whatever the input's size.
+        assert!(
+            line.chars().count() <= 600,
+            "{what}: an error line of {} characters",
+            line.chars().count()
+        );
         for want in &r.want {
             assert!(
                 err.contains(want.as_str()),

@@ -235,11 +235,6 @@ fn gemm(
     let panels_per_task = panels.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, panels));
     let panel_tasks = panels.div_ceil(panels_per_task);
     let kc = (PANEL_SLICE_FLOATS / width).clamp(1, k);
-    let kc = if std::env::var_os("XK").is_some() && k <= kc + kc / 2 {
-        k
-    } else {
-        kc
-    };
     let c_ptr = SendPtr(c.as_mut_ptr());
     let a_ptr = a.as_ptr() as usize;
     (0..row_tasks * panel_tasks)
