@@ -75,3 +75,8 @@ fn request_inputs() {
 fn onnx_inputs() {
     check("onnx", resnet::fuzzing::onnx, 6);
 }
+
+#[test]
+fn quantized_inputs() {
+    check("quantized", resnet::fuzzing::quantized, 3);
+}

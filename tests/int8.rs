@@ -1,14 +1,20 @@
 //! The int8 network against the f32 one it was quantized from: a narrow ResNet-50-kind (Bottleneck) network
 //! with batch norms that do something, calibrated on some random images and run on others, on every int8 path
-//! this CPU has.
+//! this CPU has; and the quantized model file it is written to and read from (`resnet quantize`).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use resnet::checkpoint::{arch_string, META_ARCH};
 use resnet::compiled::int8::{Calibration, Method, QuantNet};
+use resnet::compiled::loaded::InferenceNet;
+use resnet::compiled::quant_file::{self, Quantized, Record, META_QUANT as QUANT};
 use resnet::compiled::CompiledNet;
 use resnet::kernels::int8::Path;
+use resnet::model_file::ModelFile;
 use resnet::nn::{ArchName, LayerMut, ResNet, ResNetConfig};
 use resnet::Shape4;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::BTreeMap;
 
 /// ResNet-50's kind (Bottleneck blocks, torchvision's stem and shortcuts), widths 16–64, one block per stage.
 fn narrow_bottleneck() -> ResNetConfig {
@@ -178,5 +184,206 @@ fn the_plan_shows_which_convolutions_run_int8() {
             line.contains("downsample") || line.contains("layer4.0.conv3"),
             "{line}"
         );
+    }
+}
+
+/// The bytes of a quantized file of a narrow Bottleneck network calibrated on 16 images, and the network and
+/// its clips.
+fn quantized_file(method: Method) -> (Vec<u8>, ResNet, Vec<Option<f32>>) {
+    let net = network(narrow_bottleneck(), 11);
+    let mut f32net = CompiledNet::new(&net, None).unwrap();
+    let mut calibration = Calibration::new(&f32net);
+    let (x, xs) = images(16, 3, 200);
+    calibration.observe(&mut f32net, &x, xs).unwrap();
+    let clips = calibration.clips(method);
+    let record = Record::new(method, 16, "ab".repeat(32));
+    let mut meta = BTreeMap::new();
+    meta.insert(META_ARCH.to_string(), arch_string(&net.config));
+    let bytes = quant_file::to_bytes(&f32net, &clips, &record, &meta).unwrap();
+    (bytes, net, clips)
+}
+
+/// A quantized file, read back wherever weights load, is the network it was made from, bit for bit; equal
+/// inputs write equal bytes.
+#[test]
+fn a_quantized_file_runs_as_the_network_it_was_made_from() {
+    for method in [Method::MinMax, Method::Percentile(99.99)] {
+        let (bytes, net, clips) = quantized_file(method);
+        assert_eq!(
+            bytes,
+            quantized_file(method).0,
+            "{method}: not deterministic"
+        );
+        let (x, xs) = images(4, 3, 300);
+        let file = ModelFile::from_bytes(&bytes, std::path::Path::new("q.safetensors")).unwrap();
+        assert_eq!(file.config, net.config);
+        let mut loaded = file.inference().unwrap();
+        assert!(matches!(loaded, InferenceNet::Int8(_)));
+        let path = Path::detect();
+        let mut direct =
+            QuantNet::new(CompiledNet::new(&net, None).unwrap(), &clips, path).unwrap();
+        let want = direct.forward(&x, xs).unwrap().to_vec();
+        assert_eq!(loaded.forward(&x, xs).unwrap(), want, "{method}");
+        let (q, _) = Quantized::read(&bytes, "q").unwrap();
+        assert_eq!(q.record.method().unwrap(), method);
+        let mut portable = q.network(Path::Portable).unwrap();
+        let mut direct = QuantNet::new(
+            CompiledNet::new(&net, None).unwrap(),
+            &clips,
+            Path::Portable,
+        )
+        .unwrap();
+        assert_eq!(
+            portable.forward(&x, xs).unwrap(),
+            direct.forward(&x, xs).unwrap()
+        );
+        // A quantized file is for inference: it does not become a trainable network.
+        let e = file.network().err().unwrap().to_string();
+        assert!(e.contains("runs inference only"), "{e}");
+    }
+}
+
+/// A quantized file's tensors, to rewrite: (name, dtype, shape, bytes), and its metadata.
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+fn tensors_of(bytes: &[u8]) -> (Tensors, BTreeMap<String, String>) {
+    let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+    let meta = header.metadata().clone().unwrap().into_iter().collect();
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let mut t: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    (t, meta)
+}
+
+fn bytes_of(t: &Tensors, meta: &BTreeMap<String, String>) -> Vec<u8> {
+    let views: Vec<(&str, TensorView)> = t
+        .iter()
+        .map(|(k, d, s, b)| (k.as_str(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta.clone().into_iter().collect())).unwrap()
+}
+
+/// Hostile or damaged quantized files are refused with one line naming the file and what is wrong.
+#[test]
+fn damaged_quantized_files_are_refused_with_one_line() {
+    let (bytes, _, _) = quantized_file(Method::MinMax);
+    let (tensors, meta) = tensors_of(&bytes);
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let with = |f: &dyn Fn(&mut Tensors, &mut BTreeMap<String, String>)| {
+        let (mut t, mut m) = (tensors.clone(), meta.clone());
+        f(&mut t, &mut m);
+        bytes_of(&t, &m)
+    };
+    let find = |t: &mut Tensors, key: &str| t.iter().position(|e| e.0 == key).unwrap();
+    let record = |m: &mut BTreeMap<String, String>, from: &str, to: &str| {
+        let r = m.get_mut(QUANT).unwrap();
+        assert!(r.contains(from));
+        *r = r.replace(from, to);
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "lacks tensor `layer1.0.conv2.weight_scale`",
+            with(&|t, _| {
+                let i = find(t, "layer1.0.conv2.weight_scale");
+                t.remove(i);
+            }),
+        ),
+        (
+            "tensor `layer1.0.conv2.weight_scale` is F32 [17]",
+            with(&|t, _| {
+                let i = find(t, "layer1.0.conv2.weight_scale");
+                t[i].2 = vec![17];
+                t[i].3 = f32s(&[1.0; 17]);
+            }),
+        ),
+        (
+            "tensor `layer2.0.conv1.weight` is F32",
+            with(&|t, _| {
+                let i = find(t, "layer2.0.conv1.weight");
+                t[i].1 = Dtype::F32;
+                t[i].3 = t[i]
+                    .3
+                    .iter()
+                    .flat_map(|&b| (b as i8 as f32).to_le_bytes())
+                    .collect();
+            }),
+        ),
+        (
+            "tensor `layer1.0.conv1.weight_scale` holds -1",
+            with(&|t, _| {
+                let i = find(t, "layer1.0.conv1.weight_scale");
+                t[i].3[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+            }),
+        ),
+        (
+            "tensor `layer3.0.conv3.input_clip` holds NaN",
+            with(&|t, _| {
+                let i = find(t, "layer3.0.conv3.input_clip");
+                t[i].3 = f32s(&[f32::NAN]);
+            }),
+        ),
+        (
+            "tensor `layer1.0.conv3.weight` holds -128",
+            with(&|t, _| {
+                let i = find(t, "layer1.0.conv3.weight");
+                t[i].3[0] = 0x80;
+            }),
+        ),
+        (
+            "unexpected tensor `extra`",
+            with(&|t, _| t.push(("extra".into(), Dtype::F32, vec![1], f32s(&[1.0])))),
+        ),
+        (
+            "input_clip` differs from that of another convolution reading the same value",
+            with(&|t, _| {
+                let i = find(t, "layer1.0.downsample.0.input_clip");
+                t[i].3 = f32s(&[1234.5]);
+            }),
+        ),
+        (
+            "quantized file format 2",
+            with(&|_, m| record(m, "\"format\":1", "\"format\":2")),
+        ),
+        (
+            "unknown calibration method `entropy`",
+            with(&|_, m| record(m, "\"min-max\"", "\"entropy\"")),
+        ),
+        (
+            "a digest that is not 64 hex digits",
+            with(&|_, m| record(m, "abab", "xyxy")),
+        ),
+        (
+            "bad `resnet.quantization` metadata",
+            with(&|_, m| record(m, "\"format\"", "\"fromat\"")),
+        ),
+        (
+            "quantized file lacks `resnet.arch` metadata",
+            with(&|_, m| {
+                m.remove(META_ARCH);
+            }),
+        ),
+        (
+            "parameters, but its tensors hold only",
+            with(&|_, m| {
+                let a = m.get_mut(META_ARCH).unwrap();
+                *a = a.replace("[16,32,32,64]", "[16,32,32,512]");
+            }),
+        ),
+    ];
+    for (want, bytes) in cases {
+        let e = match ModelFile::from_bytes(&bytes, std::path::Path::new("bad.safetensors")) {
+            Ok(_) => panic!("{want}: read"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.starts_with("bad.safetensors: ") && e.contains(want),
+            "{want}: {e}"
+        );
+        assert!(!e.contains('\n') && e.len() <= 600, "{e}");
+        resnet::fuzzing::quantized(&bytes);
     }
 }

@@ -175,8 +175,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     model.reserve(opts.batch.max_batch, opts.batch.max_batch_pixels)?;
     // A status line: dropped if standard output is a closed pipe, the server serves regardless (see crate::out).
     status_line(format_args!(
-        "serving {} ({}, {} classes) from {}",
-        model.net.config.name(),
+        "serving {} ({}, {}, {} classes) from {}",
+        model.net.config().name(),
+        model.net.precision(),
         group_thousands(model.params),
         model.names.len(),
         args.weights.display()

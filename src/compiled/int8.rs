@@ -44,6 +44,30 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// The percentile `--method percentile` takes.
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+
+impl std::str::FromStr for Method {
+    type Err = crate::Error;
+
+    /// `minmax` (or `min-max`), `percentile` ([`DEFAULT_PERCENTILE`]) or `percentile P` with `P` in (0, 100]: what
+    /// `quantize --method` and a quantized file's record say.
+    fn from_str(s: &str) -> Result<Method> {
+        match s {
+            "minmax" | "min-max" => return Ok(Method::MinMax),
+            "percentile" => return Ok(Method::Percentile(DEFAULT_PERCENTILE)),
+            _ => {}
+        }
+        match s.strip_prefix("percentile ").map(str::parse::<f64>) {
+            Some(Ok(p)) if p > 0.0 && p <= 100.0 => Ok(Method::Percentile(p)),
+            _ => bail!(
+                "unknown calibration method `{}` (minmax, percentile)",
+                crate::error::clip(s, 40)
+            ),
+        }
+    }
+}
+
 /// What calibration saw of one value: its largest element and a histogram of its elements over `[0, top)`,
 /// `top` doubled (pairs of bins merged) whenever a larger element comes, so that one pass over the images
 /// serves every method.
@@ -168,6 +192,11 @@ fn quantized_values(net: &CompiledNet) -> Vec<bool> {
     q
 }
 
+/// Per convolution of `net`: true when it runs int8 (every one but the stem, which reads the signed image).
+fn quantized_convs(net: &CompiledNet) -> Vec<bool> {
+    (0..net.convs.len()).map(|c| c > 0).collect()
+}
+
 /// One convolution quantized: its packed weights and its store's bias and scale.
 struct QuantConv {
     packed: PackedWeights,
@@ -192,6 +221,23 @@ impl QuantNet {
     /// Quantizes `net` with one clip per value (`None` where [`Calibration::clips`] says so) for the kernel
     /// `path`. Errors if the clips do not fit the network.
     pub fn new(net: CompiledNet, clips: &[Option<f32>], path: Path) -> Result<QuantNet> {
+        let weights = quantized_convs(&net)
+            .into_iter()
+            .zip(&net.convs)
+            .map(|(q, c)| q.then(|| quantize_weights(&c.weight, c.cout)))
+            .collect();
+        QuantNet::with_weights(net, clips, weights, path)
+    }
+
+    /// [`QuantNet::new`] with the convolutions' weights already quantized (a quantized model file's): per
+    /// convolution of `net`, `None` for those run in f32, else the HWIO `i8` weights `[k, k, cin, cout]` and the
+    /// `[cout]` scales of [`quantize_weights`]. Errors if the clips or the weights do not fit the network.
+    pub fn with_weights(
+        net: CompiledNet,
+        clips: &[Option<f32>],
+        weights: Vec<Option<(Vec<i8>, Vec<f32>)>>,
+        path: Path,
+    ) -> Result<QuantNet> {
         let quantized = quantized_values(&net);
         let same = clips.len() == quantized.len()
             && clips.iter().zip(&quantized).all(|(c, &q)| c.is_some() == q);
@@ -205,8 +251,22 @@ impl QuantNet {
         {
             bail!("int8: activation clip {bad} is not a positive number");
         }
+        let wanted = quantized_convs(&net);
+        let fits = weights.len() == net.convs.len()
+            && weights
+                .iter()
+                .zip(&net.convs)
+                .zip(&wanted)
+                .all(|((w, c), &q)| match w {
+                    None => !q,
+                    Some((w, s)) => q && w.len() == c.weight.len() && s.len() == c.cout,
+                });
+        if !fits {
+            bail!("int8: the quantized weights do not match the network's convolutions");
+        }
         let qmax = path.qmax() as f32;
         let scales: Vec<Option<f32>> = clips.iter().map(|c| c.map(|c| c / qmax)).collect();
+        let mut weights = weights;
         let mut convs: Vec<Option<QuantConv>> = (0..net.convs.len()).map(|_| None).collect();
         for step in &net.steps {
             let Step::Conv {
@@ -222,7 +282,15 @@ impl QuantNet {
                 continue;
             };
             let y_scale = scales[*output].unwrap_or(1.0);
-            convs[*conv] = Some(quantize_conv(&net.convs[*conv], x_scale, y_scale, path));
+            let (w, w_scale) = weights[*conv].take().expect("checked above");
+            convs[*conv] = Some(quantize_conv(
+                &net.convs[*conv],
+                &w,
+                &w_scale,
+                x_scale,
+                y_scale,
+                path,
+            ));
         }
         Ok(QuantNet {
             net,
@@ -231,6 +299,32 @@ impl QuantNet {
             scales,
             bytes: Vec::new(),
         })
+    }
+
+    /// The description of the network.
+    pub fn config(&self) -> &crate::nn::ResNetConfig {
+        &self.net.config
+    }
+
+    /// See [`CompiledNet::set_batch_invariant`] (the int8 convolutions' sums are exact in any batch; the f32
+    /// stem's plan is what it changes).
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        self.net.set_batch_invariant(on);
+    }
+
+    /// Plans input shape `xs` and sizes the arena (f32 and `u8` buffers) for it now.
+    pub fn reserve(&mut self, xs: Shape4) -> Result<()> {
+        self.net.shapes_for(xs)?;
+        let lens = &self.net.shapes[&xs].arena.lens;
+        if self.bytes.len() < lens.len() {
+            self.bytes.resize_with(lens.len(), Vec::new);
+        }
+        for (buf, &len) in self.bytes.iter_mut().zip(lens) {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        Ok(())
     }
 
     /// The kernel path the quantized convolutions run on.
@@ -287,18 +381,10 @@ impl QuantNet {
                 xs.len()
             );
         }
-        self.net.shapes_for(xs)?;
+        self.reserve(xs)?;
         let net = &mut self.net;
         let shapes = &net.shapes[&xs];
         let slot = &shapes.arena.slot;
-        if self.bytes.len() < shapes.arena.lens.len() {
-            self.bytes.resize_with(shapes.arena.lens.len(), Vec::new);
-        }
-        for (buf, &len) in self.bytes.iter_mut().zip(&shapes.arena.lens) {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-        }
         // Which copies of each value this pass has made.
         let count = shapes.values.len();
         let (mut has_f32, mut has_u8) = (vec![false; count], vec![false; count]);
@@ -424,22 +510,20 @@ fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
     }
 }
 
-/// `c` quantized per output channel for input scale `x_scale` and output scale `y_scale` (1 for an f32
-/// output), packed for `path`.
-fn quantize_conv(c: &super::FoldedConv, x_scale: f32, y_scale: f32, path: Path) -> QuantConv {
-    let cout = c.cout;
+/// HWIO weights `[k, k, cin, cout]` quantized per output channel, symmetric: `(q, w_scale)`, `w_scale[c] =
+/// max |w[.., c]| / 127` (1 for a channel of zeros, which any scale represents exactly) and `q = round(w /
+/// w_scale[c])` in [-127, 127].
+pub(crate) fn quantize_weights(weight: &[f32], cout: usize) -> (Vec<i8>, Vec<f32>) {
     let mut w_scale = vec![0.0f32; cout];
-    for row in c.weight.chunks_exact(cout) {
+    for row in weight.chunks_exact(cout) {
         for (s, w) in w_scale.iter_mut().zip(row) {
             *s = s.max(w.abs());
         }
     }
     for s in &mut w_scale {
-        // A channel of zeros: any scale is exact.
         *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
     }
-    let weights: Vec<i8> = c
-        .weight
+    let q = weight
         .iter()
         .enumerate()
         .map(|(i, &w)| {
@@ -448,12 +532,25 @@ fn quantize_conv(c: &super::FoldedConv, x_scale: f32, y_scale: f32, path: Path) 
                 .clamp(-127.0, 127.0) as i8
         })
         .collect();
+    (q, w_scale)
+}
+
+/// `c` with its weights quantized to `weights` of per-channel scales `w_scale` ([`quantize_weights`]), for input
+/// scale `x_scale` and output scale `y_scale` (1 for an f32 output), packed for `path`.
+fn quantize_conv(
+    c: &super::FoldedConv,
+    weights: &[i8],
+    w_scale: &[f32],
+    x_scale: f32,
+    y_scale: f32,
+    path: Path,
+) -> QuantConv {
     // Bounded so that sum and bias never wrap: a 3×3 convolution's sum is below 9 · 2048 · 255 · 127 < 2^30.
     const BIAS_LIMIT: f32 = (1u32 << 30) as f32;
     let bias = c
         .bias
         .iter()
-        .zip(&w_scale)
+        .zip(w_scale)
         .map(|(&b, &s)| {
             (b / (s * x_scale))
                 .round_ties_even()
@@ -463,8 +560,18 @@ fn quantize_conv(c: &super::FoldedConv, x_scale: f32, y_scale: f32, path: Path) 
     let scale = w_scale.iter().map(|&s| s * x_scale / y_scale).collect();
     let taps = c.kernel * c.kernel;
     QuantConv {
-        packed: int8::pack(path, taps, c.cin, cout, &weights),
+        packed: int8::pack(path, taps, c.cin, c.cout, weights),
         bias,
         scale,
+    }
+}
+
+impl super::Classifier for QuantNet {
+    fn classes(&self) -> usize {
+        self.net.config.num_classes
+    }
+
+    fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.forward(x, xs)
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod arena;
 pub mod int8;
+pub mod loaded;
+pub mod quant_file;
 
 use crate::kernels::conv::{Algo, ConvGeom, ConvPlan, Epilogue};
 use crate::kernels::linear::linear_forward;
