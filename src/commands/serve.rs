@@ -175,11 +175,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     model.reserve(opts.batch.max_batch, opts.batch.max_batch_pixels)?;
     // A status line: dropped if standard output is a closed pipe, the server serves regardless (see crate::out).
     status_line(format_args!(
-        "serving {} ({}, {}, {} classes) from {}",
+        "serving {} ({}, {} classes, {}) from {}",
         model.net.config().name(),
-        model.net.precision(),
         group_thousands(model.params),
         model.names.len(),
+        model.net.precision(),
         args.weights.display()
     ));
     serve(model, opts)
