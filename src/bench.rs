@@ -296,6 +296,39 @@ pub fn bench_one(
     })
 }
 
+/// An inference configuration timed on a model file's network as it loads (`bench --weights FILE`: f32, or
+/// int8 from a quantized file): the same measurement as [`bench_one`]'s inference, `arch` naming the precision.
+pub fn bench_loaded(
+    net: &mut crate::compiled::loaded::InferenceNet,
+    name: &str,
+    batch: usize,
+    size: usize,
+    warmup: usize,
+    iters: usize,
+) -> Result<BenchResult> {
+    let config = net.config().clone();
+    let xs = Shape4::new(batch, config.in_channels, size, size);
+    let macs = forward_macs(&ResNet::new(config.clone(), 0)?, xs)?;
+    net.reserve(xs)?;
+    let x = input(xs);
+    let (median, min, max) = time_it(warmup, iters, || net.forward(&x, xs).map(|_| ()))?;
+    Ok(BenchResult {
+        name: name.to_string(),
+        arch: format!("{} {}", config.name(), net.precision()),
+        channels: config.in_channels,
+        batch,
+        size,
+        iters,
+        median_s: median,
+        min_s: min,
+        max_s: max,
+        images_per_s: batch as f64 / median,
+        forward_macs: macs,
+        gflops: 2.0 * macs as f64 / median / 1e9,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}
+
 /// Every configuration: name, training (or inference), input side. Latency configurations run batch 1.
 pub const CONFIGS: [(&str, bool, usize); 7] = [
     ("train28", true, 28),

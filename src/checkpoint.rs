@@ -60,7 +60,10 @@ pub fn serialize(sd: &StateDict, metadata: &BTreeMap<String, String>) -> Result<
 /// in sorted order. The crate would write the metadata in hash-map order, which differs from process to process,
 /// so equal models would get different bytes (and checksums). Tensor offsets are relative to the data, so only the
 /// header and its length change.
-fn with_metadata(bytes: Vec<u8>, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+pub(crate) fn with_metadata(
+    bytes: Vec<u8>,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     const N_LEN: usize = 8;
     let n = u64::from_le_bytes(bytes[..N_LEN].try_into().expect("8 bytes")) as usize;
     // BTreeMaps serialize in key order, whatever map type serde_json's `Value` holds.

@@ -2,7 +2,7 @@
 //! [`Cli::check`] accepts, and the CLI fuzz target feeds arbitrary argument lists through the same two steps.
 
 use crate::commands::{
-    BenchArgs, EvalArgs, ExportArgs, PredictArgs, ServeArgs, SummaryArgs, TrainArgs,
+    BenchArgs, EvalArgs, ExportArgs, PredictArgs, QuantizeArgs, ServeArgs, SummaryArgs, TrainArgs,
 };
 use crate::nn::{ArchName, Stem};
 use crate::{bail, Result};
@@ -53,6 +53,9 @@ pub enum Command {
     /// Write a model file's network as ONNX (standard operators, opset 17 by default), with its class names,
     /// preprocessing and architecture in the metadata.
     Export(ExportArgs),
+    /// Quantize a model file to int8 (per-channel weights, per-tensor activations calibrated on images), for
+    /// predict, eval, serve and bench on the int8 kernels.
+    Quantize(QuantizeArgs),
 }
 
 /// `--arch`: the named models as the command line spells and describes them (the network itself knows nothing
@@ -111,6 +114,7 @@ impl Cli {
             Command::Bench(b) => b.check().map(|_| ()),
             Command::Serve(a) => a.options().map(|_| ()),
             Command::Export(a) => a.check(),
+            Command::Quantize(a) => a.check().map(|_| ()),
         }
     }
 }

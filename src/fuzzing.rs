@@ -278,3 +278,20 @@ pub fn explain_names(data: &[u8]) {
         }
     }
 }
+
+/// Quantized model files (`resnet quantize`'s, read wherever weights load): a file that reads builds an int8
+/// network that runs, or an error.
+pub fn quantized(data: &[u8]) {
+    let origin = "fuzz-int8.safetensors";
+    let Ok((q, _)) = crate::compiled::quant_file::Quantized::read(data, origin) else {
+        return;
+    };
+    let mut net = q
+        .network(crate::kernels::int8::Path::detect())
+        .expect("a quantized file that reads builds its network");
+    let c = net.config().in_channels;
+    let classes = net.config().num_classes;
+    if let Ok(logits) = net.forward(&vec![0.5f32; c * 32 * 32], Shape4::new(1, c, 32, 32)) {
+        assert_eq!(logits.len(), classes);
+    }
+}

@@ -2,6 +2,7 @@
 //! compiled for inference ([`CompiledNet`]), its preprocessing and its class names, and turns decoded images into
 //! logits.
 
+use crate::compiled::loaded::InferenceNet;
 use crate::compiled::CompiledNet;
 use crate::data::image_file;
 use crate::data::transforms::{to_tensor_chw, Image, MAX_INPUT_SIDE};
@@ -15,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 /// A model ready to predict: the network compiled for inference, its preprocessing and its class names.
 pub struct Model {
-    /// The network, compiled for inference.
-    pub net: CompiledNet,
+    /// The network, compiled for inference (f32, or int8 from a quantized file).
+    pub net: InferenceNet,
     /// Its number of parameters (as trained: before the batch norms were folded).
     pub params: usize,
     /// How an image becomes the network's input.
@@ -35,15 +36,21 @@ impl Model {
     pub fn load(path: &Path, arch: Option<ArchName>, resize: Option<usize>) -> Result<Model> {
         let file = ModelFile::load(path)?;
         file.check_arch(arch)?;
-        let trained = file.network()?;
+        let (mut net, params) = match &file.quantized {
+            Some(_) => (file.inference()?, file.config.num_params().unwrap_or(0)),
+            None => {
+                let trained = file.network()?;
+                let net = InferenceNet::F32(Box::new(CompiledNet::new(&trained, None)?));
+                (net, trained.num_params())
+            }
+        };
         let preprocess = file.preprocess(resize)?;
-        let mut net = CompiledNet::new(&trained, None)?;
         // An image's answer must not depend on the images it is batched with (`serve`); a batch of one, as
         // `predict` runs, gets the same plans either way.
         net.set_batch_invariant(true);
         Ok(Model {
             net,
-            params: trained.num_params(),
+            params,
             preprocess,
             names: file.class_names(),
             path: file.path.clone(),
@@ -69,7 +76,7 @@ impl Model {
 
     /// The network's input channels (what images are decoded to).
     pub fn channels(&self) -> usize {
-        self.net.config.in_channels
+        self.net.config().in_channels
     }
 
     /// The image file at `path` read and prepared as the network's input (`predict`): an image its preprocessing

@@ -6,6 +6,9 @@ use crate::checkpoint::{
     build_for, infer_config, parse_arch, read_file_limited, read_weights, META_ARCH, META_CLASSES,
     META_EVAL_TRANSFORM, META_INPUT_SIZE,
 };
+use crate::compiled::loaded::InferenceNet;
+use crate::compiled::quant_file::{self, Quantized};
+use crate::compiled::CompiledNet;
 use crate::data::transforms::{Step, INPUT_SIZES, MAX_INPUT_SIDE};
 use crate::data::{Pipeline, CLASS_NAMES};
 use crate::error::Context;
@@ -29,8 +32,10 @@ pub struct ModelFile {
     /// The input size it was trained at (`resnet.input_size`).
     pub trained_size: Option<usize>,
     /// The tensors, with PyTorch's keys and layouts; not yet checked against [`ModelFile::config`]'s network
-    /// ([`ModelFile::network`] loads them strictly).
+    /// ([`ModelFile::network`] loads them strictly). Empty for a quantized file.
     pub weights: StateDict,
+    /// A quantized file's network ([`quant_file`]), read and checked.
+    pub quantized: Option<Quantized>,
 }
 
 impl ModelFile {
@@ -42,10 +47,17 @@ impl ModelFile {
     /// [`ModelFile::load`] on a file's bytes; `path` names the file in errors.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<ModelFile> {
         let origin = path.display();
-        let (weights, meta) = read_weights(bytes, &origin.to_string())?;
-        let config = match meta.get(META_ARCH) {
-            Some(a) => parse_arch(a),
-            None => infer_config(&weights),
+        let (weights, meta, quantized) = if quant_file::is_quantized(bytes) {
+            let (q, meta) = Quantized::read(bytes, &origin.to_string())?;
+            (StateDict::new(), meta, Some(q))
+        } else {
+            let (weights, meta) = read_weights(bytes, &origin.to_string())?;
+            (weights, meta, None)
+        };
+        let config = match (&quantized, meta.get(META_ARCH)) {
+            (Some(q), _) => Ok(q.config().clone()),
+            (None, Some(a)) => parse_arch(a),
+            (None, None) => infer_config(&weights),
         }
         .context(origin)?;
         let trained_size = meta
@@ -61,6 +73,7 @@ impl ModelFile {
             eval_transform,
             trained_size,
             weights,
+            quantized,
         })
     }
 
@@ -81,14 +94,32 @@ impl ModelFile {
     /// parameters than the file holds values is refused before the network is allocated.
     pub fn network(&self) -> Result<ResNet> {
         let origin = self.path.display().to_string();
+        if self.quantized.is_some() {
+            bail!("{origin}: a quantized model file runs inference only (predict, eval, serve, bench, summary --plan); start from its f32 model file");
+        }
         let mut net = build_for(self.config.clone(), &self.weights, &origin)?;
         net.load_state_dict(&self.weights).context(origin)?;
         Ok(net)
     }
 
+    /// The network compiled for inference in the file's precision: f32 ([`CompiledNet`]), or int8 on this CPU's
+    /// kernel path for a quantized file.
+    pub fn inference(&self) -> Result<InferenceNet> {
+        Ok(match &self.quantized {
+            Some(q) => InferenceNet::Int8(Box::new(
+                q.network(crate::kernels::int8::Path::detect())
+                    .context(self.path.display())?,
+            )),
+            None => InferenceNet::F32(Box::new(CompiledNet::new(&self.network()?, None)?)),
+        })
+    }
+
     /// Starts `net` from the file's weights (`train --init`): every tensor strictly, except the classifier's
     /// when `reset_head` (which then keeps its fresh initialization). Errors begin with `--init FILE`.
     pub fn load_into(&self, net: &mut ResNet, reset_head: bool) -> Result<()> {
+        if self.quantized.is_some() {
+            bail!("--init {}: a quantized model file cannot start training; start from its f32 model file", self.path.display());
+        }
         let head = net.config.naming.fc();
         let hint = if !reset_head && self.config.num_classes != net.config.num_classes {
             " (a different class count? --reset-head starts a new classifier)"

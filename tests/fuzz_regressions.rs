@@ -80,3 +80,8 @@ fn onnx_inputs() {
 fn explain_names_inputs() {
     check("explain_names", resnet::fuzzing::explain_names, 12);
 }
+
+#[test]
+fn quantized_inputs() {
+    check("quantized", resnet::fuzzing::quantized, 3);
+}

@@ -4,6 +4,7 @@
 
 mod common;
 use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use resnet::compiled::loaded::InferenceNet;
 use resnet::compiled::CompiledNet;
 use resnet::data::transforms::Step;
 use resnet::data::Pipeline;
@@ -143,7 +144,7 @@ fn batched_logits_are_bit_identical_to_single_images() {
         let mut net = CompiledNet::new(&trained, None).unwrap();
         net.set_batch_invariant(invariant);
         let mut model = Model {
-            net,
+            net: InferenceNet::F32(Box::new(net)),
             params: trained.num_params(),
             preprocess: pipeline(Some(40)),
             names: (0..5).map(|i| format!("c{i}")).collect(),
@@ -445,7 +446,8 @@ fn endpoints_answer_and_predictions_match_the_library() {
     assert_eq!(info["input_size"], serde_json::json!([32, 32]));
     assert_eq!(info["trained_size"], 32);
     assert_eq!(info["parameters"], lib.params);
-    assert_eq!(info["architecture"], lib.net.config.name());
+    assert_eq!(info["architecture"], lib.net.config().name());
+    assert_eq!(info["precision"], "f32");
 
     // A raw PNG body: the library's logits, bit for bit, and its ranking.
     let a = png(&picture(1, 40, 40));

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".pnm", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's, as `resnet quantize`
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

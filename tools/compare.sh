@@ -11,8 +11,17 @@
 # resnet50 train224, infer224 (batch 32) and latency224 (batch 1), and resnet18 train224 at batch 64; then the
 # peak memory of resnet50 train224 at batch 32, each side in a fresh process.
 #
+# The int8 section (ONLY=all, or a list that contains `int8`) times resnet50 infer224 (batch 32) and latency224
+# (batch 1), alternating each round: ours f32, ours int8 (`resnet quantize`, then `bench --weights`), ONNX Runtime
+# int8 (tools/bench_onnxruntime.py --int8: quantize_static, QDQ, per channel) and OpenVINO int8
+# (tools/bench_openvino.py --int8: NNCF quantize), then ours f32 and int8 again with RESNET_AVX512=0 (the AVX2
+# paths, approximating an AVX2-only CPU); each side calibrated on the same CALIB_IMAGES (default 64: speed does not
+# depend on it) RGB images of Fashion-MNIST's training set, the weights torchvision's resnet50 initialized with
+# torch.manual_seed(0) (no ImageNet weights here).
+#
 #   tools/compare.sh [ROUNDS=3] [ITERS=3] [THREADS=2] [ONLY=all]
 #   e.g. tools/compare.sh 3 3 2 family          (the family section alone)
+#        tools/compare.sh 3 3 2 int8            (the int8 section alone)
 #        tools/compare.sh 3 3 2 train96,infer96  (two chapter configurations, no family section)
 # The positional arguments default to the environment variables ROUNDS, ITERS, THREADS and ONLY, then to the
 # values above.
@@ -30,15 +39,19 @@ threads=${3:-${THREADS:-2}}
 only=${4:-${ONLY:-all}}
 # The chapter's configurations (all, a list, or nothing) and whether the family section runs.
 family=no
+int8=no
 if [[ $only == all ]]; then
   chapter=all
   family=yes
+  int8=yes
 else
   chapter=
   IFS=, read -ra items <<< "$only"
   for item in "${items[@]}"; do
     if [[ $item == family ]]; then
       family=yes
+    elif [[ $item == int8 ]]; then
+      int8=yes
     else
       chapter=${chapter:+$chapter,}$item
     fi
@@ -220,4 +233,77 @@ PY
     rss_line="$rss_line, PyTorch $fmt $t_rss MiB"
   done
   echo "$rss_line"
+fi
+
+if [[ $int8 == yes ]]; then
+  calib_images=${CALIB_IMAGES:-64}
+  echo "== int8: resnet50 infer224 (batch 32) and latency224 (batch 1); $calib_images calibration images"
+  # The calibration folder (RGB PNGs of Fashion-MNIST's training images, in class folders) and the f32 weights.
+  python3 - "$out" "$calib_images" <<'PY'
+import gzip, os, sys
+import numpy as np
+import torch, torchvision
+from PIL import Image
+out, count = sys.argv[1], int(sys.argv[2])
+images = np.frombuffer(gzip.decompress(open("data/fashion-mnist/train-images-idx3-ubyte.gz", "rb").read())[16:], np.uint8)
+labels = np.frombuffer(gzip.decompress(open("data/fashion-mnist/train-labels-idx1-ubyte.gz", "rb").read())[8:], np.uint8)
+for i in range(count):
+    d = f"{out}/calib/{labels[i]}"
+    os.makedirs(d, exist_ok=True)
+    Image.fromarray(images[i * 784:(i + 1) * 784].reshape(28, 28)).convert("RGB").save(f"{d}/{i:05d}.png")
+torch.manual_seed(0)
+torch.save(torchvision.models.resnet50().eval().state_dict(), f"{out}/r50.pth")
+PY
+  "$resnet" quantize --weights "$out/r50.pth" --calib "$out/calib" --images "$calib_images" --out "$out/r50.int8.safetensors"
+  q=(--only infer224,latency224 --batch 32)
+  for r in $(seq 1 "$rounds"); do
+    "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.pth" "${q[@]}" > "$out/q.f32.$r.json"
+    "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.int8.safetensors" "${q[@]}" > "$out/q.int8.$r.json"
+    if [[ $ort_version != none ]]; then
+      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
+        --only infer224,latency224 --int8 "$out/calib" --calib-images "$calib_images" > "$out/q.ort.$r.json"
+    fi
+    if [[ $ov_version != none ]]; then
+      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
+        --only infer224,latency224 --int8 "$out/calib" --calib-images "$calib_images" > "$out/q.ov.$r.json"
+    fi
+    RESNET_AVX512=0 "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.pth" "${q[@]}" > "$out/q.f32avx2.$r.json"
+    RESNET_AVX512=0 "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.int8.safetensors" "${q[@]}" > "$out/q.int8avx2.$r.json"
+    echo "int8 round $r done" >&2
+  done
+  python3 - "$out" "$rounds" <<'PY'
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+med = statistics.median
+def load(kind):
+    """{name: [result of round 1, round 2, …]}; rounds whose file is missing are skipped."""
+    res = {}
+    for r in range(1, rounds + 1):
+        path = f"{out}/q.{kind}.{r}.json"
+        if os.path.exists(path):
+            for x in json.load(open(path))["results"]:
+                res.setdefault(x["name"], []).append(x)
+    return res
+runs = {k: load(k) for k in ("f32", "int8", "ort", "ov", "f32avx2", "int8avx2")}
+print("ours int8:", json.load(open(f"{out}/q.int8.1.json")).get("precision", "?"),
+      "| RESNET_AVX512=0:", json.load(open(f"{out}/q.int8avx2.1.json")).get("precision", "?"))
+def speed(rs):
+    return f"{med(x['images_per_s'] for x in rs):.1f}" if rs else "-"
+def ratio(a, b):
+    """a/b: of the medians, and (in brackets) the median of the rounds' own ratios."""
+    if not a or not b:
+        return "-"
+    m = med(x["images_per_s"] for x in a) / med(x["images_per_s"] for x in b)
+    p = med(x["images_per_s"] / y["images_per_s"] for x, y in zip(a, b))
+    return f"{m:.2f} ({p:.2f})"
+print(f"{'config':<18} {'f32':>8} {'int8':>8} {'ORT int8':>9} {'OV int8':>8} {'int8/f32':>13} {'int8/ORT':>13} "
+      f"{'int8/OV':>13} | {'AVX2 f32':>8} {'AVX2 int8':>9} {'int8/f32':>13}")
+for name, batch in (("infer224", 32), ("latency224", 1)):
+    g = {k: v.get(name, []) for k, v in runs.items()}
+    print(f"{'resnet50 ' + name:<18} {speed(g['f32']):>8} {speed(g['int8']):>8} {speed(g['ort']):>9} "
+          f"{speed(g['ov']):>8} {ratio(g['int8'], g['f32']):>13} {ratio(g['int8'], g['ort']):>13} "
+          f"{ratio(g['int8'], g['ov']):>13} | {speed(g['f32avx2']):>8} {speed(g['int8avx2']):>9} "
+          f"{ratio(g['int8avx2'], g['f32avx2']):>13}")
+print("(images/s, medians of the rounds; ratios of the medians, per-round median in brackets; per-round values in", out, ")")
+PY
 fi

@@ -3,7 +3,7 @@
 #
 # Targets (fuzz/fuzz_targets/): idx (IDX files, raw and gzip), checkpoint (model files and training checkpoints
 # with metadata and optimizer state), image (PNG, JPEG, BMP, PNM, TIFF, WebP decoding for predict and image folders), cli (argument lists and --input
-# shapes), pth (PyTorch .pth state dicts: zip, pickle, storages), cifar (CIFAR-10/100 binary records), request (`resnet serve`'s POST /v1/predict: query, multipart, image, limits), onnx (ONNX models read as the network they hold). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
+# shapes), pth (PyTorch .pth state dicts: zip, pickle, storages), cifar (CIFAR-10/100 binary records), request (`resnet serve`'s POST /v1/predict: query, multipart, image, limits), onnx (ONNX models read as the network they hold), quantized (`resnet quantize`'s int8 model files), explain_names (Grad-CAM's --layer and --class names). Each runs SECONDS (default 600) from the committed seeds in fuzz/seeds/TARGET, growing its corpus in
 # fuzz/corpus/TARGET; logs go to fuzz/logs/TARGET.log and a crashing input to fuzz/artifacts/TARGET/.
 # Every crash found becomes a regression test (tests/fuzz_regressions.rs).
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli pth cifar request onnx)
+[ ${#targets[@]} -gt 0 ] || targets=(idx checkpoint image cli pth cifar request onnx quantized explain_names)
 
 bin_dir=${FUZZ_BIN_DIR:-}
 if [ -z "$bin_dir" ]; then
@@ -33,6 +33,8 @@ max_len() {
         pth) echo 131072 ;;
         cifar) echo 16384 ;;
         onnx) echo 131072 ;;
+        quantized) echo 32768 ;;
+        explain_names) echo 256 ;;
     esac
 }
 

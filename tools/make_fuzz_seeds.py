@@ -8,7 +8,11 @@ written by hand: `resnet train --widths 2 --resize 28 --limit-train 8 --limit-te
 re-saved without metadata (`safetensors.numpy.save_file(load_file(...))`), as PyTorch's `save_file` writes it.
 ONNX: ours.onnx and ours-folded.onnx are that model exported by `resnet export --onnx` (the second with
 `--fold-bn --opset 21`); the pytorch-*.onnx seeds are copied here from tests/fixtures/onnx/
-(tools/make_onnx_fixtures.py: the TorchScript and dynamo exporters and ONNX Runtime's optimizer)."""
+(tools/make_onnx_fixtures.py: the TorchScript and dynamo exporters and ONNX Runtime's optimizer).
+Quantized: the checkpoint seed model.safetensors quantized by `resnet quantize --weights
+fuzz/seeds/checkpoint/model.safetensors --calib data/fashion-mnist --images 8 --method M --out
+fuzz/seeds/quantized/model-M.safetensors` for M minmax and percentile, and the narrow Bottleneck network of
+tests/fixtures/onnx/bottleneck_ort.onnx quantized the same way (written here when target/release/resnet is built)."""
 import gzip
 import shutil
 import io
@@ -125,3 +129,18 @@ write("request", "huge_dims", b"\nimage/png\n" + huge + struct.pack(">I", zlib.c
 for name in ("basic_ts17", "basic_dy21", "bottleneck_ort", "chapter_ts17_bn"):
     (seeds / "onnx").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(root / "tests" / "fixtures" / "onnx" / f"{name}.onnx", seeds / "onnx" / f"pytorch-{name}.onnx")
+
+resnet = root / "target" / "release" / "resnet"
+if resnet.exists():
+    import subprocess
+
+    (seeds / "quantized").mkdir(parents=True, exist_ok=True)
+    for weights, method, name in (
+        ("fuzz/seeds/checkpoint/model.safetensors", "minmax", "model-minmax"),
+        ("fuzz/seeds/checkpoint/model.safetensors", "percentile", "model-percentile"),
+        ("tests/fixtures/onnx/bottleneck_ort.onnx", "percentile", "bottleneck"),
+    ):
+        subprocess.run(
+            [resnet, "quantize", "--weights", weights, "--calib", "data/fashion-mnist", "--images", "8",
+             "--method", method, "--out", f"fuzz/seeds/quantized/{name}.safetensors"],
+            cwd=root, check=True)

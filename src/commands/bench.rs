@@ -1,7 +1,7 @@
 //! `resnet bench`: the chapter's ResNet-18 (or, with `--arch`, torchvision's models) timed the way
 //! `tools/bench_pytorch.py` times PyTorch, or the data loader alone on an image folder.
 
-use crate::bench::{bench_config, bench_one, plan_report, CONFIGS};
+use crate::bench::{bench_config, bench_loaded, bench_one, plan_report, CONFIGS};
 use crate::nn::ArchName;
 use crate::{bail, outln, Result};
 
@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// With --loader: decoded-image cache in MiB (0: decode every image every epoch).
     #[arg(long, default_value_t = crate::data::folder::DEFAULT_CACHE_MB)]
     pub cache_mb: usize,
+    /// Time this model file's network as predict, eval and serve load it (f32, or int8 from a quantized file)
+    /// instead of `--arch`'s: its inference configurations (default: those at the size it was trained at,
+    /// else infer224 and latency224).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["loader", "plan"])]
+    pub weights: Option<std::path::PathBuf>,
 }
 
 /// Largest `--batch`.
@@ -114,6 +119,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !args.json {
         outln!("convolutions: {engine}");
     }
+    if let Some(path) = &args.weights {
+        return run_weights(args, path, engine);
+    }
     let config = bench_config(args.arch);
     if !args.json {
         outln!(
@@ -157,6 +165,76 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let v = serde_json::json!({
             "threads": rayon::current_num_threads(),
             "engine": engine,
+            "results": results,
+        });
+        outln!("{v}");
+    }
+    Ok(())
+}
+
+/// `bench --weights FILE`: the file's network, loaded as predict loads it, in the inference configurations
+/// (`--only`, else those of its trained size, else infer224 and latency224).
+fn run_weights(args: &BenchArgs, path: &std::path::Path, engine: String) -> Result<()> {
+    let file = crate::model_file::ModelFile::load(path)?;
+    let mut net = file.inference()?;
+    let selected: Vec<&str> = if args.only == "all" {
+        let size = file.trained_size.unwrap_or(224);
+        let mut at: Vec<&str> = CONFIGS
+            .iter()
+            .filter(|c| !c.1 && c.2 == size)
+            .map(|c| c.0)
+            .collect();
+        if at.is_empty() {
+            at = vec!["infer224", "latency224"];
+        }
+        at
+    } else {
+        args.check()?
+    };
+    if !args.json {
+        outln!(
+            "network: {} from {} ({}, {} input channels, {} classes)",
+            net.config().name(),
+            path.display(),
+            net.precision(),
+            net.config().in_channels,
+            net.config().num_classes
+        );
+    }
+    let mut results = Vec::new();
+    for name in selected {
+        let &(_, train, size) = CONFIGS
+            .iter()
+            .find(|c| c.0 == name)
+            .expect("selected from CONFIGS");
+        if train {
+            bail!("--weights {}: bench times a model file's inference only; `{name}` is a training configuration", path.display());
+        }
+        let batch = if name.starts_with("latency") {
+            1
+        } else {
+            args.batch()
+        };
+        let (warmup, iters) = if batch == 1 {
+            (args.warmup.max(3), args.iters.max(20))
+        } else {
+            (args.warmup, args.iters)
+        };
+        let r = bench_loaded(&mut net, name, batch, size, warmup, iters)
+            .map_err(|e| crate::Error::new(format!("--weights {}: {e}", path.display())))?;
+        if !args.json {
+            outln!(
+                "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",
+                r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
+            );
+        }
+        results.push(r);
+    }
+    if args.json {
+        let v = serde_json::json!({
+            "threads": rayon::current_num_threads(),
+            "engine": engine,
+            "precision": net.precision(),
             "results": results,
         });
         outln!("{v}");

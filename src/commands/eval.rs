@@ -1,7 +1,7 @@
 //! `resnet eval`: a model file's accuracy on a test (or validation) set, per class and as a confusion matrix.
 
 use super::{data_dir, printable, verify_bundled};
-use crate::compiled::CompiledNet;
+use crate::compiled::loaded::InferenceNet;
 use crate::data::transforms::{check_resize, MAX_INPUT_SIDE};
 use crate::data::{open_data, DataOptions, Format, Loader, Subset};
 use crate::model_file::ModelFile;
@@ -76,14 +76,17 @@ impl EvalArgs {
 pub fn run(args: &EvalArgs) -> Result<()> {
     let file = ModelFile::load(&args.weights)?;
     file.check_arch(args.arch)?;
-    let net = file.network()?;
+    // The network compiled for inference (f32, or int8 from a quantized file; planned, and its arena sized, at
+    // the first batch).
+    let mut compiled = file.inference()?;
+    let config = compiled.config().clone();
     let names = file.class_names();
     let dir = data_dir(args.data.as_deref())?;
     let opts = DataOptions {
         format: args.format,
         // A model trained here says how its images were prepared: convert the data to its channels.
         channels: (args.resize.is_none() && file.eval_transform.is_some())
-            .then_some(net.config.in_channels),
+            .then_some(config.in_channels),
         val_split: args.val_split,
         seed: args.seed,
         verify: verify_bundled(args.data.as_deref()),
@@ -96,17 +99,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let weights = args.weights.display();
     let (c, k) = (test.channels(), test.classes().len());
-    if c != net.config.in_channels {
+    if c != config.in_channels {
         bail!(
             "{weights}: a network for {} channels, but the images of {} have {c}",
-            net.config.in_channels,
+            config.in_channels,
             dir.display()
         );
     }
-    if k != net.config.num_classes {
+    if k != config.num_classes {
         bail!(
             "{weights}: a network for {} classes, but {} holds {k}",
-            net.config.num_classes,
+            config.num_classes,
             dir.display()
         );
     }
@@ -129,11 +132,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             dir.display()
         );
     }
-    // The network compiled for inference (planned, and its arena sized, at the first batch).
-    let mut compiled = CompiledNet::new(&net, None)?;
     let ev = evaluate_on(&mut compiled, &loader, args.tta)?;
     outln!(
-        "{} acc {:.4} ({} images, input {h}×{w}{})",
+        "{} acc {:.4} ({} images, input {h}×{w}{}{})",
         if args.val_split.is_some() {
             "validation"
         } else {
@@ -141,6 +142,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         },
         ev.accuracy,
         ev.count,
+        match &compiled {
+            InferenceNet::F32(_) => String::new(),
+            InferenceNet::Int8(_) => format!(", {}", compiled.precision()),
+        },
         if args.tta { ", flip TTA" } else { "" }
     );
     print_breakdown(&names, &ev);

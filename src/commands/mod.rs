@@ -10,11 +10,13 @@
 //! | [`bench`](mod@bench) | training and inference throughput, latency, memory; or the data loader alone |
 //! | [`serve`] | a model behind HTTP |
 //! | [`export`] | a model file as ONNX |
+//! | [`quantize`] | a model file quantized to int8 after calibration |
 
 pub mod bench;
 pub mod eval;
 pub mod export;
 pub mod predict;
+pub mod quantize;
 pub mod serve;
 pub mod summary;
 pub mod train;
@@ -23,6 +25,7 @@ pub use bench::BenchArgs;
 pub use eval::EvalArgs;
 pub use export::ExportArgs;
 pub use predict::PredictArgs;
+pub use quantize::QuantizeArgs;
 pub use serve::ServeArgs;
 pub use summary::SummaryArgs;
 pub use train::TrainArgs;
@@ -81,6 +84,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::Export(a) => export::run(&a),
+        Command::Quantize(a) => quantize::run(&a),
     }
 }
 

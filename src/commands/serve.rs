@@ -188,10 +188,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let explainer = Explainer::load(&args.weights, args.arch, args.resize)?;
     // A status line: dropped if standard output is a closed pipe, the server serves regardless (see crate::out).
     status_line(format_args!(
-        "serving {} ({}, {} classes) from {}",
-        model.net.config.name(),
+        "serving {} ({}, {} classes, {}) from {}",
+        model.net.config().name(),
         group_thousands(model.params),
         model.names.len(),
+        model.net.precision(),
         args.weights.display()
     ));
     serve(model, explainer, opts)

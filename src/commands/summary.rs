@@ -1,7 +1,9 @@
 //! `resnet summary`: a network's layer-by-layer shape walk and its parameter count.
 
 use super::group_thousands;
+use crate::compiled::loaded::InferenceNet;
 use crate::compiled::CompiledNet;
+use crate::model_file::ModelFile;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig, Stem};
 use crate::{bail, outln, Error, Result, Shape4};
 use clap::Args;
@@ -33,6 +35,10 @@ pub struct SummaryArgs {
     /// steps (algorithm, epilogue, arena buffer) and its memory.
     #[arg(long)]
     pub plan: bool,
+    /// A model file (f32 or quantized): its network instead of `--arch`/`--classes`/`--stem`'s, and with `--plan`
+    /// its inference plan (for a quantized file, which convolutions run int8).
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
 }
 
 impl SummaryArgs {
@@ -59,12 +65,25 @@ impl SummaryArgs {
 
 /// Prints the shape walk, the parameter count and, with `--plan`, each convolution's plan.
 pub fn run(args: &SummaryArgs) -> Result<()> {
-    let xs = args.input_shape()?;
-    let classes = args.classes.unwrap_or(default_classes(args.arch));
-    let config = ResNetConfig {
-        stem: args.stem,
-        ..ResNetConfig::named(args.arch, xs.c, classes)
+    let file = args.weights.as_deref().map(ModelFile::load).transpose()?;
+    let xs = match (&file, &args.input) {
+        (Some(f), None) => {
+            let side = f.trained_size.unwrap_or(224);
+            Shape4::new(1, f.config.in_channels, side, side)
+        }
+        _ => args.input_shape()?,
     };
+    let config = match &file {
+        Some(f) => f.config.clone(),
+        None => {
+            let classes = args.classes.unwrap_or(default_classes(args.arch));
+            ResNetConfig {
+                stem: args.stem,
+                ..ResNetConfig::named(args.arch, xs.c, classes)
+            }
+        }
+    };
+    let classes = config.num_classes;
     let mut net = ResNet::new(config, 0)?;
     let walk = net.shape_walk(xs)?;
     // Run the network for real (eval mode) so the printed walk is what the engine computes.
@@ -90,7 +109,17 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
             "inference plan at batch {} (the network compiled for predict, eval, serve: batch norms folded, each block's shortcut and ReLU in its last convolution's epilogue):",
             xs.n
         );
-        for line in CompiledNet::new(&net, Some(xs))?.plan_lines(xs)? {
+        let mut compiled = match &file {
+            Some(f) => f.inference()?,
+            None => InferenceNet::F32(Box::new(CompiledNet::new(&net, Some(xs))?)),
+        };
+        if let InferenceNet::Int8(_) = compiled {
+            outln!(
+                "  quantized: each convolution after the stem on {}, reading u8 activations (scale shown); the stem, shortcut outputs, features and classifier in f32",
+                compiled.precision()
+            );
+        }
+        for line in compiled.plan_lines(xs)? {
             outln!("{line}");
         }
     }

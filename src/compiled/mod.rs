@@ -10,6 +10,9 @@
 //! one gets, so that an image's logits do not depend, bit for bit, on the images it is batched with (`serve`).
 
 pub mod arena;
+pub mod int8;
+pub mod loaded;
+pub mod quant_file;
 
 use crate::kernels::conv::{Algo, ConvGeom, ConvPlan, Epilogue};
 use crate::kernels::linear::linear_forward;
@@ -164,6 +167,9 @@ struct Shapes {
     arena: arena::Assignment,
     workspace: usize,
 }
+
+/// What sees each step's output: its value number and its NHWC values.
+type Observer<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
 /// A network compiled for inference (see the module documentation).
 pub struct CompiledNet {
@@ -380,12 +386,19 @@ impl CompiledNet {
     /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. Allocates nothing for a shape reserved or
     /// met before.
     pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
-        self.run(x, xs, None)
+        self.run(x, xs, None, None)
     }
 
     /// [`CompiledNet::forward`], adding each step's seconds to `times` (one per step, then one for the pool and
-    /// classifier) when given.
-    fn run(&mut self, x: &[f32], xs: Shape4, mut times: Option<&mut [f64]>) -> Result<&[f32]> {
+    /// classifier) when given, and showing each step's output (value number, NHWC values) to `observe` when
+    /// given (the int8 network's calibration, [`int8`]).
+    fn run(
+        &mut self,
+        x: &[f32],
+        xs: Shape4,
+        mut times: Option<&mut [f64]>,
+        mut observe: Option<Observer<'_>>,
+    ) -> Result<&[f32]> {
         if x.len() != xs.len() {
             bail!(
                 "input holds {} values, shape {xs} needs {}",
@@ -438,6 +451,9 @@ impl CompiledNet {
                     max_pool_infer(g, s.n, &self.slots[slot[*input]], &mut out);
                 }
             }
+            if let Some(observe) = observe.as_mut() {
+                observe(step.output(), &out[..out_len]);
+            }
             self.slots[out_slot] = out;
             lap(i, &mut times);
         }
@@ -464,11 +480,11 @@ impl CompiledNet {
     pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         let lines = self.plan_lines(xs)?;
         let steps = self.steps.len();
-        self.run(x, xs, None)?;
+        self.run(x, xs, None, None)?;
         let mut runs = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
             let mut t = vec![0.0; steps + 1];
-            self.run(x, xs, Some(&mut t))?;
+            self.run(x, xs, Some(&mut t), None)?;
             runs.push(t);
         }
         let shapes = &self.shapes[&xs];

@@ -8,6 +8,7 @@
 //! class names) → [`Loader`] with a [`Pipeline`] → [`Batch`] (f32 `n×c×h×w`, labels).
 
 pub mod bench;
+pub mod calib;
 pub mod cifar;
 pub mod export;
 pub mod fashion_mnist;

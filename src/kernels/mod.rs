@@ -5,6 +5,7 @@
 
 pub mod conv;
 pub mod gemm;
+pub mod int8;
 pub mod linear;
 pub mod loss;
 pub mod norm;

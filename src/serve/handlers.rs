@@ -54,7 +54,8 @@ impl App {
         });
         let model_info = json!({
             "weights": model.path.file_name().map(|f| f.to_string_lossy().to_string()),
-            "architecture": model.net.config.name(),
+            "architecture": model.net.config().name(),
+            "precision": model.net.precision(),
             "input_channels": model.channels(),
             "input_size": input_size,
             "trained_size": model.trained_size,

@@ -297,6 +297,52 @@ fn bad_invocations_fail_cleanly() {
             ),
         ]
     };
+    // Quantized files (`resnet quantize`'s): one as written, one lacking a weight scale, one whose scale has a
+    // shape the network does not have.
+    let quantized = {
+        use resnet::compiled::int8::{Calibration, Method};
+        use resnet::compiled::quant_file::{to_bytes, Record};
+        use safetensors::tensor::{SafeTensors, TensorView};
+        let file = resnet::model_file::ModelFile::load(&m.weights).unwrap();
+        let mut net = resnet::compiled::CompiledNet::new(&file.network().unwrap(), None).unwrap();
+        let mut calibration = Calibration::new(&net);
+        let x: Vec<f32> = (0..28 * 28).map(|i| (i % 29) as f32 / 29.0).collect();
+        calibration
+            .observe(&mut net, &x, resnet::Shape4::new(1, 1, 28, 28))
+            .unwrap();
+        let record = Record::new(Method::MinMax, 1, "0".repeat(64));
+        let meta = BTreeMap::from([(META_ARCH.to_string(), checkpoint::arch_string(&file.config))]);
+        let whole = to_bytes(&net, &calibration.clips(Method::MinMax), &record, &meta).unwrap();
+        let st = SafeTensors::deserialize(&whole).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&whole).unwrap();
+        let meta: std::collections::HashMap<String, String> = header.metadata().clone().unwrap();
+        let scale = st
+            .names()
+            .into_iter()
+            .find(|k| k.ends_with(".weight_scale"))
+            .unwrap();
+        let edited = |drop: bool| {
+            let longer = vec![0u8; st.tensor(scale).unwrap().data().len() + 4];
+            let views: Vec<(String, TensorView)> = st
+                .tensors()
+                .into_iter()
+                .filter(|(k, _)| !(drop && *k == scale))
+                .map(|(k, v)| match k == scale {
+                    true => {
+                        let n = v.shape()[0] + 1;
+                        (k, TensorView::new(v.dtype(), vec![n], &longer).unwrap())
+                    }
+                    false => (k, v),
+                })
+                .collect();
+            safetensors::serialize(views, Some(meta.clone())).unwrap()
+        };
+        [
+            write("int8.safetensors", &whole),
+            write("int8-no-scale.safetensors", &edited(true)),
+            write("int8-wrong-shape.safetensors", &edited(false)),
+        ]
+    };
     // A legacy (pre-1.6) torch.save file, copied into the fixtures (named as the .pth reader names it, not as
     // "not a valid safetensors file").
     let legacy_pth = fx.join("legacy.pth");
@@ -958,6 +1004,100 @@ fn bad_invocations_fail_cleanly() {
         row(
             &["serve", "--weights", w, "--addr", &taken_addr],
             &["cannot listen on", &taken_addr],
+        ),
+        // `quantize`: its flags, its model file (not an f32 one), its calibration images; quantized files that
+        // lack a tensor or hold one of the wrong shape, wherever weights load.
+        row(
+            &[
+                "quantize",
+                "--weights",
+                w,
+                "--calib",
+                s(&empty_dir),
+                "--out",
+                "q.safetensors",
+                "--images",
+                "0",
+            ],
+            &["--images", "0"],
+        ),
+        row(
+            &[
+                "quantize",
+                "--weights",
+                w,
+                "--calib",
+                s(&empty_dir),
+                "--out",
+                "q.safetensors",
+                "--method",
+                "entropy",
+            ],
+            &["--method", "entropy"],
+        ),
+        row(
+            &[
+                "quantize",
+                "--weights",
+                w,
+                "--calib",
+                s(&empty_dir),
+                "--out",
+                "q.safetensors",
+            ],
+            &["--calib", "no-data", "no images"],
+        ),
+        row(
+            &[
+                "quantize",
+                "--weights",
+                w,
+                "--calib",
+                s(&fx.join("nowhere")),
+                "--out",
+                "q.safetensors",
+            ],
+            &["--calib", "nowhere", "no such folder"],
+        ),
+        row(
+            &[
+                "quantize",
+                "--weights",
+                s(&quantized[0]),
+                "--calib",
+                s(&empty_dir),
+                "--out",
+                "q.safetensors",
+            ],
+            &["int8.safetensors", "already a quantized model file"],
+        ),
+        row(
+            &[
+                "quantize",
+                "--weights",
+                s(&not_st),
+                "--calib",
+                s(&empty_dir),
+                "--out",
+                "q.safetensors",
+            ],
+            &["notes.safetensors", "not a valid safetensors"],
+        ),
+        row(
+            &["eval", "--weights", s(&quantized[1])],
+            &["int8-no-scale.safetensors", "lacks tensor", ".weight_scale"],
+        ),
+        row(
+            &["predict", "--weights", s(&quantized[2]), "x.png"],
+            &[
+                "int8-wrong-shape.safetensors",
+                ".weight_scale",
+                "the network needs F32",
+            ],
+        ),
+        row(
+            &["export", "--weights", s(&quantized[0]), "--onnx", "m.onnx"],
+            &["int8.safetensors", "runs inference only"],
         ),
         // `export`: its flags, its model file, where it writes.
         row(&["export", "--weights", w], &["--onnx"]),

@@ -414,3 +414,74 @@ fn predict_explain_writes_a_heatmap_per_image_and_the_raw_map_in_json() {
         "{v}"
     );
 }
+
+/// `quantize` on the shared model, calibrated on the bundled data's training images: the file is the same for
+/// the same inputs; `eval` on it runs int8 and scores within 3 points of f32 on the same 300 images; `predict`
+/// and `summary --plan --weights` take it.
+#[test]
+fn quantize_then_eval_predict_and_summary() {
+    let m = model();
+    let dir = scratch("quantize");
+    let q = dir.join("int8.safetensors");
+    let data = bundled();
+    let quantize = |out: &Path| {
+        let args = [
+            "quantize",
+            "--weights",
+            s(&m.weights),
+            "--calib",
+            s(&data),
+            "--images",
+            "64",
+            "--out",
+            s(out),
+        ];
+        expect_success(&resnet(&args, &dir), "quantize")
+    };
+    let said = quantize(&q);
+    assert!(
+        said.contains("calibrated on 64 images") && said.contains("percentile 99.99"),
+        "{said}"
+    );
+    quantize(&dir.join("again.safetensors"));
+    assert_eq!(
+        std::fs::read(&q).unwrap(),
+        std::fs::read(dir.join("again.safetensors")).unwrap(),
+        "equal inputs write equal bytes"
+    );
+    let eval = |w: &Path| {
+        let out = expect_success(
+            &resnet(&["eval", "--weights", s(w), "--limit", "300"], &dir),
+            "eval",
+        );
+        (parse_eval(&out).acc, out)
+    };
+    let (f32_acc, _) = eval(&m.weights);
+    let (int8_acc, out) = eval(&q);
+    assert!(out.contains("(300 images, input 28×28, int8 "), "{out}");
+    assert!(
+        (f32_acc - int8_acc).abs() <= 0.03,
+        "f32 {f32_acc}, int8 {int8_acc}"
+    );
+
+    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
+    let a = dir.join("a.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&a)
+        .unwrap();
+    let out = expect_success(
+        &resnet(&["predict", "--weights", s(&q), s(&a)], &dir),
+        "predict",
+    );
+    assert_eq!(parse_top3(out.trim(), &a).len(), 3, "{out}");
+    let out = expect_success(
+        &resnet(&["summary", "--weights", s(&q), "--plan"], &dir),
+        "summary",
+    );
+    assert!(
+        out.contains("quantized: each convolution after the stem on int8"),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,577 @@
+//! The compiled network quantized to int8 for inference: the same steps as [`CompiledNet`], each convolution
+//! after the stem run by [`crate::kernels::int8`] on `u8` activations and `i8` weights.
+//!
+//! - Weights: the folded convolutions' (batch norm first, [`super::fold_bn`]), per output channel symmetric:
+//!   `w_scale[c] = max |w[.., c]| / 127`, `q = round(w / w_scale[c])` in [-127, 127]; the bias in units of
+//!   the sum, `round(bias[c] / (w_scale[c] · x_scale))`.
+//! - Activations: per tensor, `u8` with zero point 0 (every one a quantized convolution reads follows a ReLU),
+//!   `scale = clip / qmax`, the clip calibrated ([`Calibration`]: the largest value seen, or a percentile of
+//!   the values), `qmax` the kernel path's (255; 127 on AVX2, see [`Path::qmax`]), so one calibration serves
+//!   every CPU.
+//! - Kept in f32: the stem convolution (its input, the normalized image, is signed) and its max pool, the
+//!   outputs of the shortcut convolutions (signed: added to their block's sum as `f32`), the last block's
+//!   output (the features the average pool and classifier read), the classifier.
+//!
+//! Each convolution's store does the rest ([`Requant`]): `y = relu?((sum + bias) · w_scale·x_scale / y_scale
+//! + shortcut / y_scale)`, rounded to the next layer's `u8`.
+
+use super::{CompiledNet, Step};
+use crate::kernels::conv::Epilogue;
+use crate::kernels::int8::{self, Output, PackedWeights, Path, Requant, Residual};
+use crate::kernels::linear::linear_forward;
+use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer};
+use crate::tensor::nchw_to_nhwc_into;
+use crate::{bail, Result, Shape4};
+
+/// Bins of a value's calibration histogram.
+const BINS: usize = 2048;
+
+/// How a value's clip is chosen from its calibration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Method {
+    /// The largest value seen.
+    MinMax,
+    /// The given percentile (e.g. 99.99) of the values seen.
+    Percentile(f64),
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Method::MinMax => write!(f, "min-max"),
+            Method::Percentile(p) => write!(f, "percentile {p}"),
+        }
+    }
+}
+
+/// The percentile `--method percentile` takes.
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+
+impl std::str::FromStr for Method {
+    type Err = crate::Error;
+
+    /// `minmax` (or `min-max`), `percentile` ([`DEFAULT_PERCENTILE`]) or `percentile P` with `P` in (0, 100]: what
+    /// `quantize --method` and a quantized file's record say.
+    fn from_str(s: &str) -> Result<Method> {
+        match s {
+            "minmax" | "min-max" => return Ok(Method::MinMax),
+            "percentile" => return Ok(Method::Percentile(DEFAULT_PERCENTILE)),
+            _ => {}
+        }
+        match s.strip_prefix("percentile ").map(str::parse::<f64>) {
+            Some(Ok(p)) if p > 0.0 && p <= 100.0 => Ok(Method::Percentile(p)),
+            _ => bail!(
+                "unknown calibration method `{}` (minmax, percentile)",
+                crate::error::clip(s, 40)
+            ),
+        }
+    }
+}
+
+/// What calibration saw of one value: its largest element and a histogram of its elements over `[0, top)`,
+/// `top` doubled (pairs of bins merged) whenever a larger element comes, so that one pass over the images
+/// serves every method.
+#[derive(Clone, Debug)]
+struct ValueStats {
+    max: f32,
+    top: f32,
+    bins: Vec<u64>,
+}
+
+impl ValueStats {
+    fn add(&mut self, values: &[f32]) {
+        let max = values.iter().fold(0.0f32, |m, &v| m.max(v));
+        self.max = self.max.max(max);
+        if self.top == 0.0 {
+            self.top = max;
+        }
+        while max > self.top {
+            for i in 0..BINS / 2 {
+                self.bins[i] = self.bins[2 * i] + self.bins[2 * i + 1];
+            }
+            self.bins[BINS / 2..].fill(0);
+            self.top *= 2.0;
+        }
+        if self.top == 0.0 {
+            self.bins[0] += values.len() as u64;
+            return;
+        }
+        let per_bin = BINS as f32 / self.top;
+        for &v in values {
+            let b = ((v.max(0.0) * per_bin) as usize).min(BINS - 1);
+            self.bins[b] += 1;
+        }
+    }
+
+    /// The clip `method` chooses (the upper edge of the bin where the percentile falls), never above the largest
+    /// value seen; positive (a value that was always zero gets 1, any scale being exact for it).
+    fn clip(&self, method: Method) -> f32 {
+        let clip = match method {
+            Method::MinMax => self.max,
+            Method::Percentile(p) => {
+                let total: u64 = self.bins.iter().sum();
+                let want = (total as f64 * p / 100.0).ceil() as u64;
+                let mut seen = 0;
+                let bin = self.bins.iter().position(|&c| {
+                    seen += c;
+                    seen >= want
+                });
+                let edge = (bin.unwrap_or(BINS - 1) + 1) as f32 * self.top / BINS as f32;
+                edge.min(self.max)
+            }
+        };
+        if clip > 0.0 && clip.is_finite() {
+            clip
+        } else {
+            1.0
+        }
+    }
+}
+
+/// Calibration over images run through the f32 network: per value that a quantized convolution reads, what
+/// its elements were ([`Calibration::observe`], then [`Calibration::clips`]).
+pub struct Calibration {
+    stats: Vec<Option<ValueStats>>,
+    /// Images observed.
+    pub images: usize,
+}
+
+impl Calibration {
+    /// An empty calibration for `net`'s quantized values.
+    pub fn new(net: &CompiledNet) -> Calibration {
+        let stats = quantized_values(net)
+            .into_iter()
+            .map(|q| {
+                q.then(|| ValueStats {
+                    max: 0.0,
+                    top: 0.0,
+                    bins: vec![0; BINS],
+                })
+            })
+            .collect();
+        Calibration { stats, images: 0 }
+    }
+
+    /// Runs the NCHW batch `x` of shape `xs` through `net` (f32) and adds what each quantized value held.
+    pub fn observe(&mut self, net: &mut CompiledNet, x: &[f32], xs: Shape4) -> Result<()> {
+        let stats = &mut self.stats;
+        net.run(
+            x,
+            xs,
+            None,
+            Some(&mut |value, data| {
+                if let Some(s) = stats.get_mut(value).and_then(Option::as_mut) {
+                    s.add(data);
+                }
+            }),
+        )?;
+        self.images += xs.n;
+        Ok(())
+    }
+
+    /// Per value, its clip by `method` (`None` for the values kept in f32).
+    pub fn clips(&self, method: Method) -> Vec<Option<f32>> {
+        self.stats
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.clip(method)))
+            .collect()
+    }
+}
+
+/// Per value of `net`: true when a quantized convolution reads it as its input (every convolution but the
+/// stem, the first).
+fn quantized_values(net: &CompiledNet) -> Vec<bool> {
+    let mut q = vec![false; net.steps.len() + 1];
+    for step in &net.steps {
+        if let Step::Conv { conv, input, .. } = step {
+            if *conv > 0 {
+                q[*input] = true;
+            }
+        }
+    }
+    q
+}
+
+/// Per convolution of `net`: true when it runs int8 (every one but the stem, which reads the signed image).
+fn quantized_convs(net: &CompiledNet) -> Vec<bool> {
+    (0..net.convs.len()).map(|c| c > 0).collect()
+}
+
+/// One convolution quantized: its packed weights and its store's bias and scale.
+struct QuantConv {
+    packed: PackedWeights,
+    bias: Vec<i32>,
+    /// `w_scale[c] · x_scale / y_scale`.
+    scale: Vec<f32>,
+}
+
+/// The compiled network with its convolutions after the stem quantized (see the module documentation).
+pub struct QuantNet {
+    net: CompiledNet,
+    path: Path,
+    /// Per convolution of `net`: `None` for those run in f32 (the stem).
+    convs: Vec<Option<QuantConv>>,
+    /// Per value: the scale of its `u8` elements (`None`: kept in f32).
+    scales: Vec<Option<f32>>,
+    /// The `u8` buffers, one per slot of the f32 network's arena.
+    bytes: Vec<Vec<u8>>,
+}
+
+impl QuantNet {
+    /// Quantizes `net` with one clip per value (`None` where [`Calibration::clips`] says so) for the kernel
+    /// `path`. Errors if the clips do not fit the network.
+    pub fn new(net: CompiledNet, clips: &[Option<f32>], path: Path) -> Result<QuantNet> {
+        let weights = quantized_convs(&net)
+            .into_iter()
+            .zip(&net.convs)
+            .map(|(q, c)| q.then(|| quantize_weights(&c.weight, c.cout)))
+            .collect();
+        QuantNet::with_weights(net, clips, weights, path)
+    }
+
+    /// [`QuantNet::new`] with the convolutions' weights already quantized (a quantized model file's): per
+    /// convolution of `net`, `None` for those run in f32, else the HWIO `i8` weights `[k, k, cin, cout]` and the
+    /// `[cout]` scales of [`quantize_weights`]. Errors if the clips or the weights do not fit the network.
+    pub fn with_weights(
+        net: CompiledNet,
+        clips: &[Option<f32>],
+        weights: Vec<Option<(Vec<i8>, Vec<f32>)>>,
+        path: Path,
+    ) -> Result<QuantNet> {
+        let quantized = quantized_values(&net);
+        let same = clips.len() == quantized.len()
+            && clips.iter().zip(&quantized).all(|(c, &q)| c.is_some() == q);
+        if !same {
+            bail!("int8: the calibration's values do not match the network's");
+        }
+        if let Some(bad) = clips
+            .iter()
+            .flatten()
+            .find(|c| !(c.is_finite() && **c > 0.0))
+        {
+            bail!("int8: activation clip {bad} is not a positive number");
+        }
+        let wanted = quantized_convs(&net);
+        let fits = weights.len() == net.convs.len()
+            && weights
+                .iter()
+                .zip(&net.convs)
+                .zip(&wanted)
+                .all(|((w, c), &q)| match w {
+                    None => !q,
+                    Some((w, s)) => q && w.len() == c.weight.len() && s.len() == c.cout,
+                });
+        if !fits {
+            bail!("int8: the quantized weights do not match the network's convolutions");
+        }
+        let qmax = path.qmax() as f32;
+        let scales: Vec<Option<f32>> = clips.iter().map(|c| c.map(|c| c / qmax)).collect();
+        let mut weights = weights;
+        let mut convs: Vec<Option<QuantConv>> = (0..net.convs.len()).map(|_| None).collect();
+        for step in &net.steps {
+            let Step::Conv {
+                conv,
+                input,
+                output,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let Some(x_scale) = scales[*input] else {
+                continue;
+            };
+            let y_scale = scales[*output].unwrap_or(1.0);
+            let (w, w_scale) = weights[*conv].take().expect("checked above");
+            convs[*conv] = Some(quantize_conv(
+                &net.convs[*conv],
+                &w,
+                &w_scale,
+                x_scale,
+                y_scale,
+                path,
+            ));
+        }
+        Ok(QuantNet {
+            net,
+            path,
+            convs,
+            scales,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// The description of the network.
+    pub fn config(&self) -> &crate::nn::ResNetConfig {
+        &self.net.config
+    }
+
+    /// See [`CompiledNet::set_batch_invariant`] (the int8 convolutions' sums are exact in any batch; the f32
+    /// stem's plan is what it changes).
+    pub fn set_batch_invariant(&mut self, on: bool) {
+        self.net.set_batch_invariant(on);
+    }
+
+    /// Plans input shape `xs` and sizes the arena (f32 and `u8` buffers) for it now.
+    pub fn reserve(&mut self, xs: Shape4) -> Result<()> {
+        self.net.shapes_for(xs)?;
+        let lens = &self.net.shapes[&xs].arena.lens;
+        if self.bytes.len() < lens.len() {
+            self.bytes.resize_with(lens.len(), Vec::new);
+        }
+        for (buf, &len) in self.bytes.iter_mut().zip(lens) {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel path the quantized convolutions run on.
+    pub fn path(&self) -> Path {
+        self.path
+    }
+
+    /// One line per convolution for input `xs`: the layer, its geometry, what runs it (the int8 path, or the f32
+    /// algorithm), and what it reads and writes (`u8` with its scale, or `f32`); what `summary --plan` shows of
+    /// a quantized network.
+    pub fn plan_lines(&mut self, xs: Shape4) -> Result<Vec<String>> {
+        self.net.shapes_for(xs)?;
+        let shapes = &self.net.shapes[&xs];
+        let kind = |v: usize| match self.scales[v] {
+            Some(s) => format!("u8 ×{s:.3e}"),
+            None => "f32".to_string(),
+        };
+        let mut lines = Vec::new();
+        for (i, step) in self.net.steps.iter().enumerate() {
+            let Step::Conv {
+                conv,
+                input,
+                output,
+                ..
+            } = step
+            else {
+                continue;
+            };
+            let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
+            let runs = match self.convs[*conv] {
+                Some(_) => self.path.name().to_string(),
+                None => format!("f32 {}", plan.forward),
+            };
+            lines.push(format!(
+                "  {:<22} {} {:<26} {} -> {}",
+                self.net.convs[*conv].name,
+                plan.geom,
+                runs,
+                kind(*input),
+                kind(*output)
+            ));
+        }
+        Ok(lines)
+    }
+
+    /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. The values live in the f32 network's
+    /// arena (its buffers for the f32 values, as many `u8` buffers beside them for the quantized ones, a value's
+    /// two copies in the same slot), so that a shape met before allocates nothing.
+    pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        if x.len() != xs.len() {
+            bail!(
+                "input holds {} values, shape {xs} needs {}",
+                x.len(),
+                xs.len()
+            );
+        }
+        self.reserve(xs)?;
+        let net = &mut self.net;
+        let shapes = &net.shapes[&xs];
+        let slot = &shapes.arena.slot;
+        // Which copies of each value this pass has made.
+        let count = shapes.values.len();
+        let (mut has_f32, mut has_u8) = (vec![false; count], vec![false; count]);
+        nchw_to_nhwc_into(x, xs, &mut net.slots[slot[0]][..xs.len()]);
+        has_f32[0] = true;
+        let qmax = self.path.qmax();
+        for (i, step) in net.steps.iter().enumerate() {
+            let (out, out_len) = (step.output(), shapes.values[step.output()].len());
+            match step {
+                Step::Conv {
+                    conv,
+                    input,
+                    residual,
+                    ..
+                } => match &self.convs[*conv] {
+                    None => {
+                        let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
+                        let c = &net.convs[*conv];
+                        let mut y = std::mem::take(&mut net.slots[slot[out]]);
+                        let x = &net.slots[slot[*input]][..shapes.values[*input].len()];
+                        let residual = residual.map(|r| &net.slots[slot[r]][..out_len]);
+                        let e = Epilogue::bias(&c.bias, residual, c.relu);
+                        let p = c.prepared_for(plan);
+                        plan.forward_with(
+                            x,
+                            &c.weight,
+                            p,
+                            e,
+                            &mut y[..out_len],
+                            &mut net.workspace,
+                        );
+                        net.slots[slot[out]] = y;
+                        has_f32[out] = true;
+                    }
+                    Some(q) => {
+                        let in_len = shapes.values[*input].len();
+                        let x_scale =
+                            self.scales[*input].expect("a quantized conv reads a u8 value");
+                        if !has_u8[*input] {
+                            let f = &net.slots[slot[*input]][..in_len];
+                            quantize(f, x_scale, qmax, &mut self.bytes[slot[*input]][..in_len]);
+                            has_u8[*input] = true;
+                        }
+                        let y_scale = self.scales[out];
+                        // The output's buffer leaves the arena while the others are read.
+                        let mut y8 = Vec::new();
+                        let mut y32 = Vec::new();
+                        match y_scale {
+                            Some(_) => y8 = std::mem::take(&mut self.bytes[slot[out]]),
+                            None => y32 = std::mem::take(&mut net.slots[slot[out]]),
+                        }
+                        let per_y = 1.0 / y_scale.unwrap_or(1.0);
+                        let residual = match residual {
+                            None => Residual::None,
+                            Some(r) if has_f32[*r] => Residual::F32 {
+                                values: &net.slots[slot[*r]][..out_len],
+                                scale: per_y,
+                            },
+                            Some(r) => Residual::U8 {
+                                values: &self.bytes[slot[*r]][..out_len],
+                                scale: self.scales[*r].expect("a u8 value has a scale") * per_y,
+                            },
+                        };
+                        let rq = Requant {
+                            bias: &q.bias,
+                            scale: &q.scale,
+                            residual,
+                            relu: net.convs[*conv].relu,
+                            qmax,
+                        };
+                        let g = plan_geom(shapes.plans[i].as_ref());
+                        let (n, x) = (shapes.values[*input].n, &self.bytes[slot[*input]][..in_len]);
+                        let y = match y_scale {
+                            Some(_) => Output::U8(&mut y8[..out_len]),
+                            None => Output::F32(&mut y32[..out_len]),
+                        };
+                        int8::conv(&g, n, x, &q.packed, &rq, y);
+                        match y_scale {
+                            Some(_) => (self.bytes[slot[out]], has_u8[out]) = (y8, true),
+                            None => (net.slots[slot[out]], has_f32[out]) = (y32, true),
+                        }
+                    }
+                },
+                Step::MaxPool { input, .. } => {
+                    let g = shapes.pools[i]
+                        .as_ref()
+                        .expect("a pool step has a geometry");
+                    let mut y = std::mem::take(&mut net.slots[slot[out]]);
+                    let x = &net.slots[slot[*input]];
+                    max_pool_infer(g, shapes.values[*input].n, x, &mut y);
+                    net.slots[slot[out]] = y;
+                    has_f32[out] = true;
+                }
+            }
+        }
+        let last = *shapes.values.last().expect("a network has values");
+        let features = &net.slots[slot[count - 1]][..last.len()];
+        let classes = net.config.num_classes;
+        global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut net.pooled);
+        linear_forward(
+            last.n,
+            last.c,
+            classes,
+            &net.pooled,
+            &net.fc_weight,
+            &net.fc_bias,
+            &mut net.logits,
+        );
+        Ok(&net.logits[..last.n * classes])
+    }
+}
+
+/// The geometry of a convolution step's plan.
+fn plan_geom(plan: Option<&crate::kernels::conv::ConvPlan>) -> crate::kernels::conv::ConvGeom {
+    plan.expect("a conv step has a plan").geom
+}
+
+/// `y = x` as `u8` of `scale`: `round(v / scale)` clamped to `[0, qmax]`.
+fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
+    let inv = 1.0 / scale;
+    for (q, &v) in y.iter_mut().zip(x) {
+        *q = int8::requant::to_u8(v * inv, qmax as f32);
+    }
+}
+
+/// HWIO weights `[k, k, cin, cout]` quantized per output channel, symmetric: `(q, w_scale)`, `w_scale[c] =
+/// max |w[.., c]| / 127` (1 for a channel of zeros, which any scale represents exactly) and `q = round(w /
+/// w_scale[c])` in [-127, 127].
+pub(crate) fn quantize_weights(weight: &[f32], cout: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut w_scale = vec![0.0f32; cout];
+    for row in weight.chunks_exact(cout) {
+        for (s, w) in w_scale.iter_mut().zip(row) {
+            *s = s.max(w.abs());
+        }
+    }
+    for s in &mut w_scale {
+        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+    }
+    let q = weight
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| {
+            (w / w_scale[i % cout])
+                .round_ties_even()
+                .clamp(-127.0, 127.0) as i8
+        })
+        .collect();
+    (q, w_scale)
+}
+
+/// `c` with its weights quantized to `weights` of per-channel scales `w_scale` ([`quantize_weights`]), for input
+/// scale `x_scale` and output scale `y_scale` (1 for an f32 output), packed for `path`.
+fn quantize_conv(
+    c: &super::FoldedConv,
+    weights: &[i8],
+    w_scale: &[f32],
+    x_scale: f32,
+    y_scale: f32,
+    path: Path,
+) -> QuantConv {
+    // Bounded so that sum and bias never wrap: a 3×3 convolution's sum is below 9 · 2048 · 255 · 127 < 2^30.
+    const BIAS_LIMIT: f32 = (1u32 << 30) as f32;
+    let bias = c
+        .bias
+        .iter()
+        .zip(w_scale)
+        .map(|(&b, &s)| {
+            (b / (s * x_scale))
+                .round_ties_even()
+                .clamp(-BIAS_LIMIT, BIAS_LIMIT) as i32
+        })
+        .collect();
+    let scale = w_scale.iter().map(|&s| s * x_scale / y_scale).collect();
+    let taps = c.kernel * c.kernel;
+    QuantConv {
+        packed: int8::pack(path, taps, c.cin, c.cout, weights),
+        bias,
+        scale,
+    }
+}
+
+impl super::Classifier for QuantNet {
+    fn classes(&self) -> usize {
+        self.net.config.num_classes
+    }
+
+    fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.forward(x, xs)
+    }
+}

@@ -1,0 +1,405 @@
+//! Quantized convolutions: `u8` activations × `i8` weights summed in `i32`, then requantized as they are stored
+//! ([`requant`]): a bias, a per-output-channel scale, a shortcut, the ReLU, the next layer's `u8` (or `f32`).
+//!
+//! Layouts: activations NHWC `[n·h·w, cin]` as the f32 kernels', their zero point 0 (every activation a
+//! quantized convolution reads follows a ReLU, so none is negative); weights HWIO `[kh, kw, cin, cout]`,
+//! symmetric (in [-127, 127]), packed once by [`pack`] into column panels of the path's tile width `W`:
+//!
+//! ```text
+//! packed [cout / W][kh·kw][⌈cin/4⌉][W][4]      (columns beyond cout and channels beyond cin are zero)
+//! ```
+//!
+//! The convolution is an implicit GEMM ([`conv`]): each output row reads, through each tap, the `cin` bytes of
+//! one input pixel in place (a 1×1 convolution, any stride, is a plain matrix product with one tap; a padded
+//! tap reads a block of zeros). A rayon task owns a block of rows and walks every column panel over them.
+//!
+//! Paths ([`Path`], chosen once per process): AVX-512 VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
+//! activations of at most 127 ([`Path::qmax`]): a network quantized for it stores 7-bit activations, so that
+//! `vpmaddubsw`'s 16-bit pair sums never saturate (see [`tiles`]).
+
+pub mod reference;
+pub mod requant;
+mod tiles;
+
+pub use requant::{Output, Requant, Residual};
+
+use crate::kernels::conv::tile::{avx512, cpu_supported, MAX_CIN};
+use crate::kernels::conv::ConvGeom;
+use rayon::prelude::*;
+use requant::RowOut;
+
+/// Register tiles per rayon task (a block of rows that every column panel is multiplied with).
+const TILES_PER_TASK: usize = 16;
+
+/// The zero block a padded tap reads.
+static ZEROS: [u8; MAX_CIN] = [0; MAX_CIN];
+
+/// Which micro-kernel runs the products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// AVX-512 VNNI on zmm registers (6 rows × 64 columns).
+    Vnni512,
+    /// VNNI on ymm registers, AVX-512VL encoding (6 × 16).
+    Vnni256Evex,
+    /// VNNI on ymm registers, AVX-VNNI (VEX) encoding, CPUs without AVX-512 (6 × 16).
+    Vnni256Vex,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` (4 × 16), activations at most 127.
+    Avx2,
+    /// Plain Rust (4 × 16).
+    Portable,
+}
+
+impl Path {
+    /// Every path, fastest first.
+    pub const ALL: [Path; 5] = [
+        Path::Vnni512,
+        Path::Vnni256Evex,
+        Path::Vnni256Vex,
+        Path::Avx2,
+        Path::Portable,
+    ];
+
+    /// The path this process runs, chosen once: the first of [`Path::ALL`] the CPU has, where
+    /// `RESNET_AVX512=0` rules out the AVX-512 ones (leaving AVX-VNNI or AVX2) and `RESNET_PORTABLE=1` all but
+    /// the portable one (as for the f32 kernels, `crate::kernels::conv::tile`).
+    pub fn detect() -> Path {
+        use std::sync::OnceLock;
+        static PATH: OnceLock<Path> = OnceLock::new();
+        *PATH.get_or_init(|| {
+            let usable = |p: Path| match p {
+                Path::Vnni512 | Path::Vnni256Evex => avx512() && p.available(),
+                Path::Vnni256Vex | Path::Avx2 => cpu_supported() && p.available(),
+                Path::Portable => true,
+            };
+            Path::ALL
+                .into_iter()
+                .find(|&p| usable(p))
+                .unwrap_or(Path::Portable)
+        })
+    }
+
+    /// True when this CPU has the instructions of the path.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            match self {
+                Path::Vnni512 => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
+                Path::Vnni256Evex => has!("avx512f") && has!("avx512vl") && has!("avx512vnni"),
+                Path::Vnni256Vex => has!("avx2") && has!("avxvnni"),
+                Path::Avx2 => has!("avx2"),
+                Path::Portable => true,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            self == Path::Portable
+        }
+    }
+
+    /// Output columns per register tile (the panel width `W`).
+    pub fn width(self) -> usize {
+        match self {
+            Path::Vnni512 => 64,
+            _ => 16,
+        }
+    }
+
+    /// Rows per register tile.
+    fn rows(self) -> usize {
+        match self {
+            Path::Vnni512 | Path::Vnni256Evex | Path::Vnni256Vex => 6,
+            Path::Avx2 | Path::Portable => 4,
+        }
+    }
+
+    /// Largest activation the path multiplies exactly: 127 on AVX2, else 255.
+    pub fn qmax(self) -> u8 {
+        match self {
+            Path::Avx2 => 127,
+            _ => 255,
+        }
+    }
+
+    /// The name `resnet summary --plan` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Vnni512 => "int8 avx512-vnni",
+            Path::Vnni256Evex => "int8 vnni-ymm (avx512vl)",
+            Path::Vnni256Vex => "int8 avx-vnni",
+            Path::Avx2 => "int8 avx2",
+            Path::Portable => "int8 portable",
+        }
+    }
+
+    /// Runs the path's tile (see [`tiles`]).
+    ///
+    /// # Safety
+    /// As the tiles': the path [`Path::available`], the pointers readable as they say.
+    unsafe fn tile(
+        self,
+        rows: &[*const u8],
+        taps: usize,
+        cin: usize,
+        w: *const i8,
+        acc: &mut [i32],
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni512 => tiles::vnni512(rows, taps, cin, w, acc),
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni256Evex => tiles::vnni256_evex(rows, taps, cin, w, acc),
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni256Vex => tiles::vnni256_vex(rows, taps, cin, w, acc),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => tiles::avx2(rows, taps, cin, w, acc),
+            _ => tiles::portable(rows, taps, cin, w, acc),
+        }
+    }
+
+    /// The epilogue of one row piece, vectorized for the path ([`requant::row`]).
+    fn requant_row(self, acc: &[i32], rq: &Requant, c0: usize, residual: Residual, out: RowOut) {
+        let (bias, scale) = (&rq.bias[c0..], &rq.scale[c0..]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512bw")]
+            unsafe fn wide(
+                a: &[i32],
+                b: &[i32],
+                s: &[f32],
+                r: Residual,
+                relu: bool,
+                q: u8,
+                o: RowOut,
+            ) {
+                requant::row(a, b, s, r, relu, q, o)
+            }
+            #[target_feature(enable = "avx2")]
+            unsafe fn narrow(
+                a: &[i32],
+                b: &[i32],
+                s: &[f32],
+                r: Residual,
+                relu: bool,
+                q: u8,
+                o: RowOut,
+            ) {
+                requant::row(a, b, s, r, relu, q, o)
+            }
+            match self {
+                // SAFETY: the path is available, so are the features its epilogue is compiled for.
+                Path::Vnni512 | Path::Vnni256Evex => unsafe {
+                    return wide(acc, bias, scale, residual, rq.relu, rq.qmax, out);
+                },
+                Path::Vnni256Vex | Path::Avx2 => unsafe {
+                    return narrow(acc, bias, scale, residual, rq.relu, rq.qmax, out);
+                },
+                Path::Portable => {}
+            }
+        }
+        requant::row(acc, bias, scale, residual, rq.relu, rq.qmax, out)
+    }
+}
+
+/// A convolution's weights packed for one path (see the module documentation).
+#[derive(Clone, Debug)]
+pub struct PackedWeights {
+    /// The path whose tiles read them.
+    pub path: Path,
+    /// Kernel taps, `kh·kw`.
+    pub taps: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    data: Vec<i8>,
+}
+
+impl PackedWeights {
+    /// Bytes of one column panel.
+    fn panel_len(&self) -> usize {
+        self.taps * self.cin.div_ceil(4) * 4 * self.path.width()
+    }
+
+    /// Bytes held.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// True when nothing is held (no output channels).
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// Packs HWIO weights `w [taps, cin, cout]` (`taps = kh·kw`) for `path`. Allocates the packed copy.
+pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> PackedWeights {
+    assert_eq!(
+        w.len(),
+        taps * cin * cout,
+        "int8::pack: weights of the wrong length"
+    );
+    let width = path.width();
+    let groups = cin.div_ceil(4);
+    let mut data = vec![0i8; cout.div_ceil(width) * taps * groups * 4 * width];
+    for (i, d) in data.iter_mut().enumerate() {
+        // i = (((panel · taps + t) · groups + g) · width + col) · 4 + lane
+        let lane = i % 4;
+        let col = i / 4 % width;
+        let g = i / (4 * width) % groups;
+        let t = i / (4 * width * groups) % taps;
+        let panel = i / (4 * width * groups * taps);
+        let (k, c) = (4 * g + lane, panel * width + col);
+        if k < cin && c < cout {
+            *d = w[(t * cin + k) * cout + c];
+        }
+    }
+    PackedWeights {
+        path,
+        taps,
+        cin,
+        cout,
+        data,
+    }
+}
+
+/// `out [n·oh·ow, cout] = requant(conv(x, w))` for the NHWC batch `x [n, h, w, cin]` of `g` (the shapes of
+/// [`reference::conv`]), on the path `w` was packed for. The activations are at most `w.path.qmax()`.
+/// Allocates only each task's row pointers.
+pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, out: Output) {
+    let rows = n * g.oh * g.ow;
+    let cout = g.cout;
+    assert!(
+        w.path.available(),
+        "int8::conv: path {:?} not on this CPU",
+        w.path
+    );
+    assert!(
+        w.taps == g.kh * g.kw && w.cin == g.cin && w.cout == cout && g.cin <= MAX_CIN,
+        "int8::conv: weights packed for another geometry"
+    );
+    assert!(
+        x.len() >= n * g.h * g.w * g.cin,
+        "int8::conv: input too short"
+    );
+    // Larger activations would saturate vpmaddubsw's pair sums on AVX2; the quantized network never makes them.
+    debug_assert!(
+        x.iter().all(|&v| v <= w.path.qmax()),
+        "int8::conv: activation above the path's qmax"
+    );
+    assert!(
+        rq.bias.len() >= cout && rq.scale.len() >= cout,
+        "int8::conv: epilogue too short"
+    );
+    let residual_len = match rq.residual {
+        Residual::None => rows * cout,
+        Residual::U8 { values, .. } => values.len(),
+        Residual::F32 { values, .. } => values.len(),
+    };
+    assert!(
+        residual_len >= rows * cout,
+        "int8::conv: residual too short"
+    );
+    let block = w.path.rows() * TILES_PER_TASK;
+    if rows == 0 || cout == 0 {
+        return;
+    }
+    match out {
+        Output::U8(y) => y[..rows * cout]
+            .par_chunks_mut(block * cout)
+            .enumerate()
+            .for_each(|(b, y)| conv_block(g, x, w, rq, b * block, OutBlock::U8(y))),
+        Output::F32(y) => y[..rows * cout]
+            .par_chunks_mut(block * cout)
+            .enumerate()
+            .for_each(|(b, y)| conv_block(g, x, w, rq, b * block, OutBlock::F32(y))),
+    }
+}
+
+/// A task's block of output rows.
+enum OutBlock<'a> {
+    U8(&'a mut [u8]),
+    F32(&'a mut [f32]),
+}
+
+/// The rows of `out` (output rows `r0..`) over every column panel.
+fn conv_block(
+    g: &ConvGeom,
+    x: &[u8],
+    w: &PackedWeights,
+    rq: &Requant,
+    r0: usize,
+    mut out: OutBlock,
+) {
+    let (cin, cout, taps) = (g.cin, g.cout, w.taps);
+    let nrows = match &out {
+        OutBlock::U8(y) => y.len(),
+        OutBlock::F32(y) => y.len(),
+    } / cout;
+    let (mr, width) = (w.path.rows(), w.path.width());
+    let tiles = nrows.div_ceil(mr);
+    // Per tile, per tap, per row of the tile: the input pixel it reads (the zero block in the padding, and
+    // for the rows past the block's end, whose sums are never stored).
+    let mut ptrs = vec![ZEROS.as_ptr(); tiles * taps * mr];
+    let plane = g.oh * g.ow;
+    for row in 0..nrows {
+        let r = r0 + row;
+        let (img, oy, ox) = (r / plane, r % plane / g.ow, r % g.ow);
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                    continue;
+                }
+                let pixel = (img * g.h + iy as usize) * g.w + ix as usize;
+                let t = ky * g.kw + kx;
+                ptrs[((row / mr) * taps + t) * mr + row % mr] = x[pixel * cin..][..cin].as_ptr();
+            }
+        }
+    }
+    let mut acc = [0i32; 6 * 64];
+    for panel in 0..cout.div_ceil(width) {
+        let c0 = panel * width;
+        let cols = width.min(cout - c0);
+        let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
+        for tile in 0..tiles {
+            // SAFETY: the path is available (checked in `conv`), each pointer reads `cin` bytes of `x` or the
+            // zero block (`cin ≤ MAX_CIN`), the panel is whole, `acc` holds the largest tile.
+            unsafe {
+                w.path.tile(
+                    &ptrs[tile * taps * mr..][..taps * mr],
+                    taps,
+                    cin,
+                    wp,
+                    &mut acc,
+                )
+            };
+            for i in 0..mr.min(nrows - tile * mr) {
+                let row = tile * mr + i;
+                let at = row * cout + c0;
+                let global = (r0 + row) * cout + c0;
+                let residual = match rq.residual {
+                    Residual::None => Residual::None,
+                    Residual::U8 { values, scale } => Residual::U8 {
+                        values: &values[global..][..cols],
+                        scale,
+                    },
+                    Residual::F32 { values, scale } => Residual::F32 {
+                        values: &values[global..][..cols],
+                        scale,
+                    },
+                };
+                let dst = match &mut out {
+                    OutBlock::U8(y) => RowOut::U8(&mut y[at..][..cols]),
+                    OutBlock::F32(y) => RowOut::F32(&mut y[at..][..cols]),
+                };
+                w.path
+                    .requant_row(&acc[i * width..][..cols], rq, c0, residual, dst);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,159 @@
+//! Every path this CPU has against [`reference`], bit for bit, on ragged shapes: channel counts that are not
+//! multiples of 4 or of the tile width, row counts that leave partial tiles, stride 2, padding whose border
+//! positions see part of the kernel, batches above one; with each residual kind, both output kinds, ReLU on
+//! and off.
+
+use super::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Case {
+    g: ConvGeom,
+    n: usize,
+    x: Vec<u8>,
+    w: Vec<i8>,
+    bias: Vec<i32>,
+    scale: Vec<f32>,
+    res_u8: Vec<u8>,
+    res_f32: Vec<f32>,
+}
+
+/// `(cin, cout, k, stride, pad, h, w, n)`
+type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
+    let (cin, cout, k, stride, pad, h, w, n) = shape;
+    let g = ConvGeom::new(cin, cout, k, stride, pad, h, w).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let rows = n * g.oh * g.ow;
+    let x = (0..n * h * w * cin)
+        .map(|_| rng.random_range(0..=qmax))
+        .collect();
+    let wts = (0..k * k * cin * cout)
+        .map(|_| rng.random_range(-127..=127))
+        .collect();
+    let bias = (0..cout).map(|_| rng.random_range(-5000..5000)).collect();
+    // Scales that map the sums' spread (about √(k²·cin)·128·73) onto a few hundred steps, so that the rounding
+    // and both clamps are all met.
+    let spread = ((k * k * cin) as f32).sqrt() * 128.0 * 73.0;
+    let scale = (0..cout)
+        .map(|_| rng.random_range(50.0..400.0) / spread)
+        .collect();
+    let res_u8 = (0..rows * cout)
+        .map(|_| rng.random_range(0..=qmax))
+        .collect();
+    let res_f32 = (0..rows * cout)
+        .map(|_| rng.random_range(-3.0f32..3.0))
+        .collect();
+    Case {
+        g,
+        n,
+        x,
+        w: wts,
+        bias,
+        scale,
+        res_u8,
+        res_f32,
+    }
+}
+
+const SHAPES: [Shape; 9] = [
+    (16, 64, 1, 1, 0, 5, 7, 2),
+    (64, 256, 1, 1, 0, 4, 4, 3),
+    (24, 40, 1, 2, 0, 9, 7, 2),
+    (17, 19, 3, 1, 1, 6, 5, 2),
+    (32, 72, 3, 2, 1, 9, 9, 3),
+    (3, 16, 7, 2, 3, 12, 11, 2),
+    (130, 66, 3, 1, 1, 3, 3, 5),
+    (8, 128, 3, 1, 1, 1, 1, 7),
+    (64, 64, 3, 1, 1, 8, 8, 4),
+];
+
+#[test]
+fn every_path_matches_the_reference_bit_for_bit() {
+    let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.available()).collect();
+    assert!(paths.contains(&Path::Portable));
+    for path in paths {
+        for (s, &shape) in SHAPES.iter().enumerate() {
+            let c = case(shape, path.qmax(), s as u64);
+            let rows = c.n * c.g.oh * c.g.ow;
+            let len = rows * c.g.cout;
+            let packed = pack(path, c.g.kh * c.g.kw, c.g.cin, c.g.cout, &c.w);
+            let residuals = [
+                Residual::None,
+                Residual::U8 {
+                    values: &c.res_u8,
+                    scale: 0.7,
+                },
+                Residual::F32 {
+                    values: &c.res_f32,
+                    scale: 40.0,
+                },
+            ];
+            for (r, residual) in residuals.into_iter().enumerate() {
+                let relu = r != 1;
+                let rq = Requant {
+                    bias: &c.bias,
+                    scale: &c.scale,
+                    residual,
+                    relu,
+                    qmax: path.qmax(),
+                };
+                let (mut want, mut got) = (vec![0u8; len], vec![1u8; len]);
+                reference::conv(&c.g, c.n, &c.x, &c.w, &rq, Output::U8(&mut want));
+                conv(&c.g, c.n, &c.x, &packed, &rq, Output::U8(&mut got));
+                assert!(
+                    want == got,
+                    "{path:?} {shape:?} residual {r}: u8 outputs differ"
+                );
+                let clamped = want.iter().filter(|&&v| v == 0 || v == path.qmax()).count();
+                assert!(
+                    clamped < len,
+                    "{shape:?}: every output clamped, nothing compared"
+                );
+                let (mut want, mut got) = (vec![0f32; len], vec![1f32; len]);
+                reference::conv(&c.g, c.n, &c.x, &c.w, &rq, Output::F32(&mut want));
+                conv(&c.g, c.n, &c.x, &packed, &rq, Output::F32(&mut got));
+                let same = want
+                    .iter()
+                    .zip(&got)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{path:?} {shape:?} residual {r}: f32 outputs differ");
+            }
+        }
+    }
+}
+
+/// The reference is the convolution: a 1×1 product checked against sums written out by hand.
+#[test]
+fn the_reference_sums_and_requantizes_as_documented() {
+    let g = ConvGeom::new(2, 1, 1, 1, 0, 1, 2).unwrap();
+    let x = [10u8, 20, 30, 40];
+    let w = [3i8, -1];
+    // Pixel 0: 10·3 − 20 = 10; pixel 1: 90 − 40 = 50. Plus bias −1, times 0.5: 4.5 → 4, 24.5 → 24 (half to
+    // even); with bias 1: 5.5 → 6, 25.5 → 26.
+    let rq = Requant {
+        bias: &[-1],
+        scale: &[0.5],
+        residual: Residual::None,
+        relu: true,
+        qmax: 255,
+    };
+    let mut y = [0u8; 2];
+    reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
+    assert_eq!(y, [4, 24]);
+    let rq = Requant { bias: &[1], ..rq };
+    reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
+    assert_eq!(y, [6, 26]);
+    // A residual of 200·2 takes pixel 1 past qmax 127; a negative one and the ReLU take pixel 0 to 0.
+    let rq = Requant {
+        residual: Residual::F32 {
+            values: &[-9.0, 200.0],
+            scale: 2.0,
+        },
+        qmax: 127,
+        ..rq
+    };
+    reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
+    assert_eq!(y, [0, 127]);
+}

@@ -1,0 +1,152 @@
+//! The micro-kernels: one register tile of `i32` sums,
+//!
+//! ```text
+//! acc[i, 0..W] = Σ_t Σ_k rows[t·MR + i][k] · w[t][k][0..W]      i < MR, k < cin
+//! ```
+//!
+//! `rows[t·MR + i]` points at the `cin` input channels row `i` of the tile reads through tap `t` (a zero block
+//! where the tap falls in the padding); `w` is one column panel as [`super::pack`] wrote it: per tap, `cin`
+//! rounded up to a multiple of 4, in groups of four input channels, each group `[W][4]` bytes (the four
+//! channels of one output column side by side, what `vpdpbusd` multiplies with four bytes of a row and sums
+//! into one `i32` lane). Four channels of a row are read as one `u32` and broadcast; the last group of a row
+//! whose `cin` is not a multiple of 4 is read byte by byte (the weights beyond `cin` are zero).
+//!
+//! The paths: AVX-512 VNNI (6 rows × 64 columns, 24 zmm sums), VNNI on ymm (6 × 16, AVX-VNNI or AVX-512VL),
+//! AVX2 (4 × 16: `vpmaddubsw` multiplies byte pairs into saturating `i16` sums, `vpmaddwd` by ones adds the
+//! pairs into `i32`; with activations at most 127 and weights in [-127, 127] a pair sums to at most
+//! 2·127·127 = 32258 < 32767, so nothing saturates and the sums are exact), and a portable scalar tile.
+
+/// Reads the `tail` (1 to 3) bytes at `p` as the low bytes of a `u32`.
+///
+/// # Safety
+/// `p` readable for `tail` bytes.
+#[inline(always)]
+unsafe fn tail_word(p: *const u8, tail: usize) -> i32 {
+    let mut b = [0u8; 4];
+    core::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), tail);
+    i32::from_le_bytes(b)
+}
+
+/// One tile kernel: `$mr` rows, `$nv` vectors of `$lanes` `i32` columns, `$dot(sum, a, b)` the multiply-add of
+/// four bytes per lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! tile_kernel {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $mr:expr, $nv:expr, $lanes:expr, $vec:ty,
+     $zero:expr, $load:expr, $set1:expr, $store:expr, |$c:ident, $a:ident, $b:ident| $dot:expr) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU has the features named; `rows` holds `taps · MR` pointers, each readable for `cin` bytes;
+        /// `w` readable for the panel's `taps · ⌈cin/4⌉ · 4 · W` bytes; `acc` holds `MR · W` sums.
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn $name(rows: &[*const u8], taps: usize, cin: usize, w: *const i8, acc: &mut [i32]) {
+            use core::arch::x86_64::*;
+            const MR: usize = $mr;
+            const NV: usize = $nv;
+            assert!(rows.len() >= taps * MR && acc.len() >= MR * NV * $lanes);
+            let mut sums: [$vec; MR * NV] = [$zero; MR * NV];
+            let (full, tail) = (cin / 4, cin % 4);
+            let mut wp = w;
+            // One group of four channels: the panel's `[W][4]` bytes times each row's four channels.
+            macro_rules! group {
+                ($word:expr) => {{
+                    let mut b: [$vec; NV] = [$zero; NV];
+                    for (j, v) in b.iter_mut().enumerate() {
+                        *v = $load(wp.add(j * $lanes * 4));
+                    }
+                    for i in 0..MR {
+                        let $a = $set1($word(i));
+                        for j in 0..NV {
+                            let ($c, $b) = (sums[i * NV + j], b[j]);
+                            sums[i * NV + j] = $dot;
+                        }
+                    }
+                    wp = wp.add(NV * $lanes * 4);
+                }};
+            }
+            for t in 0..taps {
+                let r = &rows[t * MR..(t + 1) * MR];
+                for g in 0..full {
+                    group!(|i: usize| (r[i].add(4 * g) as *const i32).read_unaligned());
+                }
+                if tail > 0 {
+                    group!(|i: usize| tail_word(r[i].add(4 * full), tail));
+                }
+            }
+            for (k, s) in sums.iter().enumerate() {
+                $store(acc.as_mut_ptr().add(k * $lanes), *s);
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+tile_kernel!(
+    /// The AVX-512 VNNI tile: 6 rows × 64 columns.
+    vnni512, "avx512f,avx512bw,avx512vnni", 6, 4, 16, __m512i, _mm512_setzero_si512(),
+    |p: *const i8| _mm512_loadu_si512(p as *const _),
+    _mm512_set1_epi32,
+    |p: *mut i32, v| _mm512_storeu_si512(p as *mut _, v),
+    |c, a, b| _mm512_dpbusd_epi32(c, a, b)
+);
+
+#[cfg(target_arch = "x86_64")]
+tile_kernel!(
+    /// The VNNI tile on ymm registers with the AVX-512VL encoding: 6 rows × 16 columns.
+    vnni256_evex, "avx512f,avx512vl,avx512vnni", 6, 2, 8, __m256i, _mm256_setzero_si256(),
+    |p: *const i8| _mm256_loadu_si256(p as *const _),
+    _mm256_set1_epi32,
+    |p: *mut i32, v| _mm256_storeu_si256(p as *mut _, v),
+    |c, a, b| _mm256_dpbusd_epi32(c, a, b)
+);
+
+#[cfg(target_arch = "x86_64")]
+tile_kernel!(
+    /// The VNNI tile on ymm registers with the AVX-VNNI (VEX) encoding, for CPUs without AVX-512: 6 × 16.
+    vnni256_vex, "avx2,avxvnni", 6, 2, 8, __m256i, _mm256_setzero_si256(),
+    |p: *const i8| _mm256_loadu_si256(p as *const _),
+    _mm256_set1_epi32,
+    |p: *mut i32, v| _mm256_storeu_si256(p as *mut _, v),
+    |c, a, b| _mm256_dpbusd_avx_epi32(c, a, b)
+);
+
+#[cfg(target_arch = "x86_64")]
+tile_kernel!(
+    /// The AVX2 tile: 4 rows × 16 columns; activations at most 127 (see the module documentation).
+    avx2, "avx2", 4, 2, 8, __m256i, _mm256_setzero_si256(),
+    |p: *const i8| _mm256_loadu_si256(p as *const _),
+    _mm256_set1_epi32,
+    |p: *mut i32, v| _mm256_storeu_si256(p as *mut _, v),
+    |c, a, b| _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
+);
+
+/// The portable tile: 4 rows × 16 columns in plain Rust.
+///
+/// # Safety
+/// As the other tiles': `rows` holds `taps · 4` pointers readable for `cin` bytes, `w` the panel, `acc` 64 sums.
+pub(super) unsafe fn portable(
+    rows: &[*const u8],
+    taps: usize,
+    cin: usize,
+    w: *const i8,
+    acc: &mut [i32],
+) {
+    const MR: usize = 4;
+    const W: usize = 16;
+    let acc = &mut acc[..MR * W];
+    acc.fill(0);
+    let groups = cin.div_ceil(4);
+    for t in 0..taps {
+        let panel = core::slice::from_raw_parts(w.add(t * groups * 4 * W), groups * 4 * W);
+        for i in 0..MR {
+            let x = core::slice::from_raw_parts(rows[t * MR + i], cin);
+            let sums = &mut acc[i * W..][..W];
+            for (k, &a) in x.iter().enumerate() {
+                let wg = &panel[(k / 4) * 4 * W..][..4 * W];
+                for (col, s) in sums.iter_mut().enumerate() {
+                    *s += a as i32 * wg[col * 4 + k % 4] as i32;
+                }
+            }
+        }
+    }
+}
