@@ -9,7 +9,7 @@ use crate::compiled::int8::{Calibration, Method};
 use crate::compiled::quant_file::{self, Record};
 use crate::compiled::CompiledNet;
 use crate::data::calib::CalibImages;
-use crate::data::transforms::MAX_INPUT_SIDE;
+use crate::data::transforms::{check_resize, MAX_INPUT_SIDE};
 use crate::infer::prepare;
 use crate::model_file::ModelFile;
 use crate::{bail, outln, Result, Shape4};
@@ -47,6 +47,10 @@ pub struct QuantizeArgs {
     /// The quantized model file to write (atomically).
     #[arg(long)]
     pub out: PathBuf,
+    /// Input size (shorter side) to calibrate and then predict at; default: the size stored in the weights
+    /// (required for PyTorch files). Given, it and the preprocessing it implies are stored in the quantized file.
+    #[arg(long)]
+    pub resize: Option<usize>,
 }
 
 impl QuantizeArgs {
@@ -58,6 +62,7 @@ impl QuantizeArgs {
                 self.images
             );
         }
+        self.resize.map_or(Ok(()), check_resize)?;
         if self.out.file_name().is_none() {
             bail!("--out {}: not a file path", self.out.display());
         }
@@ -80,7 +85,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
         );
     }
     let trained = file.network()?;
-    let preprocess = file.preprocess(None)?;
+    let preprocess = file.preprocess(args.resize)?;
     let channels = file.config.in_channels;
     let images = CalibImages::select(&args.calib, args.images, channels)?;
     let mut net = CompiledNet::new(&trained, None)?;
@@ -128,10 +133,16 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let mut meta = BTreeMap::new();
     meta.insert(META_ARCH.to_string(), arch_string(&file.config));
     meta.insert(META_CLASSES.to_string(), json(&file.class_names()));
-    if let Some(p) = &file.eval_transform {
+    // With --resize, the file stores the preprocessing it was calibrated with; without, the model's own.
+    let stored = if args.resize.is_some() {
+        Some(&preprocess)
+    } else {
+        file.eval_transform.as_ref()
+    };
+    if let Some(p) = stored {
         meta.insert(META_EVAL_TRANSFORM.to_string(), json(p));
     }
-    if let Some(size) = file.trained_size {
+    if let Some(size) = args.resize.or(file.trained_size) {
         meta.insert(META_INPUT_SIZE.to_string(), size.to_string());
     }
     let clips = calibration.clips(method);

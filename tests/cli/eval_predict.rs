@@ -485,3 +485,34 @@ fn quantize_then_eval_predict_and_summary() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A PyTorch file stores no input size: `quantize` asks for `--resize`, and with it calibrates at that size and
+/// stores it, so `predict` on the quantized file needs no flag.
+#[test]
+fn quantize_takes_resize_for_a_file_that_stores_no_size() {
+    let dir = scratch("quantize-resize");
+    let (w, data) = (pytorch_weights(), bundled());
+    let mut args = vec!["quantize", "--weights", s(&w), "--calib", s(&data)];
+    args.extend(["--images", "16", "--out", "q.safetensors"]);
+    let refused = resnet(&args, &dir);
+    assert!(
+        !refused.status.success() && refused.stderr.contains("--resize"),
+        "{}",
+        refused.stderr
+    );
+    args.extend(["--resize", "28"]);
+    expect_success(&resnet(&args, &dir), "quantize --resize 28");
+    let test = Dataset::load(&data, Split::Test, false).unwrap();
+    let a = dir.join("a.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&a)
+        .unwrap();
+    let q = dir.join("q.safetensors");
+    let out = expect_success(
+        &resnet(&["predict", "--weights", s(&q), s(&a)], &dir),
+        "predict",
+    );
+    assert_eq!(parse_top3(out.trim(), &a).len(), 3, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
