@@ -1,4 +1,4 @@
-"""The D2L ResNet-18 chapter's model code (/work/shared/seed/d2l-resnet-chapter.txt), as an importable module.
+"""The D2L ResNet-18 chapter's model code (the "Dive into Deep Learning" ResNet chapter, Chinese PyTorch edition), as an importable module.
 
 Used by tools/make_golden.py and tools/check_pytorch_interop.py. Run a self-check from the repo root with:
 
