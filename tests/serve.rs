@@ -3,6 +3,7 @@
 //! batch of one), each class of bad request, overload (503 with Retry-After) and graceful shutdown on SIGTERM.
 
 mod common;
+use common::server::Server;
 use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
 use resnet::compiled::loaded::InferenceNet;
 use resnet::compiled::CompiledNet;
@@ -17,11 +18,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_resnet");
 
 const CLASSES: [&str; 4] = ["cat", "dog", "bird", "fish & chips"];
 
@@ -200,52 +198,7 @@ fn batched_logits_are_bit_identical_to_single_images() {
     }
 }
 
-/// A running `resnet serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    /// The rest of its standard output, read after it stops.
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
 impl Server {
-    fn start(weights: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--threads",
-                "2",
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--weights",
-            ])
-            .arg(weights)
-            .args(extra)
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start resnet serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.kill();
-                panic!("resnet serve exited before listening");
-            }
-            if let Some(a) = line.trim().strip_prefix("listening on http://") {
-                break a.parse().unwrap();
-            }
-        };
-        Server {
-            child,
-            addr,
-            stdout,
-        }
-    }
-
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         request(self.addr, method, path, headers, body)
     }
@@ -266,24 +219,6 @@ impl Server {
         for needle in needles {
             assert!(text.contains(needle), "`{needle}` not in /metrics:\n{text}");
         }
-    }
-
-    /// SIGTERM, as `kill`, systemd and Kubernetes send it.
-    fn terminate(&self) {
-        // The shell's builtin `kill`: a minimal system may have no kill executable.
-        let ok = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -416,7 +351,7 @@ fn endpoints_answer_and_predictions_match_the_library() {
     let dir = common::scratch_dir("resnet-serve-", "endpoints");
     let weights = model_file(&dir, Some(32));
     let mut lib = reference(&weights);
-    let server = Server::start(&weights, &[]);
+    let server = Server::spawn(&weights, 2, &[]);
 
     let page = server.get("/");
     assert_eq!(page.status, 200);
@@ -527,7 +462,7 @@ fn concurrent_requests_are_batched_and_answer_as_single_images() {
     let dir = common::scratch_dir("resnet-serve-", "batching");
     let weights = model_file(&dir, Some(32));
     let mut lib = reference(&weights);
-    let server = Server::start(&weights, &["--max-batch", "16", "--max-wait-ms", "300"]);
+    let server = Server::spawn(&weights, 2, &["--max-batch", "16", "--max-wait-ms", "300"]);
     let images: Vec<Vec<u8>> = (0..12).map(|i| png(&picture(20 + i, 36, 36))).collect();
     let want: Vec<Vec<f32>> = images.iter().map(|b| single_logits(&mut lib, b)).collect();
     let addr = server.addr;
@@ -567,7 +502,7 @@ fn concurrent_requests_are_batched_and_answer_as_single_images() {
 fn bad_requests_get_json_errors_and_the_server_keeps_serving() {
     let dir = common::scratch_dir("resnet-serve-", "bad");
     let weights = model_file(&dir, Some(32));
-    let server = Server::start(&weights, &["--max-body-mb", "1", "--max-images", "2"]);
+    let server = Server::spawn(&weights, 2, &["--max-body-mb", "1", "--max-images", "2"]);
     let good = png(&picture(5, 32, 32));
     let truncated = &good[..good.len() / 2];
     let mut huge = Vec::new();
@@ -660,8 +595,9 @@ fn a_full_queue_answers_503_with_retry_after() {
     // one image waits, and the others are refused at once.
     let dir = common::scratch_dir("resnet-serve-", "overload");
     let weights = model_file(&dir, None);
-    let server = Server::start(
+    let server = Server::spawn(
         &weights,
+        2,
         &["--max-batch", "1", "--queue", "1", "--max-wait-ms", "0"],
     );
     let big = png(&picture(9, 1024, 1024));
@@ -696,7 +632,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn sigterm_finishes_requests_in_flight_then_refuses_new_ones() {
     let dir = common::scratch_dir("resnet-serve-", "shutdown");
     let weights = model_file(&dir, None);
-    let mut server = Server::start(&weights, &["--max-wait-ms", "0"]);
+    let mut server = Server::spawn(&weights, 2, &["--max-wait-ms", "0"]);
     let big = png(&picture(4, 1024, 1024));
     let addr = server.addr;
     let in_flight = std::thread::spawn(move || request(addr, "POST", "/v1/predict", &[], &big));
@@ -734,7 +670,7 @@ fn sigterm_finishes_requests_in_flight_then_refuses_new_ones() {
 fn a_body_that_never_ends_gets_408_and_others_are_served_meanwhile() {
     let dir = common::scratch_dir("resnet-serve-", "timeout");
     let weights = model_file(&dir, Some(32));
-    let server = Server::start(&weights, &["--timeout", "1"]);
+    let server = Server::spawn(&weights, 2, &["--timeout", "1"]);
     let started = Instant::now();
     let mut slow = TcpStream::connect(server.addr).unwrap();
     slow.write_all(
@@ -772,7 +708,7 @@ fn explain_answers_heatmaps_that_match_the_library() {
     use resnet::explain::{Explainer, Target};
     let dir = common::scratch_dir("resnet-serve-", "explain");
     let weights = model_file(&dir, Some(32));
-    let server = Server::start(&weights, &[]);
+    let server = Server::spawn(&weights, 2, &[]);
     let pic = picture(3, 40, 36);
     let body = png(&pic);
     let mut lib = Explainer::load(&weights, None, None).unwrap();
@@ -842,7 +778,7 @@ fn explain_answers_heatmaps_that_match_the_library() {
 fn explain_refuses_bad_requests_with_json_and_keeps_serving() {
     let dir = common::scratch_dir("resnet-serve-", "explain-bad");
     let weights = model_file(&dir, Some(32));
-    let server = Server::start(&weights, &["--max-body-mb", "1", "--max-images", "2"]);
+    let server = Server::spawn(&weights, 2, &["--max-body-mb", "1", "--max-images", "2"]);
     let good = png(&picture(5, 32, 32));
     let explain = |query: &str, body: &[u8]| {
         server.request("POST", &format!("/v1/explain{query}"), &[], body)
@@ -877,7 +813,7 @@ fn a_full_explain_queue_answers_503_and_predictions_go_on() {
     // waiting at most, the others are refused at once, and /v1/predict still answers meanwhile.
     let dir = common::scratch_dir("resnet-serve-", "explain-overload");
     let weights = model_file(&dir, None);
-    let server = Server::start(&weights, &["--explain-queue", "1"]);
+    let server = Server::spawn(&weights, 2, &["--explain-queue", "1"]);
     let big = png(&picture(9, 1024, 1024));
     let small = png(&picture(1, 32, 32));
     let addr = server.addr;

@@ -5,17 +5,15 @@
 //! prove something ended.
 
 mod common;
+use common::server::Server;
 use resnet::checkpoint::{self, META_INPUT_SIZE};
 use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_resnet");
 
 /// A tiny one-channel model at 32×32 (random weights: these tests never look at predictions).
 fn model_file(name: &str) -> PathBuf {
@@ -32,50 +30,7 @@ fn model_file(name: &str) -> PathBuf {
     path
 }
 
-/// A running `resnet serve`, killed when dropped.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stdout: BufReader<std::process::ChildStdout>,
-}
-
 impl Server {
-    fn start(weights: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "--threads",
-                "1",
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--weights",
-            ])
-            .arg(weights)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start resnet serve");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        let addr = loop {
-            line.clear();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.kill();
-                panic!("resnet serve exited before listening");
-            }
-            if let Some(a) = line.trim().strip_prefix("listening on http://") {
-                break a.parse().unwrap();
-            }
-        };
-        Server {
-            child,
-            addr,
-            stdout,
-        }
-    }
-
     /// A connection that has sent `bytes` and waits.
     fn hold(&self, bytes: &[u8]) -> TcpStream {
         let mut s = TcpStream::connect(self.addr).unwrap();
@@ -100,22 +55,6 @@ impl Server {
         let r = self.get("/metrics");
         assert_eq!(r.status, 200);
         r.body
-    }
-
-    fn terminate(&self) {
-        let ok = Command::new("sh")
-            .args(["-c", &format!("kill -TERM {}", self.child.id())])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -178,7 +117,7 @@ fn assert_closed(mut s: TcpStream, within: Duration, what: &str) {
 #[test]
 fn headers_that_never_finish_are_cut_off_and_others_are_served_meanwhile() {
     let weights = model_file("slowloris");
-    let server = Server::start(&weights, &["--header-timeout", "1"]);
+    let server = Server::spawn(&weights, 1, &["--header-timeout", "1"]);
     let silent = server.hold(b"");
     let half = server.hold(b"GET /healthz HTTP/1.1\r\nHost: x\r\n");
     // A slowloris client: a header byte every 200 ms. The server must hang up on it long before it would finish.
@@ -210,8 +149,9 @@ fn headers_that_never_finish_are_cut_off_and_others_are_served_meanwhile() {
 #[test]
 fn connections_beyond_the_cap_get_503_json_until_one_closes() {
     let weights = model_file("cap");
-    let server = Server::start(
+    let server = Server::spawn(
         &weights,
+        1,
         &["--max-connections", "2", "--header-timeout", "600"],
     );
     let held = [server.hold(b""), server.hold(b"")];
@@ -244,7 +184,7 @@ fn connections_beyond_the_cap_get_503_json_until_one_closes() {
 #[test]
 fn a_half_sent_request_does_not_hold_up_shutdown() {
     let weights = model_file("shutdown");
-    let mut server = Server::start(&weights, &["--timeout", "1", "--header-timeout", "600"]);
+    let mut server = Server::spawn(&weights, 1, &["--timeout", "1", "--header-timeout", "600"]);
     let half = server.hold(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Len");
     // The server has the connection (a request on another one is answered after it was accepted).
     assert_eq!(server.get("/healthz").status, 200);
@@ -271,7 +211,7 @@ fn a_half_sent_request_does_not_hold_up_shutdown() {
 #[test]
 fn requests_hyper_cannot_parse_get_json_errors() {
     let weights = model_file("malformed");
-    let server = Server::start(&weights, &[]);
+    let server = Server::spawn(&weights, 1, &[]);
     server
         .raw(b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect_error(400, "malformed request");
@@ -297,7 +237,7 @@ fn requests_hyper_cannot_parse_get_json_errors() {
 fn a_body_announced_over_the_limit_gets_413_from_its_header() {
     let weights = model_file("announced");
     // With a long --timeout, a server that waited for the body would not answer within the client's minute.
-    let server = Server::start(&weights, &["--max-body-mb", "1", "--timeout", "600"]);
+    let server = Server::spawn(&weights, 1, &["--max-body-mb", "1", "--timeout", "600"]);
     server
         .raw(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1073741824\r\n\r\nabc")
         .expect_error(413, "Content-Length");

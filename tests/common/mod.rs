@@ -2,6 +2,7 @@
 //! largest difference they saw.
 #![allow(dead_code)]
 
+pub mod server;
 pub mod torchvision_weights;
 
 use resnet::checkpoint::deserialize;
