@@ -50,6 +50,36 @@ pub struct BenchResult {
     pub peak_rss_mib: f64,
 }
 
+impl BenchResult {
+    /// A configuration on input `xs` (square: `xs.h` is the size) timed `iters` times as `(median, min, max)`
+    /// seconds, `flops_per_mac` FLOPs per forward MAC; the process's peak memory so far.
+    fn measured(
+        name: &str,
+        arch: String,
+        xs: Shape4,
+        iters: usize,
+        (median, min, max): (f64, f64, f64),
+        macs: u64,
+        flops_per_mac: f64,
+    ) -> BenchResult {
+        BenchResult {
+            name: name.to_string(),
+            arch,
+            channels: xs.c,
+            batch: xs.n,
+            size: xs.h,
+            iters,
+            median_s: median,
+            min_s: min,
+            max_s: max,
+            images_per_s: xs.n as f64 / median,
+            forward_macs: macs,
+            gflops: flops_per_mac * macs as f64 / median / 1e9,
+            peak_rss_mib: peak_rss_mib(),
+        }
+    }
+}
+
 /// Multiply-accumulates of one forward pass of `net` on input `xs` (convolutions and the final Linear).
 pub fn forward_macs(net: &ResNet, xs: Shape4) -> Result<u64> {
     let convs: u64 = net
@@ -279,21 +309,15 @@ pub fn bench_one(
         time_it(warmup, iters, || compiled.forward(&x, xs).map(|_| ()))?
     };
     let flops_per_mac = if train { 6.0 } else { 2.0 };
-    Ok(BenchResult {
-        name: name.to_string(),
-        arch: config.name(),
-        channels: config.in_channels,
-        batch,
-        size,
+    Ok(BenchResult::measured(
+        name,
+        config.name(),
+        xs,
         iters,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        images_per_s: batch as f64 / median,
-        forward_macs: macs,
-        gflops: flops_per_mac * macs as f64 / median / 1e9,
-        peak_rss_mib: peak_rss_mib(),
-    })
+        (median, min, max),
+        macs,
+        flops_per_mac,
+    ))
 }
 
 /// An inference configuration timed on a model file's network as it loads (`bench --weights FILE`: f32, or
@@ -312,21 +336,16 @@ pub fn bench_loaded(
     net.reserve(xs)?;
     let x = input(xs);
     let (median, min, max) = time_it(warmup, iters, || net.forward(&x, xs).map(|_| ()))?;
-    Ok(BenchResult {
-        name: name.to_string(),
-        arch: format!("{} {}", config.name(), net.precision()),
-        channels: config.in_channels,
-        batch,
-        size,
+    let arch = format!("{} {}", config.name(), net.precision());
+    Ok(BenchResult::measured(
+        name,
+        arch,
+        xs,
         iters,
-        median_s: median,
-        min_s: min,
-        max_s: max,
-        images_per_s: batch as f64 / median,
-        forward_macs: macs,
-        gflops: 2.0 * macs as f64 / median / 1e9,
-        peak_rss_mib: peak_rss_mib(),
-    })
+        (median, min, max),
+        macs,
+        2.0,
+    ))
 }
 
 /// Every configuration: name, training (or inference), input side. Latency configurations run batch 1.

@@ -82,18 +82,8 @@ impl Model {
     /// The image file at `path` read and prepared as the network's input (`predict`): an image its preprocessing
     /// would make larger than [`MAX_INPUT_SIDE`] a side is refused from its header, before it is decoded.
     pub fn read_input(&self, path: &Path) -> Result<(Vec<f32>, Shape4)> {
-        let origin = path.display().to_string();
-        let bytes = image_file::read_file(path)?;
-        let header = image_file::probe_bytes(&bytes, path)?;
-        check_input_side(
-            &self.preprocess,
-            header.h,
-            header.w,
-            MAX_INPUT_SIDE,
-            &origin,
-        )?;
-        let img = image_file::decode_image(&bytes, path, self.channels())?;
-        self.input(img, &origin)
+        let img = read_image_bounded(path, &self.preprocess, self.channels())?;
+        self.input(img, &path.display().to_string())
     }
 
     /// One decoded image (of [`Model::channels`] channels) prepared as the network's input: the `[c, h, w]` tensor
@@ -125,6 +115,16 @@ pub fn prepare(preprocess: &Pipeline, img: Image, origin: &str) -> Result<(Vec<f
     let norm = norm.as_ref().map(|(m, s)| (m.as_slice(), s.as_slice()));
     to_tensor_chw(&img, &mut x, norm);
     Ok((x, Shape4::new(1, img.c, img.h, img.w)))
+}
+
+/// The image file at `path`, decoded to `channels`; an image `preprocess` would make larger than
+/// [`MAX_INPUT_SIDE`] a side is refused from its header, before it is decoded.
+pub fn read_image_bounded(path: &Path, preprocess: &Pipeline, channels: usize) -> Result<Image> {
+    let bytes = image_file::read_file(path)?;
+    let header = image_file::probe_bytes(&bytes, path)?;
+    let origin = path.display().to_string();
+    check_input_side(preprocess, header.h, header.w, MAX_INPUT_SIDE, &origin)?;
+    image_file::decode_image(&bytes, path, channels)
 }
 
 /// Refuses an `h × w` image (named `origin`) that `preprocess` would make more than `side` pixels a side (a

@@ -1,7 +1,7 @@
 //! `resnet bench`: the chapter's ResNet-18 (or, with `--arch`, torchvision's models) timed the way
 //! `tools/bench_pytorch.py` times PyTorch, or the data loader alone on an image folder.
 
-use crate::bench::{bench_config, bench_loaded, bench_one, plan_report, CONFIGS};
+use crate::bench::{bench_config, bench_loaded, bench_one, plan_report, BenchResult, CONFIGS};
 use crate::nn::ArchName;
 use crate::{bail, outln, Result};
 
@@ -154,10 +154,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         let r = bench_one(&config, name, train, batch, size, warmup, iters)?;
         if !args.json {
-            outln!(
-                "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GFLOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",
-                r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
-            );
+            print_row(&r, "GFLOP/s");
         }
         results.push(r);
     }
@@ -223,10 +220,7 @@ fn run_weights(args: &BenchArgs, path: &std::path::Path, engine: String) -> Resu
         let r = bench_loaded(&mut net, name, batch, size, warmup, iters)
             .map_err(|e| crate::Error::new(format!("--weights {}: {e}", path.display())))?;
         if !args.json {
-            outln!(
-                "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} GOP/s  fwd MACs {:.3e}  peak RSS {:.0} MiB",
-                r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
-            );
+            print_row(&r, "GOP/s");
         }
         results.push(r);
     }
@@ -273,4 +267,12 @@ fn run_loader(args: &BenchArgs, dir: &std::path::Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// One configuration's line of the table; `rate` names the rate's unit (GFLOP/s in f32, GOP/s in int8).
+fn print_row(r: &BenchResult, rate: &str) {
+    outln!(
+        "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} {rate}  fwd MACs {:.3e}  peak RSS {:.0} MiB",
+        r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
+    );
 }

@@ -12,11 +12,10 @@ pub mod upsample;
 
 pub use gradcam::{grad_cam, CamLayer, GradCam, Target};
 
-use crate::data::image_file;
-use crate::data::transforms::{Image, MAX_INPUT_SIDE};
+use crate::data::transforms::Image;
 use crate::data::Pipeline;
 use crate::error::Context;
-use crate::infer::{check_input_side, prepare, softmax};
+use crate::infer::{prepare, read_image_bounded, softmax};
 use crate::model_file::ModelFile;
 use crate::nn::{ArchName, ResNet};
 use crate::{bail, Result};
@@ -136,19 +135,9 @@ impl Explainer {
     }
 
     /// The image file at `path`, decoded to the network's channels; an image its preprocessing would make
-    /// larger than [`MAX_INPUT_SIDE`] a side is refused from its header, before it is decoded.
+    /// larger than [`MAX_INPUT_SIDE`](crate::data::transforms::MAX_INPUT_SIDE) a side is refused from its header, before it is decoded.
     pub fn read_image(&self, path: &Path) -> Result<Image> {
-        let bytes = image_file::read_file(path)?;
-        let header = image_file::probe_bytes(&bytes, path)?;
-        let origin = path.display().to_string();
-        check_input_side(
-            &self.preprocess,
-            header.h,
-            header.w,
-            MAX_INPUT_SIDE,
-            &origin,
-        )?;
-        image_file::decode_image(&bytes, path, self.channels())
+        read_image_bounded(path, &self.preprocess, self.channels())
     }
 
     /// Grad-CAM of `img` (decoded to [`Explainer::channels`]) for `target` at `layer`; `origin` names the image

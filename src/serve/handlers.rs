@@ -279,18 +279,7 @@ async fn predict(
     let opts = &s.app.opts;
     let q = parse_query(req.uri())?;
     let topk = q.topk.unwrap_or(opts.topk);
-    let images = tokio::time::timeout(opts.timeout, read_images(req, opts))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the request body took longer than {} s",
-                    opts.timeout.as_secs_f64()
-                ),
-            )
-        })??;
+    let images = read_images_in_time(req, opts).await?;
     let left = opts.timeout.saturating_sub(started.elapsed());
     let answers = tokio::time::timeout(left, classify(&s, images))
         .await
@@ -356,18 +345,7 @@ async fn explain_images(
             )));
         }
     }
-    let images = tokio::time::timeout(opts.timeout, read_images(req, opts))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "timeout",
-                format!(
-                    "the request body took longer than {} s",
-                    opts.timeout.as_secs_f64()
-                ),
-            )
-        })??;
+    let images = read_images_in_time(req, opts).await?;
     let left = opts.timeout.saturating_sub(started.elapsed());
     let topk = q.topk.unwrap_or(opts.topk);
     let answers = tokio::time::timeout(left, s.explain.explain(images, q.class, q.layer, topk))
@@ -425,6 +403,25 @@ pub fn parse_predict(
         .iter()
         .map(|(name, bytes)| prepare_upload(preprocess, channels, opts, bytes, name).map_err(fail))
         .collect()
+}
+
+/// [`read_images`] within `--timeout` (408 past it).
+async fn read_images_in_time(
+    req: Request,
+    opts: &ServeOptions,
+) -> std::result::Result<Vec<(String, Bytes)>, ApiError> {
+    tokio::time::timeout(opts.timeout, read_images(req, opts))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body took longer than {} s",
+                    opts.timeout.as_secs_f64()
+                ),
+            )
+        })?
 }
 
 /// The request's images with their names: a multipart body's parts (their file names, else field names), or the
