@@ -80,9 +80,10 @@ impl CamLayer {
             }
         }
         let last = net.stages.len();
-        let shown: String = name.chars().take(60).collect();
+        // Escaped first, then clipped: escaping can make a character ten.
+        let shown = crate::error::clip(&format!("{name:?}"), 80);
         bail!(
-            "--layer {shown:?}: not a layer of this network; choose a stage, {stage_prefix}1 to {stage_prefix}{last}, \
+            "--layer {shown}: not a layer of this network; choose a stage, {stage_prefix}1 to {stage_prefix}{last}, \
              or one of its blocks, e.g. {stage_prefix}{last}.{}",
             net.stages[last - 1].len() - 1
         )

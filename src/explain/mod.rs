@@ -120,15 +120,14 @@ impl Explainer {
         match name.parse::<usize>() {
             Ok(k) if k < self.names.len() => Ok(k),
             _ => {
-                let shown: String = name.chars().take(60).collect();
-                let mut known: Vec<&str> = self.names.iter().take(12).map(String::as_str).collect();
-                if self.names.len() > 12 {
-                    known.push("…");
-                }
+                // Escaped first, then clipped: escaping can make a character ten, and the model's names
+                // reach a terminal.
+                let shown = crate::error::clip(&format!("{name:?}"), 80);
+                let known: Vec<String> = self.names.iter().map(|n| format!("{n:?}")).collect();
                 bail!(
-                    "--class {shown:?}: not a class of this model (a name or an index below {}: {})",
+                    "--class {shown}: not a class of this model (a name or an index below {}: {})",
                     self.names.len(),
-                    known.join(", ")
+                    crate::error::few(&known)
                 )
             }
         }
