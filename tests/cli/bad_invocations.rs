@@ -516,7 +516,13 @@ fn bad_invocations_fail_cleanly() {
                 "zebra",
                 "x.png",
             ],
-            &["--class", "zebra", "not a class", "\"t-shirt\", \"trouser\"", "2 more"],
+            &[
+                "--class",
+                "zebra",
+                "not a class",
+                "\"t-shirt\", \"trouser\"",
+                "2 more",
+            ],
         ),
         row(
             &[
