@@ -138,16 +138,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .iter()
             .find(|c| c.0 == name)
             .expect("check() selects from CONFIGS");
-        let batch = if name.starts_with("latency") {
-            1
-        } else {
-            args.batch()
-        };
-        let (warmup, iters) = if batch == 1 {
-            (args.warmup.max(3), args.iters.max(20))
-        } else {
-            (args.warmup, args.iters)
-        };
+        let (batch, warmup, iters) = batch_and_iterations(args, name);
         if args.plan {
             plan_report(&config, name, train, batch, size, iters)?;
             continue;
@@ -207,16 +198,7 @@ fn run_weights(args: &BenchArgs, path: &std::path::Path, engine: String) -> Resu
         if train {
             bail!("--weights {}: bench times a model file's inference only; `{name}` is a training configuration", path.display());
         }
-        let batch = if name.starts_with("latency") {
-            1
-        } else {
-            args.batch()
-        };
-        let (warmup, iters) = if batch == 1 {
-            (args.warmup.max(3), args.iters.max(20))
-        } else {
-            (args.warmup, args.iters)
-        };
+        let (batch, warmup, iters) = batch_and_iterations(args, name);
         let r = bench_loaded(&mut net, name, batch, size, warmup, iters)
             .map_err(|e| crate::Error::new(format!("--weights {}: {e}", path.display())))?;
         if !args.json {
@@ -275,4 +257,19 @@ fn print_row(r: &BenchResult, rate: &str) {
         "{:<11} batch {:>3} {:>3}×{:<3} median {:>8.4} s (min {:.4}, max {:.4})  {:>8.1} images/s  {:>6.1} {rate}  fwd MACs {:.3e}  peak RSS {:.0} MiB",
         r.name, r.batch, r.size, r.size, r.median_s, r.min_s, r.max_s, r.images_per_s, r.gflops, r.forward_macs as f64, r.peak_rss_mib
     );
+}
+
+/// A configuration's batch (1 for the latency ones) and its warm-up and timed iterations (at least 3 and 20 at
+/// batch 1, whose single passes are short and noisy).
+fn batch_and_iterations(args: &BenchArgs, name: &str) -> (usize, usize, usize) {
+    let batch = if name.starts_with("latency") {
+        1
+    } else {
+        args.batch()
+    };
+    if batch == 1 {
+        (batch, args.warmup.max(3), args.iters.max(20))
+    } else {
+        (batch, args.warmup, args.iters)
+    }
 }
