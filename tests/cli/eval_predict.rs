@@ -164,12 +164,7 @@ fn eval_prints_accuracy_per_class_and_confusion_matrix() {
 fn predict_png_and_jpeg() {
     let m = model();
     let dir = scratch("predict");
-    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
-    let a = dir.join("a.png");
-    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
-        .unwrap()
-        .save(&a)
-        .unwrap();
+    let a = first_test_image(&dir);
     let rgb = image::RgbImage::from_fn(50, 40, |x, y| {
         let on = (10..40).contains(&x) && (8..32).contains(&y);
         image::Rgb(if on {
@@ -298,7 +293,9 @@ fn predict_png_and_jpeg() {
         "eval --limit 1",
     );
     let r = parse_eval(&out);
-    let label = test.label(0);
+    let label = Dataset::load(&bundled(), Split::Test, false)
+        .unwrap()
+        .label(0);
     let eval_pred = r.confusion[label]
         .iter()
         .position(|&x| x == 1)
@@ -358,12 +355,7 @@ fn predict_brings_images_to_the_trained_size_when_the_file_stores_no_resize() {
 fn predict_explain_writes_a_heatmap_per_image_and_the_raw_map_in_json() {
     let m = model();
     let dir = scratch("predict-explain");
-    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
-    let a = dir.join("a.png");
-    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
-        .unwrap()
-        .save(&a)
-        .unwrap();
+    let a = first_test_image(&dir);
     // An RGB image of another size: the heatmap comes back at the image's own size.
     let b = dir.join("b.png");
     image::RgbImage::from_fn(50, 40, |x, _| image::Rgb([(x * 5) as u8, 90, 30]))
@@ -464,12 +456,7 @@ fn quantize_then_eval_predict_and_summary() {
         "f32 {f32_acc}, int8 {int8_acc}"
     );
 
-    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
-    let a = dir.join("a.png");
-    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
-        .unwrap()
-        .save(&a)
-        .unwrap();
+    let a = first_test_image(&dir);
     let out = expect_success(
         &resnet(&["predict", "--weights", s(&q), s(&a)], &dir),
         "predict",
@@ -502,12 +489,7 @@ fn quantize_takes_resize_for_a_file_that_stores_no_size() {
     );
     args.extend(["--resize", "28"]);
     expect_success(&resnet(&args, &dir), "quantize --resize 28");
-    let test = Dataset::load(&data, Split::Test, false).unwrap();
-    let a = dir.join("a.png");
-    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
-        .unwrap()
-        .save(&a)
-        .unwrap();
+    let a = first_test_image(&dir);
     let q = dir.join("q.safetensors");
     let out = expect_success(
         &resnet(&["predict", "--weights", s(&q), s(&a)], &dir),
@@ -515,4 +497,15 @@ fn quantize_takes_resize_for_a_file_that_stores_no_size() {
     );
     assert_eq!(parse_top3(out.trim(), &a).len(), 3, "{out}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The bundled test set's first image (an ankle boot, 28×28 grey) written as `dir/a.png`.
+fn first_test_image(dir: &Path) -> std::path::PathBuf {
+    let test = Dataset::load(&bundled(), Split::Test, false).unwrap();
+    let a = dir.join("a.png");
+    image::GrayImage::from_raw(28, 28, test.image(0).to_vec())
+        .unwrap()
+        .save(&a)
+        .unwrap();
+    a
 }
