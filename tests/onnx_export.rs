@@ -3,8 +3,9 @@
 //! dynamic height and width), the operators used, topological order, initializer shapes, sizes and values, and
 //! the metadata. `tools/check_onnx.py` runs the exports in ONNX Runtime and OpenVINO by hand.
 
+mod common;
 use prost::Message;
-use resnet::checkpoint::{self, arch_string, META_ARCH, META_CLASSES, META_INPUT_SIZE};
+use resnet::checkpoint::{self, META_ARCH, META_CLASSES, META_INPUT_SIZE};
 use resnet::model_file::ModelFile;
 use resnet::nn::{ArchName, BlockKind, ResNet, ResNetConfig, StateTensor, Stem};
 use resnet::onnx::proto::tensor_proto::DataType;
@@ -12,18 +13,11 @@ use resnet::onnx::proto::tensor_shape_proto::dimension::Value as Dim;
 use resnet::onnx::proto::{type_proto, ModelProto, ValueInfoProto};
 use resnet::onnx::{export, export_bytes, ExportOptions, INPUT, META_PREPROCESSING, OPS, OUTPUT};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
 
 /// A fresh network of `config` as a model file, with `meta` (plus the architecture) in its metadata.
 fn model_file(config: ResNetConfig, meta: &[(&str, &str)]) -> (ResNet, ModelFile) {
     let net = ResNet::new(config, 3).unwrap();
-    let mut m: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    m.insert(META_ARCH.into(), arch_string(&net.config));
-    let bytes = checkpoint::serialize(&net.state_dict(), &m).unwrap();
-    let file = ModelFile::from_bytes(&bytes, Path::new("m.safetensors")).unwrap();
+    let file = common::model_file_of(&net, meta);
     (net, file)
 }
 

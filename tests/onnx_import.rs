@@ -3,8 +3,9 @@
 //! is kept and to float rounding when it is folded, with the class names and preprocessing the export stored;
 //! graphs that are not a ResNet, or lie, are refused with one line.
 
+mod common;
 use prost::Message;
-use resnet::checkpoint::{self, arch_string, META_ARCH, META_CLASSES, META_INPUT_SIZE};
+use resnet::checkpoint::{self, META_CLASSES, META_INPUT_SIZE};
 use resnet::model_file::ModelFile;
 use resnet::nn::{ArchName, Buffers, ResNet, ResNetConfig, StateTensor, Stem};
 use resnet::onnx::proto::{ModelProto, NodeProto, TensorProto};
@@ -34,13 +35,7 @@ fn model_file(config: ResNetConfig, meta: &[(&str, &str)]) -> (ResNet, ModelFile
         }
     }
     net.load_state_dict(&sd).unwrap();
-    let mut m: BTreeMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    m.insert(META_ARCH.into(), arch_string(&net.config));
-    let bytes = checkpoint::serialize(&net.state_dict(), &m).unwrap();
-    let file = ModelFile::from_bytes(&bytes, Path::new("m.safetensors")).unwrap();
+    let file = common::model_file_of(&net, meta);
     (net, file)
 }
 

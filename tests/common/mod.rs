@@ -153,3 +153,18 @@ pub fn make_flip_symmetric(net: &mut resnet::nn::ResNet) {
     }
     net.load_state_dict(&sd).unwrap();
 }
+
+/// `net` as a model file read back from memory, with `meta` (plus the architecture) in its metadata.
+pub fn model_file_of(
+    net: &resnet::nn::ResNet,
+    meta: &[(&str, &str)],
+) -> resnet::model_file::ModelFile {
+    use resnet::checkpoint::{arch_string, serialize, META_ARCH};
+    let mut m: std::collections::BTreeMap<String, String> = meta
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m.insert(META_ARCH.into(), arch_string(&net.config));
+    let bytes = serialize(&net.state_dict(), &m).unwrap();
+    resnet::model_file::ModelFile::from_bytes(&bytes, Path::new("m.safetensors")).unwrap()
+}
