@@ -379,25 +379,12 @@ fn sync_bn_ranks_train_the_parameters_of_one_process_and_resume_with_another_ran
 }
 #[test]
 fn killing_a_rank_stops_the_job_within_seconds_and_the_checkpoint_resumes() {
-    use std::io::{BufRead, BufReader};
     use std::time::{Duration, Instant};
     let dir = scratch("kill").join("run");
     let mut a = train_args(&["--epochs", "40"]);
     a.extend(["--out".into(), dir.display().to_string()]);
-    let mut child = mpirun()
-        .args(["-np", "2", BIN])
-        .args(&a)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mpirun");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) =
+        common::spawn_with_lines(mpirun().args(["-np", "2", BIN]).args(&a), "mpirun");
     // Rank 1's pid from its start-up line, then wait for the first epoch's checkpoint.
     let mut pid = None;
     let mut epochs_seen = 0;

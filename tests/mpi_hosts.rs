@@ -7,7 +7,7 @@
 #![cfg(feature = "mpi")]
 
 mod common;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
@@ -308,19 +308,8 @@ fn two_hosts_train_what_two_ranks_on_loopback_train() {
 fn start_long_run(hosts: &Hosts, out: &Path) -> (Child, Receiver<String>, u32) {
     let timeout = TIMEOUT.to_string();
     let args = train_args(out, &["--epochs", "1000", "--collective-timeout", &timeout]);
-    let mut child = hosts
-        .mpirun(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mpirun (OpenMPI's openmpi-bin)");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let (mut child, rx) =
+        common::spawn_with_lines(&mut hosts.mpirun(&args), "mpirun (OpenMPI's openmpi-bin)");
     let (mut pid, mut epochs) = (None, 0);
     let deadline = Instant::now() + Duration::from_secs(120);
     while (pid.is_none() || epochs == 0) && Instant::now() < deadline {

@@ -168,3 +168,26 @@ pub fn model_file_of(
     let bytes = serialize(&net.state_dict(), &m).unwrap();
     resnet::model_file::ModelFile::from_bytes(&bytes, Path::new("m.safetensors")).unwrap()
 }
+
+/// Starts `cmd` (`what` names it in the panic if it cannot start) with stdout and stderr piped; its stdout lines
+/// arrive on the channel as it prints them (read by a thread of their own).
+pub fn spawn_with_lines(
+    cmd: &mut std::process::Command,
+    what: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
