@@ -386,19 +386,7 @@ fn killing_a_rank_stops_the_job_within_seconds_and_the_checkpoint_resumes() {
     let (mut child, rx) =
         common::spawn_with_lines(mpirun().args(["-np", "2", BIN]).args(&a), "mpirun");
     // Rank 1's pid from its start-up line, then wait for the first epoch's checkpoint.
-    let mut pid = None;
-    let mut epochs_seen = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (pid.is_none() || epochs_seen == 0) && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            continue;
-        };
-        if let Some(rest) = line.strip_prefix("rank 1 of 2 on ") {
-            let p = rest.rsplit("(pid ").next().unwrap().trim_end_matches(')');
-            pid = Some(p.parse::<u32>().unwrap());
-        }
-        epochs_seen += usize::from(line.starts_with("epoch "));
-    }
+    let (pid, epochs_seen) = common::rank1_pid_and_epochs(&rx, Duration::from_secs(120));
     let pid = pid.expect("rank 1 logged its pid");
     assert!(epochs_seen > 0, "no epoch finished in time");
     let killed = Instant::now();

@@ -310,18 +310,7 @@ fn start_long_run(hosts: &Hosts, out: &Path) -> (Child, Receiver<String>, u32) {
     let args = train_args(out, &["--epochs", "1000", "--collective-timeout", &timeout]);
     let (mut child, rx) =
         common::spawn_with_lines(&mut hosts.mpirun(&args), "mpirun (OpenMPI's openmpi-bin)");
-    let (mut pid, mut epochs) = (None, 0);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (pid.is_none() || epochs == 0) && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            continue;
-        };
-        if let Some(rest) = line.strip_prefix("rank 1 of 2 on ") {
-            let p = rest.rsplit("(pid ").next().unwrap().trim_end_matches(')');
-            pid = Some(p.parse::<u32>().unwrap());
-        }
-        epochs += usize::from(line.starts_with("epoch "));
-    }
+    let (pid, epochs) = common::rank1_pid_and_epochs(&rx, Duration::from_secs(120));
     if pid.is_none() || epochs == 0 {
         let _ = child.kill();
         panic!("no epoch across the hosts within 120 s (rank 1's pid: {pid:?})");

@@ -191,3 +191,25 @@ pub fn spawn_with_lines(
     });
     (child, rx)
 }
+
+/// Reads a two-rank training job's stdout lines until rank 1 has said its pid (`rank 1 of 2 on HOST (pid N)`)
+/// and an epoch has ended, or `within` has passed: rank 1's pid if it came, and the epochs seen.
+pub fn rank1_pid_and_epochs(
+    lines: &std::sync::mpsc::Receiver<String>,
+    within: std::time::Duration,
+) -> (Option<u32>, usize) {
+    use std::time::{Duration, Instant};
+    let (mut pid, mut epochs) = (None, 0);
+    let deadline = Instant::now() + within;
+    while (pid.is_none() || epochs == 0) && Instant::now() < deadline {
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) else {
+            continue;
+        };
+        if let Some(rest) = line.strip_prefix("rank 1 of 2 on ") {
+            let p = rest.rsplit("(pid ").next().unwrap().trim_end_matches(')');
+            pid = Some(p.parse::<u32>().unwrap());
+        }
+        epochs += usize::from(line.starts_with("epoch "));
+    }
+    (pid, epochs)
+}
