@@ -37,9 +37,8 @@ run() {
 for model in $models; do
     model_files "$model"
     body=$fx/$image
-    # shellcheck disable=SC2086
-    "$bin" serve --weights "$weights" $flags ${SERVE_FLAGS:-} --addr 127.0.0.1:$rs_port >/tmp/serve-load-rs.log 2>&1 &
-    rs=$!
+    start_ours $rs_port /tmp/serve-load-rs.log
+    rs=$pid
     python3 tools/serve_pytorch.py --model "$model" --weights "$weights" --port $py_port >/tmp/serve-load-py.log 2>&1 &
     py=$!
     pids=("$rs" "$py")

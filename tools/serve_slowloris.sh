@@ -14,9 +14,7 @@ model=${4:-chapter}
 source "$(dirname "$0")/serve_common.sh"
 port=18184
 model_files "$model"
-# shellcheck disable=SC2086
-"$bin" serve --weights "$weights" $flags ${SERVE_FLAGS:-} --addr 127.0.0.1:$port >/tmp/serve-slowloris.log 2>&1 &
-pid=$!
+start_ours $port /tmp/serve-slowloris.log
 slow=()
 trap 'kill $pid "${slow[@]}" 2>/dev/null || true' EXIT
 wait_healthy $port

@@ -13,9 +13,7 @@ model=${3:-chapter}
 source "$(dirname "$0")/serve_common.sh"
 port=18183
 model_files "$model"
-# shellcheck disable=SC2086
-"$bin" serve --weights "$weights" $flags ${SERVE_FLAGS:-} --addr 127.0.0.1:$port >/tmp/serve-soak.log 2>&1 &
-pid=$!
+start_ours $port /tmp/serve-soak.log
 trap 'kill $pid 2>/dev/null || true' EXIT
 wait_healthy $port
 rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' /proc/$pid/status; }
