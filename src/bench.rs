@@ -2,7 +2,7 @@
 //! models) timed the way `tools/bench_pytorch.py` times PyTorch — training step (forward, loss, backward, Adam)
 //! and eval-mode inference in images/s, batch-1 latency, peak memory.
 
-use crate::compiled::CompiledNet;
+use crate::compiled::{CompiledNet, ProfiledStep};
 use crate::kernels::conv::ConvGeom;
 use crate::nn::{ArchName, Buffers, ResNet, ResNetConfig};
 use crate::optim::{Optimizer, OptimizerKind, OptimizerOptions};
@@ -108,7 +108,9 @@ pub fn plan_report(
     let net = ResNet::new(config.clone(), 0)?;
     let xs = Shape4::new(batch, config.in_channels, size, size);
     if !train {
-        return compiled_report(&net, name, xs, iters);
+        let steps = CompiledNet::new(&net, Some(xs))?.profile(&input(xs), xs, iters)?;
+        steps_report(name, "the compiled network", xs, &steps);
+        return Ok(());
     }
     let plans = net.conv_plans(xs)?;
     outln!(
@@ -166,20 +168,19 @@ pub fn plan_report(
     Ok(())
 }
 
-/// `bench --plan` for an inference configuration: each step of the compiled network timed inside its
-/// forward pass (the weights prepared, the epilogues fused, the activations in the arena), then per algorithm.
-fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result<()> {
-    let mut compiled = CompiledNet::new(net, Some(xs))?;
-    let steps = compiled.profile(&input(xs), xs, iters)?;
+/// `bench --plan` for an inference configuration: each step of a compiled network (`what`: f32, or a quantized
+/// file's) timed inside its forward pass (the weights prepared, the epilogues fused, the activations in the
+/// arena), then per algorithm.
+pub fn steps_report(name: &str, what: &str, xs: Shape4, steps: &[ProfiledStep]) {
     outln!(
-        "{name}: the compiled network, {} steps at batch {}, {}×{}, each timed inside the forward pass",
+        "{name}: {what}, {} steps at batch {}, {}×{}, each timed inside the forward pass",
         steps.len(),
         xs.n,
         xs.h,
         xs.w
     );
     let mut by_kind = KindSums::default();
-    for s in &steps {
+    for s in steps {
         let rate = if s.macs > 0.0 {
             format!("{:6.1} GFLOP/s", 2.0 * s.macs / s.seconds / 1e9)
         } else {
@@ -196,6 +197,20 @@ fn compiled_report(net: &ResNet, name: &str, xs: Shape4, iters: usize) -> Result
         total * 1e3,
         flop / total / 1e9
     );
+}
+
+/// `bench --plan --weights FILE`: [`steps_report`] for a model file's network as it loads (f32 or int8).
+pub fn loaded_steps_report(
+    net: &mut crate::compiled::loaded::InferenceNet,
+    name: &str,
+    batch: usize,
+    size: usize,
+    iters: usize,
+) -> Result<()> {
+    let xs = Shape4::new(batch, net.config().in_channels, size, size);
+    let steps = net.profile(&input(xs), xs, iters)?;
+    let what = format!("the file's network ({})", net.precision());
+    steps_report(name, &what, xs, &steps);
     Ok(())
 }
 

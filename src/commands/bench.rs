@@ -1,7 +1,9 @@
 //! `resnet bench`: the chapter's ResNet-18 (or, with `--arch`, torchvision's models) timed the way
 //! `tools/bench_pytorch.py` times PyTorch, or the data loader alone on an image folder.
 
-use crate::bench::{bench_config, bench_loaded, bench_one, plan_report, BenchResult, CONFIGS};
+use crate::bench::{
+    bench_config, bench_loaded, bench_one, loaded_steps_report, plan_report, BenchResult, CONFIGS,
+};
 use crate::nn::ArchName;
 use crate::{bail, outln, Result};
 
@@ -23,7 +25,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Print each convolution's plan (the algorithm of its forward pass and gradients on this CPU) and time it
-    /// alone: milliseconds and GFLOP/s per layer and per algorithm, instead of the whole-network timings.
+    /// alone: milliseconds and GFLOP/s per layer and per algorithm, instead of the whole-network timings (with
+    /// --weights: each step of the file's network, f32 or int8, timed inside its forward pass).
     #[arg(long, conflicts_with_all = ["json", "loader"])]
     pub plan: bool,
     /// Print one JSON object instead of a table.
@@ -49,7 +52,7 @@ pub struct BenchArgs {
     /// Time this model file's network as predict, eval and serve load it (f32, or int8 from a quantized file)
     /// instead of `--arch`'s: its inference configurations (default: those at the size it was trained at,
     /// else infer224 and latency224).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["loader", "plan"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["loader"])]
     pub weights: Option<std::path::PathBuf>,
 }
 
@@ -199,6 +202,11 @@ fn run_weights(args: &BenchArgs, path: &std::path::Path, engine: String) -> Resu
             bail!("--weights {}: bench times a model file's inference only; `{name}` is a training configuration", path.display());
         }
         let (batch, warmup, iters) = batch_and_iterations(args, name);
+        if args.plan {
+            loaded_steps_report(&mut net, name, batch, size, iters)
+                .map_err(|e| crate::Error::new(format!("--weights {}: {e}", path.display())))?;
+            continue;
+        }
         let r = bench_loaded(&mut net, name, batch, size, warmup, iters)
             .map_err(|e| crate::Error::new(format!("--weights {}: {e}", path.display())))?;
         if !args.json {

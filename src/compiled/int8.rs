@@ -15,7 +15,7 @@
 //! Each convolution's store does the rest ([`Requant`]): `y = relu?((sum + bias) · w_scale·x_scale / y_scale
 //! + shortcut / y_scale)`, rounded to the next layer's `u8`.
 
-use super::{CompiledNet, Step};
+use super::{median_step_seconds, CompiledNet, ProfiledStep, Step};
 use crate::kernels::conv::Epilogue;
 use crate::kernels::int8::{self, Output, PackedWeights, Path, Requant, Residual};
 use crate::kernels::linear::linear_forward;
@@ -370,10 +370,46 @@ impl QuantNet {
         Ok(lines)
     }
 
+    /// Each step of the pass for input `xs` timed inside it: the median of `iters` passes, with its
+    /// `summary --plan` line (a convolution's path, or the f32 step's) and multiply-adds (`bench --plan
+    /// --weights`).
+    pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
+        self.reserve(xs)?;
+        let seconds = median_step_seconds(self.net.steps.len(), iters, |t| {
+            self.run(x, xs, t).map(|_| ())
+        })?;
+        let (mut convs, f32_lines) = (self.plan_lines(xs)?.into_iter(), self.net.plan_lines(xs)?);
+        let plans = &self.net.shapes[&xs].plans;
+        Ok(seconds
+            .iter()
+            .enumerate()
+            .map(
+                |(i, &seconds)| match (plans.get(i), self.net.steps.get(i)) {
+                    (Some(Some(p)), Some(Step::Conv { conv, .. })) => {
+                        let algo = match self.convs[*conv] {
+                            Some(_) => self.path.name().to_string(),
+                            None => format!("f32 {}", p.forward),
+                        };
+                        let line = convs.next().expect("a line per convolution");
+                        ProfiledStep::conv(line, algo, seconds, p, xs.n)
+                    }
+                    (Some(_), _) => ProfiledStep::other(f32_lines[i].clone(), "max pool", seconds),
+                    (None, _) => ProfiledStep::pool_and_classifier(seconds),
+                },
+            )
+            .collect())
+    }
+
     /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. The values live in the f32 network's
     /// arena (its buffers for the f32 values, as many `u8` buffers beside them for the quantized ones, a value's
     /// two copies in the same slot), so that a shape met before allocates nothing.
     pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
+        self.run(x, xs, None)
+    }
+
+    /// [`QuantNet::forward`], adding each step's seconds to `times[step]` when given (the average pool and the
+    /// classifier at `times[steps]`), as [`CompiledNet`]'s profile does.
+    fn run(&mut self, x: &[f32], xs: Shape4, mut times: Option<&mut [f64]>) -> Result<&[f32]> {
         if x.len() != xs.len() {
             bail!(
                 "input holds {} values, shape {xs} needs {}",
@@ -391,6 +427,13 @@ impl QuantNet {
         nchw_to_nhwc_into(x, xs, &mut net.slots[slot[0]][..xs.len()]);
         has_f32[0] = true;
         let qmax = self.path.qmax();
+        let mut clock = std::time::Instant::now();
+        let mut lap = |i: usize, times: &mut Option<&mut [f64]>| {
+            if let Some(t) = times {
+                t[i] += clock.elapsed().as_secs_f64();
+                clock = std::time::Instant::now();
+            }
+        };
         for (i, step) in net.steps.iter().enumerate() {
             let (out, out_len) = (step.output(), shapes.values[step.output()].len());
             match step {
@@ -479,6 +522,7 @@ impl QuantNet {
                     has_f32[out] = true;
                 }
             }
+            lap(i, &mut times);
         }
         let last = *shapes.values.last().expect("a network has values");
         let features = &net.slots[slot[count - 1]][..last.len()];
@@ -493,6 +537,7 @@ impl QuantNet {
             &net.fc_bias,
             &mut net.logits,
         );
+        lap(net.steps.len(), &mut times);
         Ok(&net.logits[..last.n * classes])
     }
 }

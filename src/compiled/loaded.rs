@@ -3,7 +3,7 @@
 //! `summary --plan --weights` run either the same way.
 
 use super::int8::QuantNet;
-use super::{Classifier, CompiledNet};
+use super::{Classifier, CompiledNet, ProfiledStep};
 use crate::nn::ResNetConfig;
 use crate::{Result, Shape4};
 
@@ -53,6 +53,14 @@ impl InferenceNet {
         match self {
             InferenceNet::F32(n) => n.forward(x, xs),
             InferenceNet::Int8(n) => n.forward(x, xs),
+        }
+    }
+
+    /// Each step timed inside the pass ([`CompiledNet::profile`], [`QuantNet::profile`]).
+    pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
+        match self {
+            InferenceNet::F32(n) => n.profile(x, xs, iters),
+            InferenceNet::Int8(n) => n.profile(x, xs, iters),
         }
     }
 

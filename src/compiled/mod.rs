@@ -479,41 +479,21 @@ impl CompiledNet {
     /// for the per-algorithm sums (`resnet bench --plan`).
     pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         let lines = self.plan_lines(xs)?;
-        let steps = self.steps.len();
-        self.run(x, xs, None, None)?;
-        let mut runs = Vec::with_capacity(iters);
-        for _ in 0..iters.max(1) {
-            let mut t = vec![0.0; steps + 1];
-            self.run(x, xs, Some(&mut t), None)?;
-            runs.push(t);
-        }
-        let shapes = &self.shapes[&xs];
-        let mut out = Vec::new();
-        for i in 0..=steps {
-            let mut t: Vec<f64> = runs.iter().map(|r| r[i]).collect();
-            t.sort_by(f64::total_cmp);
-            let seconds = t[t.len() / 2];
-            let (line, algo, macs) = match shapes.plans.get(i) {
+        let seconds = median_step_seconds(self.steps.len(), iters, |t| {
+            self.run(x, xs, t, None).map(|_| ())
+        })?;
+        let plans = &self.shapes[&xs].plans;
+        Ok(seconds
+            .iter()
+            .enumerate()
+            .map(|(i, &seconds)| match plans.get(i) {
                 Some(Some(p)) => {
-                    let g = &p.geom;
-                    let macs = (xs.n * g.oh * g.ow * g.cout * g.kh * g.kw * g.cin) as f64;
-                    (lines[i].clone(), p.forward.to_string(), macs)
+                    ProfiledStep::conv(lines[i].clone(), p.forward.to_string(), seconds, p, xs.n)
                 }
-                Some(None) => (lines[i].clone(), "max pool".to_string(), 0.0),
-                None => (
-                    format!("  {:<22} global average pool + classifier", "avgpool, fc"),
-                    "pool + classifier".to_string(),
-                    0.0,
-                ),
-            };
-            out.push(ProfiledStep {
-                line,
-                algo,
-                seconds,
-                macs,
-            });
-        }
-        Ok(out)
+                Some(None) => ProfiledStep::other(lines[i].clone(), "max pool", seconds),
+                None => ProfiledStep::pool_and_classifier(seconds),
+            })
+            .collect())
     }
 
     /// One line per step for input `xs`: the layer, its geometry, the algorithm, what its epilogue adds, and the
@@ -616,7 +596,7 @@ impl Classifier for ResNet {
     }
 }
 
-/// One step of [`CompiledNet::profile`].
+/// One step of [`CompiledNet::profile`] (or [`int8::QuantNet::profile`]).
 pub struct ProfiledStep {
     /// The step's plan line ([`CompiledNet::plan_lines`]).
     pub line: String,
@@ -626,6 +606,59 @@ pub struct ProfiledStep {
     pub seconds: f64,
     /// Multiply-adds of the direct convolution (0 for the other steps).
     pub macs: f64,
+}
+
+impl ProfiledStep {
+    /// A convolution of plan `p` at batch `n`, run by `algo`.
+    fn conv(line: String, algo: String, seconds: f64, p: &ConvPlan, n: usize) -> ProfiledStep {
+        let g = &p.geom;
+        let macs = (n * g.oh * g.ow * g.cout * g.kh * g.kw * g.cin) as f64;
+        ProfiledStep {
+            line,
+            algo,
+            seconds,
+            macs,
+        }
+    }
+
+    /// A step without multiply-adds.
+    fn other(line: String, algo: &str, seconds: f64) -> ProfiledStep {
+        ProfiledStep {
+            line,
+            algo: algo.to_string(),
+            seconds,
+            macs: 0.0,
+        }
+    }
+
+    /// The last one: the global average pool and the classifier.
+    fn pool_and_classifier(seconds: f64) -> ProfiledStep {
+        let line = format!("  {:<22} global average pool + classifier", "avgpool, fc");
+        ProfiledStep::other(line, "pool + classifier", seconds)
+    }
+}
+
+/// Each step's median seconds over `iters` passes (after one untimed pass) of `pass`, which adds each step's
+/// seconds to its slot of the `steps + 1` it is given (the last: the average pool and the classifier).
+fn median_step_seconds(
+    steps: usize,
+    iters: usize,
+    mut pass: impl FnMut(Option<&mut [f64]>) -> Result<()>,
+) -> Result<Vec<f64>> {
+    pass(None)?;
+    let mut runs = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let mut t = vec![0.0; steps + 1];
+        pass(Some(&mut t))?;
+        runs.push(t);
+    }
+    Ok((0..=steps)
+        .map(|i| {
+            let mut t: Vec<f64> = runs.iter().map(|r| r[i]).collect();
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
 }
 
 /// Grows `buf` to at least `len` floats.

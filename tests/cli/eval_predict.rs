@@ -408,8 +408,8 @@ fn predict_explain_writes_a_heatmap_per_image_and_the_raw_map_in_json() {
 }
 
 /// `quantize` on the shared model, calibrated on the bundled data's training images: the file is the same for
-/// the same inputs; `eval` on it runs int8 and scores within 3 points of f32 on the same 300 images; `predict`
-/// and `summary --plan --weights` take it.
+/// the same inputs; `eval` on it runs int8 and scores within 3 points of f32 on the same 300 images; `predict`,
+/// `summary --plan --weights` and `bench --plan --weights` (its steps timed, by kind) take it.
 #[test]
 fn quantize_then_eval_predict_and_summary() {
     let m = model();
@@ -468,6 +468,21 @@ fn quantize_then_eval_predict_and_summary() {
     );
     assert!(
         out.contains("quantized: each convolution after the stem on int8"),
+        "{out}"
+    );
+    let args = ["bench", "--plan", "--weights", s(&q), "--only", "infer28"];
+    let out = expect_success(
+        &resnet(
+            &[&args[..], &["--batch", "2", "--iters", "1"]].concat(),
+            &dir,
+        ),
+        "bench --plan --weights",
+    );
+    let int8_kind = format!("    {} ", resnet::kernels::int8::Path::detect().name());
+    assert!(
+        out.contains("the file's network (int8 ")
+            && out.contains(&int8_kind)
+            && out.contains("the whole pass:"),
         "{out}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -11,7 +11,8 @@
 //!
 //! The convolution is an implicit GEMM ([`conv`]): each output row reads, through each tap, the `cin` bytes of
 //! one input pixel in place (a 1×1 convolution, any stride, is a plain matrix product with one tap; a padded
-//! tap reads a block of zeros). A rayon task owns a block of rows and walks every column panel over them.
+//! tap reads a block of zeros). A rayon task owns a block of rows and walks every column panel over them (with
+//! few rows, a group of the panels).
 //!
 //! Paths ([`Path`], chosen once per process): AVX-512 VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
 //! activations of at most 127 ([`Path::qmax`]): a network quantized for it stores 7-bit activations, so that
@@ -157,45 +158,20 @@ impl Path {
         }
     }
 
-    /// The epilogue of one row piece, vectorized for the path ([`requant::row`]).
+    /// The epilogue of one row piece, in the path's vectors ([`requant::row_avx512`], [`requant::row_avx2`]; [`requant::row`] on
+    /// the portable path).
     fn requant_row(self, acc: &[i32], rq: &Requant, c0: usize, residual: Residual, out: RowOut) {
         let (bias, scale) = (&rq.bias[c0..], &rq.scale[c0..]);
         #[cfg(target_arch = "x86_64")]
-        {
-            #[target_feature(enable = "avx512f,avx512bw")]
-            unsafe fn wide(
-                a: &[i32],
-                b: &[i32],
-                s: &[f32],
-                r: Residual,
-                relu: bool,
-                q: u8,
-                o: RowOut,
-            ) {
-                requant::row(a, b, s, r, relu, q, o)
-            }
-            #[target_feature(enable = "avx2")]
-            unsafe fn narrow(
-                a: &[i32],
-                b: &[i32],
-                s: &[f32],
-                r: Residual,
-                relu: bool,
-                q: u8,
-                o: RowOut,
-            ) {
-                requant::row(a, b, s, r, relu, q, o)
-            }
-            match self {
-                // SAFETY: the path is available, so are the features its epilogue is compiled for.
-                Path::Vnni512 | Path::Vnni256Evex => unsafe {
-                    return wide(acc, bias, scale, residual, rq.relu, rq.qmax, out);
-                },
-                Path::Vnni256Vex | Path::Avx2 => unsafe {
-                    return narrow(acc, bias, scale, residual, rq.relu, rq.qmax, out);
-                },
-                Path::Portable => {}
-            }
+        match self {
+            // SAFETY: the path is available, so are the features its epilogue is written for.
+            Path::Vnni512 | Path::Vnni256Evex => unsafe {
+                return requant::row_avx512(acc, bias, scale, residual, rq.relu, rq.qmax, out);
+            },
+            Path::Vnni256Vex | Path::Avx2 => unsafe {
+                return requant::row_avx2(acc, bias, scale, residual, rq.relu, rq.qmax, out);
+            },
+            Path::Portable => {}
         }
         requant::row(acc, bias, scale, residual, rq.relu, rq.qmax, out)
     }
@@ -300,42 +276,63 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
         residual_len >= rows * cout,
         "int8::conv: residual too short"
     );
-    let block = w.path.rows() * TILES_PER_TASK;
     if rows == 0 || cout == 0 {
         return;
     }
-    match out {
-        Output::U8(y) => y[..rows * cout]
-            .par_chunks_mut(block * cout)
-            .enumerate()
-            .for_each(|(b, y)| conv_block(g, x, w, rq, b * block, OutBlock::U8(y))),
-        Output::F32(y) => y[..rows * cout]
-            .par_chunks_mut(block * cout)
-            .enumerate()
-            .for_each(|(b, y)| conv_block(g, x, w, rq, b * block, OutBlock::F32(y))),
-    }
+    let (mr, width) = (w.path.rows(), w.path.width());
+    let (tiles, panels) = (rows.div_ceil(mr), cout.div_ceil(width));
+    // Tasks: blocks of rows, each over every column panel, while there are enough of them to keep every
+    // thread busy; below that (the 14×14 and 7×7 stages at small batches) evenly cut row blocks, each times a
+    // group of the panels, so that both cores work and each reads only its share of the weights.
+    let enough = 4 * rayon::current_num_threads();
+    let (row_blocks, tiles_per_block, panels_per_task) = if tiles.div_ceil(TILES_PER_TASK) >= enough
+    {
+        (tiles.div_ceil(TILES_PER_TASK), TILES_PER_TASK, panels)
+    } else {
+        let row_blocks = tiles.div_ceil(TILES_PER_TASK);
+        let per_task = panels.div_ceil(enough.div_ceil(row_blocks).min(panels));
+        (row_blocks, tiles.div_ceil(row_blocks), per_task)
+    };
+    let panel_groups = panels.div_ceil(panels_per_task);
+    let out = match out {
+        Output::U8(y) => OutPtr::U8(y[..rows * cout].as_mut_ptr()),
+        Output::F32(y) => OutPtr::F32(y[..rows * cout].as_mut_ptr()),
+    };
+    (0..row_blocks * panel_groups)
+        .into_par_iter()
+        .for_each(|task| {
+            let (block, group) = (task / panel_groups, task % panel_groups);
+            let r0 = (block * tiles_per_block * mr).min(rows);
+            let r1 = ((block + 1) * tiles_per_block * mr).min(rows);
+            let p0 = group * panels_per_task;
+            let p1 = (p0 + panels_per_task).min(panels);
+            conv_block(g, x, w, rq, r0..r1, p0..p1, &out)
+        });
 }
 
-/// A task's block of output rows.
-enum OutBlock<'a> {
-    U8(&'a mut [u8]),
-    F32(&'a mut [f32]),
+/// Where [`conv`]'s tasks write: the output's first element. Each task writes only its own rows' pieces in its
+/// own column panels, so no element is written by two.
+#[derive(Clone, Copy)]
+enum OutPtr {
+    U8(*mut u8),
+    F32(*mut f32),
 }
 
-/// The rows of `out` (output rows `r0..`) over every column panel.
+// SAFETY: the tasks sharing it write disjoint elements (see above), inside the output slice it was taken from.
+unsafe impl Sync for OutPtr {}
+
+/// Output rows `rows` over the column panels `panels`.
 fn conv_block(
     g: &ConvGeom,
     x: &[u8],
     w: &PackedWeights,
     rq: &Requant,
-    r0: usize,
-    mut out: OutBlock,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    out: &OutPtr,
 ) {
     let (cin, cout, taps) = (g.cin, g.cout, w.taps);
-    let nrows = match &out {
-        OutBlock::U8(y) => y.len(),
-        OutBlock::F32(y) => y.len(),
-    } / cout;
+    let (r0, nrows) = (rows.start, rows.len());
     let (mr, width) = (w.path.rows(), w.path.width());
     let tiles = nrows.div_ceil(mr);
     // Per tile, per tap, per row of the tile: the input pixel it reads (the zero block in the padding, and
@@ -359,11 +356,22 @@ fn conv_block(
         }
     }
     let mut acc = [0i32; 6 * 64];
-    for panel in 0..cout.div_ceil(width) {
+    for panel in panels {
         let c0 = panel * width;
         let cols = width.min(cout - c0);
         let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
         for tile in 0..tiles {
+            // The shortcut's pieces this tile's epilogue reads, asked for now so that they arrive while the tile
+            // multiplies: the rows are `cout` apart, too many interleaved streams for the hardware prefetcher
+            // (waiting for them took a third of the epilogue's time on resnet50).
+            for i in 0..mr.min(nrows - tile * mr) {
+                let global = (r0 + tile * mr + i) * cout + c0;
+                match rq.residual {
+                    Residual::None => {}
+                    Residual::U8 { values, .. } => prefetch(&values[global..][..cols]),
+                    Residual::F32 { values, .. } => prefetch(&values[global..][..cols]),
+                }
+            }
             // SAFETY: the path is available (checked in `conv`), each pointer reads `cin` bytes of `x` or the
             // zero block (`cin ≤ MAX_CIN`), the panel is whole, `acc` holds the largest tile.
             unsafe {
@@ -376,9 +384,7 @@ fn conv_block(
                 )
             };
             for i in 0..mr.min(nrows - tile * mr) {
-                let row = tile * mr + i;
-                let at = row * cout + c0;
-                let global = (r0 + row) * cout + c0;
+                let global = (r0 + tile * mr + i) * cout + c0;
                 let residual = match rq.residual {
                     Residual::None => Residual::None,
                     Residual::U8 { values, scale } => Residual::U8 {
@@ -390,13 +396,36 @@ fn conv_block(
                         scale,
                     },
                 };
-                let dst = match &mut out {
-                    OutBlock::U8(y) => RowOut::U8(&mut y[at..][..cols]),
-                    OutBlock::F32(y) => RowOut::F32(&mut y[at..][..cols]),
+                // SAFETY: `global + cols ≤ rows · cout`, inside the output `conv` checked; this task alone
+                // writes this row's piece of this panel.
+                let dst = unsafe {
+                    match *out {
+                        OutPtr::U8(y) => {
+                            RowOut::U8(std::slice::from_raw_parts_mut(y.add(global), cols))
+                        }
+                        OutPtr::F32(y) => {
+                            RowOut::F32(std::slice::from_raw_parts_mut(y.add(global), cols))
+                        }
+                    }
                 };
                 w.path
                     .requant_row(&acc[i * width..][..cols], rq, c0, residual, dst);
             }
+        }
+    }
+}
+
+/// Asks for the cache lines of `values` (a hint: no effect on the results, none on a CPU without it).
+#[inline(always)]
+fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(values);
+        let p = values.as_ptr() as *const i8;
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults; the addresses are inside `values`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(line)) };
         }
     }
 }

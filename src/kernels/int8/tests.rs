@@ -1,7 +1,7 @@
 //! Every path this CPU has against [`reference`], bit for bit, on ragged shapes: channel counts that are not
 //! multiples of 4 or of the tile width, row counts that leave partial tiles, stride 2, padding whose border
-//! positions see part of the kernel, batches above one; with each residual kind, both output kinds, ReLU on
-//! and off.
+//! positions see part of the kernel, batches above one, few rows (the tasks cut the panels) and many; with each
+//! residual kind, both output kinds, ReLU on and off.
 
 use super::*;
 use rand::{Rng, SeedableRng};
@@ -57,7 +57,7 @@ fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
     }
 }
 
-const SHAPES: [Shape; 9] = [
+const SHAPES: [Shape; 10] = [
     (16, 64, 1, 1, 0, 5, 7, 2),
     (64, 256, 1, 1, 0, 4, 4, 3),
     (24, 40, 1, 2, 0, 9, 7, 2),
@@ -67,6 +67,8 @@ const SHAPES: [Shape; 9] = [
     (130, 66, 3, 1, 1, 3, 3, 5),
     (8, 128, 3, 1, 1, 1, 1, 7),
     (64, 64, 3, 1, 1, 8, 8, 4),
+    // Rows enough for blocks of whole tiles over every panel (the others cut the panels among tasks).
+    (8, 80, 3, 1, 1, 30, 31, 2),
 ];
 
 #[test]
