@@ -331,7 +331,8 @@ fn a_dropped_image_gets_its_bars_and_why_overlays_the_heatmap() {
         "the page shows an error after why?"
     );
 
-    // Everything came from the server: the model, the prediction and the heatmap, answered 200.
+    // Everything came from the server: the model, the prediction and the heatmap, answered 200. Chromium also
+    // lists requests that failed (status 0), so a request elsewhere shows even without network.
     let fetched = eval(
         &tab,
         "performance.getEntriesByType('resource').map(e => [e.name, e.responseStatus])",
@@ -342,6 +343,13 @@ fn a_dropped_image_gets_its_bars_and_why_overlays_the_heatmap() {
         .filter(|(url, _)| !url.starts_with(&format!("{origin}/")) && !url.starts_with("blob:"))
         .collect();
     assert!(foreign.is_empty(), "fetched from elsewhere: {foreign:?}");
+    // The browser asks for /favicon.ico on its own; the page names none, and the server has none (404).
+    let favicon = format!("{origin}/favicon.ico");
+    let failed: Vec<_> = fetched
+        .iter()
+        .filter(|(url, status)| *status != 200 && *url != favicon)
+        .collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
     for path in ["/v1/model", "/v1/predict?topk=5", "/v1/explain"] {
         let url = format!("{origin}{path}");
         assert!(
