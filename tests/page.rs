@@ -4,10 +4,10 @@
 //! the desktop arrives (a `drop` event whose DataTransfer holds the file). Then: no error is shown, the image is
 //! displayed, one bar per class up to five, in decreasing order and summing to at most 100 %, the classes those of
 //! `resnet predict --json --topk 5` for the same file; the model line is above the drop zone, the image (at least
-//! 200 px) below it and left of the bars; nothing is fetched from another origin. A screenshot has the viewport's
-//! size. Ticking "why?" lays the Grad-CAM heatmap exactly over the image (same natural size, same box), for the
-//! page's top-1 class, the class `resnet predict --explain` names, and it shows in a second screenshot; unticking
-//! hides it again.
+//! 200 px) below it and left of the bars. A screenshot has the viewport's size. Ticking "why?" lays the Grad-CAM
+//! heatmap exactly over the image (same natural size, same box), for the page's top-1 class, the class
+//! `resnet predict --explain` names, and it shows in a second screenshot; unticking hides it, the image's pixels
+//! as before. Nothing was fetched from another origin and no request failed.
 //!
 //! Without chromium the test says it skipped, except under CI (`CI` set), where it fails: CI installs chromium.
 
