@@ -3,83 +3,19 @@
 //! batch of one), each class of bad request, overload (503 with Retry-After) and graceful shutdown on SIGTERM.
 
 mod common;
-use common::server::Server;
-use resnet::checkpoint::{self, META_CLASSES, META_EVAL_TRANSFORM, META_INPUT_SIZE};
+use common::server::{model_file, picture, pipeline, png, Server, CLASSES};
 use resnet::compiled::loaded::InferenceNet;
 use resnet::compiled::CompiledNet;
-use resnet::data::transforms::Step;
-use resnet::data::Pipeline;
 use resnet::infer::Model;
 use resnet::nn::{ArchName, ResNet, ResNetConfig, Stem};
 use resnet::serve::{BatchOptions, Batcher, Metrics};
 use resnet::Shape4;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const CLASSES: [&str; 4] = ["cat", "dog", "bird", "fish & chips"];
-
-/// A narrow RGB network for 4 classes whose stored preprocessing is `Resize(32)` + normalize (random weights:
-/// the tests compare the server with the library, not with the truth).
-fn network(seed: u64) -> ResNet {
-    let config = ResNetConfig {
-        widths: vec![8, 16, 16, 32],
-        stem: Stem::Small,
-        ..ResNetConfig::named(ArchName::Resnet18, 3, CLASSES.len())
-    };
-    let mut net = ResNet::new(config, seed).unwrap();
-    net.set_train(false);
-    net
-}
-
-fn pipeline(resize: Option<usize>) -> Pipeline {
-    Pipeline {
-        steps: resize.map(Step::Resize).into_iter().collect(),
-        normalize: Some((vec![0.5, 0.4, 0.3], vec![0.25, 0.2, 0.3])),
-        erasing: None,
-    }
-}
-
-/// Writes the network's model file, with class names and the pipeline (and the trained size 32 when it resizes),
-/// and returns its path.
-fn model_file(dir: &Path, resize: Option<usize>) -> PathBuf {
-    let net = network(7);
-    let mut meta = BTreeMap::new();
-    meta.insert(
-        META_CLASSES.to_string(),
-        serde_json::to_string(&CLASSES).unwrap(),
-    );
-    meta.insert(
-        META_EVAL_TRANSFORM.to_string(),
-        serde_json::to_string(&pipeline(resize)).unwrap(),
-    );
-    // Without a resize step, no trained size either: a file that says its size is brought to it.
-    if resize.is_some() {
-        meta.insert(META_INPUT_SIZE.to_string(), "32".to_string());
-    }
-    let path = dir.join("model.safetensors");
-    checkpoint::save_model(&path, &net, &meta).unwrap();
-    path
-}
-
-/// A deterministic `w × h` RGB picture (a different one per `seed`).
-fn picture(seed: u32, w: u32, h: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(w, h, |x, y| {
-        let v =
-            |k: u32| ((x * (3 + seed + k) + y * (5 + 2 * seed) + k * 77 + seed * 31) % 256) as u8;
-        image::Rgb([v(0), v(1), v(2)])
-    })
-}
-
-fn png(img: &image::RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
 
 /// Asserts that `got` (an image's logits from a batch) is bit for bit `want` (from a batch of one).
 fn assert_same_logits(got: &[f32], want: &[f32], what: &str) {
