@@ -27,7 +27,7 @@ pub use requant::{Output, Requant, Residual};
 use crate::kernels::conv::tile::{avx512, cpu_supported, MAX_CIN};
 use crate::kernels::conv::ConvGeom;
 use rayon::prelude::*;
-use requant::RowOut;
+use requant::{RawOut, RawResidual, TileStore};
 
 /// Register tiles per rayon task (a block of rows that every column panel is multiplied with).
 const TILES_PER_TASK: usize = 16;
@@ -158,22 +158,20 @@ impl Path {
         }
     }
 
-    /// The epilogue of one row piece, in the path's vectors ([`requant::row_avx512`], [`requant::row_avx2`]; [`requant::row`] on
-    /// the portable path).
-    fn requant_row(self, acc: &[i32], rq: &Requant, c0: usize, residual: Residual, out: RowOut) {
-        let (bias, scale) = (&rq.bias[c0..], &rq.scale[c0..]);
-        #[cfg(target_arch = "x86_64")]
+    /// The epilogue of one register tile (`acc [rows][width]`), in the path's vectors ([`requant::tile_avx512`],
+    /// [`requant::tile_avx2`]; [`requant::tile_rows`] on the portable path).
+    ///
+    /// # Safety
+    /// As [`requant::tile_rows`]'; the path is available.
+    unsafe fn requant_tile(self, acc: &[i32], store: &TileStore) {
+        let width = self.width();
         match self {
-            // SAFETY: the path is available, so are the features its epilogue is written for.
-            Path::Vnni512 | Path::Vnni256Evex => unsafe {
-                return requant::row_avx512(acc, bias, scale, residual, rq.relu, rq.qmax, out);
-            },
-            Path::Vnni256Vex | Path::Avx2 => unsafe {
-                return requant::row_avx2(acc, bias, scale, residual, rq.relu, rq.qmax, out);
-            },
-            Path::Portable => {}
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni512 | Path::Vnni256Evex => requant::tile_avx512(acc, width, store),
+            #[cfg(target_arch = "x86_64")]
+            Path::Vnni256Vex | Path::Avx2 => requant::tile_avx2(acc, width, store),
+            _ => requant::tile_rows(acc, width, store),
         }
-        requant::row(acc, bias, scale, residual, rq.relu, rq.qmax, out)
     }
 }
 
@@ -383,34 +381,40 @@ fn conv_block(
                     &mut acc,
                 )
             };
-            for i in 0..mr.min(nrows - tile * mr) {
-                let global = (r0 + tile * mr + i) * cout + c0;
-                let residual = match rq.residual {
-                    Residual::None => Residual::None,
-                    Residual::U8 { values, scale } => Residual::U8 {
-                        values: &values[global..][..cols],
+            let global = (r0 + tile * mr) * cout + c0;
+            let live = mr.min(nrows - tile * mr);
+            // The tile's pieces: rows `global + i · cout`, `i < live`, each `cols` long, inside the output (and
+            // shortcut) `conv` checked to hold `rows · cout`.
+            let store = TileStore {
+                rows: live,
+                cols,
+                stride: cout,
+                bias: rq.bias[c0..][..cols].as_ptr(),
+                scale: rq.scale[c0..][..cols].as_ptr(),
+                residual: match rq.residual {
+                    Residual::None => RawResidual::None,
+                    Residual::U8 { values, scale } => RawResidual::U8(
+                        values[global..][..(live - 1) * cout + cols].as_ptr(),
                         scale,
-                    },
-                    Residual::F32 { values, scale } => Residual::F32 {
-                        values: &values[global..][..cols],
+                    ),
+                    Residual::F32 { values, scale } => RawResidual::F32(
+                        values[global..][..(live - 1) * cout + cols].as_ptr(),
                         scale,
-                    },
-                };
-                // SAFETY: `global + cols ≤ rows · cout`, inside the output `conv` checked; this task alone
-                // writes this row's piece of this panel.
-                let dst = unsafe {
+                    ),
+                },
+                // SAFETY: `global + (live - 1) · cout + cols ≤ rows · cout`, inside the output.
+                out: unsafe {
                     match *out {
-                        OutPtr::U8(y) => {
-                            RowOut::U8(std::slice::from_raw_parts_mut(y.add(global), cols))
-                        }
-                        OutPtr::F32(y) => {
-                            RowOut::F32(std::slice::from_raw_parts_mut(y.add(global), cols))
-                        }
+                        OutPtr::U8(y) => RawOut::U8(y.add(global)),
+                        OutPtr::F32(y) => RawOut::F32(y.add(global)),
                     }
-                };
-                w.path
-                    .requant_row(&acc[i * width..][..cols], rq, c0, residual, dst);
-            }
+                },
+                relu: rq.relu,
+                qmax: rq.qmax,
+            };
+            // SAFETY: the pointers hold the tile's pieces (above); this task alone writes them; the path is
+            // available.
+            unsafe { w.path.requant_tile(&acc, &store) };
         }
     }
 }

@@ -145,171 +145,215 @@ pub(crate) fn row(
     }
 }
 
-/// [`row`] written with AVX-512 intrinsics, 16 channels a step and a masked last step: the same f32 operations
-/// in the same order (each rounded once; none fused), so bit for bit the same outputs. LLVM's vectorization of
-/// [`row`] kept scalar remainders and per-call set-up that cost a third of the tiles' time on resnet50.
+/// Where one register tile's sums go: the tile's `rows` rows of `cols` channels, starting at the panel's first
+/// channel; row `i`'s output (and shortcut) piece `i · stride` elements after row 0's. Raw pointers: the tasks of
+/// a convolution write disjoint pieces of one output.
+#[derive(Clone, Copy)]
+pub(crate) struct TileStore {
+    /// Live rows (at most the tile's).
+    pub rows: usize,
+    /// Live channels (at most the tile's width).
+    pub cols: usize,
+    /// Elements between one row's piece and the next (the output's channels).
+    pub stride: usize,
+    /// The panel's `[cols]` biases and scales.
+    pub bias: *const i32,
+    pub scale: *const f32,
+    /// Row 0's piece of the shortcut.
+    pub residual: RawResidual,
+    /// Row 0's piece of the output.
+    pub out: RawOut,
+    pub relu: bool,
+    pub qmax: u8,
+}
+
+/// [`Residual`] at row 0 of a tile.
+#[derive(Clone, Copy)]
+pub(crate) enum RawResidual {
+    None,
+    U8(*const u8, f32),
+    F32(*const f32, f32),
+}
+
+/// [`Output`] at row 0 of a tile.
+#[derive(Clone, Copy)]
+pub(crate) enum RawOut {
+    U8(*mut u8),
+    F32(*mut f32),
+}
+
+/// [`row`] over each row of a tile: `acc [rows][width]` through the epilogue into `s`'s pieces.
 ///
 /// # Safety
-/// The CPU has AVX-512 F and BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-pub(crate) unsafe fn row_avx512(
-    acc: &[i32],
-    bias: &[i32],
-    scale: &[f32],
-    residual: Residual,
-    relu: bool,
-    qmax: u8,
-    out: RowOut,
-) {
-    use core::arch::x86_64::*;
-    let n = acc.len();
-    assert!(bias.len() >= n && scale.len() >= n);
-    match (&residual, &out) {
-        (Residual::U8 { values, .. }, _) => assert!(values.len() >= n),
-        (Residual::F32 { values, .. }, _) => assert!(values.len() >= n),
-        (Residual::None, _) => {}
-    }
-    match &out {
-        RowOut::U8(y) => assert!(y.len() >= n),
-        RowOut::F32(y) => assert!(y.len() >= n),
-    }
-    let mut out = out;
-    let zero = _mm512_setzero_ps();
-    let q = _mm512_set1_ps(qmax as f32);
-    let rounder = _mm512_set1_ps(12_582_912.0);
-    let mut j = 0;
-    while j < n {
-        let m: __mmask16 = if n - j >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - j)) - 1
+/// `acc` holds `s.rows · width` sums, `width ≥ s.cols`; `s`'s pointers are valid for its rows and columns (for
+/// writing, the output), and nothing else accesses those pieces meanwhile.
+pub(crate) unsafe fn tile_rows(acc: &[i32], width: usize, s: &TileStore) {
+    use std::slice::{from_raw_parts, from_raw_parts_mut};
+    let n = s.cols;
+    for i in 0..s.rows {
+        let at = i * s.stride;
+        let residual = match s.residual {
+            RawResidual::None => Residual::None,
+            RawResidual::U8(p, scale) => Residual::U8 {
+                values: from_raw_parts(p.add(at), n),
+                scale,
+            },
+            RawResidual::F32(p, scale) => Residual::F32 {
+                values: from_raw_parts(p.add(at), n),
+                scale,
+            },
         };
-        let a = _mm512_maskz_loadu_epi32(m, acc.as_ptr().add(j));
-        let b = _mm512_maskz_loadu_epi32(m, bias.as_ptr().add(j));
-        let s = _mm512_maskz_loadu_ps(m, scale.as_ptr().add(j));
-        let r = match residual {
-            Residual::None => zero,
-            Residual::U8 { values, scale } => {
-                let bytes =
-                    _mm512_maskz_loadu_epi8(m as __mmask64, values.as_ptr().add(j) as *const i8);
-                let v = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes));
-                _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(scale))
-            }
-            Residual::F32 { values, scale } => _mm512_mul_ps(
-                _mm512_maskz_loadu_ps(m, values.as_ptr().add(j)),
-                _mm512_set1_ps(scale),
-            ),
+        let out = match s.out {
+            RawOut::U8(p) => RowOut::U8(from_raw_parts_mut(p.add(at), n)),
+            RawOut::F32(p) => RowOut::F32(from_raw_parts_mut(p.add(at), n)),
         };
-        let mut v = _mm512_add_ps(
-            _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), s),
-            r,
+        let (bias, scale) = (from_raw_parts(s.bias, n), from_raw_parts(s.scale, n));
+        row(
+            &acc[i * width..][..n],
+            bias,
+            scale,
+            residual,
+            s.relu,
+            s.qmax,
+            out,
         );
-        if relu {
-            v = _mm512_max_ps(v, zero);
-        }
-        match &mut out {
-            RowOut::U8(y) => {
-                let u = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), q), rounder);
-                _mm512_mask_cvtepi32_storeu_epi8(
-                    y.as_mut_ptr().add(j) as *mut i8,
-                    m,
-                    _mm512_castps_si512(u),
-                );
-            }
-            RowOut::F32(y) => _mm512_mask_storeu_ps(y.as_mut_ptr().add(j), m, v),
-        }
-        j += 16;
     }
 }
 
-/// [`row`] written with AVX2 intrinsics, 8 channels a step and the scalar epilogue for the last few: the same
-/// f32 operations in the same order, so bit for bit the same outputs (see [`row_avx512`]).
+/// [`tile_rows`] written with AVX-512 intrinsics, 16 channels a step and a masked last step: the same f32
+/// operations in the same order (each rounded once; none fused), so bit for bit the same outputs. One call per
+/// tile: LLVM's vectorization of [`row`], called per row, kept scalar remainders and per-call set-up that cost a
+/// third of the tiles' time on resnet50.
 ///
 /// # Safety
-/// The CPU has AVX2.
+/// As [`tile_rows`]'; the CPU has AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub(crate) unsafe fn row_avx2(
-    acc: &[i32],
-    bias: &[i32],
-    scale: &[f32],
-    residual: Residual,
-    relu: bool,
-    qmax: u8,
-    out: RowOut,
-) {
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(crate) unsafe fn tile_avx512(acc: &[i32], width: usize, s: &TileStore) {
     use core::arch::x86_64::*;
-    let n = acc.len();
-    let (bias, scale) = (&bias[..n], &scale[..n]);
-    let full = n / 8 * 8;
-    let zero = _mm256_setzero_ps();
-    let q = _mm256_set1_ps(qmax as f32);
-    let rounder = _mm256_set1_ps(12_582_912.0);
-    let low_byte = _mm256_set1_epi32(0xff);
-    let residual_at = |j: usize| match residual {
-        Residual::None => zero,
-        Residual::U8 { values, scale } => {
-            let v =
-                _mm256_cvtepu8_epi32(_mm_loadl_epi64(values[j..j + 8].as_ptr() as *const __m128i));
-            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(scale))
-        }
-        Residual::F32 { values, scale } => _mm256_mul_ps(
-            _mm256_loadu_ps(values[j..j + 8].as_ptr()),
-            _mm256_set1_ps(scale),
-        ),
-    };
-    let mut out = out;
-    for j in (0..full).step_by(8) {
-        let a = _mm256_loadu_si256(acc[j..j + 8].as_ptr() as *const __m256i);
-        let b = _mm256_loadu_si256(bias[j..j + 8].as_ptr() as *const __m256i);
-        let s = _mm256_loadu_ps(scale[j..j + 8].as_ptr());
-        let mut v = _mm256_add_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), s),
-            residual_at(j),
-        );
-        if relu {
-            v = _mm256_max_ps(v, zero);
-        }
-        match &mut out {
-            RowOut::U8(y) => {
-                let u = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(v, zero), q), rounder);
-                // The low byte of each lane, 0..=255: packed to 16 bits, then to 8, each 128-bit half keeping
-                // its four bytes in its low word.
-                let w = _mm256_and_si256(_mm256_castps_si256(u), low_byte);
-                let w = _mm256_packus_epi32(w, w);
-                let w = _mm256_packus_epi16(w, w);
-                let bytes =
-                    _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
-                _mm_storel_epi64(y[j..j + 8].as_mut_ptr() as *mut __m128i, bytes);
+    assert!(acc.len() >= s.rows * width && width >= s.cols);
+    let zero = _mm512_setzero_ps();
+    let q = _mm512_set1_ps(s.qmax as f32);
+    let rounder = _mm512_set1_ps(12_582_912.0);
+    for i in 0..s.rows {
+        let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
+        let mut j = 0;
+        while j < s.cols {
+            let m: __mmask16 = if s.cols - j >= 16 {
+                0xffff
+            } else {
+                (1u16 << (s.cols - j)) - 1
+            };
+            let a = _mm512_loadu_si512(sums.add(j) as *const _);
+            let b = _mm512_maskz_loadu_epi32(m, s.bias.add(j));
+            let scale = _mm512_maskz_loadu_ps(m, s.scale.add(j));
+            let r = match s.residual {
+                RawResidual::None => zero,
+                RawResidual::U8(p, rs) => {
+                    let bytes = _mm512_maskz_loadu_epi8(m as __mmask64, p.add(at + j) as *const i8);
+                    let v = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes));
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(rs))
+                }
+                RawResidual::F32(p, rs) => {
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(at + j)), _mm512_set1_ps(rs))
+                }
+            };
+            let mut v = _mm512_add_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), scale),
+                r,
+            );
+            if s.relu {
+                v = _mm512_max_ps(v, zero);
             }
-            RowOut::F32(y) => _mm256_storeu_ps(y[j..j + 8].as_mut_ptr(), v),
+            match s.out {
+                RawOut::U8(p) => {
+                    let u = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), q), rounder);
+                    _mm512_mask_cvtepi32_storeu_epi8(
+                        p.add(at + j) as *mut i8,
+                        m,
+                        _mm512_castps_si512(u),
+                    );
+                }
+                RawOut::F32(p) => _mm512_mask_storeu_ps(p.add(at + j), m, v),
+            }
+            j += 16;
         }
     }
-    if full < n {
-        let residual = match residual {
-            Residual::None => Residual::None,
-            Residual::U8 { values, scale } => Residual::U8 {
-                values: &values[full..],
-                scale,
-            },
-            Residual::F32 { values, scale } => Residual::F32 {
-                values: &values[full..],
-                scale,
-            },
+}
+
+/// [`tile_rows`] written with AVX2 intrinsics, 8 channels a step and [`row`] for the last few of a row: the same
+/// f32 operations in the same order, so bit for bit the same outputs (see [`tile_avx512`]).
+///
+/// # Safety
+/// As [`tile_rows`]'; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn tile_avx2(acc: &[i32], width: usize, s: &TileStore) {
+    use core::arch::x86_64::*;
+    assert!(acc.len() >= s.rows * width && width >= s.cols);
+    let full = s.cols / 8 * 8;
+    let zero = _mm256_setzero_ps();
+    let q = _mm256_set1_ps(s.qmax as f32);
+    let rounder = _mm256_set1_ps(12_582_912.0);
+    let low_byte = _mm256_set1_epi32(0xff);
+    for i in 0..s.rows {
+        let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
+        for j in (0..full).step_by(8) {
+            let a = _mm256_loadu_si256(sums.add(j) as *const __m256i);
+            let b = _mm256_loadu_si256(s.bias.add(j) as *const __m256i);
+            let scale = _mm256_loadu_ps(s.scale.add(j));
+            let r = match s.residual {
+                RawResidual::None => zero,
+                RawResidual::U8(p, rs) => {
+                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at + j) as *const __m128i));
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(rs))
+                }
+                RawResidual::F32(p, rs) => {
+                    _mm256_mul_ps(_mm256_loadu_ps(p.add(at + j)), _mm256_set1_ps(rs))
+                }
+            };
+            let mut v = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), scale),
+                r,
+            );
+            if s.relu {
+                v = _mm256_max_ps(v, zero);
+            }
+            match s.out {
+                RawOut::U8(p) => {
+                    let u = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(v, zero), q), rounder);
+                    // The low byte of each lane, 0..=255: packed to 16 bits, then to 8, each 128-bit half keeping
+                    // its four bytes in its low word.
+                    let w = _mm256_and_si256(_mm256_castps_si256(u), low_byte);
+                    let w = _mm256_packus_epi32(w, w);
+                    let w = _mm256_packus_epi16(w, w);
+                    let bytes = _mm_unpacklo_epi32(
+                        _mm256_castsi256_si128(w),
+                        _mm256_extracti128_si256(w, 1),
+                    );
+                    _mm_storel_epi64(p.add(at + j) as *mut __m128i, bytes);
+                }
+                RawOut::F32(p) => _mm256_storeu_ps(p.add(at + j), v),
+            }
+        }
+    }
+    if full < s.cols {
+        let shift = |r: RawResidual| match r {
+            RawResidual::None => RawResidual::None,
+            RawResidual::U8(p, rs) => RawResidual::U8(p.add(full), rs),
+            RawResidual::F32(p, rs) => RawResidual::F32(p.add(full), rs),
         };
-        let out = match out {
-            RowOut::U8(y) => RowOut::U8(&mut y[full..]),
-            RowOut::F32(y) => RowOut::F32(&mut y[full..]),
+        let rest = TileStore {
+            cols: s.cols - full,
+            bias: s.bias.add(full),
+            scale: s.scale.add(full),
+            residual: shift(s.residual),
+            out: match s.out {
+                RawOut::U8(p) => RawOut::U8(p.add(full)),
+                RawOut::F32(p) => RawOut::F32(p.add(full)),
+            },
+            ..*s
         };
-        row(
-            &acc[full..],
-            &bias[full..],
-            &scale[full..],
-            residual,
-            relu,
-            qmax,
-            out,
-        );
+        tile_rows(&acc[full..], width, &rest);
     }
 }
