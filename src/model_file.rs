@@ -106,10 +106,14 @@ impl ModelFile {
     /// kernel path for a quantized file.
     pub fn inference(&self) -> Result<InferenceNet> {
         Ok(match &self.quantized {
-            Some(q) => InferenceNet::Int8(Box::new(
-                q.network(crate::kernels::int8::Path::detect())
-                    .context(self.path.display())?,
-            )),
+            Some(q) => {
+                let mut net = q
+                    .network(crate::kernels::int8::Path::detect())
+                    .context(self.path.display())?;
+                net.quantize_stem(&self.input_ranges())
+                    .context(self.path.display())?;
+                InferenceNet::Int8(Box::new(net))
+            }
             None => InferenceNet::F32(Box::new(CompiledNet::new(&self.network()?, None)?)),
         })
     }
@@ -164,6 +168,25 @@ impl ModelFile {
                 self.path.display()
             ),
         })
+    }
+
+    /// Each input channel's range as the preprocessing makes it ([`ModelFile::preprocess`]'s normalization of a
+    /// pixel in [0, 1]): what the int8 stem quantizes its input to.
+    pub fn input_ranges(&self) -> Vec<(f32, f32)> {
+        let normalize = match &self.eval_transform {
+            Some(p) => p.normalize.clone(),
+            None if self.config.in_channels == 3 => imagenet_eval().normalize,
+            None => None,
+        };
+        (0..self.config.in_channels)
+            .map(|c| match &normalize {
+                Some((mean, std)) => {
+                    let (m, s) = (mean[c % mean.len()], std[c % std.len()]);
+                    ((0.0 - m) / s, (1.0 - m) / s)
+                }
+                None => (0.0, 1.0),
+            })
+            .collect()
     }
 
     /// The input size of a one-channel model: `resize`, else the size it was trained at.

@@ -72,8 +72,8 @@ fn argmax(row: &[f32]) -> usize {
 
 /// The quantized network's logits are the f32 network's within 5% of their largest magnitude (the rounding of
 /// 8-bit weights and activations through 17 convolutions, measured at about 1–2%), and its top-1 is the f32
-/// top-1 on at least 14 of 16 images; with both clip methods. The paths with 8-bit activations give the same
-/// logits bit for bit.
+/// top-1 on at least 14 of 16 images; with both clip methods, the stem in f32 and on int8
+/// ([`QuantNet::quantize_stem`]). The paths with 8-bit activations give the same logits bit for bit.
 #[test]
 fn quantized_bottleneck_net_agrees_with_f32() {
     agrees_with_f32(narrow_bottleneck());
@@ -102,9 +102,16 @@ fn agrees_with_f32(config: ResNetConfig) {
     // Per method, the logits of the paths with 8-bit activations: the same, bit for bit.
     let mut full_range: Vec<Vec<f32>> = Vec::new();
     for path in paths.into_iter().filter(|p| p.available()) {
-        for method in [Method::MinMax, Method::Percentile(99.99)] {
+        let runs = [Method::MinMax, Method::Percentile(99.99)]
+            .into_iter()
+            .flat_map(|m| [(m, false), (m, true)]);
+        for (k, (method, stem)) in runs.enumerate() {
             let clips = calibration.clips(method);
             let mut q = QuantNet::new(CompiledNet::new(&net, None).unwrap(), &clips, path).unwrap();
+            if stem {
+                // The images' range, a little wider.
+                q.quantize_stem(&vec![(-2.0, 2.0); channels]).unwrap();
+            }
             let got = q.forward(&x, xs).unwrap();
             let err = want
                 .iter()
@@ -116,23 +123,22 @@ fn agrees_with_f32(config: ResNetConfig) {
                 .filter(|(a, b)| argmax(a) == argmax(b))
                 .count();
             eprintln!(
-                "{path:?} {method}: max error {:.4} of {scale:.3}, top-1 {agree}/16",
+                "{path:?} {method}, int8 stem {stem}: max error {:.4} of {scale:.3}, top-1 {agree}/16",
                 err / scale
             );
             assert!(
                 err <= 0.05 * scale,
-                "{path:?} {method}: logits off by {err} (largest {scale})"
+                "{path:?} {method} (int8 stem {stem}): logits off by {err} (largest {scale})"
             );
             assert!(
                 agree >= 14,
-                "{path:?} {method}: top-1 agrees on {agree} of 16 images"
+                "{path:?} {method} (int8 stem {stem}): top-1 agrees on {agree} of 16 images"
             );
             if path.qmax() == 255 {
-                let m = usize::from(method != Method::MinMax);
-                match full_range.get(m) {
+                match full_range.get(k) {
                     Some(first) => assert!(
                         first == got,
-                        "{path:?} {method}: logits differ across paths"
+                        "{path:?} {method} (int8 stem {stem}): logits differ across paths"
                     ),
                     None => full_range.push(got.to_vec()),
                 }
@@ -203,8 +209,8 @@ fn quantized_file(method: Method) -> (Vec<u8>, ResNet, Vec<Option<f32>>) {
     (bytes, net, clips)
 }
 
-/// A quantized file, read back wherever weights load, is the network it was made from, bit for bit; equal
-/// inputs write equal bytes.
+/// A quantized file, read back wherever weights load, is the network it was made from (its stem on int8 for the
+/// preprocessing's input ranges), bit for bit; equal inputs write equal bytes.
 #[test]
 fn a_quantized_file_runs_as_the_network_it_was_made_from() {
     for method in [Method::MinMax, Method::Percentile(99.99)] {
@@ -222,6 +228,11 @@ fn a_quantized_file_runs_as_the_network_it_was_made_from() {
         let path = Path::detect();
         let mut direct =
             QuantNet::new(CompiledNet::new(&net, None).unwrap(), &clips, path).unwrap();
+        // Loading runs the stem on int8 too, for the preprocessing's input ranges (here ImageNet's).
+        let ranges = file.input_ranges();
+        assert_eq!(ranges.len(), 3);
+        assert!((ranges[0].0 - (-0.485 / 0.229)).abs() < 1e-6, "{ranges:?}");
+        direct.quantize_stem(&ranges).unwrap();
         let want = direct.forward(&x, xs).unwrap().to_vec();
         assert_eq!(loaded.forward(&x, xs).unwrap(), want, "{method}");
         let (q, _) = Quantized::read(&bytes, "q").unwrap();
@@ -233,6 +244,8 @@ fn a_quantized_file_runs_as_the_network_it_was_made_from() {
             Path::Portable,
         )
         .unwrap();
+        portable.quantize_stem(&ranges).unwrap();
+        direct.quantize_stem(&ranges).unwrap();
         assert_eq!(
             portable.forward(&x, xs).unwrap(),
             direct.forward(&x, xs).unwrap()

@@ -149,7 +149,7 @@ pub fn run(args: &QuantizeArgs) -> Result<()> {
     let bytes = quant_file::to_bytes(&net, &clips, &record, &meta)?;
     write_atomic(&args.out, &bytes)?;
     outln!(
-        "{}: {} int8 (convolutions after the stem; stem and classifier f32), calibrated on {} images of {} ({}, sha256 {}…), {} bytes",
+        "{}: {} int8 (the convolutions; the stem stored in f32, quantized when loaded; classifier f32), calibrated on {} images of {} ({}, sha256 {}…), {} bytes",
         args.out.display(),
         file.config.name(),
         images.len(),

@@ -115,7 +115,7 @@ pub fn run(args: &SummaryArgs) -> Result<()> {
         };
         if let InferenceNet::Int8(_) = compiled {
             outln!(
-                "  quantized: each convolution after the stem on {}, reading u8 activations (scale shown); the stem, shortcut outputs, features and classifier in f32",
+                "  quantized: every convolution on {}, reading u8 activations (scale shown; the stem its input per channel, quantized when the file loads); shortcut outputs, features and classifier in f32",
                 compiled.precision()
             );
         }

@@ -8,9 +8,12 @@
 //!   `scale = clip / qmax`, the clip calibrated ([`Calibration`]: the largest value seen, or a percentile of
 //!   the values), `qmax` the kernel path's (255; 127 on AVX2, see [`Path::qmax`]), so one calibration serves
 //!   every CPU.
-//! - Kept in f32: the stem convolution (its input, the normalized image, is signed) and its max pool, the
-//!   outputs of the shortcut convolutions (signed: added to their block's sum as `f32`), the last block's
-//!   output (the features the average pool and classifier read), the classifier.
+//! - The stem ([`QuantNet::quantize_stem`], when a model file loads): its input, the normalized image, is
+//!   signed, so it is quantized per channel with a zero point from the preprocessing's range, the scales folded
+//!   into the stem's weights and the zero points' sums into its bias; a padded tap reads the zero point. Its
+//!   output and max pool are `u8`. Without that call (the calibration's pass, the tests) it runs in f32.
+//! - Kept in f32: the outputs of the shortcut convolutions (signed: added to their block's sum as `f32`), the
+//!   last block's output (the features the average pool and classifier read), the classifier.
 //!
 //! Each convolution's store does the rest ([`Requant`]): `y = relu?((sum + bias) · w_scale·x_scale / y_scale
 //! + shortcut / y_scale)`, rounded to the next layer's `u8`.
@@ -19,7 +22,7 @@ use super::{median_step_seconds, CompiledNet, ProfiledStep, Step};
 use crate::kernels::conv::Epilogue;
 use crate::kernels::int8::{self, Output, PackedWeights, Path, Requant, Residual};
 use crate::kernels::linear::linear_forward;
-use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer};
+use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer, max_pool_infer_u8};
 use crate::tensor::nchw_to_nhwc_into;
 use crate::{bail, Result, Shape4};
 
@@ -205,7 +208,7 @@ struct QuantConv {
     scale: Vec<f32>,
 }
 
-/// The compiled network with its convolutions after the stem quantized (see the module documentation).
+/// The compiled network with its convolutions quantized (see the module documentation).
 pub struct QuantNet {
     net: CompiledNet,
     path: Path,
@@ -215,6 +218,9 @@ pub struct QuantNet {
     scales: Vec<Option<f32>>,
     /// The `u8` buffers, one per slot of the f32 network's arena.
     bytes: Vec<Vec<u8>>,
+    /// With the stem on int8 ([`QuantNet::quantize_stem`]): one over the network input's scale, and its zero
+    /// point, per channel.
+    stem_input: Option<(Vec<f32>, Vec<u8>)>,
 }
 
 impl QuantNet {
@@ -298,7 +304,71 @@ impl QuantNet {
             convs,
             scales,
             bytes: Vec::new(),
+            stem_input: None,
         })
+    }
+
+    /// Runs the stem on int8 too, for inputs whose channel `c` lies in `ranges[c]` (the preprocessing's: a
+    /// pixel in [0, 1], normalized): the input quantized per channel, asymmetric (`scale = (hi - lo) / qmax`, the
+    /// zero point the `u8` of 0, which the stem's padded taps read), the scale folded into the stem's weights
+    /// (then quantized per output channel as the others) and the zero points' sums into its bias; its output
+    /// `u8` at the scale of the first block's input (through the max pool, which commutes with it). An input
+    /// outside its range is clamped to it. The file's stem weights stay f32; this is done when it loads.
+    pub fn quantize_stem(&mut self, ranges: &[(f32, f32)]) -> Result<()> {
+        let stem = &self.net.convs[0];
+        if ranges.len() != stem.cin {
+            bail!(
+                "int8: {} input ranges for a stem of {} channels",
+                ranges.len(),
+                stem.cin
+            );
+        }
+        if let Some(&(lo, hi)) = ranges
+            .iter()
+            .find(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo < hi))
+        {
+            bail!("int8: input range [{lo}, {hi}] is not a range");
+        }
+        let Some(Step::Conv {
+            conv: 0, output, ..
+        }) = self.net.steps.first()
+        else {
+            bail!("int8: the network does not begin with its stem");
+        };
+        let stem_out = *output;
+        // The value the first block reads: the stem's output, or the max pool's after it.
+        let block_in = match self.net.steps.get(1) {
+            Some(Step::MaxPool { input, output, .. }) if *input == stem_out => *output,
+            _ => stem_out,
+        };
+        let Some(y_scale) = self.scales[block_in] else {
+            bail!("int8: the first block's input is not quantized");
+        };
+        let qmax = self.path.qmax() as f32;
+        let scales: Vec<f32> = ranges.iter().map(|(lo, hi)| (hi - lo) / qmax).collect();
+        let zero_points: Vec<u8> = ranges
+            .iter()
+            .zip(&scales)
+            .map(|((lo, _), s)| (-lo / s).round_ties_even().clamp(0.0, qmax) as u8)
+            .collect();
+        // HWIO: the input channel is the second index.
+        let (cin, cout) = (stem.cin, stem.cout);
+        let folded: Vec<f32> = stem
+            .weight
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| w * scales[i / cout % cin])
+            .collect();
+        let (w, w_scale) = quantize_weights(&folded, cout);
+        let mut q = quantize_conv(stem, &w, &w_scale, 1.0, y_scale, self.path);
+        for (i, &wq) in w.iter().enumerate() {
+            q.bias[i % cout] -= wq as i32 * zero_points[i / cout % cin] as i32;
+        }
+        q.packed.pad = zero_points.clone();
+        self.convs[0] = Some(q);
+        self.scales[stem_out] = Some(y_scale);
+        self.stem_input = Some((scales.iter().map(|s| 1.0 / s).collect(), zero_points));
+        Ok(())
     }
 
     /// The description of the network.
@@ -338,9 +408,12 @@ impl QuantNet {
     pub fn plan_lines(&mut self, xs: Shape4) -> Result<Vec<String>> {
         self.net.shapes_for(xs)?;
         let shapes = &self.net.shapes[&xs];
-        let kind = |v: usize| match self.scales[v] {
-            Some(s) => format!("u8 ×{s:.3e}"),
-            None => "f32".to_string(),
+        let kind = |v: usize| match (self.scales[v], v, &self.stem_input) {
+            (_, 0, Some((_, zero_points))) => {
+                format!("u8 per channel, zero points {zero_points:?}")
+            }
+            (Some(s), ..) => format!("u8 ×{s:.3e}"),
+            (None, ..) => "f32".to_string(),
         };
         let mut lines = Vec::new();
         for (i, step) in self.net.steps.iter().enumerate() {
@@ -464,8 +537,17 @@ impl QuantNet {
                     }
                     Some(q) => {
                         let in_len = shapes.values[*input].len();
-                        let x_scale =
-                            self.scales[*input].expect("a quantized conv reads a u8 value");
+                        let x_scale = match (*input, &self.stem_input) {
+                            (0, Some((inv_scales, zero_points))) => {
+                                let f = &net.slots[slot[0]][..in_len];
+                                let y = &mut self.bytes[slot[0]][..in_len];
+                                quantize_input(f, inv_scales, zero_points, qmax, y);
+                                has_u8[0] = true;
+                                // Folded into the stem's weights.
+                                1.0
+                            }
+                            _ => self.scales[*input].expect("a quantized conv reads a u8 value"),
+                        };
                         if !has_u8[*input] {
                             let f = &net.slots[slot[*input]][..in_len];
                             quantize(f, x_scale, qmax, &mut self.bytes[slot[*input]][..in_len]);
@@ -511,6 +593,16 @@ impl QuantNet {
                         }
                     }
                 },
+                Step::MaxPool { input, .. } if has_u8[*input] => {
+                    let g = shapes.pools[i]
+                        .as_ref()
+                        .expect("a pool step has a geometry");
+                    let mut y = std::mem::take(&mut self.bytes[slot[out]]);
+                    let x = &self.bytes[slot[*input]];
+                    max_pool_infer_u8(g, shapes.values[*input].n, x, &mut y);
+                    self.bytes[slot[out]] = y;
+                    has_u8[out] = true;
+                }
                 Step::MaxPool { input, .. } => {
                     let g = shapes.pools[i]
                         .as_ref()
@@ -552,6 +644,18 @@ fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
     let inv = 1.0 / scale;
     for (q, &v) in y.iter_mut().zip(x) {
         *q = int8::requant::to_u8(v * inv, qmax as f32);
+    }
+}
+
+/// The NHWC network input `x [.., c]` as `u8` per channel: `round(v · inv_scale[c]) + zero_point[c]`, clamped
+/// to `[0, qmax]`.
+fn quantize_input(x: &[f32], inv_scales: &[f32], zero_points: &[u8], qmax: u8, y: &mut [u8]) {
+    let c = inv_scales.len();
+    for (ys, xs) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        for k in 0..c {
+            let v = (xs[k] * inv_scales[k]).round_ties_even() + zero_points[k] as f32;
+            ys[k] = int8::requant::to_u8(v, qmax as f32);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{Result, Shape4};
 pub enum InferenceNet {
     /// f32 weights: every batch norm folded, the f32 kernels.
     F32(Box<CompiledNet>),
-    /// A quantized file: the convolutions after the stem on the int8 kernels.
+    /// A quantized file: the convolutions on the int8 kernels.
     Int8(Box<QuantNet>),
 }
 

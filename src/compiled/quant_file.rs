@@ -3,7 +3,8 @@
 //! was made ([`Record`]). Its tensors, per convolution of the compiled network (names as in the state dict,
 //! weights in PyTorch's OIHW layout, every batch norm folded first):
 //!
-//! - the stem, kept in f32: `NAME.weight` F32 `[cout, cin, k, k]`, `NAME.bias` F32 `[cout]`;
+//! - the stem, stored in f32 (quantized when the file loads, [`QuantNet::quantize_stem`]): `NAME.weight` F32
+//!   `[cout, cin, k, k]`, `NAME.bias` F32 `[cout]`;
 //! - every other convolution: `NAME.weight` I8 `[cout, cin, k, k]` (symmetric, in [-127, 127]), `NAME.weight_scale`
 //!   F32 `[cout]` (the weight is `weight · weight_scale[cout]`), `NAME.bias` F32 `[cout]` (quantized when loaded,
 //!   in units of the sum), `NAME.input_clip` F32 `[]` (the calibrated largest value of its `u8` input: its scale

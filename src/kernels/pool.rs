@@ -88,6 +88,33 @@ pub fn max_pool_forward(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32], argmax
 /// [`max_pool_forward`] for inference: the same maxima, no winners kept, the work split by output rows (a batch
 /// of one is one image, and `max_pool_forward` splits by images).
 pub fn max_pool_infer(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32]) {
+    // NaN wins, as in max_pool_forward (and PyTorch); a select, so that it vectorizes.
+    max_pool_windows(g, n, x, y, f32::NEG_INFINITY, |o, v| {
+        if v > o || v.is_nan() {
+            v
+        } else {
+            o
+        }
+    })
+}
+
+/// [`max_pool_infer`] on `u8` values (an int8 network's stem output: the maximum commutes with the monotone
+/// quantization, so pooling the quantized values is quantizing the pooled ones).
+pub fn max_pool_infer_u8(g: &PoolGeom, n: usize, x: &[u8], y: &mut [u8]) {
+    max_pool_windows(g, n, x, y, 0, u8::max)
+}
+
+/// The window loop of [`max_pool_infer`]: each output the `max` of `lowest` and its window's inputs (the
+/// padding left out).
+#[inline(always)]
+fn max_pool_windows<T: Copy + Send + Sync>(
+    g: &PoolGeom,
+    n: usize,
+    x: &[T],
+    y: &mut [T],
+    lowest: T,
+    max: impl Fn(T, T) -> T + Sync,
+) {
     let plane_in = g.h * g.w * g.c;
     let row_out = g.ow * g.c;
     y[..n * g.oh * row_out]
@@ -102,14 +129,12 @@ pub fn max_pool_infer(g: &PoolGeom, n: usize, x: &[f32], y: &mut [f32]) {
                 let x0 = (ox * g.stride) as isize - g.pad as isize;
                 let xs = x0.max(0) as usize..((x0 + g.k as isize).min(g.w as isize)) as usize;
                 let out = &mut out_row[ox * g.c..][..g.c];
-                out.fill(f32::NEG_INFINITY);
+                out.fill(lowest);
                 for iy in ys.clone() {
                     for ix in xs.clone() {
                         let src = &x[(iy * g.w + ix) * g.c..][..g.c];
                         for (o, &v) in out.iter_mut().zip(src) {
-                            // NaN wins, as in max_pool_forward (and PyTorch); a select, so that it
-                            // vectorizes.
-                            *o = if v > *o || v.is_nan() { v } else { *o };
+                            *o = max(*o, v);
                         }
                     }
                 }

@@ -467,7 +467,7 @@ fn quantize_then_eval_predict_and_summary() {
         "summary",
     );
     assert!(
-        out.contains("quantized: each convolution after the stem on int8"),
+        out.contains("quantized: every convolution on int8"),
         "{out}"
     );
     let args = ["bench", "--plan", "--weights", s(&q), "--only", "infer28"];

@@ -186,6 +186,9 @@ pub struct PackedWeights {
     pub cin: usize,
     /// Output channels.
     pub cout: usize,
+    /// What a padded tap reads, per input channel: the input's zero points (empty: zeros, the zero point of
+    /// every activation after a ReLU; the stem's input, the signed image, has others).
+    pub pad: Vec<u8>,
     data: Vec<i8>,
 }
 
@@ -233,6 +236,7 @@ pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> Packe
         taps,
         cin,
         cout,
+        pad: Vec::new(),
         data,
     }
 }
@@ -251,6 +255,10 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
     assert!(
         w.taps == g.kh * g.kw && w.cin == g.cin && w.cout == cout && g.cin <= MAX_CIN,
         "int8::conv: weights packed for another geometry"
+    );
+    assert!(
+        w.pad.is_empty() || w.pad.len() == g.cin,
+        "int8::conv: a padding value per input channel"
     );
     assert!(
         x.len() >= n * g.h * g.w * g.cin,
@@ -335,7 +343,12 @@ fn conv_block(
     let tiles = nrows.div_ceil(mr);
     // Per tile, per tap, per row of the tile: the input pixel it reads (the zero block in the padding, and
     // for the rows past the block's end, whose sums are never stored).
-    let mut ptrs = vec![ZEROS.as_ptr(); tiles * taps * mr];
+    let pad = if w.pad.is_empty() {
+        ZEROS.as_ptr()
+    } else {
+        w.pad.as_ptr()
+    };
+    let mut ptrs = vec![pad; tiles * taps * mr];
     let plane = g.oh * g.ow;
     for row in 0..nrows {
         let r = r0 + row;

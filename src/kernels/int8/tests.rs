@@ -159,3 +159,46 @@ fn the_reference_sums_and_requantizes_as_documented() {
     reference::conv(&g, 1, &x, &w, &rq, Output::U8(&mut y));
     assert_eq!(y, [0, 127]);
 }
+
+/// A padded tap reads the weights' `pad` (the stem's input zero points, one per channel): the same outputs as
+/// the reference on the input padded with those values explicitly, on every path.
+#[test]
+fn padded_taps_read_the_input_zero_points() {
+    for path in Path::ALL.into_iter().filter(|p| p.available()) {
+        let shape = (3, 64, 7, 2, 3, 13, 11, 2);
+        let (cin, cout, k, stride, pad, h, w, n) = shape;
+        let c = case(shape, path.qmax(), 11);
+        let zero_points = vec![path.qmax() / 2, 3, path.qmax()];
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let mut padded: Vec<u8> = (0..n * hp * wp)
+            .flat_map(|_| zero_points.iter().copied())
+            .collect();
+        for img in 0..n {
+            for y in 0..h {
+                let from = ((img * h + y) * w) * cin;
+                let to = ((img * hp + y + pad) * wp + pad) * cin;
+                padded[to..to + w * cin].copy_from_slice(&c.x[from..from + w * cin]);
+            }
+        }
+        let gp = ConvGeom::new(cin, cout, k, stride, 0, hp, wp).unwrap();
+        assert_eq!((gp.oh, gp.ow), (c.g.oh, c.g.ow));
+        let rq = Requant {
+            bias: &c.bias,
+            scale: &c.scale,
+            residual: Residual::None,
+            relu: true,
+            qmax: path.qmax(),
+        };
+        let len = n * c.g.oh * c.g.ow * cout;
+        let (mut want, mut got) = (vec![0u8; len], vec![1u8; len]);
+        reference::conv(&gp, n, &padded, &c.w, &rq, Output::U8(&mut want));
+        let mut packed = pack(path, k * k, cin, cout, &c.w);
+        packed.pad = zero_points.clone();
+        conv(&c.g, n, &c.x, &packed, &rq, Output::U8(&mut got));
+        assert!(want == got, "{path:?}: padded taps differ");
+        // Zeros instead would differ: the test sees the padding.
+        packed.pad.clear();
+        conv(&c.g, n, &c.x, &packed, &rq, Output::U8(&mut got));
+        assert!(want != got, "{path:?}: the zero points made no difference");
+    }
+}
