@@ -221,6 +221,8 @@ pub struct QuantNet {
     /// With the stem on int8 ([`QuantNet::quantize_stem`]): one over the network input's scale, and its zero
     /// point, per channel.
     stem_input: Option<(Vec<f32>, Vec<u8>)>,
+    /// The stem's `u8` input, its channels padded to a multiple of 4 (grown to the largest batch met).
+    stem_bytes: Vec<u8>,
 }
 
 impl QuantNet {
@@ -305,6 +307,7 @@ impl QuantNet {
             scales,
             bytes: Vec::new(),
             stem_input: None,
+            stem_bytes: Vec::new(),
         })
     }
 
@@ -351,20 +354,27 @@ impl QuantNet {
             .zip(&scales)
             .map(|((lo, _), s)| (-lo / s).round_ties_even().clamp(0.0, qmax) as u8)
             .collect();
-        // HWIO: the input channel is the second index.
+        // HWIO, the input channels padded to a multiple of 4 with zero weights: the kernel then reads every
+        // pixel as whole groups of four (a last group of 1 to 3 bytes, per row and tap, halved the stem's speed).
         let (cin, cout) = (stem.cin, stem.cout);
-        let folded: Vec<f32> = stem
-            .weight
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| w * scales[i / cout % cin])
+        let cin4 = cin.next_multiple_of(4);
+        let folded: Vec<f32> = (0..stem.weight.len() / cin * cin4)
+            .map(|i| {
+                let (tap, ci, co) = (i / (cin4 * cout), i / cout % cin4, i % cout);
+                match ci < cin {
+                    true => stem.weight[(tap * cin + ci) * cout + co] * scales[ci],
+                    false => 0.0,
+                }
+            })
             .collect();
         let (w, w_scale) = quantize_weights(&folded, cout);
         let mut q = quantize_conv(stem, &w, &w_scale, 1.0, y_scale, self.path);
+        let mut pad = zero_points.clone();
+        pad.resize(cin4, 0);
         for (i, &wq) in w.iter().enumerate() {
-            q.bias[i % cout] -= wq as i32 * zero_points[i / cout % cin] as i32;
+            q.bias[i % cout] -= wq as i32 * pad[i / cout % cin4] as i32;
         }
-        q.packed.pad = zero_points.clone();
+        q.packed.pad = pad;
         self.convs[0] = Some(q);
         self.scales[stem_out] = Some(y_scale);
         self.stem_input = Some((scales.iter().map(|s| 1.0 / s).collect(), zero_points));
@@ -537,18 +547,27 @@ impl QuantNet {
                     }
                     Some(q) => {
                         let in_len = shapes.values[*input].len();
+                        let mut g = plan_geom(shapes.plans[i].as_ref());
                         let x_scale = match (*input, &self.stem_input) {
                             (0, Some((inv_scales, zero_points))) => {
+                                g.cin = q.packed.cin;
                                 let f = &net.slots[slot[0]][..in_len];
-                                let y = &mut self.bytes[slot[0]][..in_len];
-                                quantize_input(f, inv_scales, zero_points, qmax, y);
-                                has_u8[0] = true;
+                                let len = in_len / inv_scales.len() * g.cin;
+                                self.stem_bytes.resize(len, 0);
+                                quantize_input(
+                                    f,
+                                    inv_scales,
+                                    zero_points,
+                                    qmax,
+                                    &mut self.stem_bytes,
+                                );
                                 // Folded into the stem's weights.
                                 1.0
                             }
                             _ => self.scales[*input].expect("a quantized conv reads a u8 value"),
                         };
-                        if !has_u8[*input] {
+                        let stem_int8 = *input == 0 && self.stem_input.is_some();
+                        if !has_u8[*input] && !stem_int8 {
                             let f = &net.slots[slot[*input]][..in_len];
                             quantize(f, x_scale, qmax, &mut self.bytes[slot[*input]][..in_len]);
                             has_u8[*input] = true;
@@ -580,8 +599,11 @@ impl QuantNet {
                             relu: net.convs[*conv].relu,
                             qmax,
                         };
-                        let g = plan_geom(shapes.plans[i].as_ref());
-                        let (n, x) = (shapes.values[*input].n, &self.bytes[slot[*input]][..in_len]);
+                        let n = shapes.values[*input].n;
+                        let x = match stem_int8 {
+                            true => &self.stem_bytes[..],
+                            false => &self.bytes[slot[*input]][..in_len],
+                        };
                         let y = match y_scale {
                             Some(_) => Output::U8(&mut y8[..out_len]),
                             None => Output::F32(&mut y32[..out_len]),
@@ -647,15 +669,17 @@ fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
     }
 }
 
-/// The NHWC network input `x [.., c]` as `u8` per channel: `round(v · inv_scale[c]) + zero_point[c]`, clamped
-/// to `[0, qmax]`.
+/// The NHWC network input `x [.., c]` as `u8` per channel into `y [.., c4]` (`c4 ≥ c`; the channels past `c`
+/// zero): `round(v · inv_scale[c]) + zero_point[c]`, clamped to `[0, qmax]`.
 fn quantize_input(x: &[f32], inv_scales: &[f32], zero_points: &[u8], qmax: u8, y: &mut [u8]) {
     let c = inv_scales.len();
-    for (ys, xs) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+    let c4 = y.len() / (x.len() / c);
+    for (ys, xs) in y.chunks_exact_mut(c4).zip(x.chunks_exact(c)) {
         for k in 0..c {
             let v = (xs[k] * inv_scales[k]).round_ties_even() + zero_points[k] as f32;
             ys[k] = int8::requant::to_u8(v, qmax as f32);
         }
+        ys[c..].fill(0);
     }
 }
 
@@ -708,8 +732,10 @@ fn quantize_conv(
         .collect();
     let scale = w_scale.iter().map(|&s| s * x_scale / y_scale).collect();
     let taps = c.kernel * c.kernel;
+    // `c.cin`, or more where the weights' input channels are padded (the stem's).
+    let cin = weights.len() / (taps * c.cout);
     QuantConv {
-        packed: int8::pack(path, taps, c.cin, c.cout, weights),
+        packed: int8::pack(path, taps, cin, c.cout, weights),
         bias,
         scale,
     }

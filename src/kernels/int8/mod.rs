@@ -350,19 +350,43 @@ fn conv_block(
     };
     let mut ptrs = vec![pad; tiles * taps * mr];
     let plane = g.oh * g.ow;
+    // The output position walks the rows (no division per row); a window wholly inside the image takes its
+    // taps' pointers as offsets from its corner (the stem's 49 taps per row made the general case, a bounds
+    // check per tap, cost more than the products).
+    let (mut img, mut oy, mut ox) = (r0 / plane, r0 % plane / g.ow, r0 % g.ow);
+    let window = ((g.kh - 1) * g.w + g.kw) * cin;
     for row in 0..nrows {
-        let r = r0 + row;
-        let (img, oy, ox) = (r / plane, r % plane / g.ow, r % g.ow);
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                    continue;
+        let iy0 = (oy * g.stride) as isize - g.pad as isize;
+        let ix0 = (ox * g.stride) as isize - g.pad as isize;
+        let at = |t: usize| ((row / mr) * taps + t) * mr + row % mr;
+        let inside =
+            iy0 >= 0 && ix0 >= 0 && iy0 as usize + g.kh <= g.h && ix0 as usize + g.kw <= g.w;
+        if inside {
+            let corner = ((img * g.h + iy0 as usize) * g.w + ix0 as usize) * cin;
+            let patch = x[corner..][..window].as_ptr();
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    // SAFETY: `(ky·w + kx)·cin + cin ≤ window`: inside the patch just sliced.
+                    ptrs[at(ky * g.kw + kx)] = unsafe { patch.add((ky * g.w + kx) * cin) };
                 }
-                let pixel = (img * g.h + iy as usize) * g.w + ix as usize;
-                let t = ky * g.kw + kx;
-                ptrs[((row / mr) * taps + t) * mr + row % mr] = x[pixel * cin..][..cin].as_ptr();
+            }
+        } else {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let (iy, ix) = (iy0 + ky as isize, ix0 + kx as isize);
+                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                        continue;
+                    }
+                    let pixel = (img * g.h + iy as usize) * g.w + ix as usize;
+                    ptrs[at(ky * g.kw + kx)] = x[pixel * cin..][..cin].as_ptr();
+                }
+            }
+        }
+        ox += 1;
+        if ox == g.ow {
+            (ox, oy) = (0, oy + 1);
+            if oy == g.oh {
+                (oy, img) = (0, img + 1);
             }
         }
     }
