@@ -100,6 +100,10 @@ def main():
     ap.add_argument("--layer", help="the layer to explain (default: the last stage)")
     ap.add_argument("--reuse", action="store_true", help="reuse the data and the run in --keep DIR")
     ap.add_argument("--figure", help="write a grid of canvases, heatmaps and predictions here (PNG)")
+    ap.add_argument("--widths", default="16,32,64,128", help="the stages' widths (`resnet train --widths`; three "
+                    "stages end at a quarter of the input's resolution, four at an eighth)")
+    ap.add_argument("--recipe", help="train with `resnet train --recipe NAME` (its batch size and schedule; the stem, "
+                    "widths and resize stay this tool's)")
     a = ap.parse_args()
     tmp = pathlib.Path(a.keep) if a.keep else pathlib.Path(tempfile.mkdtemp())
     tmp.mkdir(parents=True, exist_ok=True)
@@ -121,7 +125,8 @@ def main():
             write_split(data, "train", tr_x[:a.train], tr_y[:a.train], rng)
             test = write_split(data, "test", te_x[:a.test], te_y[:a.test], rng)
         train = None if a.reuse else [str(BINARY), "train", "--data", str(data), "--format", "folder", "--stem", "small", "--widths",
-                 "16,32,64,128", "--resize", str(a.resize), "--epochs", str(a.epochs), "--batch-size", "64", "--quiet", "--out", str(run)]
+                 a.widths, "--resize", str(a.resize), "--epochs", str(a.epochs), "--quiet", "--out", str(run)]
+        train = train and train + (["--recipe", a.recipe] if a.recipe else ["--batch-size", "64"])
         if train:
             print("$ " + " ".join(["resnet"] + train[1:]).replace(str(tmp), "TMP"), flush=True)
             started = time.time()
@@ -136,7 +141,7 @@ def main():
         started = time.time()
         out = subprocess.run(predict, check=True, capture_output=True, text=True).stdout.splitlines()
         print(f"explained {len(chosen)} canvases in {time.time() - started:.1f} s", flush=True)
-        shares, tight_shares, correct = [], [], 0
+        shares, tight_shares, correct, rights = [], [], 0, []
         for line, (_path, left, item), label in zip(out, chosen, te_y):
             v = json.loads(line)
             e = v["explain"]
@@ -158,12 +163,17 @@ def main():
             c0, c1 = round((left + cols.min()) * sx), round((left + cols.max() + 1) * sx)
             tight_shares.append(heat[r0:r1, c0:c1].sum() / total)
             # The folder's classes are its sorted folder names, not Fashion-MNIST's label order.
-            correct += v["class"] == CLASSES[label].replace(" ", "_")
+            right = v["class"] == CLASSES[label].replace(" ", "_")
+            correct += right
+            rights.append(right)
         shares = np.array(shares)
         tight_shares = np.array(tight_shares)
         print(f"accuracy on these {len(chosen)}: {correct / len(chosen):.1%}")
         print(f"heatmap mass inside the item's 28×28 box: mean {shares.mean():.1%}, median {np.median(shares):.1%}, "
               f"{(shares >= 0.9).sum()} of {len(shares)} images at 90 % or more")
+        right = shares[np.array(rights, dtype=bool)]
+        if len(right):
+            print(f"on the {len(right)} classified right: mean {right.mean():.1%}, median {np.median(right):.1%}")
         print(f"inside the tight box of the item's non-zero pixels: mean {tight_shares.mean():.1%}, "
               f"median {np.median(tight_shares):.1%}")
         print(f"the box covers 28 of {WIDTH} columns: a map spread evenly would put {28 / WIDTH:.1%} inside")
