@@ -110,7 +110,7 @@ impl ModelFile {
                 let mut net = q
                     .network(crate::kernels::int8::Path::detect())
                     .context(self.path.display())?;
-                net.quantize_stem(&self.input_ranges())
+                net.quantize_stem(&self.input_ranges().context(self.path.display())?)
                     .context(self.path.display())?;
                 InferenceNet::Int8(Box::new(net))
             }
@@ -172,21 +172,21 @@ impl ModelFile {
 
     /// Each input channel's range as the preprocessing makes it ([`ModelFile::preprocess`]'s normalization of a
     /// pixel in [0, 1]): what the int8 stem quantizes its input to.
-    pub fn input_ranges(&self) -> Vec<(f32, f32)> {
+    pub fn input_ranges(&self) -> Result<Vec<(f32, f32)>> {
+        let c = self.config.in_channels;
         let normalize = match &self.eval_transform {
-            Some(p) => p.normalize.clone(),
-            None if self.config.in_channels == 3 => imagenet_eval().normalize,
+            Some(p) => p.normalize_for(c)?,
+            None if c == 3 => imagenet_eval().normalize_for(c)?,
             None => None,
         };
-        (0..self.config.in_channels)
-            .map(|c| match &normalize {
-                Some((mean, std)) => {
-                    let (m, s) = (mean[c % mean.len()], std[c % std.len()]);
-                    ((0.0 - m) / s, (1.0 - m) / s)
-                }
-                None => (0.0, 1.0),
-            })
-            .collect()
+        Ok(match normalize {
+            Some((mean, std)) => mean
+                .iter()
+                .zip(&std)
+                .map(|(m, s)| ((0.0 - m) / s, (1.0 - m) / s))
+                .collect(),
+            None => vec![(0.0, 1.0); c],
+        })
     }
 
     /// The input size of a one-channel model: `resize`, else the size it was trained at.

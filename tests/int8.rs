@@ -229,7 +229,7 @@ fn a_quantized_file_runs_as_the_network_it_was_made_from() {
         let mut direct =
             QuantNet::new(CompiledNet::new(&net, None).unwrap(), &clips, path).unwrap();
         // Loading runs the stem on int8 too, for the preprocessing's input ranges (here ImageNet's).
-        let ranges = file.input_ranges();
+        let ranges = file.input_ranges().unwrap();
         assert_eq!(ranges.len(), 3);
         assert!((ranges[0].0 - (-0.485 / 0.229)).abs() < 1e-6, "{ranges:?}");
         direct.quantize_stem(&ranges).unwrap();
