@@ -280,7 +280,7 @@ pub fn explain_names(data: &[u8]) {
 }
 
 /// Quantized model files (`resnet quantize`'s, read wherever weights load): a file that reads builds an int8
-/// network that runs, or an error.
+/// network that runs, or an error, with its stem in f32 and on int8.
 pub fn quantized(data: &[u8]) {
     let origin = "fuzz-int8.safetensors";
     let Ok((q, _)) = crate::compiled::quant_file::Quantized::read(data, origin) else {
@@ -291,7 +291,14 @@ pub fn quantized(data: &[u8]) {
         .expect("a quantized file that reads builds its network");
     let c = net.config().in_channels;
     let classes = net.config().num_classes;
-    if let Ok(logits) = net.forward(&vec![0.5f32; c * 32 * 32], Shape4::new(1, c, 32, 32)) {
+    let x = vec![0.5f32; c * 32 * 32];
+    if let Ok(logits) = net.forward(&x, Shape4::new(1, c, 32, 32)) {
         assert_eq!(logits.len(), classes);
+    }
+    // As a file loads: the stem on int8 too (its f32 weights, whatever they hold, quantized).
+    if net.quantize_stem(&vec![(-2.0, 2.0); c]).is_ok() {
+        if let Ok(logits) = net.forward(&x, Shape4::new(1, c, 32, 32)) {
+            assert_eq!(logits.len(), classes);
+        }
     }
 }
