@@ -21,8 +21,7 @@
 use super::{median_step_seconds, CompiledNet, ProfiledStep, Step};
 use crate::kernels::conv::Epilogue;
 use crate::kernels::int8::{self, Output, PackedWeights, Path, Requant, Residual};
-use crate::kernels::linear::linear_forward;
-use crate::kernels::pool::{global_avg_pool_forward, max_pool_infer, max_pool_infer_u8};
+use crate::kernels::pool::{max_pool_infer, max_pool_infer_u8};
 use crate::tensor::nchw_to_nhwc_into;
 use crate::{bail, Result, Shape4};
 
@@ -185,12 +184,8 @@ impl Calibration {
 /// stem, the first).
 fn quantized_values(net: &CompiledNet) -> Vec<bool> {
     let mut q = vec![false; net.steps.len() + 1];
-    for step in &net.steps {
-        if let Step::Conv { conv, input, .. } = step {
-            if *conv > 0 {
-                q[*input] = true;
-            }
-        }
+    for (conv, input, _) in net.steps.iter().filter_map(Step::conv_io) {
+        q[input] |= conv > 0;
     }
     q
 }
@@ -223,6 +218,9 @@ pub struct QuantNet {
     stem_input: Option<(Vec<f32>, Vec<u8>)>,
     /// The stem's `u8` input, its channels padded to a multiple of 4 (grown to the largest batch met).
     stem_bytes: Vec<u8>,
+    /// Per value, during a pass: whether its f32 copy, and its `u8` copy, has been made.
+    has_f32: Vec<bool>,
+    has_u8: Vec<bool>,
 }
 
 impl QuantNet {
@@ -276,23 +274,14 @@ impl QuantNet {
         let scales: Vec<Option<f32>> = clips.iter().map(|c| c.map(|c| c / qmax)).collect();
         let mut weights = weights;
         let mut convs: Vec<Option<QuantConv>> = (0..net.convs.len()).map(|_| None).collect();
-        for step in &net.steps {
-            let Step::Conv {
-                conv,
-                input,
-                output,
-                ..
-            } = step
-            else {
+        for (conv, input, output) in net.steps.iter().filter_map(Step::conv_io) {
+            let Some(x_scale) = scales[input] else {
                 continue;
             };
-            let Some(x_scale) = scales[*input] else {
-                continue;
-            };
-            let y_scale = scales[*output].unwrap_or(1.0);
-            let (w, w_scale) = weights[*conv].take().expect("checked above");
-            convs[*conv] = Some(quantize_conv(
-                &net.convs[*conv],
+            let y_scale = scales[output].unwrap_or(1.0);
+            let (w, w_scale) = weights[conv].take().expect("checked above");
+            convs[conv] = Some(quantize_conv(
+                &net.convs[conv],
                 &w,
                 &w_scale,
                 x_scale,
@@ -308,6 +297,8 @@ impl QuantNet {
             bytes: Vec::new(),
             stem_input: None,
             stem_bytes: Vec::new(),
+            has_f32: Vec::new(),
+            has_u8: Vec::new(),
         })
     }
 
@@ -427,27 +418,21 @@ impl QuantNet {
         };
         let mut lines = Vec::new();
         for (i, step) in self.net.steps.iter().enumerate() {
-            let Step::Conv {
-                conv,
-                input,
-                output,
-                ..
-            } = step
-            else {
+            let Some((conv, input, output)) = step.conv_io() else {
                 continue;
             };
             let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
-            let runs = match self.convs[*conv] {
+            let runs = match self.convs[conv] {
                 Some(_) => self.path.name().to_string(),
                 None => format!("f32 {}", plan.forward),
             };
             lines.push(format!(
                 "  {:<22} {} {:<26} {} -> {}",
-                self.net.convs[*conv].name,
+                self.net.convs[conv].name,
                 plan.geom,
                 runs,
-                kind(*input),
-                kind(*output)
+                kind(input),
+                kind(output)
             ));
         }
         Ok(lines)
@@ -506,7 +491,15 @@ impl QuantNet {
         let slot = &shapes.arena.slot;
         // Which copies of each value this pass has made.
         let count = shapes.values.len();
-        let (mut has_f32, mut has_u8) = (vec![false; count], vec![false; count]);
+        // Kept between passes, so that a pass allocates none.
+        let (mut has_f32, mut has_u8) = (
+            std::mem::take(&mut self.has_f32),
+            std::mem::take(&mut self.has_u8),
+        );
+        for has in [&mut has_f32, &mut has_u8] {
+            has.clear();
+            has.resize(count, false);
+        }
         nchw_to_nhwc_into(x, xs, &mut net.slots[slot[0]][..xs.len()]);
         has_f32[0] = true;
         let qmax = self.path.qmax();
@@ -638,21 +631,10 @@ impl QuantNet {
             }
             lap(i, &mut times);
         }
-        let last = *shapes.values.last().expect("a network has values");
-        let features = &net.slots[slot[count - 1]][..last.len()];
-        let classes = net.config.num_classes;
-        global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut net.pooled);
-        linear_forward(
-            last.n,
-            last.c,
-            classes,
-            &net.pooled,
-            &net.fc_weight,
-            &net.fc_bias,
-            &mut net.logits,
-        );
+        (self.has_f32, self.has_u8) = (has_f32, has_u8);
+        net.classify(xs);
         lap(net.steps.len(), &mut times);
-        Ok(&net.logits[..last.n * classes])
+        Ok(&net.logits[..xs.n * net.config.num_classes])
     }
 }
 

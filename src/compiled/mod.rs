@@ -141,6 +141,19 @@ enum Step {
 }
 
 impl Step {
+    /// A convolution step's `(conv, input, output)`; `None` for the max pool.
+    fn conv_io(&self) -> Option<(usize, usize, usize)> {
+        match *self {
+            Step::Conv {
+                conv,
+                input,
+                output,
+                ..
+            } => Some((conv, input, output)),
+            Step::MaxPool { .. } => None,
+        }
+    }
+
     fn output(&self) -> usize {
         match self {
             Step::Conv { output, .. } | Step::MaxPool { output, .. } => *output,
@@ -457,8 +470,19 @@ impl CompiledNet {
             self.slots[out_slot] = out;
             lap(i, &mut times);
         }
-        let last = *shapes.values.last().expect("a network has steps");
-        let features = &self.slots[*slot.last().expect("values")][..last.len()];
+        self.classify(xs);
+        lap(self.steps.len(), &mut times);
+        let rows = xs.n * self.config.num_classes;
+        Ok(&self.logits[..rows])
+    }
+
+    /// The global average pool and the classifier over the last value of a pass for input `xs` (in its arena
+    /// slot, as f32), into `self.logits` (`[n, classes]`); the f32 and the int8 passes end with it.
+    fn classify(&mut self, xs: Shape4) {
+        let shapes = &self.shapes[&xs];
+        let last = *shapes.values.last().expect("a network has values");
+        let slot = *shapes.arena.slot.last().expect("a network has values");
+        let features = &self.slots[slot][..last.len()];
         let classes = self.config.num_classes;
         global_avg_pool_forward(last.n, last.h * last.w, last.c, features, &mut self.pooled);
         linear_forward(
@@ -470,8 +494,6 @@ impl CompiledNet {
             &self.fc_bias,
             &mut self.logits,
         );
-        lap(self.steps.len(), &mut times);
-        Ok(&self.logits[..last.n * classes])
     }
 
     /// Times each step of the forward pass over the NCHW input `x` of shape `xs` (median of `iters` passes after one warm-up): one
