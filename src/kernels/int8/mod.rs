@@ -14,10 +14,12 @@
 //! tap reads a block of zeros). A rayon task owns a block of rows and walks every column panel over them (with
 //! few rows, a group of the panels).
 //!
-//! Paths ([`Path`], chosen once per process): AVX-512 VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
+//! Paths ([`Path`], chosen once per process): AMX ([`amx`], whose panels are two halves of 16 columns), AVX-512
+//! VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
 //! activations of at most 127 ([`Path::qmax`]): a network quantized for it stores 7-bit activations, so that
 //! `vpmaddubsw`'s 16-bit pair sums never saturate (see [`tiles`]).
 
+mod amx;
 pub mod reference;
 pub mod requant;
 mod tiles;
@@ -38,6 +40,8 @@ static ZEROS: [u8; MAX_CIN] = [0; MAX_CIN];
 /// Which micro-kernel runs the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
+    /// AMX tiles (blocks of 32 rows × 32 columns; see [`amx`]).
+    Amx,
     /// AVX-512 VNNI on zmm registers (6 rows × 64 columns).
     Vnni512,
     /// VNNI on ymm registers, AVX-512VL encoding (6 × 16).
@@ -52,7 +56,8 @@ pub enum Path {
 
 impl Path {
     /// Every path, fastest first.
-    pub const ALL: [Path; 5] = [
+    pub const ALL: [Path; 6] = [
+        Path::Amx,
         Path::Vnni512,
         Path::Vnni256Evex,
         Path::Vnni256Vex,
@@ -60,14 +65,17 @@ impl Path {
         Path::Portable,
     ];
 
-    /// The path this process runs, chosen once: the first of [`Path::ALL`] the CPU has, where
-    /// `RESNET_AVX512=0` rules out the AVX-512 ones (leaving AVX-VNNI or AVX2) and `RESNET_PORTABLE=1` all but
-    /// the portable one (as for the f32 kernels, `crate::kernels::conv::tile`).
+    /// The path this process runs, chosen once: the first of [`Path::ALL`] the CPU has, where `RESNET_AMX=0`
+    /// rules out AMX (leaving AVX-512 VNNI), `RESNET_AVX512=0` the AVX-512 ones (AMX among them, leaving AVX-VNNI
+    /// or AVX2) and `RESNET_PORTABLE=1` all but the portable one (as for the f32 kernels,
+    /// `crate::kernels::conv::tile`).
     pub fn detect() -> Path {
         use std::sync::OnceLock;
         static PATH: OnceLock<Path> = OnceLock::new();
         *PATH.get_or_init(|| {
+            let amx_off = std::env::var_os("RESNET_AMX").is_some_and(|v| v == "0");
             let usable = |p: Path| match p {
+                Path::Amx => avx512() && !amx_off && p.available(),
                 Path::Vnni512 | Path::Vnni256Evex => avx512() && p.available(),
                 Path::Vnni256Vex | Path::Avx2 => cpu_supported() && p.available(),
                 Path::Portable => true,
@@ -85,6 +93,7 @@ impl Path {
         {
             use std::is_x86_feature_detected as has;
             match self {
+                Path::Amx => amx::available(),
                 Path::Vnni512 => has!("avx512f") && has!("avx512bw") && has!("avx512vnni"),
                 Path::Vnni256Evex => has!("avx512f") && has!("avx512vl") && has!("avx512vnni"),
                 Path::Vnni256Vex => has!("avx2") && has!("avxvnni"),
@@ -101,6 +110,7 @@ impl Path {
     /// Output columns per register tile (the panel width `W`).
     pub fn width(self) -> usize {
         match self {
+            Path::Amx => amx::BLOCK,
             Path::Vnni512 => 64,
             _ => 16,
         }
@@ -109,6 +119,7 @@ impl Path {
     /// Rows per register tile.
     fn rows(self) -> usize {
         match self {
+            Path::Amx => amx::BLOCK,
             Path::Vnni512 | Path::Vnni256Evex | Path::Vnni256Vex => 6,
             Path::Avx2 | Path::Portable => 4,
         }
@@ -125,6 +136,7 @@ impl Path {
     /// The name `resnet summary --plan` prints.
     pub fn name(self) -> &'static str {
         match self {
+            Path::Amx => "int8 amx",
             Path::Vnni512 => "int8 avx512-vnni",
             Path::Vnni256Evex => "int8 vnni-ymm (avx512vl)",
             Path::Vnni256Vex => "int8 avx-vnni",
@@ -133,7 +145,28 @@ impl Path {
         }
     }
 
-    /// Runs the path's tile (see [`tiles`]).
+    /// Register tiles per rayon task for the convolution `g`: [`TILES_PER_TASK`]; on AMX, whose task gathers its
+    /// rows once and walks every panel over them, as many blocks as keep the gathered rows within about 1 MiB
+    /// of the core's L2 (2 MiB on Sapphire Rapids), so that they are read from there by every panel.
+    fn tiles_per_task(self, g: &ConvGeom) -> usize {
+        match self {
+            Path::Amx => {
+                let k = (g.kh * g.kw * g.cin.div_ceil(4) * 4).next_multiple_of(amx::STEP);
+                ((1 << 20) / (amx::BLOCK * k)).clamp(2, TILES_PER_TASK)
+            }
+            _ => TILES_PER_TASK,
+        }
+    }
+
+    /// Columns of one sub-panel, the `[W'][4]` groups a tile reads: the width, but for AMX's halves.
+    fn sub_width(self) -> usize {
+        match self {
+            Path::Amx => 16,
+            p => p.width(),
+        }
+    }
+
+    /// Runs the path's tile (see [`tiles`]; AMX's blocks run in [`amx_panels`] instead).
     ///
     /// # Safety
     /// As the tiles': the path [`Path::available`], the pointers readable as they say.
@@ -154,6 +187,7 @@ impl Path {
             Path::Vnni256Vex => tiles::vnni256_vex(rows, taps, cin, w, acc),
             #[cfg(target_arch = "x86_64")]
             Path::Avx2 => tiles::avx2(rows, taps, cin, w, acc),
+            Path::Amx => unreachable!("int8: AMX blocks run in amx_panels"),
             _ => tiles::portable(rows, taps, cin, w, acc),
         }
     }
@@ -167,7 +201,9 @@ impl Path {
         let width = self.width();
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Vnni512 | Path::Vnni256Evex => requant::tile_avx512(acc, width, store),
+            Path::Amx | Path::Vnni512 | Path::Vnni256Evex => {
+                requant::tile_avx512(acc, width, store)
+            }
             #[cfg(target_arch = "x86_64")]
             Path::Vnni256Vex | Path::Avx2 => requant::tile_avx2(acc, width, store),
             _ => requant::tile_rows(acc, width, store),
@@ -216,17 +252,20 @@ pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> Packe
         taps * cin * cout,
         "int8::pack: weights of the wrong length"
     );
-    let width = path.width();
+    let (width, sub) = (path.width(), path.sub_width());
     let groups = cin.div_ceil(4);
-    let mut data = vec![0i8; cout.div_ceil(width) * taps * groups * 4 * width];
-    for (i, d) in data.iter_mut().enumerate() {
-        // i = (((panel · taps + t) · groups + g) · width + col) · 4 + lane
+    let len = cout.div_ceil(width) * taps * groups * 4 * width;
+    // AMX's last step reads up to 1,008 bytes past a half panel (see `amx`): the padding keeps that inside.
+    let over = if path == Path::Amx { 1024 } else { 0 };
+    let mut data = vec![0i8; len + over];
+    for (i, d) in data[..len].iter_mut().enumerate() {
+        // i = ((((panel · halves + h) · taps + t) · groups + g) · sub + col) · 4 + lane, halves = width / sub
         let lane = i % 4;
-        let col = i / 4 % width;
-        let g = i / (4 * width) % groups;
-        let t = i / (4 * width * groups) % taps;
-        let panel = i / (4 * width * groups * taps);
-        let (k, c) = (4 * g + lane, panel * width + col);
+        let col = i / 4 % sub;
+        let g = i / (4 * sub) % groups;
+        let t = i / (4 * sub * groups) % taps;
+        let half = i / (4 * sub * groups * taps);
+        let (k, c) = (4 * g + lane, half * sub + col);
         if k < cin && c < cout {
             *d = w[(t * cin + k) * cout + c];
         }
@@ -291,11 +330,11 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
     // thread busy; below that (the 14×14 and 7×7 stages at small batches) evenly cut row blocks, each times a
     // group of the panels, so that both cores work and each reads only its share of the weights.
     let enough = 4 * rayon::current_num_threads();
-    let (row_blocks, tiles_per_block, panels_per_task) = if tiles.div_ceil(TILES_PER_TASK) >= enough
-    {
-        (tiles.div_ceil(TILES_PER_TASK), TILES_PER_TASK, panels)
+    let per_task = w.path.tiles_per_task(g);
+    let (row_blocks, tiles_per_block, panels_per_task) = if tiles.div_ceil(per_task) >= enough {
+        (tiles.div_ceil(per_task), per_task, panels)
     } else {
-        let row_blocks = tiles.div_ceil(TILES_PER_TASK);
+        let row_blocks = tiles.div_ceil(per_task);
         let per_task = panels.div_ceil(enough.div_ceil(row_blocks).min(panels));
         (row_blocks, tiles.div_ceil(row_blocks), per_task)
     };
@@ -337,6 +376,12 @@ fn conv_block(
     panels: std::ops::Range<usize>,
     out: &OutPtr,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if w.path == Path::Amx {
+        // SAFETY: the path is available (checked in `conv`).
+        unsafe { amx_panels(g, x, w, rq, rows, panels, out) };
+        return;
+    }
     let (cin, cout, taps) = (g.cin, g.cout, w.taps);
     let (r0, nrows) = (rows.start, rows.len());
     let (mr, width) = (w.path.rows(), w.path.width());
@@ -396,17 +441,8 @@ fn conv_block(
         let cols = width.min(cout - c0);
         let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
         for tile in 0..tiles {
-            // The shortcut's pieces this tile's epilogue reads, asked for now so that they arrive while the tile
-            // multiplies: the rows are `cout` apart, too many interleaved streams for the hardware prefetcher
-            // (waiting for them took a third of the epilogue's time on resnet50).
-            for i in 0..mr.min(nrows - tile * mr) {
-                let global = (r0 + tile * mr + i) * cout + c0;
-                match rq.residual {
-                    Residual::None => {}
-                    Residual::U8 { values, .. } => prefetch(&values[global..][..cols]),
-                    Residual::F32 { values, .. } => prefetch(&values[global..][..cols]),
-                }
-            }
+            let (row0, live) = (r0 + tile * mr, mr.min(nrows - tile * mr));
+            prefetch_residual(rq, cout, row0, live, c0, cols);
             // SAFETY: the path is available (checked in `conv`), each pointer reads `cin` bytes of `x` or the
             // zero block (`cin ≤ MAX_CIN`), the panel is whole, `acc` holds the largest tile.
             unsafe {
@@ -418,41 +454,141 @@ fn conv_block(
                     &mut acc,
                 )
             };
-            let global = (r0 + tile * mr) * cout + c0;
-            let live = mr.min(nrows - tile * mr);
-            // The tile's pieces: rows `global + i · cout`, `i < live`, each `cols` long, inside the output (and
-            // shortcut) `conv` checked to hold `rows · cout`.
-            let store = TileStore {
-                rows: live,
-                cols,
-                stride: cout,
-                bias: rq.bias[c0..][..cols].as_ptr(),
-                scale: rq.scale[c0..][..cols].as_ptr(),
-                residual: match rq.residual {
-                    Residual::None => RawResidual::None,
-                    Residual::U8 { values, scale } => RawResidual::U8(
-                        values[global..][..(live - 1) * cout + cols].as_ptr(),
-                        scale,
-                    ),
-                    Residual::F32 { values, scale } => RawResidual::F32(
-                        values[global..][..(live - 1) * cout + cols].as_ptr(),
-                        scale,
-                    ),
-                },
-                // SAFETY: `global + (live - 1) · cout + cols ≤ rows · cout`, inside the output.
-                out: unsafe {
-                    match *out {
-                        OutPtr::U8(y) => RawOut::U8(y.add(global)),
-                        OutPtr::F32(y) => RawOut::F32(y.add(global)),
-                    }
-                },
-                relu: rq.relu,
-                qmax: rq.qmax,
-            };
-            // SAFETY: the pointers hold the tile's pieces (above); this task alone writes them; the path is
+            let store = tile_store(rq, out, cout, row0, live, c0, cols);
+            // SAFETY: the store's pointers hold the tile's pieces; this task alone writes them; the path is
             // available.
             unsafe { w.path.requant_tile(&acc, &store) };
         }
+    }
+}
+
+/// [`conv_block`] on the AMX path: the block's rows gathered once (or read in place, see [`amx`]), then per
+/// pair of half panels, per block of 32 rows, a block of sums through the epilogue.
+///
+/// # Safety
+/// [`Path::Amx`] is available; the arguments as [`conv`] checked them; `w` packed for AMX.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_panels(
+    g: &ConvGeom,
+    x: &[u8],
+    w: &PackedWeights,
+    rq: &Requant,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    out: &OutPtr,
+) {
+    use amx::{BLOCK, STEP};
+    let (cin, cout, taps) = (g.cin, g.cout, w.taps);
+    let (r0, nrows) = (rows.start, rows.len());
+    let per_tap = cin.div_ceil(4) * 4;
+    let k = (taps * per_tap).next_multiple_of(STEP);
+    // A 1×1 convolution of stride 1 without padding reads whole blocks in place: its rows are consecutive pixels.
+    let in_place = taps == 1 && g.stride == 1 && g.pad == 0 && cin % STEP == 0;
+    let blocks = nrows.div_ceil(BLOCK);
+    // The gathered rows of every block, `[blocks][32][k]`, gathered once and then read by every panel: panels
+    // outside, blocks inside, so that a panel's weights are read from memory once per task and its blocks from
+    // L2. (A 1×1 convolution read in place gathers only its last block, when partial, into the first slot.)
+    let gather = |block: usize| !(in_place && (block + 1) * BLOCK <= nrows);
+    let slot = |block: usize| if in_place { 0 } else { block };
+    let slots = (0..blocks).filter(|&b| gather(b)).count();
+    let mut gathered = vec![0u8; slots * BLOCK * k];
+    let pad = if w.pad.is_empty() {
+        &ZEROS[..cin]
+    } else {
+        &w.pad[..]
+    };
+    for block in (0..blocks).filter(|&b| gather(b)) {
+        let first = r0 + block * BLOCK;
+        let count = BLOCK.min(nrows - block * BLOCK);
+        let dst = &mut gathered[slot(block) * BLOCK * k..][..count * k];
+        amx::gather(g, x, pad, first, count, k, dst);
+    }
+    let mut acc = Sums([0; BLOCK * BLOCK]);
+    let half = w.panel_len() / 2;
+    amx::Config::load();
+    for panel in panels {
+        let c0 = panel * BLOCK;
+        let cols = BLOCK.min(cout - c0);
+        let wp = w.data.as_ptr().add(panel * w.panel_len());
+        for block in 0..blocks {
+            let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
+            let (a, stride) = if gather(block) {
+                (gathered.as_ptr().add(slot(block) * BLOCK * k), k)
+            } else {
+                (x.as_ptr().add(row0 * cin), cin)
+            };
+            prefetch_residual(rq, cout, row0, live, c0, cols);
+            amx::block(
+                a,
+                a.add(16 * stride),
+                stride,
+                wp,
+                wp.add(half),
+                k / STEP,
+                acc.0.as_mut_ptr(),
+            );
+            let store = tile_store(rq, out, cout, row0, live, c0, cols);
+            requant::tile_avx512(&acc.0, BLOCK, &store);
+        }
+    }
+    amx::release();
+}
+
+/// One AMX block's sums, aligned to cache lines (its rows are stored and read 64 bytes at a time).
+#[repr(align(64))]
+struct Sums([i32; amx::BLOCK * amx::BLOCK]);
+
+/// Asks for the shortcut's pieces a tile's epilogue reads (rows `row0..row0 + live`, channels `c0..c0 + cols`),
+/// so that they arrive while the tile multiplies: the rows are `cout` apart, too many interleaved streams for
+/// the hardware prefetcher (waiting for them took a third of the epilogue's time on resnet50).
+fn prefetch_residual(rq: &Requant, cout: usize, row0: usize, live: usize, c0: usize, cols: usize) {
+    for i in 0..live {
+        let at = (row0 + i) * cout + c0;
+        match rq.residual {
+            Residual::None => return,
+            Residual::U8 { values, .. } => prefetch(&values[at..][..cols]),
+            Residual::F32 { values, .. } => prefetch(&values[at..][..cols]),
+        }
+    }
+}
+
+/// The epilogue's view of one tile: output rows `row0..row0 + live`, channels `c0..c0 + cols`.
+fn tile_store(
+    rq: &Requant,
+    out: &OutPtr,
+    cout: usize,
+    row0: usize,
+    live: usize,
+    c0: usize,
+    cols: usize,
+) -> TileStore {
+    let global = row0 * cout + c0;
+    // The tile's pieces: rows `global + i · cout`, `i < live`, each `cols` long, inside the output (and shortcut)
+    // `conv` checked to hold `rows · cout`.
+    TileStore {
+        rows: live,
+        cols,
+        stride: cout,
+        bias: rq.bias[c0..][..cols].as_ptr(),
+        scale: rq.scale[c0..][..cols].as_ptr(),
+        residual: match rq.residual {
+            Residual::None => RawResidual::None,
+            Residual::U8 { values, scale } => {
+                RawResidual::U8(values[global..][..(live - 1) * cout + cols].as_ptr(), scale)
+            }
+            Residual::F32 { values, scale } => {
+                RawResidual::F32(values[global..][..(live - 1) * cout + cols].as_ptr(), scale)
+            }
+        },
+        // SAFETY: `global + (live - 1) · cout + cols ≤ rows · cout`, inside the output.
+        out: unsafe {
+            match *out {
+                OutPtr::U8(y) => RawOut::U8(y.add(global)),
+                OutPtr::F32(y) => RawOut::F32(y.add(global)),
+            }
+        },
+        relu: rq.relu,
+        qmax: rq.qmax,
     }
 }
 

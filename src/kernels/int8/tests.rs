@@ -57,7 +57,7 @@ fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
     }
 }
 
-const SHAPES: [Shape; 10] = [
+const SHAPES: [Shape; 12] = [
     (16, 64, 1, 1, 0, 5, 7, 2),
     (64, 256, 1, 1, 0, 4, 4, 3),
     (24, 40, 1, 2, 0, 9, 7, 2),
@@ -69,6 +69,10 @@ const SHAPES: [Shape; 10] = [
     (64, 64, 3, 1, 1, 8, 8, 4),
     // Rows enough for blocks of whole tiles over every panel (the others cut the panels among tasks).
     (8, 80, 3, 1, 1, 30, 31, 2),
+    // AMX reads the rows of a 1×1 convolution in place when its channels are a multiple of 64: whole blocks of
+    // 32 rows (and a half panel of 16 columns), and a last partial block gathered.
+    (128, 48, 1, 1, 0, 8, 8, 2),
+    (192, 40, 1, 1, 0, 7, 7, 1),
 ];
 
 #[test]
