@@ -191,8 +191,9 @@ pub(super) unsafe fn block(
 
 /// The reduction rows of output rows `first..first + count` of `g` over the NHWC batch `x`, as the AMX blocks
 /// read them: `dst [count][k]`, row `i` holding per tap (`t = ky·kw + kx`) the `cin` channels of the pixel it
-/// reads at `t·⌈cin/4⌉·4` (`pad`, `[cin]`, where the tap falls in the padding). The bytes past each tap's `cin`
-/// and past the last tap are left as they are (zeros, in a fresh buffer).
+/// reads at `t·⌈cin/4⌉·4` (`pad`, `[cin]`, where the tap falls in the padding), then zeros to `k`. The bytes
+/// between a tap's `cin` and `⌈cin/4⌉·4` are left as they are: their weights are zero. (The buffers are reused,
+/// so the zeros past the last tap, which meet other weights, are written each time.)
 ///
 /// A kernel row wholly inside the image is one copy where the taps are side by side in `dst` too (`cin` a
 /// multiple of 4): the stem's 49 taps of 4 bytes are 7 copies of 28, and no pointer per tap is made.
@@ -215,8 +216,14 @@ pub(super) unsafe fn gather(
     assert!(pad.len() >= cin && dst.len() >= count * k && g.kh * g.kw * per_tap <= k);
     let plane = g.oh * g.ow;
     let (mut img, mut oy, mut ox) = (first / plane, first % plane / g.ow, first % g.ow);
+    let taps_end = g.kh * g.kw * per_tap;
     for i in 0..count {
-        let row = &mut dst[i * k..][..g.kh * g.kw * per_tap];
+        copy(
+            ZERO_STEP.as_ptr(),
+            dst[i * k + taps_end..][..k - taps_end].as_mut_ptr(),
+            k - taps_end,
+        );
+        let row = &mut dst[i * k..][..taps_end];
         let iy0 = (oy * g.stride) as isize - g.pad as isize;
         let ix0 = (ox * g.stride) as isize - g.pad as isize;
         let whole_rows = ix0 >= 0 && ix0 as usize + g.kw <= g.w && per_tap == cin;
@@ -255,7 +262,10 @@ pub(super) unsafe fn gather(
     }
 }
 
-/// Copies `n ≤ 64·⌈n/64⌉` bytes from `src` to `dst`, 64 a step, the last step masked (a gathered row's taps are
+/// Zeros for the end of a gathered row (less than a step).
+static ZERO_STEP: [u8; STEP] = [0; STEP];
+
+/// Copies `n` bytes from `src` to `dst`, 64 a step, the last step masked (a gathered row's taps are
 /// short: one call of `memcpy` each cost more than the products).
 ///
 /// # Safety

@@ -229,6 +229,15 @@ pub struct PackedWeights {
 }
 
 impl PackedWeights {
+    /// What a padded tap reads: [`PackedWeights::pad`], or zeros.
+    fn pad_or_zeros(&self) -> &[u8] {
+        if self.pad.is_empty() {
+            &ZEROS[..self.cin]
+        } else {
+            &self.pad
+        }
+    }
+
     /// Bytes of one column panel.
     fn panel_len(&self) -> usize {
         self.taps * self.cin.div_ceil(4) * 4 * self.path.width()
@@ -343,16 +352,72 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
         Output::U8(y) => OutPtr::U8(y[..rows * cout].as_mut_ptr()),
         Output::F32(y) => OutPtr::F32(y[..rows * cout].as_mut_ptr()),
     };
-    (0..row_blocks * panel_groups)
-        .into_par_iter()
-        .for_each(|task| {
-            let (block, group) = (task / panel_groups, task % panel_groups);
-            let r0 = (block * tiles_per_block * mr).min(rows);
-            let r1 = ((block + 1) * tiles_per_block * mr).min(rows);
-            let p0 = group * panels_per_task;
-            let p1 = (p0 + panels_per_task).min(panels);
-            conv_block(g, x, w, rq, r0..r1, p0..p1, &out)
+    let tasks = |shared: Option<&[u8]>| {
+        (0..row_blocks * panel_groups)
+            .into_par_iter()
+            .for_each(|task| {
+                let (block, group) = (task / panel_groups, task % panel_groups);
+                let r0 = (block * tiles_per_block * mr).min(rows);
+                let r1 = ((block + 1) * tiles_per_block * mr).min(rows);
+                let p0 = group * panels_per_task;
+                let p1 = (p0 + panels_per_task).min(panels);
+                conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared)
+            })
+    };
+    // AMX with the panels cut among tasks: every row gathered once, in parallel, for the tasks to share (each
+    // would gather them all again, the bulk of the 14×14 and 7×7 stages' time at batch 1).
+    #[cfg(target_arch = "x86_64")]
+    if w.path == Path::Amx && panel_groups > 1 && !AmxRows::of(g).in_place {
+        let k = AmxRows::of(g).k;
+        let block = amx::BLOCK * k;
+        SHARED_ROWS.with_borrow_mut(|buf| {
+            let len = rows.div_ceil(amx::BLOCK) * block;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            buf[..len]
+                .par_chunks_mut(block)
+                .enumerate()
+                .for_each(|(b, dst)| {
+                    let first = b * amx::BLOCK;
+                    let count = amx::BLOCK.min(rows - first);
+                    // SAFETY: the path is available (checked above).
+                    unsafe { amx::gather(g, x, w.pad_or_zeros(), first, count, k, dst) };
+                });
+            tasks(Some(&buf[..len]))
         });
+        return;
+    }
+    tasks(None)
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// AMX's rows gathered for all of a convolution's tasks (see [`conv`]), kept for the next convolution.
+    static SHARED_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// AMX's rows gathered by one task (see [`amx_panels`]), kept for the next task on this thread.
+    static TASK_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How the AMX path reads a convolution's reduction rows.
+#[cfg(target_arch = "x86_64")]
+struct AmxRows {
+    /// Bytes of a gathered row: the taps', rounded up to a step of 64.
+    k: usize,
+    /// A 1×1 convolution of stride 1 without padding, its channels a multiple of 64: whole blocks are read in
+    /// place (its rows are consecutive pixels).
+    in_place: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl AmxRows {
+    fn of(g: &ConvGeom) -> AmxRows {
+        let taps = g.kh * g.kw;
+        AmxRows {
+            k: (taps * g.cin.div_ceil(4) * 4).next_multiple_of(amx::STEP),
+            in_place: taps == 1 && g.stride == 1 && g.pad == 0 && g.cin % amx::STEP == 0,
+        }
+    }
 }
 
 /// Where [`conv`]'s tasks write: the output's first element. Each task writes only its own rows' pieces in its
@@ -366,7 +431,8 @@ enum OutPtr {
 // SAFETY: the tasks sharing it write disjoint elements (see above), inside the output slice it was taken from.
 unsafe impl Sync for OutPtr {}
 
-/// Output rows `rows` over the column panels `panels`.
+/// Output rows `rows` over the column panels `panels`; `shared`: on AMX, every row of the convolution already
+/// gathered (`[rows][k]`, see [`conv`]).
 fn conv_block(
     g: &ConvGeom,
     x: &[u8],
@@ -375,13 +441,15 @@ fn conv_block(
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
     out: &OutPtr,
+    shared: Option<&[u8]>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if w.path == Path::Amx {
         // SAFETY: the path is available (checked in `conv`).
-        unsafe { amx_panels(g, x, w, rq, rows, panels, out) };
+        unsafe { amx_panels(g, x, w, rq, rows, panels, out, shared) };
         return;
     }
+    let _ = shared;
     let (cin, cout, taps) = (g.cin, g.cout, w.taps);
     let (r0, nrows) = (rows.start, rows.len());
     let (mr, width) = (w.path.rows(), w.path.width());
@@ -462,12 +530,15 @@ fn conv_block(
     }
 }
 
-/// [`conv_block`] on the AMX path: the block's rows gathered once (or read in place, see [`amx`]), then per
-/// pair of half panels, per block of 32 rows, a block of sums through the epilogue.
+/// [`conv_block`] on the AMX path: the block's rows gathered once (or read in place, or from `shared`, see
+/// [`amx`] and [`conv`]), then per pair of half panels, per block of 32 rows, a block of sums through the
+/// epilogue.
 ///
 /// # Safety
-/// [`Path::Amx`] is available; the arguments as [`conv`] checked them; `w` packed for AMX.
+/// [`Path::Amx`] is available; the arguments as [`conv`] checked them; `w` packed for AMX; `shared`, when
+/// given, holds the rows gathered by [`amx::gather`] from row 0 to past the end of `rows`, in whole blocks.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn amx_panels(
     g: &ConvGeom,
     x: &[u8],
@@ -476,32 +547,64 @@ unsafe fn amx_panels(
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
     out: &OutPtr,
+    shared: Option<&[u8]>,
+) {
+    use amx::BLOCK;
+    match shared {
+        Some(all) => {
+            let rows_from = &all[rows.start * AmxRows::of(g).k..];
+            amx_products(g, x, w, rq, rows, panels, out, Some((rows_from, 0)))
+        }
+        None => TASK_ROWS.with_borrow_mut(|buf| {
+            let AmxRows { k, in_place } = AmxRows::of(g);
+            let (r0, nrows) = (rows.start, rows.len());
+            let blocks = nrows.div_ceil(BLOCK);
+            // Gathered once, then read by every panel (see `amx_products`). Rows read in place gather only a
+            // last partial block.
+            let from = if in_place { nrows / BLOCK } else { 0 };
+            if from == blocks {
+                return amx_products(g, x, w, rq, rows, panels, out, None);
+            }
+            let len = (blocks - from) * BLOCK * k;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            for block in from..blocks {
+                let first = r0 + block * BLOCK;
+                let count = BLOCK.min(nrows - block * BLOCK);
+                let dst = &mut buf[(block - from) * BLOCK * k..][..BLOCK * k];
+                amx::gather(g, x, w.pad_or_zeros(), first, count, k, dst);
+            }
+            amx_products(g, x, w, rq, rows, panels, out, Some((&buf[..len], from)))
+        }),
+    }
+}
+
+/// The products and epilogues of [`amx_panels`]: panels outside, blocks inside, so that a panel's weights are
+/// read from memory once per task and the blocks' rows from L2. Block `b` (of 32 rows from `rows.start`) reads
+/// `gathered`'s slice from block `from` on when `b ≥ from` (`[32][k]` a block), else its rows in place.
+///
+/// # Safety
+/// As [`amx_panels`]'; the blocks read in place are whole and [`AmxRows::in_place`] holds.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_products(
+    g: &ConvGeom,
+    x: &[u8],
+    w: &PackedWeights,
+    rq: &Requant,
+    rows: std::ops::Range<usize>,
+    panels: std::ops::Range<usize>,
+    out: &OutPtr,
+    gathered: Option<(&[u8], usize)>,
 ) {
     use amx::{BLOCK, STEP};
-    let (cin, cout, taps) = (g.cin, g.cout, w.taps);
+    let (cin, cout) = (g.cin, g.cout);
+    let k = AmxRows::of(g).k;
     let (r0, nrows) = (rows.start, rows.len());
-    let per_tap = cin.div_ceil(4) * 4;
-    let k = (taps * per_tap).next_multiple_of(STEP);
-    // A 1×1 convolution of stride 1 without padding reads whole blocks in place: its rows are consecutive pixels.
-    let in_place = taps == 1 && g.stride == 1 && g.pad == 0 && cin % STEP == 0;
     let blocks = nrows.div_ceil(BLOCK);
-    // The gathered rows of every block, `[blocks][32][k]`, gathered once and then read by every panel: panels
-    // outside, blocks inside, so that a panel's weights are read from memory once per task and its blocks from
-    // L2. (A 1×1 convolution read in place gathers only its last block, when partial, into the first slot.)
-    let gather = |block: usize| !(in_place && (block + 1) * BLOCK <= nrows);
-    let slot = |block: usize| if in_place { 0 } else { block };
-    let slots = (0..blocks).filter(|&b| gather(b)).count();
-    let mut gathered = vec![0u8; slots * BLOCK * k];
-    let pad = if w.pad.is_empty() {
-        &ZEROS[..cin]
-    } else {
-        &w.pad[..]
-    };
-    for block in (0..blocks).filter(|&b| gather(b)) {
-        let first = r0 + block * BLOCK;
-        let count = BLOCK.min(nrows - block * BLOCK);
-        let dst = &mut gathered[slot(block) * BLOCK * k..][..count * k];
-        amx::gather(g, x, pad, first, count, k, dst);
+    if let Some((rows, from)) = gathered {
+        assert!(rows.len() >= (blocks - from) * BLOCK * k);
     }
     let mut acc = Sums([0; BLOCK * BLOCK]);
     let half = w.panel_len() / 2;
@@ -512,10 +615,11 @@ unsafe fn amx_panels(
         let wp = w.data.as_ptr().add(panel * w.panel_len());
         for block in 0..blocks {
             let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
-            let (a, stride) = if gather(block) {
-                (gathered.as_ptr().add(slot(block) * BLOCK * k), k)
-            } else {
-                (x.as_ptr().add(row0 * cin), cin)
+            let (a, stride) = match gathered {
+                Some((rows, from)) if block >= from => {
+                    (rows.as_ptr().add((block - from) * BLOCK * k), k)
+                }
+                _ => (x[row0 * cin..][..BLOCK * cin].as_ptr(), cin),
             };
             prefetch_residual(rq, cout, row0, live, c0, cols);
             amx::block(
