@@ -415,7 +415,7 @@ impl AmxRows {
         let taps = g.kh * g.kw;
         AmxRows {
             k: (taps * g.cin.div_ceil(4) * 4).next_multiple_of(amx::STEP),
-            in_place: taps == 1 && g.stride == 1 && g.pad == 0 && g.cin % amx::STEP == 0,
+            in_place: taps == 1 && g.stride == 1 && g.pad == 0 && g.cin.is_multiple_of(amx::STEP),
         }
     }
 }
@@ -433,6 +433,7 @@ unsafe impl Sync for OutPtr {}
 
 /// Output rows `rows` over the column panels `panels`; `shared`: on AMX, every row of the convolution already
 /// gathered (`[rows][k]`, see [`conv`]).
+#[allow(clippy::too_many_arguments)]
 fn conv_block(
     g: &ConvGeom,
     x: &[u8],
