@@ -581,8 +581,7 @@ unsafe fn amx_panels(
     }
 }
 
-/// The products and epilogues of [`amx_panels`]: panels outside, blocks inside, so that a panel's weights are
-/// read from memory once per task and the blocks' rows from L2. Block `b` (of 32 rows from `rows.start`) reads
+/// The products and epilogues of [`amx_panels`], in the order the weights' size suits (see below). Block `b` (of 32 rows from `rows.start`) reads
 /// `gathered`'s slice from block `from` on when `b ≥ from` (`[32][k]` a block), else its rows in place.
 ///
 /// # Safety
@@ -610,30 +609,44 @@ unsafe fn amx_products(
     let mut acc = Sums([0; BLOCK * BLOCK]);
     let half = w.panel_len() / 2;
     amx::Config::load();
-    for panel in panels {
+    let mut block_times_panel = |block: usize, panel: usize| {
         let c0 = panel * BLOCK;
         let cols = BLOCK.min(cout - c0);
         let wp = w.data.as_ptr().add(panel * w.panel_len());
+        let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
+        let (a, stride) = match gathered {
+            Some((rows, from)) if block >= from => {
+                (rows.as_ptr().add((block - from) * BLOCK * k), k)
+            }
+            _ => (x[row0 * cin..][..BLOCK * cin].as_ptr(), cin),
+        };
+        prefetch_residual(rq, cout, row0, live, c0, cols);
+        amx::block(
+            a,
+            a.add(16 * stride),
+            stride,
+            wp,
+            wp.add(half),
+            k / STEP,
+            acc.0.as_mut_ptr(),
+        );
+        let store = tile_store(rq, out, cout, row0, live, c0, cols);
+        requant::tile_avx512(&acc.0, BLOCK, &store);
+    };
+    // Weights that stay in L2 (the 1×1 convolutions that widen a block, the shortcuts of the first stages):
+    // blocks outside, so that each block's output rows are written whole while in L1. Larger weights: panels
+    // outside, so that each panel's are read from memory once per task.
+    if k * panels.len() * BLOCK <= 256 << 10 {
         for block in 0..blocks {
-            let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
-            let (a, stride) = match gathered {
-                Some((rows, from)) if block >= from => {
-                    (rows.as_ptr().add((block - from) * BLOCK * k), k)
-                }
-                _ => (x[row0 * cin..][..BLOCK * cin].as_ptr(), cin),
-            };
-            prefetch_residual(rq, cout, row0, live, c0, cols);
-            amx::block(
-                a,
-                a.add(16 * stride),
-                stride,
-                wp,
-                wp.add(half),
-                k / STEP,
-                acc.0.as_mut_ptr(),
-            );
-            let store = tile_store(rq, out, cout, row0, live, c0, cols);
-            requant::tile_avx512(&acc.0, BLOCK, &store);
+            for panel in panels.clone() {
+                block_times_panel(block, panel);
+            }
+        }
+    } else {
+        for panel in panels {
+            for block in 0..blocks {
+                block_times_panel(block, panel);
+            }
         }
     }
     amx::release();
