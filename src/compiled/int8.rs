@@ -221,6 +221,101 @@ pub struct QuantNet {
     /// Per value, during a pass: whether its f32 copy, and its `u8` copy, has been made.
     has_f32: Vec<bool>,
     has_u8: Vec<bool>,
+    /// The shortcut convolutions computed inside their block's last one ([`Fusions`]).
+    fusions: Fusions,
+    /// A fused shortcut's `u8` input, held from its last other reader to the block's last convolution (its slot
+    /// may be reused meanwhile): swapped out of the arena, not copied.
+    held: Vec<u8>,
+}
+
+/// On the AMX path, each block's shortcut convolution runs inside the block's last convolution
+/// ([`int8::conv_with_shortcut`]): its f32 output (the first stage's, 103 MB at batch 32) is never written. Per
+/// step of the network:
+#[derive(Clone, Debug, Default)]
+struct Fusions {
+    /// For a block's last convolution: the step of the shortcut convolution it computes.
+    shortcut: Vec<Option<usize>>,
+    /// For a shortcut convolution computed so: true (the step itself does nothing).
+    skip: Vec<bool>,
+    /// The value whose `u8` buffer is held (moved out of the arena) once this step has run: a fused shortcut's
+    /// input, after its last other reader.
+    hold: Vec<Option<usize>>,
+}
+
+impl Fusions {
+    /// The fusions of `net` on `path`: a quantized convolution whose residual is only its own, the f32 output
+    /// of a quantized shortcut convolution reading a `u8` value that nothing reads after the block; one held
+    /// input at a time.
+    fn plan(
+        net: &CompiledNet,
+        convs: &[Option<QuantConv>],
+        scales: &[Option<f32>],
+        path: Path,
+    ) -> Fusions {
+        let steps = &net.steps;
+        let mut f = Fusions {
+            shortcut: vec![None; steps.len()],
+            skip: vec![false; steps.len()],
+            hold: vec![None; steps.len()],
+        };
+        if path != Path::Amx {
+            return f;
+        }
+        let reads = |s: &Step| -> Vec<usize> {
+            match *s {
+                Step::Conv {
+                    input, residual, ..
+                } => std::iter::once(input).chain(residual).collect(),
+                Step::MaxPool { input, .. } => vec![input],
+            }
+        };
+        let readers = |v: usize| -> Vec<usize> {
+            (0..steps.len())
+                .filter(|&s| reads(&steps[s]).contains(&v))
+                .collect()
+        };
+        let mut free_from = 0;
+        for (i, step) in steps.iter().enumerate() {
+            let Step::Conv {
+                conv,
+                residual: Some(r),
+                ..
+            } = *step
+            else {
+                continue;
+            };
+            let Some(j) = steps.iter().position(|s| s.output() == r) else {
+                continue;
+            };
+            let Step::Conv {
+                conv: cj,
+                input: xj,
+                residual: None,
+                ..
+            } = steps[j]
+            else {
+                continue;
+            };
+            let quantized = convs[conv].is_some() && convs[cj].is_some();
+            let f32_shortcut = scales[r].is_none() && readers(r) == [i];
+            let others: Vec<usize> = readers(xj).into_iter().filter(|&s| s != j).collect();
+            if !quantized || !f32_shortcut || xj == 0 || scales[xj].is_none() || j >= i {
+                continue;
+            }
+            if others.iter().any(|&s| s >= i) {
+                continue;
+            }
+            let last = others.last().copied().unwrap_or(j).max(j);
+            if last < free_from {
+                continue;
+            }
+            f.shortcut[i] = Some(j);
+            f.skip[j] = true;
+            f.hold[last] = Some(xj);
+            free_from = i + 1;
+        }
+        f
+    }
 }
 
 impl QuantNet {
@@ -289,6 +384,7 @@ impl QuantNet {
                 path,
             ));
         }
+        let fusions = Fusions::plan(&net, &convs, &scales, path);
         Ok(QuantNet {
             net,
             path,
@@ -299,6 +395,8 @@ impl QuantNet {
             stem_bytes: Vec::new(),
             has_f32: Vec::new(),
             has_u8: Vec::new(),
+            fusions,
+            held: Vec::new(),
         })
     }
 
@@ -426,13 +524,23 @@ impl QuantNet {
                 Some(_) => self.path.name().to_string(),
                 None => format!("f32 {}", plan.forward),
             };
+            // A fused shortcut: its f32 output is never stored, but made block by block where it is added.
+            let output = match self.fusions.skip[i] {
+                true => {
+                    let block = self.fusions.shortcut.iter().position(|&j| j == Some(i));
+                    let name = block.and_then(|b| self.net.steps[b].conv_io());
+                    let name = name.map_or("?", |(c, ..)| self.net.convs[c].name.as_str());
+                    format!("f32 inside {name}")
+                }
+                false => kind(output),
+            };
             lines.push(format!(
                 "  {:<22} {} {:<26} {} -> {}",
                 self.net.convs[conv].name,
                 plan.geom,
                 runs,
                 kind(input),
-                kind(output)
+                output
             ));
         }
         Ok(lines)
@@ -513,6 +621,8 @@ impl QuantNet {
         for (i, step) in net.steps.iter().enumerate() {
             let (out, out_len) = (step.output(), shapes.values[step.output()].len());
             match step {
+                // Computed inside its block's last convolution.
+                _ if self.fusions.skip[i] => {}
                 Step::Conv {
                     conv,
                     input,
@@ -574,7 +684,9 @@ impl QuantNet {
                             None => y32 = std::mem::take(&mut net.slots[slot[out]]),
                         }
                         let per_y = 1.0 / y_scale.unwrap_or(1.0);
+                        let fused = self.fusions.shortcut[i];
                         let residual = match residual {
+                            _ if fused.is_some() => Residual::None,
                             None => Residual::None,
                             Some(r) if has_f32[*r] => Residual::F32 {
                                 values: &net.slots[slot[*r]][..out_len],
@@ -601,7 +713,27 @@ impl QuantNet {
                             Some(_) => Output::U8(&mut y8[..out_len]),
                             None => Output::F32(&mut y32[..out_len]),
                         };
-                        int8::conv(&g, n, x, &q.packed, &rq, y);
+                        match fused {
+                            Some(j) => {
+                                let Some((cj, xj, _)) = net.steps[j].conv_io() else {
+                                    unreachable!("a fused shortcut is a convolution")
+                                };
+                                let qj = self.convs[cj]
+                                    .as_ref()
+                                    .expect("a fused shortcut is quantized");
+                                let gj = plan_geom(shapes.plans[j].as_ref());
+                                let sc = int8::Shortcut {
+                                    g: &gj,
+                                    x: &self.held[..shapes.values[xj].len()],
+                                    w: &qj.packed,
+                                    bias: &qj.bias,
+                                    scale: &qj.scale,
+                                    residual_scale: per_y,
+                                };
+                                int8::conv_with_shortcut(&g, n, x, &q.packed, &rq, y, &sc);
+                            }
+                            None => int8::conv(&g, n, x, &q.packed, &rq, y),
+                        }
                         match y_scale {
                             Some(_) => (self.bytes[slot[out]], has_u8[out]) = (y8, true),
                             None => (net.slots[slot[out]], has_f32[out]) = (y32, true),
@@ -628,6 +760,26 @@ impl QuantNet {
                     net.slots[slot[out]] = y;
                     has_f32[out] = true;
                 }
+            }
+            if let Some(v) = self.fusions.hold[i] {
+                // A fused shortcut's input, after its last other reader: out of the arena until the block's
+                // last convolution reads it (the buffer put in its place is as long).
+                let len = shapes.values[v].len();
+                if !has_u8[v] {
+                    let scale = self.scales[v].expect("a fused shortcut reads a u8 value");
+                    quantize(
+                        &net.slots[slot[v]][..len],
+                        scale,
+                        qmax,
+                        &mut self.bytes[slot[v]][..len],
+                    );
+                }
+                let need = self.bytes[slot[v]].len();
+                if self.held.len() < need {
+                    self.held.resize(need, 0);
+                }
+                std::mem::swap(&mut self.held, &mut self.bytes[slot[v]]);
+                has_u8[v] = false;
             }
             lap(i, &mut times);
         }

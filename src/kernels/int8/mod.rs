@@ -293,6 +293,75 @@ pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> Packe
 /// [`reference::conv`]), on the path `w` was packed for. The activations are at most `w.path.qmax()`.
 /// Allocates only each task's row pointers.
 pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, out: Output) {
+    conv_impl(g, n, x, w, rq, out, None)
+}
+
+/// A shortcut convolution computed inside its block's last convolution ([`conv_with_shortcut`]): its output
+/// `(sum + bias[c]) · scale[c]` in f32, what [`conv`] stores with [`Output::F32`] and neither shortcut nor ReLU,
+/// added as `value · residual_scale` to the last convolution's sums before its ReLU, never stored.
+pub struct Shortcut<'a> {
+    /// Its geometry: the same output rows and channels as the last convolution's.
+    pub g: &'a ConvGeom,
+    /// Its input, NHWC `[n, h, w, cin]`.
+    pub x: &'a [u8],
+    /// Its weights, packed for the same path.
+    pub w: &'a PackedWeights,
+    /// `[cout]`: its bias, as [`Requant`]'s.
+    pub bias: &'a [i32],
+    /// `[cout]`: its scale, as [`Requant`]'s (`y_scale` 1).
+    pub scale: &'a [f32],
+    /// What its values are multiplied by where they are added (one over the output's scale).
+    pub residual_scale: f32,
+}
+
+/// [`conv`] with the shortcut `sc` computed alongside, block by block, in place of `rq.residual` (which must be
+/// [`Residual::None`]): bit for bit [`conv`] of `sc` into an f32 tensor, then [`conv`] of the block's last
+/// convolution with that tensor as [`Residual::F32`], without the tensor (the first stage's, at batch 32, is
+/// 103 MB written and read back). AMX only: `w.path` is [`Path::Amx`].
+pub fn conv_with_shortcut(
+    g: &ConvGeom,
+    n: usize,
+    x: &[u8],
+    w: &PackedWeights,
+    rq: &Requant,
+    out: Output,
+    sc: &Shortcut,
+) {
+    assert!(
+        w.path == Path::Amx && sc.w.path == Path::Amx,
+        "int8::conv_with_shortcut: the AMX path only"
+    );
+    assert!(
+        matches!(rq.residual, Residual::None),
+        "int8::conv_with_shortcut: the shortcut is the residual"
+    );
+    assert!(
+        sc.g.oh == g.oh && sc.g.ow == g.ow && sc.g.cout == g.cout,
+        "int8::conv_with_shortcut: the shortcut's output is not the block's"
+    );
+    assert!(
+        sc.w.taps == sc.g.kh * sc.g.kw && sc.w.cin == sc.g.cin && sc.w.cout == g.cout,
+        "int8::conv_with_shortcut: shortcut weights packed for another geometry"
+    );
+    assert!(
+        sc.x.len() >= n * sc.g.h * sc.g.w * sc.g.cin
+            && sc.bias.len() >= g.cout
+            && sc.scale.len() >= g.cout
+            && sc.g.cin <= MAX_CIN,
+        "int8::conv_with_shortcut: shortcut input or epilogue too short"
+    );
+    conv_impl(g, n, x, w, rq, out, Some(sc))
+}
+
+fn conv_impl(
+    g: &ConvGeom,
+    n: usize,
+    x: &[u8],
+    w: &PackedWeights,
+    rq: &Requant,
+    out: Output,
+    sc: Option<&Shortcut>,
+) {
     let rows = n * g.oh * g.ow;
     let cout = g.cout;
     assert!(
@@ -352,7 +421,7 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
         Output::U8(y) => OutPtr::U8(y[..rows * cout].as_mut_ptr()),
         Output::F32(y) => OutPtr::F32(y[..rows * cout].as_mut_ptr()),
     };
-    let tasks = |shared: Option<&[u8]>| {
+    let tasks = |shared: Option<&[u8]>, sc: Option<(&Shortcut, Option<&[u8]>)>| {
         (0..row_blocks * panel_groups)
             .into_par_iter()
             .for_each(|task| {
@@ -361,34 +430,57 @@ pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, o
                 let r1 = ((block + 1) * tiles_per_block * mr).min(rows);
                 let p0 = group * panels_per_task;
                 let p1 = (p0 + panels_per_task).min(panels);
-                conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared)
+                conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared, sc)
             })
     };
     // AMX with the panels cut among tasks: every row gathered once, in parallel, for the tasks to share (each
     // would gather them all again, the bulk of the 14×14 and 7×7 stages' time at batch 1).
     #[cfg(target_arch = "x86_64")]
-    if w.path == Path::Amx && panel_groups > 1 && !AmxRows::of(g).in_place {
-        let k = AmxRows::of(g).k;
-        let block = amx::BLOCK * k;
+    if w.path == Path::Amx && panel_groups > 1 {
+        let main = (!AmxRows::of(g).in_place).then_some((g, x, w.pad_or_zeros()));
+        let side =
+            sc.and_then(|s| (!AmxRows::of(s.g).in_place).then_some((s.g, s.x, s.w.pad_or_zeros())));
         SHARED_ROWS.with_borrow_mut(|buf| {
-            let len = rows.div_ceil(amx::BLOCK) * block;
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            buf[..len]
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(b, dst)| {
-                    let first = b * amx::BLOCK;
-                    let count = amx::BLOCK.min(rows - first);
-                    // SAFETY: the path is available (checked above).
-                    unsafe { amx::gather(g, x, w.pad_or_zeros(), first, count, k, dst) };
-                });
-            tasks(Some(&buf[..len]))
+            SHARED_SHORTCUT_ROWS.with_borrow_mut(|side_buf| {
+                // SAFETY: the path is available (checked above).
+                let shared = main.map(|(g, x, pad)| unsafe { gather_all(g, x, pad, rows, buf) });
+                let side = side.map(|(g, x, pad)| unsafe { gather_all(g, x, pad, rows, side_buf) });
+                tasks(shared, sc.map(|s| (s, side)))
+            })
         });
         return;
     }
-    tasks(None)
+    tasks(None, sc.map(|s| (s, None)))
+}
+
+/// Every row of `g`'s `rows` gathered for AMX into `buf` (grown to whole blocks), in parallel by blocks.
+///
+/// # Safety
+/// [`Path::Amx`] is available.
+#[cfg(target_arch = "x86_64")]
+unsafe fn gather_all<'a>(
+    g: &ConvGeom,
+    x: &[u8],
+    pad: &[u8],
+    rows: usize,
+    buf: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    let k = AmxRows::of(g).k;
+    let block = amx::BLOCK * k;
+    let len = rows.div_ceil(amx::BLOCK) * block;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    buf[..len]
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let first = b * amx::BLOCK;
+            let count = amx::BLOCK.min(rows - first);
+            // SAFETY: as this function's.
+            unsafe { amx::gather(g, x, pad, first, count, k, dst) };
+        });
+    &buf[..len]
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -397,6 +489,9 @@ thread_local! {
     static SHARED_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     /// AMX's rows gathered by one task (see [`amx_panels`]), kept for the next task on this thread.
     static TASK_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same two for a [`Shortcut`]'s rows.
+    static SHARED_SHORTCUT_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TASK_SHORTCUT_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// How the AMX path reads a convolution's reduction rows.
@@ -432,7 +527,7 @@ enum OutPtr {
 unsafe impl Sync for OutPtr {}
 
 /// Output rows `rows` over the column panels `panels`; `shared`: on AMX, every row of the convolution already
-/// gathered (`[rows][k]`, see [`conv`]).
+/// gathered (`[rows][k]`, see [`conv`]); `sc`: the shortcut computed alongside, with its rows likewise (AMX).
 #[allow(clippy::too_many_arguments)]
 fn conv_block(
     g: &ConvGeom,
@@ -443,14 +538,25 @@ fn conv_block(
     panels: std::ops::Range<usize>,
     out: &OutPtr,
     shared: Option<&[u8]>,
+    sc: Option<(&Shortcut, Option<&[u8]>)>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if w.path == Path::Amx {
+        let main = AmxInput { g, x, w, shared };
+        let side = sc.map(|(s, shared)| {
+            let input = AmxInput {
+                g: s.g,
+                x: s.x,
+                w: s.w,
+                shared,
+            };
+            (input, s)
+        });
         // SAFETY: the path is available (checked in `conv`).
-        unsafe { amx_panels(g, x, w, rq, rows, panels, out, shared) };
+        unsafe { amx_panels(&main, side, rq, rows, panels, out) };
         return;
     }
-    let _ = shared;
+    let _ = (shared, sc);
     let (cin, cout, taps) = (g.cin, g.cout, w.taps);
     let (r0, nrows) = (rows.start, rows.len());
     let (mr, width) = (w.path.rows(), w.path.width());
@@ -531,126 +637,193 @@ fn conv_block(
     }
 }
 
-/// [`conv_block`] on the AMX path: the block's rows gathered once (or read in place, or from `shared`, see
-/// [`amx`] and [`conv`]), then per pair of half panels, per block of 32 rows, a block of sums through the
-/// epilogue.
-///
-/// # Safety
-/// [`Path::Amx`] is available; the arguments as [`conv`] checked them; `w` packed for AMX; `shared`, when
-/// given, holds the rows gathered by [`amx::gather`] from row 0 to past the end of `rows`, in whole blocks.
+/// One convolution's operand on the AMX path: its geometry, input, weights and, when [`conv`] gathered them for
+/// all its tasks, its rows.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn amx_panels(
-    g: &ConvGeom,
-    x: &[u8],
-    w: &PackedWeights,
-    rq: &Requant,
-    rows: std::ops::Range<usize>,
-    panels: std::ops::Range<usize>,
-    out: &OutPtr,
-    shared: Option<&[u8]>,
-) {
-    use amx::BLOCK;
-    match shared {
-        Some(all) => {
-            let rows_from = &all[rows.start * AmxRows::of(g).k..];
-            amx_products(g, x, w, rq, rows, panels, out, Some((rows_from, 0)))
+struct AmxInput<'a> {
+    g: &'a ConvGeom,
+    x: &'a [u8],
+    w: &'a PackedWeights,
+    shared: Option<&'a [u8]>,
+}
+
+/// Where an [`AmxInput`]'s blocks read their rows in one task: block `b` (of 32 rows from the task's first)
+/// reads `gathered` from block `from` on (`[32][k]` a block), its rows in place before that.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct AmxRowsAt<'a> {
+    x: &'a [u8],
+    cin: usize,
+    k: usize,
+    gathered: Option<(&'a [u8], usize)>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl AmxRowsAt<'_> {
+    /// Block `block`'s first row (output row `row0`) and the bytes from one row to the next.
+    fn a(&self, block: usize, row0: usize) -> (*const u8, usize) {
+        use amx::BLOCK;
+        match self.gathered {
+            Some((rows, from)) if block >= from => (
+                rows[(block - from) * BLOCK * self.k..][..BLOCK * self.k].as_ptr(),
+                self.k,
+            ),
+            _ => (
+                self.x[row0 * self.cin..][..BLOCK * self.cin].as_ptr(),
+                self.cin,
+            ),
         }
-        None => TASK_ROWS.with_borrow_mut(|buf| {
-            let AmxRows { k, in_place } = AmxRows::of(g);
-            let (r0, nrows) = (rows.start, rows.len());
-            let blocks = nrows.div_ceil(BLOCK);
-            // Gathered once, then read by every panel (see `amx_products`). Rows read in place gather only a
-            // last partial block.
-            let from = if in_place { nrows / BLOCK } else { 0 };
-            if from == blocks {
-                return amx_products(g, x, w, rq, rows, panels, out, None);
-            }
-            let len = (blocks - from) * BLOCK * k;
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            for block in from..blocks {
-                let first = r0 + block * BLOCK;
-                let count = BLOCK.min(nrows - block * BLOCK);
-                let dst = &mut buf[(block - from) * BLOCK * k..][..BLOCK * k];
-                amx::gather(g, x, w.pad_or_zeros(), first, count, k, dst);
-            }
-            amx_products(g, x, w, rq, rows, panels, out, Some((&buf[..len], from)))
-        }),
     }
 }
 
-/// The products and epilogues of [`amx_panels`], in the order the weights' size suits (see below). Block `b` (of 32 rows from `rows.start`) reads
-/// `gathered`'s slice from block `from` on when `b ≥ from` (`[32][k]` a block), else its rows in place.
+/// An [`AmxInput`]'s rows for the task of output rows `rows`: from `shared`, in place, or gathered into `buf`
+/// (grown as needed; the blocks read in place gather only a last partial block).
 ///
 /// # Safety
-/// As [`amx_panels`]'; the blocks read in place are whole and [`AmxRows::in_place`] holds.
+/// [`Path::Amx`] is available.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn amx_products(
-    g: &ConvGeom,
-    x: &[u8],
-    w: &PackedWeights,
+unsafe fn amx_rows<'a>(
+    input: &AmxInput<'a>,
+    rows: &std::ops::Range<usize>,
+    buf: &'a mut Vec<u8>,
+) -> AmxRowsAt<'a> {
+    use amx::BLOCK;
+    let AmxRows { k, in_place } = AmxRows::of(input.g);
+    let at = |gathered| AmxRowsAt {
+        x: input.x,
+        cin: input.g.cin,
+        k,
+        gathered,
+    };
+    if let Some(all) = input.shared {
+        return at(Some((&all[rows.start * k..], 0)));
+    }
+    let (r0, nrows) = (rows.start, rows.len());
+    let blocks = nrows.div_ceil(BLOCK);
+    let from = if in_place { nrows / BLOCK } else { 0 };
+    if from == blocks {
+        return at(None);
+    }
+    let len = (blocks - from) * BLOCK * k;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    for block in from..blocks {
+        let first = r0 + block * BLOCK;
+        let count = BLOCK.min(nrows - block * BLOCK);
+        let dst = &mut buf[(block - from) * BLOCK * k..][..BLOCK * k];
+        amx::gather(
+            input.g,
+            input.x,
+            input.w.pad_or_zeros(),
+            first,
+            count,
+            k,
+            dst,
+        );
+    }
+    at(Some((&buf[..len], from)))
+}
+
+/// [`conv_block`] on the AMX path: the task's rows gathered once (or read in place, or from what [`conv`]
+/// gathered, see [`amx`]), then a block of sums per pair of half panels and block of 32 rows, each through the
+/// epilogue; with a shortcut, its block of sums too, through its epilogue into a block of f32 values the
+/// other's epilogue adds. Panels outside and blocks inside where the weights are large (each panel's read from
+/// memory once per task), blocks outside where they stay in L2 (the 1×1 convolutions that widen a block then
+/// write whole output rows while they are in L1).
+///
+/// # Safety
+/// [`Path::Amx`] is available; the arguments as [`conv`] checked them; the weights packed for AMX.
+#[cfg(target_arch = "x86_64")]
+unsafe fn amx_panels(
+    main: &AmxInput,
+    side: Option<(AmxInput, &Shortcut)>,
     rq: &Requant,
     rows: std::ops::Range<usize>,
     panels: std::ops::Range<usize>,
     out: &OutPtr,
-    gathered: Option<(&[u8], usize)>,
 ) {
     use amx::{BLOCK, STEP};
-    let (cin, cout) = (g.cin, g.cout);
-    let k = AmxRows::of(g).k;
-    let (r0, nrows) = (rows.start, rows.len());
-    let blocks = nrows.div_ceil(BLOCK);
-    if let Some((rows, from)) = gathered {
-        assert!(rows.len() >= (blocks - from) * BLOCK * k);
-    }
-    let mut acc = Sums([0; BLOCK * BLOCK]);
-    let half = w.panel_len() / 2;
-    amx::Config::load();
-    let mut block_times_panel = |block: usize, panel: usize| {
-        let c0 = panel * BLOCK;
-        let cols = BLOCK.min(cout - c0);
-        let wp = w.data.as_ptr().add(panel * w.panel_len());
-        let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
-        let (a, stride) = match gathered {
-            Some((rows, from)) if block >= from => {
-                (rows.as_ptr().add((block - from) * BLOCK * k), k)
+    TASK_ROWS.with_borrow_mut(|buf| {
+        TASK_SHORTCUT_ROWS.with_borrow_mut(|side_buf| {
+            let (r0, nrows) = (rows.start, rows.len());
+            let blocks = nrows.div_ceil(BLOCK);
+            let cout = main.g.cout;
+            let a_main = amx_rows(main, &rows, buf);
+            let a_side = side
+                .as_ref()
+                .map(|(input, _)| amx_rows(input, &rows, side_buf));
+            let mut acc = Sums([0; BLOCK * BLOCK]);
+            let mut shortcut = Shortcuts([0.0; BLOCK * BLOCK]);
+            amx::Config::load();
+            let mut block_times_panel = |block: usize, panel: usize| {
+                let c0 = panel * BLOCK;
+                let cols = BLOCK.min(cout - c0);
+                let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
+                // The block of sums of `input`'s rows `a` times its panel.
+                let products = |input: &AmxInput, a: &AmxRowsAt, acc: &mut Sums| {
+                    let (a, stride) = a.a(block, row0);
+                    let wp = input.w.data.as_ptr().add(panel * input.w.panel_len());
+                    let half = input.w.panel_len() / 2;
+                    let k = AmxRows::of(input.g).k;
+                    amx::block(
+                        a,
+                        a.add(16 * stride),
+                        stride,
+                        wp,
+                        wp.add(half),
+                        k / STEP,
+                        acc.0.as_mut_ptr(),
+                    );
+                };
+                let mut store = tile_store(rq, out, cout, row0, live, c0, cols);
+                if let (Some((input, sc)), Some(a)) = (&side, &a_side) {
+                    products(input, a, &mut acc);
+                    let values = TileStore {
+                        rows: live,
+                        cols,
+                        stride: BLOCK,
+                        residual_stride: BLOCK,
+                        bias: sc.bias[c0..][..cols].as_ptr(),
+                        scale: sc.scale[c0..][..cols].as_ptr(),
+                        residual: RawResidual::None,
+                        out: RawOut::F32(shortcut.0.as_mut_ptr()),
+                        relu: false,
+                        qmax: rq.qmax,
+                    };
+                    requant::tile_avx512(&acc.0, BLOCK, &values);
+                    store.residual = RawResidual::F32(shortcut.0.as_ptr(), sc.residual_scale);
+                    store.residual_stride = BLOCK;
+                } else {
+                    prefetch_residual(rq, cout, row0, live, c0, cols);
+                }
+                products(main, &a_main, &mut acc);
+                requant::tile_avx512(&acc.0, BLOCK, &store);
+            };
+            let weights = |input: &AmxInput| AmxRows::of(input.g).k * panels.len() * BLOCK;
+            let bytes = weights(main) + side.as_ref().map_or(0, |(input, _)| weights(input));
+            if bytes <= 256 << 10 {
+                for block in 0..blocks {
+                    for panel in panels.clone() {
+                        block_times_panel(block, panel);
+                    }
+                }
+            } else {
+                for panel in panels.clone() {
+                    for block in 0..blocks {
+                        block_times_panel(block, panel);
+                    }
+                }
             }
-            _ => (x[row0 * cin..][..BLOCK * cin].as_ptr(), cin),
-        };
-        prefetch_residual(rq, cout, row0, live, c0, cols);
-        amx::block(
-            a,
-            a.add(16 * stride),
-            stride,
-            wp,
-            wp.add(half),
-            k / STEP,
-            acc.0.as_mut_ptr(),
-        );
-        let store = tile_store(rq, out, cout, row0, live, c0, cols);
-        requant::tile_avx512(&acc.0, BLOCK, &store);
-    };
-    // Weights that stay in L2 (the 1×1 convolutions that widen a block, the shortcuts of the first stages):
-    // blocks outside, so that each block's output rows are written whole while in L1. Larger weights: panels
-    // outside, so that each panel's are read from memory once per task.
-    if k * panels.len() * BLOCK <= 256 << 10 {
-        for block in 0..blocks {
-            for panel in panels.clone() {
-                block_times_panel(block, panel);
-            }
-        }
-    } else {
-        for panel in panels {
-            for block in 0..blocks {
-                block_times_panel(block, panel);
-            }
-        }
-    }
-    amx::release();
+            amx::release();
+        })
+    })
 }
+
+/// A shortcut's block of f32 values, aligned to cache lines.
+#[cfg(target_arch = "x86_64")]
+#[repr(align(64))]
+struct Shortcuts([f32; amx::BLOCK * amx::BLOCK]);
 
 /// One AMX block's sums, aligned to cache lines (its rows are stored and read 64 bytes at a time).
 #[repr(align(64))]
@@ -687,6 +860,7 @@ fn tile_store(
         rows: live,
         cols,
         stride: cout,
+        residual_stride: cout,
         bias: rq.bias[c0..][..cols].as_ptr(),
         scale: rq.scale[c0..][..cols].as_ptr(),
         residual: match rq.residual {

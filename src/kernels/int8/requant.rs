@@ -156,6 +156,8 @@ pub(crate) struct TileStore {
     pub cols: usize,
     /// Elements between one row's piece and the next (the output's channels).
     pub stride: usize,
+    /// The same for the shortcut (its channels; a block's width where it was computed alongside).
+    pub residual_stride: usize,
     /// The panel's `[cols]` biases and scales.
     pub bias: *const i32,
     pub scale: *const f32,
@@ -191,15 +193,15 @@ pub(crate) unsafe fn tile_rows(acc: &[i32], width: usize, s: &TileStore) {
     use std::slice::{from_raw_parts, from_raw_parts_mut};
     let n = s.cols;
     for i in 0..s.rows {
-        let at = i * s.stride;
+        let (at, rat) = (i * s.stride, i * s.residual_stride);
         let residual = match s.residual {
             RawResidual::None => Residual::None,
             RawResidual::U8(p, scale) => Residual::U8 {
-                values: from_raw_parts(p.add(at), n),
+                values: from_raw_parts(p.add(rat), n),
                 scale,
             },
             RawResidual::F32(p, scale) => Residual::F32 {
-                values: from_raw_parts(p.add(at), n),
+                values: from_raw_parts(p.add(rat), n),
                 scale,
             },
         };
@@ -237,6 +239,7 @@ pub(crate) unsafe fn tile_avx512(acc: &[i32], width: usize, s: &TileStore) {
     let rounder = _mm512_set1_ps(12_582_912.0);
     for i in 0..s.rows {
         let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
+        let rat = i * s.residual_stride;
         let mut j = 0;
         while j < s.cols {
             let m: __mmask16 = if s.cols - j >= 16 {
@@ -250,12 +253,13 @@ pub(crate) unsafe fn tile_avx512(acc: &[i32], width: usize, s: &TileStore) {
             let r = match s.residual {
                 RawResidual::None => zero,
                 RawResidual::U8(p, rs) => {
-                    let bytes = _mm512_maskz_loadu_epi8(m as __mmask64, p.add(at + j) as *const i8);
+                    let bytes =
+                        _mm512_maskz_loadu_epi8(m as __mmask64, p.add(rat + j) as *const i8);
                     let v = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes));
                     _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(rs))
                 }
                 RawResidual::F32(p, rs) => {
-                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(at + j)), _mm512_set1_ps(rs))
+                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(rat + j)), _mm512_set1_ps(rs))
                 }
             };
             let mut v = _mm512_add_ps(
@@ -298,6 +302,7 @@ pub(crate) unsafe fn tile_avx2(acc: &[i32], width: usize, s: &TileStore) {
     let low_byte = _mm256_set1_epi32(0xff);
     for i in 0..s.rows {
         let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
+        let rat = i * s.residual_stride;
         for j in (0..full).step_by(8) {
             let a = _mm256_loadu_si256(sums.add(j) as *const __m256i);
             let b = _mm256_loadu_si256(s.bias.add(j) as *const __m256i);
@@ -305,11 +310,11 @@ pub(crate) unsafe fn tile_avx2(acc: &[i32], width: usize, s: &TileStore) {
             let r = match s.residual {
                 RawResidual::None => zero,
                 RawResidual::U8(p, rs) => {
-                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(at + j) as *const __m128i));
+                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(rat + j) as *const __m128i));
                     _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(rs))
                 }
                 RawResidual::F32(p, rs) => {
-                    _mm256_mul_ps(_mm256_loadu_ps(p.add(at + j)), _mm256_set1_ps(rs))
+                    _mm256_mul_ps(_mm256_loadu_ps(p.add(rat + j)), _mm256_set1_ps(rs))
                 }
             };
             let mut v = _mm256_add_ps(

@@ -206,3 +206,105 @@ fn padded_taps_read_the_input_zero_points() {
         assert!(want != got, "{path:?}: the zero points made no difference");
     }
 }
+
+/// A shortcut computed inside the block's last convolution (AMX) is bit for bit the two convolutions it
+/// replaces: the shortcut into an f32 tensor, then the last convolution adding it. Shapes: rows read in place
+/// (1×1 over 64 channels) and gathered (stride 2, ragged channels), partial blocks, few rows (the panels cut among
+/// tasks, the rows gathered for all of them), weights too large for the blocks-outside order.
+#[test]
+fn a_shortcut_computed_alongside_is_the_two_convolutions() {
+    if !Path::Amx.available() {
+        eprintln!("skipped: no AMX on this CPU");
+        return;
+    }
+    // (main cin, cout, out h = w, n, shortcut cin, shortcut stride)
+    let cases = [
+        (64, 48, 6, 2, 64, 1),
+        (64, 256, 6, 2, 40, 2),
+        (17, 200, 3, 1, 24, 2),
+        (1024, 320, 7, 2, 64, 2),
+    ];
+    for (s, &(cin, cout, h, n, sc_cin, stride)) in cases.iter().enumerate() {
+        let main = case((cin, cout, 1, 1, 0, h, h, n), 255, 100 + s as u64);
+        let sc_h = (h - 1) * stride + 1;
+        let side = case(
+            (sc_cin, cout, 1, stride, 0, sc_h, sc_h, n),
+            255,
+            200 + s as u64,
+        );
+        assert_eq!((side.g.oh, side.g.ow), (h, h));
+        let rows = n * h * h;
+        let wm = pack(Path::Amx, 1, cin, cout, &main.w);
+        let ws = pack(Path::Amx, 1, sc_cin, cout, &side.w);
+        let rq_side = Requant {
+            bias: &side.bias,
+            scale: &side.scale,
+            residual: Residual::None,
+            relu: false,
+            qmax: 255,
+        };
+        let mut shortcut = vec![0f32; rows * cout];
+        conv(
+            &side.g,
+            n,
+            &side.x,
+            &ws,
+            &rq_side,
+            Output::F32(&mut shortcut),
+        );
+        let residual_scale = 0.3;
+        let sc = Shortcut {
+            g: &side.g,
+            x: &side.x,
+            w: &ws,
+            bias: &side.bias,
+            scale: &side.scale,
+            residual_scale,
+        };
+        let rq = |residual| Requant {
+            bias: &main.bias,
+            scale: &main.scale,
+            residual,
+            relu: true,
+            qmax: 255,
+        };
+        let added = rq(Residual::F32 {
+            values: &shortcut,
+            scale: residual_scale,
+        });
+        let (mut want, mut got) = (vec![0u8; rows * cout], vec![1u8; rows * cout]);
+        conv(&main.g, n, &main.x, &wm, &added, Output::U8(&mut want));
+        conv_with_shortcut(
+            &main.g,
+            n,
+            &main.x,
+            &wm,
+            &rq(Residual::None),
+            Output::U8(&mut got),
+            &sc,
+        );
+        assert!(want == got, "case {s}: u8 outputs differ");
+        let clamped = want.iter().filter(|&&v| v == 0 || v == 255).count();
+        assert!(
+            clamped < want.len() * 9 / 10,
+            "case {s}: {clamped} of {} clamped",
+            want.len()
+        );
+        let (mut want, mut got) = (vec![0f32; rows * cout], vec![1f32; rows * cout]);
+        conv(&main.g, n, &main.x, &wm, &added, Output::F32(&mut want));
+        conv_with_shortcut(
+            &main.g,
+            n,
+            &main.x,
+            &wm,
+            &rq(Residual::None),
+            Output::F32(&mut got),
+            &sc,
+        );
+        let same = want
+            .iter()
+            .zip(&got)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "case {s}: f32 outputs differ");
+    }
+}
