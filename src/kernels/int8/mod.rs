@@ -761,11 +761,11 @@ unsafe fn amx_panels(
                 let cols = BLOCK.min(cout - c0);
                 let (row0, live) = (r0 + block * BLOCK, BLOCK.min(nrows - block * BLOCK));
                 // The block of sums of `input`'s rows `a` times its panel.
-                let products = |input: &AmxInput, a: &AmxRowsAt, acc: &mut Sums| {
-                    let (a, stride) = a.a(block, row0);
+                let products = |input: &AmxInput, rows: &AmxRowsAt, acc: &mut Sums| {
+                    let (a, stride) = rows.a(block, row0);
                     let wp = input.w.data.as_ptr().add(panel * input.w.panel_len());
                     let half = input.w.panel_len() / 2;
-                    let k = AmxRows::of(input.g).k;
+                    let k = rows.k;
                     amx::block(
                         a,
                         a.add(16 * stride),
