@@ -235,8 +235,9 @@ pub struct QuantNet {
 struct Fusions {
     /// For a block's last convolution: the step of the shortcut convolution it computes.
     shortcut: Vec<Option<usize>>,
-    /// For a shortcut convolution computed so: true (the step itself does nothing).
-    skip: Vec<bool>,
+    /// For a shortcut convolution computed so: the step of the block's last convolution (the step itself does
+    /// nothing).
+    inside: Vec<Option<usize>>,
     /// The value whose `u8` buffer is held (moved out of the arena) once this step has run: a fused shortcut's
     /// input, after its last other reader.
     hold: Vec<Option<usize>>,
@@ -255,23 +256,15 @@ impl Fusions {
         let steps = &net.steps;
         let mut f = Fusions {
             shortcut: vec![None; steps.len()],
-            skip: vec![false; steps.len()],
+            inside: vec![None; steps.len()],
             hold: vec![None; steps.len()],
         };
         if path != Path::Amx {
             return f;
         }
-        let reads = |s: &Step| -> Vec<usize> {
-            match *s {
-                Step::Conv {
-                    input, residual, ..
-                } => std::iter::once(input).chain(residual).collect(),
-                Step::MaxPool { input, .. } => vec![input],
-            }
-        };
         let readers = |v: usize| -> Vec<usize> {
             (0..steps.len())
-                .filter(|&s| reads(&steps[s]).contains(&v))
+                .filter(|&s| steps[s].reads().contains(&v))
                 .collect()
         };
         let mut free_from = 0;
@@ -310,7 +303,7 @@ impl Fusions {
                 continue;
             }
             f.shortcut[i] = Some(j);
-            f.skip[j] = true;
+            f.inside[j] = Some(i);
             f.hold[last] = Some(xj);
             free_from = i + 1;
         }
@@ -525,14 +518,9 @@ impl QuantNet {
                 None => format!("f32 {}", plan.forward),
             };
             // A fused shortcut: its f32 output is never stored, but made block by block where it is added.
-            let output = match self.fusions.skip[i] {
-                true => {
-                    let block = self.fusions.shortcut.iter().position(|&j| j == Some(i));
-                    let name = block.and_then(|b| self.net.steps[b].conv_io());
-                    let name = name.map_or("?", |(c, ..)| self.net.convs[c].name.as_str());
-                    format!("f32 inside {name}")
-                }
-                false => kind(output),
+            let output = match self.fusions.inside[i].and_then(|b| self.net.steps[b].conv_io()) {
+                Some((c, ..)) => format!("f32 inside {}", self.net.convs[c].name),
+                None => kind(output),
             };
             lines.push(format!(
                 "  {:<22} {} {:<26} {} -> {}",
@@ -622,7 +610,7 @@ impl QuantNet {
             let (out, out_len) = (step.output(), shapes.values[step.output()].len());
             match step {
                 // Computed inside its block's last convolution.
-                _ if self.fusions.skip[i] => {}
+                _ if self.fusions.inside[i].is_some() => {}
                 Step::Conv {
                     conv,
                     input,

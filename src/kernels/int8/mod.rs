@@ -150,10 +150,7 @@ impl Path {
     /// of the core's L2 (2 MiB on Sapphire Rapids), so that they are read from there by every panel.
     fn tiles_per_task(self, g: &ConvGeom) -> usize {
         match self {
-            Path::Amx => {
-                let k = (g.kh * g.kw * g.cin.div_ceil(4) * 4).next_multiple_of(amx::STEP);
-                ((1 << 20) / (amx::BLOCK * k)).clamp(2, TILES_PER_TASK)
-            }
+            Path::Amx => ((1 << 20) / (amx::BLOCK * AmxRows::of(g).k)).clamp(2, TILES_PER_TASK),
             _ => TILES_PER_TASK,
         }
     }
@@ -494,8 +491,8 @@ thread_local! {
     static TASK_SHORTCUT_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// How the AMX path reads a convolution's reduction rows.
-#[cfg(target_arch = "x86_64")]
+/// How the AMX path reads a convolution's reduction rows (its sizes also set the tasks, on every target).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct AmxRows {
     /// Bytes of a gathered row: the taps', rounded up to a step of 64.
     k: usize,
@@ -504,7 +501,6 @@ struct AmxRows {
     in_place: bool,
 }
 
-#[cfg(target_arch = "x86_64")]
 impl AmxRows {
     fn of(g: &ConvGeom) -> AmxRows {
         let taps = g.kh * g.kw;
@@ -800,8 +796,8 @@ unsafe fn amx_panels(
                 products(main, &a_main, &mut acc);
                 requant::tile_avx512(&acc.0, BLOCK, &store);
             };
-            let weights = |input: &AmxInput| AmxRows::of(input.g).k * panels.len() * BLOCK;
-            let bytes = weights(main) + side.as_ref().map_or(0, |(input, _)| weights(input));
+            let weights = |rows: &AmxRowsAt| rows.k * panels.len() * BLOCK;
+            let bytes = weights(&a_main) + a_side.as_ref().map_or(0, weights);
             if bytes <= 256 << 10 {
                 for block in 0..blocks {
                     for panel in panels.clone() {
