@@ -1,7 +1,8 @@
 //! GOP/s of ResNet-50's convolutions at 224×224 (1×1, 3×3, the strided ones), the f32 inference plan (bias and
 //! ReLU in the store) against the int8 kernel on this CPU's path (requantized to u8 in the store); for the 3×3
 //! ones also a u8 im2col followed by the kernel as a 1×1 product (the patches copied, not read in place).
-//! `cargo bench --bench int8_shapes [-- BATCH]` (default 32); `RESNET_AVX512=0` runs both on AVX2.
+//! `cargo bench --bench int8_shapes [-- BATCH] [-- SHAPE]` (default 32; SHAPE a piece of a line's name, such as
+//! `1x1/1 64->`, to run only those); `RESNET_AVX512=0` runs both on AVX2.
 use rayon::prelude::*;
 use resnet::kernels::conv::tile::MAX_CIN;
 use resnet::kernels::conv::{ConvGeom, ConvPlan, Epilogue};
@@ -44,10 +45,16 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(32);
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err() && a != "--bench")
+        .collect();
     let path = Path::detect();
     println!("batch {n}, int8 path {}", path.name());
     // (cin, cout, k, stride, pad, input side)
     let convs = [
+        // The stem, its 3 channels padded to 4 as the quantized network's.
+        (4, 64, 7, 2, 3, 224),
         (64, 64, 1, 1, 0, 56),
         (64, 256, 1, 1, 0, 56),
         (256, 64, 1, 1, 0, 56),
@@ -63,6 +70,10 @@ fn main() {
         (512, 512, 3, 1, 1, 7),
     ];
     for (cin, cout, k, s, p, h) in convs {
+        let name = format!("{k}x{k}/{s} {cin:>4}->{cout:<4}");
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o.as_str())) {
+            continue;
+        }
         let g = ConvGeom::new(cin, cout, k, s, p, h, h).unwrap();
         let out_len = n * g.oh * g.ow * cout;
         let ops = 2.0 * (n * g.oh * g.ow * k * k * cin * cout) as f64 / 1e9;
@@ -113,7 +124,7 @@ fn main() {
             String::new()
         };
         println!(
-            "{k}x{k}/{s} {cin:>4}->{cout:<4} {h:>2}²: f32 {:6.1} GFLOP/s ({:<24}) int8 {:6.1} GOP/s  ×{:.2}{via_im2col}",
+            "{name} {h:>2}²: f32 {:6.1} GFLOP/s ({:<24}) int8 {:6.1} GOP/s  ×{:.2}{via_im2col}",
             ops / t32,
             plan.forward.to_string(),
             ops / t8,

@@ -171,7 +171,7 @@ fn clips_of_another_network_are_refused() {
 }
 
 /// The plan names what runs each convolution: the stem in f32, every other on the int8 path, reading `u8`;
-/// the shortcut convolutions and the last one write f32.
+/// the shortcut convolutions write f32 inside their block's last convolution, the last one writes f32.
 #[test]
 fn the_plan_shows_which_convolutions_run_int8() {
     let net = network(narrow_bottleneck(), 5);
@@ -187,12 +187,15 @@ fn the_plan_shows_which_convolutions_run_int8() {
             line.contains("int8 portable") && line.contains("u8 ×"),
             "{line}"
         );
-        let writes_f32 = line.ends_with("-> f32");
+        let name = line.split_whitespace().next().unwrap();
+        let block = name.split('.').take(2).collect::<Vec<_>>().join(".");
+        let inside = format!("-> f32 inside {block}.conv3");
         assert_eq!(
-            writes_f32,
-            line.contains("downsample") || line.contains("layer4.0.conv3"),
+            name.contains("downsample"),
+            line.ends_with(&inside),
             "{line}"
         );
+        assert_eq!(name == "layer4.0.conv3", line.ends_with("-> f32"), "{line}");
     }
 }
 

@@ -228,9 +228,8 @@ pub struct QuantNet {
     held: Vec<u8>,
 }
 
-/// On the AMX path, each block's shortcut convolution runs inside the block's last convolution
-/// ([`int8::conv_with_shortcut`]): its f32 output (the first stage's, 103 MB at batch 32) is never written. Per
-/// step of the network:
+/// Each block's shortcut convolution runs inside the block's last convolution ([`int8::conv_with_shortcut`]): its
+/// f32 output (the first stage's, 103 MB at batch 32) is never written. Per step of the network:
 #[derive(Clone, Debug, Default)]
 struct Fusions {
     /// For a block's last convolution: the step of the shortcut convolution it computes.
@@ -244,24 +243,16 @@ struct Fusions {
 }
 
 impl Fusions {
-    /// The fusions of `net` on `path`: a quantized convolution whose residual is only its own, the f32 output
+    /// The fusions of `net`: a quantized convolution whose residual is only its own, the f32 output
     /// of a quantized shortcut convolution reading a `u8` value that nothing reads after the block; one held
     /// input at a time.
-    fn plan(
-        net: &CompiledNet,
-        convs: &[Option<QuantConv>],
-        scales: &[Option<f32>],
-        path: Path,
-    ) -> Fusions {
+    fn plan(net: &CompiledNet, convs: &[Option<QuantConv>], scales: &[Option<f32>]) -> Fusions {
         let steps = &net.steps;
         let mut f = Fusions {
             shortcut: vec![None; steps.len()],
             inside: vec![None; steps.len()],
             hold: vec![None; steps.len()],
         };
-        if path != Path::Amx {
-            return f;
-        }
         let readers = |v: usize| -> Vec<usize> {
             (0..steps.len())
                 .filter(|&s| steps[s].reads().contains(&v))
@@ -377,7 +368,7 @@ impl QuantNet {
                 path,
             ));
         }
-        let fusions = Fusions::plan(&net, &convs, &scales, path);
+        let fusions = Fusions::plan(&net, &convs, &scales);
         Ok(QuantNet {
             net,
             path,
@@ -536,7 +527,7 @@ impl QuantNet {
 
     /// Each step of the pass for input `xs` timed inside it: the median of `iters` passes, with its
     /// `summary --plan` line (a convolution's path, or the f32 step's) and multiply-adds (`bench --plan
-    /// --weights`).
+    /// --weights`; a fused shortcut's in its block's last convolution).
     pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         self.reserve(xs)?;
         let seconds = median_step_seconds(self.net.steps.len(), iters, |t| {
@@ -544,7 +535,7 @@ impl QuantNet {
         })?;
         let (mut convs, f32_lines) = (self.plan_lines(xs)?.into_iter(), self.net.plan_lines(xs)?);
         let plans = &self.net.shapes[&xs].plans;
-        Ok(seconds
+        let mut steps: Vec<ProfiledStep> = seconds
             .iter()
             .enumerate()
             .map(
@@ -561,7 +552,15 @@ impl QuantNet {
                     (None, _) => ProfiledStep::pool_and_classifier(seconds),
                 },
             )
-            .collect())
+            .collect();
+        // A shortcut computed inside its block's last convolution takes no time of its own: its products count
+        // in that convolution's rate.
+        for (i, host) in self.fusions.inside.iter().enumerate() {
+            if let Some(b) = *host {
+                steps[b].macs += std::mem::take(&mut steps[i].macs);
+            }
+        }
+        Ok(steps)
     }
 
     /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. The values live in the f32 network's

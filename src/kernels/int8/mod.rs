@@ -22,6 +22,7 @@
 mod amx;
 pub mod reference;
 pub mod requant;
+mod rows;
 mod tiles;
 
 pub use requant::{Output, Requant, Residual};
@@ -30,6 +31,7 @@ use crate::kernels::conv::tile::{avx512, cpu_supported, MAX_CIN};
 use crate::kernels::conv::ConvGeom;
 use rayon::prelude::*;
 use requant::{RawOut, RawResidual, TileStore};
+use rows::TileRows;
 
 /// Register tiles per rayon task (a block of rows that every column panel is multiplied with).
 const TILES_PER_TASK: usize = 16;
@@ -163,10 +165,12 @@ impl Path {
         }
     }
 
-    /// Runs the path's tile (see [`tiles`]; AMX's blocks run in [`amx_panels`] instead).
+    /// Runs the path's tile (see [`tiles`]; AMX's blocks run in [`amx_panels`] instead), then its epilogue into
+    /// `store`: inside the tile on AVX2, else from `acc` ([`Path::requant_tile`]).
     ///
     /// # Safety
-    /// As the tiles': the path [`Path::available`], the pointers readable as they say.
+    /// As the tiles': the path [`Path::available`], the pointers readable as they say; `store` as
+    /// [`requant::tile_rows`]'.
     unsafe fn tile(
         self,
         rows: &[*const u8],
@@ -174,6 +178,7 @@ impl Path {
         cin: usize,
         w: *const i8,
         acc: &mut [i32],
+        store: &TileStore,
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
@@ -183,10 +188,11 @@ impl Path {
             #[cfg(target_arch = "x86_64")]
             Path::Vnni256Vex => tiles::vnni256_vex(rows, taps, cin, w, acc),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => tiles::avx2(rows, taps, cin, w, acc),
+            Path::Avx2 => return tiles::avx2(rows, taps, cin, w, acc, store),
             Path::Amx => unreachable!("int8: AMX blocks run in amx_panels"),
             _ => tiles::portable(rows, taps, cin, w, acc),
         }
+        self.requant_tile(acc, store)
     }
 
     /// The epilogue of one register tile (`acc [rows][width]`), in the path's vectors ([`requant::tile_avx512`],
@@ -288,7 +294,7 @@ pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> Packe
 
 /// `out [n·oh·ow, cout] = requant(conv(x, w))` for the NHWC batch `x [n, h, w, cin]` of `g` (the shapes of
 /// [`reference::conv`]), on the path `w` was packed for. The activations are at most `w.path.qmax()`.
-/// Allocates only each task's row pointers.
+/// Allocates only each task's row pointers (and, for a convolution of few channels, its gathered rows).
 pub fn conv(g: &ConvGeom, n: usize, x: &[u8], w: &PackedWeights, rq: &Requant, out: Output) {
     conv_impl(g, n, x, w, rq, out, None)
 }
@@ -314,7 +320,8 @@ pub struct Shortcut<'a> {
 /// [`conv`] with the shortcut `sc` computed alongside, block by block, in place of `rq.residual` (which must be
 /// [`Residual::None`]): bit for bit [`conv`] of `sc` into an f32 tensor, then [`conv`] of the block's last
 /// convolution with that tensor as [`Residual::F32`], without the tensor (the first stage's, at batch 32, is
-/// 103 MB written and read back). AMX only: `w.path` is [`Path::Amx`].
+/// 103 MB written and read back). Both weights packed for the same path: on AMX block by block, on the others
+/// register tile by register tile.
 pub fn conv_with_shortcut(
     g: &ConvGeom,
     n: usize,
@@ -325,8 +332,8 @@ pub fn conv_with_shortcut(
     sc: &Shortcut,
 ) {
     assert!(
-        w.path == Path::Amx && sc.w.path == Path::Amx,
-        "int8::conv_with_shortcut: the AMX path only"
+        sc.w.path == w.path,
+        "int8::conv_with_shortcut: the shortcut's weights packed for another path"
     );
     assert!(
         matches!(rq.residual, Residual::None),
@@ -552,83 +559,61 @@ fn conv_block(
         unsafe { amx_panels(&main, side, rq, rows, panels, out) };
         return;
     }
-    let _ = (shared, sc);
-    let (cin, cout, taps) = (g.cin, g.cout, w.taps);
+    let _ = shared;
+    let cout = g.cout;
     let (r0, nrows) = (rows.start, rows.len());
     let (mr, width) = (w.path.rows(), w.path.width());
     let tiles = nrows.div_ceil(mr);
-    // Per tile, per tap, per row of the tile: the input pixel it reads (the zero block in the padding, and
-    // for the rows past the block's end, whose sums are never stored).
-    let pad = if w.pad.is_empty() {
-        ZEROS.as_ptr()
-    } else {
-        w.pad.as_ptr()
-    };
-    let mut ptrs = vec![pad; tiles * taps * mr];
-    let plane = g.oh * g.ow;
-    // The output position walks the rows (no division per row); a window wholly inside the image takes its
-    // taps' pointers as offsets from its corner (the stem's 49 taps per row made the general case, a bounds
-    // check per tap, cost more than the products).
-    let (mut img, mut oy, mut ox) = (r0 / plane, r0 % plane / g.ow, r0 % g.ow);
-    let window = ((g.kh - 1) * g.w + g.kw) * cin;
-    for row in 0..nrows {
-        let iy0 = (oy * g.stride) as isize - g.pad as isize;
-        let ix0 = (ox * g.stride) as isize - g.pad as isize;
-        let at = |t: usize| ((row / mr) * taps + t) * mr + row % mr;
-        let inside =
-            iy0 >= 0 && ix0 >= 0 && iy0 as usize + g.kh <= g.h && ix0 as usize + g.kw <= g.w;
-        if inside {
-            let corner = ((img * g.h + iy0 as usize) * g.w + ix0 as usize) * cin;
-            let patch = x[corner..][..window].as_ptr();
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    // SAFETY: `(ky·w + kx)·cin + cin ≤ window`: inside the patch just sliced.
-                    ptrs[at(ky * g.kw + kx)] = unsafe { patch.add((ky * g.w + kx) * cin) };
-                }
-            }
-        } else {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let (iy, ix) = (iy0 + ky as isize, ix0 + kx as isize);
-                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                        continue;
-                    }
-                    let pixel = (img * g.h + iy as usize) * g.w + ix as usize;
-                    ptrs[at(ky * g.kw + kx)] = x[pixel * cin..][..cin].as_ptr();
-                }
-            }
-        }
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
-            }
-        }
-    }
+    let main = TileRows::of(w.path, g, x, w.pad_or_zeros(), r0, nrows, mr);
+    let side = sc.map(|(s, _)| {
+        let rows = TileRows::of(w.path, s.g, s.x, s.w.pad_or_zeros(), r0, nrows, mr);
+        (s, rows)
+    });
     let mut acc = [0i32; 6 * 64];
+    let mut shortcut = [0f32; 6 * 64];
     for panel in panels {
         let c0 = panel * width;
         let cols = width.min(cout - c0);
-        let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
         for tile in 0..tiles {
             let (row0, live) = (r0 + tile * mr, mr.min(nrows - tile * mr));
-            prefetch_residual(rq, cout, row0, live, c0, cols);
-            // SAFETY: the path is available (checked in `conv`), each pointer reads `cin` bytes of `x` or the
-            // zero block (`cin ≤ MAX_CIN`), the panel is whole, `acc` holds the largest tile.
-            unsafe {
-                w.path.tile(
-                    &ptrs[tile * taps * mr..][..taps * mr],
-                    taps,
-                    cin,
-                    wp,
-                    &mut acc,
-                )
-            };
-            let store = tile_store(rq, out, cout, row0, live, c0, cols);
-            // SAFETY: the store's pointers hold the tile's pieces; this task alone writes them; the path is
-            // available.
-            unsafe { w.path.requant_tile(&acc, &store) };
+            let mut store = tile_store(rq, out, cout, row0, live, c0, cols);
+            // SAFETY (the products and epilogues): the path is available (checked in `conv`); each pointer
+            // reads its `cin` bytes of `x`, of the gathered rows or of the padding block; the panels are whole;
+            // `acc` and `shortcut` hold the largest tile; the store's pointers hold the tile's pieces, which this
+            // task alone writes.
+            if let Some((s, rows)) = &side {
+                // The shortcut's tile first, into `shortcut` (`[live][width]`), which the epilogue adds.
+                let wp = s.w.data[panel * s.w.panel_len()..].as_ptr();
+                let values = TileStore {
+                    rows: live,
+                    cols,
+                    stride: width,
+                    residual_stride: width,
+                    bias: s.bias[c0..][..cols].as_ptr(),
+                    scale: s.scale[c0..][..cols].as_ptr(),
+                    residual: RawResidual::None,
+                    out: RawOut::F32(shortcut.as_mut_ptr()),
+                    relu: false,
+                    qmax: rq.qmax,
+                };
+                unsafe {
+                    w.path.tile(
+                        rows.tile(tile, mr),
+                        rows.taps,
+                        rows.cin,
+                        wp,
+                        &mut acc,
+                        &values,
+                    )
+                };
+                store.residual = RawResidual::F32(shortcut.as_ptr(), s.residual_scale);
+                store.residual_stride = width;
+            } else {
+                prefetch_residual(rq, cout, row0, live, c0, cols);
+            }
+            let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
+            let rows = main.tile(tile, mr);
+            unsafe { w.path.tile(rows, main.taps, main.cin, wp, &mut acc, &store) };
         }
     }
 }

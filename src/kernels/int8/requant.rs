@@ -296,50 +296,14 @@ pub(crate) unsafe fn tile_avx2(acc: &[i32], width: usize, s: &TileStore) {
     use core::arch::x86_64::*;
     assert!(acc.len() >= s.rows * width && width >= s.cols);
     let full = s.cols / 8 * 8;
-    let zero = _mm256_setzero_ps();
-    let q = _mm256_set1_ps(s.qmax as f32);
-    let rounder = _mm256_set1_ps(12_582_912.0);
-    let low_byte = _mm256_set1_epi32(0xff);
+    let k = Avx2Consts::new(s.qmax);
     for i in 0..s.rows {
-        let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
-        let rat = i * s.residual_stride;
+        let sums = acc.as_ptr().add(i * width);
         for j in (0..full).step_by(8) {
             let a = _mm256_loadu_si256(sums.add(j) as *const __m256i);
             let b = _mm256_loadu_si256(s.bias.add(j) as *const __m256i);
             let scale = _mm256_loadu_ps(s.scale.add(j));
-            let r = match s.residual {
-                RawResidual::None => zero,
-                RawResidual::U8(p, rs) => {
-                    let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(rat + j) as *const __m128i));
-                    _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(rs))
-                }
-                RawResidual::F32(p, rs) => {
-                    _mm256_mul_ps(_mm256_loadu_ps(p.add(rat + j)), _mm256_set1_ps(rs))
-                }
-            };
-            let mut v = _mm256_add_ps(
-                _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), scale),
-                r,
-            );
-            if s.relu {
-                v = _mm256_max_ps(v, zero);
-            }
-            match s.out {
-                RawOut::U8(p) => {
-                    let u = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(v, zero), q), rounder);
-                    // The low byte of each lane, 0..=255: packed to 16 bits, then to 8, each 128-bit half keeping
-                    // its four bytes in its low word.
-                    let w = _mm256_and_si256(_mm256_castps_si256(u), low_byte);
-                    let w = _mm256_packus_epi32(w, w);
-                    let w = _mm256_packus_epi16(w, w);
-                    let bytes = _mm_unpacklo_epi32(
-                        _mm256_castsi256_si128(w),
-                        _mm256_extracti128_si256(w, 1),
-                    );
-                    _mm_storel_epi64(p.add(at + j) as *mut __m128i, bytes);
-                }
-                RawOut::F32(p) => _mm256_storeu_ps(p.add(at + j), v),
-            }
+            store8_avx2(a, b, scale, s, i, j, &k);
         }
     }
     if full < s.cols {
@@ -360,5 +324,81 @@ pub(crate) unsafe fn tile_avx2(acc: &[i32], width: usize, s: &TileStore) {
             ..*s
         };
         tile_rows(&acc[full..], width, &rest);
+    }
+}
+
+/// The constants of [`store8_avx2`], set once per tile.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx2Consts {
+    zero: core::arch::x86_64::__m256,
+    qmax: core::arch::x86_64::__m256,
+    rounder: core::arch::x86_64::__m256,
+    low_byte: core::arch::x86_64::__m256i,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx2Consts {
+    #[inline(always)]
+    pub(crate) unsafe fn new(qmax: u8) -> Avx2Consts {
+        use core::arch::x86_64::*;
+        Avx2Consts {
+            zero: _mm256_setzero_ps(),
+            qmax: _mm256_set1_ps(qmax as f32),
+            rounder: _mm256_set1_ps(12_582_912.0),
+            low_byte: _mm256_set1_epi32(0xff),
+        }
+    }
+}
+
+/// The epilogue of 8 sums `a` of row `i`, channels `j..j + 8` of the tile `s` (their biases `b` and scales
+/// `scale`): [`value`] then [`to_u8`] or the f32 store, as [`row`] computes them. Inlined into the tiles that
+/// keep their sums in registers.
+///
+/// # Safety
+/// As [`tile_rows`]' for those 8 elements; the CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn store8_avx2(
+    a: core::arch::x86_64::__m256i,
+    b: core::arch::x86_64::__m256i,
+    scale: core::arch::x86_64::__m256,
+    s: &TileStore,
+    i: usize,
+    j: usize,
+    k: &Avx2Consts,
+) {
+    use core::arch::x86_64::*;
+    let (at, rat) = (i * s.stride + j, i * s.residual_stride + j);
+    let r = match s.residual {
+        RawResidual::None => k.zero,
+        RawResidual::U8(p, rs) => {
+            let v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.add(rat) as *const __m128i));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(v), _mm256_set1_ps(rs))
+        }
+        RawResidual::F32(p, rs) => _mm256_mul_ps(_mm256_loadu_ps(p.add(rat)), _mm256_set1_ps(rs)),
+    };
+    let mut v = _mm256_add_ps(
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(a, b)), scale),
+        r,
+    );
+    match s.out {
+        RawOut::U8(p) => {
+            // The clamp at zero is the ReLU's too.
+            let u = _mm256_add_ps(_mm256_min_ps(_mm256_max_ps(v, k.zero), k.qmax), k.rounder);
+            // The low byte of each lane, 0..=255: packed to 16 bits, then to 8, each 128-bit half keeping its
+            // four bytes in its low word.
+            let w = _mm256_and_si256(_mm256_castps_si256(u), k.low_byte);
+            let w = _mm256_packus_epi32(w, w);
+            let w = _mm256_packus_epi16(w, w);
+            let bytes =
+                _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+            _mm_storel_epi64(p.add(at) as *mut __m128i, bytes);
+        }
+        RawOut::F32(p) => {
+            if s.relu {
+                v = _mm256_max_ps(v, k.zero);
+            }
+            _mm256_storeu_ps(p.add(at), v)
+        }
     }
 }

@@ -57,7 +57,7 @@ fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
     }
 }
 
-const SHAPES: [Shape; 12] = [
+const SHAPES: [Shape; 13] = [
     (16, 64, 1, 1, 0, 5, 7, 2),
     (64, 256, 1, 1, 0, 4, 4, 3),
     (24, 40, 1, 2, 0, 9, 7, 2),
@@ -73,6 +73,9 @@ const SHAPES: [Shape; 12] = [
     // 32 rows (and a half panel of 16 columns), and a last partial block gathered.
     (128, 48, 1, 1, 0, 8, 8, 2),
     (192, 40, 1, 1, 0, 7, 7, 1),
+    // The register tiles read a convolution of few channels and several taps from gathered rows (the stem:
+    // whole kernel rows copied at once, and per tap at the borders).
+    (4, 64, 7, 2, 3, 20, 19, 2),
 ];
 
 #[test]
@@ -168,11 +171,16 @@ fn the_reference_sums_and_requantizes_as_documented() {
 /// the reference on the input padded with those values explicitly, on every path.
 #[test]
 fn padded_taps_read_the_input_zero_points() {
-    for path in Path::ALL.into_iter().filter(|p| p.available()) {
-        let shape = (3, 64, 7, 2, 3, 13, 11, 2);
+    // Three channels read in place, four gathered (see `rows`).
+    let cases = Path::ALL
+        .into_iter()
+        .filter(|p| p.available())
+        .flat_map(|p| [(p, 3), (p, 4)]);
+    for (path, cin) in cases {
+        let shape = (cin, 64, 7, 2, 3, 13, 11, 2);
         let (cin, cout, k, stride, pad, h, w, n) = shape;
         let c = case(shape, path.qmax(), 11);
-        let zero_points = vec![path.qmax() / 2, 3, path.qmax()];
+        let zero_points: Vec<u8> = [path.qmax() / 2, 3, path.qmax(), 60][..cin].to_vec();
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let mut padded: Vec<u8> = (0..n * hp * wp)
             .flat_map(|_| zero_points.iter().copied())
@@ -199,112 +207,125 @@ fn padded_taps_read_the_input_zero_points() {
         let mut packed = pack(path, k * k, cin, cout, &c.w);
         packed.pad = zero_points.clone();
         conv(&c.g, n, &c.x, &packed, &rq, Output::U8(&mut got));
-        assert!(want == got, "{path:?}: padded taps differ");
+        assert!(want == got, "{path:?} cin {cin}: padded taps differ");
         // Zeros instead would differ: the test sees the padding.
         packed.pad.clear();
         conv(&c.g, n, &c.x, &packed, &rq, Output::U8(&mut got));
-        assert!(want != got, "{path:?}: the zero points made no difference");
+        assert!(
+            want != got,
+            "{path:?} cin {cin}: the zero points made no difference"
+        );
     }
 }
 
-/// A shortcut computed inside the block's last convolution (AMX) is bit for bit the two convolutions it
-/// replaces: the shortcut into an f32 tensor, then the last convolution adding it. Shapes: rows read in place
-/// (1×1 over 64 channels) and gathered (stride 2, ragged channels), partial blocks, few rows (the panels cut among
-/// tasks, the rows gathered for all of them), weights too large for the blocks-outside order.
+/// A shortcut computed inside the block's last convolution is bit for bit the two convolutions it replaces: the
+/// shortcut into an f32 tensor, then the last convolution adding it; on every path. Shapes: rows read in place
+/// (on AMX: 1×1 over 64 channels) and gathered (stride 2, ragged channels), partial blocks and tiles, few rows
+/// (the panels cut among tasks; on AMX the rows gathered for all of them), weights too large for AMX's
+/// blocks-outside order, and a 3×3 last convolution (the chapter's block).
 #[test]
 fn a_shortcut_computed_alongside_is_the_two_convolutions() {
-    if !Path::Amx.available() {
-        eprintln!("skipped: no AMX on this CPU");
-        return;
-    }
-    // (main cin, cout, out h = w, n, shortcut cin, shortcut stride)
+    // (main cin, cout, main k, out h = w, n, shortcut cin, shortcut stride)
     let cases = [
-        (64, 48, 6, 2, 64, 1),
-        (64, 256, 6, 2, 40, 2),
-        (17, 200, 3, 1, 24, 2),
-        (1024, 320, 7, 2, 64, 2),
+        (64, 48, 1, 6, 2, 64, 1),
+        (64, 256, 1, 6, 2, 40, 2),
+        (17, 200, 1, 3, 1, 24, 2),
+        (1024, 320, 1, 7, 2, 64, 2),
+        (32, 40, 3, 5, 2, 16, 2),
     ];
-    for (s, &(cin, cout, h, n, sc_cin, stride)) in cases.iter().enumerate() {
-        let main = case((cin, cout, 1, 1, 0, h, h, n), 255, 100 + s as u64);
-        let sc_h = (h - 1) * stride + 1;
-        let side = case(
-            (sc_cin, cout, 1, stride, 0, sc_h, sc_h, n),
-            255,
-            200 + s as u64,
-        );
-        assert_eq!((side.g.oh, side.g.ow), (h, h));
-        let rows = n * h * h;
-        let wm = pack(Path::Amx, 1, cin, cout, &main.w);
-        let ws = pack(Path::Amx, 1, sc_cin, cout, &side.w);
-        let rq_side = Requant {
-            bias: &side.bias,
-            scale: &side.scale,
-            residual: Residual::None,
-            relu: false,
-            qmax: 255,
-        };
-        let mut shortcut = vec![0f32; rows * cout];
-        conv(
-            &side.g,
-            n,
-            &side.x,
-            &ws,
-            &rq_side,
-            Output::F32(&mut shortcut),
-        );
-        let residual_scale = 0.3;
-        let sc = Shortcut {
-            g: &side.g,
-            x: &side.x,
-            w: &ws,
-            bias: &side.bias,
-            scale: &side.scale,
-            residual_scale,
-        };
-        let rq = |residual| Requant {
-            bias: &main.bias,
-            scale: &main.scale,
-            residual,
-            relu: true,
-            qmax: 255,
-        };
-        let added = rq(Residual::F32 {
-            values: &shortcut,
-            scale: residual_scale,
-        });
-        let (mut want, mut got) = (vec![0u8; rows * cout], vec![1u8; rows * cout]);
-        conv(&main.g, n, &main.x, &wm, &added, Output::U8(&mut want));
-        conv_with_shortcut(
-            &main.g,
-            n,
-            &main.x,
-            &wm,
-            &rq(Residual::None),
-            Output::U8(&mut got),
-            &sc,
-        );
-        assert!(want == got, "case {s}: u8 outputs differ");
-        let clamped = want.iter().filter(|&&v| v == 0 || v == 255).count();
-        assert!(
-            clamped < want.len() * 9 / 10,
-            "case {s}: {clamped} of {} clamped",
-            want.len()
-        );
-        let (mut want, mut got) = (vec![0f32; rows * cout], vec![1f32; rows * cout]);
-        conv(&main.g, n, &main.x, &wm, &added, Output::F32(&mut want));
-        conv_with_shortcut(
-            &main.g,
-            n,
-            &main.x,
-            &wm,
-            &rq(Residual::None),
-            Output::F32(&mut got),
-            &sc,
-        );
-        let same = want
-            .iter()
-            .zip(&got)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
-        assert!(same, "case {s}: f32 outputs differ");
+    let paths = Path::ALL.into_iter().filter(|p| p.available());
+    for path in paths {
+        for (s, &(cin, cout, k, h, n, sc_cin, stride)) in cases.iter().enumerate() {
+            shortcut_alongside(path, s, (cin, cout, k, h, n, sc_cin, stride));
+        }
     }
+}
+
+fn shortcut_alongside(
+    path: Path,
+    s: usize,
+    (cin, cout, k, h, n, sc_cin, stride): (usize, usize, usize, usize, usize, usize, usize),
+) {
+    let q = path.qmax();
+    let main = case((cin, cout, k, 1, k / 2, h, h, n), q, 100 + s as u64);
+    let sc_h = (h - 1) * stride + 1;
+    let side = case(
+        (sc_cin, cout, 1, stride, 0, sc_h, sc_h, n),
+        q,
+        200 + s as u64,
+    );
+    assert_eq!((side.g.oh, side.g.ow), (h, h));
+    let rows = n * h * h;
+    let wm = pack(path, k * k, cin, cout, &main.w);
+    let ws = pack(path, 1, sc_cin, cout, &side.w);
+    let rq_side = Requant {
+        bias: &side.bias,
+        scale: &side.scale,
+        residual: Residual::None,
+        relu: false,
+        qmax: q,
+    };
+    let mut shortcut = vec![0f32; rows * cout];
+    conv(
+        &side.g,
+        n,
+        &side.x,
+        &ws,
+        &rq_side,
+        Output::F32(&mut shortcut),
+    );
+    let residual_scale = 0.3;
+    let sc = Shortcut {
+        g: &side.g,
+        x: &side.x,
+        w: &ws,
+        bias: &side.bias,
+        scale: &side.scale,
+        residual_scale,
+    };
+    let rq = |residual| Requant {
+        bias: &main.bias,
+        scale: &main.scale,
+        residual,
+        relu: true,
+        qmax: q,
+    };
+    let added = rq(Residual::F32 {
+        values: &shortcut,
+        scale: residual_scale,
+    });
+    let (mut want, mut got) = (vec![0u8; rows * cout], vec![1u8; rows * cout]);
+    conv(&main.g, n, &main.x, &wm, &added, Output::U8(&mut want));
+    conv_with_shortcut(
+        &main.g,
+        n,
+        &main.x,
+        &wm,
+        &rq(Residual::None),
+        Output::U8(&mut got),
+        &sc,
+    );
+    assert!(want == got, "{path:?} case {s}: u8 outputs differ");
+    let clamped = want.iter().filter(|&&v| v == 0 || v == q).count();
+    assert!(
+        clamped < want.len() * 9 / 10,
+        "{path:?} case {s}: {clamped} of {} clamped",
+        want.len()
+    );
+    let (mut want, mut got) = (vec![0f32; rows * cout], vec![1f32; rows * cout]);
+    conv(&main.g, n, &main.x, &wm, &added, Output::F32(&mut want));
+    conv_with_shortcut(
+        &main.g,
+        n,
+        &main.x,
+        &wm,
+        &rq(Residual::None),
+        Output::F32(&mut got),
+        &sc,
+    );
+    let same = want
+        .iter()
+        .zip(&got)
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    assert!(same, "{path:?} case {s}: f32 outputs differ");
 }

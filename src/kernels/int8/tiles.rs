@@ -16,6 +16,9 @@
 //! pairs into `i32`; with activations at most 127 and weights in [-127, 127] a pair sums to at most
 //! 2·127·127 = 32258 < 32767, so nothing saturates and the sums are exact), and a portable scalar tile.
 
+#[cfg(target_arch = "x86_64")]
+use super::requant;
+
 /// Reads the `tail` (1 to 3) bytes at `p` as the low bytes of a `u32`.
 ///
 /// # Safety
@@ -32,8 +35,49 @@ unsafe fn tail_word(p: *const u8, tail: usize) -> i32 {
     }
 }
 
-/// One tile kernel: `$mr` rows, `$nv` vectors of `$lanes` `i32` columns, `$dot(sum, a, b)` the multiply-add of
-/// four bytes per lane.
+/// The products of one tile into `$sums: [$vec; MR·NV]` (row `i`'s `NV` vectors of `$lanes` columns at `i·NV`):
+/// `$mr` rows, `$nv` vectors, `$dot(sum, a, b)` the multiply-add of four bytes per lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! products {
+    ($sums:ident = $mr:expr, $nv:expr, $lanes:expr, $vec:ty, $zero:expr, $load:expr, $set1:expr,
+     ($rows:expr, $taps:expr, $cin:expr, $w:expr), |$c:ident, $a:ident, $b:ident| $dot:expr) => {
+        const MR: usize = $mr;
+        const NV: usize = $nv;
+        let (rows, taps, cin): (&[*const u8], usize, usize) = ($rows, $taps, $cin);
+        assert!(rows.len() >= taps * MR);
+        let mut $sums: [$vec; MR * NV] = [$zero; MR * NV];
+        let (full, tail) = (cin / 4, cin % 4);
+        let mut wp: *const i8 = $w;
+        // One group of four channels: the panel's `[W][4]` bytes times each row's four channels.
+        macro_rules! group {
+            ($word:expr) => {{
+                let mut b: [$vec; NV] = [$zero; NV];
+                for (j, v) in b.iter_mut().enumerate() {
+                    *v = $load(wp.add(j * $lanes * 4));
+                }
+                for i in 0..MR {
+                    let $a = $set1($word(i));
+                    for j in 0..NV {
+                        let ($c, $b) = ($sums[i * NV + j], b[j]);
+                        $sums[i * NV + j] = $dot;
+                    }
+                }
+                wp = wp.add(NV * $lanes * 4);
+            }};
+        }
+        for t in 0..taps {
+            let r = &rows[t * MR..(t + 1) * MR];
+            for g in 0..full {
+                group!(|i: usize| (r[i].add(4 * g) as *const i32).read_unaligned());
+            }
+            if tail > 0 {
+                group!(|i: usize| tail_word(r[i].add(4 * full), tail));
+            }
+        }
+    };
+}
+
+/// One tile kernel: [`products`], then the sums stored to `acc`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! tile_kernel {
     ($(#[$doc:meta])* $name:ident, $feat:literal, $mr:expr, $nv:expr, $lanes:expr, $vec:ty,
@@ -46,38 +90,9 @@ macro_rules! tile_kernel {
         #[target_feature(enable = $feat)]
         pub(super) unsafe fn $name(rows: &[*const u8], taps: usize, cin: usize, w: *const i8, acc: &mut [i32]) {
             use core::arch::x86_64::*;
-            const MR: usize = $mr;
-            const NV: usize = $nv;
-            assert!(rows.len() >= taps * MR && acc.len() >= MR * NV * $lanes);
-            let mut sums: [$vec; MR * NV] = [$zero; MR * NV];
-            let (full, tail) = (cin / 4, cin % 4);
-            let mut wp = w;
-            // One group of four channels: the panel's `[W][4]` bytes times each row's four channels.
-            macro_rules! group {
-                ($word:expr) => {{
-                    let mut b: [$vec; NV] = [$zero; NV];
-                    for (j, v) in b.iter_mut().enumerate() {
-                        *v = $load(wp.add(j * $lanes * 4));
-                    }
-                    for i in 0..MR {
-                        let $a = $set1($word(i));
-                        for j in 0..NV {
-                            let ($c, $b) = (sums[i * NV + j], b[j]);
-                            sums[i * NV + j] = $dot;
-                        }
-                    }
-                    wp = wp.add(NV * $lanes * 4);
-                }};
-            }
-            for t in 0..taps {
-                let r = &rows[t * MR..(t + 1) * MR];
-                for g in 0..full {
-                    group!(|i: usize| (r[i].add(4 * g) as *const i32).read_unaligned());
-                }
-                if tail > 0 {
-                    group!(|i: usize| tail_word(r[i].add(4 * full), tail));
-                }
-            }
+            products!(sums = $mr, $nv, $lanes, $vec, $zero, $load, $set1, (rows, taps, cin, w),
+                      |$c, $a, $b| $dot);
+            assert!(acc.len() >= MR * NV * $lanes);
             for (k, s) in sums.iter().enumerate() {
                 $store(acc.as_mut_ptr().add(k * $lanes), *s);
             }
@@ -115,15 +130,60 @@ tile_kernel!(
     |c, a, b| _mm256_dpbusd_avx_epi32(c, a, b)
 );
 
+/// The AVX2 tile, 4 rows × 16 columns (activations at most 127, see the module documentation), with its
+/// epilogue: the sums stay in registers and go through [`requant::store8_avx2`] into `s` (a partial panel, fewer
+/// than 16 columns, through `acc` and [`requant::tile_avx2`]). A separate epilogue, storing and reloading the
+/// sums, took as long as 16 groups of products: as long as a 1×1 convolution's over 64 channels.
+///
+/// # Safety
+/// The CPU has AVX2; `rows` holds `taps · 4` pointers, each readable for `cin` bytes; `w` readable for the
+/// panel's `taps · ⌈cin/4⌉ · 64` bytes; `acc` holds 64 sums; `s` as [`requant::tile_rows`]' with at most 4 rows.
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(
-    /// The AVX2 tile: 4 rows × 16 columns; activations at most 127 (see the module documentation).
-    avx2, "avx2", 4, 2, 8, __m256i, _mm256_setzero_si256(),
-    |p: *const i8| _mm256_loadu_si256(p as *const _),
-    _mm256_set1_epi32,
-    |p: *mut i32, v| _mm256_storeu_si256(p as *mut _, v),
-    |c, a, b| _mm256_add_epi32(c, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)))
-);
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn avx2(
+    rows: &[*const u8],
+    taps: usize,
+    cin: usize,
+    w: *const i8,
+    acc: &mut [i32],
+    s: &requant::TileStore,
+) {
+    use core::arch::x86_64::*;
+    products!(
+        sums = 4,
+        2,
+        8,
+        __m256i,
+        _mm256_setzero_si256(),
+        |p: *const i8| _mm256_loadu_si256(p as *const _),
+        _mm256_set1_epi32,
+        (rows, taps, cin, w),
+        |c, a, b| _mm256_add_epi32(
+            c,
+            _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+        )
+    );
+    assert!(s.rows <= MR && acc.len() >= MR * NV * 8);
+    if s.cols < NV * 8 {
+        for (k, v) in sums.iter().enumerate() {
+            _mm256_storeu_si256(acc.as_mut_ptr().add(k * 8) as *mut _, *v);
+        }
+        requant::tile_avx2(acc, NV * 8, s);
+        return;
+    }
+    let k = requant::Avx2Consts::new(s.qmax);
+    for j in 0..NV {
+        let b = _mm256_loadu_si256(s.bias.add(j * 8) as *const __m256i);
+        let scale = _mm256_loadu_ps(s.scale.add(j * 8));
+        // Constant indices into `sums`, which keeps them in registers (a loop to the run-time row count
+        // would put them in memory).
+        for i in 0..MR {
+            if i < s.rows {
+                requant::store8_avx2(sums[i * NV + j], b, scale, s, i, j * 8, &k);
+            }
+        }
+    }
+}
 
 /// The portable tile: 4 rows × 16 columns in plain Rust.
 ///
