@@ -11,8 +11,10 @@
 //!
 //! The convolution is an implicit GEMM ([`conv`]): each output row reads, through each tap, the `cin` bytes of
 //! one input pixel in place (a 1×1 convolution, any stride, is a plain matrix product with one tap; a padded
-//! tap reads a block of zeros). A rayon task owns a block of rows and walks every column panel over them (with
-//! few rows, a group of the panels).
+//! tap reads a block of zeros; a convolution of few channels and several taps, the stem, reads its rows gathered,
+//! see [`rows`]). A rayon task owns a block of rows and walks every column panel over them (with few rows, a
+//! group of the panels). A block's shortcut convolution can run inside its last convolution
+//! ([`conv_with_shortcut`]), tile by tile.
 //!
 //! Paths ([`Path`], chosen once per process): AMX ([`amx`], whose panels are two halves of 16 columns), AVX-512
 //! VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
