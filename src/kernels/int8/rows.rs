@@ -91,13 +91,10 @@ fn pointers(
     let (cin, taps) = (g.cin, g.kh * g.kw);
     let tiles = nrows.div_ceil(mr);
     let mut ptrs = vec![pad[..cin].as_ptr(); tiles * taps * mr];
-    let plane = g.oh * g.ow;
-    // The output position walks the rows (no division per row); a window wholly inside the image takes its
-    // taps' pointers as offsets from its corner (the stem's 49 taps per row made the general case, a bounds
-    // check per tap, cost more than the products).
-    let (mut img, mut oy, mut ox) = (r0 / plane, r0 % plane / g.ow, r0 % g.ow);
+    // A window wholly inside the image takes its taps' pointers as offsets from its corner (the stem's 49 taps
+    // per row made the general case, a bounds check per tap, cost more than the products).
     let window = ((g.kh - 1) * g.w + g.kw) * cin;
-    for row in 0..nrows {
+    for (row, (img, oy, ox)) in positions(g, r0).take(nrows).enumerate() {
         let iy0 = (oy * g.stride) as isize - g.pad as isize;
         let ix0 = (ox * g.stride) as isize - g.pad as isize;
         let at = |t: usize| ((row / mr) * taps + t) * mr + row % mr;
@@ -124,15 +121,27 @@ fn pointers(
                 }
             }
         }
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
-            }
-        }
     }
     ptrs
+}
+
+/// The output positions `(image, oy, ox)` of `g`'s rows from `first` on, in order: walked, without a division
+/// per row.
+fn positions(g: &ConvGeom, first: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (oh, ow) = (g.oh, g.ow);
+    let plane = oh * ow;
+    let mut at = (first / plane, first % plane / ow, first % ow);
+    std::iter::from_fn(move || {
+        let here = at;
+        at.2 += 1;
+        if at.2 == ow {
+            at = (at.0, at.1 + 1, 0);
+            if at.1 == oh {
+                at = (at.0 + 1, 0, 0);
+            }
+        }
+        Some(here)
+    })
 }
 
 impl Path {
@@ -206,10 +215,8 @@ unsafe fn gather(
         cin.is_multiple_of(4) && pad.len() >= cin && dst.len() >= count * k + SLACK,
         "int8: rows gathered into too small a buffer"
     );
-    let plane = g.oh * g.ow;
-    let (mut img, mut oy, mut ox) = (first / plane, first % plane / g.ow, first % g.ow);
     let base = dst.as_mut_ptr();
-    for i in 0..count {
+    for (i, (img, oy, ox)) in positions(g, first).take(count).enumerate() {
         let row = base.add(i * k);
         let iy0 = (oy * g.stride) as isize - g.pad as isize;
         let ix0 = (ox * g.stride) as isize - g.pad as isize;
@@ -237,13 +244,6 @@ unsafe fn gather(
                     &line[ix as usize * cin..][..cin]
                 };
                 copy(src.as_ptr(), taps.add(kx * cin), cin);
-            }
-        }
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
             }
         }
     }
