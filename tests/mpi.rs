@@ -125,6 +125,30 @@ fn model(dir: &Path) -> StateDict {
     checkpoint::deserialize(&bytes, "model").unwrap().0
 }
 
+/// `‖a − b‖ / ‖b − start‖` over every F32 value of the models: how far `a` is from `b` as a share of the update
+/// that took `start` to `b`. Integer tensors (BN batch counters) of `a` and `b` must be equal.
+fn difference_of_update(a: &StateDict, b: &StateDict, start: &StateDict) -> f64 {
+    let squares = |x: &StateDict, y: &StateDict| -> f64 {
+        x.iter()
+            .zip(y)
+            .map(|((_, tx), (_, ty))| match (tx, ty) {
+                (StateTensor::F32 { data: p, .. }, StateTensor::F32 { data: q, .. }) => {
+                    p.iter().zip(q).map(|(u, v)| ((u - v) as f64).powi(2)).sum()
+                }
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert!(a.len() == b.len() && b.len() == start.len());
+    for ((ka, ta), (kb, tb)) in a.iter().zip(b) {
+        assert_eq!(ka, kb);
+        if !matches!(ta, StateTensor::F32 { .. }) {
+            assert_eq!(ta, tb, "{ka}");
+        }
+    }
+    (squares(a, b) / squares(b, start).max(1e-300)).sqrt()
+}
+
 /// The largest difference of any F32 tensor between two models, relative to that tensor's largest value; integer
 /// tensors (BN batch counters) must be equal.
 fn largest_difference(a: &StateDict, b: &StateDict) -> f64 {
@@ -345,6 +369,7 @@ fn sync_bn_ranks_train_the_parameters_of_one_process_and_resume_with_another_ran
         &launch(2, &sync_args("1", true, &resumed)),
         "mpirun -np 2, epoch 1",
     );
+    let start = model(&resumed);
     let resume = [
         "--threads",
         "1",
@@ -360,10 +385,14 @@ fn sync_bn_ranks_train_the_parameters_of_one_process_and_resume_with_another_ran
     .collect::<Vec<_>>();
     let stdout = expect_success(&launch(3, &resume), "mpirun -np 3 --resume");
     assert!(stdout.contains("resuming "), "{stdout}");
-    let diff = largest_difference(&model(&resumed), &model(&one));
+    // Measured against the second epoch's own update: two ranks' first epoch leaves the parameters about 1e-7
+    // from one process's, and on an AVX2-only Zen 3 that was enough to tip a max-pool or ReLU tie in the second
+    // epoch (one element's gradient routed elsewhere): 4.9e-4 of the update, where rounding alone gives 3e-7 to
+    // 6e-7 and a resume that lost the momentum buffers 5.7e-2.
+    let diff = difference_of_update(&model(&resumed), &model(&one), &start);
     assert!(
-        diff <= 1e-5,
-        "resumed on 3 ranks: largest difference {diff:e} of scale"
+        diff <= 5e-3,
+        "resumed on 3 ranks: {diff:e} of the second epoch's update"
     );
 
     // Without --sync-bn each rank normalizes with its own share's statistics: another run.
