@@ -319,6 +319,32 @@ pub struct Shortcut<'a> {
     pub residual_scale: f32,
 }
 
+impl Shortcut<'_> {
+    /// Where the epilogue of the shortcut's tile of rows `0..live`, channels `c0..c0 + cols` writes its f32 values
+    /// (no residual, no ReLU): `values [live][stride]`.
+    fn tile_store(
+        &self,
+        live: usize,
+        c0: usize,
+        cols: usize,
+        stride: usize,
+        values: *mut f32,
+    ) -> TileStore {
+        TileStore {
+            rows: live,
+            cols,
+            stride,
+            residual_stride: stride,
+            bias: self.bias[c0..][..cols].as_ptr(),
+            scale: self.scale[c0..][..cols].as_ptr(),
+            residual: RawResidual::None,
+            out: RawOut::F32(values),
+            relu: false,
+            qmax: 255,
+        }
+    }
+}
+
 /// [`conv`] with the shortcut `sc` computed alongside, block by block, in place of `rq.residual` (which must be
 /// [`Residual::None`]): bit for bit [`conv`] of `sc` into an f32 tensor, then [`conv`] of the block's last
 /// convolution with that tensor as [`Residual::F32`], without the tensor (the first stage's, at batch 32, is
@@ -586,18 +612,7 @@ fn conv_block(
             if let Some((s, rows)) = &side {
                 // The shortcut's tile first, into `shortcut` (`[live][width]`), which the epilogue adds.
                 let wp = s.w.data[panel * s.w.panel_len()..].as_ptr();
-                let values = TileStore {
-                    rows: live,
-                    cols,
-                    stride: width,
-                    residual_stride: width,
-                    bias: s.bias[c0..][..cols].as_ptr(),
-                    scale: s.scale[c0..][..cols].as_ptr(),
-                    residual: RawResidual::None,
-                    out: RawOut::F32(shortcut.as_mut_ptr()),
-                    relu: false,
-                    qmax: rq.qmax,
-                };
+                let values = s.tile_store(live, c0, cols, width, shortcut.as_mut_ptr());
                 unsafe {
                     w.path.tile(
                         rows.tile(tile, mr),
@@ -762,18 +777,7 @@ unsafe fn amx_panels(
                 let mut store = tile_store(rq, out, cout, row0, live, c0, cols);
                 if let (Some((input, sc)), Some(a)) = (&side, &a_side) {
                     products(input, a, &mut acc);
-                    let values = TileStore {
-                        rows: live,
-                        cols,
-                        stride: BLOCK,
-                        residual_stride: BLOCK,
-                        bias: sc.bias[c0..][..cols].as_ptr(),
-                        scale: sc.scale[c0..][..cols].as_ptr(),
-                        residual: RawResidual::None,
-                        out: RawOut::F32(shortcut.0.as_mut_ptr()),
-                        relu: false,
-                        qmax: rq.qmax,
-                    };
+                    let values = sc.tile_store(live, c0, cols, BLOCK, shortcut.0.as_mut_ptr());
                     requant::tile_avx512(&acc.0, BLOCK, &values);
                     store.residual = RawResidual::F32(shortcut.0.as_ptr(), sc.residual_scale);
                     store.residual_stride = BLOCK;
