@@ -672,16 +672,16 @@ impl QuantNet {
                         }
                         let per_y = 1.0 / y_scale.unwrap_or(1.0);
                         let fused = self.fusions.shortcut[i];
-                        let residual = match residual {
-                            _ if fused.is_some() => Residual::None,
+                        // A fused shortcut is added inside the convolution, not read as a residual.
+                        let residual = match residual.filter(|_| fused.is_none()) {
                             None => Residual::None,
-                            Some(r) if has_f32[*r] => Residual::F32 {
-                                values: &net.slots[slot[*r]][..out_len],
+                            Some(r) if has_f32[r] => Residual::F32 {
+                                values: &net.slots[slot[r]][..out_len],
                                 scale: per_y,
                             },
                             Some(r) => Residual::U8 {
-                                values: &self.bytes[slot[*r]][..out_len],
-                                scale: self.scales[*r].expect("a u8 value has a scale") * per_y,
+                                values: &self.bytes[slot[r]][..out_len],
+                                scale: self.scales[r].expect("a u8 value has a scale") * per_y,
                             },
                         };
                         let rq = Requant {

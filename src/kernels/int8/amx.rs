@@ -190,16 +190,10 @@ pub(super) unsafe fn block(
 }
 
 /// The reduction rows of output rows `first..first + count` of `g` over the NHWC batch `x`, as the AMX blocks
-/// read them: `dst [count][k]`, row `i` holding per tap (`t = ky·kw + kx`) the `cin` channels of the pixel it
-/// reads at `t·⌈cin/4⌉·4` (`pad`, `[cin]`, where the tap falls in the padding), then zeros to `k`. The bytes
-/// between a tap's `cin` and `⌈cin/4⌉·4` are left as they are: their weights are zero. (The buffers are reused,
-/// so the zeros past the last tap, which meet other weights, are written each time.)
-///
-/// A kernel row wholly inside the image is one copy where the taps are side by side in `dst` too (`cin` a
-/// multiple of 4): the stem's 49 taps of 4 bytes are 7 copies of 28, and no pointer per tap is made.
+/// read them: `dst [count][k]` ([`super::rows::gather`], with the masked AVX-512 [`copy`]).
 ///
 /// # Safety
-/// The CPU has AVX-512 F and BW ([`available`]).
+/// The CPU has AVX-512 F and BW ([`available`]); `dst` and `k` as [`super::rows::gather`] asks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn gather(
@@ -211,59 +205,10 @@ pub(super) unsafe fn gather(
     k: usize,
     dst: &mut [u8],
 ) {
-    let cin = g.cin;
-    let per_tap = cin.div_ceil(4) * 4;
-    assert!(pad.len() >= cin && dst.len() >= count * k && g.kh * g.kw * per_tap <= k);
-    let plane = g.oh * g.ow;
-    let (mut img, mut oy, mut ox) = (first / plane, first % plane / g.ow, first % g.ow);
-    let taps_end = g.kh * g.kw * per_tap;
-    for i in 0..count {
-        copy(
-            ZERO_STEP.as_ptr(),
-            dst[i * k + taps_end..][..k - taps_end].as_mut_ptr(),
-            k - taps_end,
-        );
-        let row = &mut dst[i * k..][..taps_end];
-        let iy0 = (oy * g.stride) as isize - g.pad as isize;
-        let ix0 = (ox * g.stride) as isize - g.pad as isize;
-        let whole_rows = ix0 >= 0 && ix0 as usize + g.kw <= g.w && per_tap == cin;
-        for ky in 0..g.kh {
-            let iy = iy0 + ky as isize;
-            let taps = &mut row[ky * g.kw * per_tap..][..g.kw * per_tap];
-            if iy < 0 || iy >= g.h as isize {
-                for kx in 0..g.kw {
-                    copy(pad.as_ptr(), taps.as_mut_ptr().add(kx * per_tap), cin);
-                }
-                continue;
-            }
-            let line = &x[(img * g.h + iy as usize) * g.w * cin..][..g.w * cin];
-            if whole_rows {
-                let src = &line[ix0 as usize * cin..][..g.kw * cin];
-                copy(src.as_ptr(), taps.as_mut_ptr(), g.kw * cin);
-                continue;
-            }
-            for kx in 0..g.kw {
-                let ix = ix0 + kx as isize;
-                let src = if ix < 0 || ix >= g.w as isize {
-                    pad
-                } else {
-                    &line[ix as usize * cin..][..cin]
-                };
-                copy(src.as_ptr(), taps.as_mut_ptr().add(kx * per_tap), cin);
-            }
-        }
-        ox += 1;
-        if ox == g.ow {
-            (ox, oy) = (0, oy + 1);
-            if oy == g.oh {
-                (oy, img) = (0, img + 1);
-            }
-        }
-    }
+    super::rows::gather(g, x, pad, first, count, k, dst, |src, dst, n| {
+        copy(src, dst, n)
+    })
 }
-
-/// Zeros for the end of a gathered row (less than a step).
-static ZERO_STEP: [u8; STEP] = [0; STEP];
 
 /// Copies `n` bytes from `src` to `dst`, 64 a step, the last step masked (a gathered row's taps are
 /// short: one call of `memcpy` each cost more than the products).

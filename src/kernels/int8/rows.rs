@@ -10,7 +10,8 @@
 //!   is `[1][taps·cin/4][W][4]`. In place, such a tile would load four pointers per tap for one group of
 //!   products, and the stem ran at a third of the 3×3 convolutions' rate.
 
-use super::Path;
+use super::{Path, ZEROS};
+use crate::kernels::conv::tile::MAX_CIN;
 use crate::kernels::conv::ConvGeom;
 
 /// Channels below which a convolution of several taps gathers its rows.
@@ -49,7 +50,7 @@ impl TileRows {
         let tiles = nrows.div_ceil(mr);
         if gathers(g) {
             let k = g.kh * g.kw * g.cin;
-            let mut gathered = vec![0u8; tiles * mr * k + SLACK];
+            let mut gathered = vec![0u8; nrows * k + SLACK];
             // SAFETY: `gathered` holds `nrows · k` bytes and the slack; the pad holds `cin` bytes (checked by
             // `conv`); the path's instructions are on this CPU (checked by `conv`).
             unsafe { path.gather(g, x, pad, r0, nrows, &mut gathered) };
@@ -145,11 +146,12 @@ fn positions(g: &ConvGeom, first: usize) -> impl Iterator<Item = (usize, usize, 
 }
 
 impl Path {
-    /// Rows `first..first + count` of `g` gathered into `dst [count][taps·cin]` (see [`gather`]), with the
-    /// path's copy.
+    /// Rows `first..first + count` of `g` (`cin` a multiple of 4) gathered into `dst [count][taps·cin]` (see
+    /// [`gather`]), with the path's copy.
     ///
     /// # Safety
-    /// As [`gather`]'s; the path is available.
+    /// `dst` holds `count · taps · cin` bytes and [`SLACK`] more (the AVX2 copy's last store may spill into it);
+    /// the path is available.
     unsafe fn gather(
         self,
         g: &ConvGeom,
@@ -159,12 +161,17 @@ impl Path {
         count: usize,
         dst: &mut [u8],
     ) {
+        let k = g.kh * g.kw * g.cin;
+        assert!(
+            g.cin.is_multiple_of(4) && dst.len() >= count * k + SLACK,
+            "int8: rows gathered into too small a buffer"
+        );
         match self {
             #[cfg(target_arch = "x86_64")]
             Path::Vnni512 | Path::Vnni256Evex | Path::Vnni256Vex | Path::Avx2 => {
-                gather_avx2(g, x, pad, first, count, dst)
+                gather_avx2(g, x, pad, first, count, k, dst)
             }
-            _ => gather(g, x, pad, first, count, dst, |src, dst, n| {
+            _ => gather(g, x, pad, first, count, k, dst, |src, dst, n| {
                 core::ptr::copy_nonoverlapping(src, dst, n)
             }),
         }
@@ -174,7 +181,7 @@ impl Path {
 /// [`gather`] with [`copy_avx2`].
 ///
 /// # Safety
-/// As [`gather`]'s; the CPU has AVX2.
+/// As [`gather`]'s; the CPU has AVX2; `dst` holds [`SLACK`] bytes past its rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn gather_avx2(
@@ -183,50 +190,60 @@ unsafe fn gather_avx2(
     pad: &[u8],
     first: usize,
     count: usize,
+    k: usize,
     dst: &mut [u8],
 ) {
-    gather(g, x, pad, first, count, dst, |src, dst, n| {
+    gather(g, x, pad, first, count, k, dst, |src, dst, n| {
         copy_avx2(src, dst, n)
     })
 }
 
-/// Output rows `first..first + count` of `g` (`cin` a multiple of 4) over the NHWC batch `x` into `dst
-/// [count][taps·cin]`: row `i` holds, per tap `t = ky·kw + kx`, the `cin` channels of the pixel under it (`pad`,
-/// `[cin]`, in the padding) at `t·cin`. A kernel row wholly inside the image is one copy of `kw·cin` bytes (the
-/// stem's 7 taps of 4 bytes, one copy of 28). `copy(src, dst, n)` may write up to [`SLACK`] bytes past `n`:
-/// rows are written in order, each overwriting what the one before spilled.
+/// The reduction rows of output rows `first..first + count` of `g` over the NHWC batch `x`: `dst [count][k]`, row
+/// `i` holding per tap (`t = ky·kw + kx`) the `cin` channels of the pixel under it at `t·⌈cin/4⌉·4` (`pad`, `[cin]`,
+/// where the tap falls in the padding), then zeros to `k`. The bytes between a tap's `cin` and `⌈cin/4⌉·4` are left
+/// as they are: their weights are zero. A kernel row wholly inside the image is one copy where the taps are side by
+/// side in `dst` too (`cin` a multiple of 4): the stem's 7 taps of 4 bytes, one copy of 28, and no pointer per tap.
+/// The register tiles' rows ([`TileRows`]: `k = taps·cin`) and AMX's (`k` rounded up to its step) are made so.
 ///
 /// # Safety
-/// `dst` holds `count · taps · cin` bytes and [`SLACK`] more; `copy` copies `n` bytes and writes nothing beyond
-/// the slack.
+/// `dst` holds `count · k` bytes, `k ≥ taps·⌈cin/4⌉·4`, and `k − taps·⌈cin/4⌉·4 ≤` [`MAX_CIN`]; `copy(src, dst,
+/// n)` copies `n` bytes, and whatever it writes past them lies inside `dst` and is written again later (rows
+/// and taps are written in order).
 #[inline(always)]
-unsafe fn gather(
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gather(
     g: &ConvGeom,
     x: &[u8],
     pad: &[u8],
     first: usize,
     count: usize,
+    k: usize,
     dst: &mut [u8],
     copy: impl Fn(*const u8, *mut u8, usize),
 ) {
     let cin = g.cin;
-    let k = g.kh * g.kw * cin;
+    let per_tap = cin.div_ceil(4) * 4;
+    let taps_end = g.kh * g.kw * per_tap;
     assert!(
-        cin.is_multiple_of(4) && pad.len() >= cin && dst.len() >= count * k + SLACK,
+        pad.len() >= cin && taps_end <= k && k - taps_end <= MAX_CIN && dst.len() >= count * k,
         "int8: rows gathered into too small a buffer"
     );
     let base = dst.as_mut_ptr();
     for (i, (img, oy, ox)) in positions(g, first).take(count).enumerate() {
         let row = base.add(i * k);
+        if k > taps_end {
+            // The buffers are reused: the zeros past the last tap, which meet other weights, are written each time.
+            copy(ZEROS.as_ptr(), row.add(taps_end), k - taps_end);
+        }
         let iy0 = (oy * g.stride) as isize - g.pad as isize;
         let ix0 = (ox * g.stride) as isize - g.pad as isize;
-        let whole_rows = ix0 >= 0 && ix0 as usize + g.kw <= g.w;
+        let whole_rows = ix0 >= 0 && ix0 as usize + g.kw <= g.w && per_tap == cin;
         for ky in 0..g.kh {
             let iy = iy0 + ky as isize;
-            let taps = row.add(ky * g.kw * cin);
+            let taps = row.add(ky * g.kw * per_tap);
             if iy < 0 || iy >= g.h as isize {
                 for kx in 0..g.kw {
-                    copy(pad.as_ptr(), taps.add(kx * cin), cin);
+                    copy(pad.as_ptr(), taps.add(kx * per_tap), cin);
                 }
                 continue;
             }
@@ -243,7 +260,7 @@ unsafe fn gather(
                 } else {
                     &line[ix as usize * cin..][..cin]
                 };
-                copy(src.as_ptr(), taps.add(kx * cin), cin);
+                copy(src.as_ptr(), taps.add(kx * per_tap), cin);
             }
         }
     }
