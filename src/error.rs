@@ -56,7 +56,7 @@ const FEW_CHARS: usize = 160;
 /// Most characters of one item [`few`] names.
 const FEW_ITEM_CHARS: usize = 60;
 
-/// `items` for an error line: the first few (at most [`FEW_ITEMS`], about [`FEW_CHARS`] characters), then
+/// `items` for an error line: the first few (at most `FEW_ITEMS`, about `FEW_CHARS` characters), then
 /// `and N more`. An error is one line a person reads: a list of 10,000 folder names or a million block counts would
 /// make it megabytes.
 pub fn few<T: fmt::Display>(items: &[T]) -> String {

@@ -77,7 +77,7 @@ pub struct TrainArgs {
     /// Seed of the initialization, the shuffling and the augmentation.
     #[arg(long, default_value_t = RunSettings::default().seed)]
     pub seed: u64,
-    /// Run directory for checkpoints, metrics and the training curve (default: runs/run-<unix time>).
+    /// Run directory for checkpoints, metrics and the training curve (default: runs/run-N, N the Unix time).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Dataset directory (default: $RESNET_DATA, the bundled data/fashion-mnist, /usr/share/datasets/fashion-mnist).
@@ -176,7 +176,7 @@ impl TrainArgs {
     }
 }
 
-/// `resnet train`: one rank of a data-parallel job, or a single process (`comm` [`Local`]).
+/// `resnet train`: one rank of a data-parallel job, or a single process (`comm` [`Local`](crate::dist::Local)).
 pub fn run(a: &TrainArgs, comm: Arc<dyn Collective>) -> Result<()> {
     let lead = comm.rank() == 0;
     if comm.size() > 1 {

@@ -1,7 +1,7 @@
 //! The compiled network quantized to int8 for inference: the same steps as [`CompiledNet`], each convolution
 //! after the stem run by [`crate::kernels::int8`] on `u8` activations and `i8` weights.
 //!
-//! - Weights: the folded convolutions' (batch norm first, [`super::fold_bn`]), per output channel symmetric:
+//! - Weights: the folded convolutions' (batch norm first, `fold_bn`), per output channel symmetric:
 //!   `w_scale[c] = max |w[.., c]| / 127`, `q = round(w / w_scale[c])` in [-127, 127]; the bias in units of
 //!   the sum, `round(bias[c] / (w_scale[c] · x_scale))`.
 //! - Activations: per tensor, `u8` with zero point 0 (every one a quantized convolution reads follows a ReLU),
@@ -316,7 +316,7 @@ impl QuantNet {
 
     /// [`QuantNet::new`] with the convolutions' weights already quantized (a quantized model file's): per
     /// convolution of `net`, `None` for those run in f32, else the HWIO `i8` weights `[k, k, cin, cout]` and the
-    /// `[cout]` scales of [`quantize_weights`]. Errors if the clips or the weights do not fit the network.
+    /// `[cout]` scales of `quantize_weights`. Errors if the clips or the weights do not fit the network.
     pub fn with_weights(
         net: CompiledNet,
         clips: &[Option<f32>],
@@ -867,7 +867,7 @@ pub(crate) fn quantize_weights(weight: &[f32], cout: usize) -> (Vec<i8>, Vec<f32
     (q, w_scale)
 }
 
-/// `c` with its weights quantized to `weights` of per-channel scales `w_scale` ([`quantize_weights`]), for input
+/// `c` with its weights quantized to `weights` of per-channel scales `w_scale` (`quantize_weights`), for input
 /// scale `x_scale` and output scale `y_scale` (1 for an f32 output), packed for `path`.
 fn quantize_conv(
     c: &super::FoldedConv,

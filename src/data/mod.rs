@@ -2,7 +2,7 @@
 //! CIFAR-10/100 binaries ([`cifar`]), torchvision's `ImageFolder` ([`folder`]), image files ([`image_file`]), one
 //! dataset interface over all of them ([`source`]), torchvision's transforms bit-exact with Pillow
 //! ([`transforms`]), the batch [`loader`], opening a dataset by format ([`open`]), exporting a dataset as an image
-//! folder ([`export`]) and timing the loader ([`bench`]).
+//! folder ([`export`]) and timing the loader ([`bench`](mod@bench)).
 //!
 //! Flow: [`open_data`] (or [`Dataset::load`] for the chapter) → an [`ImageDataset`] (u8 images `h×w×c`, labels,
 //! class names) → [`Loader`] with a [`Pipeline`] → [`Batch`] (f32 `n×c×h×w`, labels).

@@ -1,5 +1,5 @@
 //! Data-parallel training across processes: what a run needs from the collective layer, and the arithmetic of
-//! sharing a global batch between ranks. The collectives come from MPI ([`mpi`], feature `mpi`); a run without
+//! sharing a global batch between ranks. The collectives come from MPI (the `mpi` crate, feature `mpi`); a run without
 //! the feature, or launched as a single process, is the one rank of a [`Local`] job, whose collectives have
 //! nothing to do: a single process trains through the same code as a job of many, and exactly as before.
 //!

@@ -3,10 +3,10 @@
 //! offline optimizer writes them) read into the architecture description and a state dict with PyTorch's keys,
 //! so that everything downstream is the engine as it is.
 //!
-//! The graph is walked from its input ([`recognize`]): the stem (conv, batch norm, ReLU, max pool), each residual
+//! The graph is walked from its input (`recognize`): the stem (conv, batch norm, ReLU, max pool), each residual
 //! block (two or three convs on the main path, the shortcut a 1×1 conv or the identity, the join `Add` and its
 //! ReLU), the global average pool, the flatten and the classifier. The first node that does not fit is named
-//! in the one error line. The walk's findings become a [`ResNetConfig`] ([`describe`]); a graph whose batch
+//! in the one error line. The walk's findings become a [`ResNetConfig`] (`describe`); a graph whose batch
 //! norms were folded gets batch norms that compute exactly `conv + bias` (weight 1, mean 0, variance 1 − eps,
 //! so that variance + eps is 1.0 in f32).
 

@@ -35,7 +35,7 @@ pub const MAX_PICKLE_BYTES: u64 = 64 << 20;
 /// At most this many tensors in one state dict.
 pub const MAX_TENSORS: usize = 100_000;
 /// Most pickle opcodes a `.pth` may hold (torch.save writes about 34 per tensor: 60,000 tensors). With the
-/// evaluation's budget of 4 values per opcode ([`guard`]), the pickle stage holds at most 80 MiB of opcodes and
+/// evaluation's budget of 4 values per opcode (`guard`), the pickle stage holds at most 80 MiB of opcodes and
 /// 400 MiB of values, whatever the file.
 pub const MAX_PICKLE_OPS: usize = 1 << 21;
 /// At most this many dimensions per tensor.

@@ -13,7 +13,7 @@
 //!
 //! Every error is JSON (`{"error": "...", "status": N}`) with its 4xx status, or 503 with `Retry-After` when the
 //! queue is full or the connections are at `--max-connections`; hyper's own rejections of requests it cannot
-//! parse are made JSON too ([`rejections`]). Headers must arrive within `--header-timeout` ([`conn`]).
+//! parse are made JSON too (`rejections`). Headers must arrive within `--header-timeout` ([`conn`]).
 
 pub mod batcher;
 pub mod conn;

@@ -29,7 +29,7 @@ pub const FASHION_MNIST_MEAN_STD: (f32, f32) = (0.2860, 0.3530);
 
 /// Everything that determines a training run (stored in the checkpoint, so `--resume` continues the same run).
 /// Stored as JSON: the network under `model`, the other parts' fields at the top level (where earlier versions
-/// kept every field; their flat layout still loads, see [`StoredConfig`]).
+/// kept every field; their flat layout still loads, see `StoredConfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "StoredConfig")]
 pub struct TrainConfig {

@@ -75,7 +75,7 @@ impl Distributed {
     /// something diverged, the same optimizer step. Returns the global batch's mean loss and correct count. A
     /// rank's failure fails every rank with its message.
     ///
-    /// A single process has nothing to sum: its step is [`single_step`], the gradients left in the layers (no
+    /// A single process has nothing to sum: its step is `single_step`, the gradients left in the layers (no
     /// copy into the flat buffer, no weighting by a share of 1).
     pub fn step(
         &mut self,

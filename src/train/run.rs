@@ -290,7 +290,7 @@ impl Run {
         self.dist.agree(local)
     }
 
-    /// One training step of a single process on `batch` at learning rate `lr` ([`single_step`]), the body of
+    /// One training step of a single process on `batch` at learning rate `lr` (`single_step`), the body of
     /// [`Run::train`]'s loop.
     pub fn train_step(&mut self, batch: &Batch, lr: f32) -> Result<Step> {
         let smoothing = self.config.optim.label_smoothing;

@@ -1,8 +1,8 @@
 //! The pieces every register-tile kernel shares: the tile sizes, the CPU check, the zero block that stands for
 //! padding, a pointer rayon tasks may share, what is applied to a tile as it is stored ([`Epilogue`]), and
 //! the AVX2 micro-kernels themselves: a 6×16 tile of `y = a·b` with `a` read through six row pointers
-//! ([`tile_6x16`], the direct kernels' over several taps), and the two shapes generated for AVX2 (6 × 16) and
-//! AVX-512 (6 × 64) from one body ([`micro_kernels!`]): `rows_tile_16/64` (`a` through six row pointers) and
+//! (`tile_6x16`, the direct kernels' over several taps), and the two shapes generated for AVX2 (6 × 16) and
+//! AVX-512 (6 × 64) from one body (`micro_kernels!`): `rows_tile_16/64` (`a` through six row pointers) and
 //! `cols_tile_16/64` (`a` read six floats at a time down a strided column: the weight gradients').
 
 /// Rows per register tile.

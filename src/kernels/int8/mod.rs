@@ -12,14 +12,14 @@
 //! The convolution is an implicit GEMM ([`conv`]): each output row reads, through each tap, the `cin` bytes of
 //! one input pixel in place (a 1×1 convolution, any stride, is a plain matrix product with one tap; a padded
 //! tap reads a block of zeros; a convolution of few channels and several taps, the stem, reads its rows gathered,
-//! see [`rows`]). A rayon task owns a block of rows and walks every column panel over them (with few rows, a
+//! see `rows`). A rayon task owns a block of rows and walks every column panel over them (with few rows, a
 //! group of the panels). A block's shortcut convolution can run inside its last convolution
 //! ([`conv_with_shortcut`]), tile by tile.
 //!
-//! Paths ([`Path`], chosen once per process): AMX ([`amx`], whose panels are two halves of 16 columns), AVX-512
+//! Paths ([`Path`], chosen once per process): AMX (`amx`, whose panels are two halves of 16 columns), AVX-512
 //! VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
 //! activations of at most 127 ([`Path::qmax`]): a network quantized for it stores 7-bit activations, so that
-//! `vpmaddubsw`'s 16-bit pair sums never saturate (see [`tiles`]).
+//! `vpmaddubsw`'s 16-bit pair sums never saturate (see `tiles`).
 
 mod amx;
 pub mod reference;
@@ -44,7 +44,7 @@ static ZEROS: [u8; MAX_CIN] = [0; MAX_CIN];
 /// Which micro-kernel runs the products.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
-    /// AMX tiles (blocks of 32 rows × 32 columns; see [`amx`]).
+    /// AMX tiles (blocks of 32 rows × 32 columns; see `amx`).
     Amx,
     /// AVX-512 VNNI on zmm registers (6 rows × 64 columns).
     Vnni512,
@@ -724,7 +724,7 @@ unsafe fn amx_rows<'a>(
 }
 
 /// [`conv_block`] on the AMX path: the task's rows gathered once (or read in place, or from what [`conv`]
-/// gathered, see [`amx`]), then a block of sums per pair of half panels and block of 32 rows, each through the
+/// gathered, see `amx`), then a block of sums per pair of half panels and block of 32 rows, each through the
 /// epilogue; with a shortcut, its block of sums too, through its epilogue into a block of f32 values the
 /// other's epilogue adds. Panels outside and blocks inside where the weights are large (each panel's read from
 /// memory once per task), blocks outside where they stay in L2 (the 1×1 convolutions that widen a block then

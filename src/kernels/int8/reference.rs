@@ -1,5 +1,5 @@
 //! The quantized convolution by its definition: plain loops over every output position, kernel tap and channel
-//! pair, the sums in `i32`, then the shared epilogue ([`super::requant::one`]). Every path's tests compare
+//! pair, the sums in `i32`, then the shared epilogue (`requant::one`). Every path's tests compare
 //! against it bit for bit; nothing on an inference path calls it.
 //!
 //! Shapes, as the kernels': input `x [n, h, w, cin]` (NHWC, `u8`), weights `w [kh, kw, cin, cout]` (HWIO, `i8`),

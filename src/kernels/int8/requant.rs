@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Each `·` and `+` is one f32 operation rounded once (Rust never fuses them), so the vector code LLVM makes of
-//! [`row`] inside the paths' `target_feature` wrappers is bit for bit the scalar [`one`] the reference calls.
+//! `row` inside the paths' `target_feature` wrappers is bit for bit the scalar `one` the reference calls.
 
 /// The shortcut a convolution adds before its ReLU, laid out as its output `[rows, cout]`.
 #[derive(Clone, Copy, Debug)]
