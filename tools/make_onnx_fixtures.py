@@ -23,6 +23,7 @@ import sys
 import warnings
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
@@ -51,6 +52,17 @@ def golden_input(c):
     n = 2 * c * 32 * 32
     x = ((np.arange(n, dtype=np.int64) * 7919) % 1000).astype(np.float32) / 500.0 - 1.0
     return x.reshape(2, c, 32, 32)
+
+
+def scrub(path):
+    """Drops the dynamo exporter's per-node stack traces: they name the files of the machine that wrote them
+    (this checkout's absolute path, the Python installation's). Every other record of the export stays."""
+    m = onnx.load(str(path), load_external_data=False)
+    for node in m.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(m, str(path))
 
 
 def main():
@@ -82,6 +94,8 @@ def main():
         for kind, write in files.items():
             path = out / f"{name}_{kind}.onnx"
             write(str(path))
+            if kind.startswith("dy"):
+                scrub(path)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(out / f"{name}_ort.onnx")
