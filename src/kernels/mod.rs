@@ -30,3 +30,96 @@ where
         .enumerate()
         .for_each(|(i, c)| f(i, c));
 }
+
+/// How a product's work is cut into rayon tasks: `row_blocks` blocks of `tiles_per_block` register tiles, each
+/// times `panel_groups` shares of `panels_per_task` column panels (the last block and share may be short).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TaskGrid {
+    pub row_blocks: usize,
+    pub tiles_per_block: usize,
+    pub panel_groups: usize,
+    pub panels_per_task: usize,
+}
+
+impl TaskGrid {
+    /// The grid for `tiles` register tiles of rows, at most `max_tiles` per task, over `panels` column panels,
+    /// on `threads` threads. Blocks of rows each walk every panel while there are four tasks per thread or
+    /// more. Below that (the 14×14 and 7×7 stages at small batches) the fewest blocks that fit `max_tiles`,
+    /// cut evenly, each times as many shares of the panels as make four tasks per thread: every block reads
+    /// the weights (then larger than its rows) once, instead of every one of many small blocks reading all
+    /// of them. Which task computes an element does not change its value: the sums' order is the tile's.
+    pub fn new(tiles: usize, max_tiles: usize, panels: usize, threads: usize) -> Self {
+        let enough = 4 * threads.max(1);
+        let max_tiles = max_tiles.max(1);
+        let panels = panels.max(1);
+        let row_blocks = tiles.div_ceil(max_tiles).max(1);
+        let (tiles_per_block, panels_per_task) = if row_blocks >= enough {
+            (max_tiles, panels)
+        } else {
+            let shares = enough.div_ceil(row_blocks).min(panels);
+            (tiles.div_ceil(row_blocks).max(1), panels.div_ceil(shares))
+        };
+        TaskGrid {
+            row_blocks: tiles.div_ceil(tiles_per_block).max(1),
+            tiles_per_block,
+            panel_groups: panels.div_ceil(panels_per_task),
+            panels_per_task,
+        }
+    }
+
+    /// Tasks in all: `row_blocks × panel_groups`.
+    pub fn tasks(&self) -> usize {
+        self.row_blocks * self.panel_groups
+    }
+}
+
+#[cfg(test)]
+mod task_grid_tests {
+    use super::TaskGrid;
+
+    #[test]
+    fn many_rows_are_blocks_over_every_panel_and_few_rows_share_the_panels() {
+        // Batch 32 at 56×56: 16,726 tiles of 6 rows, blocks of 16 over all 16 panels.
+        let g = TaskGrid::new(16_726, 16, 16, 2);
+        assert_eq!(
+            (g.row_blocks, g.tiles_per_block, g.panel_groups),
+            (1046, 16, 1)
+        );
+        // Batch 1 at 7×7: 9 tiles, one block, the 128 panels in 8 shares of 16: the weights read once.
+        let g = TaskGrid::new(9, 16, 128, 2);
+        assert_eq!(
+            (
+                g.row_blocks,
+                g.tiles_per_block,
+                g.panel_groups,
+                g.panels_per_task
+            ),
+            (1, 9, 8, 16)
+        );
+        // Batch 1 at 14×14: 33 tiles in three even blocks of 11, each times three shares of the 64 panels.
+        let g = TaskGrid::new(33, 16, 64, 2);
+        assert_eq!(
+            (
+                g.row_blocks,
+                g.tiles_per_block,
+                g.panel_groups,
+                g.panels_per_task
+            ),
+            (3, 11, 3, 22)
+        );
+        // Fewer panels than the shares wanted: one panel each.
+        let g = TaskGrid::new(2, 16, 3, 2);
+        assert_eq!((g.row_blocks, g.panel_groups, g.panels_per_task), (1, 3, 1));
+        // Every tile and panel is covered exactly once.
+        for (tiles, panels) in [(1, 1), (7, 5), (100, 4), (129, 32), (1000, 128)] {
+            let g = TaskGrid::new(tiles, 16, panels, 2);
+            assert!(g.tiles_per_block <= 16);
+            assert!(
+                g.row_blocks * g.tiles_per_block >= tiles
+                    && (g.row_blocks - 1) * g.tiles_per_block < tiles
+            );
+            assert!(g.panel_groups * g.panels_per_task >= panels);
+            assert!((g.panel_groups - 1) * g.panels_per_task < panels);
+        }
+    }
+}

@@ -19,6 +19,7 @@ use super::tile::{
     cpu_supported, rows_tile_64, tile_6x16, wide, Columns, Epilogue, SendPtr, MAX_CIN, MIN_CIN, MR,
     NR, ZEROS,
 };
+use crate::kernels::TaskGrid;
 use rayon::prelude::*;
 
 /// Most register tiles per rayon task (96 output rows): a pass's weights are reused by every tile of the task.
@@ -143,99 +144,95 @@ pub fn conv_direct(
         conv_by_position(g, n, x, &weights, y, accumulate, epilogue);
         return;
     }
-    // Enough tasks to balance the threads (at 28×28 the last stage has only 256 output rows).
-    let threads = rayon::current_num_threads().max(1);
-    let tiles_total = rows.div_ceil(MR);
-    let tiles_per_task = tiles_total.div_ceil(4 * threads).clamp(1, TILES_PER_TASK);
-    let rows_per_task = MR * tiles_per_task;
-    let row_tasks = rows.div_ceil(rows_per_task);
-    // Few rows (batch 1, or the last stages): the column panels are split among tasks as well, so that each
-    // task reads its share of the weights once instead of every task reading all of them.
-    // Panels are walked in groups: four 16-column panels per AVX-512 tile, one per AVX2 tile.
+    // Enough tasks to balance the threads; with few rows (batch 1, or the last stages) the column panels are
+    // shared among tasks as well, so that the weights are read about once in all (see `TaskGrid`). Panels
+    // are walked in groups: four 16-column panels per AVX-512 tile, one per AVX2 tile.
     let group = panel_group(g);
-    let groups = g.cout / (NR * group);
-    let groups_per_task = groups.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, groups));
-    let panels_per_task = groups_per_task * group;
+    let grid = TaskGrid::new(
+        rows.div_ceil(MR),
+        TILES_PER_TASK,
+        g.cout / (NR * group),
+        rayon::current_num_threads(),
+    );
+    let rows_per_task = MR * grid.tiles_per_block;
+    let panels_per_task = grid.panels_per_task * group;
     let panels = g.cout / NR;
-    let panel_tasks = groups.div_ceil(groups_per_task);
+    let panel_tasks = grid.panel_groups;
     let y_ptr = SendPtr(y.as_mut_ptr());
-    (0..row_tasks * panel_tasks)
-        .into_par_iter()
-        .for_each(|task| {
-            let first_row = (task / panel_tasks) * rows_per_task;
-            let task_rows = rows_per_task.min(rows - first_row);
-            let first_panel = (task % panel_tasks) * panels_per_task;
-            let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
-            // Row pointers of every tile in the task: [tile][tap][row].
-            let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
-            let tiles = task_rows.div_ceil(MR);
-            let taps = g.live_taps();
-            for tile in 0..tiles {
-                for r in 0..MR {
-                    // Rows past the end repeat the tile's first row; they are computed and never stored.
-                    let row = if tile * MR + r < task_rows {
-                        first_row + tile * MR + r
-                    } else {
-                        first_row + tile * MR
+    (0..grid.tasks()).into_par_iter().for_each(|task| {
+        let first_row = (task / panel_tasks) * rows_per_task;
+        let task_rows = rows_per_task.min(rows - first_row);
+        let first_panel = (task % panel_tasks) * panels_per_task;
+        let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+        // Row pointers of every tile in the task: [tile][tap][row].
+        let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
+        let tiles = task_rows.div_ceil(MR);
+        let taps = g.live_taps();
+        for tile in 0..tiles {
+            for r in 0..MR {
+                // Rows past the end repeat the tile's first row; they are computed and never stored.
+                let row = if tile * MR + r < task_rows {
+                    first_row + tile * MR + r
+                } else {
+                    first_row + tile * MR
+                };
+                let img = row / (g.oh * g.ow);
+                let oy = (row / g.ow) % g.oh;
+                let ox = row % g.ow;
+                for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
+                    let p = match g.input_pixel(oy, ox, ky, kx) {
+                        Some(pixel) => x[(img * g.h * g.w + pixel) * g.cin..][..g.cin].as_ptr(),
+                        None => ZEROS.as_ptr(),
                     };
-                    let img = row / (g.oh * g.ow);
-                    let oy = (row / g.ow) % g.oh;
-                    let ox = row % g.ow;
-                    for (t, (ky, kx)) in g.live_taps_iter().enumerate() {
-                        let p = match g.input_pixel(oy, ox, ky, kx) {
-                            Some(pixel) => x[(img * g.h * g.w + pixel) * g.cin..][..g.cin].as_ptr(),
-                            None => ZEROS.as_ptr(),
-                        };
-                        ptrs[(tile * MAX_TAPS + t) * MR + r] = p;
-                    }
+                    ptrs[(tile * MAX_TAPS + t) * MR + r] = p;
                 }
             }
-            // Taps per pass: a pass's slice of the weight panel (taps·cin·16 floats) stays within 64 KiB so
-            // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
-            let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR * group)).clamp(1, taps);
-            for panel in task_panels.step_by(group) {
-                let mut first_tap = 0;
-                while first_tap < taps {
-                    let pass_taps = taps_per_pass.min(taps - first_tap);
-                    // The pass's weight rows, per tap: cin rows of 16 floats, w_stride apart.
-                    let mut wtaps = [core::ptr::null::<f32>(); MAX_TAPS];
-                    for (t, wt) in wtaps[..pass_taps].iter_mut().enumerate() {
-                        *wt = w[tap_offsets[first_tap + t] + panel * panel_stride..].as_ptr();
-                    }
-                    // The epilogue goes with the last pass, once the sum is complete.
-                    let store = epilogue
-                        .columns(panel * NR, y_ptr.get())
-                        .filter(|_| first_tap + pass_taps == taps);
-                    for tile in 0..tiles {
-                        let tile_rows = (task_rows - tile * MR).min(MR);
-                        let tile_ptrs =
-                            &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
-                        let dst = (first_row + tile * MR) * g.cout + panel * NR;
-                        // SAFETY: cpu_supported() checked AVX2+FMA. Every row pointer points at `cin` readable
-                        // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); each tap's
-                        // weight pointer reaches (cin − 1)·w_stride + 16 floats inside w (its tap block, panel
-                        // columns; lengths asserted above); y holds rows·cout floats, so the tile's rows
-                        // (< rows) have 16 columns from the panel on; tasks write disjoint blocks (their rows ×
-                        // their panels).
-                        unsafe {
-                            pass_tile(
-                                group,
-                                tile_ptrs,
-                                g.cin,
-                                &wtaps[..pass_taps],
-                                (w_stride, panel_stride),
-                                y_ptr.get().add(dst),
-                                g.cout,
-                                tile_rows,
-                                accumulate || first_tap > 0,
-                                store,
-                            );
-                        }
-                    }
-                    first_tap += pass_taps;
+        }
+        // Taps per pass: a pass's slice of the weight panel (taps·cin·16 floats) stays within 64 KiB so
+        // that it is reused from near caches by all the task's tiles; the tiles accumulate across passes.
+        let taps_per_pass = (TAP_PASS_FLOATS / (g.cin * NR * group)).clamp(1, taps);
+        for panel in task_panels.step_by(group) {
+            let mut first_tap = 0;
+            while first_tap < taps {
+                let pass_taps = taps_per_pass.min(taps - first_tap);
+                // The pass's weight rows, per tap: cin rows of 16 floats, w_stride apart.
+                let mut wtaps = [core::ptr::null::<f32>(); MAX_TAPS];
+                for (t, wt) in wtaps[..pass_taps].iter_mut().enumerate() {
+                    *wt = w[tap_offsets[first_tap + t] + panel * panel_stride..].as_ptr();
                 }
+                // The epilogue goes with the last pass, once the sum is complete.
+                let store = epilogue
+                    .columns(panel * NR, y_ptr.get())
+                    .filter(|_| first_tap + pass_taps == taps);
+                for tile in 0..tiles {
+                    let tile_rows = (task_rows - tile * MR).min(MR);
+                    let tile_ptrs = &ptrs[(tile * MAX_TAPS + first_tap) * MR..][..pass_taps * MR];
+                    let dst = (first_row + tile * MR) * g.cout + panel * NR;
+                    // SAFETY: cpu_supported() checked AVX2+FMA. Every row pointer points at `cin` readable
+                    // floats (a slice of x bounds-checked above, or ZEROS with cin ≤ MAX_CIN); each tap's
+                    // weight pointer reaches (cin − 1)·w_stride + 16 floats inside w (its tap block, panel
+                    // columns; lengths asserted above); y holds rows·cout floats, so the tile's rows
+                    // (< rows) have 16 columns from the panel on; tasks write disjoint blocks (their rows ×
+                    // their panels).
+                    unsafe {
+                        pass_tile(
+                            group,
+                            tile_ptrs,
+                            g.cin,
+                            &wtaps[..pass_taps],
+                            (w_stride, panel_stride),
+                            y_ptr.get().add(dst),
+                            g.cout,
+                            tile_rows,
+                            accumulate || first_tap > 0,
+                            store,
+                        );
+                    }
+                }
+                first_tap += pass_taps;
             }
-        });
+        }
+    });
 }
 
 /// Share of (output position, live tap) pairs in the padding from which tiles are position-major (measured at

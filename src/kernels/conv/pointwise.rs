@@ -24,6 +24,7 @@ use super::tile::{
     cols_tile_16, cols_tile_64, cpu_supported, rows_tile_16, rows_tile_64, wide, Epilogue, SendPtr,
     MR, NR,
 };
+use crate::kernels::TaskGrid;
 use rayon::prelude::*;
 
 /// Floats of a panel slice `[kc, W]` one pass of a task's tiles reuses (32 KiB: L1 holds it with the rows).
@@ -225,85 +226,66 @@ fn gemm(
     assert!(rows > 0 && a_row(rows - 1) + k <= a.len() && c_row(rows - 1) + n <= c.len());
     let width = tile_width(n);
     let panels = n / width;
-    let threads = rayon::current_num_threads().max(1);
-    let tiles_total = rows.div_ceil(MR);
-    let tiles_per_task = tiles_total.div_ceil(4 * threads).clamp(1, TILES_PER_TASK);
-    let rows_per_task = MR * tiles_per_task;
-    let row_tasks = rows.div_ceil(rows_per_task);
-    // Few rows (batch 1, the last stage): the panels are split among tasks too, so that each task reads its
-    // share of the weights once.
-    let panels_per_task = panels.div_ceil((4 * threads).div_ceil(row_tasks).clamp(1, panels));
-    let panel_tasks = panels.div_ceil(panels_per_task);
+    // Few rows (batch 1, the last stages): the panels are shared among tasks too, so that the weights are
+    // read about once in all (see `TaskGrid`).
+    let grid = TaskGrid::new(
+        rows.div_ceil(MR),
+        TILES_PER_TASK,
+        panels,
+        rayon::current_num_threads(),
+    );
+    let rows_per_task = MR * grid.tiles_per_block;
+    let (panels_per_task, panel_tasks) = (grid.panels_per_task, grid.panel_groups);
     let kc = (PANEL_SLICE_FLOATS / width).clamp(1, k);
     let c_ptr = SendPtr(c.as_mut_ptr());
     let a_ptr = a.as_ptr() as usize;
-    (0..row_tasks * panel_tasks)
-        .into_par_iter()
-        .for_each(|task| {
-            let first_row = (task / panel_tasks) * rows_per_task;
-            let task_rows = rows_per_task.min(rows - first_row);
-            let first_panel = (task % panel_tasks) * panels_per_task;
-            let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
-            let tiles = task_rows.div_ceil(MR);
-            // The task's row pointers, once; rows past the end repeat the tile's first row (computed, never
-            // stored).
-            let mut a_rows = [[core::ptr::null::<f32>(); MR]; TILES_PER_TASK];
-            let mut c_rows = [[core::ptr::null_mut::<f32>(); MR]; TILES_PER_TASK];
-            for tile in 0..tiles {
-                for i in 0..MR {
-                    let r = first_row + tile * MR + if tile * MR + i < task_rows { i } else { 0 };
-                    a_rows[tile][i] = (a_ptr as *const f32).wrapping_add(a_row(r));
-                    c_rows[tile][i] = c_ptr.get().wrapping_add(c_row(r));
-                }
+    (0..grid.tasks()).into_par_iter().for_each(|task| {
+        let first_row = (task / panel_tasks) * rows_per_task;
+        let task_rows = rows_per_task.min(rows - first_row);
+        let first_panel = (task % panel_tasks) * panels_per_task;
+        let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+        let tiles = task_rows.div_ceil(MR);
+        // The task's row pointers, once; rows past the end repeat the tile's first row (computed, never
+        // stored).
+        let mut a_rows = [[core::ptr::null::<f32>(); MR]; TILES_PER_TASK];
+        let mut c_rows = [[core::ptr::null_mut::<f32>(); MR]; TILES_PER_TASK];
+        for tile in 0..tiles {
+            for i in 0..MR {
+                let r = first_row + tile * MR + if tile * MR + i < task_rows { i } else { 0 };
+                a_rows[tile][i] = (a_ptr as *const f32).wrapping_add(a_row(r));
+                c_rows[tile][i] = c_ptr.get().wrapping_add(c_row(r));
             }
-            let mut k0 = 0;
-            while k0 < k {
-                let len = kc.min(k - k0);
-                let last = k0 + len == k;
-                for panel in task_panels.clone() {
-                    let col0 = panel * width;
-                    let store = epilogue.columns(col0, c_ptr.get()).filter(|_| last);
-                    let b_slice = b[panel * k * width + k0 * width..][..len * width].as_ptr();
-                    for tile in 0..tiles {
-                        let a_rows = a_rows[tile].map(|p| p.wrapping_add(k0));
-                        let c_rows = c_rows[tile].map(|p| p.wrapping_add(col0));
-                        let tile_rows = (task_rows - tile * MR).min(MR);
-                        // SAFETY: AVX2 (and AVX-512 for width 64) checked; each a row has k floats from a_row
-                        // (asserted for the last row, rows increase), the slice reads len·width floats of the
-                        // packed panel, and each c row has n floats from c_row; tasks write disjoint
-                        // (rows × panels) blocks.
-                        unsafe {
-                            if width == 64 {
-                                let b = [0, 1, 2, 3].map(|v| b_slice.add(v * 16));
-                                rows_tile_64(
-                                    &a_rows,
-                                    len,
-                                    &b,
-                                    64,
-                                    &c_rows,
-                                    tile_rows,
-                                    k0 > 0,
-                                    store,
-                                );
-                            } else {
-                                let b = [b_slice, b_slice.add(8)];
-                                rows_tile_16(
-                                    &a_rows,
-                                    len,
-                                    &b,
-                                    16,
-                                    &c_rows,
-                                    tile_rows,
-                                    k0 > 0,
-                                    store,
-                                );
-                            }
+        }
+        let mut k0 = 0;
+        while k0 < k {
+            let len = kc.min(k - k0);
+            let last = k0 + len == k;
+            for panel in task_panels.clone() {
+                let col0 = panel * width;
+                let store = epilogue.columns(col0, c_ptr.get()).filter(|_| last);
+                let b_slice = b[panel * k * width + k0 * width..][..len * width].as_ptr();
+                for tile in 0..tiles {
+                    let a_rows = a_rows[tile].map(|p| p.wrapping_add(k0));
+                    let c_rows = c_rows[tile].map(|p| p.wrapping_add(col0));
+                    let tile_rows = (task_rows - tile * MR).min(MR);
+                    // SAFETY: AVX2 (and AVX-512 for width 64) checked; each a row has k floats from a_row
+                    // (asserted for the last row, rows increase), the slice reads len·width floats of the
+                    // packed panel, and each c row has n floats from c_row; tasks write disjoint
+                    // (rows × panels) blocks.
+                    unsafe {
+                        if width == 64 {
+                            let b = [0, 1, 2, 3].map(|v| b_slice.add(v * 16));
+                            rows_tile_64(&a_rows, len, &b, 64, &c_rows, tile_rows, k0 > 0, store);
+                        } else {
+                            let b = [b_slice, b_slice.add(8)];
+                            rows_tile_16(&a_rows, len, &b, 16, &c_rows, tile_rows, k0 > 0, store);
                         }
                     }
                 }
-                k0 += len;
             }
-        });
+            k0 += len;
+        }
+    });
 }
 
 /// Rows of `x_s` and `dy` a block of the weight gradient packs, for `cin + cout` floats per row.

@@ -31,6 +31,7 @@ pub use requant::{Output, Requant, Residual};
 
 use crate::kernels::conv::tile::{avx512, cpu_supported, MAX_CIN};
 use crate::kernels::conv::ConvGeom;
+use crate::kernels::TaskGrid;
 use rayon::prelude::*;
 use requant::{RawOut, RawResidual, TileStore};
 use rows::TileRows;
@@ -439,16 +440,14 @@ fn conv_impl(
     // Tasks: blocks of rows, each over every column panel, while there are enough of them to keep every
     // thread busy; below that (the 14×14 and 7×7 stages at small batches) evenly cut row blocks, each times a
     // group of the panels, so that both cores work and each reads only its share of the weights.
-    let enough = 4 * rayon::current_num_threads();
-    let per_task = w.path.tiles_per_task(g);
-    let (row_blocks, tiles_per_block, panels_per_task) = if tiles.div_ceil(per_task) >= enough {
-        (tiles.div_ceil(per_task), per_task, panels)
-    } else {
-        let row_blocks = tiles.div_ceil(per_task);
-        let per_task = panels.div_ceil(enough.div_ceil(row_blocks).min(panels));
-        (row_blocks, tiles.div_ceil(row_blocks), per_task)
-    };
-    let panel_groups = panels.div_ceil(panels_per_task);
+    let grid = TaskGrid::new(
+        tiles,
+        w.path.tiles_per_task(g),
+        panels,
+        rayon::current_num_threads(),
+    );
+    let (row_blocks, tiles_per_block) = (grid.row_blocks, grid.tiles_per_block);
+    let (panel_groups, panels_per_task) = (grid.panel_groups, grid.panels_per_task);
     let out = match out {
         Output::U8(y) => OutPtr::U8(y[..rows * cout].as_mut_ptr()),
         Output::F32(y) => OutPtr::F32(y[..rows * cout].as_mut_ptr()),
