@@ -89,6 +89,37 @@ def figure(path, chosen, labels, lines, cams):
     print(f"figure: {path}")
 
 
+def background(tmp, run, lines, shares):
+    """Per predicted class: the images, their mean share inside the box, and the map of an all-black canvas for
+    that class (the raw grid's median: its level away from the canvas's edges, where the zero padding shows).
+    Where that floor is not zero, the classifier weighs the background's features (the same wherever the canvas
+    is black and far from the item) positively for that class: every map of it carries the floor over the
+    whole canvas."""
+    black = tmp / "black.png"
+    Image.fromarray(np.zeros((28, WIDTH), np.uint8), "L").save(black)
+    by_class = {}
+    for line, share in zip(lines, shares):
+        v = json.loads(line)
+        by_class.setdefault(v["class"], []).append((share, max(max(r) for r in v["explain"]["grid"])))
+    clean = []
+    print("predicted class: images, mean share inside; the floor: an all-black canvas's map for the class (the "
+          "grid's median; the class's maps' mean peak)")
+    for name in sorted(by_class):
+        got = subprocess.run([str(BINARY), "predict", "--json", "--weights", str(run / "model.safetensors"),
+                              "--explain", str(tmp / "cams-black"), "--class", name, str(black)],
+                             check=True, capture_output=True, text=True).stdout
+        grid = np.array(json.loads(got)["explain"]["grid"])
+        items = by_class[name]
+        floor = float(np.median(grid))
+        if floor == 0:
+            clean += [s for s, _ in items]
+        print(f"  {name:<11} {len(items):>3}  {np.mean([s for s, _ in items]):6.1%}   floor {floor:.4f} "
+              f"(peak {np.mean([p for _, p in items]):.4f})")
+    if clean:
+        print(f"over the {len(clean)} images of the classes without a floor: mean {np.mean(clean):.1%}, "
+              f"{sum(s >= 0.9 for s in clean)} at 90 % or more")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=12000)
@@ -141,7 +172,7 @@ def main():
         started = time.time()
         out = subprocess.run(predict, check=True, capture_output=True, text=True).stdout.splitlines()
         print(f"explained {len(chosen)} canvases in {time.time() - started:.1f} s", flush=True)
-        shares, tight_shares, correct, rights = [], [], 0, []
+        shares, tight_shares, far_shares, correct, rights = [], [], [], 0, []
         for line, (_path, left, item), label in zip(out, chosen, te_y):
             v = json.loads(line)
             e = v["explain"]
@@ -153,11 +184,14 @@ def main():
             if total <= 0:
                 shares.append(0.0)
                 tight_shares.append(0.0)
+                far_shares.append(0.0)
                 continue
             # The box in the input's pixels (the network may see the canvas enlarged: --resize).
             sy, sx = h / 28, w / WIDTH
             x0, x1 = round(left * sx), round((left + 28) * sx)
             shares.append(heat[:, x0:x1].sum() / total)
+            band = round(8 * sx)
+            far_shares.append((heat[:, :max(0, x0 - band)].sum() + heat[:, x1 + band:].sum()) / total)
             rows, cols = np.nonzero(item)
             r0, r1 = round(rows.min() * sy), round((rows.max() + 1) * sy)
             c0, c1 = round((left + cols.min()) * sx), round((left + cols.max() + 1) * sx)
@@ -177,6 +211,8 @@ def main():
         print(f"inside the tight box of the item's non-zero pixels: mean {tight_shares.mean():.1%}, "
               f"median {np.median(tight_shares):.1%}")
         print(f"the box covers 28 of {WIDTH} columns: a map spread evenly would put {28 / WIDTH:.1%} inside")
+        print(f"farther than 8 canvas pixels outside the box: mean {np.mean(far_shares):.1%}")
+        background(tmp, run, out, shares)
         if a.figure:
             figure(a.figure, chosen[:8], te_y[:8], out[:8], tmp / "cams")
         return 0 if shares.mean() >= 0.9 else 1
