@@ -77,39 +77,31 @@ impl TaskGrid {
 mod task_grid_tests {
     use super::TaskGrid;
 
+    /// The grid of `row_blocks` blocks of `tiles_per_block` tiles times `panel_groups` shares of `panels_per_task`.
+    fn grid(
+        row_blocks: usize,
+        tiles_per_block: usize,
+        panel_groups: usize,
+        panels_per_task: usize,
+    ) -> TaskGrid {
+        TaskGrid {
+            row_blocks,
+            tiles_per_block,
+            panel_groups,
+            panels_per_task,
+        }
+    }
+
     #[test]
     fn many_rows_are_blocks_over_every_panel_and_few_rows_share_the_panels() {
         // Batch 32 at 56×56: 16,726 tiles of 6 rows, blocks of 16 over all 16 panels.
-        let g = TaskGrid::new(16_726, 16, 16, 2);
-        assert_eq!(
-            (g.row_blocks, g.tiles_per_block, g.panel_groups),
-            (1046, 16, 1)
-        );
+        assert_eq!(TaskGrid::new(16_726, 16, 16, 2), grid(1046, 16, 1, 16));
         // Batch 1 at 7×7: 9 tiles, one block, the 128 panels in 8 shares of 16: the weights read once.
-        let g = TaskGrid::new(9, 16, 128, 2);
-        assert_eq!(
-            (
-                g.row_blocks,
-                g.tiles_per_block,
-                g.panel_groups,
-                g.panels_per_task
-            ),
-            (1, 9, 8, 16)
-        );
+        assert_eq!(TaskGrid::new(9, 16, 128, 2), grid(1, 9, 8, 16));
         // Batch 1 at 14×14: 33 tiles in three even blocks of 11, each times three shares of the 64 panels.
-        let g = TaskGrid::new(33, 16, 64, 2);
-        assert_eq!(
-            (
-                g.row_blocks,
-                g.tiles_per_block,
-                g.panel_groups,
-                g.panels_per_task
-            ),
-            (3, 11, 3, 22)
-        );
+        assert_eq!(TaskGrid::new(33, 16, 64, 2), grid(3, 11, 3, 22));
         // Fewer panels than the shares wanted: one panel each.
-        let g = TaskGrid::new(2, 16, 3, 2);
-        assert_eq!((g.row_blocks, g.panel_groups, g.panels_per_task), (1, 3, 1));
+        assert_eq!(TaskGrid::new(2, 16, 3, 2), grid(1, 2, 3, 1));
         // Every tile and panel is covered exactly once.
         for (tiles, panels) in [(1, 1), (7, 5), (100, 4), (129, 32), (1000, 128)] {
             let g = TaskGrid::new(tiles, 16, panels, 2);
