@@ -157,12 +157,11 @@ pub fn conv_direct(
     let rows_per_task = MR * grid.tiles_per_block;
     let panels_per_task = grid.panels_per_task * group;
     let panels = g.cout / NR;
-    let panel_tasks = grid.panel_groups;
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let first_row = (task / panel_tasks) * rows_per_task;
+        let first_row = (task / grid.panel_groups) * rows_per_task;
         let task_rows = rows_per_task.min(rows - first_row);
-        let first_panel = (task % panel_tasks) * panels_per_task;
+        let first_panel = (task % grid.panel_groups) * panels_per_task;
         let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
         // Row pointers of every tile in the task: [tile][tap][row].
         let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];

@@ -235,15 +235,14 @@ fn gemm(
         rayon::current_num_threads(),
     );
     let rows_per_task = MR * grid.tiles_per_block;
-    let (panels_per_task, panel_tasks) = (grid.panels_per_task, grid.panel_groups);
     let kc = (PANEL_SLICE_FLOATS / width).clamp(1, k);
     let c_ptr = SendPtr(c.as_mut_ptr());
     let a_ptr = a.as_ptr() as usize;
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let first_row = (task / panel_tasks) * rows_per_task;
+        let first_row = (task / grid.panel_groups) * rows_per_task;
         let task_rows = rows_per_task.min(rows - first_row);
-        let first_panel = (task % panel_tasks) * panels_per_task;
-        let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+        let first_panel = (task % grid.panel_groups) * grid.panels_per_task;
+        let task_panels = first_panel..(first_panel + grid.panels_per_task).min(panels);
         let tiles = task_rows.div_ceil(MR);
         // The task's row pointers, once; rows past the end repeat the tile's first row (computed, never
         // stored).

@@ -437,37 +437,32 @@ fn conv_impl(
     }
     let (mr, width) = (w.path.rows(), w.path.width());
     let (tiles, panels) = (rows.div_ceil(mr), cout.div_ceil(width));
-    // Tasks: blocks of rows, each over every column panel, while there are enough of them to keep every
-    // thread busy; below that (the 14×14 and 7×7 stages at small batches) evenly cut row blocks, each times a
-    // group of the panels, so that both cores work and each reads only its share of the weights.
+    // Tasks: blocks of rows over every column panel, or with few rows (the 14×14 and 7×7 stages at small
+    // batches) even blocks times shares of the panels (see `TaskGrid`).
     let grid = TaskGrid::new(
         tiles,
         w.path.tiles_per_task(g),
         panels,
         rayon::current_num_threads(),
     );
-    let (row_blocks, tiles_per_block) = (grid.row_blocks, grid.tiles_per_block);
-    let (panel_groups, panels_per_task) = (grid.panel_groups, grid.panels_per_task);
     let out = match out {
         Output::U8(y) => OutPtr::U8(y[..rows * cout].as_mut_ptr()),
         Output::F32(y) => OutPtr::F32(y[..rows * cout].as_mut_ptr()),
     };
     let tasks = |shared: Option<&[u8]>, sc: Option<(&Shortcut, Option<&[u8]>)>| {
-        (0..row_blocks * panel_groups)
-            .into_par_iter()
-            .for_each(|task| {
-                let (block, group) = (task / panel_groups, task % panel_groups);
-                let r0 = (block * tiles_per_block * mr).min(rows);
-                let r1 = ((block + 1) * tiles_per_block * mr).min(rows);
-                let p0 = group * panels_per_task;
-                let p1 = (p0 + panels_per_task).min(panels);
-                conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared, sc)
-            })
+        (0..grid.tasks()).into_par_iter().for_each(|task| {
+            let (block, group) = (task / grid.panel_groups, task % grid.panel_groups);
+            let r0 = (block * grid.tiles_per_block * mr).min(rows);
+            let r1 = ((block + 1) * grid.tiles_per_block * mr).min(rows);
+            let p0 = group * grid.panels_per_task;
+            let p1 = (p0 + grid.panels_per_task).min(panels);
+            conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared, sc)
+        })
     };
     // AMX with the panels cut among tasks: every row gathered once, in parallel, for the tasks to share (each
     // would gather them all again, the bulk of the 14×14 and 7×7 stages' time at batch 1).
     #[cfg(target_arch = "x86_64")]
-    if w.path == Path::Amx && panel_groups > 1 {
+    if w.path == Path::Amx && grid.panel_groups > 1 {
         let main = (!AmxRows::of(g).in_place).then_some((g, x, w.pad_or_zeros()));
         let side =
             sc.and_then(|s| (!AmxRows::of(s.g).in_place).then_some((s.g, s.x, s.w.pad_or_zeros())));
