@@ -15,7 +15,8 @@
 //!   2. [`pointwise`]: a 1×1 unpadded convolution, any stride, as a matrix product on register tiles (channels
 //!      multiples of 16, AVX2);
 //!   3. [`direct`]: "implicit GEMM" register tiles reading the patches in place (16 to 2048 input channels,
-//!      output channels a multiple of 16, at most 49 live taps, AVX2);
+//!      output channels a multiple of 16, at most 49 live taps, AVX2), the weights packed into column panels
+//!      from 256 output channels, and always in an inference network (packed once, when it is compiled);
 //!   4. [`im2col`]: the column matrix times the weights, on the 1×1 register tiles or on the `gemm` crate (the
 //!      portable path, and the single-channel stem);
 //! - weight gradient ([`WeightGradAlgo`]): [`pointwise`] or [`winograd`] where they take the forward pass, then
@@ -162,7 +163,9 @@ fn forward_algo(g: &ConvGeom, n: usize, inference: bool) -> Algo {
         }
     } else if !g.is_pointwise() && tile::cpu_supported() && direct::handles(g) {
         Algo::Direct {
-            packed: direct::packs_weights(g),
+            // An inference network packs its weights once, when it is compiled: the packed panels are then
+            // free, and read front to back.
+            packed: inference || direct::packs_weights(g),
             by_position: direct::by_position(g, n),
         }
     } else {
@@ -581,3 +584,5 @@ impl ConvPlan {
         }
     }
 }
+#[cfg(test)]
+mod scratch_bench;
