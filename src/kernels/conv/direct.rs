@@ -278,7 +278,7 @@ fn panel_group(g: &ConvGeom) -> usize {
 /// # Safety
 /// As for [`tile_6x16`], with `group·16` columns of `dst` and of each weight row; AVX-512 for `group = 4`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn pass_tile(
+pub(super) unsafe fn pass_tile(
     group: usize,
     ptrs: &[*const f32],
     cin: usize,

@@ -17,7 +17,9 @@
 //!   3. [`direct`]: "implicit GEMM" register tiles reading the patches in place (16 to 2048 input channels,
 //!      output channels a multiple of 16, at most 49 live taps, AVX2), the weights packed into column panels
 //!      from 256 output channels, and always in an inference network (packed once, when it is compiled);
-//!   4. [`im2col`]: the column matrix times the weights, on the 1×1 register tiles or on the `gemm` crate (the
+//!   4. [`kernel_rows`]: direct register tiles whose taps are whole kernel rows, for fewer input channels
+//!      (torchvision's three-channel stem; kernel rows of 16 to 64 floats, every tap live, AVX2);
+//!   5. [`im2col`]: the column matrix times the weights, on the 1×1 register tiles or on the `gemm` crate (the
 //!      portable path, and the single-channel stem);
 //! - weight gradient ([`WeightGradAlgo`]): [`pointwise`] or [`winograd`] where they take the forward pass, then
 //!   [`channel_major`]'s register tiles (output channels a multiple of 16, at most 49 live taps, AVX2), else
@@ -37,6 +39,7 @@ pub mod channel_major;
 pub mod direct;
 pub mod geom;
 pub mod im2col;
+pub mod kernel_rows;
 pub mod pointwise;
 pub mod reference;
 pub mod tile;
@@ -81,6 +84,9 @@ pub enum Algo {
         /// Position-major tiles.
         by_position: bool,
     },
+    /// Direct register tiles whose taps are whole kernel rows ([`kernel_rows`]): narrow inputs (the stem),
+    /// the weights packed into column panels.
+    KernelRows,
     /// A 1×1 convolution as a matrix product on register tiles ([`pointwise`]), `width` columns per tile.
     Pointwise {
         /// Output columns per register tile (64 with AVX-512, 16 with AVX2).
@@ -168,6 +174,8 @@ fn forward_algo(g: &ConvGeom, n: usize, inference: bool) -> Algo {
             packed: inference || direct::packs_weights(g),
             by_position: direct::by_position(g, n),
         }
+    } else if kernel_rows::handles(g) {
+        Algo::KernelRows
     } else {
         Algo::Im2col {
             tiles: !g.is_pointwise() && pointwise::matmul_handles(g.cout),
@@ -249,6 +257,7 @@ impl fmt::Display for Algo {
                 if *by_position { " position-major" } else { "" },
                 if *packed { " packed" } else { "" }
             ),
+            Algo::KernelRows => write!(f, "direct, kernel rows"),
             Algo::Pointwise { width } => write!(f, "1x1 gemm {}x{width}", tile::MR),
             Algo::Im2col { tiles: true } => write!(f, "im2col + gemm tiles"),
             Algo::Im2col { tiles: false } => write!(f, "im2col + gemm crate"),
@@ -321,6 +330,7 @@ fn algo_workspace(algo: Algo, g: &ConvGeom, n: usize) -> usize {
                 0
             }
         }
+        Algo::KernelRows => direct::packed_len(g),
         Algo::Im2col { tiles } => im2col::workspace_len(g, n, tiles),
     }
 }
@@ -380,6 +390,17 @@ fn run_algo(
             };
             direct::conv_direct(g, n, x, weights, y, accumulate, epilogue, by_position);
         }
+        Algo::KernelRows => {
+            let packed = match prepared {
+                Some(p) => p,
+                None => {
+                    let out = &mut workspace[..direct::packed_len(g)];
+                    direct::pack_weights(g, w, out);
+                    &*out
+                }
+            };
+            kernel_rows::forward(g, n, x, packed, y, epilogue);
+        }
         Algo::Im2col { tiles } => im2col::forward(g, n, x, w, epilogue, tiles, y, workspace),
     }
 }
@@ -422,7 +443,9 @@ impl ConvPlan {
     pub fn prepared_len(&self) -> Option<usize> {
         match self.forward {
             Algo::Winograd(tile) => Some(winograd::weights_len(tile, &self.geom)),
-            Algo::Direct { packed: true, .. } => Some(direct::packed_len(&self.geom)),
+            Algo::Direct { packed: true, .. } | Algo::KernelRows => {
+                Some(direct::packed_len(&self.geom))
+            }
             Algo::Pointwise { .. } => Some(pointwise::workspace_len(&self.geom)),
             _ => None,
         }
@@ -433,7 +456,9 @@ impl ConvPlan {
     pub fn prepare_weights(&self, w: &[f32], out: &mut [f32]) {
         match self.forward {
             Algo::Winograd(tile) => winograd::transform_weights_for(tile, &self.geom, w, out),
-            Algo::Direct { packed: true, .. } => direct::pack_weights(&self.geom, w, out),
+            Algo::Direct { packed: true, .. } | Algo::KernelRows => {
+                direct::pack_weights(&self.geom, w, out)
+            }
             Algo::Pointwise { .. } => pointwise::pack_weights(&self.geom, w, out),
             _ => {}
         }
@@ -492,7 +517,7 @@ impl ConvPlan {
         let (g, n) = (&self.geom, self.batch);
         match self.forward {
             Algo::Winograd(tile) => winograd::scratch_len(tile, g, n),
-            Algo::Pointwise { .. } | Algo::Direct { .. } => 0,
+            Algo::Pointwise { .. } | Algo::Direct { .. } | Algo::KernelRows => 0,
             Algo::Im2col { .. } => algo_workspace(self.forward, g, n),
         }
     }
