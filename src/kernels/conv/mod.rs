@@ -609,5 +609,3 @@ impl ConvPlan {
         }
     }
 }
-#[cfg(test)]
-mod scratch_bench;
