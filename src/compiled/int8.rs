@@ -530,8 +530,9 @@ impl QuantNet {
     /// --weights`; a fused shortcut's in its block's last convolution).
     pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         self.reserve(xs)?;
-        let seconds = median_step_seconds(self.net.steps.len(), iters, |t| {
-            self.run(x, xs, t).map(|_| ())
+        let steps = self.net.steps.len();
+        let seconds = crate::kernels::on_pool(|| {
+            median_step_seconds(steps, iters, |t| self.run(x, xs, t).map(|_| ()))
         })?;
         let (mut convs, f32_lines) = (self.plan_lines(xs)?.into_iter(), self.net.plan_lines(xs)?);
         let plans = &self.net.shapes[&xs].plans;
@@ -567,7 +568,7 @@ impl QuantNet {
     /// arena (its buffers for the f32 values, as many `u8` buffers beside them for the quantized ones, a value's
     /// two copies in the same slot), so that a shape met before allocates nothing.
     pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
-        self.run(x, xs, None)
+        crate::kernels::on_pool(|| self.run(x, xs, None))
     }
 
     /// [`QuantNet::forward`], adding each step's seconds to `times[step]` when given (the average pool and the

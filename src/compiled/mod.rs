@@ -399,7 +399,7 @@ impl CompiledNet {
     /// The logits `[n, classes]` of the NCHW batch `x` of shape `xs`. Allocates nothing for a shape reserved or
     /// met before.
     pub fn forward(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
-        self.run(x, xs, None, None)
+        crate::kernels::on_pool(|| self.run(x, xs, None, None))
     }
 
     /// [`CompiledNet::forward`], adding each step's seconds to `times` (one per step, then one for the pool and
@@ -501,8 +501,9 @@ impl CompiledNet {
     /// for the per-algorithm sums (`resnet bench --plan`).
     pub fn profile(&mut self, x: &[f32], xs: Shape4, iters: usize) -> Result<Vec<ProfiledStep>> {
         let lines = self.plan_lines(xs)?;
-        let seconds = median_step_seconds(self.steps.len(), iters, |t| {
-            self.run(x, xs, t, None).map(|_| ())
+        let steps = self.steps.len();
+        let seconds = crate::kernels::on_pool(|| {
+            median_step_seconds(steps, iters, |t| self.run(x, xs, t, None).map(|_| ()))
         })?;
         let plans = &self.shapes[&xs].plans;
         Ok(seconds
