@@ -311,12 +311,15 @@ pub fn bench_one(
         let mut opt: Box<dyn Optimizer> =
             OptimizerKind::Adam.build(&OptimizerOptions::default(), &net.param_lens())?;
         net.set_train(true);
+        // On a pool worker, as `resnet train`'s steps run (see `kernels::on_pool`).
         time_it(warmup, iters, || {
-            net.forward(&x, xs, Buffers::Own)?;
-            net.loss(&labels)?;
-            net.backward(&x, false, None);
-            opt.step_net(&mut net, 1e-3);
-            Ok(())
+            crate::kernels::on_pool(|| {
+                net.forward(&x, xs, Buffers::Own)?;
+                net.loss(&labels)?;
+                net.backward(&x, false, None);
+                opt.step_net(&mut net, 1e-3);
+                Ok(())
+            })
         })?
     } else {
         // Inference runs the network compiled for it (what predict, eval and serve run).

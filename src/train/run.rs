@@ -605,6 +605,18 @@ pub(super) fn single_step(
     lr: f32,
     label_smoothing: f32,
 ) -> Result<Step> {
+    // On a pool worker, the step's parallel loops fork from it (see `on_pool`).
+    crate::kernels::on_pool(|| step_on_worker(net, optimizer, batch, lr, label_smoothing))
+}
+
+/// [`single_step`]'s body.
+fn step_on_worker(
+    net: &mut ResNet,
+    optimizer: &mut dyn Optimizer,
+    batch: &Batch,
+    lr: f32,
+    label_smoothing: f32,
+) -> Result<Step> {
     net.forward(&batch.images, batch.shape, Buffers::Own)?;
     let (loss, correct) = net.loss_smoothed(&batch.labels, label_smoothing)?;
     if !loss.is_finite() {
