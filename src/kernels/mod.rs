@@ -84,6 +84,20 @@ impl TaskGrid {
     pub fn tasks(&self) -> usize {
         self.row_blocks * self.panel_groups
     }
+
+    /// The rows task `task` computes, of `rows` in tiles of `tile_rows`.
+    pub fn rows(&self, task: usize, rows: usize, tile_rows: usize) -> std::ops::Range<usize> {
+        let per_task = tile_rows * self.tiles_per_block;
+        let first = ((task / self.panel_groups) * per_task).min(rows);
+        first..(first + per_task).min(rows)
+    }
+
+    /// The panels task `task` computes, of `panels`, where the grid counts groups of `group` panels (a wide tile's).
+    pub fn panels(&self, task: usize, panels: usize, group: usize) -> std::ops::Range<usize> {
+        let per_task = self.panels_per_task * group;
+        let first = (task % self.panel_groups) * per_task;
+        first..(first + per_task).min(panels)
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +139,21 @@ mod task_grid_tests {
             );
             assert!(g.panel_groups * g.panels_per_task >= panels);
             assert!((g.panel_groups - 1) * g.panels_per_task < panels);
+            // The tasks' rows × panels cover each (row, panel) once, rows in tiles of 6 and panels in pairs.
+            let rows = tiles * 6 - 1;
+            let mut seen = vec![0u8; rows * panels * 2];
+            let g = TaskGrid::new(tiles, 16, panels, 2);
+            for task in 0..g.tasks() {
+                for r in g.rows(task, rows, 6) {
+                    for p in g.panels(task, panels * 2, 2) {
+                        seen[r * panels * 2 + p] += 1;
+                    }
+                }
+            }
+            assert!(
+                seen.iter().all(|&s| s == 1),
+                "{tiles} tiles, {panels} panels"
+            );
         }
     }
 }

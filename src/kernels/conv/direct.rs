@@ -154,15 +154,12 @@ pub fn conv_direct(
         g.cout / (NR * group),
         rayon::current_num_threads(),
     );
-    let rows_per_task = MR * grid.tiles_per_block;
-    let panels_per_task = grid.panels_per_task * group;
     let panels = g.cout / NR;
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let first_row = (task / grid.panel_groups) * rows_per_task;
-        let task_rows = rows_per_task.min(rows - first_row);
-        let first_panel = (task % grid.panel_groups) * panels_per_task;
-        let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+        let task_rows = grid.rows(task, rows, MR);
+        let (first_row, task_rows) = (task_rows.start, task_rows.len());
+        let task_panels = grid.panels(task, panels, group);
         // Row pointers of every tile in the task: [tile][tap][row].
         let mut ptrs = [core::ptr::null::<f32>(); TILES_PER_TASK * MAX_TAPS * MR];
         let tiles = task_rows.div_ceil(MR);

@@ -69,14 +69,11 @@ pub fn forward(
         panels / group,
         rayon::current_num_threads(),
     );
-    let rows_per_task = MR * grid.tiles_per_block;
-    let panels_per_task = grid.panels_per_task * group;
     let y_ptr = SendPtr(y.as_mut_ptr());
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let first_row = (task / grid.panel_groups) * rows_per_task;
-        let task_rows = rows_per_task.min(rows - first_row);
-        let first_panel = (task % grid.panel_groups) * panels_per_task;
-        let task_panels = first_panel..(first_panel + panels_per_task).min(panels);
+        let task_rows = grid.rows(task, rows, MR);
+        let (first_row, task_rows) = (task_rows.start, task_rows.len());
+        let task_panels = grid.panels(task, panels, group);
         // Kernel rows cut by the left or right edge, copied with their zeros: [row][ky][float].
         let mut scratch = [0.0f32; MR * MAX_KERNEL_ROWS * MAX_ROW_FLOATS];
         let mut ptrs = [core::ptr::null::<f32>(); MAX_KERNEL_ROWS * MR];

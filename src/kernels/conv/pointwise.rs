@@ -234,15 +234,13 @@ fn gemm(
         panels,
         rayon::current_num_threads(),
     );
-    let rows_per_task = MR * grid.tiles_per_block;
     let kc = (PANEL_SLICE_FLOATS / width).clamp(1, k);
     let c_ptr = SendPtr(c.as_mut_ptr());
     let a_ptr = a.as_ptr() as usize;
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let first_row = (task / grid.panel_groups) * rows_per_task;
-        let task_rows = rows_per_task.min(rows - first_row);
-        let first_panel = (task % grid.panel_groups) * grid.panels_per_task;
-        let task_panels = first_panel..(first_panel + grid.panels_per_task).min(panels);
+        let task_rows = grid.rows(task, rows, MR);
+        let (first_row, task_rows) = (task_rows.start, task_rows.len());
+        let task_panels = grid.panels(task, panels, 1);
         let tiles = task_rows.div_ceil(MR);
         // The task's row pointers, once; rows past the end repeat the tile's first row (computed, never
         // stored).

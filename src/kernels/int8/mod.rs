@@ -451,12 +451,9 @@ fn conv_impl(
     };
     let tasks = |shared: Option<&[u8]>, sc: Option<(&Shortcut, Option<&[u8]>)>| {
         (0..grid.tasks()).into_par_iter().for_each(|task| {
-            let (block, group) = (task / grid.panel_groups, task % grid.panel_groups);
-            let r0 = (block * grid.tiles_per_block * mr).min(rows);
-            let r1 = ((block + 1) * grid.tiles_per_block * mr).min(rows);
-            let p0 = group * grid.panels_per_task;
-            let p1 = (p0 + grid.panels_per_task).min(panels);
-            conv_block(g, x, w, rq, r0..r1, p0..p1, &out, shared, sc)
+            let (task_rows, task_panels) =
+                (grid.rows(task, rows, mr), grid.panels(task, panels, 1));
+            conv_block(g, x, w, rq, task_rows, task_panels, &out, shared, sc)
         })
     };
     // AMX with the panels cut among tasks: every row gathered once, in parallel, for the tasks to share (each
