@@ -310,12 +310,17 @@ fn direct_weights<'a>(
     workspace: &'a mut [f32],
 ) -> direct::Weights<'a> {
     if packed {
-        let out = &mut workspace[..direct::packed_len(g)];
-        direct::pack_weights(g, w, out);
-        direct::Weights::Packed(out)
+        direct::Weights::Packed(pack_direct(g, w, workspace))
     } else {
         direct::Weights::Hwio(w)
     }
+}
+
+/// `w` packed into column panels ([`direct::pack_weights`]) at the start of `workspace`.
+fn pack_direct<'a>(g: &ConvGeom, w: &[f32], workspace: &'a mut [f32]) -> &'a [f32] {
+    let out = &mut workspace[..direct::packed_len(g)];
+    direct::pack_weights(g, w, out);
+    out
 }
 
 /// Floats of workspace `algo` needs to compute `g`'s output for a batch of `n` (weights as they are).
@@ -393,11 +398,7 @@ fn run_algo(
         Algo::KernelRows => {
             let packed = match prepared {
                 Some(p) => p,
-                None => {
-                    let out = &mut workspace[..direct::packed_len(g)];
-                    direct::pack_weights(g, w, out);
-                    &*out
-                }
+                None => pack_direct(g, w, workspace),
             };
             kernel_rows::forward(g, n, x, packed, y, epilogue);
         }

@@ -14,9 +14,11 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
     // planes with batches of 24 or more (position-major tiles): a partial last tile, stride 2, dead taps,
     // two tap passes, and border positions of a padded 1×1 conv that see no input at all. The 3×3 stride-1
     // convs over 8×8, 12×12 and 7×7 planes with 64 tiles or more run forward, both gradients and the eval
-    // affine on the Winograd kernels (the 7×7 one with tiles partly outside the plane). Last, 64 and 128
+    // affine on the Winograd kernels (the 7×7 one with tiles partly outside the plane). Then 64 and 128
     // output channels (the AVX-512 tile over four panels): position-major, a padded 1×1 whose border
-    // positions see no input, stride 2.
+    // positions see no input, stride 2. Last, the kernel-row tiles of narrow inputs: torchvision's stem on
+    // small images (kernel rows in the padding, rows cut left and right, 16-, 64- and 128-wide outputs, odd
+    // planes) and a 3×3 stem over six channels.
     let cases = [
         (16, 16, 3, 1, 1, 5, 7, 3),
         (32, 48, 3, 2, 1, 9, 9, 2),
@@ -37,9 +39,17 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
         (32, 64, 3, 1, 1, 3, 3, 25),
         (16, 64, 1, 1, 1, 2, 2, 24),
         (64, 128, 3, 2, 1, 9, 9, 2),
+        (3, 64, 7, 2, 3, 20, 18, 2),
+        (3, 16, 7, 2, 3, 13, 9, 1),
+        (6, 32, 3, 1, 1, 7, 5, 3),
+        (3, 128, 7, 2, 3, 11, 11, 1),
     ];
     for (cin, cout, k, s, p, h, w, n) in cases {
         let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();
+        // The narrow cases reach the kernel-row tiles (the single-channel stem stays on im2col).
+        if cin < tile::MIN_CIN && tile::cpu_supported() && k > 1 && cin > 1 {
+            assert_eq!(ConvPlan::new(g, n).forward, Algo::KernelRows, "{g}");
+        }
         let x: Vec<f32> = (0..n * h * w * cin)
             .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
             .collect();
