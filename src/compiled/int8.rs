@@ -369,6 +369,10 @@ impl QuantNet {
             ));
         }
         let fusions = Fusions::plan(&net, &convs, &scales);
+        let mut net = net;
+        // The `u8` values share the f32 arena's slots, and the int8 kernels read their residual from a buffer of
+        // its own.
+        net.write_over_shortcuts(false);
         Ok(QuantNet {
             net,
             path,

@@ -194,6 +194,8 @@ pub struct CompiledNet {
     fc_weight: Vec<f32>,
     fc_bias: Vec<f32>,
     batch_invariant: bool,
+    /// Whether a block's last convolution may write its output over its shortcut (see [`arena::assign`]).
+    over_shortcuts: bool,
     /// Per input shape met (batch included), its plans and arena.
     shapes: HashMap<Shape4, Shapes>,
     /// The arena's buffers (grown to the largest shape met) and the kernels' workspace.
@@ -277,6 +279,7 @@ impl CompiledNet {
             fc_weight: net.fc.weight.clone(),
             fc_bias: net.fc.bias.clone(),
             batch_invariant: false,
+            over_shortcuts: true,
             shapes: HashMap::new(),
             slots: Vec::new(),
             workspace: Vec::new(),
@@ -294,6 +297,15 @@ impl CompiledNet {
     pub fn set_batch_invariant(&mut self, on: bool) {
         if self.batch_invariant != on {
             self.batch_invariant = on;
+            self.shapes.clear();
+        }
+    }
+
+    /// Lets a block's last convolution write its output over its shortcut, where its kernel allows (on by
+    /// default: a stream of memory traffic less); off, every value gets a buffer it alone writes.
+    pub(crate) fn write_over_shortcuts(&mut self, on: bool) {
+        if self.over_shortcuts != on {
+            self.over_shortcuts = on;
             self.shapes.clear();
         }
     }
@@ -381,6 +393,20 @@ impl CompiledNet {
         let lens: Vec<usize> = values.iter().map(|s| s.len()).collect();
         let writes: Vec<usize> = self.steps.iter().map(Step::output).collect();
         let reads: Vec<Vec<usize>> = self.steps.iter().map(Step::reads).collect();
+        // A block's last convolution writes over its shortcut where its kernel allows.
+        let over: Vec<Option<usize>> = self
+            .steps
+            .iter()
+            .zip(&plans)
+            .map(|(step, plan)| match (step, plan) {
+                (Step::Conv { residual, .. }, Some(p))
+                    if self.over_shortcuts && p.adds_residual_in_place() =>
+                {
+                    *residual
+                }
+                _ => None,
+            })
+            .collect();
         let workspace = plans
             .iter()
             .flatten()
@@ -391,7 +417,7 @@ impl CompiledNet {
             values,
             plans,
             pools,
-            arena: arena::assign(&lens, &writes, &reads),
+            arena: arena::assign(&lens, &writes, &reads, &over),
             workspace,
         })
     }
@@ -445,8 +471,16 @@ impl CompiledNet {
                     let plan = shapes.plans[i].as_ref().expect("a conv step has a plan");
                     let c = &self.convs[*conv];
                     let x = &self.slots[slot[*input]][..shapes.values[*input].len()];
-                    let residual = residual.map(|r| &self.slots[slot[r]][..out_len]);
-                    let epilogue = Epilogue::bias(&c.bias, residual, c.relu);
+                    // The output's buffer holds the shortcut when the arena gave it the shortcut's slot.
+                    let epilogue = match residual {
+                        Some(r) if slot[*r] == out_slot => {
+                            Epilogue::bias_onto_output(&c.bias, c.relu)
+                        }
+                        _ => {
+                            let residual = residual.map(|r| &self.slots[slot[r]][..out_len]);
+                            Epilogue::bias(&c.bias, residual, c.relu)
+                        }
+                    };
                     plan.forward_with(
                         x,
                         &c.weight,
@@ -543,12 +577,14 @@ impl CompiledNet {
                         },
                         if c.relu { ", relu" } else { "" }
                     );
+                    let over = residual.is_some_and(|r| shapes.arena.slot[r] == buffer);
                     let _ = write!(
                         line,
-                        "  {:<22} {g} {:<26} {:<24} -> buffer {buffer}",
+                        "  {:<22} {g} {:<26} {:<24} -> buffer {buffer}{}",
                         c.name,
                         p.forward.to_string(),
-                        epilogue
+                        epilogue,
+                        if over { ", over the shortcut" } else { "" }
                     );
                 }
                 Step::MaxPool { kernel, stride, .. } => {

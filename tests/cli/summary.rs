@@ -90,6 +90,16 @@ fn summary_prints_the_torchvision_family() {
         .filter(|l| l.contains("bias + shortcut, relu"))
         .count();
     assert_eq!(shortcut_adds, 16, "one per Bottleneck: {out}");
+    // The first stage's expansions (64 channels in, one slice of the 1×1 tiles' reduction) write over the
+    // shortcut they add.
+    for b in 0..3 {
+        let name = format!("layer1.{b}.conv3 ");
+        let line = compiled.iter().find(|l| l.trim_start().starts_with(&name));
+        assert!(
+            line.is_some_and(|l| l.ends_with(", over the shortcut")),
+            "{name}: {line:?}"
+        );
+    }
     assert!(out.contains("  arena: "), "{out}");
     // torchvision's published parameter counts, at 3 channels and 1000 classes (the defaults).
     for (arch, count) in [

@@ -275,8 +275,10 @@ pub(super) fn forward(
                 scale,
                 shift,
                 residual,
+                residual_in_place,
                 relu,
             } = epilogue;
+            assert!(!residual_in_place, "conv_im2col: no residual in place");
             let piece = piece_len(out_rows, 64) * g.cout;
             par_pieces(y, piece, |i, rows| {
                 for (r, row) in rows.chunks_exact_mut(g.cout).enumerate() {

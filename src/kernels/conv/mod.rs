@@ -513,6 +513,18 @@ impl ConvPlan {
         run_algo(self.forward, g, n, x, w, prepared, epilogue, y, workspace);
     }
 
+    /// True when the forward algorithm stores each output element once, reading its residual just before: the
+    /// output may then hold the residual on entry ([`Epilogue::bias_onto_output`]), so that a block's last
+    /// convolution writes over its shortcut instead of into a buffer of its own (a stream of memory traffic
+    /// less). Kernels that store partial sums first (reductions in several slices or tap passes) may not.
+    pub fn adds_residual_in_place(&self) -> bool {
+        match self.forward {
+            Algo::Winograd(_) => true,
+            Algo::Pointwise { .. } => pointwise::stores_once(&self.geom),
+            Algo::Direct { .. } | Algo::KernelRows | Algo::Im2col { .. } => false,
+        }
+    }
+
     /// Floats of workspace [`ConvPlan::forward_with`] needs: the forward pass alone, the weights prepared.
     pub fn forward_workspace_len(&self) -> usize {
         let (g, n) = (&self.geom, self.batch);
@@ -541,6 +553,11 @@ impl ConvPlan {
             prepared.is_some(),
             self.prepared_len().is_some(),
             "forward_with: prepared weights as prepared_len says"
+        );
+        assert!(
+            !epilogue.residual_in_place || self.adds_residual_in_place(),
+            "forward_with: {} cannot add a residual in place",
+            self.forward
         );
         let (g, n) = (&self.geom, self.batch);
         run_algo(self.forward, g, n, x, w, prepared, epilogue, y, workspace);

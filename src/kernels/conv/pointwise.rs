@@ -57,6 +57,13 @@ pub fn tile_width(n: usize) -> usize {
     }
 }
 
+/// True when [`forward`] stores each output element once, with the epilogue (the reduction fits one panel
+/// slice), never a partial sum first: then the output may hold the residual on entry
+/// ([`Epilogue::bias_onto_output`]).
+pub fn stores_once(g: &ConvGeom) -> bool {
+    g.cin <= PANEL_SLICE_FLOATS / tile_width(g.cout)
+}
+
 /// Floats of workspace [`forward`] and [`input_grad`] need (the packed weights).
 pub fn workspace_len(g: &ConvGeom) -> usize {
     g.cin * g.cout
@@ -391,6 +398,8 @@ mod tests {
             (144, 48, 1, 3, 5),
         ] {
             let g = ConvGeom::new(cin, cout, 1, stride, 0, side, side).unwrap();
+            // A reduction in several panel slices stores partial sums first: no residual in the output then.
+            assert_eq!(stores_once(&g), cin <= 128 || (cin <= 512 && !wide(cout)));
             let x: Vec<f32> = (0..n * side * side * cin)
                 .map(|i| ((i * 7919 % 211) as f32 - 105.0) / 97.0)
                 .collect();

@@ -18,7 +18,7 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
     // output channels (the AVX-512 tile over four panels): position-major, a padded 1×1 whose border
     // positions see no input, stride 2. Last, the kernel-row tiles of narrow inputs: torchvision's stem on
     // small images (kernel rows in the padding, rows cut left and right, 16-, 64- and 128-wide outputs, odd
-    // planes) and a 3×3 stem over six channels.
+    // planes) and a 3×3 stem over six channels. Then a bottleneck's 1×1 expansion on the 1×1 tiles.
     let cases = [
         (16, 16, 3, 1, 1, 5, 7, 3),
         (32, 48, 3, 2, 1, 9, 9, 2),
@@ -43,7 +43,9 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
         (3, 16, 7, 2, 3, 13, 9, 1),
         (6, 32, 3, 1, 1, 7, 5, 3),
         (3, 128, 7, 2, 3, 11, 11, 1),
+        (32, 48, 1, 1, 0, 5, 5, 3),
     ];
+    let mut in_place = Vec::new();
     for (cin, cout, k, s, p, h, w, n) in cases {
         let g = ConvGeom::new(cin, cout, k, s, p, h, w).unwrap();
         // The narrow cases reach the kernel-row tiles (the single-channel stem stays on im2col).
@@ -148,6 +150,19 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
                     plan.forward
                 );
             }
+            // Written over the shortcut (the output holds it on entry), where the algorithm allows: the same
+            // bits.
+            if plan.adds_residual_in_place() {
+                let mut yo = residual.clone();
+                let epilogue = Epilogue::bias_onto_output(&bias, true);
+                plan.forward_with(&x, &wt, prepared, epilogue, &mut yo, &mut ws_fwd);
+                assert!(
+                    yo.iter().zip(&yr).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "residual in place {} {cin}->{cout} k{k} s{s} p{p} {h}x{w} n{n}",
+                    plan.forward
+                );
+                in_place.push(plan.forward);
+            }
         }
         if !(direct::handles(&g) && tile::cpu_supported()) {
             continue;
@@ -195,5 +210,10 @@ fn direct_and_im2col_paths_match_a_naive_convolution() {
         for (a, b) in y2.iter().zip(&y) {
             assert!((a - (b + 0.5)).abs() <= 1e-5 * (1.0 + b.abs()));
         }
+    }
+    // Both kinds of kernel that may write over the shortcut did.
+    if tile::cpu_supported() {
+        assert!(in_place.iter().any(|a| matches!(a, Algo::Winograd(_))));
+        assert!(in_place.iter().any(|a| matches!(a, Algo::Pointwise { .. })));
     }
 }

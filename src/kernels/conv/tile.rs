@@ -92,6 +92,10 @@ pub struct Epilogue<'a> {
     pub shift: Option<&'a [f32]>,
     /// Laid out as the output, `[rows, cout]`: element `i` is added to output element `i`.
     pub residual: Option<&'a [f32]>,
+    /// The residual is the output itself: on entry the output holds the shortcut, and each element is read
+    /// just before it is overwritten (only for kernels that store every output once,
+    /// [`super::ConvPlan::adds_residual_in_place`]).
+    pub residual_in_place: bool,
     /// Clamp at zero last.
     pub relu: bool,
 }
@@ -103,6 +107,7 @@ impl<'a> Epilogue<'a> {
             scale: Some(scale),
             shift: Some(shift),
             residual: None,
+            residual_in_place: false,
             relu,
         }
     }
@@ -114,18 +119,33 @@ impl<'a> Epilogue<'a> {
             scale: None,
             shift: Some(bias),
             residual,
+            residual_in_place: false,
             relu,
         }
     }
 
+    /// `relu?(v + bias + y)` where the output `y` holds the residual on entry: a block's last convolution
+    /// writing over its shortcut, as [`super::ConvPlan::adds_residual_in_place`] allows.
+    pub fn bias_onto_output(bias: &'a [f32], relu: bool) -> Self {
+        Epilogue {
+            residual_in_place: true,
+            ..Epilogue::bias(bias, None, relu)
+        }
+    }
+
+    /// True when the epilogue adds a residual, from a slice or from the output.
+    pub fn has_residual(&self) -> bool {
+        self.residual.is_some() || self.residual_in_place
+    }
+
     /// True when nothing is applied.
     pub fn is_identity(&self) -> bool {
-        self.scale.is_none() && self.shift.is_none() && self.residual.is_none() && !self.relu
+        self.scale.is_none() && self.shift.is_none() && !self.has_residual() && !self.relu
     }
 
     /// True when the epilogue is a bias at most (what a GEMM can start its sums from).
     pub fn is_bias_only(&self) -> bool {
-        self.scale.is_none() && self.residual.is_none() && !self.relu
+        self.scale.is_none() && !self.has_residual() && !self.relu
     }
 
     /// Panics unless the given parts hold `cout` values.
@@ -143,6 +163,10 @@ impl<'a> Epilogue<'a> {
             self.residual.is_none_or(|r| r.len() >= len),
             "epilogue: residual shorter than the output"
         );
+        assert!(
+            !(self.residual.is_some() && self.residual_in_place),
+            "epilogue: a residual both given and in the output"
+        );
     }
 
     /// The epilogue from output channel `col` on, as the micro-kernels read it (`None`: nothing to apply), for
@@ -151,7 +175,11 @@ impl<'a> Epilogue<'a> {
         (!self.is_identity()).then(|| Columns {
             scale: self.scale.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
             shift: self.shift.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
-            residual: self.residual.map_or(core::ptr::null(), <[f32]>::as_ptr),
+            residual: match (self.residual, self.residual_in_place) {
+                (Some(r), _) => r.as_ptr(),
+                (None, true) => out,
+                (None, false) => core::ptr::null(),
+            },
             out,
             relu: self.relu,
         })

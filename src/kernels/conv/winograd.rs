@@ -575,6 +575,7 @@ mod tests {
                         scale: with_scale.then_some(&scale[..]),
                         shift: with_shift.then_some(&shift[..]),
                         residual: with_residual.then_some(&residual[..]),
+                        residual_in_place: false,
                         relu,
                     };
                     let mut want = expected.clone();

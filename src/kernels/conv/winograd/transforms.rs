@@ -389,6 +389,12 @@ unsafe fn output_transform<T: Transform>(
 ) {
     let (cout, a, mo) = (g.cout, T::A, T::M);
     let y = y.get();
+    // The shortcut, given or in `y` itself (each element is read just before it is stored: one tile owns it).
+    let residual = match (epilogue.residual, epilogue.residual_in_place) {
+        (Some(r), _) => r.as_ptr(),
+        (None, true) => y.cast_const(),
+        (None, false) => core::ptr::null(),
+    };
     for i in 0..span.count {
         let (img, ty, tx) = tile_coords(g, mo, span.first + i);
         let src = m.as_ptr().add(i * cout);
@@ -424,8 +430,8 @@ unsafe fn output_transform<T: Transform>(
                         val = _mm256_add_ps(val, _mm256_loadu_ps(shift.as_ptr().add(c)));
                     }
                     let at = ((img * g.oh + oy) * g.ow + ox) * cout + c;
-                    if let Some(residual) = epilogue.residual {
-                        val = _mm256_add_ps(val, _mm256_loadu_ps(residual.as_ptr().add(at)));
+                    if !residual.is_null() {
+                        val = _mm256_add_ps(val, _mm256_loadu_ps(residual.add(at)));
                     }
                     if epilogue.relu {
                         // max(0, v): a NaN passes, as through PyTorch's ReLU.
