@@ -125,7 +125,15 @@ impl TaskGrid {
         let (tiles_per_block, panels_per_task) = if row_blocks >= enough {
             (max_tiles, panels)
         } else {
-            let shares = enough.div_ceil(row_blocks).min(panels);
+            // As many shares as make enough tasks, preferring a count that splits the panels evenly and gives
+            // every thread as many tasks (three blocks times three shares on two threads leave one thread a
+            // fifth task while the other waits).
+            let least = enough.div_ceil(row_blocks).min(panels);
+            let shares = (least..=panels)
+                .find(|&s| {
+                    panels.is_multiple_of(s) && (row_blocks * s).is_multiple_of(threads.max(1))
+                })
+                .unwrap_or(least);
             (tiles.div_ceil(row_blocks).max(1), panels.div_ceil(shares))
         };
         TaskGrid {
@@ -181,8 +189,9 @@ mod task_grid_tests {
         assert_eq!(TaskGrid::new(16_726, 16, 16, 2), grid(1046, 16, 1, 16));
         // Batch 1 at 7×7: 9 tiles, one block, the 128 panels in 8 shares of 16: the weights read once.
         assert_eq!(TaskGrid::new(9, 16, 128, 2), grid(1, 9, 8, 16));
-        // Batch 1 at 14×14: 33 tiles in three even blocks of 11, each times three shares of the 64 panels.
-        assert_eq!(TaskGrid::new(33, 16, 64, 2), grid(3, 11, 3, 22));
+        // Batch 1 at 14×14: 33 tiles in three even blocks of 11, each times four shares of the 64 panels (three
+        // would make nine tasks, five for one thread and four for the other).
+        assert_eq!(TaskGrid::new(33, 16, 64, 2), grid(3, 11, 4, 16));
         // Fewer panels than the shares wanted: one panel each.
         assert_eq!(TaskGrid::new(2, 16, 3, 2), grid(1, 2, 3, 1));
         // Every tile and panel is covered exactly once.
