@@ -19,6 +19,10 @@
 # side calibrated on the same CALIB_IMAGES (default 64: speed does not depend on it) RGB images of Fashion-MNIST's
 # training set, the weights torchvision's resnet50 initialized with torch.manual_seed(0) (no ImageNet weights here).
 #
+# Batch-1 latency (latency224: one pass per iteration, 20–60 ms) is timed in a call of its own with LATENCY_ITERS
+# passes (default 30, or ITERS if more): a median of three passes cannot tell a shared machine's slow spell from
+# the engine.
+#
 #   tools/compare.sh [ROUNDS=3] [ITERS=3] [THREADS=2] [ONLY=all]
 #   e.g. tools/compare.sh 3 3 2 family          (the family section alone)
 #        tools/compare.sh 3 3 2 int8            (the int8 section alone)
@@ -37,11 +41,12 @@ rounds=${1:-${ROUNDS:-3}}
 iters=${2:-${ITERS:-3}}
 threads=${3:-${THREADS:-2}}
 only=${4:-${ONLY:-all}}
+lat_iters=${LATENCY_ITERS:-$((iters > 30 ? iters : 30))}
 # The chapter's configurations (all, a list, or nothing) and whether the family section runs.
 family=no
 int8=no
 if [[ $only == all ]]; then
-  chapter=all
+  chapter=train28,train96,infer28,infer96,train224,infer224,latency224
   family=yes
   int8=yes
 else
@@ -57,13 +62,26 @@ else
     fi
   done
 fi
-echo "rounds $rounds, iters $iters, threads $threads, only $only"
+echo "rounds $rounds, iters $iters (latency224: $lat_iters), threads $threads, only $only"
 out=$(mktemp -d)
 cargo build --release --quiet
 resnet=${CARGO_TARGET_DIR:-target}/release/resnet
 ort_version=$(python3 -c 'import onnxruntime; print(onnxruntime.__version__)' 2>/dev/null || echo none)
 ov_version=$(python3 -c 'import openvino; print(openvino.__version__)' 2>/dev/null || echo none)
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); onnxruntime $ort_version; openvino $ov_version; threads $threads; $(date -u +%F)"
+
+# bench FILE LIST COMMAND…: runs `COMMAND --iters ITERS --only LIST` (a benchmark printing --json) into FILE.json,
+# except latency224, which runs in a call of its own with LATENCY_ITERS passes, into FILE.lat.json.
+bench() {
+  local file=$1 list=$2 rest= lat=no item
+  shift 2
+  IFS=, read -ra items <<< "$list"
+  for item in "${items[@]}"; do
+    if [[ $item == latency224 ]]; then lat=yes; else rest=${rest:+$rest,}$item; fi
+  done
+  if [[ -n $rest ]]; then "$@" --iters "$iters" --only "$rest" > "$file.json"; fi
+  if [[ $lat == yes ]]; then "$@" --iters "$lat_iters" --only latency224 > "$file.lat.json"; fi
+}
 
 # Peak RSS (MiB, rounded) of the one result that a `--json` benchmark prints on standard input.
 rss() {
@@ -73,27 +91,21 @@ rss() {
 if [[ -n $chapter ]]; then
   echo "== the chapter's ResNet-18 ($chapter)"
   # The inference configurations among those asked for: ONNX Runtime and OpenVINO run these (inference only).
-  if [[ $chapter == all ]]; then
-    chapter_infer=infer28,infer96,latency224
-  else
-    chapter_infer=
-    IFS=, read -ra items <<< "$chapter"
-    for item in "${items[@]}"; do
-      case $item in
-        infer28 | infer96 | infer224 | latency224) chapter_infer=${chapter_infer:+$chapter_infer,}$item ;;
-      esac
-    done
-  fi
+  chapter_infer=
+  IFS=, read -ra items <<< "$chapter"
+  for item in "${items[@]}"; do
+    case $item in
+      infer28 | infer96 | latency224) chapter_infer=${chapter_infer:+$chapter_infer,}$item ;;
+    esac
+  done
   for r in $(seq 1 "$rounds"); do
-    "$resnet" --threads "$threads" bench --json --iters "$iters" --only "$chapter" > "$out/ours.$r.json"
-    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" --only "$chapter" > "$out/torch.$r.json"
+    bench "$out/ours.$r" "$chapter" "$resnet" --threads "$threads" bench --json
+    bench "$out/torch.$r" "$chapter" python3 tools/bench_pytorch.py --json --threads "$threads"
     if [[ -n $chapter_infer && $ort_version != none ]]; then
-      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch chapter \
-        --only "$chapter_infer" > "$out/ort.$r.json"
+      bench "$out/ort.$r" "$chapter_infer" python3 tools/bench_onnxruntime.py --json --threads "$threads" --arch chapter
     fi
     if [[ -n $chapter_infer && $ov_version != none ]]; then
-      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch chapter \
-        --only "$chapter_infer" > "$out/ov.$r.json"
+      bench "$out/ov.$r" "$chapter_infer" python3 tools/bench_openvino.py --json --threads "$threads" --arch chapter
     fi
     echo "round $r done" >&2
   done
@@ -105,10 +117,10 @@ def load(kind):
     only training asked for) are skipped."""
     res = {}
     for r in range(1, rounds + 1):
-        path = f"{out}/{kind}.{r}.json"
-        if os.path.exists(path):
-            for x in json.load(open(path))["results"]:
-                res.setdefault(x["name"], []).append(x)
+        for path in (f"{out}/{kind}.{r}.json", f"{out}/{kind}.{r}.lat.json"):
+            if os.path.exists(path):
+                for x in json.load(open(path))["results"]:
+                    res.setdefault(x["name"], []).append(x)
     return res
 ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
 med = statistics.median
@@ -121,7 +133,8 @@ def ratios(o, t):
     a = med(x["images_per_s"] for x in o) / med(x["images_per_s"] for x in t)
     b = med(x["images_per_s"] / y["images_per_s"] for x, y in zip(o, t))
     return f"{a:.2f}", f"{b:.2f}"
-print("ours:", json.load(open(f"{out}/ours.1.json")).get("engine", "?"))
+first = f"{out}/ours.1.json" if os.path.exists(f"{out}/ours.1.json") else f"{out}/ours.1.lat.json"
+print("ours:", json.load(open(first)).get("engine", "?"))
 # ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the sides a
 # minute apart, so that ratio is less exposed to the shared machine's slow drifts). ORT, OV: inference only.
 print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} "
@@ -156,20 +169,17 @@ fi
 
 if [[ $family == yes ]]; then
   echo "== torchvision's networks at 3×224×224: resnet50 train224, infer224 (batch 32), latency224 (batch 1); resnet18 train224 (batch 64)"
-  r50=(--arch resnet50 --only "train224,infer224,latency224")
-  r18=(--arch resnet18 --batch 64 --only train224)
+  r50=train224,infer224,latency224
   for r in $(seq 1 "$rounds"); do
-    "$resnet" --threads "$threads" bench --json --iters "$iters" "${r50[@]}" > "$out/fam.ours.r50.$r.json"
-    "$resnet" --threads "$threads" bench --json --iters "$iters" "${r18[@]}" > "$out/fam.ours.r18.$r.json"
-    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" "${r50[@]}" > "$out/fam.torch.r50.$r.json"
-    python3 tools/bench_pytorch.py --json --threads "$threads" --iters "$iters" "${r18[@]}" > "$out/fam.torch.r18.$r.json"
+    bench "$out/fam.ours.r50.$r" "$r50" "$resnet" --threads "$threads" bench --json --arch resnet50
+    bench "$out/fam.ours.r18.$r" train224 "$resnet" --threads "$threads" bench --json --arch resnet18 --batch 64
+    bench "$out/fam.torch.r50.$r" "$r50" python3 tools/bench_pytorch.py --json --threads "$threads" --arch resnet50
+    bench "$out/fam.torch.r18.$r" train224 python3 tools/bench_pytorch.py --json --threads "$threads" --arch resnet18 --batch 64
     if [[ $ort_version != none ]]; then
-      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
-        --only infer224,latency224 > "$out/fam.ort.r50.$r.json"
+      bench "$out/fam.ort.r50.$r" infer224,latency224 python3 tools/bench_onnxruntime.py --json --threads "$threads" --arch resnet50
     fi
     if [[ $ov_version != none ]]; then
-      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
-        --only infer224,latency224 > "$out/fam.ov.r50.$r.json"
+      bench "$out/fam.ov.r50.$r" infer224,latency224 python3 tools/bench_openvino.py --json --threads "$threads" --arch resnet50
     fi
     echo "family round $r done" >&2
   done
@@ -182,10 +192,10 @@ def load(kind):
     res = {}
     for r in range(1, rounds + 1):
         for net in ("r50", "r18"):
-            path = f"{out}/fam.{kind}.{net}.{r}.json"
-            if os.path.exists(path):
-                for x in json.load(open(path))["results"]:
-                    res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
+            for path in (f"{out}/fam.{kind}.{net}.{r}.json", f"{out}/fam.{kind}.{net}.{r}.lat.json"):
+                if os.path.exists(path):
+                    for x in json.load(open(path))["results"]:
+                        res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
     return res
 ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
 med = statistics.median
@@ -255,24 +265,24 @@ torch.manual_seed(0)
 torch.save(torchvision.models.resnet50().eval().state_dict(), f"{out}/r50.pth")
 PY
   "$resnet" quantize --weights "$out/r50.pth" --calib "$out/calib" --images "$calib_images" --out "$out/r50.int8.safetensors"
-  q=(--only infer224,latency224 --batch 32)
+  q=infer224,latency224
   # On a CPU without AVX-512 the default run already is the AVX2 path: RESNET_AVX512=0 would time it twice.
   has_avx512=no
   grep -qw avx512f /proc/cpuinfo 2>/dev/null && has_avx512=yes
   for r in $(seq 1 "$rounds"); do
-    "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.pth" "${q[@]}" > "$out/q.f32.$r.json"
-    "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.int8.safetensors" "${q[@]}" > "$out/q.int8.$r.json"
+    bench "$out/q.f32.$r" "$q" "$resnet" --threads "$threads" bench --json --weights "$out/r50.pth" --batch 32
+    bench "$out/q.int8.$r" "$q" "$resnet" --threads "$threads" bench --json --weights "$out/r50.int8.safetensors" --batch 32
     if [[ $ort_version != none ]]; then
-      python3 tools/bench_onnxruntime.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
-        --only infer224,latency224 --int8 "$out/calib" --calib-images "$calib_images" > "$out/q.ort.$r.json"
+      bench "$out/q.ort.$r" "$q" python3 tools/bench_onnxruntime.py --json --threads "$threads" --arch resnet50 \
+        --int8 "$out/calib" --calib-images "$calib_images"
     fi
     if [[ $ov_version != none ]]; then
-      python3 tools/bench_openvino.py --json --threads "$threads" --iters "$iters" --arch resnet50 \
-        --only infer224,latency224 --int8 "$out/calib" --calib-images "$calib_images" > "$out/q.ov.$r.json"
+      bench "$out/q.ov.$r" "$q" python3 tools/bench_openvino.py --json --threads "$threads" --arch resnet50 \
+        --int8 "$out/calib" --calib-images "$calib_images"
     fi
     if [[ $has_avx512 == yes ]]; then
-      RESNET_AVX512=0 "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.pth" "${q[@]}" > "$out/q.f32avx2.$r.json"
-      RESNET_AVX512=0 "$resnet" --threads "$threads" bench --json --iters "$iters" --weights "$out/r50.int8.safetensors" "${q[@]}" > "$out/q.int8avx2.$r.json"
+      RESNET_AVX512=0 bench "$out/q.f32avx2.$r" "$q" "$resnet" --threads "$threads" bench --json --weights "$out/r50.pth" --batch 32
+      RESNET_AVX512=0 bench "$out/q.int8avx2.$r" "$q" "$resnet" --threads "$threads" bench --json --weights "$out/r50.int8.safetensors" --batch 32
     fi
     echo "int8 round $r done" >&2
   done
@@ -284,10 +294,10 @@ def load(kind):
     """{name: [result of round 1, round 2, …]}; rounds whose file is missing are skipped."""
     res = {}
     for r in range(1, rounds + 1):
-        path = f"{out}/q.{kind}.{r}.json"
-        if os.path.exists(path):
-            for x in json.load(open(path))["results"]:
-                res.setdefault(x["name"], []).append(x)
+        for path in (f"{out}/q.{kind}.{r}.json", f"{out}/q.{kind}.{r}.lat.json"):
+            if os.path.exists(path):
+                for x in json.load(open(path))["results"]:
+                    res.setdefault(x["name"], []).append(x)
     return res
 runs = {k: load(k) for k in ("f32", "int8", "ort", "ov", "f32avx2", "int8avx2")}
 avx2 = f"{out}/q.int8avx2.1.json"
