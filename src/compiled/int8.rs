@@ -318,7 +318,7 @@ impl QuantNet {
     /// convolution of `net`, `None` for those run in f32, else the HWIO `i8` weights `[k, k, cin, cout]` and the
     /// `[cout]` scales of `quantize_weights`. Errors if the clips or the weights do not fit the network.
     pub fn with_weights(
-        net: CompiledNet,
+        mut net: CompiledNet,
         clips: &[Option<f32>],
         weights: Vec<Option<(Vec<i8>, Vec<f32>)>>,
         path: Path,
@@ -369,7 +369,6 @@ impl QuantNet {
             ));
         }
         let fusions = Fusions::plan(&net, &convs, &scales);
-        let mut net = net;
         // The `u8` values share the f32 arena's slots, and the int8 kernels read their residual from a buffer of
         // its own.
         net.write_over_shortcuts(false);
