@@ -169,17 +169,23 @@ impl<'a> Epilogue<'a> {
         );
     }
 
+    /// Where the residual of the output that starts at `out` is: the given slice, the output itself, or null
+    /// (none).
+    pub(crate) fn residual_ptr(&self, out: *const f32) -> *const f32 {
+        match (self.residual, self.residual_in_place) {
+            (Some(r), _) => r.as_ptr(),
+            (None, true) => out,
+            (None, false) => core::ptr::null(),
+        }
+    }
+
     /// The epilogue from output channel `col` on, as the micro-kernels read it (`None`: nothing to apply), for
     /// an output that starts at `out` (where the residual's element of an output element is found).
     pub(crate) fn columns(&self, col: usize, out: *const f32) -> Option<Columns> {
         (!self.is_identity()).then(|| Columns {
             scale: self.scale.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
             shift: self.shift.map_or(core::ptr::null(), |s| s[col..].as_ptr()),
-            residual: match (self.residual, self.residual_in_place) {
-                (Some(r), _) => r.as_ptr(),
-                (None, true) => out,
-                (None, false) => core::ptr::null(),
-            },
+            residual: self.residual_ptr(out),
             out,
             relu: self.relu,
         })

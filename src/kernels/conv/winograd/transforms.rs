@@ -390,11 +390,7 @@ unsafe fn output_transform<T: Transform>(
     let (cout, a, mo) = (g.cout, T::A, T::M);
     let y = y.get();
     // The shortcut, given or in `y` itself (each element is read just before it is stored: one tile owns it).
-    let residual = match (epilogue.residual, epilogue.residual_in_place) {
-        (Some(r), _) => r.as_ptr(),
-        (None, true) => y.cast_const(),
-        (None, false) => core::ptr::null(),
-    };
+    let residual = epilogue.residual_ptr(y);
     for i in 0..span.count {
         let (img, ty, tx) = tile_coords(g, mo, span.first + i);
         let src = m.as_ptr().add(i * cout);
