@@ -128,6 +128,14 @@ pub fn pack(k: usize, n: usize, b: &[f32], transposed: bool, packed: &mut [f32])
         });
 }
 
+/// `dst[..N] = src[..N]`, `N` known when compiled: a few vector moves, where a copy of a length known only at run
+/// time calls `memmove` (per row of six or sixteen floats, that call cost more than the copy).
+#[inline(always)]
+fn copy_row<const N: usize>(dst: &mut [f32], src: &[f32]) {
+    let dst: &mut [f32; N] = (&mut dst[..N]).try_into().expect("N floats");
+    *dst = src[..N].try_into().expect("N floats");
+}
+
 /// Where row `r` of `x_s` (output position `r`) is in `x`: the first channel of its pixel.
 fn grid_pixel(g: &ConvGeom, r: usize) -> usize {
     if g.stride == 1 {
@@ -339,15 +347,24 @@ pub fn weight_grad(
                 let m = (g.cin - c0).min(MR);
                 for (q, o) in out[..len * MR].chunks_exact_mut(MR).enumerate() {
                     let p = grid_pixel(g, r0 + q) + c0;
-                    o[..m].copy_from_slice(&x[p..][..m]);
-                    o[m..].fill(0.0);
+                    if m == MR {
+                        copy_row::<MR>(o, &x[p..]);
+                    } else {
+                        o[..m].copy_from_slice(&x[p..][..m]);
+                        o[m..].fill(0.0);
+                    }
                 }
             });
         dyp.par_chunks_mut(block_rows * width)
             .enumerate()
             .for_each(|(panel, out)| {
                 for (q, o) in out[..len * width].chunks_exact_mut(width).enumerate() {
-                    o.copy_from_slice(&dy[(r0 + q) * g.cout + panel * width..][..width]);
+                    let row = &dy[(r0 + q) * g.cout + panel * width..];
+                    if width == 64 {
+                        copy_row::<64>(o, row);
+                    } else {
+                        copy_row::<NR>(o, row);
+                    }
                 }
             });
         let (xp, dyp) = (&*xp, &*dyp);
