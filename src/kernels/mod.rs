@@ -117,13 +117,30 @@ impl TaskGrid {
     /// cut evenly, each times as many shares of the panels as make four tasks per thread: every block reads
     /// the weights (then larger than its rows) once, instead of every one of many small blocks reading all
     /// of them. Which task computes an element does not change its value: the sums' order is the tile's.
+    ///
+    /// With few blocks the count is chosen, between the fewest and twice as many, to give each thread as much
+    /// work: 49 tiles in four blocks of 13 leave one thread 52 tiles' work and the other 46, in seven blocks of
+    /// seven 49 each.
     pub fn new(tiles: usize, max_tiles: usize, panels: usize, threads: usize) -> Self {
+        let fewest = tiles.div_ceil(max_tiles.max(1)).max(1);
+        // Many blocks: a block more or less moves the balance by a small share, and the search is not free.
+        if fewest > 64 {
+            return Self::with_blocks(tiles, fewest, panels, threads);
+        }
+        (fewest..=(2 * fewest).min(tiles.max(1)))
+            .map(|blocks| Self::with_blocks(tiles, blocks, panels, threads))
+            .min_by_key(|g| g.busiest_thread(threads))
+            .expect("at least one block count")
+    }
+
+    /// The grid of about `blocks` even blocks of rows (see [`TaskGrid::new`]).
+    fn with_blocks(tiles: usize, blocks: usize, panels: usize, threads: usize) -> Self {
         let enough = 4 * threads.max(1);
-        let max_tiles = max_tiles.max(1);
         let panels = panels.max(1);
-        let row_blocks = tiles.div_ceil(max_tiles).max(1);
-        let (tiles_per_block, panels_per_task) = if row_blocks >= enough {
-            (max_tiles, panels)
+        let tiles_per_block = tiles.div_ceil(blocks.max(1)).max(1);
+        let row_blocks = tiles.div_ceil(tiles_per_block).max(1);
+        let panels_per_task = if row_blocks >= enough {
+            panels
         } else {
             // As many shares as make enough tasks, preferring a count that splits the panels evenly and gives
             // every thread as many tasks (three blocks times three shares on two threads leave one thread a
@@ -134,14 +151,20 @@ impl TaskGrid {
                     panels.is_multiple_of(s) && (row_blocks * s).is_multiple_of(threads.max(1))
                 })
                 .unwrap_or(least);
-            (tiles.div_ceil(row_blocks).max(1), panels.div_ceil(shares))
+            panels.div_ceil(shares)
         };
         TaskGrid {
-            row_blocks: tiles.div_ceil(tiles_per_block).max(1),
+            row_blocks,
             tiles_per_block,
             panel_groups: panels.div_ceil(panels_per_task),
             panels_per_task,
         }
+    }
+
+    /// The work of the busiest thread, in tiles times panels, were the tasks dealt out in turn as whole ones:
+    /// what [`TaskGrid::new`] makes as small as it can.
+    fn busiest_thread(&self, threads: usize) -> usize {
+        self.tasks().div_ceil(threads.max(1)) * self.tiles_per_block * self.panels_per_task
     }
 
     /// Tasks in all: `row_blocks × panel_groups`.
@@ -192,8 +215,13 @@ mod task_grid_tests {
         // Batch 1 at 14×14: 33 tiles in three even blocks of 11, each times four shares of the 64 panels (three
         // would make nine tasks, five for one thread and four for the other).
         assert_eq!(TaskGrid::new(33, 16, 64, 2), grid(3, 11, 4, 16));
-        // Fewer panels than the shares wanted: one panel each.
-        assert_eq!(TaskGrid::new(2, 16, 3, 2), grid(1, 2, 3, 1));
+        // Fewer panels than the shares wanted: one panel each, and a block per tile for an even number of tasks.
+        assert_eq!(TaskGrid::new(2, 16, 3, 2), grid(2, 1, 3, 1));
+        // Batch 1 at 14×14 on the int8 tiles of 4 rows: 49 tiles in seven blocks of seven (four blocks of 13
+        // would leave one thread 52 tiles' work, the other 46), each times two shares of the 16 panels.
+        assert_eq!(TaskGrid::new(49, 16, 16, 2), grid(7, 7, 2, 8));
+        // Batch 1 at 56×56, int8: 784 tiles in 56 blocks of 14 rather than 49 of 16 (25 tasks for one thread).
+        assert_eq!(TaskGrid::new(784, 16, 16, 2), grid(56, 14, 1, 16));
         // Every tile and panel is covered exactly once.
         for (tiles, panels) in [(1, 1), (7, 5), (100, 4), (129, 32), (1000, 128)] {
             let g = TaskGrid::new(tiles, 16, panels, 2);
