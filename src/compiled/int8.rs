@@ -2,8 +2,9 @@
 //! after the stem run by [`crate::kernels::int8`] on `u8` activations and `i8` weights.
 //!
 //! - Weights: the folded convolutions' (batch norm first, `fold_bn`), per output channel symmetric:
-//!   `w_scale[c] = max |w[.., c]| / 127`, `q = round(w / w_scale[c])` in [-127, 127]; the bias in units of
-//!   the sum, `round(bias[c] / (w_scale[c] · x_scale))`.
+//!   `w_scale[c] = max |w[.., c]| / 127`, `q = round(w / w_scale[c])` in [-127, 127] (what a quantized file
+//!   holds); on AVX2 ([`Path::wmax`] 63) rescaled to [-63, 63] when the network is built, `round(q · 63 /
+//!   127)` at `w_scale · 127 / 63`; the bias in units of the sum, `round(bias[c] / (w_scale[c] · x_scale))`.
 //! - Activations: per tensor, `u8` with zero point 0 (every one a quantized convolution reads follows a ReLU),
 //!   `scale = clip / qmax`, the clip calibrated ([`Calibration`]: the largest value seen, or a percentile of
 //!   the values), `qmax` the kernel path's (255; 127 on AVX2, see [`Path::qmax`]), so one calibration serves
@@ -359,6 +360,7 @@ impl QuantNet {
             };
             let y_scale = scales[output].unwrap_or(1.0);
             let (w, w_scale) = weights[conv].take().expect("checked above");
+            let (w, w_scale) = fit_weights(path, w, w_scale);
             convs[conv] = Some(quantize_conv(
                 &net.convs[conv],
                 &w,
@@ -443,7 +445,7 @@ impl QuantNet {
                 }
             })
             .collect();
-        let (w, w_scale) = quantize_weights(&folded, cout);
+        let (w, w_scale) = quantize_weights_to(&folded, cout, self.path.wmax());
         let mut q = quantize_conv(stem, &w, &w_scale, 1.0, y_scale, self.path);
         let mut pad = zero_points.clone();
         pad.resize(cin4, 0);
@@ -850,6 +852,12 @@ fn quantize_pixel(xs: &[f32], inv_scales: &[f32], zero_points: &[u8], qmax: u8, 
 /// max |w[.., c]| / 127` (1 for a channel of zeros, which any scale represents exactly) and `q = round(w /
 /// w_scale[c])` in [-127, 127].
 pub(crate) fn quantize_weights(weight: &[f32], cout: usize) -> (Vec<i8>, Vec<f32>) {
+    quantize_weights_to(weight, cout, 127)
+}
+
+/// [`quantize_weights`] into [-wmax, wmax] (`wmax` at most 127).
+fn quantize_weights_to(weight: &[f32], cout: usize, wmax: u8) -> (Vec<i8>, Vec<f32>) {
+    let wmax = wmax.min(127) as f32;
     let mut w_scale = vec![0.0f32; cout];
     for row in weight.chunks_exact(cout) {
         for (s, w) in w_scale.iter_mut().zip(row) {
@@ -857,18 +865,31 @@ pub(crate) fn quantize_weights(weight: &[f32], cout: usize) -> (Vec<i8>, Vec<f32
         }
     }
     for s in &mut w_scale {
-        *s = if *s > 0.0 { *s / 127.0 } else { 1.0 };
+        *s = if *s > 0.0 { *s / wmax } else { 1.0 };
     }
     let q = weight
         .iter()
         .enumerate()
-        .map(|(i, &w)| {
-            (w / w_scale[i % cout])
-                .round_ties_even()
-                .clamp(-127.0, 127.0) as i8
-        })
+        .map(|(i, &w)| (w / w_scale[i % cout]).round_ties_even().clamp(-wmax, wmax) as i8)
         .collect();
     (q, w_scale)
+}
+
+/// Weights `w` in [-127, 127] of per-channel scales `w_scale` (a quantized file's, [`quantize_weights`]'s) as
+/// `path` multiplies them: unchanged, or for a path of smaller [`Path::wmax`] (AVX2's 63) rescaled to
+/// [-wmax, wmax], `round(w · wmax / 127)`, their scales `· 127 / wmax`.
+fn fit_weights(path: Path, w: Vec<i8>, w_scale: Vec<f32>) -> (Vec<i8>, Vec<f32>) {
+    let wmax = path.wmax();
+    if wmax >= 127 {
+        return (w, w_scale);
+    }
+    let k = wmax as f32 / 127.0;
+    let limit = wmax as f32;
+    let w = w
+        .iter()
+        .map(|&v| (v as f32 * k).round_ties_even().clamp(-limit, limit) as i8)
+        .collect();
+    (w, w_scale.iter().map(|&s| s / k).collect())
 }
 
 /// `c` with its weights quantized to `weights` of per-channel scales `w_scale` (`quantize_weights`), for input

@@ -18,8 +18,9 @@
 //!
 //! Paths ([`Path`], chosen once per process): AMX (`amx`, whose panels are two halves of 16 columns), AVX-512
 //! VNNI, VNNI on ymm, AVX2, portable. The AVX2 path reads
-//! activations of at most 127 ([`Path::qmax`]): a network quantized for it stores 7-bit activations, so that
-//! `vpmaddubsw`'s 16-bit pair sums never saturate (see `tiles`).
+//! activations of at most 127 ([`Path::qmax`]) and weights of at most 63 in magnitude ([`Path::wmax`]): a
+//! network quantized for it stores 7-bit activations and weights, so that its 16-bit sums of four products
+//! never overflow (see `tiles`).
 
 mod amx;
 pub mod reference;
@@ -135,6 +136,14 @@ impl Path {
         match self {
             Path::Avx2 => 127,
             _ => 255,
+        }
+    }
+
+    /// Largest weight magnitude the path multiplies exactly: 63 on AVX2 (see `tiles`), else 127.
+    pub fn wmax(self) -> u8 {
+        match self {
+            Path::Avx2 => 63,
+            _ => 127,
         }
     }
 
@@ -260,12 +269,18 @@ impl PackedWeights {
     }
 }
 
-/// Packs HWIO weights `w [taps, cin, cout]` (`taps = kh·kw`) for `path`. Allocates the packed copy.
+/// Packs HWIO weights `w [taps, cin, cout]` (`taps = kh·kw`), each at most `path.wmax()` in magnitude, for
+/// `path`. Allocates the packed copy.
 pub fn pack(path: Path, taps: usize, cin: usize, cout: usize, w: &[i8]) -> PackedWeights {
     assert_eq!(
         w.len(),
         taps * cin * cout,
         "int8::pack: weights of the wrong length"
+    );
+    // Larger weights would overflow the AVX2 tile's 16-bit sums; the quantized network never makes them.
+    assert!(
+        w.iter().all(|v| v.unsigned_abs() <= path.wmax()),
+        "int8::pack: a weight beyond the path's wmax"
     );
     let (width, sub) = (path.width(), path.sub_width());
     let groups = cin.div_ceil(4);

@@ -21,7 +21,9 @@ struct Case {
 /// `(cin, cout, k, stride, pad, h, w, n)`
 type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);
 
-fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
+/// A convolution of `shape` for `path`: activations up to its `qmax`, weights up to its `wmax` in magnitude.
+fn case(shape: Shape, path: Path, seed: u64) -> Case {
+    let (qmax, wmax) = (path.qmax(), path.wmax() as i8);
     let (cin, cout, k, stride, pad, h, w, n) = shape;
     let g = ConvGeom::new(cin, cout, k, stride, pad, h, w).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -30,7 +32,7 @@ fn case(shape: Shape, qmax: u8, seed: u64) -> Case {
         .map(|_| rng.random_range(0..=qmax))
         .collect();
     let wts = (0..k * k * cin * cout)
-        .map(|_| rng.random_range(-127..=127))
+        .map(|_| rng.random_range(-wmax..=wmax))
         .collect();
     let bias = (0..cout).map(|_| rng.random_range(-5000..5000)).collect();
     // Scales that map the sums' spread (about √(k²·cin)·128·73) onto a few hundred steps, so that the rounding
@@ -84,7 +86,7 @@ fn every_path_matches_the_reference_bit_for_bit() {
     assert!(paths.contains(&Path::Portable));
     for path in paths {
         for (s, &shape) in SHAPES.iter().enumerate() {
-            let c = case(shape, path.qmax(), s as u64);
+            let c = case(shape, path, s as u64);
             let rows = c.n * c.g.oh * c.g.ow;
             let len = rows * c.g.cout;
             let packed = pack(path, c.g.kh * c.g.kw, c.g.cin, c.g.cout, &c.w);
@@ -179,7 +181,7 @@ fn padded_taps_read_the_input_zero_points() {
     for (path, cin) in cases {
         let shape = (cin, 64, 7, 2, 3, 13, 11, 2);
         let (cin, cout, k, stride, pad, h, w, n) = shape;
-        let c = case(shape, path.qmax(), 11);
+        let c = case(shape, path, 11);
         let zero_points: Vec<u8> = [path.qmax() / 2, 3, path.qmax(), 60][..cin].to_vec();
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let mut padded: Vec<u8> = (0..n * hp * wp)
@@ -247,11 +249,11 @@ fn shortcut_alongside(
     (cin, cout, k, h, n, sc_cin, stride): (usize, usize, usize, usize, usize, usize, usize),
 ) {
     let q = path.qmax();
-    let main = case((cin, cout, k, 1, k / 2, h, h, n), q, 100 + s as u64);
+    let main = case((cin, cout, k, 1, k / 2, h, h, n), path, 100 + s as u64);
     let sc_h = (h - 1) * stride + 1;
     let side = case(
         (sc_cin, cout, 1, stride, 0, sc_h, sc_h, n),
-        q,
+        path,
         200 + s as u64,
     );
     assert_eq!((side.g.oh, side.g.ow), (h, h));

@@ -12,9 +12,14 @@
 //! whose `cin` is not a multiple of 4 is read byte by byte (the weights beyond `cin` are zero).
 //!
 //! The paths: AVX-512 VNNI (6 rows × 64 columns, 24 zmm sums), VNNI on ymm (6 × 16, AVX-VNNI or AVX-512VL),
-//! AVX2 (4 × 16: `vpmaddubsw` multiplies byte pairs into saturating `i16` sums, `vpmaddwd` by ones adds the
-//! pairs into `i32`; with activations at most 127 and weights in [-127, 127] a pair sums to at most
-//! 2·127·127 = 32258 < 32767, so nothing saturates and the sums are exact), and a portable scalar tile.
+//! AVX2 (4 × 16, below), and a portable scalar tile.
+//!
+//! AVX2 has no instruction that sums four byte products into an `i32`: `vpmaddubsw` multiplies byte pairs into
+//! saturating `i16` sums, and `vpmaddwd` by ones adds neighbouring `i16`s into `i32`, a second multiply. The tile
+//! takes two groups of four channels at a time: their pair sums are added in 16 bits (`vpaddw`), and the four
+//! products of each lane widened once, three multiplies per 64 products instead of four. With activations at
+//! most 127 ([`super::Path::qmax`]) and weights at most 63 in magnitude ([`super::Path::wmax`]), four products
+//! sum to at most 4·127·63 = 32004 < 32767: nothing saturates or wraps, and the sums are exact.
 
 #[cfg(target_arch = "x86_64")]
 use super::requant;
@@ -130,7 +135,8 @@ tile_kernel!(
     |c, a, b| _mm256_dpbusd_avx_epi32(c, a, b)
 );
 
-/// The AVX2 tile, 4 rows × 16 columns (activations at most 127, see the module documentation), with its
+/// The AVX2 tile, 4 rows × 16 columns (activations at most 127, weights at most 63 in magnitude, two groups of
+/// channels per step: see the module documentation), with its
 /// epilogue: the sums stay in registers and go through [`requant::store8_avx2`] into `s` (a partial panel, fewer
 /// than 16 columns, through `acc` and [`requant::tile_avx2`]). A separate epilogue, storing and reloading the
 /// sums, took as long as 16 groups of products: as long as a 1×1 convolution's over 64 channels.
@@ -149,20 +155,55 @@ pub(super) unsafe fn avx2(
     s: &requant::TileStore,
 ) {
     use core::arch::x86_64::*;
-    products!(
-        sums = 4,
-        2,
-        8,
-        __m256i,
-        _mm256_setzero_si256(),
-        |p: *const i8| _mm256_loadu_si256(p as *const _),
-        _mm256_set1_epi32,
-        (rows, taps, cin, w),
-        |c, a, b| _mm256_add_epi32(
-            c,
-            _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
-        )
-    );
+    const MR: usize = 4;
+    const NV: usize = 2;
+    assert!(rows.len() >= taps * MR);
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [_mm256_setzero_si256(); MR * NV];
+    let (full, tail) = (cin / 4, cin % 4);
+    let mut wp = w;
+    let load = |p: *const i8| _mm256_loadu_si256(p as *const __m256i);
+    let word = |p: *const u8| _mm256_set1_epi32((p as *const i32).read_unaligned());
+    // `sums[i·NV + j] += Σ four products per lane`, from the 16-bit pair sums `p` of one or two groups.
+    let widen = |sum: __m256i, p: __m256i| _mm256_add_epi32(sum, _mm256_madd_epi16(p, ones));
+    for t in 0..taps {
+        let r = &rows[t * MR..(t + 1) * MR];
+        // Two groups of four channels: each lane's two pair sums of one group and two of the next, added in
+        // 16 bits, then widened once.
+        let mut g = 0;
+        while g + 2 <= full {
+            let (b0, b1) = (load(wp), load(wp.add(32)));
+            let (c0, c1) = (load(wp.add(64)), load(wp.add(96)));
+            for i in 0..MR {
+                let (a0, a1) = (word(r[i].add(4 * g)), word(r[i].add(4 * g + 4)));
+                let p0 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a0, b0), _mm256_maddubs_epi16(a1, c0));
+                let p1 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a0, b1), _mm256_maddubs_epi16(a1, c1));
+                sums[i * NV] = widen(sums[i * NV], p0);
+                sums[i * NV + 1] = widen(sums[i * NV + 1], p1);
+            }
+            wp = wp.add(2 * NV * 8 * 4);
+            g += 2;
+        }
+        // A last whole group, then the last 1 to 3 channels (read byte by byte; the weights beyond `cin` are 0).
+        let single = (g < full)
+            .then_some(g)
+            .into_iter()
+            .chain((tail > 0).then_some(full));
+        for g in single {
+            let (b0, b1) = (load(wp), load(wp.add(32)));
+            for i in 0..MR {
+                let a = match g == full {
+                    true => _mm256_set1_epi32(tail_word(r[i].add(4 * full), tail)),
+                    false => word(r[i].add(4 * g)),
+                };
+                sums[i * NV] = widen(sums[i * NV], _mm256_maddubs_epi16(a, b0));
+                sums[i * NV + 1] = widen(sums[i * NV + 1], _mm256_maddubs_epi16(a, b1));
+            }
+            wp = wp.add(NV * 8 * 4);
+        }
+    }
     assert!(s.rows <= MR && acc.len() >= MR * NV * 8);
     if s.cols < NV * 8 {
         for (k, v) in sums.iter().enumerate() {
