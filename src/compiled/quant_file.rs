@@ -6,7 +6,7 @@
 //! - the stem, stored in f32 (quantized when the file loads, [`QuantNet::quantize_stem`]): `NAME.weight` F32
 //!   `[cout, cin, k, k]`, `NAME.bias` F32 `[cout]`;
 //! - every other convolution: `NAME.weight` I8 `[cout, cin, k, k]` (symmetric, in [-127, 127]; the AVX2 path
-//!   rescales them to [-63, 63] when it builds the network, see `int8`), `NAME.weight_scale`
+//!   halves them into [-63, 63] when it builds the network, see `int8`), `NAME.weight_scale`
 //!   F32 `[cout]` (the weight is `weight · weight_scale[cout]`), `NAME.bias` F32 `[cout]` (quantized when loaded,
 //!   in units of the sum), `NAME.input_clip` F32 `[]` (the calibrated largest value of its `u8` input: its scale
 //!   is `input_clip / qmax`, `qmax` 255, or 127 on the AVX2 path);
