@@ -71,7 +71,7 @@ ov_version=$(python3 -c 'import openvino; print(openvino.__version__)' 2>/dev/nu
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; torch $(python3 -c 'import torch; print(torch.__version__)'); onnxruntime $ort_version; openvino $ov_version; threads $threads; $(date -u +%F)"
 
 # bench FILE LIST COMMAND…: runs `COMMAND --iters ITERS --only LIST` (a benchmark printing --json) into FILE.json,
-# except latency224, which runs in a call of its own with LATENCY_ITERS passes, into FILE.lat.json.
+# except latency224, which runs in a call of its own with LATENCY_ITERS passes; its result joins FILE.json's.
 bench() {
   local file=$1 list=$2 rest= lat=no item
   shift 2
@@ -80,7 +80,21 @@ bench() {
     if [[ $item == latency224 ]]; then lat=yes; else rest=${rest:+$rest,}$item; fi
   done
   if [[ -n $rest ]]; then "$@" --iters "$iters" --only "$rest" > "$file.json"; fi
-  if [[ $lat == yes ]]; then "$@" --iters "$lat_iters" --only latency224 > "$file.lat.json"; fi
+  if [[ $lat == yes ]]; then
+    "$@" --iters "$lat_iters" --only latency224 > "$file.lat.json"
+    python3 - "$file" <<'PY'
+import json, os, sys
+file = sys.argv[1]
+lat = json.load(open(f"{file}.lat.json"))
+if os.path.exists(f"{file}.json"):
+    joined = json.load(open(f"{file}.json"))
+    joined["results"] += lat["results"]
+else:
+    joined = lat
+json.dump(joined, open(f"{file}.json", "w"))
+os.remove(f"{file}.lat.json")
+PY
+  fi
 }
 
 # Peak RSS (MiB, rounded) of the one result that a `--json` benchmark prints on standard input.
@@ -117,10 +131,10 @@ def load(kind):
     only training asked for) are skipped."""
     res = {}
     for r in range(1, rounds + 1):
-        for path in (f"{out}/{kind}.{r}.json", f"{out}/{kind}.{r}.lat.json"):
-            if os.path.exists(path):
-                for x in json.load(open(path))["results"]:
-                    res.setdefault(x["name"], []).append(x)
+        path = f"{out}/{kind}.{r}.json"
+        if os.path.exists(path):
+            for x in json.load(open(path))["results"]:
+                res.setdefault(x["name"], []).append(x)
     return res
 ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
 med = statistics.median
@@ -133,8 +147,7 @@ def ratios(o, t):
     a = med(x["images_per_s"] for x in o) / med(x["images_per_s"] for x in t)
     b = med(x["images_per_s"] / y["images_per_s"] for x, y in zip(o, t))
     return f"{a:.2f}", f"{b:.2f}"
-first = f"{out}/ours.1.json" if os.path.exists(f"{out}/ours.1.json") else f"{out}/ours.1.lat.json"
-print("ours:", json.load(open(first)).get("engine", "?"))
+print("ours:", json.load(open(f"{out}/ours.1.json")).get("engine", "?"))
 # ratio: of the two medians; per round: the median of the rounds' own ratios (each round runs the sides a
 # minute apart, so that ratio is less exposed to the shared machine's slow drifts). ORT, OV: inference only.
 print(f"{'config':<11} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'per round':>10} "
@@ -192,10 +205,10 @@ def load(kind):
     res = {}
     for r in range(1, rounds + 1):
         for net in ("r50", "r18"):
-            for path in (f"{out}/fam.{kind}.{net}.{r}.json", f"{out}/fam.{kind}.{net}.{r}.lat.json"):
-                if os.path.exists(path):
-                    for x in json.load(open(path))["results"]:
-                        res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
+            path = f"{out}/fam.{kind}.{net}.{r}.json"
+            if os.path.exists(path):
+                for x in json.load(open(path))["results"]:
+                    res.setdefault((x["arch"], x["name"], x["batch"]), []).append(x)
     return res
 ours, torch, ort, ov = load("ours"), load("torch"), load("ort"), load("ov")
 med = statistics.median
@@ -294,10 +307,10 @@ def load(kind):
     """{name: [result of round 1, round 2, …]}; rounds whose file is missing are skipped."""
     res = {}
     for r in range(1, rounds + 1):
-        for path in (f"{out}/q.{kind}.{r}.json", f"{out}/q.{kind}.{r}.lat.json"):
-            if os.path.exists(path):
-                for x in json.load(open(path))["results"]:
-                    res.setdefault(x["name"], []).append(x)
+        path = f"{out}/q.{kind}.{r}.json"
+        if os.path.exists(path):
+            for x in json.load(open(path))["results"]:
+                res.setdefault(x["name"], []).append(x)
     return res
 runs = {k: load(k) for k in ("f32", "int8", "ort", "ov", "f32avx2", "int8avx2")}
 avx2 = f"{out}/q.int8avx2.1.json"
