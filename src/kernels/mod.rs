@@ -112,15 +112,13 @@ pub(crate) struct TaskGrid {
 
 impl TaskGrid {
     /// The grid for `tiles` register tiles of rows, at most `max_tiles` per task, over `panels` column panels,
-    /// on `threads` threads. Blocks of rows each walk every panel while there are four tasks per thread or
-    /// more. Below that (the 14×14 and 7×7 stages at small batches) the fewest blocks that fit `max_tiles`,
-    /// cut evenly, each times as many shares of the panels as make four tasks per thread: every block reads
-    /// the weights (then larger than its rows) once, instead of every one of many small blocks reading all
-    /// of them. Which task computes an element does not change its value: the sums' order is the tile's.
-    ///
-    /// With few blocks the count is chosen, between the fewest and twice as many, to give each thread as much
-    /// work: 49 tiles in four blocks of 13 leave one thread 52 tiles' work and the other 46, in seven blocks of
-    /// seven 49 each.
+    /// on `threads` threads: even blocks of rows, each walking every panel while there are four tasks per
+    /// thread or more; below that (the 14×14 and 7×7 stages at small batches) each times as many shares of the
+    /// panels as make four tasks per thread, so that every block reads the weights (then larger than its rows)
+    /// once, instead of every one of many small blocks reading all of them. The count of blocks, between the
+    /// fewest that fit `max_tiles` and twice as many, is the one that gives the busiest thread the least work
+    /// (49 tiles in four blocks of 13 leave one thread 52 tiles' work and the other 46; in seven blocks of seven,
+    /// 49 each). Which task computes an element does not change its value: the sums' order is the tile's.
     pub fn new(tiles: usize, max_tiles: usize, panels: usize, threads: usize) -> Self {
         let fewest = tiles.div_ceil(max_tiles.max(1)).max(1);
         // Many blocks: a block more or less moves the balance by a small share, and the search is not free.
