@@ -178,7 +178,7 @@ impl Path {
     }
 
     /// Runs the path's tile (see [`tiles`]; AMX's blocks run in [`amx_panels`] instead), then its epilogue into
-    /// `store`: inside the tile on AVX2, else from `acc` ([`Path::requant_tile`]).
+    /// `store`: inside the tile on AVX-512 VNNI and AVX2, else from `acc` ([`Path::requant_tile`]).
     ///
     /// # Safety
     /// As the tiles': the path [`Path::available`], the pointers readable as they say; `store` as
@@ -194,7 +194,7 @@ impl Path {
     ) {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Vnni512 => tiles::vnni512(rows, taps, cin, w, acc),
+            Path::Vnni512 => return tiles::vnni512(rows, taps, cin, w, store),
             #[cfg(target_arch = "x86_64")]
             Path::Vnni256Evex => tiles::vnni256_evex(rows, taps, cin, w, acc),
             #[cfg(target_arch = "x86_64")]

@@ -222,10 +222,10 @@ pub(crate) unsafe fn tile_rows(acc: &[i32], width: usize, s: &TileStore) {
     }
 }
 
-/// [`tile_rows`] written with AVX-512 intrinsics, 16 channels a step and a masked last step: the same f32
-/// operations in the same order (each rounded once; none fused), so bit for bit the same outputs. One call per
-/// tile: LLVM's vectorization of [`row`], called per row, kept scalar remainders and per-call set-up that cost a
-/// third of the tiles' time on resnet50.
+/// [`tile_rows`] written with AVX-512 intrinsics, 16 channels a step ([`store16_avx512`]) and a masked last
+/// step: the same f32 operations in the same order (each rounded once; none fused), so bit for bit the same
+/// outputs. One call per tile: LLVM's vectorization of [`row`], called per row, kept scalar remainders and
+/// per-call set-up that cost a third of the tiles' time on resnet50.
 ///
 /// # Safety
 /// As [`tile_rows`]'; the CPU has AVX-512 F and BW.
@@ -234,54 +234,99 @@ pub(crate) unsafe fn tile_rows(acc: &[i32], width: usize, s: &TileStore) {
 pub(crate) unsafe fn tile_avx512(acc: &[i32], width: usize, s: &TileStore) {
     use core::arch::x86_64::*;
     assert!(acc.len() >= s.rows * width && width >= s.cols);
-    let zero = _mm512_setzero_ps();
-    let q = _mm512_set1_ps(s.qmax as f32);
-    let rounder = _mm512_set1_ps(12_582_912.0);
+    let k = Avx512Consts::new(s.qmax);
     for i in 0..s.rows {
-        let (sums, at) = (acc.as_ptr().add(i * width), i * s.stride);
-        let rat = i * s.residual_stride;
+        let sums = acc.as_ptr().add(i * width);
         let mut j = 0;
         while j < s.cols {
-            let m: __mmask16 = if s.cols - j >= 16 {
-                0xffff
-            } else {
-                (1u16 << (s.cols - j)) - 1
-            };
+            let m = mask16(s.cols - j);
             let a = _mm512_loadu_si512(sums.add(j) as *const _);
             let b = _mm512_maskz_loadu_epi32(m, s.bias.add(j));
             let scale = _mm512_maskz_loadu_ps(m, s.scale.add(j));
-            let r = match s.residual {
-                RawResidual::None => zero,
-                RawResidual::U8(p, rs) => {
-                    let bytes =
-                        _mm512_maskz_loadu_epi8(m as __mmask64, p.add(rat + j) as *const i8);
-                    let v = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes));
-                    _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(rs))
-                }
-                RawResidual::F32(p, rs) => {
-                    _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(rat + j)), _mm512_set1_ps(rs))
-                }
-            };
-            let mut v = _mm512_add_ps(
-                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), scale),
-                r,
-            );
-            if s.relu {
-                v = _mm512_max_ps(v, zero);
-            }
-            match s.out {
-                RawOut::U8(p) => {
-                    let u = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, zero), q), rounder);
-                    _mm512_mask_cvtepi32_storeu_epi8(
-                        p.add(at + j) as *mut i8,
-                        m,
-                        _mm512_castps_si512(u),
-                    );
-                }
-                RawOut::F32(p) => _mm512_mask_storeu_ps(p.add(at + j), m, v),
-            }
+            store16_avx512(a, b, scale, m, s, i, j, &k);
             j += 16;
         }
+    }
+}
+
+/// The lanes of a 16-lane step with `left` channels still to store.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn mask16(left: usize) -> u16 {
+    match left >= 16 {
+        true => 0xffff,
+        false => (1u16 << left) - 1,
+    }
+}
+
+/// The constants of [`store16_avx512`], set once per tile.
+#[cfg(target_arch = "x86_64")]
+pub(crate) struct Avx512Consts {
+    zero: core::arch::x86_64::__m512,
+    qmax: core::arch::x86_64::__m512,
+    rounder: core::arch::x86_64::__m512,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Avx512Consts {
+    /// # Safety
+    /// The CPU has AVX-512 F.
+    #[inline(always)]
+    pub(crate) unsafe fn new(qmax: u8) -> Avx512Consts {
+        use core::arch::x86_64::*;
+        Avx512Consts {
+            zero: _mm512_setzero_ps(),
+            qmax: _mm512_set1_ps(qmax as f32),
+            rounder: _mm512_set1_ps(12_582_912.0),
+        }
+    }
+}
+
+/// The epilogue of 16 sums `a` of row `i`, channels `j..j + 16` of the tile `s` (their biases `b` and scales
+/// `scale`), the lanes of `m` only: [`value`] then [`to_u8`] or the f32 store, as [`row`] computes them. Inlined
+/// into [`tile_avx512`] and into the tiles that keep their sums in registers.
+///
+/// # Safety
+/// As [`tile_rows`]' for those elements; the CPU has AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn store16_avx512(
+    a: core::arch::x86_64::__m512i,
+    b: core::arch::x86_64::__m512i,
+    scale: core::arch::x86_64::__m512,
+    m: u16,
+    s: &TileStore,
+    i: usize,
+    j: usize,
+    k: &Avx512Consts,
+) {
+    use core::arch::x86_64::*;
+    let (at, rat) = (i * s.stride + j, i * s.residual_stride + j);
+    let r = match s.residual {
+        RawResidual::None => k.zero,
+        RawResidual::U8(p, rs) => {
+            let bytes = _mm512_maskz_loadu_epi8(m as __mmask64, p.add(rat) as *const i8);
+            let v = _mm512_cvtepu8_epi32(_mm512_castsi512_si128(bytes));
+            _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(rs))
+        }
+        RawResidual::F32(p, rs) => {
+            _mm512_mul_ps(_mm512_maskz_loadu_ps(m, p.add(rat)), _mm512_set1_ps(rs))
+        }
+    };
+    let mut v = _mm512_add_ps(
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(a, b)), scale),
+        r,
+    );
+    if s.relu {
+        v = _mm512_max_ps(v, k.zero);
+    }
+    match s.out {
+        RawOut::U8(p) => {
+            let u = _mm512_add_ps(_mm512_min_ps(_mm512_max_ps(v, k.zero), k.qmax), k.rounder);
+            _mm512_mask_cvtepi32_storeu_epi8(p.add(at) as *mut i8, m, _mm512_castps_si512(u));
+        }
+        RawOut::F32(p) => _mm512_mask_storeu_ps(p.add(at), m, v),
     }
 }
 

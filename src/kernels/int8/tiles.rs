@@ -105,15 +105,58 @@ macro_rules! tile_kernel {
     };
 }
 
+/// The AVX-512 VNNI tile, 6 rows × 64 columns, with its epilogue: the 24 sums stay in registers and go
+/// through [`requant::store16_avx512`] into `s`, a column vector at a time (its biases and scales loaded once
+/// for the six rows), masked where the panel is partial. Storing the sums and reading them back for a separate
+/// epilogue cost about 5 % of resnet50's int8 pass at batch 32 (Zen 4).
+///
+/// # Safety
+/// The CPU has AVX-512 F, BW and VNNI; `rows` holds `taps · 6` pointers, each readable for `cin` bytes; `w`
+/// readable for the panel's `taps · ⌈cin/4⌉ · 256` bytes; `s` as [`requant::tile_rows`]' with at most 6 rows.
 #[cfg(target_arch = "x86_64")]
-tile_kernel!(
-    /// The AVX-512 VNNI tile: 6 rows × 64 columns.
-    vnni512, "avx512f,avx512bw,avx512vnni", 6, 4, 16, __m512i, _mm512_setzero_si512(),
-    |p: *const i8| _mm512_loadu_si512(p as *const _),
-    _mm512_set1_epi32,
-    |p: *mut i32, v| _mm512_storeu_si512(p as *mut _, v),
-    |c, a, b| _mm512_dpbusd_epi32(c, a, b)
-);
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) unsafe fn vnni512(
+    rows: &[*const u8],
+    taps: usize,
+    cin: usize,
+    w: *const i8,
+    s: &requant::TileStore,
+) {
+    use core::arch::x86_64::*;
+    products!(
+        sums = 6,
+        4,
+        16,
+        __m512i,
+        _mm512_setzero_si512(),
+        |p: *const i8| _mm512_loadu_si512(p as *const _),
+        _mm512_set1_epi32,
+        (rows, taps, cin, w),
+        |c, a, b| _mm512_dpbusd_epi32(c, a, b)
+    );
+    assert!(s.rows <= MR && s.cols <= NV * 16);
+    let k = requant::Avx512Consts::new(s.qmax);
+    // Literal indices into `sums`, which keeps them in registers: loops over the rows and columns (whose 24
+    // bodies LLVM does not unroll) made it keep all 24 in memory and store them every product step.
+    macro_rules! column {
+        ($j:literal: $($i:literal)*) => {
+            if $j * 16 < s.cols {
+                let m = requant::mask16(s.cols - $j * 16);
+                let b = _mm512_maskz_loadu_epi32(m, s.bias.add($j * 16));
+                let scale = _mm512_maskz_loadu_ps(m, s.scale.add($j * 16));
+                $(
+                    if $i < s.rows {
+                        requant::store16_avx512(sums[$i * NV + $j], b, scale, m, s, $i, $j * 16, &k);
+                    }
+                )*
+            }
+        };
+    }
+    column!(0: 0 1 2 3 4 5);
+    column!(1: 0 1 2 3 4 5);
+    column!(2: 0 1 2 3 4 5);
+    column!(3: 0 1 2 3 4 5);
+}
 
 #[cfg(target_arch = "x86_64")]
 tile_kernel!(
