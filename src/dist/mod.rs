@@ -10,7 +10,6 @@
 
 #[cfg(feature = "mpi")]
 pub mod mpi;
-#[cfg(feature = "mpi")]
 pub mod watchdog;
 
 use crate::{Error, Result};

@@ -1,7 +1,7 @@
 //! What a rank does when its job stops making progress (`--collective-timeout`): the one line that names the
 //! ranks that went silent, who prints it, and the exit that does not depend on MPI. The MPI side (waiting on
-//! non-blocking collectives, asking the other ranks who is still there) is [`super::mpi`]; this file holds what
-//! can be decided without MPI, so that it can be tested without `mpirun`.
+//! non-blocking collectives, asking the other ranks who is still there) is `dist::mpi` (feature `mpi`); this file
+//! holds what can be decided without MPI, so it is built and tested without the feature, by a plain `cargo test`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
