@@ -605,54 +605,59 @@ fn conv_block(
     });
     let mut acc = [0i32; 6 * 64];
     let mut shortcut = [0f32; 6 * 64];
-    let mut tile_times_panel = |tile: usize, panel: usize| {
-        let c0 = panel * width;
-        let cols = width.min(cout - c0);
-        let (row0, live) = (r0 + tile * mr, mr.min(nrows - tile * mr));
-        let mut store = tile_store(rq, out, cout, row0, live, c0, cols);
-        // SAFETY (the products and epilogues): the path is available (checked in `conv`); each pointer reads its
-        // `cin` bytes of `x`, of the gathered rows or of the padding block; the panels are whole; `acc` and
-        // `shortcut` hold the largest tile; the store's pointers hold the tile's pieces, which this task alone
-        // writes.
-        if let Some((s, rows)) = &side {
-            // The shortcut's tile first, into `shortcut` (`[live][width]`), which the epilogue adds.
-            let wp = s.w.data[panel * s.w.panel_len()..].as_ptr();
-            let values = s.tile_store(live, c0, cols, width, shortcut.as_mut_ptr());
-            unsafe {
-                w.path.tile(
-                    rows.tile(tile, mr),
-                    rows.taps,
-                    rows.cin,
-                    wp,
-                    &mut acc,
-                    &values,
-                )
-            };
-            store.residual = RawResidual::F32(shortcut.as_ptr(), s.residual_scale);
-            store.residual_stride = width;
-        } else {
-            prefetch_residual(rq, cout, row0, live, c0, cols);
-        }
-        let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
-        let rows = main.tile(tile, mr);
-        unsafe { w.path.tile(rows, main.taps, main.cin, wp, &mut acc, &store) };
-    };
+    // One tile times one panel, a macro rather than a closure (a closure here made the AVX2 path's
+    // expansions slower, on the same loop order).
+    macro_rules! tile_times_panel {
+        ($tile:expr, $panel:expr) => {{
+            let (tile, panel): (usize, usize) = ($tile, $panel);
+            let c0 = panel * width;
+            let cols = width.min(cout - c0);
+            let (row0, live) = (r0 + tile * mr, mr.min(nrows - tile * mr));
+            let mut store = tile_store(rq, out, cout, row0, live, c0, cols);
+            // SAFETY (the products and epilogues): the path is available (checked in `conv`); each pointer reads its
+            // `cin` bytes of `x`, of the gathered rows or of the padding block; the panels are whole; `acc` and
+            // `shortcut` hold the largest tile; the store's pointers hold the tile's pieces, which this task alone
+            // writes.
+            if let Some((s, rows)) = &side {
+                // The shortcut's tile first, into `shortcut` (`[live][width]`), which the epilogue adds.
+                let wp = s.w.data[panel * s.w.panel_len()..].as_ptr();
+                let values = s.tile_store(live, c0, cols, width, shortcut.as_mut_ptr());
+                unsafe {
+                    w.path.tile(
+                        rows.tile(tile, mr),
+                        rows.taps,
+                        rows.cin,
+                        wp,
+                        &mut acc,
+                        &values,
+                    )
+                };
+                store.residual = RawResidual::F32(shortcut.as_ptr(), s.residual_scale);
+                store.residual_stride = width;
+            } else {
+                prefetch_residual(rq, cout, row0, live, c0, cols);
+            }
+            let wp = w.data[panel * w.panel_len()..][..w.panel_len()].as_ptr();
+            let rows = main.tile(tile, mr);
+            unsafe { w.path.tile(rows, main.taps, main.cin, wp, &mut acc, &store) };
+        }};
+    }
     // Panels outside (each panel's weights read once per task, and kept in L1 over its tiles), but tiles
-    // outside where the convolution reads its shortcut from memory and its panels stay in L2: the output and
-    // shortcut rows are then written and read whole, one after the other, instead of a 64-byte piece of each
-    // row per panel (resnet50's first stage at batch 32: its last 1×1 convolutions 10-15 % faster; with the
-    // shortcut computed alongside, slower).
+    // outside where the convolution reads its shortcut from memory, its panels stay in L2 and they are 64
+    // columns wide: the output and shortcut rows are then written and read whole, one after the other, instead
+    // of a 64-byte piece of each row per panel (resnet50's expansions at batch 32 on Zen 4 about 7 % faster).
+    // Measured slower: with the shortcut computed alongside, and on AVX2's 16-column panels.
     let reads_shortcut = !matches!(rq.residual, Residual::None);
-    if reads_shortcut && panels.len() * w.panel_len() <= 256 << 10 {
+    if reads_shortcut && width == 64 && panels.len() * w.panel_len() <= 256 << 10 {
         for tile in 0..tiles {
             for panel in panels.clone() {
-                tile_times_panel(tile, panel);
+                tile_times_panel!(tile, panel);
             }
         }
     } else {
         for panel in panels {
             for tile in 0..tiles {
-                tile_times_panel(tile, panel);
+                tile_times_panel!(tile, panel);
             }
         }
     }
