@@ -241,6 +241,10 @@ struct Fusions {
     /// The value whose `u8` buffer is held (moved out of the arena) once this step has run: a fused shortcut's
     /// input, after its last other reader.
     hold: Vec<Option<usize>>,
+    /// For a block's last convolution with a `u8` output: it writes over its `u8` shortcut, the shortcut's last
+    /// reader (whose buffer becomes the output's, [`requant::Residual::InOutput`]), so that each element of the
+    /// shortcut is read where it is written, not from a second stream of memory.
+    over: Vec<bool>,
 }
 
 impl Fusions {
@@ -253,6 +257,7 @@ impl Fusions {
             shortcut: vec![None; steps.len()],
             inside: vec![None; steps.len()],
             hold: vec![None; steps.len()],
+            over: vec![false; steps.len()],
         };
         let readers = |v: usize| -> Vec<usize> {
             (0..steps.len())
@@ -298,6 +303,21 @@ impl Fusions {
             f.inside[j] = Some(i);
             f.hold[last] = Some(xj);
             free_from = i + 1;
+        }
+        for (i, step) in steps.iter().enumerate() {
+            if let Step::Conv {
+                conv,
+                residual: Some(r),
+                ..
+            } = *step
+            {
+                f.over[i] = f.shortcut[i].is_none()
+                    && convs[conv].is_some()
+                    && r != 0
+                    && scales[r].is_some()
+                    && scales[step.output()].is_some()
+                    && readers(r).last() == Some(&i);
+            }
         }
         f
     }
@@ -477,9 +497,12 @@ impl QuantNet {
         if self.bytes.len() < lens.len() {
             self.bytes.resize_with(lens.len(), Vec::new);
         }
-        for (buf, &len) in self.bytes.iter_mut().zip(lens) {
-            if buf.len() < len {
-                buf.resize(len, 0);
+        // Every buffer as long as the longest slot: a block's last convolution swaps its shortcut's buffer into
+        // its output's slot (`Fusions::over`).
+        let longest = lens.iter().copied().max().unwrap_or(0);
+        for buf in self.bytes.iter_mut() {
+            if buf.len() < longest {
+                buf.resize(longest, 0);
             }
         }
         Ok(())
@@ -669,6 +692,19 @@ impl QuantNet {
                             has_u8[*input] = true;
                         }
                         let y_scale = self.scales[out];
+                        // Written over its shortcut: the shortcut's buffer passes to the output's slot (and the
+                        // output's to the shortcut's, which nothing reads again); every `u8` buffer is as long.
+                        let over = residual.filter(|&r| {
+                            self.fusions.over[i]
+                                && has_u8[r]
+                                && !has_f32[r]
+                                && self.bytes[slot[r]].len() == self.bytes[slot[out]].len()
+                        });
+                        if let Some(r) = over {
+                            let (a, b) = (slot[r], slot[out]);
+                            let (lo, hi) = self.bytes.split_at_mut(a.max(b));
+                            std::mem::swap(&mut lo[a.min(b)], &mut hi[0]);
+                        }
                         // The output's buffer leaves the arena while the others are read.
                         let mut y8 = Vec::new();
                         let mut y32 = Vec::new();
@@ -681,6 +717,9 @@ impl QuantNet {
                         // A fused shortcut is added inside the convolution, not read as a residual.
                         let residual = match residual.filter(|_| fused.is_none()) {
                             None => Residual::None,
+                            Some(r) if over.is_some() => Residual::InOutput {
+                                scale: self.scales[r].expect("a u8 value has a scale") * per_y,
+                            },
                             Some(r) if has_f32[r] => Residual::F32 {
                                 values: &net.slots[slot[r]][..out_len],
                                 scale: per_y,

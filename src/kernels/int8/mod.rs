@@ -442,6 +442,13 @@ fn conv_impl(
         Residual::None => rows * cout,
         Residual::U8 { values, .. } => values.len(),
         Residual::F32 { values, .. } => values.len(),
+        Residual::InOutput { .. } => {
+            assert!(
+                matches!(out, Output::U8(_)),
+                "int8::conv: a shortcut in the output needs a u8 output"
+            );
+            rows * cout
+        }
     };
     assert!(
         residual_len >= rows * cout,
@@ -851,7 +858,8 @@ fn prefetch_residual(rq: &Requant, cout: usize, row0: usize, live: usize, c0: us
     for i in 0..live {
         let at = (row0 + i) * cout + c0;
         match rq.residual {
-            Residual::None => return,
+            // In the output, which the tile's store reads as it writes.
+            Residual::None | Residual::InOutput { .. } => return,
             Residual::U8 { values, .. } => prefetch(&values[at..][..cols]),
             Residual::F32 { values, .. } => prefetch(&values[at..][..cols]),
         }
@@ -886,6 +894,11 @@ fn tile_store(
             Residual::F32 { values, scale } => {
                 RawResidual::F32(values[global..][..(live - 1) * cout + cols].as_ptr(), scale)
             }
+            // SAFETY: as the output's below; `conv` checked that the output is u8.
+            Residual::InOutput { scale } => match *out {
+                OutPtr::U8(y) => RawResidual::U8(unsafe { y.add(global) }, scale),
+                OutPtr::F32(_) => unreachable!("int8: checked in conv"),
+            },
         },
         // SAFETY: `global + (live - 1) · cout + cols ≤ rows · cout`, inside the output.
         out: unsafe {

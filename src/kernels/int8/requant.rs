@@ -26,6 +26,13 @@ pub enum Residual<'a> {
         /// The shortcut's scale over the output's.
         scale: f32,
     },
+    /// The `u8` values the output holds when the convolution starts (`[rows, cout]`, a `u8` output only), each
+    /// read just before its output element overwrites it, added as `value · scale`: a block's last convolution
+    /// written over its shortcut.
+    InOutput {
+        /// The shortcut's scale over the output's.
+        scale: f32,
+    },
     /// `f32` values, added as `value · scale`.
     F32 {
         /// `[rows, cout]`
@@ -86,6 +93,10 @@ pub(crate) fn one(acc: i32, i: usize, c: usize, rq: &Requant, out: &mut Output) 
         Residual::None => 0.0,
         Residual::U8 { values, scale } => values[i] as f32 * scale,
         Residual::F32 { values, scale } => values[i] * scale,
+        Residual::InOutput { scale } => match out {
+            Output::U8(y) => y[i] as f32 * scale,
+            Output::F32(_) => panic!("int8: a shortcut in the output needs a u8 output"),
+        },
     };
     let v = value(acc, rq.bias[c], rq.scale[c], residual, rq.relu);
     match out {
@@ -142,6 +153,15 @@ pub(crate) fn row(
             let values = &values[..n];
             store!(|j: usize| values[j] * s)
         }
+        Residual::InOutput { scale: s } => match out {
+            RowOut::U8(y) => {
+                for j in 0..n {
+                    let r = y[j] as f32 * s;
+                    y[j] = to_u8(value(acc[j], bias[j], scale[j], r, relu), q);
+                }
+            }
+            RowOut::F32(_) => panic!("int8: a shortcut in the output needs a u8 output"),
+        },
     }
 }
 
@@ -196,6 +216,11 @@ pub(crate) unsafe fn tile_rows(acc: &[i32], width: usize, s: &TileStore) {
         let (at, rat) = (i * s.stride, i * s.residual_stride);
         let residual = match s.residual {
             RawResidual::None => Residual::None,
+            // The output's own piece (the shortcut written over, see `Residual::InOutput`): read as the
+            // output, not as a second slice over the same bytes.
+            RawResidual::U8(p, scale) if matches!(s.out, RawOut::U8(o) if o.add(at) == p.add(rat).cast_mut()) => {
+                Residual::InOutput { scale }
+            }
             RawResidual::U8(p, scale) => Residual::U8 {
                 values: from_raw_parts(p.add(rat), n),
                 scale,

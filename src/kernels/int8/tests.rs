@@ -131,6 +131,40 @@ fn every_path_matches_the_reference_bit_for_bit() {
                     .all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{path:?} {shape:?} residual {r}: f32 outputs differ");
             }
+            // The shortcut in the output, written over: the same bytes as with it apart, on the reference too.
+            let rq = |residual| Requant {
+                bias: &c.bias,
+                scale: &c.scale,
+                residual,
+                relu: true,
+                qmax: path.qmax(),
+            };
+            let apart = rq(Residual::U8 {
+                values: &c.res_u8,
+                scale: 0.7,
+            });
+            let over = rq(Residual::InOutput { scale: 0.7 });
+            let mut want = vec![0u8; len];
+            conv(&c.g, c.n, &c.x, &packed, &apart, Output::U8(&mut want));
+            let (mut reference_over, mut got) =
+                (c.res_u8[..len].to_vec(), c.res_u8[..len].to_vec());
+            reference::conv(
+                &c.g,
+                c.n,
+                &c.x,
+                &c.w,
+                &over,
+                Output::U8(&mut reference_over),
+            );
+            conv(&c.g, c.n, &c.x, &packed, &over, Output::U8(&mut got));
+            assert!(
+                want == reference_over,
+                "{path:?} {shape:?}: the reference over the shortcut differs"
+            );
+            assert!(
+                want == got,
+                "{path:?} {shape:?}: written over the shortcut, outputs differ"
+            );
         }
     }
 }
