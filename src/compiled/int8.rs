@@ -701,9 +701,7 @@ impl QuantNet {
                                 && self.bytes[slot[r]].len() == self.bytes[slot[out]].len()
                         });
                         if let Some(r) = over {
-                            let (a, b) = (slot[r], slot[out]);
-                            let (lo, hi) = self.bytes.split_at_mut(a.max(b));
-                            std::mem::swap(&mut lo[a.min(b)], &mut hi[0]);
+                            self.bytes.swap(slot[r], slot[out]);
                         }
                         // The output's buffer leaves the arena while the others are read.
                         let mut y8 = Vec::new();

@@ -653,7 +653,8 @@ fn conv_block(
     // outside where the convolution reads its shortcut from memory, its panels stay in L2 and they are 64
     // columns wide: the output and shortcut rows are then written and read whole, one after the other, instead
     // of a 64-byte piece of each row per panel (resnet50's expansions at batch 32 on Zen 4 about 7 % faster).
-    // Measured slower: with the shortcut computed alongside, and on AVX2's 16-column panels.
+    // With the shortcut computed alongside it was slower; AVX2's 16-column panels keep panels outside (untried
+    // there since the body became a macro).
     let reads_shortcut = !matches!(rq.residual, Residual::None);
     if reads_shortcut && width == 64 && panels.len() * w.panel_len() <= 256 << 10 {
         for tile in 0..tiles {
