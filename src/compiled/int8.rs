@@ -599,17 +599,33 @@ impl QuantNet {
         crate::kernels::on_pool(|| self.run(x, xs, None))
     }
 
+    /// Whether a pass needs the network input in f32 (NHWC): not when its only reader is the stem on int8, which
+    /// quantizes the NCHW images directly ([`quantize_input`]).
+    fn reads_input_f32(&self) -> bool {
+        self.stem_input.is_none()
+            || self.net.steps.iter().any(|step| match *step {
+                Step::Conv {
+                    conv,
+                    input: 0,
+                    residual,
+                    ..
+                } => self.convs[conv].is_none() || residual == Some(0),
+                _ => step.reads().contains(&0),
+            })
+    }
+
     /// [`QuantNet::forward`], adding each step's seconds to `times[step]` when given (the average pool and the
     /// classifier at `times[steps]`), as [`CompiledNet`]'s profile does.
-    fn run(&mut self, x: &[f32], xs: Shape4, mut times: Option<&mut [f64]>) -> Result<&[f32]> {
-        if x.len() != xs.len() {
+    fn run(&mut self, images: &[f32], xs: Shape4, mut times: Option<&mut [f64]>) -> Result<&[f32]> {
+        if images.len() != xs.len() {
             bail!(
                 "input holds {} values, shape {xs} needs {}",
-                x.len(),
+                images.len(),
                 xs.len()
             );
         }
         self.reserve(xs)?;
+        let input_f32 = self.reads_input_f32();
         let net = &mut self.net;
         let shapes = &net.shapes[&xs];
         let slot = &shapes.arena.slot;
@@ -624,10 +640,13 @@ impl QuantNet {
             has.clear();
             has.resize(count, false);
         }
-        nchw_to_nhwc_into(x, xs, &mut net.slots[slot[0]][..xs.len()]);
-        has_f32[0] = true;
-        let qmax = self.path.qmax();
+        // The input's conversion counts in the stem's time.
         let mut clock = std::time::Instant::now();
+        if input_f32 {
+            nchw_to_nhwc_into(images, xs, &mut net.slots[slot[0]][..xs.len()]);
+            has_f32[0] = true;
+        }
+        let qmax = self.path.qmax();
         let mut lap = |i: usize, times: &mut Option<&mut [f64]>| {
             if let Some(t) = times {
                 t[i] += clock.elapsed().as_secs_f64();
@@ -670,15 +689,15 @@ impl QuantNet {
                         let x_scale = match (*input, &self.stem_input) {
                             (0, Some((inv_scales, zero_points))) => {
                                 g.cin = q.packed.cin;
-                                let f = &net.slots[slot[0]][..in_len];
                                 let len = in_len / inv_scales.len() * g.cin;
                                 self.stem_bytes.resize(len, 0);
                                 quantize_input(
-                                    f,
+                                    images,
+                                    xs,
                                     inv_scales,
                                     zero_points,
                                     qmax,
-                                    &mut self.stem_bytes,
+                                    &mut self.stem_bytes[..len],
                                 );
                                 // Folded into the stem's weights.
                                 1.0
@@ -833,31 +852,74 @@ fn quantize(x: &[f32], scale: f32, qmax: u8, y: &mut [u8]) {
     }
 }
 
-/// The NHWC network input `x [.., c]` as `u8` per channel into `y [.., c4]` (`c4 ≥ c`; the channels past `c`
-/// zero): `round(v · inv_scale[c]) + zero_point[c]`, clamped to `[0, qmax]`.
-/// In parallel over pieces of pixels, with the channel counts of images (1 or 3, padded to 4) as constants so
-/// that the loops vectorize: alone on one core, a value at a time, it took most of the int8 stem's time.
-fn quantize_input(x: &[f32], inv_scales: &[f32], zero_points: &[u8], qmax: u8, y: &mut [u8]) {
+/// The NCHW network input `x` of shape `xs` as NHWC `u8` per channel into `y [n·h·w, c4]` (`c4 ≥ c`; the
+/// channels past `c` zero): `round(v · inv_scale[c]) + zero_point[c]`, clamped to `[0, qmax]`. In parallel over
+/// pieces of each image's pixels, with the channel counts of images (1 or 3, padded to 4) as constants: alone
+/// on one core, a value at a time, it took most of the int8 stem's time. It reads the images as they come, so
+/// that the pass makes no NHWC f32 copy of them.
+fn quantize_input(
+    x: &[f32],
+    xs: Shape4,
+    inv_scales: &[f32],
+    zero_points: &[u8],
+    qmax: u8,
+    y: &mut [u8],
+) {
     use rayon::prelude::*;
     const PIXELS: usize = 4096;
-    let c = inv_scales.len();
-    let c4 = y.len() / (x.len() / c);
-    y.par_chunks_mut(PIXELS * c4)
-        .zip(x.par_chunks(PIXELS * c))
-        .for_each(|(y, x)| match (c, c4) {
-            (3, 4) => quantize_pixels::<3, 4>(x, inv_scales, zero_points, qmax, y),
-            (1, 4) => quantize_pixels::<1, 4>(x, inv_scales, zero_points, qmax, y),
-            _ => {
-                for (ys, xs) in y.chunks_exact_mut(c4).zip(x.chunks_exact(c)) {
-                    quantize_pixel(xs, inv_scales, zero_points, qmax, ys);
-                }
-            }
+    let (c, plane) = (xs.c, xs.h * xs.w);
+    assert!(x.len() == xs.len() && inv_scales.len() == c && zero_points.len() == c);
+    if xs.is_empty() {
+        return;
+    }
+    let c4 = y.len() / (xs.n * plane);
+    assert!(c4 >= c && y.len() == xs.n * plane * c4);
+    y.par_chunks_mut(plane * c4)
+        .zip(x.par_chunks(plane * c))
+        .for_each(|(y, planes)| {
+            y.par_chunks_mut(PIXELS * c4)
+                .enumerate()
+                .for_each(|(piece, y)| {
+                    let first = piece * PIXELS;
+                    match (c, c4) {
+                        (3, 4) => quantize_pixels::<3, 4>(
+                            planes,
+                            plane,
+                            first,
+                            inv_scales,
+                            zero_points,
+                            qmax,
+                            y,
+                        ),
+                        (1, 4) => quantize_pixels::<1, 4>(
+                            planes,
+                            plane,
+                            first,
+                            inv_scales,
+                            zero_points,
+                            qmax,
+                            y,
+                        ),
+                        _ => {
+                            let mut pixel = vec![0.0; c];
+                            for (i, ys) in y.chunks_exact_mut(c4).enumerate() {
+                                for (ch, v) in pixel.iter_mut().enumerate() {
+                                    *v = planes[ch * plane + first + i];
+                                }
+                                quantize_pixel(&pixel, inv_scales, zero_points, qmax, ys);
+                            }
+                        }
+                    }
+                })
         });
 }
 
-/// [`quantize_pixel`] over the pixels of `x [.., C]` into `y [.., C4]`.
+/// [`quantize_pixel`] over the pixels `first..` of one image's channel planes `planes [C][plane]` into
+/// `y [.., C4]`.
 fn quantize_pixels<const C: usize, const C4: usize>(
-    x: &[f32],
+    planes: &[f32],
+    plane: usize,
+    first: usize,
     inv_scales: &[f32],
     zero_points: &[u8],
     qmax: u8,
@@ -865,8 +927,11 @@ fn quantize_pixels<const C: usize, const C4: usize>(
 ) {
     let inv: [f32; C] = inv_scales.try_into().expect("a scale per channel");
     let zp: [u8; C] = zero_points.try_into().expect("a zero point per channel");
-    for (ys, xs) in y.chunks_exact_mut(C4).zip(x.chunks_exact(C)) {
-        quantize_pixel(xs, &inv, &zp, qmax, ys);
+    let count = y.len() / C4;
+    let channels: [&[f32]; C] = std::array::from_fn(|ch| &planes[ch * plane + first..][..count]);
+    for (i, ys) in y.chunks_exact_mut(C4).enumerate() {
+        let xs: [f32; C] = std::array::from_fn(|ch| channels[ch][i]);
+        quantize_pixel(&xs, &inv, &zp, qmax, ys);
     }
 }
 
@@ -971,5 +1036,38 @@ impl super::Classifier for QuantNet {
 
     fn logits(&mut self, x: &[f32], xs: Shape4) -> Result<&[f32]> {
         self.forward(x, xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The images read as NCHW, in pieces, equal each pixel quantized alone from its NHWC channels.
+    #[test]
+    fn the_input_quantized_from_nchw_is_each_pixel_quantized() {
+        // One piece and several with a partial last one; the channel counts of the fast loops and another.
+        for (xs, c4) in [
+            (Shape4::new(2, 3, 5, 7), 4),
+            (Shape4::new(2, 3, 70, 70), 4),
+            (Shape4::new(3, 1, 65, 64), 4),
+            (Shape4::new(2, 2, 9, 9), 4),
+            (Shape4::new(1, 5, 66, 64), 8),
+        ] {
+            let x: Vec<f32> = (0..xs.len())
+                .map(|i| (i % 301) as f32 * 0.37 - 40.0)
+                .collect();
+            let inv: Vec<f32> = (0..xs.c).map(|c| 0.5 + c as f32 * 0.25).collect();
+            let zp: Vec<u8> = (0..xs.c).map(|c| 60 + c as u8).collect();
+            let nhwc = crate::tensor::nchw_to_nhwc(&x, xs);
+            let pixels = xs.n * xs.h * xs.w;
+            let mut want = vec![0u8; pixels * c4];
+            for (ys, v) in want.chunks_exact_mut(c4).zip(nhwc.chunks_exact(xs.c)) {
+                quantize_pixel(v, &inv, &zp, 127, ys);
+            }
+            let mut got = vec![9u8; pixels * c4];
+            quantize_input(&x, xs, &inv, &zp, 127, &mut got);
+            assert_eq!(got, want, "{xs}");
+        }
     }
 }
