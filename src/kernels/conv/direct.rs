@@ -41,14 +41,16 @@ pub fn handles(g: &ConvGeom) -> bool {
 }
 
 /// Output channels from which [`conv_direct`]'s callers pack the weights first ([`pack_weights`]): with 16 of
-/// `cout` columns read per weight row, rows 1 KiB or more apart spread a pass over too many pages (measured at
-/// 96×96: the 512-channel stage ran at 62–72 GFLOP/s in place, 118–141 packed; the 64–128-channel stages at
-/// the same speed either way, and packing all layers cost a copy of every weight per call: a fifth of the
-/// batch-1 latency at 224×224).
-const PACK_MIN_COUT: usize = 256;
+/// `cout` columns read per weight row, rows 512 bytes or more apart spread a pass over too many pages
+/// (measured at 96×96: the 512-channel stage ran at 62–72 GFLOP/s in place, 118–141 packed; on a Zen 3 in
+/// training, the 128-channel strided convolutions' forward went 50–80 → 34–39 ms (the chapter's, batch 256)
+/// and 71–117 → 46–84 ms (resnet50's `layer2.0.conv2`, batch 32) once packed. Packing every layer once cost a
+/// copy of every weight per call, a fifth of the batch-1 latency at 224×224; an inference network now packs
+/// once, when compiled).
+const PACK_MIN_COUT: usize = 128;
 
 /// True when the direct kernels should read this geometry's weights packed ([`pack_weights`]), not in place
-/// (from 256 output channels, see `PACK_MIN_COUT`).
+/// (from 128 output channels, see `PACK_MIN_COUT`).
 pub fn packs_weights(g: &ConvGeom) -> bool {
     g.cout >= PACK_MIN_COUT
 }

@@ -16,7 +16,7 @@
 //!      multiples of 16, AVX2);
 //!   3. [`direct`]: "implicit GEMM" register tiles reading the patches in place (16 to 2048 input channels,
 //!      output channels a multiple of 16, at most 49 live taps, AVX2), the weights packed into column panels
-//!      from 256 output channels, and always in an inference network (packed once, when it is compiled);
+//!      from 128 output channels, and always in an inference network (packed once, when it is compiled);
 //!   4. [`kernel_rows`]: direct register tiles whose taps are whole kernel rows, for fewer input channels
 //!      (torchvision's three-channel stem; kernel rows of 16 to 64 floats, every tap live, AVX2);
 //!   5. [`im2col`]: the column matrix times the weights, on the 1×1 register tiles or on the `gemm` crate (the
