@@ -874,6 +874,13 @@ fn quantize_input(
     }
     let c4 = y.len() / (xs.n * plane);
     assert!(c4 >= c && y.len() == xs.n * plane * c4);
+    // The loops of one and three channels, with their counts as constants.
+    type Fixed = fn(&[f32], usize, usize, &[f32], &[u8], u8, &mut [u8]);
+    let fixed: Option<Fixed> = match (c, c4) {
+        (3, 4) => Some(quantize_pixels::<3, 4>),
+        (1, 4) => Some(quantize_pixels::<1, 4>),
+        _ => None,
+    };
     y.par_chunks_mut(plane * c4)
         .zip(x.par_chunks(plane * c))
         .for_each(|(y, planes)| {
@@ -881,26 +888,11 @@ fn quantize_input(
                 .enumerate()
                 .for_each(|(piece, y)| {
                     let first = piece * PIXELS;
-                    match (c, c4) {
-                        (3, 4) => quantize_pixels::<3, 4>(
-                            planes,
-                            plane,
-                            first,
-                            inv_scales,
-                            zero_points,
-                            qmax,
-                            y,
-                        ),
-                        (1, 4) => quantize_pixels::<1, 4>(
-                            planes,
-                            plane,
-                            first,
-                            inv_scales,
-                            zero_points,
-                            qmax,
-                            y,
-                        ),
-                        _ => {
+                    match fixed {
+                        Some(quantize) => {
+                            quantize(planes, plane, first, inv_scales, zero_points, qmax, y)
+                        }
+                        None => {
                             let mut pixel = vec![0.0; c];
                             for (i, ys) in y.chunks_exact_mut(c4).enumerate() {
                                 for (ch, v) in pixel.iter_mut().enumerate() {
