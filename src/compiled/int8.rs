@@ -602,15 +602,16 @@ impl QuantNet {
     /// Whether a pass needs the network input in f32 (NHWC): not when its only reader is the stem on int8, which
     /// quantizes the NCHW images directly ([`quantize_input`]).
     fn reads_input_f32(&self) -> bool {
+        // Matched, not `Step::reads`, which allocates: this runs every pass.
         self.stem_input.is_none()
             || self.net.steps.iter().any(|step| match *step {
                 Step::Conv {
                     conv,
-                    input: 0,
+                    input,
                     residual,
                     ..
-                } => self.convs[conv].is_none() || residual == Some(0),
-                _ => step.reads().contains(&0),
+                } => (input == 0 && self.convs[conv].is_none()) || residual == Some(0),
+                Step::MaxPool { input, .. } => input == 0,
             })
     }
 
