@@ -25,9 +25,9 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 run() {
     local out
     out=$(BODY=$3 wrk -t1 -c"$4" -d"$5"s --timeout 60s --latency -s tools/wrk/post.lua "http://127.0.0.1:$2/v1/predict")
-    # wrk stops with up to C requests still being computed; one more request, answered after them, waits until that
-    # server is idle, so that its leftovers do not run on the cores during the other server's next run (the warm-up's
-    # 8 left either server's first measured run of the other a few requests of 300 ms and more).
+    # wrk stops with up to C requests still being computed, which would then run during the other server's next run
+    # (after the 8-client warm-up: a few of its requests at 300 ms and more). One more request waits them out: ours
+    # answers it after them (one queue); the PyTorch server's threads run it beside them, so it ends with them.
     curl -s -o /dev/null --data-binary @"$3" -H 'Content-Type: application/octet-stream' "http://127.0.0.1:$2/v1/predict"
     local rps statuses lat
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")

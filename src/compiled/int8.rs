@@ -261,7 +261,7 @@ impl Fusions {
         };
         let readers = |v: usize| -> Vec<usize> {
             (0..steps.len())
-                .filter(|&s| steps[s].reads().contains(&v))
+                .filter(|&s| steps[s].reads().any(|r| r == v))
                 .collect()
         };
         let mut free_from = 0;
@@ -602,16 +602,15 @@ impl QuantNet {
     /// Whether a pass needs the network input in f32 (NHWC): not when its only reader is the stem on int8, which
     /// quantizes the NCHW images directly ([`quantize_input`]).
     fn reads_input_f32(&self) -> bool {
-        // Matched, not `Step::reads`, which allocates: this runs every pass.
         self.stem_input.is_none()
             || self.net.steps.iter().any(|step| match *step {
                 Step::Conv {
                     conv,
-                    input,
+                    input: 0,
                     residual,
                     ..
-                } => (input == 0 && self.convs[conv].is_none()) || residual == Some(0),
-                Step::MaxPool { input, .. } => input == 0,
+                } if self.convs[conv].is_some() => residual == Some(0),
+                _ => step.reads().any(|v| v == 0),
             })
     }
 

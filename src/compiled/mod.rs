@@ -160,13 +160,15 @@ impl Step {
         }
     }
 
-    fn reads(&self) -> Vec<usize> {
-        match self {
+    /// The values the step reads: its input, then its residual if any (an iterator: a pass asks it every time).
+    fn reads(&self) -> impl Iterator<Item = usize> {
+        let (input, residual) = match *self {
             Step::Conv {
                 input, residual, ..
-            } => std::iter::once(*input).chain(*residual).collect(),
-            Step::MaxPool { input, .. } => vec![*input],
-        }
+            } => (input, residual),
+            Step::MaxPool { input, .. } => (input, None),
+        };
+        std::iter::once(input).chain(residual)
     }
 }
 
@@ -392,7 +394,7 @@ impl CompiledNet {
         }
         let lens: Vec<usize> = values.iter().map(|s| s.len()).collect();
         let writes: Vec<usize> = self.steps.iter().map(Step::output).collect();
-        let reads: Vec<Vec<usize>> = self.steps.iter().map(Step::reads).collect();
+        let reads: Vec<Vec<usize>> = self.steps.iter().map(|s| s.reads().collect()).collect();
         // A block's last convolution writes over its shortcut where its kernel allows.
         let over: Vec<Option<usize>> = self
             .steps
